@@ -1,0 +1,99 @@
+"""The ``braintumorseg`` command line (also ``python -m BrainTumorSegLib``).
+
+Bad input ends with one line ``braintumorseg: error: <file>: <problem>`` and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import List, Optional
+
+from .errors import Cancelled, InputError
+
+PROG = "braintumorseg"
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from .phantom import generate
+
+    if args.n < 1:
+        raise InputError(None, "--n must be at least 1")
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if not args.quiet:
+            print(f"\r[phantom] {done}/{total} cases", end="" if done < total else "\n", file=sys.stderr)
+
+    folders = generate(args.outdir, args.n, args.seed, args.start, progress)
+    print(f"wrote {len(folders)} synthetic cases (BraTS 2021 layout, labels 0/1/2/4) to {args.outdir} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    for f in folders[:5]:
+        print(f"  {f}")
+    if len(folders) > 5:
+        print(f"  ... and {len(folders) - 5} more")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, format_table, write_outputs
+
+    results = evaluate(args.pred, args.ref, args.hd95, args.pred_scheme, args.ref_scheme)
+    write_outputs(results, args.csv, args.json, args.hd95)
+    print(format_table(results))
+    print(f"HD95 in mm ({args.hd95} definition); per-case CSV: {args.csv}; summary JSON: {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Brain tumor segmentation from T1, T1ce, T2 and FLAIR MRI.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ph = sub.add_parser("phantom", help="write synthetic BraTS-like cases (no network needed)")
+    ph.add_argument("outdir")
+    ph.add_argument("--n", type=int, default=1, help="number of cases (default 1)")
+    ph.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ph.add_argument("--start", type=int, default=0, help="index of the first case (default 0)")
+    ph.add_argument("--quiet", action="store_true", help="no progress output")
+    ph.set_defaults(func=_cmd_phantom)
+
+    ev = sub.add_parser("evaluate", help="BraTS metrics (Dice, sensitivity, specificity, HD95, volume) per region")
+    ev.add_argument("--pred", required=True, help="predicted label file, or folder of them")
+    ev.add_argument("--ref", required=True, help="reference label file, or folder (BraTS layout or flat)")
+    ev.add_argument("--csv", default="evaluation.csv", help="per-case CSV (default evaluation.csv)")
+    ev.add_argument("--json", default="evaluation.json", help="summary JSON (default evaluation.json)")
+    ev.add_argument("--hd95", choices=("max", "pooled"), default="max",
+                    help="HD95 definition: max of directed 95th percentiles (CaPTk/MONAI, default) "
+                         "or 95th percentile of pooled distances (MedPy/panoptica)")
+    ev.add_argument("--pred-scheme", choices=("brats2021", "brats2023"), help="default: detected")
+    ev.add_argument("--ref-scheme", choices=("brats2021", "brats2023"), help="default: detected")
+    ev.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format=f"{PROG}: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print(f"{PROG}: cancelled; nothing was written", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"{PROG}: error: out of memory", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = getattr(exc, "filename", None)
+        print(f"{PROG}: error: {where + ': ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
+        return 2

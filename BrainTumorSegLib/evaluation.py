@@ -1,0 +1,153 @@
+"""Evaluating predicted label maps against references: one case or two folders by case id."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atomicfile import write_json, write_text
+from .cases import parse_name
+from .errors import InputError, PathLike
+from .imageio import image_extension, read_image, same_grid, strip_extension
+from .labels import REGIONS, check_scheme, detect_scheme
+from .metrics import METRICS, case_metrics, summarize
+
+_TRAILING = re.compile(r"[_-](seg|pred|prediction|label|labels)$", re.IGNORECASE)
+
+
+def case_id_of(path: str) -> str:
+    """Case id of a label file: its name without extension and a trailing _seg/_pred-like suffix."""
+    parsed = parse_name(path)
+    if parsed is not None and parsed[1] == "seg":
+        return parsed[0]
+    return _TRAILING.sub("", strip_extension(os.path.basename(path)))
+
+
+def label_files(folder: str) -> Dict[str, str]:
+    """Label files in ``folder`` by case id: ``<id>.nii.gz``-like files at the top level, and the
+    ``seg`` file of every BraTS case subfolder."""
+    if not os.path.isdir(folder):
+        raise InputError(folder, "folder not found")
+    found: Dict[str, str] = {}
+
+    def add(path: str) -> None:
+        cid = case_id_of(path)
+        if cid in found:
+            raise InputError(path, f"second label file for case {cid} (first: {found[cid]})")
+        found[cid] = path
+
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith("."):
+            continue
+        if os.path.isdir(path):
+            for sub in sorted(os.listdir(path)):
+                parsed = parse_name(sub)
+                if parsed is not None and parsed[1] == "seg":
+                    add(os.path.join(path, sub))
+        elif image_extension(name):
+            parsed = parse_name(name)
+            if parsed is None or parsed[1] == "seg":
+                add(path)
+    return found
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    pred: str
+    ref: str
+    metrics: Dict[str, Dict[str, float]]
+
+
+def evaluate_pair(pred_path: str, ref_path: str, hd95_definition: str = "max",
+                  pred_scheme: Optional[str] = None, ref_scheme: Optional[str] = None,
+                  case_id: Optional[str] = None) -> CaseResult:
+    pred_img = read_image(pred_path, "label")
+    ref_img = read_image(ref_path, "label")
+    if not same_grid(pred_img, ref_img):
+        raise InputError(pred_path, f"is not on the grid of the reference {ref_path} "
+                                    f"(size {pred_img.GetSize()} vs {ref_img.GetSize()}, "
+                                    f"spacing {_r(pred_img.GetSpacing())} vs {_r(ref_img.GetSpacing())})")
+    pred = sitk.GetArrayViewFromImage(pred_img)
+    ref = sitk.GetArrayViewFromImage(ref_img)
+    ps = check_scheme(pred, pred_scheme, pred_path) if pred_scheme else detect_scheme(pred, pred_path)
+    rs = check_scheme(ref, ref_scheme, ref_path) if ref_scheme else detect_scheme(ref, ref_path)
+    spacing = ref_img.GetSpacing()[::-1]
+    m = case_metrics(np.asarray(pred), np.asarray(ref), spacing, ps, rs, hd95_definition)
+    return CaseResult(case_id or case_id_of(ref_path), pred_path, ref_path, m)
+
+
+def _r(v) -> Tuple[float, ...]:
+    return tuple(round(float(x), 4) for x in v)
+
+
+def match_folders(pred_dir: str, ref_dir: str) -> List[Tuple[str, str, str]]:
+    """(case id, pred, ref) for every reference case; an error lists references without a prediction."""
+    preds, refs = label_files(pred_dir), label_files(ref_dir)
+    if not refs:
+        raise InputError(ref_dir, "holds no label files")
+    missing = sorted(set(refs) - set(preds))
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise InputError(pred_dir, f"has no prediction for {len(missing)} reference case(s): {shown}")
+    return [(cid, preds[cid], refs[cid]) for cid in sorted(refs)]
+
+
+def evaluate(pred: PathLike, ref: PathLike, hd95_definition: str = "max",
+             pred_scheme: Optional[str] = None, ref_scheme: Optional[str] = None) -> List[CaseResult]:
+    """Evaluate one file pair or two folders matched by case id."""
+    p, r = os.fspath(pred), os.fspath(ref)
+    for path in (p, r):
+        if not os.path.exists(path):
+            raise InputError(path, "not found")
+    if os.path.isdir(p) != os.path.isdir(r):
+        raise InputError(p, "give two files or two folders to compare")
+    pairs = match_folders(p, r) if os.path.isdir(p) else [(case_id_of(r), p, r)]
+    return [evaluate_pair(pp, rr, hd95_definition, pred_scheme, ref_scheme, cid) for cid, pp, rr in pairs]
+
+
+def to_csv(results: List[CaseResult]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case_id"] + [f"{reg}_{m}" for reg in REGIONS for m in METRICS] + ["pred", "ref"])
+    for res in results:
+        w.writerow([res.case_id] + [f"{res.metrics[reg][m]:.6g}" for reg in REGIONS for m in METRICS]
+                   + [res.pred, res.ref])
+    return buf.getvalue()
+
+
+def summary(results: List[CaseResult], hd95_definition: str) -> Dict:
+    return {
+        "cases": len(results),
+        "hd95_definition": hd95_definition,
+        "summary": summarize([r.metrics for r in results]),
+        "per_case": {r.case_id: r.metrics for r in results},
+    }
+
+
+def write_outputs(results: List[CaseResult], csv_path: str, json_path: str, hd95_definition: str) -> None:
+    inputs = [x for r in results for x in (r.pred, r.ref)]
+    write_text(csv_path, to_csv(results), inputs)
+    write_json(json_path, summary(results, hd95_definition), inputs)
+
+
+def format_table(results: List[CaseResult]) -> str:
+    """Short text table: mean Dice and HD95 per region (and per case when few)."""
+    lines = [f"{'case':<24}" + "".join(f"{'Dice ' + r:>10}" for r in REGIONS)
+             + "".join(f"{'HD95 ' + r:>10}" for r in REGIONS)]
+    rows = results if len(results) <= 20 else []
+    for res in rows:
+        lines.append(f"{res.case_id[:24]:<24}" + "".join(f"{res.metrics[r]['dice']:>10.4f}" for r in REGIONS)
+                     + "".join(f"{res.metrics[r]['hd95']:>10.2f}" for r in REGIONS))
+    s = summarize([r.metrics for r in results])
+    for stat in ("mean", "median", "std"):
+        lines.append(f"{stat:<24}" + "".join(f"{s[r]['dice'][stat]:>10.4f}" for r in REGIONS)
+                     + "".join(f"{s[r]['hd95'][stat]:>10.2f}" for r in REGIONS))
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Shared fixtures: real files written through SimpleITK, never mocks."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BrainTumorSegLib import phantom
+
+
+def make_image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+               direction: Optional[Sequence[float]] = None) -> sitk.Image:
+    """Image from a (z, y, x) array with the given geometry (x, y, z order)."""
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetOrigin([float(o) for o in origin])
+    if direction is not None:
+        img.SetDirection([float(d) for d in direction])
+    return img
+
+
+def analytic_image(size, spacing, origin, direction, func: Callable) -> sitk.Image:
+    """Image whose voxel values are ``func`` of the voxel's physical (LPS) position."""
+    img = make_image(np.zeros(size[::-1], np.float32), spacing, origin, direction)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in size], indexing="ij"), -1).reshape(-1, 3)
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    pts = np.array(origin) + (idx * np.array(spacing)) @ d.T
+    vals = func(pts).reshape(size).transpose(2, 1, 0)
+    out = sitk.GetImageFromArray(vals.astype(np.float32))
+    out.CopyInformation(img)
+    return out
+
+
+def rotation_direction(angle_deg: float, axis: int = 2) -> list:
+    a = np.deg2rad(angle_deg)
+    c, s = np.cos(a), np.sin(a)
+    r = np.eye(3)
+    i, j = [k for k in range(3) if k != axis]
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r.ravel().tolist()
+
+
+def run_cli(*args: str, cwd: Optional[str] = None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess (``python -m BrainTumorSegLib``)."""
+    return subprocess.run([sys.executable, "-m", "BrainTumorSegLib", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> str:
+    """Two synthetic cases on disk, BraTS 2021 layout (seed 7)."""
+    out = tmp_path_factory.mktemp("phantoms")
+    phantom.generate(out, 2, seed=7)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def phantom_case_dir(phantom_dir) -> str:
+    return os.path.join(phantom_dir, "Synth_7_0000")

@@ -1,0 +1,162 @@
+import os
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BrainTumorSegLib import imageio
+from BrainTumorSegLib.errors import InputError
+from conftest import make_image, rotation_direction
+
+EXTS = [".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"]
+
+
+@pytest.mark.parametrize("ext", EXTS)
+def test_round_trip_keeps_geometry(tmp_path, ext):
+    arr = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32) + 1
+    img = make_image(arr, spacing=(0.9, 1.1, 3.0), origin=(-10.5, 20.25, 3.0),
+                     direction=rotation_direction(20, axis=2))
+    path = imageio.write_image(img, tmp_path / f"img{ext}")
+    back = imageio.read_image(path)
+    assert back.GetSize() == img.GetSize()
+    assert np.allclose(back.GetSpacing(), img.GetSpacing(), atol=1e-5)
+    assert np.allclose(back.GetOrigin(), img.GetOrigin(), atol=1e-4)
+    assert np.allclose(back.GetDirection(), img.GetDirection(), atol=1e-5)
+    assert np.array_equal(sitk.GetArrayFromImage(back), arr)
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".")] == []  # no temporary left
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha"])
+def test_write_labels_uint8_on_reference_grid(tmp_path, ext):
+    ref = make_image(np.ones((4, 5, 6), np.float32), spacing=(1, 2, 3), origin=(1, 2, 3),
+                     direction=rotation_direction(90, axis=0))
+    labels = np.zeros((4, 5, 6), np.int64)
+    labels[1, 2, 3] = 4
+    out = imageio.write_labels(labels, ref, tmp_path / f"seg{ext}")
+    back = sitk.ReadImage(out)
+    assert back.GetPixelID() == sitk.sitkUInt8
+    assert imageio.same_grid(back, ref)
+    assert np.array_equal(sitk.GetArrayFromImage(back), labels)
+
+
+def test_write_labels_rejects_wrong_shape(tmp_path):
+    ref = make_image(np.ones((4, 5, 6), np.float32))
+    with pytest.raises(ValueError):
+        imageio.write_labels(np.zeros((6, 5, 4)), ref, tmp_path / "x.nii.gz")
+
+
+def test_refuses_to_overwrite_input(tmp_path):
+    img = make_image(np.ones((3, 3, 3), np.float32))
+    p = imageio.write_image(img, tmp_path / "in.nii.gz")
+    before = open(p, "rb").read()
+    with pytest.raises(InputError, match="is an input file"):
+        imageio.write_image(img * 2, p, inputs=[str(tmp_path / "." / "in.nii.gz")])
+    assert open(p, "rb").read() == before
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    img = make_image(np.ones((3, 3, 3), np.float32))
+    real_write = sitk.WriteImage
+
+    def crash(image, path, *a):
+        real_write(image, path, *a)  # the temporary file exists, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sitk, "WriteImage", crash)
+    for ext in (".nii.gz", ".nhdr"):
+        with pytest.raises(KeyboardInterrupt):
+            imageio.write_image(img, tmp_path / f"out{ext}")
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_folder_must_exist(tmp_path):
+    img = make_image(np.ones((3, 3, 3), np.float32))
+    with pytest.raises(InputError, match="output folder does not exist"):
+        imageio.write_image(img, tmp_path / "nope" / "x.nii.gz")
+    with pytest.raises(InputError, match="unsupported output type"):
+        imageio.write_image(img, tmp_path / "x.png")
+
+
+# --- bad input: each gets a one-line message naming the file -------------------------------
+
+def _write(tmp_path, name, arr, **kw):
+    p = str(tmp_path / name)
+    sitk.WriteImage(make_image(arr, **kw) if isinstance(arr, np.ndarray) else arr, p)
+    return p
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.nii\.gz: file not found"):
+        imageio.read_image(tmp_path / "nope.nii.gz")
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_truncated_file(tmp_path, ext):
+    # SimpleITK alone reads a truncated NIfTI without complaint, filling it with garbage.
+    p = _write(tmp_path, f"t{ext}", np.random.default_rng(0).random((20, 20, 20)).astype(np.float32))
+    data = open(p, "rb").read()
+    open(p, "wb").write(data[: len(data) // 2])
+    with pytest.raises(InputError, match=rf"t{re.escape(ext)}: (cannot be read|is truncated)"):
+        imageio.read_image(p)
+
+
+def test_garbage_file(tmp_path):
+    p = tmp_path / "g.nrrd"
+    p.write_bytes(b"this is not an image\n" * 10)
+    with pytest.raises(InputError, match=r"g\.nrrd: cannot be read"):
+        imageio.read_image(p)
+
+
+def test_2d_and_4d_images(tmp_path):
+    p2 = str(tmp_path / "two.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((5, 5), np.float32)), p2)
+    with pytest.raises(InputError, match=r"two\.nii\.gz: is a 2D image .* a 3D volume is expected"):
+        imageio.read_image(p2)
+    p4 = str(tmp_path / "four.nii.gz")
+    sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(np.ones((3, 4, 5), np.float32))] * 2), p4)
+    with pytest.raises(InputError, match=r"four\.nii\.gz: is a 4D image"):
+        imageio.read_image(p4)
+    p1 = _write(tmp_path, "slice.nii.gz", np.ones((1, 5, 5), np.float32))
+    with pytest.raises(InputError, match="at least 2 voxels"):
+        imageio.read_image(p1)
+
+
+def test_vector_image(tmp_path):
+    p = str(tmp_path / "rgb.mha")
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 4, 5, 3), np.float32), isVector=True), p)
+    with pytest.raises(InputError, match="3 components per voxel"):
+        imageio.read_image(p)
+
+
+def test_all_zero_and_nonfinite(tmp_path):
+    z = _write(tmp_path, "zero.nii.gz", np.zeros((4, 4, 4), np.float32))
+    with pytest.raises(InputError, match=r"zero\.nii\.gz: is all zero"):
+        imageio.read_image(z)
+    assert imageio.read_image(z, "label").GetSize() == (4, 4, 4)  # an empty seg is fine
+    # ITK's NIfTI reader silently turns NaN/Inf into 0: files written by other tools must be caught.
+    for bad, ext in [(np.nan, ".nii.gz"), (np.inf, ".nii"), (-np.inf, ".nrrd"), (np.nan, ".mha")]:
+        a = np.ones((4, 4, 4), np.float32)
+        a[1, 1, 1] = bad
+        p = str(tmp_path / f"bad{ext}")
+        if ext.startswith(".nii"):
+            nib.save(nib.Nifti1Image(a, np.eye(4)), p)
+        else:
+            sitk.WriteImage(sitk.GetImageFromArray(a), p)
+        with pytest.raises(InputError, match=rf"bad{re.escape(ext)}: contains NaN or Inf"):
+            imageio.read_image(p)
+
+
+def test_non_integer_labels(tmp_path):
+    p = _write(tmp_path, "s.nii.gz", np.full((3, 3, 3), 1.5, np.float32))
+    with pytest.raises(InputError, match="non-integer"):
+        imageio.read_image(p, "label")
+
+
+def test_unsupported_extension_and_folder(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.raises(InputError, match="unsupported file type"):
+        imageio.read_image(tmp_path / "x.png")
+    with pytest.raises(InputError, match="is a folder"):
+        imageio.read_image(tmp_path)
