@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from .atomicfile import write_json, write_text
 from .cases import parse_name
 from .errors import InputError, PathLike
-from .imageio import image_extension, read_image, same_grid, strip_extension
+from .imageio import grid_difference, image_extension, read_image, same_grid, strip_extension
 from .labels import REGIONS, check_scheme, detect_scheme
 from .metrics import METRICS, case_metrics, summarize
 
@@ -73,8 +73,7 @@ def evaluate_pair(pred_path: str, ref_path: str, hd95_definition: str = "max",
     ref_img = read_image(ref_path, "label")
     if not same_grid(pred_img, ref_img):
         raise InputError(pred_path, f"is not on the grid of the reference {ref_path} "
-                                    f"(size {pred_img.GetSize()} vs {ref_img.GetSize()}, "
-                                    f"spacing {_r(pred_img.GetSpacing())} vs {_r(ref_img.GetSpacing())})")
+                                    f"({grid_difference(pred_img, ref_img)})")
     pred = sitk.GetArrayViewFromImage(pred_img)
     ref = sitk.GetArrayViewFromImage(ref_img)
     ps = check_scheme(pred, pred_scheme, pred_path) if pred_scheme else detect_scheme(pred, pred_path)
@@ -82,10 +81,6 @@ def evaluate_pair(pred_path: str, ref_path: str, hd95_definition: str = "max",
     spacing = ref_img.GetSpacing()[::-1]
     m = case_metrics(np.asarray(pred), np.asarray(ref), spacing, ps, rs, hd95_definition)
     return CaseResult(case_id or case_id_of(ref_path), pred_path, ref_path, m)
-
-
-def _r(v) -> Tuple[float, ...]:
-    return tuple(round(float(x), 4) for x in v)
 
 
 def match_folders(pred_dir: str, ref_dir: str) -> List[Tuple[str, str, str]]:
@@ -106,7 +101,7 @@ def evaluate(pred: PathLike, ref: PathLike, hd95_definition: str = "max",
     p, r = os.fspath(pred), os.fspath(ref)
     for path in (p, r):
         if not os.path.exists(path):
-            raise InputError(path, "not found")
+            raise InputError(path, "file not found")
     if os.path.isdir(p) != os.path.isdir(r):
         raise InputError(p, "give two files or two folders to compare")
     pairs = match_folders(p, r) if os.path.isdir(p) else [(case_id_of(r), p, r)]
