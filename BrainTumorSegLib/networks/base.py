@@ -1,0 +1,63 @@
+"""What every network declares, so inference and training treat all of them the same way."""
+from __future__ import annotations
+
+from typing import Dict, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SEQUENCE_ORDER = ("t1", "t1ce", "t2", "flair")  # nnU-Net's channel order for BraTS
+
+Output = Union[torch.Tensor, Dict[str, torch.Tensor]]
+
+
+class SegmentationNetwork(nn.Module):
+    """Base class.
+
+    Subclasses set the class attributes and implement ``_forward(x) -> dict`` with at least
+    ``"out"`` (logits). ``forward`` pads the input to a multiple of ``divisor`` and crops every
+    full-resolution output back, so any input size works. In eval mode ``forward`` returns only
+    the logits tensor; in train mode it returns the dict with the auxiliary outputs named in
+    ``aux_outputs`` (deep supervision heads, attention maps), which are not computed in eval mode.
+    """
+
+    output_kind: str = "softmax"          # "softmax": classes 0..3 (bg, NCR, ED, ET); "sigmoid": WT, TC, ET
+    out_channels: int = 4
+    in_sequences: Tuple[str, ...] = SEQUENCE_ORDER
+    patch_size: Tuple[int, int, int] = (128, 128, 128)  # z, y, x
+    divisor: int = 16
+    aux_outputs: Tuple[str, ...] = ()
+    paper: str = ""
+
+    def forward(self, x: torch.Tensor) -> Output:
+        size = x.shape[2:]
+        pad = [(-s) % self.divisor for s in size]
+        if any(pad):
+            x = F.pad(x, [p for ax in reversed(pad) for p in (0, ax)])
+        out = self._forward(x)
+        if any(pad):
+            crop = (Ellipsis,) + tuple(slice(0, s) for s in size)
+            out = {k: (v[crop] if torch.is_tensor(v) and v.dim() == x.dim() and v.shape[2:] == x.shape[2:] else v)
+                   for k, v in out.items()}
+        return out if self.training else out["out"]
+
+    def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def spec(self) -> Dict:
+        return {"output_kind": self.output_kind, "out_channels": self.out_channels,
+                "in_sequences": list(self.in_sequences), "patch_size": list(self.patch_size),
+                "divisor": self.divisor, "aux_outputs": list(self.aux_outputs), "paper": self.paper}
+
+
+def conv3d(cin: int, cout: int, k: int = 3, stride: int = 1, bias: bool = True) -> nn.Conv3d:
+    return nn.Conv3d(cin, cout, k, stride=stride, padding=k // 2, bias=bias)
+
+
+def norm3d(kind: str, c: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm3d(c)
+    if kind == "instance":
+        return nn.InstanceNorm3d(c, affine=True)
+    raise ValueError(f"unknown norm {kind!r}")

@@ -1,0 +1,89 @@
+"""Region-based residual-encoder U-Net, the baseline in the style of the BraTS 2021 winners.
+
+Follows the recipe of nnU-Net's BraTS 2021 entry (seeds/brainles-brats-2021-proceedings.txt,
+Luu and Park's extension of nnU-Net, and the residual encoders common among the top teams):
+a U-Net whose encoder stages are stacks of residual blocks (conv-IN-LReLU-conv-IN, + identity,
+LReLU), strided 3x3x3 convs to go down, transposed convs to go up, one conv-IN-LReLU block per
+decoder stage, instance norm, LeakyReLU(0.01), and three sigmoid outputs for the nested regions
+WT, TC, ET (region-based training). Deep supervision heads on the two coarser decoder stages
+are computed in training only.
+
+Departures, with reasons: widths 16-32-64-128-256 and blocks 1-2-2-2-2 (nnU-Net uses 32-320
+and more blocks) so that a 128^3 window runs in about a second on a laptop CPU; no batch
+dice or large-batch tricks, which belong to training.
+"""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import torch
+import torch.nn as nn
+
+from .base import SegmentationNetwork, conv3d
+
+
+def _cna(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(conv3d(cin, cout, stride=stride, bias=False), nn.InstanceNorm3d(cout, affine=True),
+                         nn.LeakyReLU(0.01, inplace=True))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = _cna(cin, cout, stride)
+        self.conv2 = nn.Sequential(conv3d(cout, cout, bias=False), nn.InstanceNorm3d(cout, affine=True))
+        self.skip = (nn.Identity() if cin == cout and stride == 1 else
+                     nn.Sequential(nn.Conv3d(cin, cout, 1, stride=stride, bias=False),
+                                   nn.InstanceNorm3d(cout, affine=True)))
+        self.act = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.conv1(x)) + self.skip(x))
+
+
+class ResUNet(SegmentationNetwork):
+    output_kind = "sigmoid"
+    out_channels = 3
+    patch_size = (128, 128, 128)
+    divisor = 16
+    aux_outputs = ("deep_supervision",)
+    paper = "BraTS 2021 winners' region-based residual U-Net (seeds/brainles-brats-2021-proceedings.txt)"
+
+    def __init__(self, in_channels: int = 4, out_channels: int = 3,
+                 channels: Sequence[int] = (16, 32, 64, 128, 256),
+                 blocks: Sequence[int] = (1, 2, 2, 2, 2)) -> None:
+        super().__init__()
+        self.stem = _cna(in_channels, channels[0])
+        self.stages = nn.ModuleList()
+        for i, (c, n) in enumerate(zip(channels, blocks)):
+            cin = channels[max(i - 1, 0)]
+            layers = [ResidualBlock(cin, c, stride=1 if i == 0 else 2)]
+            layers += [ResidualBlock(c, c) for _ in range(n - 1)]
+            self.stages.append(nn.Sequential(*layers))
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        for i in reversed(range(len(channels) - 1)):
+            self.ups.append(nn.ConvTranspose3d(channels[i + 1], channels[i], 2, stride=2))
+            self.decoders.append(_cna(2 * channels[i], channels[i]))
+            self.heads.append(nn.Conv3d(channels[i], out_channels, 1))
+        self.divisor = 2 ** (len(channels) - 1)
+        self.out_channels = out_channels
+
+    def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        x = self.stem(x)
+        skips = []
+        for stage in self.stages:
+            x = stage(x)
+            skips.append(x)
+        x = skips.pop()
+        ds = []
+        n = len(self.decoders)
+        for k, (up, dec, head) in enumerate(zip(self.ups, self.decoders, self.heads)):
+            x = dec(torch.cat([skips.pop(), up(x)], 1))
+            if self.training and n - 3 <= k < n - 1:
+                ds.append(head(x))
+        out = {"out": self.heads[-1](x)}
+        if self.training:
+            out["deep_supervision"] = ds[::-1]  # finest first: 1/2, then 1/4 resolution
+        return out
