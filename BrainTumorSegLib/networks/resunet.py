@@ -62,11 +62,12 @@ class ResUNet(SegmentationNetwork):
             self.stages.append(nn.Sequential(*layers))
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
-        self.heads = nn.ModuleList()
         for i in reversed(range(len(channels) - 1)):
             self.ups.append(nn.ConvTranspose3d(channels[i + 1], channels[i], 2, stride=2))
             self.decoders.append(_cna(2 * channels[i], channels[i]))
-            self.heads.append(nn.Conv3d(channels[i], out_channels, 1))
+        # deep supervision at 1/4 and 1/2 resolution (training only), final head at full resolution
+        self.ds_heads = nn.ModuleList(nn.Conv3d(channels[i], out_channels, 1) for i in (2, 1))
+        self.head = nn.Conv3d(channels[0], out_channels, 1)
         self.divisor = 2 ** (len(channels) - 1)
         self.out_channels = out_channels
 
@@ -79,11 +80,11 @@ class ResUNet(SegmentationNetwork):
         x = skips.pop()
         ds = []
         n = len(self.decoders)
-        for k, (up, dec, head) in enumerate(zip(self.ups, self.decoders, self.heads)):
+        for k, (up, dec) in enumerate(zip(self.ups, self.decoders)):
             x = dec(torch.cat([skips.pop(), up(x)], 1))
             if self.training and n - 3 <= k < n - 1:
-                ds.append(head(x))
-        out = {"out": self.heads[-1](x)}
+                ds.append(self.ds_heads[k - (n - 3)](x))
+        out = {"out": self.head(x)}
         if self.training:
             out["deep_supervision"] = ds[::-1]  # finest first: 1/2, then 1/4 resolution
         return out

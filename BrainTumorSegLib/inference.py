@@ -1,0 +1,280 @@
+"""The inference engine: ``segment`` turns four sequences into tumor labels on the T1ce grid.
+
+Steps: preprocessing (common grid, canonical orientation, brain crop, z-score), sliding-window
+prediction with Gaussian weighting (windows batched, small volumes padded), optional mirror
+test-time augmentation (all 8 flips) and ensembles (probabilities averaged), labels from
+probabilities, postprocessing, and the inverse transform onto the reference input's grid.
+Nothing is written here; the caller writes the returned images (atomically).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import bundles, devices
+from .errors import Cancelled, InputError
+from .imageio import geometry
+from .labels import REGIONS, classes_to_labels, get_scheme, labels_to_regions, regions_to_labels
+from .postprocessing import PostprocessOptions, postprocess
+from .preprocessing import PreprocessOptions, preprocess
+from .sliding_window import sliding_window, tiles_cover
+
+Progress = Callable[[str, float], None]   # (stage, fraction 0..1)
+ArrayInput = Tuple[np.ndarray, Dict]      # (array z, y, x; {"spacing", "origin", "direction"})
+
+
+@dataclass
+class SegmentOptions:
+    tta: bool = False
+    overlap: float = 0.5
+    batch_size: int = 1
+    uncertainty: bool = False
+    label_scheme: Optional[str] = None               # default: the model's
+    postprocess: Optional[PostprocessOptions] = None  # default: the model's manifest
+    reference: str = "t1ce"
+    isotropic: Optional[float] = None
+    register: bool = False
+    cpu_bf16: bool = False                            # bf16 autocast on CPU (see README tolerance)
+
+
+@dataclass
+class SegmentationResult:
+    labels: sitk.Image
+    label_scheme: str
+    volumes_ml: Dict[str, float]
+    timings: Dict[str, float]
+    device: str
+    models: List[Dict]
+    uncertainty: Optional[sitk.Image] = None
+    probabilities: Optional[np.ndarray] = None        # on the cropped working grid
+    warnings: List[str] = field(default_factory=list)
+    input_geometry: Dict = field(default_factory=dict)
+
+    def report(self) -> Dict:
+        return {
+            "models": self.models,
+            "device": self.device,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
+            "label_scheme": self.label_scheme,
+            "input_geometry": self.input_geometry,
+            "warnings": self.warnings,
+        }
+
+
+def _to_image(value: Union[str, sitk.Image, ArrayInput], role: str):
+    if isinstance(value, tuple):
+        arr, geo = value
+        arr = np.asarray(arr)
+        if arr.ndim != 3:
+            raise InputError(role, f"array of {arr.ndim} dimensions; a 3D (z, y, x) array is expected")
+        img = sitk.GetImageFromArray(arr.astype(np.float32))
+        img.SetSpacing([float(v) for v in geo.get("spacing", (1, 1, 1))])
+        img.SetOrigin([float(v) for v in geo.get("origin", (0, 0, 0))])
+        if "direction" in geo:
+            img.SetDirection([float(v) for v in geo["direction"]])
+        return img
+    return value
+
+
+def volumes(labels: np.ndarray, scheme: str, voxel_ml: float) -> Dict[str, float]:
+    s = get_scheme(scheme)
+    out = {name: float(np.count_nonzero(labels == s.class_value(name))) * voxel_ml for name in ("NCR", "ED", "ET")}
+    regions = labels_to_regions(labels, s)
+    out.update({r: float(regions[i].sum()) * voxel_ml for i, r in enumerate(REGIONS)})
+    return out
+
+
+def _flips(tta: bool) -> List[Tuple[int, ...]]:
+    if not tta:
+        return [()]
+    axes = (2, 3, 4)
+    return [c for n in range(4) for c in itertools.combinations(axes, n)]
+
+
+class _Predictor:
+    """Runs one network on batches with the right precision, flips and activation."""
+
+    def __init__(self, bundle: bundles.Bundle, device: torch.device, flips, cpu_bf16: bool) -> None:
+        self.net = bundle.network.to(device).eval()
+        self.kind = bundle.manifest["output_kind"]
+        self.device = device
+        self.flips = flips
+        self.cpu_bf16 = cpu_bf16
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device)
+        acc = None
+        for f in self.flips:
+            xi = torch.flip(x, f) if f else x
+            with torch.inference_mode(), self._autocast():
+                logits = self.net(xi).float()
+            p = torch.softmax(logits, 1) if self.kind == "softmax" else torch.sigmoid(logits)
+            p = torch.flip(p, f) if f else p
+            acc = p if acc is None else acc + p
+        return acc / len(self.flips)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        if self.device.type == "cpu" and self.cpu_bf16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+
+def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, opts: SegmentOptions,
+             progress: Optional[Progress], cancel: Optional[threading.Event], out_device: torch.device,
+             stage: str) -> torch.Tensor:
+    pred = _Predictor(bundle, device, _flips(opts.tta), opts.cpu_bf16)
+    window = tuple(bundle.manifest["patch_size"])
+    channels = 4 if pred.kind == "softmax" else 3
+
+    def prog(done: int, total: int) -> None:
+        if progress:
+            progress(stage, done / total)
+
+    if bundle.manifest["network"] == "dmda_unet":
+        # the cascade: stage 1 locates, stage 2 over the tumor's box (see networks.dmda_unet)
+        net = bundle.network
+        mask = net.locate(data.to(device))
+        box = net.roi(mask.cpu()) or tuple(slice(0, n) for n in data.shape[1:])
+        out = torch.zeros((channels,) + tuple(data.shape[1:]), device=out_device)
+        sub = data[(slice(None),) + box]
+        out[(slice(None),) + box] = sliding_window(sub, pred, window, channels, opts.overlap, opts.batch_size,
+                                                   progress=prog, cancel=cancel, out_device=out_device)
+        return out
+    return sliding_window(data, pred, window, channels, opts.overlap, opts.batch_size,
+                          progress=prog, cancel=cancel, out_device=out_device)
+
+
+def predict_probabilities(data: np.ndarray, models: Sequence[bundles.Bundle], device: torch.device,
+                          opts: SegmentOptions, progress: Optional[Progress] = None,
+                          cancel: Optional[threading.Event] = None) -> Tuple[np.ndarray, str, List[str]]:
+    """Average probabilities of ``models`` over a preprocessed (C, z, y, x) array.
+
+    On CUDA out-of-memory: retry with stitching on the CPU, then entirely on the CPU.
+    """
+    kinds = {m.manifest["output_kind"] for m in models}
+    if len(kinds) != 1:
+        raise InputError(None, "an ensemble must combine models of one output kind (all softmax or all sigmoid)")
+    x = torch.from_numpy(data)
+    notes: List[str] = []
+    attempts = [(device, device)]
+    if device.type == "cuda":
+        attempts += [(device, torch.device("cpu")), (torch.device("cpu"), torch.device("cpu"))]
+    for k, (dev, out_dev) in enumerate(attempts):
+        try:
+            total = None
+            for i, m in enumerate(models):
+                p = _predict(x, m, dev, opts, progress, cancel, out_dev, f"predict {i + 1}/{len(models)}")
+                total = p if total is None else total + p
+            probs = (total / len(models)).cpu().numpy()
+            return probs, str(dev), notes
+        except torch.cuda.OutOfMemoryError:  # pragma: no cover - needs a GPU
+            torch.cuda.empty_cache()
+            if k + 1 == len(attempts):
+                raise InputError(None, "out of GPU memory even with CPU stitching, and CPU fallback failed")
+            nxt = attempts[k + 1]
+            notes.append(f"out of GPU memory on {dev}; retrying with {'CPU stitching' if nxt[0].type == 'cuda' else 'the CPU'}")
+    raise AssertionError("unreachable")
+
+
+def entropy_map(probs: np.ndarray, kind: str) -> np.ndarray:
+    """Voxel-wise uncertainty in [0, 1]: normalised categorical entropy (softmax) or the mean
+    binary entropy of the three regions (sigmoid)."""
+    p = np.clip(probs, 1e-6, 1 - 1e-6)
+    if kind == "softmax":
+        return (-(p * np.log(p)).sum(0) / math.log(p.shape[0])).astype(np.float32)
+    h = -(p * np.log(p) + (1 - p) * np.log(1 - p)) / math.log(2)
+    return h.mean(0).astype(np.float32)
+
+
+def probabilities_to_labels(probs: np.ndarray, kind: str, scheme: str) -> np.ndarray:
+    if kind == "softmax":
+        return classes_to_labels(probs.argmax(0), scheme)
+    return regions_to_labels(probs > 0.5, scheme)
+
+
+def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
+            model: Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]]] = bundles.DEFAULT_MODEL,
+            device: str = "auto", options: Optional[SegmentOptions] = None,
+            progress: Optional[Progress] = None, cancel: Optional[threading.Event] = None) -> SegmentationResult:
+    """Segment one case.
+
+    ``inputs`` maps roles (t1, t1ce, t2, flair) to paths, SimpleITK images or ``(array, geometry)``.
+    ``model`` is a bundle, a name or path, or a list of them (an ensemble). ``progress(stage,
+    fraction)`` is called as work proceeds; setting ``cancel`` stops within one window and raises
+    :class:`Cancelled`. Returns labels on the reference input's grid and what was measured.
+    """
+    opts = options or SegmentOptions()
+    t0 = time.perf_counter()
+    timings: Dict[str, float] = {}
+
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+
+    dev = devices.resolve(device)
+    model_list = list(model) if isinstance(model, (list, tuple)) else [model]
+    loaded = [m if isinstance(m, bundles.Bundle) else bundles.load(m) for m in model_list]
+    timings["load_model"] = time.perf_counter() - t0
+    first = loaded[0].manifest
+    roles = tuple(first["in_sequences"])
+    for m in loaded[1:]:
+        if tuple(m.manifest["in_sequences"]) != roles:
+            raise InputError(m.path, "an ensemble's models must take the same sequences in the same order")
+    extra = [r for r in inputs if inputs[r] is not None and r not in roles]
+    missing = [r for r in roles if inputs.get(r) is None]
+    if missing:
+        raise InputError(missing[0], f"the model {first['id']} needs {', '.join(roles)}; no {', '.join(missing)} given")
+    scheme = opts.label_scheme or first["label_scheme"]
+    get_scheme(scheme)
+    post = opts.postprocess or PostprocessOptions(**first.get("postprocessing", {}))
+    if progress:
+        progress("preprocess", 0.0)
+    t = time.perf_counter()
+    images = {r: _to_image(inputs[r], r) for r in roles}
+    pre = preprocess(images, PreprocessOptions(reference=opts.reference, isotropic=opts.isotropic,
+                                               register=opts.register), roles=roles)
+    timings["preprocess"] = time.perf_counter() - t
+    check_cancel()
+    t = time.perf_counter()
+    probs, used, notes = predict_probabilities(pre.data, loaded, dev, opts, progress, cancel)
+    timings["predict"] = time.perf_counter() - t
+    check_cancel()
+    t = time.perf_counter()
+    if progress:
+        progress("postprocess", 0.0)
+    kind = first["output_kind"]
+    labels = probabilities_to_labels(probs, kind, scheme)
+    labels[~pre.brain] = 0
+    labels = postprocess(labels, scheme, post)
+    out = pre.inverse.to_reference(labels.astype(np.uint8), labels=True)
+    unc = None
+    if opts.uncertainty:
+        unc = pre.inverse.to_reference(entropy_map(probs, kind), labels=False)
+    timings["postprocess"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    ref_img = pre.inverse.reference
+    voxel_ml = float(np.prod(ref_img.GetSpacing())) / 1000.0
+    vols = volumes(sitk.GetArrayViewFromImage(out), scheme, voxel_ml)
+    warnings = list(pre.warnings) + notes
+    if extra:
+        warnings.append(f"ignored sequences the model does not use: {', '.join(extra)}")
+    if progress:
+        progress("done", 1.0)
+    return SegmentationResult(
+        labels=out, label_scheme=scheme, volumes_ml=vols, timings=timings, device=used,
+        models=[{"id": m.id, "version": m.manifest.get("version"), "network": m.manifest["network"],
+                 "demo": m.demo, "path": m.path} for m in loaded],
+        uncertainty=unc, probabilities=probs, warnings=warnings,
+        input_geometry={"reference": opts.reference, **geometry(ref_img),
+                        "windows": tiles_cover(pre.data.shape[1:], tuple(first["patch_size"]), opts.overlap)})

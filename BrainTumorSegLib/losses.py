@@ -1,0 +1,38 @@
+"""Segmentation losses shared by training and tests.
+
+* ``soft_dice_loss``: 1 - mean over channels of 2|P.G| / (|P| + |G|), optionally class-weighted
+  (AGSE-VNet's [0.1, 1, 1, 1]).
+* ``softmax_dice_ce``: Dice on softmax classes plus cross-entropy.
+* ``sigmoid_dice_bce``: Dice on sigmoid regions plus binary cross-entropy (region-based training).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weights: Optional[Sequence[float]] = None,
+                   smooth: float = 1e-5) -> torch.Tensor:
+    """``probs`` and one-hot/region ``target`` of shape (B, C, ...)."""
+    dims = tuple(range(2, probs.dim()))
+    inter = (probs * target).sum(dims)
+    denom = probs.sum(dims) + target.sum(dims)
+    dice = (2 * inter + smooth) / (denom + smooth)            # B x C
+    if weights is None:
+        return 1 - dice.mean()
+    w = torch.as_tensor(weights, dtype=dice.dtype, device=dice.device)
+    return 1 - (dice * w).sum(1).mean() / w.sum()
+
+
+def softmax_dice_ce(logits: torch.Tensor, classes: torch.Tensor,
+                    weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """``classes``: (B, ...) integer class indices 0..C-1."""
+    onehot = F.one_hot(classes.long(), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+    return soft_dice_loss(torch.softmax(logits, 1), onehot, weights) + F.cross_entropy(logits, classes.long())
+
+
+def sigmoid_dice_bce(logits: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """``regions``: (B, 3, ...) float masks WT, TC, ET."""
+    return soft_dice_loss(torch.sigmoid(logits), regions) + F.binary_cross_entropy_with_logits(logits, regions)
