@@ -132,6 +132,7 @@ def save(network: SegmentationNetwork, folder: PathLike, manifest: Dict) -> str:
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
         save_file(state, os.path.join(tmp, WEIGHTS))
+        os.chmod(os.path.join(tmp, WEIGHTS), 0o644)
         full = dict(manifest)
         full.update({"format": FORMAT, "weights_sha256": sha256_of(os.path.join(tmp, WEIGHTS))})
         full.setdefault("output_kind", network.output_kind)

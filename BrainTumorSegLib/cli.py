@@ -5,6 +5,7 @@ Bad input ends with one line ``braintumorseg: error: <file>: <problem>`` and exi
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -77,6 +78,50 @@ def _cmd_networks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    from .training import TrainConfig
+
+    options = json.loads(args.options) if args.options else {}
+    return TrainConfig(network=args.network, options=options, epochs=args.epochs, iters_per_epoch=args.iters,
+                       batch=args.batch, patch=tuple(args.patch) if args.patch else None, lr=args.lr,
+                       seed=args.seed, val_every=args.val_every, workers=args.workers, amp=args.amp,
+                       domain_randomization=args.domain_randomization)
+
+
+def _split(args: argparse.Namespace):
+    from .cases import find_cases
+    from .training import check_cases
+
+    cases = check_cases(find_cases(args.data), args.skip_bad)
+    if args.val:
+        return cases, check_cases(find_cases(args.val), args.skip_bad)
+    if args.folds:
+        if not 0 <= args.fold < args.folds:
+            raise InputError(None, f"--fold must be in 0..{args.folds - 1}")
+        val = [c for i, c in enumerate(cases) if i % args.folds == args.fold]
+        return [c for c in cases if c not in val], val
+    return cases, []
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    train_cases, val_cases = _split(args)
+    out = train(_train_config(args), train_cases, val_cases, args.out, resume=args.resume)
+    print(f"model bundle: {out}")
+    return 0
+
+
+def _cmd_train_demo(args: argparse.Namespace) -> int:
+    """The recipe of the shipped demo model, end to end."""
+    from .recipes import train_demo
+
+    out = train_demo(args.workdir, args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+                     epochs=args.epochs, iters=args.iters)
+    print(f"demo model bundle: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Brain tumor segmentation from T1, T1ce, T2 and FLAIR MRI.")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -106,6 +151,40 @@ def build_parser() -> argparse.ArgumentParser:
     nw.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     nw.add_argument("--no-time", action="store_true", help="skip the timed forward passes")
     nw.set_defaults(func=_cmd_networks)
+    def add_train_args(t: argparse.ArgumentParser) -> None:
+        t.add_argument("--data", required=True, help="folder of training cases (BraTS 2021 or 2023 layout)")
+        t.add_argument("--val", help="folder of validation cases")
+        t.add_argument("--folds", type=int, default=0, help="k-fold split of --data (with --fold)")
+        t.add_argument("--fold", type=int, default=0)
+        t.add_argument("--out", required=True, help="run folder (checkpoints, logs, exported bundle)")
+        t.add_argument("--epochs", type=int, default=20)
+        t.add_argument("--iters", type=int, default=50, help="iterations per epoch")
+        t.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"))
+        t.add_argument("--batch", type=int, default=2)
+        t.add_argument("--lr", type=float)
+        t.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
+        t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--val-every", type=int, default=5)
+        t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+        t.add_argument("--skip-bad", action="store_true", help="skip broken cases with a warning instead of failing")
+        t.add_argument("--domain-randomization", action="store_true", help="random contrast per sequence (synthetic data)")
+        t.add_argument("--options", help="network options as JSON, e.g. '{\"channels\": [16, 32, 64, 128, 128]}'")
+
+    tr = sub.add_parser("train", help="train a network on cases with labels; exports a model bundle")
+    tr.add_argument("--network", default="resunet", help="resunet, agse_vnet, cga_unet or dmda_unet")
+    add_train_args(tr)
+    tr.set_defaults(func=_cmd_train)
+
+    td = sub.add_parser("train-demo", help="the recipe of the shipped demo model: phantoms, training, held-out test")
+    td.add_argument("--workdir", required=True, help="folder for phantoms and the run")
+    td.add_argument("--out", required=True, help="where to write the bundle (e.g. Resources/Models/brats-synthetic-demo)")
+    td.add_argument("--n-train", type=int, default=40)
+    td.add_argument("--n-val", type=int, default=3)
+    td.add_argument("--n-test", type=int, default=5)
+    td.add_argument("--epochs", type=int, default=15)
+    td.add_argument("--iters", type=int, default=45)
+    td.set_defaults(func=_cmd_train_demo)
     return p
 
 

@@ -1,0 +1,399 @@
+"""Training and fine-tuning: data cache, patch sampling, augmentation, losses per paper, loop,
+atomic resumable checkpoints, validation with the BraTS metrics, and bundle export.
+
+Determinism: every random choice of sample ``i`` in epoch ``e`` comes from a generator seeded
+with ``(seed, e, i)``, and torch's own generator is reseeded at each epoch start, so a run
+resumed from an epoch checkpoint continues exactly as an uninterrupted one (on the CPU).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from . import bundles
+from .atomicfile import write_json, write_text
+from .cases import SEQUENCES, Case, find_cases
+from .errors import InputError
+from .imageio import read_image, same_grid
+from .inference import SegmentOptions, predict_probabilities, probabilities_to_labels
+from .labels import check_scheme, detect_scheme, labels_to_classes
+from .losses import sigmoid_dice_bce, soft_dice_loss, softmax_dice_ce
+from .metrics import case_metrics
+from .networks import build
+from .preprocessing import labels_to_working, preprocess
+
+# Each network's training defaults, in one place (written into the run folder).
+DEFAULTS: Dict[str, Dict] = {
+    "resunet": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
+                "loss": "region Dice + BCE, deep supervision weights 1, 0.5, 0.25"},
+    "agse_vnet": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "step",
+                  "step_lr": 3e-5, "loss": "categorical Dice, class weights [0.1, 1, 1, 1]"},
+    "cga_unet": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "schedule": "constant",
+                 "inter_class_from_epoch": 20, "inter_class_weight": 0.1,
+                 "loss": "softmax Dice + MSE on the attention map (+ inter-class loss after epoch 20)"},
+    "dmda_unet": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "schedule": "cosine",
+                  "loss": "stage 1: generalised Dice + weighted CE on axial slices; stage 2: region Dice"},
+}
+
+
+@dataclass
+class TrainConfig:
+    network: str = "resunet"
+    options: Dict = field(default_factory=dict)
+    epochs: int = 20
+    iters_per_epoch: int = 50
+    batch: int = 2
+    patch: Optional[Tuple[int, int, int]] = None
+    lr: Optional[float] = None
+    seed: int = 0
+    fg_fraction: float = 1 / 3
+    val_every: int = 5
+    workers: int = 0
+    amp: bool = False
+    label_scheme: str = "brats2021"
+    domain_randomization: bool = False
+
+
+# ----------------------------------------------------------------------------- data
+
+def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
+    """Keep cases with four readable sequences and a seg on the T1ce grid with BraTS labels."""
+    good, bad = [], []
+    for c in cases:
+        try:
+            c.require(SEQUENCES + ("seg",))
+            ref = read_image(c.paths["t1ce"])
+            seg = read_image(c.paths["seg"], "label")
+            detect_scheme(sitk.GetArrayViewFromImage(seg), c.paths["seg"])
+            if not same_grid(seg, ref):
+                raise InputError(c.paths["seg"], "is not on the grid of the T1ce image")
+            good.append(c)
+        except InputError as exc:
+            bad.append(f"{c.case_id}: {exc}")
+    if bad and not skip_bad:
+        raise InputError(None, f"{len(bad)} bad case(s): " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    for b in bad:
+        print(f"warning: skipping {b}", file=sys.stderr)
+    if not good:
+        raise InputError(None, "no usable training case")
+    return good
+
+
+def cache_case(case: Case, cache_dir: str) -> str:
+    """Preprocess one case once: (C, z, y, x) float16 data, class labels, spacing."""
+    key = hashlib.sha256("|".join(f"{r}={os.path.abspath(p)}:{os.path.getmtime(p)}"
+                                  for r, p in sorted(case.paths.items())).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"{case.case_id}-{key}.npz")
+    if os.path.exists(path):
+        return path
+    pre = preprocess(case.sequences)
+    seg_img = read_image(case.paths["seg"], "label")
+    seg = labels_to_working(seg_img, pre.inverse)
+    scheme = detect_scheme(seg, case.paths["seg"])
+    classes = labels_to_classes(seg, scheme)
+    fg = np.argwhere(classes > 0)
+    if len(fg) > 20000:
+        fg = fg[np.random.default_rng(0).choice(len(fg), 20000, replace=False)]
+    buf = io.BytesIO()
+    np.savez(buf, data=pre.data.astype(np.float16), classes=classes.astype(np.uint8),
+             fg=fg.astype(np.int32), spacing=np.array(pre.spacing))
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+class CachedCase:
+    def __init__(self, path: str) -> None:
+        with np.load(path) as z:
+            self.data = z["data"]
+            self.classes = z["classes"]
+            self.fg = z["fg"]
+            self.spacing = tuple(float(s) for s in z["spacing"])
+        self.case_id = os.path.basename(path).rsplit("-", 1)[0]
+
+
+def _crop(arr: np.ndarray, start: Sequence[int], patch: Sequence[int]) -> np.ndarray:
+    """Crop (..., z, y, x) at ``start`` with zero padding where the patch leaves the volume."""
+    shape = arr.shape[-3:]
+    out = np.zeros(arr.shape[:-3] + tuple(patch), arr.dtype)
+    src, dst = [], []
+    for s, p, n in zip(start, patch, shape):
+        a, b = max(s, 0), min(s + p, n)
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out[(Ellipsis,) + tuple(dst)] = arr[(Ellipsis,) + tuple(src)]
+    return out
+
+
+def sample_patch(case: CachedCase, patch: Sequence[int], rng: np.random.Generator,
+                 fg_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
+    shape = case.classes.shape
+    if len(case.fg) and rng.random() < fg_fraction:
+        centre = case.fg[rng.integers(len(case.fg))]
+        start = [int(c) - p // 2 + int(rng.integers(-p // 4, p // 4 + 1)) for c, p in zip(centre, patch)]
+    else:
+        start = [int(rng.integers(min(0, n - p), max(0, n - p) + 1)) for n, p in zip(shape, patch)]
+    return _crop(case.data, start, patch).astype(np.float32), _crop(case.classes, start, patch)
+
+
+def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+            domain_randomization: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Flips, rotation/scaling, intensity shift/scale, gamma, noise, blur, bias field,
+    sequence dropping; all from ``rng``."""
+    for ax in (1, 2, 3):
+        if rng.random() < 0.5:
+            x = np.flip(x, ax)
+            y = np.flip(y, ax - 1)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    if rng.random() < 0.2:  # rotation about the axial axis and isotropic scaling
+        angle = rng.uniform(-0.5, 0.5)
+        scale = rng.uniform(0.85, 1.15)
+        c, s = math.cos(angle) / scale, math.sin(angle) / scale
+        theta = torch.tensor([[[1 / scale, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0]]], dtype=torch.float32)
+        grid = F.affine_grid(theta, (1, 1) + y.shape, align_corners=False)
+        x = F.grid_sample(torch.from_numpy(x)[None], grid, mode="bilinear", align_corners=False)[0].numpy()
+        y = F.grid_sample(torch.from_numpy(y[None, None].astype(np.float32)), grid, mode="nearest",
+                          align_corners=False)[0, 0].numpy().astype(np.uint8)
+    brain = x.any(0)
+    for c in range(x.shape[0]):
+        x[c] = x[c] * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+        if rng.random() < 0.15:  # gamma on the channel's own range
+            lo, hi = x[c].min(), x[c].max()
+            if hi > lo:
+                x[c] = lo + (hi - lo) * ((x[c] - lo) / (hi - lo)) ** rng.uniform(0.7, 1.5)
+    if rng.random() < 0.15:
+        x = x + rng.normal(0, rng.uniform(0, 0.1), x.shape).astype(np.float32)
+    if rng.random() < 0.1:
+        from scipy.ndimage import gaussian_filter
+        x = gaussian_filter(x, (0,) + (rng.uniform(0.5, 1.0),) * 3).astype(np.float32)
+    if rng.random() < 0.15:  # smooth multiplicative bias field
+        zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in y.shape], indexing="ij")
+        a = rng.uniform(-0.3, 0.3, 3)
+        x = x * np.exp(a[0] * zz + a[1] * yy + a[2] * xx)[None]
+    if domain_randomization:  # random contrast per channel: rescaled, sometimes inverted, inside the brain
+        for c in range(x.shape[0]):
+            if rng.random() < 0.3:
+                x[c] = np.where(brain, (1 if rng.random() < 0.7 else -1) * x[c] * rng.uniform(0.5, 1.5), x[c])
+    if rng.random() < 0.1:  # drop one sequence, as if it were missing
+        x[rng.integers(x.shape[0])] = 0
+    return x.astype(np.float32), y
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    def __init__(self, cache_files: Sequence[str], patch: Sequence[int], batches: int, seed: int,
+                 fg_fraction: float, domain_randomization: bool) -> None:
+        self.files = list(cache_files)
+        self.patch = tuple(patch)
+        self.n = batches
+        self.seed = seed
+        self.epoch = 0
+        self.fg_fraction = fg_fraction
+        self.dr = domain_randomization
+        self._cache: Dict[str, CachedCase] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _case(self, f: str) -> CachedCase:
+        if f not in self._cache:
+            self._cache[f] = CachedCase(f)
+        return self._cache[f]
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        case = self._case(self.files[int(rng.integers(len(self.files)))])
+        x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
+        x, y = augment(x, y, rng, self.dr)
+        return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+
+# ----------------------------------------------------------------------------- losses
+
+def regions_of(classes: torch.Tensor) -> torch.Tensor:
+    """(B, z, y, x) classes 0..3 (bg, NCR, ED, ET) to (B, 3, ...) float WT, TC, ET."""
+    return torch.stack([classes > 0, (classes == 1) | (classes == 3), classes == 3], 1).float()
+
+
+def compute_loss(name: str, out: Dict, classes: torch.Tensor, epoch: int, net) -> torch.Tensor:
+    cfg = DEFAULTS[name]
+    if name == "resunet":
+        regions = regions_of(classes)
+        loss = sigmoid_dice_bce(out["out"], regions)
+        for w, ds in zip((0.5, 0.25), out.get("deep_supervision", [])):
+            target = F.interpolate(regions, size=ds.shape[2:], mode="nearest")
+            loss = loss + w * sigmoid_dice_bce(ds, target)
+        return loss / 1.75
+    if name == "agse_vnet":
+        onehot = F.one_hot(classes, 4).movedim(-1, 1).float()
+        return soft_dice_loss(torch.softmax(out["out"], 1), onehot, [0.1, 1, 1, 1])
+    if name == "cga_unet":
+        loss = softmax_dice_ce(out["out"], classes) - F.cross_entropy(out["out"], classes)  # softmax Dice only
+        target = F.adaptive_avg_pool3d(F.one_hot(classes, 4).movedim(-1, 1).float(), out["attention"].shape[2:])
+        loss = loss + F.mse_loss(out["attention"], target)
+        if epoch >= cfg["inter_class_from_epoch"]:
+            loss = loss + cfg["inter_class_weight"] * torch.log(1.0 / (1.0 + out["distance"])).mean()
+        return loss
+    if name == "dmda_unet":
+        loss = soft_dice_loss(torch.sigmoid(out["out"]), regions_of(classes))
+        # stage 1 on the patch's axial slices: generalised Dice + weighted cross-entropy
+        x2 = out["input"].permute(0, 2, 1, 3, 4).flatten(0, 1)
+        c2 = classes.flatten(0, 1)
+        logits2 = net.stage1(x2)
+        onehot = F.one_hot(c2, 4).movedim(-1, 1).float()
+        w = 1.0 / (onehot.sum((0, 2, 3)) ** 2 + 1.0)
+        p = torch.softmax(logits2, 1)
+        gdl = 1 - 2 * (w * (p * onehot).sum((0, 2, 3))).sum() / ((w * (p + onehot).sum((0, 2, 3))).sum() + 1e-6)
+        wce = F.cross_entropy(logits2, c2, weight=torch.tensor([0.1, 1.0, 1.0, 1.0]))
+        return loss + gdl + wce
+    raise InputError(None, f"no loss for network {name}")
+
+
+# ----------------------------------------------------------------------------- loop
+
+def _make_optimizer(net, name: str, lr: float):
+    cfg = DEFAULTS[name]
+    if cfg["optimizer"] == "adamw":
+        return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
+    return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
+
+
+def _make_scheduler(opt, name: str, total_epochs: int, lr: float):
+    cfg = DEFAULTS[name]
+    if cfg["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_epochs), eta_min=lr * 0.01)
+    if cfg["schedule"] == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, int(total_epochs * 0.7))], gamma=cfg["step_lr"] / cfg["lr"])
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+
+
+def save_checkpoint(path: str, state: Dict) -> None:
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> Dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def validate(net, name: str, val_files: Sequence[str], patch, label_scheme: str) -> Dict[str, float]:
+    """Mean Dice per region over validation cases, by full sliding-window inference."""
+    if not val_files:
+        return {}
+    net.eval()
+    bundle = bundles.Bundle("(training)", {"output_kind": net.output_kind, "patch_size": list(patch),
+                                           "network": name}, net)
+    dices = {"WT": [], "TC": [], "ET": []}
+    for f in val_files:
+        c = CachedCase(f)
+        probs, _, _ = predict_probabilities(c.data.astype(np.float32), [bundle], torch.device("cpu"),
+                                            SegmentOptions(overlap=0.25))
+        pred = probabilities_to_labels(probs, net.output_kind, "brats2021")
+        ref = np.array([0, 1, 2, 4], np.uint8)[c.classes]
+        m = case_metrics(pred, ref, c.spacing, check_scheme(pred, "brats2021"), check_scheme(ref, "brats2021"))
+        for r in dices:
+            dices[r].append(m[r]["dice"])
+    return {f"dice_{r}": float(np.mean(v)) for r, v in dices.items()}
+
+
+def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir: str,
+          resume: bool = False, init_from: Optional[bundles.Bundle] = None,
+          bundle_manifest: Optional[Dict] = None, log=print) -> str:
+    """Run (or resume) a training run in ``out_dir``; returns the exported bundle folder."""
+    os.makedirs(out_dir, exist_ok=True)
+    cache_dir = os.path.join(out_dir, "cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    name = cfg.network
+    net = init_from.network if init_from is not None else build(name, **cfg.options)
+    patch = tuple(cfg.patch or net.patch_size)
+    lr = cfg.lr or DEFAULTS[name]["lr"]
+    write_json(os.path.join(out_dir, "config.json"), {"config": asdict(cfg), "defaults": DEFAULTS[name],
+                                                       "train_cases": [c.case_id for c in train_cases],
+                                                       "val_cases": [c.case_id for c in val_cases]})
+    log(f"caching {len(train_cases) + len(val_cases)} cases in {cache_dir}")
+    train_files = [cache_case(c, cache_dir) for c in train_cases]
+    val_files = [cache_case(c, cache_dir) for c in val_cases]
+    opt = _make_optimizer(net, name, lr)
+    sched = _make_scheduler(opt, name, cfg.epochs, lr)
+    ckpt_last = os.path.join(out_dir, "checkpoint_last.pt")
+    start_epoch, best, history = 0, -1.0, []
+    if resume and os.path.exists(ckpt_last):
+        st = load_checkpoint(ckpt_last)
+        net.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start_epoch, best, history = st["epoch"] + 1, st["best"], json.loads(st["history"])
+        log(f"resumed after epoch {st['epoch']}")
+    ds = PatchDataset(train_files, patch, cfg.iters_per_epoch * cfg.batch, cfg.seed, cfg.fg_fraction,
+                      cfg.domain_randomization)
+    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(cfg.seed * 100003 + epoch)
+        ds.epoch = epoch
+        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch, shuffle=False, num_workers=cfg.workers)
+        net.train()
+        t0, losses = time.perf_counter(), []
+        for it, (x, y) in enumerate(loader):
+            opt.zero_grad(set_to_none=True)
+            out = net(x)
+            if name == "dmda_unet":
+                out["input"] = x
+            loss = compute_loss(name, out, y, epoch, net)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            print(f"\repoch {epoch + 1}/{cfg.epochs} it {it + 1}/{cfg.iters_per_epoch} loss {np.mean(losses):.4f}",
+                  end="", file=sys.stderr)
+        print("", file=sys.stderr)
+        sched.step()
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - t0}
+        if val_files and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            row.update(validate(net, name, val_files, patch, cfg.label_scheme))
+            score = np.mean([row[f"dice_{r}"] for r in ("WT", "TC", "ET")])
+            if score > best:
+                best = float(score)
+                save_checkpoint(os.path.join(out_dir, "checkpoint_best.pt"), {"model": net.state_dict(), "epoch": epoch})
+        history.append(row)
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        save_checkpoint(ckpt_last, {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
+                                    "history": json.dumps(history)})
+        keys = sorted({k for r in history for k in r}, key=lambda k: (k != "epoch", k))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, keys, lineterminator="\n")
+        w.writeheader()
+        w.writerows(history)
+        write_text(os.path.join(out_dir, "log.csv"), buf.getvalue())
+    best_path = os.path.join(out_dir, "checkpoint_best.pt")
+    if os.path.exists(best_path):
+        net.load_state_dict(load_checkpoint(best_path)["model"])
+    last_val = next((r for r in reversed(history) if "dice_WT" in r), {})
+    manifest = {
+        "id": os.path.basename(os.path.abspath(out_dir)), "version": "1", "network": name,
+        "options": cfg.options, "label_scheme": cfg.label_scheme, "normalization": "z-score over brain voxels",
+        "preprocessing": {"reference": "t1ce", "canonical_orientation": "LPS", "crop": "brain bounding box"},
+        "postprocessing": {"min_et_voxels": 0, "min_component_voxels": 0, "fill_core_holes": False},
+        "training": {"config": asdict(cfg), "defaults": DEFAULTS[name], "cases": len(train_cases),
+                     "validation_cases": len(val_cases), "epochs": cfg.epochs},
+        "metrics": {"validation": {k: v for k, v in last_val.items() if k.startswith("dice_")},
+                    "best_mean_dice": best},
+    }
+    manifest.update(bundle_manifest or {})
+    net.eval()
+    return bundles.save(net, os.path.join(out_dir, "model"), manifest)
