@@ -122,6 +122,136 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ProgressBar:
+    """One line on stderr: stage and percentage."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty() or enabled == "force"
+        self.last = ""
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(round(fraction * width))
+        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} {stage:<16}"
+        if line != self.last:
+            print(line, end="", file=sys.stderr, flush=True)
+            self.last = line
+        if stage == "done":
+            print("", file=sys.stderr)
+
+
+def _segment_options(args: argparse.Namespace, manifest: dict):
+    from .inference import SegmentOptions
+    from .postprocessing import PostprocessOptions
+
+    post = dict(manifest.get("postprocessing", {}))
+    if args.min_et_voxels is not None:
+        post["min_et_voxels"] = args.min_et_voxels
+    return SegmentOptions(tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
+                          uncertainty=bool(args.uncertainty), label_scheme=args.label_scheme,
+                          postprocess=PostprocessOptions(**post), isotropic=1.0 if args.isotropic else None,
+                          register=args.register, cpu_bf16=args.bf16)
+
+
+def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list, uncertainty_out: Optional[str],
+                 report_out: Optional[str]) -> dict:
+    from .atomicfile import write_json
+    from .imageio import check_output_path, write_image
+    from .inference import segment
+
+    input_paths = [p for p in inputs.values() if p]
+    for path in [out] + ([uncertainty_out] if uncertainty_out else []):
+        check_output_path(path)
+        from .imageio import check_not_input
+        check_not_input(path, input_paths)
+    res = segment(inputs, models, args.device, _segment_options(args, models[0].manifest),
+                  progress=_ProgressBar(not args.quiet))
+    # all outputs are computed before any is written; each write is atomic
+    write_image(res.labels, out, input_paths)
+    if uncertainty_out:
+        write_image(res.uncertainty, uncertainty_out, input_paths)
+    rep = res.report()
+    rep["inputs"] = inputs
+    rep["output"] = out
+    if report_out:
+        write_json(report_out, rep, input_paths)
+    for w in res.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    v = res.volumes_ml
+    print(f"{out}: WT {v['WT']:.1f} mL, TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL "
+          f"(NCR {v['NCR']:.1f}, ED {v['ED']:.1f}); {res.timings['total']:.1f} s on {res.device}")
+    return rep
+
+
+def _load_models(args: argparse.Namespace) -> list:
+    from . import bundles
+
+    models = [bundles.load(m) for m in (args.model or [bundles.DEFAULT_MODEL])]
+    for m in models:
+        if m.demo:
+            print(f"{PROG}: note: model {m.id} is a DEMO trained on synthetic data only; not for clinical use",
+                  file=sys.stderr)
+    return models
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import os
+
+    from .cases import SEQUENCES, find_case, find_cases
+
+    given = {r: getattr(args, r) for r in SEQUENCES}
+    modes = sum([bool(args.case), bool(args.cases), any(given.values())])
+    if modes != 1:
+        raise InputError(None, "give the four sequences (--t1 --t1ce --t2 --flair), or --case DIR, or --cases DIR")
+    models = _load_models(args)
+    if args.cases:
+        if not os.path.isdir(args.output):
+            raise InputError(args.output, "output folder does not exist")
+        cases = find_cases(args.cases)
+        if not cases:
+            raise InputError(args.cases, "holds no cases")
+        for c in cases:
+            c.require()
+        for c in cases:
+            out = os.path.join(args.output, f"{c.case_id}.nii.gz")  # BraTS submission naming
+            unc = os.path.join(args.output, f"{c.case_id}_uncertainty.nii.gz") if args.uncertainty else None
+            rep = os.path.join(args.output, f"{c.case_id}_report.json") if args.report else None
+            _segment_one(c.sequences, out, args, models, unc, rep)
+        return 0
+    if args.case:
+        inputs = find_case(args.case).require().sequences
+    else:
+        missing = [r for r in SEQUENCES if not given[r]]
+        needed = models[0].manifest["in_sequences"]
+        missing = [r for r in missing if r in needed]
+        if missing:
+            raise InputError(f"--{missing[0]}", f"no {missing[0]} sequence given; the model needs {', '.join(needed)}")
+        inputs = {r: p for r, p in given.items() if p}
+    _segment_one(inputs, args.output, args, models, args.uncertainty, args.report)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from . import bundles
+
+    found = bundles.installed()
+    if not found:
+        print("no model bundles found in: " + ", ".join(bundles.search_dirs()))
+        return 0
+    for m in found:
+        if "error" in m:
+            print(f"{m['name']:<28} BROKEN: {m['error']}")
+            continue
+        tag = "DEMO, synthetic data only, not for clinical use" if m.get("demo") else "trained on real data"
+        held = m.get("metrics", {}).get("held_out_synthetic") or m.get("metrics", {}).get("validation", {})
+        dice = " ".join(f"{k[5:]} {v:.2f}" for k, v in held.items() if k.startswith("dice_"))
+        print(f"{m['name']:<28} {m['network']:<10} {m['label_scheme']:<10} {tag}; Dice {dice or 'n/a'}")
+        print(f"{'':<28} {m['path']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Brain tumor segmentation from T1, T1ce, T2 and FLAIR MRI.")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -151,6 +281,31 @@ def build_parser() -> argparse.ArgumentParser:
     nw.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     nw.add_argument("--no-time", action="store_true", help="skip the timed forward passes")
     nw.set_defaults(func=_cmd_networks)
+    sg = sub.add_parser("segment", help="segment a case: necrotic core, edema, enhancing tumor on the T1ce grid")
+    for r in ("t1", "t1ce", "t2", "flair"):
+        sg.add_argument(f"--{r}", help=f"{r} volume")
+    sg.add_argument("--case", help="a BraTS-layout case folder instead of the four files")
+    sg.add_argument("--cases", help="a folder of cases; -o is then an output folder")
+    sg.add_argument("-o", "--output", required=True, help="output label file (.nii.gz, .nrrd, ...) or folder with --cases")
+    sg.add_argument("--model", action="append", help="model name or bundle folder; repeat for an ensemble "
+                                                      "(default: brats-synthetic-demo)")
+    sg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    sg.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 flips)")
+    sg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    sg.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    sg.add_argument("--uncertainty", help="also write a voxel-wise uncertainty map (entropy, 0..1) here")
+    sg.add_argument("--label-scheme", choices=("brats2021", "brats2023"), help="default: the model's")
+    sg.add_argument("--min-et-voxels", type=int, help="relabel ET as necrosis below this many voxels (default: model's)")
+    sg.add_argument("--report", help="write a JSON report: model, device, timings, volumes, geometry")
+    sg.add_argument("--isotropic", action="store_true", help="resample anisotropic inputs to 1 mm internally")
+    sg.add_argument("--register", action="store_true", help="rigidly register the other sequences to the T1ce")
+    sg.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (faster on CPUs with AMX)")
+    sg.add_argument("--quiet", action="store_true", help="no progress bar")
+    sg.set_defaults(func=_cmd_segment)
+
+    md = sub.add_parser("models", help="list installed model bundles")
+    md.set_defaults(func=_cmd_models)
+
     def add_train_args(t: argparse.ArgumentParser) -> None:
         t.add_argument("--data", required=True, help="folder of training cases (BraTS 2021 or 2023 layout)")
         t.add_argument("--val", help="folder of validation cases")

@@ -13,7 +13,7 @@ import io
 import json
 import math
 import os
-import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -320,6 +320,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
     cache_dir = os.path.join(out_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
     name = cfg.network
+    torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
     net = init_from.network if init_from is not None else build(name, **cfg.options)
     patch = tuple(cfg.patch or net.patch_size)
     lr = cfg.lr or DEFAULTS[name]["lr"]
@@ -370,7 +371,6 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
                 best = float(score)
                 save_checkpoint(os.path.join(out_dir, "checkpoint_best.pt"), {"model": net.state_dict(), "epoch": epoch})
         history.append(row)
-        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         save_checkpoint(ckpt_last, {"model": net.state_dict(), "optimizer": opt.state_dict(),
                                     "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
                                     "history": json.dumps(history)})
@@ -380,6 +380,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
         w.writeheader()
         w.writerows(history)
         write_text(os.path.join(out_dir, "log.csv"), buf.getvalue())
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     best_path = os.path.join(out_dir, "checkpoint_best.pt")
     if os.path.exists(best_path):
         net.load_state_dict(load_checkpoint(best_path)["model"])
@@ -396,4 +397,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
     }
     manifest.update(bundle_manifest or {})
     net.eval()
-    return bundles.save(net, os.path.join(out_dir, "model"), manifest)
+    export = os.path.join(out_dir, "model")
+    if os.path.isdir(export):  # an earlier export of this same run (e.g. before --resume)
+        shutil.rmtree(export)
+    return bundles.save(net, export, manifest)

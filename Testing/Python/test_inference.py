@@ -1,0 +1,254 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from BrainTumorSegLib import bundles
+from BrainTumorSegLib.cases import find_case
+from BrainTumorSegLib.errors import Cancelled, InputError
+from BrainTumorSegLib.imageio import same_grid
+from BrainTumorSegLib.inference import SegmentOptions, segment
+from BrainTumorSegLib.networks import build
+from BrainTumorSegLib.preprocessing import preprocess
+from conftest import run_cli
+
+TINY = {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]}
+
+
+@pytest.fixture(scope="module")
+def small_case_dir(tmp_path_factory, phantom_case_dir):
+    """The phantom case resampled to 2 mm (120 x 120 x 78): a real case on disk, 8x cheaper."""
+    out = tmp_path_factory.mktemp("small") / "Small_0000"
+    out.mkdir()
+    for role, p in find_case(phantom_case_dir).paths.items():
+        img = sitk.ReadImage(p)
+        grid = sitk.Image([120, 120, 78], img.GetPixelID())
+        grid.SetSpacing((2.0, 2.0, 2.0))
+        grid.SetOrigin([o + 0.5 for o in img.GetOrigin()])
+        interp = sitk.sitkNearestNeighbor if role == "seg" else sitk.sitkLinear
+        sitk.WriteImage(sitk.Resample(img, grid, sitk.Transform(), interp, 0), str(out / f"Small_0000_{role}.nii.gz"))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory, phantom_case_dir):
+    """A small real network whose output bias is set so that about half the brain is 'tumor':
+    random weights, but labels that depend on the image, so comparisons are not trivial."""
+    torch.manual_seed(0)
+    net = build("resunet", **TINY).eval()
+    case = find_case(phantom_case_dir)
+    data = torch.from_numpy(preprocess(case.sequences).data[:, ::2, ::2, ::2].copy())[None]
+    with torch.no_grad():
+        logits = net(data)[0]
+        net.head.bias -= logits.flatten(1).median(1).values
+    folder = tmp_path_factory.mktemp("bundles") / "tiny"
+    return bundles.save(net, folder, {"id": "tiny", "version": "0", "network": "resunet", "options": TINY,
+                                      "label_scheme": "brats2021", "patch_size": [64, 64, 64], "demo": True})
+
+
+def labels_of(res):
+    return sitk.GetArrayFromImage(res.labels)
+
+
+def test_bundle_round_trip_and_hash_check(tiny_bundle, tmp_path):
+    b = bundles.load(tiny_bundle)
+    m = json.load(open(os.path.join(tiny_bundle, "manifest.json")))
+    assert m["weights_sha256"] == bundles.sha256_of(os.path.join(tiny_bundle, "weights.safetensors"))
+    assert m["in_sequences"] == ["t1", "t1ce", "t2", "flair"] and m["output_kind"] == "sigmoid"
+    again = bundles.save(b.network, tmp_path / "copy", {k: v for k, v in m.items() if k != "weights_sha256"})
+    b2 = bundles.load(again)
+    for (k1, v1), (k2, v2) in zip(b.network.state_dict().items(), b2.network.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    # a flipped byte in the weights is refused before they are read
+    w = tmp_path / "copy" / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="sha256 .* does not match the manifest"):
+        bundles.load(tmp_path / "copy")
+    with pytest.raises(InputError, match="is not a model bundle"):
+        bundles.load(tmp_path)
+    with pytest.raises(InputError, match="no such model"):
+        bundles.load("no-such-model-name")
+
+
+@pytest.mark.parametrize("code", ["RAS", "PIR", "LPI"])
+def test_same_labels_in_physical_space_whatever_the_stored_orientation(tiny_bundle, small_case_dir, tmp_path, code):
+    case = find_case(small_case_dir)
+    base = segment(case.sequences, tiny_bundle, "cpu")
+    stored = {}
+    for role, p in case.sequences.items():
+        out = str(tmp_path / f"{role}_{code}.nrrd")
+        sitk.WriteImage(sitk.DICOMOrient(sitk.ReadImage(p), code), out)
+        stored[role] = out
+    res = segment(stored, tiny_bundle, "cpu")
+    assert same_grid(res.labels, sitk.ReadImage(stored["t1ce"]))
+    back = sitk.DICOMOrient(res.labels, "LPS")
+    assert np.array_equal(sitk.GetArrayFromImage(back), labels_of(base))
+    assert 500 < (labels_of(base) > 0).sum()  # the comparison is not between empty maps
+
+
+def test_clinical_like_inputs_on_other_grids_give_labels_on_the_t1ce_grid(tiny_bundle, small_case_dir):
+    case = find_case(small_case_dir)
+    imgs = {r: sitk.ReadImage(p, sitk.sitkFloat32) for r, p in case.sequences.items()}
+
+    def resample(img, spacing, size, origin_shift=(0, 0, 0)):
+        grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+        grid.SetSpacing(spacing)
+        grid.SetOrigin([o + s for o, s in zip(img.GetOrigin(), origin_shift)])
+        return sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+
+    t1ce = resample(imgs["t1ce"], (1.8, 1.8, 2.4), (133, 133, 65))
+    flair = resample(imgs["flair"], (1.8, 1.8, 6.0), (133, 133, 26), (0, 0, 2.0))  # thick slices
+    t2 = resample(imgs["t2"], (2.0, 2.0, 4.0), (120, 120, 39))
+    res = segment({"t1": imgs["t1"], "t1ce": t1ce, "t2": t2, "flair": flair}, tiny_bundle, "cpu",
+                  SegmentOptions(uncertainty=True))
+    assert same_grid(res.labels, t1ce) and same_grid(res.uncertainty, t1ce)
+    assert res.labels.GetPixelID() == sitk.sitkUInt8
+    assert (labels_of(res) > 0).any()
+    u = sitk.GetArrayFromImage(res.uncertainty)
+    assert 0 <= u.min() and u.max() <= 1 and u.max() > 0.5
+
+
+def test_array_inputs_with_geometry(tiny_bundle, small_case_dir):
+    case = find_case(small_case_dir)
+    base = segment(case.sequences, tiny_bundle, "cpu")
+    arrays = {}
+    for r, p in case.sequences.items():
+        img = sitk.ReadImage(p)
+        arrays[r] = (sitk.GetArrayFromImage(img), {"spacing": img.GetSpacing(), "origin": img.GetOrigin(),
+                                                   "direction": img.GetDirection()})
+    res = segment(arrays, bundles.load(tiny_bundle), "cpu")
+    assert np.array_equal(labels_of(res), labels_of(base))
+    voxel_ml = np.prod(res.labels.GetSpacing()) / 1000  # 2 mm voxels: 0.008 mL
+    assert res.volumes_ml["WT"] == pytest.approx((labels_of(res) > 0).sum() * voxel_ml)
+    assert set(res.timings) >= {"preprocess", "predict", "postprocess", "total"}
+
+
+def test_tta_and_ensemble_average_probabilities(tiny_bundle, small_case_dir):
+    case = find_case(small_case_dir)
+    b = bundles.load(tiny_bundle)
+    single = segment(case.sequences, b, "cpu")
+    ens = segment(case.sequences, [b, b], "cpu")
+    assert np.allclose(ens.probabilities, single.probabilities, atol=1e-6)
+    tta = segment(case.sequences, b, "cpu", SegmentOptions(tta=True))
+    assert tta.probabilities.shape == single.probabilities.shape
+    assert not np.allclose(tta.probabilities, single.probabilities)
+
+
+def test_cancel_stops_within_a_window_and_returns_nothing(tiny_bundle, small_case_dir):
+    case = find_case(small_case_dir)
+    stop = threading.Event()
+    seen = []
+
+    def progress(stage, fraction):
+        seen.append((stage, fraction))
+        if stage.startswith("predict") and fraction > 0:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        segment(case.sequences, tiny_bundle, "cpu", progress=progress, cancel=stop)
+    predicted = [f for s, f in seen if s.startswith("predict")]
+    assert predicted and max(predicted) < 0.5  # stopped after the first window, of several
+
+
+def test_cli_segment_writes_labels_report_and_uncertainty(tiny_bundle, phantom_case_dir, tmp_path):
+    out = tmp_path / "seg.nrrd"
+    r = run_cli("segment", "--case", phantom_case_dir, "-o", str(out), "--model", tiny_bundle,
+                "--report", str(tmp_path / "r.json"), "--uncertainty", str(tmp_path / "u.nii.gz"),
+                "--label-scheme", "brats2023", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "DEMO" in r.stderr and "WT" in r.stdout
+    lab = sitk.ReadImage(str(out))
+    assert same_grid(lab, sitk.ReadImage(find_case(phantom_case_dir).paths["t1ce"]))
+    assert set(np.unique(sitk.GetArrayFromImage(lab))) <= {0, 1, 2, 3}
+    rep = json.load(open(tmp_path / "r.json"))
+    assert rep["models"][0]["id"] == "tiny" and rep["device"] == "cpu"
+    assert {"preprocess", "predict", "total"} <= set(rep["timings_s"]) and "WT" in rep["volumes_ml"]
+    assert rep["input_geometry"]["size"] == [240, 240, 155]
+    assert (tmp_path / "u.nii.gz").exists()
+
+
+def test_cli_segment_cases_folder(tiny_bundle, small_case_dir, tmp_path):
+    r = run_cli("segment", "--cases", os.path.dirname(small_case_dir), "-o", str(tmp_path), "--model", tiny_bundle,
+                "--quiet", "--report", "yes")
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["Small_0000.nii.gz", "Small_0000_report.json"]
+
+
+def one_line_error(r, *fragments):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if "note:" not in ln]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_cli_segment_bad_inputs(tiny_bundle, small_case_dir, tmp_path):
+    case = find_case(small_case_dir)
+    seq = case.sequences
+    out = tmp_path / "o.nii.gz"
+    args = ["--model", tiny_bundle, "-o", str(out), "--quiet"]
+    one_line_error(run_cli("segment", "--t1", seq["t1"], "--t1ce", seq["t1ce"], "--t2", seq["t2"], *args),
+                   "no flair sequence given")
+    far = tmp_path / "far_flair.nii.gz"
+    img = sitk.ReadImage(seq["flair"])
+    img.SetOrigin((900.0, 900.0, 900.0))
+    sitk.WriteImage(img, str(far))
+    one_line_error(run_cli("segment", "--t1", seq["t1"], "--t1ce", seq["t1ce"], "--t2", seq["t2"],
+                           "--flair", str(far), *args), "far_flair.nii.gz", "does not overlap")
+    one_line_error(run_cli("segment", "--case", small_case_dir, "--model", tiny_bundle, "-o",
+                           str(tmp_path / "nope" / "o.nii.gz")), "output folder does not exist")
+    one_line_error(run_cli("segment", "--case", small_case_dir, "--model", tiny_bundle, "-o", seq["t1"]),
+                   "is an input file")
+    # a model that wants another sequence set
+    m = json.load(open(os.path.join(tiny_bundle, "manifest.json")))
+    other = tmp_path / "other"
+    net = bundles.load(tiny_bundle).network
+    bundles.save(net, other, {**{k: v for k, v in m.items() if k != "weights_sha256"},
+                              "in_sequences": ["t1", "t1ce", "t2", "dwi"]})
+    one_line_error(run_cli("segment", "--case", small_case_dir, "--model", str(other), "-o", str(out)),
+                   "needs t1, t1ce, t2, dwi", "no dwi given")
+    one_line_error(run_cli("segment", "--case", small_case_dir, "--model", tiny_bundle, "-o", str(out),
+                           "--device", "cuda"), "no CUDA GPU")
+    assert not out.exists() and not any(p.name.startswith(".btseg") for p in tmp_path.iterdir())
+
+
+def test_cli_interrupt_leaves_no_output(tiny_bundle, phantom_case_dir, tmp_path):
+    out = tmp_path / "o.nii.gz"
+    p = subprocess.Popen([sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", phantom_case_dir,
+                          "--model", tiny_bundle, "-o", str(out), "--tta", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)  # model loaded, inside prediction
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "nothing was written" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_default_model_segments_a_held_out_synthetic_case(tmp_path):
+    """The shipped demo model on a phantom of a seed it never saw (training used 1000/2000/3000)."""
+    from BrainTumorSegLib import phantom
+    from BrainTumorSegLib.labels import detect_scheme
+    from BrainTumorSegLib.metrics import case_metrics
+
+    b = bundles.load(bundles.DEFAULT_MODEL)
+    assert b.demo and b.manifest["clinical_use"] is False and "not for clinical use" in b.manifest["description"].lower()
+    assert os.path.getsize(os.path.join(b.path, "weights.safetensors")) < 25 * 2 ** 20
+    folder = phantom.generate(tmp_path, 1, seed=5000)[0]
+    case = find_case(folder)
+    res = segment(case.sequences, b, "cpu")
+    pred = sitk.GetArrayFromImage(res.labels)
+    ref_img = sitk.ReadImage(case.paths["seg"])
+    ref = sitk.GetArrayFromImage(ref_img)
+    m = case_metrics(pred, ref, ref_img.GetSpacing()[::-1], detect_scheme(pred), detect_scheme(ref))
+    assert m["WT"]["dice"] >= 0.8, m

@@ -1,0 +1,131 @@
+"""Training on tiny real cases: 2 mm phantoms written to disk, small patches."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from BrainTumorSegLib.cases import find_case, find_cases
+from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.training import (DEFAULTS, PatchDataset, TrainConfig, cache_case, check_cases,
+                                       compute_loss, train)
+from BrainTumorSegLib.networks import build
+from conftest import run_cli
+
+SMALL = {"resunet": {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]},
+         "agse_vnet": {"dropout": 0.0}}  # its 0.5 dropout makes 10 steps too noisy to compare
+
+
+@pytest.fixture(scope="module")
+def small_cases(tmp_path_factory, phantom_dir):
+    """The two phantom cases at 3 mm (80 x 80 x 52), BraTS layout."""
+    root = tmp_path_factory.mktemp("small_cases")
+    for case in find_cases(phantom_dir):
+        out = root / case.case_id
+        out.mkdir()
+        for role, p in case.paths.items():
+            img = sitk.ReadImage(p)
+            grid = sitk.Image([80, 80, 52], img.GetPixelID())
+            grid.SetSpacing((3.0, 3.0, 3.0))
+            grid.SetOrigin(img.GetOrigin())
+            interp = sitk.sitkNearestNeighbor if role == "seg" else sitk.sitkLinear
+            sitk.WriteImage(sitk.Resample(img, grid, sitk.Transform(), interp, 0), str(out / os.path.basename(p)))
+    return str(root)
+
+
+def test_patches_oversample_tumor_and_are_reproducible(small_cases, tmp_path):
+    files = [cache_case(c, str(tmp_path)) for c in find_cases(small_cases)]
+    ds = PatchDataset(files, (32, 32, 32), 60, seed=3, fg_fraction=1 / 3, domain_randomization=False)
+    with_tumor = sum(int((ds[i][1] > 0).any()) for i in range(60))
+    assert with_tumor >= 20  # at least about a third of the patches hold tumor
+    a, b = ds[5], ds[5]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    ds.epoch = 1
+    assert not torch.equal(ds[5][0], a[0])
+
+
+@pytest.mark.parametrize("name", ["resunet", "agse_vnet", "cga_unet", "dmda_unet"])
+def test_a_few_steps_lower_the_loss(name, small_cases, tmp_path):
+    torch.manual_seed(0)
+    files = [cache_case(c, str(tmp_path)) for c in find_cases(small_cases)]
+    net = build(name, **SMALL.get(name, {}))
+    ds = PatchDataset(files, (32, 32, 32), 2, seed=0, fg_fraction=1.0, domain_randomization=False)
+    x = torch.stack([ds[0][0], ds[1][0]])
+    y = torch.stack([ds[0][1], ds[1][1]])
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net.train()
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        out = net(x)
+        out["input"] = x
+        loss = compute_loss(name, out, y, epoch=25, net=net)  # epoch 25: CGA's inter-class term is on
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+
+
+def test_resumed_run_ends_with_the_same_weights(small_cases, tmp_path):
+    cases = find_cases(small_cases)
+    cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=2, iters_per_epoch=2, batch=1,
+                      patch=(32, 32, 32), seed=1, val_every=1)
+    train(cfg, cases[:1], cases[1:], str(tmp_path / "a"), log=lambda *a: None)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(msg):
+        if msg.startswith("epoch=1 "):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, cases[:1], cases[1:], str(tmp_path / "b"), log=kill_after_first_epoch)
+    assert torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=True)["epoch"] == 0
+    train(cfg, cases[:1], cases[1:], str(tmp_path / "b"), resume=True, log=lambda *a: None)
+    a = torch.load(tmp_path / "a" / "checkpoint_last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 1
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [r["train_loss"] for r in json.loads(a["history"])] == [r["train_loss"] for r in json.loads(b["history"])]
+
+
+def test_bad_training_data_is_listed(small_cases, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(small_cases, root)
+    cid = sorted(os.listdir(root))[0]
+    os.unlink(root / cid / f"{cid}_flair.nii.gz")
+    with pytest.raises(InputError, match=f"1 bad case.*{cid}: .*has no flair file"):
+        check_cases(find_cases(root))
+    assert len(check_cases(find_cases(root), skip_bad=True)) == 1
+    other = sorted(os.listdir(root))[1]
+    seg = sitk.ReadImage(str(root / other / f"{other}_seg.nii.gz"))
+    a = sitk.GetArrayFromImage(seg)
+    a[0, 0, 0] = 9
+    bad = sitk.GetImageFromArray(a)
+    bad.CopyInformation(seg)
+    sitk.WriteImage(bad, str(root / other / f"{other}_seg.nii.gz"))
+    with pytest.raises(InputError, match="2 bad case.*label values 9"):
+        check_cases(find_cases(root))
+    r = run_cli("train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "folder not found" in r.stderr
+
+
+def test_cli_train_exports_a_bundle_that_segments(small_cases, tmp_path):
+    r = run_cli("train", "--data", small_cases, "--folds", "2", "--fold", "0", "--out", str(tmp_path / "run"),
+                "--epochs", "1", "--iters", "2", "--batch", "1", "--patch", "32", "32", "32",
+                "--options", json.dumps(SMALL["resunet"]))
+    assert r.returncode == 0, r.stderr
+    bundle = tmp_path / "run" / "model"
+    m = json.load(open(bundle / "manifest.json"))
+    assert m["training"]["epochs"] == 1 and "dice_WT" in m["metrics"]["validation"]
+    assert os.path.exists(tmp_path / "run" / "log.csv") and os.path.exists(tmp_path / "run" / "config.json")
+    case = sorted(os.listdir(small_cases))[0]
+    r = run_cli("segment", "--case", os.path.join(small_cases, case), "--model", str(bundle),
+                "-o", str(tmp_path / "pred.nii.gz"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert sitk.ReadImage(str(tmp_path / "pred.nii.gz")).GetSize() == (80, 80, 52)
