@@ -152,7 +152,8 @@ def _segment_options(args: argparse.Namespace, manifest: dict):
     return SegmentOptions(tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
                           uncertainty=bool(args.uncertainty), label_scheme=args.label_scheme,
                           postprocess=PostprocessOptions(**post), isotropic=1.0 if args.isotropic else None,
-                          register=args.register, cpu_bf16=args.bf16)
+                          register=args.register,
+                          cpu_bf16={"auto": None, "fp32": False, "bf16": True}[args.precision])
 
 
 def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list, uncertainty_out: Optional[str],
@@ -299,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--report", help="write a JSON report: model, device, timings, volumes, geometry")
     sg.add_argument("--isotropic", action="store_true", help="resample anisotropic inputs to 1 mm internally")
     sg.add_argument("--register", action="store_true", help="rigidly register the other sequences to the T1ce")
-    sg.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU (faster on CPUs with AMX)")
+    sg.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="CPU arithmetic: auto = bf16 autocast where the CPU runs bf16 natively (AMX, "
+                         "AVX512-BF16), else fp32 (default auto); CUDA always uses fp16 autocast")
     sg.add_argument("--quiet", action="store_true", help="no progress bar")
     sg.set_defaults(func=_cmd_segment)
 

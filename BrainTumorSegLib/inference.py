@@ -42,7 +42,7 @@ class SegmentOptions:
     reference: str = "t1ce"
     isotropic: Optional[float] = None
     register: bool = False
-    cpu_bf16: bool = False                            # bf16 autocast on CPU (see README tolerance)
+    cpu_bf16: Optional[bool] = None                   # bf16 autocast on CPU; None: where the CPU has native bf16
 
 
 @dataclass
@@ -130,10 +130,19 @@ class _Predictor:
         return torch.autocast("cpu", enabled=False)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 would be slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, opts: SegmentOptions,
              progress: Optional[Progress], cancel: Optional[threading.Event], out_device: torch.device,
              stage: str) -> torch.Tensor:
-    pred = _Predictor(bundle, device, _flips(opts.tta), opts.cpu_bf16)
+    bf16 = cpu_has_fast_bf16() if opts.cpu_bf16 is None else opts.cpu_bf16
+    pred = _Predictor(bundle, device, _flips(opts.tta), bf16)
     window = tuple(bundle.manifest["patch_size"])
     channels = 4 if pred.kind == "softmax" else 3
 
