@@ -51,6 +51,16 @@ def run_cli(*args: str, cwd: Optional[str] = None) -> subprocess.CompletedProces
                           text=True, cwd=cwd, timeout=600)
 
 
+def one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
+    """The CLI failed with exit 2 and one error line (notes aside) holding every fragment."""
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ": note: " not in ln]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("braintumorseg: error: "), lines[0]
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> str:
     """Two synthetic cases on disk, BraTS 2021 layout (seed 7)."""

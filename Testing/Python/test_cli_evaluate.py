@@ -7,21 +7,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_image, run_cli
+from conftest import make_image, run_cli, one_line_error
 
 
 def seg_path(phantom_dir, i):
     cid = f"Synth_7_{i:04d}"
     return os.path.join(phantom_dir, cid, f"{cid}_seg.nii.gz")
-
-
-def one_line_error(r, *fragments):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    assert lines[0].startswith("braintumorseg: error: ")
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def test_evaluate_folders_writes_csv_and_json(tmp_path, phantom_dir):

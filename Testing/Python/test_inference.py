@@ -18,7 +18,7 @@ from BrainTumorSegLib.imageio import same_grid
 from BrainTumorSegLib.inference import SegmentOptions, segment
 from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.preprocessing import preprocess
-from conftest import run_cli
+from conftest import one_line_error, run_cli
 
 TINY = {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]}
 
@@ -182,14 +182,6 @@ def test_cli_segment_cases_folder(tiny_bundle, small_case_dir, tmp_path):
                 "--quiet", "--report", "yes")
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(tmp_path)) == ["Small_0000.nii.gz", "Small_0000_report.json"]
-
-
-def one_line_error(r, *fragments):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.strip().splitlines() if "note:" not in ln]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def test_cli_segment_bad_inputs(tiny_bundle, small_case_dir, tmp_path):
