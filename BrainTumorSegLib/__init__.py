@@ -9,5 +9,22 @@ Pure Python and PyTorch; never imports Slicer. Modules, one job each:
 * ``postprocessing``: switchable clean-up of predicted labels
 * ``metrics`` and ``evaluation``: BraTS metrics and ``braintumorseg evaluate``
 * ``phantom``: synthetic BraTS-like cases
+* ``networks``, ``sliding_window``, ``inference`` (``segment``), ``bundles``, ``devices``:
+  the networks and the inference engine
+* ``training``, ``losses``, ``recipes``: training and the demo model's recipe
+
+``BrainTumorSegLib.segment(inputs, model, device, options, progress, cancel)`` is the API the
+Slicer module and scripts call.
 """
 __version__ = "0.1.0"
+
+_LAZY = {"segment": "inference", "SegmentOptions": "inference", "SegmentationResult": "inference"}
+
+
+def __getattr__(name: str):
+    """``BrainTumorSegLib.segment`` and friends, imported on first use (torch loads only then)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

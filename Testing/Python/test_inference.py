@@ -126,7 +126,9 @@ def test_array_inputs_with_geometry(tiny_bundle, small_case_dir):
         img = sitk.ReadImage(p)
         arrays[r] = (sitk.GetArrayFromImage(img), {"spacing": img.GetSpacing(), "origin": img.GetOrigin(),
                                                    "direction": img.GetDirection()})
-    res = segment(arrays, bundles.load(tiny_bundle), "cpu")
+    import BrainTumorSegLib
+
+    res = BrainTumorSegLib.segment(arrays, bundles.load(tiny_bundle), "cpu")  # the public entry point
     assert np.array_equal(labels_of(res), labels_of(base))
     voxel_ml = np.prod(res.labels.GetSpacing()) / 1000  # 2 mm voxels: 0.008 mL
     assert res.volumes_ml["WT"] == pytest.approx((labels_of(res) > 0).sum() * voxel_ml)
