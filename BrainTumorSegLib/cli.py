@@ -126,7 +126,7 @@ class _ProgressBar:
     """One line on stderr: stage and percentage."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty() or enabled == "force"
+        self.enabled = enabled and sys.stderr.isatty()
         self.last = ""
 
     def __call__(self, stage: str, fraction: float) -> None:
@@ -159,13 +159,12 @@ def _segment_options(args: argparse.Namespace, manifest: dict):
 def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list, uncertainty_out: Optional[str],
                  report_out: Optional[str]) -> dict:
     from .atomicfile import write_json
-    from .imageio import check_output_path, write_image
+    from .imageio import check_not_input, check_output_path, write_image
     from .inference import segment
 
     input_paths = [p for p in inputs.values() if p]
     for path in [out] + ([uncertainty_out] if uncertainty_out else []):
         check_output_path(path)
-        from .imageio import check_not_input
         check_not_input(path, input_paths)
     res = segment(inputs, models, args.device, _segment_options(args, models[0].manifest),
                   progress=_ProgressBar(not args.quiet))
