@@ -17,9 +17,8 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import InputError, PathLike

@@ -81,11 +81,12 @@ def _cmd_networks(args: argparse.Namespace) -> int:
 def _train_config(args: argparse.Namespace):
     from .training import TrainConfig
 
-    options = json.loads(args.options) if args.options else {}
-    return TrainConfig(network=args.network, options=options, epochs=args.epochs, iters_per_epoch=args.iters,
+    options = json.loads(args.options) if getattr(args, "options", None) else {}
+    return TrainConfig(network=getattr(args, "network", "resunet"), options=options, epochs=args.epochs, iters_per_epoch=args.iters,
                        batch=args.batch, patch=tuple(args.patch) if args.patch else None, lr=args.lr,
                        seed=args.seed, val_every=args.val_every, workers=args.workers, amp=args.amp,
-                       domain_randomization=args.domain_randomization)
+                       domain_randomization=args.domain_randomization, device=args.device,
+                       gradient_checkpointing=args.gradient_checkpointing)
 
 
 def _split(args: argparse.Namespace):
@@ -108,6 +109,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     train_cases, val_cases = _split(args)
     out = train(_train_config(args), train_cases, val_cases, args.out, resume=args.resume)
+    print(f"model bundle: {out}")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from .cases import find_cases
+    from .training import check_cases, finetune
+
+    train_cases, val_cases = _split(args)
+    replay = check_cases(find_cases(args.replay), args.skip_bad) if args.replay else []
+    cfg = _train_config(args)
+    cfg.freeze_encoder = args.freeze_encoder
+    cfg.replay_fraction = args.replay_fraction if replay else 0.0
+    out = finetune(args.model, train_cases, val_cases, args.out, cfg, replay, resume=args.resume)
     print(f"model bundle: {out}")
     return 0
 
@@ -197,8 +212,6 @@ def _load_models(args: argparse.Namespace) -> list:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    import os
-
     from .cases import SEQUENCES, find_case, find_cases
 
     given = {r: getattr(args, r) for r in SEQUENCES}
@@ -308,30 +321,43 @@ def build_parser() -> argparse.ArgumentParser:
     md = sub.add_parser("models", help="list installed model bundles")
     md.set_defaults(func=_cmd_models)
 
-    def add_train_args(t: argparse.ArgumentParser) -> None:
+    def add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
         t.add_argument("--data", required=True, help="folder of training cases (BraTS 2021 or 2023 layout)")
         t.add_argument("--val", help="folder of validation cases")
         t.add_argument("--folds", type=int, default=0, help="k-fold split of --data (with --fold)")
         t.add_argument("--fold", type=int, default=0)
         t.add_argument("--out", required=True, help="run folder (checkpoints, logs, exported bundle)")
-        t.add_argument("--epochs", type=int, default=20)
+        t.add_argument("--epochs", type=int, default=epochs)
         t.add_argument("--iters", type=int, default=50, help="iterations per epoch")
         t.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"))
         t.add_argument("--batch", type=int, default=2)
-        t.add_argument("--lr", type=float)
-        t.add_argument("--amp", action="store_true", help="mixed precision on CUDA")
+        t.add_argument("--lr", type=float, help="learning rate (default: the network's, a tenth of it for finetune)")
+        t.add_argument("--amp", action="store_true",
+                       help="mixed precision: fp16 on CUDA, bf16 on CPUs that run it natively")
+        t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (under torchrun: "
+                                                        "one GPU per process by LOCAL_RANK, or CPUs with gloo)")
+        t.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute activations in backward: less GPU memory, about a third more time")
         t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--val-every", type=int, default=5)
         t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
         t.add_argument("--skip-bad", action="store_true", help="skip broken cases with a warning instead of failing")
         t.add_argument("--domain-randomization", action="store_true", help="random contrast per sequence (synthetic data)")
-        t.add_argument("--options", help="network options as JSON, e.g. '{\"channels\": [16, 32, 64, 128, 128]}'")
 
     tr = sub.add_parser("train", help="train a network on cases with labels; exports a model bundle")
     tr.add_argument("--network", default="resunet", help="resunet, agse_vnet, cga_unet or dmda_unet")
-    add_train_args(tr)
+    tr.add_argument("--options", help="network options as JSON, e.g. '{\"channels\": [16, 32, 64, 128, 128]}'")
+    add_train_args(tr, epochs=20)
     tr.set_defaults(func=_cmd_train)
+
+    ft = sub.add_parser("finetune", help="continue training a model bundle on new cases (e.g. corrected in Slicer)")
+    ft.add_argument("--from", dest="model", required=True, help="model bundle: installed name or folder")
+    ft.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and heads")
+    ft.add_argument("--replay", help="folder of earlier training cases to mix in, so the model does not forget them")
+    ft.add_argument("--replay-fraction", type=float, default=0.3, help="share of patches from --replay (default 0.3)")
+    add_train_args(ft, epochs=10)
+    ft.set_defaults(func=_cmd_finetune)
 
     td = sub.add_parser("train-demo", help="the recipe of the shipped demo model: phantoms, training, held-out test")
     td.add_argument("--workdir", required=True, help="folder for phantoms and the run")

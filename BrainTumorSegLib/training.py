@@ -7,7 +7,6 @@ resumed from an epoch checkpoint continues exactly as an uninterrupted one (on t
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -17,24 +16,25 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from . import bundles
-from .atomicfile import write_json, write_text
-from .cases import SEQUENCES, Case, find_cases
+from . import bundles, devices
+from .atomicfile import write_json
+from .cases import SEQUENCES, Case
 from .errors import InputError
 from .imageio import read_image, same_grid
-from .inference import SegmentOptions, predict_probabilities, probabilities_to_labels
+from .inference import SegmentOptions, cpu_has_fast_bf16, predict_probabilities, probabilities_to_labels
 from .labels import check_scheme, detect_scheme, labels_to_classes
 from .losses import sigmoid_dice_bce, soft_dice_loss, softmax_dice_ce
 from .metrics import case_metrics
 from .networks import build
 from .preprocessing import labels_to_working, preprocess
+from .runlog import write_log
 
 # Each network's training defaults, in one place (written into the run folder).
 DEFAULTS: Dict[str, Dict] = {
@@ -66,6 +66,10 @@ class TrainConfig:
     amp: bool = False
     label_scheme: str = "brats2021"
     domain_randomization: bool = False
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    freeze_encoder: bool = False
+    replay_fraction: float = 0.0  # share of samples drawn from the replay cases (fine-tuning)
 
 
 # ----------------------------------------------------------------------------- data
@@ -197,8 +201,11 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
 
 class PatchDataset(torch.utils.data.Dataset):
     def __init__(self, cache_files: Sequence[str], patch: Sequence[int], batches: int, seed: int,
-                 fg_fraction: float, domain_randomization: bool) -> None:
+                 fg_fraction: float, domain_randomization: bool, replay_files: Sequence[str] = (),
+                 replay_fraction: float = 0.0) -> None:
         self.files = list(cache_files)
+        self.replay = list(replay_files)
+        self.replay_fraction = replay_fraction if self.replay else 0.0
         self.patch = tuple(patch)
         self.n = batches
         self.seed = seed
@@ -217,7 +224,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        case = self._case(self.files[int(rng.integers(len(self.files)))])
+        pool = self.replay if rng.random() < self.replay_fraction else self.files
+        case = self._case(pool[int(rng.integers(len(pool)))])
         x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
         x, y = augment(x, y, rng, self.dr)
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
@@ -230,8 +238,10 @@ def regions_of(classes: torch.Tensor) -> torch.Tensor:
     return torch.stack([classes > 0, (classes == 1) | (classes == 3), classes == 3], 1).float()
 
 
-def compute_loss(name: str, out: Dict, classes: torch.Tensor, epoch: int, net) -> torch.Tensor:
+def compute_loss(name: str, out: Dict, classes: torch.Tensor, epoch: int) -> torch.Tensor:
+    """The paper's loss for network ``name`` on its training-mode outputs (computed in fp32)."""
     cfg = DEFAULTS[name]
+    out = {k: (v.float() if torch.is_tensor(v) else [t.float() for t in v]) for k, v in out.items()}
     if name == "resunet":
         regions = regions_of(classes)
         loss = sigmoid_dice_bce(out["out"], regions)
@@ -252,14 +262,13 @@ def compute_loss(name: str, out: Dict, classes: torch.Tensor, epoch: int, net) -
     if name == "dmda_unet":
         loss = soft_dice_loss(torch.sigmoid(out["out"]), regions_of(classes))
         # stage 1 on the patch's axial slices: generalised Dice + weighted cross-entropy
-        x2 = out["input"].permute(0, 2, 1, 3, 4).flatten(0, 1)
-        c2 = classes.flatten(0, 1)
-        logits2 = net.stage1(x2)
-        onehot = F.one_hot(c2, 4).movedim(-1, 1).float()
-        w = 1.0 / (onehot.sum((0, 2, 3)) ** 2 + 1.0)
+        logits2 = out["axial"].float()
+        onehot = F.one_hot(classes, 4).movedim(-1, 1).float()
+        dims = (0, 2, 3, 4)
+        w = 1.0 / (onehot.sum(dims) ** 2 + 1.0)
         p = torch.softmax(logits2, 1)
-        gdl = 1 - 2 * (w * (p * onehot).sum((0, 2, 3))).sum() / ((w * (p + onehot).sum((0, 2, 3))).sum() + 1e-6)
-        wce = F.cross_entropy(logits2, c2, weight=torch.tensor([0.1, 1.0, 1.0, 1.0]))
+        gdl = 1 - 2 * (w * (p * onehot).sum(dims)).sum() / ((w * (p + onehot).sum(dims)).sum() + 1e-6)
+        wce = F.cross_entropy(logits2, classes, weight=torch.tensor([0.1, 1.0, 1.0, 1.0], device=classes.device))
         return loss + gdl + wce
     raise InputError(None, f"no loss for network {name}")
 
@@ -268,9 +277,10 @@ def compute_loss(name: str, out: Dict, classes: torch.Tensor, epoch: int, net) -
 
 def _make_optimizer(net, name: str, lr: float):
     cfg = DEFAULTS[name]
+    params = [p for p in net.parameters() if p.requires_grad]
     if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
-    return torch.optim.Adam(net.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg["weight_decay"])
+    return torch.optim.Adam(params, lr=lr, weight_decay=cfg["weight_decay"])
 
 
 def _make_scheduler(opt, name: str, total_epochs: int, lr: float):
@@ -292,7 +302,7 @@ def load_checkpoint(path: str) -> Dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def validate(net, name: str, val_files: Sequence[str], patch, label_scheme: str) -> Dict[str, float]:
+def validate(net, name: str, val_files: Sequence[str], patch, device: torch.device) -> Dict[str, float]:
     """Mean Dice per region over validation cases, by full sliding-window inference."""
     if not val_files:
         return {}
@@ -302,7 +312,7 @@ def validate(net, name: str, val_files: Sequence[str], patch, label_scheme: str)
     dices = {"WT": [], "TC": [], "ET": []}
     for f in val_files:
         c = CachedCase(f)
-        probs, _, _ = predict_probabilities(c.data.astype(np.float32), [bundle], torch.device("cpu"),
+        probs, _, _ = predict_probabilities(c.data.astype(np.float32), [bundle], device,
                                             SegmentOptions(overlap=0.25))
         pred = probabilities_to_labels(probs, net.output_kind, "brats2021")
         ref = np.array([0, 1, 2, 4], np.uint8)[c.classes]
@@ -312,26 +322,112 @@ def validate(net, name: str, val_files: Sequence[str], patch, label_scheme: str)
     return {f"dice_{r}": float(np.mean(v)) for r, v in dices.items()}
 
 
+def weights_digest(net: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, then bytes in name order)."""
+    h = hashlib.sha256()
+    for k, v in sorted(net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- distributed
+
+@dataclass
+class Distributed:
+    """Where this process sits in a torchrun job (rank 0 of 1 when run alone)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    started_here: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def init_distributed(device: str = "auto") -> Tuple[Distributed, torch.device]:
+    """Under torchrun (``WORLD_SIZE`` > 1) join the process group: NCCL with one GPU per process
+    (``LOCAL_RANK``), gloo on CPUs. Alone: the device ``devices.resolve`` picks."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed(), devices.resolve(device)
+    pref = (device or "auto").lower()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if pref.startswith("cuda") or (pref == "auto" and torch.cuda.is_available()):
+        devices.resolve("cuda")  # a one-line error when there is no GPU
+        dev = torch.device(f"cuda:{local % torch.cuda.device_count()}")
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")  # MPS has no DistributedDataParallel backend
+    started = not torch.distributed.is_initialized()
+    if started:
+        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Distributed(torch.distributed.get_rank(), torch.distributed.get_world_size(), local, started), dev
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device, log) -> Optional[torch.dtype]:
+    if not cfg.amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    log(f"note: --amp has no effect on {device.type} here (no native bf16); training in fp32")
+    return None
+
+
+# ----------------------------------------------------------------------------- loop
+
 def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir: str,
           resume: bool = False, init_from: Optional[bundles.Bundle] = None,
-          bundle_manifest: Optional[Dict] = None, log=print) -> str:
-    """Run (or resume) a training run in ``out_dir``; returns the exported bundle folder."""
+          bundle_manifest: Optional[Dict] = None, log=print, cache_dir: Optional[str] = None,
+          replay_cases: Sequence[Case] = ()) -> str:
+    """Run (or resume) a training run in ``out_dir``; returns the exported bundle folder.
+
+    ``cache_dir`` (default ``out_dir/cache``) holds the preprocessed cases; runs on the same
+    files can share it. ``init_from`` starts from a bundle's weights (fine-tuning), and
+    ``replay_cases`` are mixed in with probability ``cfg.replay_fraction``. Under torchrun every
+    process runs this; rank 0 alone logs, validates, checkpoints and exports.
+    """
+    dist, device = init_distributed(cfg.device)
+    if not dist.main:
+        log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job
     os.makedirs(out_dir, exist_ok=True)
-    cache_dir = os.path.join(out_dir, "cache")
+    cache_dir = cache_dir or os.path.join(out_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
     name = cfg.network
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
     net = init_from.network if init_from is not None else build(name, **cfg.options)
     patch = tuple(cfg.patch or net.patch_size)
     lr = cfg.lr or DEFAULTS[name]["lr"]
-    write_json(os.path.join(out_dir, "config.json"), {"config": asdict(cfg), "defaults": DEFAULTS[name],
-                                                       "train_cases": [c.case_id for c in train_cases],
-                                                       "val_cases": [c.case_id for c in val_cases]})
-    log(f"caching {len(train_cases) + len(val_cases)} cases in {cache_dir}")
-    train_files = [cache_case(c, cache_dir) for c in train_cases]
-    val_files = [cache_case(c, cache_dir) for c in val_cases]
+    if cfg.freeze_encoder:
+        for prm in net.encoder_parameters():
+            prm.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        net.enable_gradient_checkpointing()
+    data_used = {"train": [c.case_id for c in train_cases], "validation": [c.case_id for c in val_cases],
+                 "replay": [c.case_id for c in replay_cases]}
+    if dist.main:
+        write_json(os.path.join(out_dir, "config.json"), {"config": asdict(cfg), "defaults": DEFAULTS[name],
+                                                           "world_size": dist.world, "device": str(device),
+                                                           "cases": data_used})
+        log(f"caching {len(train_cases) + len(val_cases) + len(replay_cases)} cases in {cache_dir}")
+    files = {}
+    for turn in ("main", "others"):  # rank 0 fills the cache, then the others find it filled
+        if (turn == "main") == dist.main:
+            files = {k: [cache_case(c, cache_dir) for c in cs]
+                     for k, cs in (("train", train_cases), ("val", val_cases), ("replay", replay_cases))}
+        dist.barrier()
+    net.to(device)
     opt = _make_optimizer(net, name, lr)
     sched = _make_scheduler(opt, name, cfg.epochs, lr)
+    amp_dtype = _amp_dtype(cfg, device, log)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ckpt_last = os.path.join(out_dir, "checkpoint_last.pt")
     start_epoch, best, history = 0, -1.0, []
     if resume and os.path.exists(ckpt_last):
@@ -339,65 +435,128 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
         net.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
+        if "scaler" in st:
+            scaler.load_state_dict(st["scaler"])
         start_epoch, best, history = st["epoch"] + 1, st["best"], json.loads(st["history"])
         log(f"resumed after epoch {st['epoch']}")
-    ds = PatchDataset(train_files, patch, cfg.iters_per_epoch * cfg.batch, cfg.seed, cfg.fg_fraction,
-                      cfg.domain_randomization)
+    model = net
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    # each process draws its own share of the epoch's samples; `batch` is per process
+    ds = PatchDataset(files["train"], patch, cfg.iters_per_epoch * cfg.batch * dist.world, cfg.seed,
+                      cfg.fg_fraction, cfg.domain_randomization, files["replay"], cfg.replay_fraction)
+    sampler = (torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
+               if dist.world > 1 else None)
+    show = dist.main and log is not None
     for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(cfg.seed * 100003 + epoch)
+        torch.manual_seed(cfg.seed * 100003 + epoch + 7919 * dist.rank)
         ds.epoch = epoch
-        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch, shuffle=False, num_workers=cfg.workers)
-        net.train()
+        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch, shuffle=False, sampler=sampler,
+                                             num_workers=cfg.workers, pin_memory=device.type == "cuda")
+        model.train()
         t0, losses = time.perf_counter(), []
         for it, (x, y) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            out = net(x)
-            if name == "dmda_unet":
-                out["input"] = x
-            loss = compute_loss(name, out, y, epoch, net)
-            loss.backward()
-            opt.step()
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                out = model(x)
+            loss = compute_loss(name, out, y, epoch)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             losses.append(loss.item())
-            print(f"\repoch {epoch + 1}/{cfg.epochs} it {it + 1}/{cfg.iters_per_epoch} loss {np.mean(losses):.4f}",
-                  end="", file=sys.stderr)
-        print("", file=sys.stderr)
+            if show:
+                print(f"\repoch {epoch + 1}/{cfg.epochs} it {it + 1}/{cfg.iters_per_epoch} "
+                      f"loss {np.mean(losses):.4f}", end="", file=sys.stderr)
+        if show:
+            print("", file=sys.stderr)
         sched.step()
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+        mean_loss = torch.tensor(float(np.mean(losses)))
+        if dist.world > 1:
+            torch.distributed.all_reduce(mean_loss)
+            mean_loss /= dist.world
+        row = {"epoch": epoch + 1, "train_loss": float(mean_loss), "lr": opt.param_groups[0]["lr"],
                "seconds": time.perf_counter() - t0}
-        if val_files and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-            row.update(validate(net, name, val_files, patch, cfg.label_scheme))
-            score = np.mean([row[f"dice_{r}"] for r in ("WT", "TC", "ET")])
-            if score > best:
-                best = float(score)
-                save_checkpoint(os.path.join(out_dir, "checkpoint_best.pt"), {"model": net.state_dict(), "epoch": epoch})
-        history.append(row)
-        save_checkpoint(ckpt_last, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
-                                    "history": json.dumps(history)})
-        keys = sorted({k for r in history for k in r}, key=lambda k: (k != "epoch", k))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, keys, lineterminator="\n")
-        w.writeheader()
-        w.writerows(history)
-        write_text(os.path.join(out_dir, "log.csv"), buf.getvalue())
-        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    best_path = os.path.join(out_dir, "checkpoint_best.pt")
-    if os.path.exists(best_path):
-        net.load_state_dict(load_checkpoint(best_path)["model"])
-    last_val = next((r for r in reversed(history) if "dice_WT" in r), {})
-    manifest = {
-        "id": os.path.basename(os.path.abspath(out_dir)), "version": "1", "network": name,
-        "options": cfg.options, "label_scheme": cfg.label_scheme, "normalization": "z-score over brain voxels",
-        "preprocessing": {"reference": "t1ce", "canonical_orientation": "LPS", "crop": "brain bounding box"},
-        "postprocessing": {"min_et_voxels": 0, "min_component_voxels": 0, "fill_core_holes": False},
-        "training": {"config": asdict(cfg), "defaults": DEFAULTS[name], "cases": len(train_cases),
-                     "validation_cases": len(val_cases), "epochs": cfg.epochs},
-        "metrics": {"validation": {k: v for k, v in last_val.items() if k.startswith("dice_")},
-                    "best_mean_dice": best},
-    }
-    manifest.update(bundle_manifest or {})
-    net.eval()
+        if dist.main:
+            if files["val"] and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+                row.update(validate(net, name, files["val"], patch, device))
+                score = np.mean([row[f"dice_{r}"] for r in ("WT", "TC", "ET")])
+                if score > best:
+                    best = float(score)
+                    save_checkpoint(os.path.join(out_dir, "checkpoint_best.pt"),
+                                    {"model": net.state_dict(), "epoch": epoch})
+            history.append(row)
+            save_checkpoint(ckpt_last, {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                                        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                                        "rng": torch.get_rng_state(), "epoch": epoch, "best": best,
+                                        "history": json.dumps(history)})
+            write_log(history, out_dir)
+            log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        dist.barrier()
     export = os.path.join(out_dir, "model")
-    if os.path.isdir(export):  # an earlier export of this same run (e.g. before --resume)
-        shutil.rmtree(export)
-    return bundles.save(net, export, manifest)
+    if dist.world > 1:
+        digests: List[Optional[str]] = [None] * dist.world
+        torch.distributed.all_gather_object(digests, weights_digest(net))
+        if dist.main:
+            write_json(os.path.join(out_dir, "distributed.json"),
+                       {"world_size": dist.world, "backend": torch.distributed.get_backend(),
+                        "weights_sha256_per_rank": digests, "ranks_identical": len(set(digests)) == 1})
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks ended with different weights: {digests}")
+    if dist.main:
+        best_path = os.path.join(out_dir, "checkpoint_best.pt")
+        if os.path.exists(best_path):
+            net.load_state_dict(load_checkpoint(best_path)["model"])
+        last_val = next((r for r in reversed(history) if "dice_WT" in r), {})
+        manifest = {
+            "id": os.path.basename(os.path.abspath(out_dir)), "version": "1", "network": name,
+            "options": cfg.options, "label_scheme": cfg.label_scheme, "normalization": "z-score over brain voxels",
+            "preprocessing": {"reference": "t1ce", "canonical_orientation": "LPS", "crop": "brain bounding box"},
+            "postprocessing": {"min_et_voxels": 0, "min_component_voxels": 0, "fill_core_holes": False},
+            "training": {"config": asdict(cfg), "defaults": DEFAULTS[name], "cases": len(train_cases),
+                         "validation_cases": len(val_cases), "epochs": cfg.epochs, "world_size": dist.world,
+                         "data": data_used},
+            "metrics": {"validation": {k: v for k, v in last_val.items() if k.startswith("dice_")},
+                        "best_mean_dice": best},
+        }
+        manifest.update(bundle_manifest or {})
+        net.eval()
+        if os.path.isdir(export):  # an earlier export of this same run (e.g. before --resume)
+            shutil.rmtree(export)
+        export = bundles.save(net.cpu(), export, manifest)
+    dist.barrier()
+    if dist.started_here:
+        torch.distributed.destroy_process_group()
+    return export
+
+
+FINETUNE_LR_FACTOR = 0.1  # fine-tuning starts from trained weights: a tenth of the network's learning rate
+
+
+def finetune(model: Union[str, bundles.Bundle], train_cases: Sequence[Case], val_cases: Sequence[Case],
+             out_dir: str, cfg: Optional[TrainConfig] = None, replay_cases: Sequence[Case] = (),
+             resume: bool = False, log=print) -> str:
+    """Continue training a model bundle on new cases (e.g. corrected in Slicer).
+
+    Network, options, label scheme and (unless given) patch size come from the bundle; the
+    learning rate defaults to ``FINETUNE_LR_FACTOR`` times the network's. ``replay_cases``
+    (earlier training data) are mixed in so the model does not forget them.
+    """
+    b = model if isinstance(model, bundles.Bundle) else bundles.load(model)
+    m = b.manifest
+    name = m["network"]
+    cfg = cfg or TrainConfig()
+    trained_patch = m.get("training", {}).get("config", {}).get("patch")
+    cfg.network, cfg.options = name, dict(m.get("options", {}))
+    cfg.label_scheme = m.get("label_scheme", cfg.label_scheme)
+    cfg.lr = cfg.lr or DEFAULTS[name]["lr"] * FINETUNE_LR_FACTOR
+    cfg.patch = tuple(cfg.patch or trained_patch or m["patch_size"])
+    if replay_cases and not cfg.replay_fraction:
+        cfg.replay_fraction = 0.3
+    extra = {"finetuned_from": {"id": m["id"], "weights_sha256": m.get("weights_sha256")},
+             "description": f"Fine-tuned from {m['id']} on {len(train_cases)} case(s)"
+                            + (f" with {len(replay_cases)} replayed" if replay_cases else "")
+                            + ". Not validated for clinical use.",
+             "clinical_use": False, "patch_size": list(m["patch_size"])}
+    return train(cfg, train_cases, val_cases, out_dir, resume=resume, init_from=b, bundle_manifest=extra,
+                 log=log, replay_cases=replay_cases)

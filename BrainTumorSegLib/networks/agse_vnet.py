@@ -130,6 +130,8 @@ class AGSEVNet(SegmentationNetwork):
     patch_size = (64, 128, 128)
     divisor = 16
     aux_outputs = ()
+    encoder_modules = ("encoders",)
+    checkpoint_modules = ("encoders", "decoders")
     paper = "AGSE-VNet, seeds/agse-vnet-paper-v2.md sections 3-4"
 
     def __init__(self, in_channels: int = 4, out_channels: int = 4, base: int = 16,

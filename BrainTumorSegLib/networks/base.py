@@ -1,11 +1,12 @@
 """What every network declares, so inference and training treat all of them the same way."""
 from __future__ import annotations
 
-from typing import Dict, Tuple, Union
+from typing import Dict, Iterator, List, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 SEQUENCE_ORDER = ("t1", "t1ce", "t2", "flair")  # nnU-Net's channel order for BraTS
 
@@ -29,6 +30,10 @@ class SegmentationNetwork(nn.Module):
     divisor: int = 16
     aux_outputs: Tuple[str, ...] = ()
     paper: str = ""
+    # Submodule names (dotted): the contracting path, frozen by fine-tuning's --freeze-encoder, and
+    # the blocks whose activations are recomputed in backward under gradient checkpointing.
+    encoder_modules: Tuple[str, ...] = ()
+    checkpoint_modules: Tuple[str, ...] = ()
 
     def forward(self, x: torch.Tensor) -> Output:
         size = x.shape[2:]
@@ -44,6 +49,36 @@ class SegmentationNetwork(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _named_blocks(self, names: Tuple[str, ...]) -> List[nn.Module]:
+        blocks: List[nn.Module] = []
+        for name in names:
+            m = self.get_submodule(name)
+            blocks.extend(m if isinstance(m, nn.ModuleList) else [m])
+        return blocks
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the contracting path (``encoder_modules``)."""
+        for m in self._named_blocks(self.encoder_modules):
+            yield from m.parameters()
+
+    def enable_gradient_checkpointing(self) -> int:
+        """Recompute the activations of ``checkpoint_modules`` in backward instead of keeping them
+        (less memory, about a third more compute; training only). Returns how many blocks."""
+        blocks = self._named_blocks(self.checkpoint_modules)
+        for m in blocks:
+            if getattr(m, "_checkpointed", False):
+                continue
+            inner = m.forward
+
+            def forward(*args, _inner=inner, _m=m):
+                if _m.training and torch.is_grad_enabled():
+                    return torch.utils.checkpoint.checkpoint(_inner, *args, use_reentrant=False)
+                return _inner(*args)
+
+            m.forward = forward  # the instance attribute leaves the state_dict untouched
+            m._checkpointed = True
+        return len(blocks)
 
     def spec(self) -> Dict:
         return {"output_kind": self.output_kind, "out_channels": self.out_channels,

@@ -100,6 +100,9 @@ class CGAUNet(SegmentationNetwork):
     patch_size = (128, 128, 128)
     divisor = 8
     aux_outputs = ("attention", "distance")
+    # the attention path and the SAM stay trainable: they are supervised by their own loss
+    encoder_modules = ("init_conv", "en1", "down1", "en2", "down2", "en3", "down3", "en4")
+    checkpoint_modules = ("en1", "en2", "en3", "en4", "de3", "de2", "de1")
     paper = "CGA U-Net, seeds/cga-unet-paper.md sections 3-4, Tables 1 and 3"
 
     def __init__(self, in_channels: int = 4, out_channels: int = 4, base: int = 16,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -197,7 +196,10 @@ class DMDACascade(SegmentationNetwork):
     out_channels = 3
     patch_size = (128, 128, 128)
     divisor = 8
-    aux_outputs = ()
+    aux_outputs = ("axial",)
+    # freezing keeps the stage-1 locator and stage 2's contracting path
+    encoder_modules = ("stage1", "stage2.input_module", "stage2.enc0", "stage2.down", "stage2.enc")
+    checkpoint_modules = ("stage2.enc", "stage2.loc")
     paper = "DM-DA-Unet, seeds/dm-da-unet-paper.txt section 3"
 
     def __init__(self, in_channels: int = 4, cube: int = 128, margin: int = 8,
@@ -211,7 +213,12 @@ class DMDACascade(SegmentationNetwork):
         self.patch_size = (self.cube,) * 3
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {"out": self.stage2._forward(x)["out"]}
+        out = {"out": self.stage2._forward(x)["out"]}
+        if self.training:  # stage 1 on the patch's axial slices, back as (B, 4, z, y, x), for its loss
+            b, _, z = x.shape[:3]
+            logits = self.stage1(x.permute(0, 2, 1, 3, 4).flatten(0, 1))
+            out["axial"] = logits.unflatten(0, (b, z)).permute(0, 2, 1, 3, 4)
+        return out
 
     @torch.no_grad()
     def locate(self, volume: torch.Tensor, slice_batch: int = 16) -> torch.Tensor:

@@ -47,6 +47,8 @@ class ResUNet(SegmentationNetwork):
     patch_size = (128, 128, 128)
     divisor = 16
     aux_outputs = ("deep_supervision",)
+    encoder_modules = ("stem", "stages")
+    checkpoint_modules = ("stages", "decoders")
     paper = "BraTS 2021 winners' region-based residual U-Net (seeds/brainles-brats-2021-proceedings.txt)"
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3,

@@ -61,8 +61,7 @@ def test_a_few_steps_lower_the_loss(name, small_cases, tmp_path):
     for _ in range(10):
         opt.zero_grad()
         out = net(x)
-        out["input"] = x
-        loss = compute_loss(name, out, y, epoch=25, net=net)  # epoch 25: CGA's inter-class term is on
+        loss = compute_loss(name, out, y, epoch=25)  # epoch 25: CGA's inter-class term is on
         loss.backward()
         opt.step()
         losses.append(loss.item())
@@ -124,8 +123,75 @@ def test_cli_train_exports_a_bundle_that_segments(small_cases, tmp_path):
     m = json.load(open(bundle / "manifest.json"))
     assert m["training"]["epochs"] == 1 and "dice_WT" in m["metrics"]["validation"]
     assert os.path.exists(tmp_path / "run" / "log.csv") and os.path.exists(tmp_path / "run" / "config.json")
+    with open(tmp_path / "run" / "curves.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     case = sorted(os.listdir(small_cases))[0]
     r = run_cli("segment", "--case", os.path.join(small_cases, case), "--model", str(bundle),
                 "-o", str(tmp_path / "pred.nii.gz"), "--quiet")
     assert r.returncode == 0, r.stderr
     assert sitk.ReadImage(str(tmp_path / "pred.nii.gz")).GetSize() == (80, 80, 52)
+
+
+@pytest.fixture(scope="module")
+def small_bundle(small_cases, tmp_path_factory):
+    run = tmp_path_factory.mktemp("source_run")
+    cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=1, iters_per_epoch=2, batch=1,
+                      patch=(32, 32, 32), seed=2)
+    return train(cfg, find_cases(small_cases), [], str(run), log=lambda *a: None)
+
+
+def test_finetune_from_a_bundle_with_frozen_encoder_and_replay(small_cases, small_bundle, tmp_path):
+    from BrainTumorSegLib import bundles
+
+    src = bundles.load(small_bundle)
+    new = tmp_path / "new"
+    shutil.copytree(os.path.join(small_cases, sorted(os.listdir(small_cases))[0]),
+                    new / sorted(os.listdir(small_cases))[0])
+    r = run_cli("finetune", "--from", small_bundle, "--data", str(new), "--replay", small_cases,
+                "--out", str(tmp_path / "ft"), "--epochs", "1", "--iters", "3", "--batch", "1",
+                "--freeze-encoder", "--amp")
+    assert r.returncode == 0, r.stderr
+    out = bundles.load(str(tmp_path / "ft" / "model"))
+    m = out.manifest
+    assert m["finetuned_from"] == {"id": src.id, "weights_sha256": src.manifest["weights_sha256"]}
+    assert m["training"]["data"]["train"] == os.listdir(new)
+    assert len(m["training"]["data"]["replay"]) == 2
+    cfg = m["training"]["config"]
+    assert cfg["lr"] == pytest.approx(DEFAULTS["resunet"]["lr"] * 0.1) and cfg["freeze_encoder"]
+    assert cfg["options"] == SMALL["resunet"] and list(cfg["patch"]) == [32, 32, 32]  # from the bundle
+    before, after = src.network.state_dict(), out.network.state_dict()
+    enc = {n for n, p in out.network.named_parameters()
+           if any(p is q for q in out.network.encoder_parameters())}
+    assert enc and all(torch.equal(before[n], after[n]) for n in enc)
+    assert any(not torch.equal(before[n], after[n]) for n in before if n not in enc and n.startswith("head"))
+    losses = [float(row.split(",")[3]) for row in open(tmp_path / "ft" / "log.csv").read().splitlines()[1:]]
+    assert losses and all(np.isfinite(losses))
+    r = run_cli("finetune", "--from", str(tmp_path / "nothing"), "--data", str(new), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "nothing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(small_cases, tmp_path):
+    """torchrun with two CPU processes: DistributedDataParallel keeps the ranks in step, although each
+    rank draws different patches and dropout seeds (without the all-reduce their weights would part)."""
+    import subprocess
+    import sys
+
+    from BrainTumorSegLib import bundles
+    from BrainTumorSegLib.training import weights_digest
+
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "BrainTumorSegLib", "train", "--data", small_cases, "--out", str(run), "--epochs", "2",
+           "--iters", "2", "--batch", "1", "--patch", "32", "32", "32", "--device", "cpu",
+           "--options", json.dumps(SMALL["resunet"])]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.load(open(run / "distributed.json"))
+    assert d["world_size"] == 2 and d["backend"] == "gloo"
+    a, b = d["weights_sha256_per_rank"]
+    assert a == b
+    exported = bundles.load(str(run / "model"))
+    assert weights_digest(exported.network) == a
+    assert exported.manifest["training"]["world_size"] == 2
+    assert r.stdout.count("model bundle:") == 2  # both ranks finish; rank 0 alone wrote the log
+    assert len(open(run / "log.csv").read().splitlines()) == 3
