@@ -17,12 +17,12 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, List
-
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Dict, List
 
 from .errors import InputError, PathLike
-from .networks import SegmentationNetwork, build
+
+if TYPE_CHECKING:  # torch loads only when a model does: listing bundles stays light (Slicer's model list)
+    from .networks import SegmentationNetwork
 
 FORMAT = "braintumorseg-bundle/1"
 WEIGHTS = "weights.safetensors"
@@ -34,6 +34,13 @@ _REQUIRED = ("format", "id", "network", "options", "in_sequences", "label_scheme
 
 def shipped_models_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Models")
+
+
+def user_models_dir() -> str:
+    """Where new models are registered: the first ``$BRAINTUMORSEG_MODELS`` folder, else
+    ``~/.braintumorseg/models``."""
+    dirs = [d for d in os.environ.get("BRAINTUMORSEG_MODELS", "").split(os.pathsep) if d]
+    return dirs[0] if dirs else os.path.join(os.path.expanduser("~"), ".braintumorseg", "models")
 
 
 def search_dirs() -> List[str]:
@@ -109,6 +116,10 @@ def load(model: PathLike, device: str = "cpu") -> Bundle:
     if digest != manifest["weights_sha256"]:
         raise InputError(weights, f"sha256 {digest[:12]}... does not match the manifest's "
                                   f"{str(manifest['weights_sha256'])[:12]}...: corrupt or replaced weights")
+    from safetensors.torch import load_file
+
+    from .networks import build
+
     net = build(manifest["network"], **manifest["options"])
     try:
         state = load_file(weights, device="cpu")
@@ -119,8 +130,10 @@ def load(model: PathLike, device: str = "cpu") -> Bundle:
     return Bundle(folder, manifest, net)
 
 
-def save(network: SegmentationNetwork, folder: PathLike, manifest: Dict) -> str:
+def save(network: "SegmentationNetwork", folder: PathLike, manifest: Dict) -> str:
     """Write a bundle atomically (a temporary folder renamed into place); returns the folder."""
+    from safetensors.torch import save_file
+
     out = os.path.abspath(os.fspath(folder))
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):

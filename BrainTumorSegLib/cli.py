@@ -138,13 +138,19 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
 
 
 class _ProgressBar:
-    """One line on stderr: stage and percentage."""
+    """One line on stderr: stage and percentage. With ``BRAINTUMORSEG_PROGRESS=lines`` (set by the
+    Slicer module, which runs this command in the background) it prints ``progress STAGE FRACTION``
+    lines on stdout instead."""
 
     def __init__(self, enabled: bool) -> None:
+        self.lines = os.environ.get("BRAINTUMORSEG_PROGRESS") == "lines"
         self.enabled = enabled and sys.stderr.isatty()
         self.last = ""
 
     def __call__(self, stage: str, fraction: float) -> None:
+        if self.lines:
+            print(f"progress {stage} {fraction:.4f}", flush=True)
+            return
         if not self.enabled:
             return
         width = 30

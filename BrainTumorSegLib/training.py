@@ -448,6 +448,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
     sampler = (torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
                if dist.world > 1 else None)
     show = dist.main and log is not None
+    progress_lines = os.environ.get("BRAINTUMORSEG_PROGRESS") == "lines"  # for the Slicer module
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 100003 + epoch + 7919 * dist.rank)
         ds.epoch = epoch
@@ -465,10 +466,13 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
             scaler.step(opt)
             scaler.update()
             losses.append(loss.item())
-            if show:
+            if show and progress_lines:
+                done = (epoch - start_epoch) * cfg.iters_per_epoch + it + 1
+                print(f"progress training {done / ((cfg.epochs - start_epoch) * cfg.iters_per_epoch):.4f}", flush=True)
+            elif show:
                 print(f"\repoch {epoch + 1}/{cfg.epochs} it {it + 1}/{cfg.iters_per_epoch} "
                       f"loss {np.mean(losses):.4f}", end="", file=sys.stderr)
-        if show:
+        if show and not progress_lines:
             print("", file=sys.stderr)
         sched.step()
         mean_loss = torch.tensor(float(np.mean(losses)))

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from BrainTumorSegLib.cases import find_case, find_cases
+from BrainTumorSegLib.cases import find_cases
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.training import (DEFAULTS, PatchDataset, TrainConfig, cache_case, check_cases,
                                        compute_loss, train)

@@ -1,0 +1,404 @@
+"""The module's MRML work, without Qt: volumes to files, a background ``braintumorseg`` run, its
+result into a segmentation node with three named segments, a volumes table and an optional
+uncertainty volume; saving an edited case for training; fine-tuning and registering the model.
+
+Everything is added to the scene only after the run succeeded, in one step; on any failure the
+nodes made so far are removed again, so the scene is never left half-filled. Temporary files live
+in a private folder that is removed whatever happens.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from .jobs import Job
+from .roles import ROLE_TITLES, ROLES, assign
+
+# key (segment ID), name shown, colour, standard terminology (SNOMED CT codes, Slicer's format:
+# context~category~type~type modifier~anatomic context~anatomic region~region modifier)
+_CATEGORY = "SCT^49755003^Morphologically Altered Structure"
+_ANATOMY = "Anatomic codes - DICOM master list~SCT^12738006^Brain~^^"
+SEGMENTS = (
+    ("NCR", "Necrotic tumor core", (0.80, 0.18, 0.18),
+     f"Segmentation category and type - 3D Slicer General Anatomy list~{_CATEGORY}~SCT^6574001^Necrosis~^^~{_ANATOMY}"),
+    ("ED", "Peritumoral edema", (0.35, 0.80, 0.35),
+     f"Segmentation category and type - 3D Slicer General Anatomy list~{_CATEGORY}~SCT^79654002^Edema~^^~{_ANATOMY}"),
+    ("ET", "Enhancing tumor", (0.98, 0.85, 0.20),
+     f"Segmentation category and type - 3D Slicer General Anatomy list~{_CATEGORY}~SCT^108369006^Neoplasm~^^~{_ANATOMY}"),
+)
+REGION_ROWS = (("NCR", "Necrotic tumor core (label)"), ("ED", "Peritumoral edema (label)"),
+               ("ET", "Enhancing tumor (label, region)"), ("TC", "Tumor core = NCR + ET (region)"),
+               ("WT", "Whole tumor = NCR + ED + ET (region)"))
+
+
+class ModuleError(Exception):
+    """A problem to show in the module as one line (no traceback)."""
+
+
+def _register_converter_rules() -> None:
+    """Slicer registers these at start-up; plain ``slicer-core`` does not."""
+    fac = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if fac.ConstructRepresentationObjectByRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()) is None:
+        fac.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+        fac.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+
+
+def _read_volume(path: str, node) -> None:
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(path)
+    if not storage.ReadData(node):
+        raise ModuleError(f"{path}: could not be read")
+
+
+def _write_volume(node, path: str) -> None:
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(path)
+    storage.SetUseCompression(path.endswith(".gz"))
+    if not storage.WriteData(node):
+        raise ModuleError(f"{path}: could not write volume {node.GetName()}")
+
+
+def voxels(node) -> np.ndarray:
+    """A volume node's voxels as a (k, j, i) array (a copy)."""
+    img = node.GetImageData()
+    dims = img.GetDimensions()
+    return numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(dims[::-1]).copy()
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+@dataclass
+class SegmentationRun:
+    """A segmentation in progress: the background job and what its result belongs to."""
+    job: Job
+    workdir: str
+    volumes: Dict[str, object]
+    name: str
+    uncertainty: bool
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def stage(self) -> str:
+        return self.job.stage
+
+    @property
+    def fraction(self) -> float:
+        return self.job.fraction
+
+    def poll(self) -> Optional[int]:
+        return self.job.poll()
+
+
+@dataclass
+class SegmentationResult:
+    segmentation: object
+    table: object
+    uncertainty: Optional[object]
+    report: Dict
+    seconds: float
+
+    def status(self) -> str:
+        models = ", ".join(m.get("id", "?") for m in self.report.get("models", []))
+        return f"Segmented in {self.seconds:.1f} s on {self.report.get('device', '?')} with {models}"
+
+
+class BrainTumorSegLogic:
+    """MRML side of the module; ``scene`` is Slicer's scene (or any ``vtkMRMLScene`` in tests)."""
+
+    def __init__(self, scene, python: Optional[str] = None) -> None:
+        self.scene = scene
+        self.python = python
+        _register_converter_rules()
+
+    # ------------------------------------------------------------------ choosing inputs
+
+    def scalar_volumes(self) -> List[object]:
+        nodes = [self.scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+                 for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+        return [n for n in nodes if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+
+    def assign_volumes(self, nodes: Optional[List[object]] = None):
+        """Guess each sequence's volume from the node names: ({role: node or None}, notes)."""
+        nodes = self.scalar_volumes() if nodes is None else nodes
+        idx, notes = assign([n.GetName() for n in nodes])
+        return {r: (nodes[i] if i is not None else None) for r, i in idx.items()}, notes
+
+    @staticmethod
+    def models() -> List[Dict]:
+        """Installed model bundles (manifests; torch is not loaded)."""
+        from BrainTumorSegLib import bundles
+
+        return bundles.installed()
+
+    def _check_volumes(self, volumes: Mapping[str, object]) -> None:
+        missing = [ROLE_TITLES[r] for r in ROLES if volumes.get(r) is None]
+        if missing:
+            raise ModuleError(f"choose a volume for {', '.join(missing)}")
+        ids = [volumes[r].GetID() for r in ROLES]
+        if len(set(ids)) < 4:
+            raise ModuleError("the same volume is chosen for two sequences")
+        for r in ROLES:
+            n = volumes[r]
+            if n.GetImageData() is None:
+                raise ModuleError(f"{n.GetName()} ({ROLE_TITLES[r]}) has no voxels")
+            if n.GetParentTransformNode() is not None:
+                raise ModuleError(f"{n.GetName()} ({ROLE_TITLES[r]}) is under a transform; harden it first")
+
+    # ------------------------------------------------------------------ segmenting
+
+    def start_segmentation(self, volumes: Mapping[str, object], model: Optional[str] = None,
+                           device: str = "auto", tta: bool = False, uncertainty: bool = False,
+                           min_et_voxels: Optional[int] = None, name: Optional[str] = None) -> SegmentationRun:
+        """Write the four volumes to a private folder and start ``braintumorseg segment`` on them."""
+        self._check_volumes(volumes)
+        workdir = tempfile.mkdtemp(prefix="BrainTumorSeg-")
+        try:
+            args = ["segment"]
+            for r in ROLES:
+                path = os.path.join(workdir, f"{r}.nrrd")
+                _write_volume(volumes[r], path)
+                args += [f"--{r}", path]
+            args += ["-o", os.path.join(workdir, "labels.nrrd"), "--report", os.path.join(workdir, "report.json"),
+                     "--device", device]
+            if model:
+                args += ["--model", model]
+            if tta:
+                args.append("--tta")
+            if uncertainty:
+                args += ["--uncertainty", os.path.join(workdir, "uncertainty.nrrd")]
+            if min_et_voxels is not None:
+                args += ["--min-et-voxels", str(int(min_et_voxels))]
+            job = Job(args, self.python)
+        except Exception:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        name = name or f"{volumes['t1ce'].GetName()} tumor"
+        return SegmentationRun(job, workdir, dict(volumes), name, uncertainty)
+
+    def cancel(self, run: SegmentationRun) -> None:
+        """Stop the run; the scene is not touched and the temporary files are removed."""
+        try:
+            run.job.cancel()
+        finally:
+            shutil.rmtree(run.workdir, ignore_errors=True)
+
+    def finish_segmentation(self, run: SegmentationRun) -> SegmentationResult:
+        """After the job ended: its result into the scene (all or nothing), or a ModuleError."""
+        try:
+            code = run.job.poll()
+            if code is None:
+                raise ModuleError("the segmentation is still running")
+            if run.job.cancelled:
+                raise ModuleError("cancelled")
+            if code != 0:
+                raise ModuleError(run.job.error)
+            with open(os.path.join(run.workdir, "report.json")) as f:
+                report = json.load(f)
+            return self._load_result(run, report)
+        finally:
+            shutil.rmtree(run.workdir, ignore_errors=True)
+
+    def segment(self, volumes: Mapping[str, object], progress: Optional[Callable[[str, float], None]] = None,
+                should_cancel: Optional[Callable[[], bool]] = None, **options) -> SegmentationResult:
+        """Blocking convenience (scripts, tests, the self-test): start, wait, finish."""
+        run = self.start_segmentation(volumes, **options)
+        while run.poll() is None:
+            if should_cancel is not None and should_cancel():
+                self.cancel(run)
+                raise ModuleError("cancelled")
+            if progress is not None:
+                progress(run.stage, run.fraction)
+            time.sleep(0.1)
+        return self.finish_segmentation(run)
+
+    def _load_result(self, run: SegmentationRun, report: Dict) -> SegmentationResult:
+        from BrainTumorSegLib.labels import get_scheme
+
+        scheme = get_scheme(report["label_scheme"])
+        reference = run.volumes["t1ce"]
+        scratch = slicer.vtkMRMLScene()  # temporary nodes never enter the user's scene
+        labels_node = slicer.vtkMRMLLabelMapVolumeNode()
+        scratch.AddNode(labels_node)
+        _read_volume(os.path.join(run.workdir, "labels.nrrd"), labels_node)
+        if not np.allclose(ijk_to_ras(labels_node), ijk_to_ras(reference), atol=1e-3) or \
+                labels_node.GetImageData().GetDimensions() != reference.GetImageData().GetDimensions():
+            raise ModuleError("the result is not on the T1ce grid")  # the CLI guarantees it; never load a shifted result
+        labels = voxels(labels_node)
+        before = self._node_ids()
+        self.scene.StartState(self.scene.BatchProcessState)
+        try:
+            seg = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", run.name)
+            seg.CreateDefaultDisplayNodes()
+            seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+            for key, title, colour, terminology in SEGMENTS:
+                self._set_segment(seg, key, title, colour, terminology,
+                                  (labels == scheme.class_value(key)).astype(np.uint8), labels_node, scratch)
+            table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{run.name} volumes")
+            self._fill_volume_table(table, report.get("volumes_ml", {}))
+            unc = None
+            if run.uncertainty:
+                unc = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{run.name} uncertainty")
+                _read_volume(os.path.join(run.workdir, "uncertainty.nrrd"), unc)
+        except Exception:  # every node made here goes (display and storage nodes included)
+            for node_id in self._node_ids() - before:
+                node = self.scene.GetNodeByID(node_id)
+                if node is not None:
+                    self.scene.RemoveNode(node)
+            raise
+        finally:
+            self.scene.EndState(self.scene.BatchProcessState)
+            scratch.Clear(1)
+        return SegmentationResult(seg, table, unc, report, time.perf_counter() - run.started)
+
+    def _node_ids(self) -> set:
+        return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
+
+    @classmethod
+    def _set_segment(cls, seg, key: str, title: str, colour, terminology: str, mask: np.ndarray,
+                     geometry_node, scratch) -> None:
+        segmentation = seg.GetSegmentation()
+        segmentation.AddEmptySegment(key, title, colour)
+        segmentation.GetSegment(key).SetTerminology(terminology)
+        cls.set_segment_mask(seg, key, mask, geometry_node, scratch)
+
+    @staticmethod
+    def set_segment_mask(seg, key: str, mask: np.ndarray, geometry_node, scratch=None) -> None:
+        """Replace segment ``key``'s voxels by a (k, j, i) 0/1 mask on ``geometry_node``'s grid."""
+        scratch = scratch or slicer.vtkMRMLScene()
+        tmp = slicer.vtkMRMLLabelMapVolumeNode()
+        scratch.AddNode(tmp)
+        tmp.CopyOrientation(geometry_node)
+        img = vtk.vtkImageData()
+        img.SetDimensions(mask.shape[::-1])
+        img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(mask.ravel(), deep=True,
+                                                                 array_type=vtk.VTK_UNSIGNED_CHAR))
+        tmp.SetAndObserveImageData(img)
+        oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(tmp)
+        if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(oriented, seg, key):
+            raise ModuleError(f"could not fill segment {key}")
+
+    @staticmethod
+    def _fill_volume_table(table, volumes_ml: Mapping[str, float]) -> None:
+        names, values = vtk.vtkStringArray(), vtk.vtkDoubleArray()
+        names.SetName("Structure")
+        values.SetName("Volume (mL)")
+        for key, title in REGION_ROWS:
+            if key in volumes_ml:
+                names.InsertNextValue(title)
+                values.InsertNextValue(round(float(volumes_ml[key]), 2))
+        table.AddColumn(names)
+        table.AddColumn(values)
+
+    def show_3d(self, seg) -> None:
+        """Closed surfaces for the 3D view (on request: it takes a few seconds)."""
+        seg.CreateClosedSurfaceRepresentation()
+
+    # ------------------------------------------------------------------ training cases and fine-tuning
+
+    def save_training_case(self, volumes: Mapping[str, object], seg, folder: str, case_id: str,
+                           label_scheme: str = "brats2021") -> str:
+        """Write the four sequences and the (edited) segmentation as a BraTS-layout case folder
+        ``folder/case_id`` in ``label_scheme`` (2021 names and labels 1/2/4, or 2023's -t1n... and
+        1/2/3). Written into a temporary folder and renamed into place: all or nothing."""
+        from BrainTumorSegLib.cases import case_file_name
+        from BrainTumorSegLib.labels import get_scheme
+
+        self._check_volumes(volumes)
+        if not case_id or os.sep in case_id or "/" in case_id or case_id.startswith("."):
+            raise ModuleError(f"{case_id!r} is not a usable case name")
+        if not os.path.isdir(folder):
+            raise ModuleError(f"{folder}: folder does not exist")
+        dest = os.path.join(folder, case_id)
+        if os.path.exists(dest):
+            raise ModuleError(f"{dest}: exists already; choose another case name")
+        segmentation = seg.GetSegmentation()
+        ids = [segmentation.GetSegmentIdBySegmentName(title) or (key if segmentation.GetSegment(key) else "")
+               for key, title, _, _ in SEGMENTS]
+        if not all(ids):
+            raise ModuleError("the segmentation needs the segments " + ", ".join(t for _, t, _, _ in SEGMENTS))
+        scheme = get_scheme(label_scheme)
+        layout = "brats2023" if label_scheme == "brats2023" else "brats2021"
+        scratch = slicer.vtkMRMLScene()
+        tmp = tempfile.mkdtemp(prefix=f".{case_id}-", dir=folder)
+        try:
+            for r in ROLES:
+                _write_volume(volumes[r], os.path.join(tmp, case_file_name(case_id, r, layout)))
+            lab = slicer.vtkMRMLLabelMapVolumeNode()
+            scratch.AddNode(lab)
+            id_array = vtk.vtkStringArray()
+            for i in ids:
+                id_array.InsertNextValue(i)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                    seg, id_array, lab, volumes["t1ce"], slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+                raise ModuleError("could not export the segmentation to a label map")
+            order = voxels(lab)  # 1, 2, 3 in the order of SEGMENTS
+            out = np.zeros(order.shape, np.uint8)
+            for n, (key, _, _, _) in enumerate(SEGMENTS, start=1):
+                out[order == n] = scheme.class_value(key)
+            img = vtk.vtkImageData()
+            img.SetDimensions(out.shape[::-1])
+            img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(out.ravel(), deep=True,
+                                                                     array_type=vtk.VTK_UNSIGNED_CHAR))
+            lab_out = slicer.vtkMRMLLabelMapVolumeNode()
+            scratch.AddNode(lab_out)
+            lab_out.CopyOrientation(volumes["t1ce"])
+            lab_out.SetAndObserveImageData(img)
+            _write_volume(lab_out, os.path.join(tmp, case_file_name(case_id, "seg", layout)))
+            os.replace(tmp, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            scratch.Clear(1)
+        return dest
+
+    def start_finetune(self, model: str, data: str, out: str, epochs: int = 10, iters: int = 50,
+                       device: str = "auto", freeze_encoder: bool = False, replay: Optional[str] = None,
+                       extra: Optional[List[str]] = None) -> Job:
+        """``braintumorseg finetune`` on a folder of saved cases, in the background."""
+        if os.path.exists(out) and os.listdir(out):
+            raise ModuleError(f"{out}: exists and is not empty; choose a new run folder")
+        args = ["finetune", "--from", model, "--data", data, "--out", out, "--epochs", str(epochs),
+                "--iters", str(iters), "--device", device]
+        if freeze_encoder:
+            args.append("--freeze-encoder")
+        if replay:
+            args += ["--replay", replay]
+        return Job(args + list(extra or []), self.python)
+
+    def finish_finetune(self, job: Job, out: str, name: Optional[str] = None) -> str:
+        """Register the fine-tuned bundle where the model list finds it; returns its folder."""
+        from BrainTumorSegLib import bundles
+
+        code = job.poll()
+        if code is None:
+            raise ModuleError("fine-tuning is still running")
+        if job.cancelled or code != 0:
+            raise ModuleError("cancelled" if job.cancelled else job.error)
+        models_dir = bundles.user_models_dir()
+        os.makedirs(models_dir, exist_ok=True)
+        base = name or os.path.basename(os.path.abspath(out))
+        dest, n = os.path.join(models_dir, base), 1
+        while os.path.exists(dest):
+            n += 1
+            dest = os.path.join(models_dir, f"{base}-{n}")
+        tmp = tempfile.mkdtemp(prefix=".register-", dir=models_dir)
+        try:
+            shutil.copytree(os.path.join(out, "model"), os.path.join(tmp, "model"))
+            os.replace(os.path.join(tmp, "model"), dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        bundles.read_manifest(dest)  # the registered copy must read back (hash checked at load)
+        return dest

@@ -1,0 +1,55 @@
+"""Which loaded volume is which MRI sequence, from its name (pure Python)."""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+ROLES = ("t1", "t1ce", "t2", "flair")
+ROLE_TITLES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+
+_FLAIR = {"flair", "t2f", "t2flair"}
+_T1CE = {"t1ce", "t1c", "t1gd", "t1post", "t1wce", "t1gad", "t1contrast"}
+_CONTRAST = {"ce", "c", "gd", "gad", "post", "contrast", "postcontrast", "enhanced"}
+_T1 = {"t1", "t1n", "t1w", "t1pre", "t1native"}
+_T2 = {"t2", "t2w"}
+
+
+def role_of(name: str) -> Optional[str]:
+    """The sequence a volume name suggests (BraTS 2021 ``_t1ce``, 2023 ``-t1c``, common scanner
+    names), or None when the name says nothing or names two sequences."""
+    low = name.lower()
+    for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        if low.endswith(ext):
+            low = low[: -len(ext)]
+    tokens = set(re.split(r"[^a-z0-9]+", low)) - {""}
+    joined = re.sub(r"[^a-z0-9]+", "", low)
+    found = set()
+    if tokens & _FLAIR or "flair" in joined:
+        found.add("flair")
+    if tokens & _T1CE or (tokens & _T1 and tokens & _CONTRAST):
+        found.add("t1ce")
+    elif tokens & _T1:
+        found.add("t1")
+    if tokens & _T2 and "flair" not in found:
+        found.add("t2")
+    return found.pop() if len(found) == 1 else None
+
+
+def assign(names: Sequence[str]) -> Tuple[Dict[str, Optional[int]], List[str]]:
+    """Index of the volume for each role (None if no name or several names fit), and notes on
+    what was left for the user to choose."""
+    by_role: Dict[str, List[int]] = {r: [] for r in ROLES}
+    for i, n in enumerate(names):
+        r = role_of(n)
+        if r:
+            by_role[r].append(i)
+    out: Dict[str, Optional[int]] = {}
+    notes = []
+    for r in ROLES:
+        hits = by_role[r]
+        out[r] = hits[0] if len(hits) == 1 else None
+        if len(hits) > 1:
+            notes.append(f"{ROLE_TITLES[r]}: several volumes fit ({', '.join(names[i] for i in hits)}); choose one")
+        elif not hits:
+            notes.append(f"{ROLE_TITLES[r]}: no volume name fits; choose one")
+    return out, notes

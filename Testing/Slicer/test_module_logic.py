@@ -1,0 +1,233 @@
+"""The Slicer module's logic on real MRML nodes."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import slicer
+import vtk
+
+from BrainTumorSegModuleLib import jobs
+from BrainTumorSegModuleLib.logic import SEGMENTS, BrainTumorSegLogic, ModuleError, ijk_to_ras, voxels
+from BrainTumorSegModuleLib.roles import assign, role_of
+from conftest import lib_python, run_lib
+
+ROLES = ("t1", "t1ce", "t2", "flair")
+
+
+def load(scene, path, name=None, label=False):
+    node = slicer.vtkMRMLLabelMapVolumeNode() if label else slicer.vtkMRMLScalarVolumeNode()
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(path)
+    assert storage.ReadData(node)
+    node.SetName(name or os.path.basename(path).split(".")[0])
+    return node
+
+
+@pytest.fixture
+def scene_with_case(case_dir):
+    scene = slicer.vtkMRMLScene()
+    nodes = {r: load(scene, glob.glob(os.path.join(case_dir, f"*_{r}.nii.gz"))[0]) for r in ROLES}
+    return scene, nodes
+
+
+@pytest.fixture
+def logic(scene_with_case):
+    return BrainTumorSegLogic(scene_with_case[0], python=lib_python())
+
+
+def exported_labels(seg, reference):
+    """The segmentation as a label map on the reference grid: 1, 2, 3 in the order of SEGMENTS."""
+    scratch = slicer.vtkMRMLScene()
+    lab = slicer.vtkMRMLLabelMapVolumeNode()
+    scratch.AddNode(lab)
+    ids = vtk.vtkStringArray()
+    for key, *_ in SEGMENTS:
+        ids.InsertNextValue(key)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+        seg, ids, lab, reference, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
+    return voxels(lab)
+
+
+def test_segment_gives_named_segments_on_the_t1ce_grid_identical_to_the_cli(scene_with_case, logic, case_dir, tmp_path):
+    scene, nodes = scene_with_case
+    before = scene.GetNumberOfNodes()
+    seen = []
+    res = logic.segment(nodes, device="cpu", progress=lambda s, f: seen.append(s))
+    seg = res.segmentation
+    segmentation = seg.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
+        ["Necrotic tumor core", "Peritumoral edema", "Enhancing tumor"]
+    for key, title, colour, term in SEGMENTS:
+        s = segmentation.GetSegment(key)
+        assert np.allclose(s.GetColor(), colour)
+        assert s.GetTerminology() == term
+    assert seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is nodes["t1ce"]
+    ours = exported_labels(seg, nodes["t1ce"])
+    # the same case through the command line, on the original NIfTI files
+    out = str(tmp_path / "cli.nii.gz")
+    run_lib("segment", "--case", case_dir, "-o", out, "--device", "cpu", "--quiet")
+    cli_node = load(slicer.vtkMRMLScene(), out, label=True)
+    assert np.allclose(ijk_to_ras(cli_node), ijk_to_ras(nodes["t1ce"]), atol=1e-4)
+    cli = voxels(cli_node)
+    expected = np.select([cli == 1, cli == 2, cli == 4], [1, 2, 3], 0)
+    assert ours.shape == expected.shape and (expected > 0).sum() > 1000
+    assert np.array_equal(ours, expected)
+    # volumes table, status, progress stages, nothing else added
+    table = res.table
+    assert table.GetNumberOfRows() == 5 and table.GetColumnName(1) == "Volume (mL)"
+    wt = float(table.GetCellText(4, 1))
+    assert wt == pytest.approx((expected > 0).sum() * np.prod(nodes["t1ce"].GetSpacing()) / 1000, rel=0.01)
+    assert "cpu" in res.status() and res.uncertainty is None
+    assert "preprocess" in seen and "predict 1/1" in seen, sorted(set(seen))
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+    assert scene.GetNumberOfNodes() > before
+
+
+def test_uncertainty_volume_when_asked(scene_with_case, logic):
+    scene, nodes = scene_with_case
+    res = logic.segment(nodes, device="cpu", uncertainty=True, name="with uncertainty")
+    u = voxels(res.uncertainty)
+    assert res.uncertainty.GetName() == "with uncertainty uncertainty"
+    assert u.shape == voxels(nodes["t1ce"]).shape and 0 <= u.min() and u.max() <= 1 and u.max() > 0
+
+
+def test_volume_roles_from_names():
+    brats21 = [f"BraTS2021_00495_{r}" for r in ("flair", "t1", "t1ce", "t2")]
+    idx, notes = assign(brats21)
+    assert {r: brats21[i] for r, i in idx.items()} == {r: f"BraTS2021_00495_{r}" for r in ROLES} and not notes
+    brats23 = [f"BraTS-GLI-00005-000-{s}.nii.gz" for s in ("t2f", "t1c", "t2w", "t1n")]
+    idx, _ = assign(brats23)
+    assert [brats23[idx[r]][-10:-7] for r in ROLES] == ["t1n", "t1c", "t2w", "t2f"]
+    for name, role in (("T2 FLAIR", "flair"), ("T1 post contrast", "t1ce"), ("T1_Gd", "t1ce"), ("ax T2", "t2"),
+                       ("MRHead", None), ("T1 and T2", None), ("t1c", "t1ce"), ("T1W_SE", "t1")):
+        assert role_of(name) == role, name
+    idx, notes = assign(["T1 axial", "T1 sagittal", "T2", "FLAIR", "T1ce"])
+    assert idx["t1"] is None and idx["t2"] == 2 and idx["t1ce"] == 4
+    assert any("T1: several volumes fit (T1 axial, T1 sagittal)" in n for n in notes)
+
+
+def test_assign_volumes_on_scene_nodes(scene_with_case, logic):
+    scene, nodes = scene_with_case
+    chosen, notes = logic.assign_volumes()
+    assert chosen == nodes and not notes
+
+
+def test_save_as_training_case_round_trip(scene_with_case, logic, case_dir, tmp_path):
+    scene, nodes = scene_with_case
+    res = logic.segment(nodes, device="cpu")
+    seg = res.segmentation
+    # an edit, as in the Segment Editor: a block of edema added away from the tumor
+    labels = exported_labels(seg, nodes["t1ce"])
+    edema = labels == 2
+    edema[20:30, 40:50, 40:50] = True
+    logic.set_segment_mask(seg, "ED", edema.astype(np.uint8), nodes["t1ce"])
+    expected = exported_labels(seg, nodes["t1ce"])
+    assert (expected == 2).sum() >= (labels == 2).sum() + 1000 - (labels[20:30, 40:50, 40:50] > 0).sum()
+    assert (expected[20:30, 40:50, 40:50] > 0).all()
+    for scheme, names, values in (("brats2021", ("_t1", "_t1ce", "_t2", "_flair", "_seg"), (1, 2, 4)),
+                                  ("brats2023", ("-t1n", "-t1c", "-t2w", "-t2f", "-seg"), (1, 2, 3))):
+        folder = tmp_path / scheme
+        folder.mkdir()
+        path = logic.save_training_case(nodes, seg, str(folder), "Edited_001", scheme)
+        assert sorted(os.listdir(path)) == sorted(f"Edited_001{n}.nii.gz" for n in names)
+        assert os.listdir(folder) == ["Edited_001"]  # no temporary folder left behind
+        back = load(slicer.vtkMRMLScene(), os.path.join(path, f"Edited_001{names[4]}.nii.gz"), label=True)
+        assert np.allclose(ijk_to_ras(back), ijk_to_ras(nodes["t1ce"]), atol=1e-4)
+        got = voxels(back)
+        assert np.array_equal(got, np.select([expected == 1, expected == 2, expected == 3], values, 0))
+        t1 = load(slicer.vtkMRMLScene(), os.path.join(path, f"Edited_001{names[0]}.nii.gz"))
+        assert np.array_equal(voxels(t1), voxels(nodes["t1"]))
+        with pytest.raises(ModuleError, match="exists already"):
+            logic.save_training_case(nodes, seg, str(folder), "Edited_001", scheme)
+    # the saved case is a valid training case for the library
+    run_lib("evaluate", "--pred", os.path.join(tmp_path / "brats2021", "Edited_001", "Edited_001_seg.nii.gz"),
+            "--ref", glob.glob(os.path.join(case_dir, "*_seg.nii.gz"))[0], "--csv", str(tmp_path / "e.csv"),
+            "--json", str(tmp_path / "e.json"))
+
+
+def test_seg_nrrd_keeps_segment_names(scene_with_case, logic, tmp_path):
+    scene, nodes = scene_with_case
+    seg = logic.segment(nodes, device="cpu").segmentation
+    path = str(tmp_path / "tumor.seg.nrrd")
+    st = slicer.vtkMRMLSegmentationStorageNode()
+    st.SetFileName(path)
+    assert st.WriteData(seg)
+    other = slicer.vtkMRMLScene()
+    back = slicer.vtkMRMLSegmentationNode()
+    other.AddNode(back)
+    st2 = slicer.vtkMRMLSegmentationStorageNode()
+    st2.SetFileName(path)
+    assert st2.ReadData(back)
+    s = back.GetSegmentation()
+    assert [s.GetNthSegment(i).GetName() for i in range(s.GetNumberOfSegments())] == [t for _, t, _, _ in SEGMENTS]
+    assert np.array_equal(exported_labels(back, nodes["t1ce"]), exported_labels(seg, nodes["t1ce"]))
+
+
+def test_cancel_leaves_the_scene_as_it_was(scene_with_case, logic):
+    scene, nodes = scene_with_case
+    before = scene.GetNumberOfNodes()
+    run = logic.start_segmentation(nodes, device="cpu")
+    assert run.poll() is None
+    logic.cancel(run)
+    assert run.job.proc.returncode is not None and run.job.cancelled
+    assert not os.path.exists(run.workdir)
+    with pytest.raises(ModuleError, match="cancelled"):
+        logic.finish_segmentation(run)
+    assert scene.GetNumberOfNodes() == before
+    with pytest.raises(ModuleError, match="cancelled"):
+        logic.segment(nodes, device="cpu", should_cancel=lambda: True)
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_errors_are_one_line_and_leave_no_half_made_node(scene_with_case, logic, monkeypatch):
+    scene, nodes = scene_with_case
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(ModuleError, match="choose a volume for FLAIR"):
+        logic.segment(dict(nodes, flair=None), device="cpu")
+    with pytest.raises(ModuleError, match="same volume"):
+        logic.segment(dict(nodes, t2=nodes["t1"]), device="cpu")
+    far = nodes["flair"]
+    far.SetOrigin(far.GetOrigin()[0] + 900, far.GetOrigin()[1], far.GetOrigin()[2])
+    with pytest.raises(ModuleError) as err:
+        logic.segment(nodes, device="cpu")
+    assert "overlap" in str(err.value) and "\n" not in str(err.value)
+    far.SetOrigin(far.GetOrigin()[0] - 900, far.GetOrigin()[1], far.GetOrigin()[2])
+    with pytest.raises(ModuleError, match="CUDA"):
+        logic.segment(nodes, device="cuda")
+    assert scene.GetNumberOfNodes() == before
+
+    def broken(*a, **k):  # a failure while the result is being added
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(BrainTumorSegLogic, "_fill_volume_table", staticmethod(broken))
+    with pytest.raises(RuntimeError, match="disk full"):
+        logic.segment(nodes, device="cpu")
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_finetune_on_saved_cases_registers_a_model(scene_with_case, logic, tmp_path, monkeypatch):
+    scene, nodes = scene_with_case
+    seg = logic.segment(nodes, device="cpu").segmentation
+    data = tmp_path / "saved"
+    data.mkdir()
+    logic.save_training_case(nodes, seg, str(data), "Corrected_001")
+    models = tmp_path / "models"
+    monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(models))
+    job = logic.start_finetune("brats-synthetic-demo", str(data), str(tmp_path / "run"), epochs=1, iters=2,
+                               device="cpu", extra=["--batch", "1", "--patch", "32", "32", "32"])
+    assert job.wait(900) == 0, job.stderr
+    assert job.fraction == 1.0 and job.stage == "training"
+    path = logic.finish_finetune(job, str(tmp_path / "run"), name="hospital-a")
+    assert path == str(models / "hospital-a")
+    listed = {m["name"]: m for m in logic.models()}
+    assert listed["hospital-a"]["finetuned_from"]["id"] == "brats-synthetic-demo"
+    bad = logic.start_finetune("no-such-model", str(data), str(tmp_path / "run2"), epochs=1, iters=1)
+    bad.wait(300)
+    with pytest.raises(ModuleError, match="no-such-model"):
+        logic.finish_finetune(bad, str(tmp_path / "run2"))
+
+
+def test_library_is_found_from_the_module_folder():
+    assert os.path.exists(os.path.join(jobs.library_root(), "BrainTumorSegLib", "cli.py"))
