@@ -271,6 +271,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from . import devices
+
+    info = {"available": devices.available(), "description": devices.describe()}
+    print(json.dumps(info) if args.json else f"{info['description']}\ndevices: {', '.join(info['available'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Brain tumor segmentation from T1, T1ce, T2 and FLAIR MRI.")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
@@ -326,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     md = sub.add_parser("models", help="list installed model bundles")
     md.set_defaults(func=_cmd_models)
+
+    dv = sub.add_parser("devices", help="the hardware torch sees: CPU threads, CUDA GPUs, MPS")
+    dv.add_argument("--json", action="store_true", help="one JSON line (for the Slicer module)")
+    dv.set_defaults(func=_cmd_devices)
 
     def add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
         t.add_argument("--data", required=True, help="folder of training cases (BraTS 2021 or 2023 layout)")

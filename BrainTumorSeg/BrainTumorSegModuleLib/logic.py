@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import slicer
@@ -143,6 +143,19 @@ class BrainTumorSegLogic:
         from BrainTumorSegLib import bundles
 
         return bundles.installed()
+
+    def start_device_query(self) -> Job:
+        """Ask the library's Python which devices torch sees (in the background: importing torch
+        and probing CUDA can take seconds)."""
+        return Job(["devices", "--json"], self.python)
+
+    @staticmethod
+    def devices_from(job: Job) -> Tuple[List[str], str]:
+        """(devices such as cpu, cuda:0, mps; one line on the hardware) from a finished query."""
+        if job.poll() != 0:
+            raise ModuleError(job.error)
+        info = json.loads(job.stdout[-1])
+        return list(info["available"]), str(info["description"])
 
     def _check_volumes(self, volumes: Mapping[str, object]) -> None:
         missing = [ROLE_TITLES[r] for r in ROLES if volumes.get(r) is None]

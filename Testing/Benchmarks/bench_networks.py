@@ -7,8 +7,10 @@ epochs is set so that training fills the budget; the schedule therefore runs to 
 exported bundle then segments the held-out cases through the full ``segment`` path and is
 scored with the BraTS metrics. Prints a table (and writes ``results.json`` in ``--out``).
 
-The budget is wall-clock time on ``--threads`` threads; the ranking it gives is for that budget,
-not for a full training run (the papers trained for days on GPUs).
+The budget is time on ``--threads`` threads, turned into an iteration count per network from
+timings taken back to back before any training (so a busy machine later does not change it); the
+ranking it gives is for that budget, not for a full training run (the papers trained for days on
+GPUs).
 
 Run: python Testing/Benchmarks/bench_networks.py --train DIR --test DIR --out DIR
          [--minutes 20] [--threads 1] [--patch 96] [--networks resunet cga_unet ...]
@@ -72,8 +74,11 @@ def main() -> None:
     files = [cache_case(c, cache) for c in train_cases]
     patch = (args.patch,) * 3
     results = {}
+    # all networks are timed back to back first, under the same conditions; the iteration counts
+    # fixed here are the budget, whatever else the machine does later during training
+    speed = {name: seconds_per_iteration(name, files, patch, args.batch) for name in args.networks}
     for name in args.networks:
-        s_it = seconds_per_iteration(name, files, patch, args.batch)
+        s_it = speed[name]
         epochs = max(1, int(args.minutes * 60 / (s_it * ITERS_PER_EPOCH)))
         print(f"{name}: {s_it:.2f} s/iteration -> {epochs} epochs of {ITERS_PER_EPOCH} iterations", flush=True)
         cfg = TrainConfig(network=name, epochs=epochs, iters_per_epoch=ITERS_PER_EPOCH, batch=args.batch,

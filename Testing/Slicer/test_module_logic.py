@@ -231,3 +231,25 @@ def test_finetune_on_saved_cases_registers_a_model(scene_with_case, logic, tmp_p
 
 def test_library_is_found_from_the_module_folder():
     assert os.path.exists(os.path.join(jobs.library_root(), "BrainTumorSegLib", "cli.py"))
+
+
+def test_device_query_lists_the_cpu(logic):
+    job = logic.start_device_query()
+    job.wait(120)
+    devices, description = logic.devices_from(job)
+    assert devices[0] == "cpu" and "torch" in description
+
+
+def test_dependency_list_matches_pyproject():
+    import re
+
+    from BrainTumorSegModuleLib import dependencies
+    from conftest import ROOT
+
+    text = open(os.path.join(ROOT, "pyproject.toml")).read()
+    deps = re.search(r"dependencies = \[(.*?)\]", text, re.S).group(1)
+    declared = set(re.findall(r'"([^"]+)"', deps))
+    ours = {req for _, req in dependencies.PIP_PACKAGES}
+    skipped = set(dependencies.SHIPPED_BY_SLICER + dependencies.FROM_PYTORCH_EXTENSION
+                  + dependencies.ONLY_FOR_SYNTHETIC_CASES)
+    assert ours == {d for d in declared if re.split(r"[<>=]", d)[0] not in skipped}
