@@ -427,7 +427,9 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
     opt = _make_optimizer(net, name, lr)
     sched = _make_scheduler(opt, name, cfg.epochs, lr)
     amp_dtype = _amp_dtype(cfg, device, log)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    use_scaler = amp_dtype == torch.float16
+    scaler = (torch.amp.GradScaler("cuda", enabled=use_scaler) if hasattr(torch.amp, "GradScaler")
+              else torch.cuda.amp.GradScaler(enabled=use_scaler))  # torch < 2.3
     ckpt_last = os.path.join(out_dir, "checkpoint_last.pt")
     start_epoch, best, history = 0, -1.0, []
     if resume and os.path.exists(ckpt_last):
