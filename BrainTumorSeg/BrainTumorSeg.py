@@ -242,7 +242,9 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         if not self.ensureDependencies():
             return
         folder = self.ui.caseFolderPathLineEdit.currentPath
-        self.finetune_out = os.path.join(folder, ".runs", qt.QDateTime.currentDateTime().toString("yyyyMMdd-hhmmss"))
+        # the run folder lives outside the cases folder, which must hold cases only
+        self.finetune_out = os.path.join(os.path.expanduser("~"), ".braintumorseg", "runs",
+                                         qt.QDateTime.currentDateTime().toString("yyyyMMdd-hhmmss"))
         try:
             os.makedirs(os.path.dirname(self.finetune_out), exist_ok=True)
             self.finetune_job = self.logic.start_finetune(
