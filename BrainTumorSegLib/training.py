@@ -477,7 +477,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
         if show and not progress_lines:
             print("", file=sys.stderr)
         sched.step()
-        mean_loss = torch.tensor(float(np.mean(losses)))
+        mean_loss = torch.tensor(float(np.mean(losses)), device=device)  # NCCL reduces GPU tensors only
         if dist.world > 1:
             torch.distributed.all_reduce(mean_loss)
             mean_loss /= dist.world
