@@ -1,10 +1,13 @@
-"""Atomic writes of small text files (CSV, JSON): temporary file in the same folder, then rename."""
+"""Atomic writes: a temporary file in the same folder, renamed over the target once complete,
+removed if anything fails. ``replacing`` is the general form; ``write_text`` / ``write_json``
+for small text files (CSV, JSON)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .errors import InputError, PathLike
 
@@ -17,17 +20,30 @@ def write_text(path: PathLike, text: str, inputs: Iterable[PathLike] = ()) -> st
     real = os.path.realpath(p)
     if any(i is not None and os.path.realpath(os.fspath(i)) == real for i in inputs):
         raise InputError(p, "is an input file; refusing to overwrite it")
-    fd, tmp = tempfile.mkstemp(prefix=".btseg-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+    with replacing(p) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
+    return p
+
+
+@contextlib.contextmanager
+def replacing(path: PathLike, suffix: str = ".tmp") -> Iterator[str]:
+    """Yield a temporary path beside ``path`` to write to; on success it gets the usual file mode
+    and replaces ``path`` in one rename, on any failure it is removed. ``suffix`` matters to
+    writers that choose the format by extension."""
+    p = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".btseg-", suffix=suffix, dir=os.path.dirname(os.path.abspath(p)))
+    os.close(fd)
+    try:
+        yield tmp
+        umask = os.umask(0)  # mkstemp makes owner-only files; give the usual umask mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return p
 
 
 def write_json(path: PathLike, data: Any, inputs: Iterable[PathLike] = ()) -> str:

@@ -36,18 +36,16 @@ def shipped_models_dir() -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Models")
 
 
-def user_models_dir() -> str:
-    """Where new models are registered: the first ``$BRAINTUMORSEG_MODELS`` folder, else
-    ``~/.braintumorseg/models``."""
-    dirs = [d for d in os.environ.get("BRAINTUMORSEG_MODELS", "").split(os.pathsep) if d]
-    return dirs[0] if dirs else os.path.join(os.path.expanduser("~"), ".braintumorseg", "models")
-
-
 def search_dirs() -> List[str]:
+    """Where bundles are looked for, in order: ``$BRAINTUMORSEG_MODELS`` folders,
+    ``~/.braintumorseg/models``, the shipped ``Resources/Models``."""
     dirs = [d for d in os.environ.get("BRAINTUMORSEG_MODELS", "").split(os.pathsep) if d]
-    dirs.append(os.path.join(os.path.expanduser("~"), ".braintumorseg", "models"))
-    dirs.append(shipped_models_dir())
-    return dirs
+    return dirs + [os.path.join(os.path.expanduser("~"), ".braintumorseg", "models"), shipped_models_dir()]
+
+
+def user_models_dir() -> str:
+    """Where new models are registered: the first folder searched."""
+    return search_dirs()[0]
 
 
 def sha256_of(path: PathLike) -> str:

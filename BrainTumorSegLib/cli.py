@@ -78,11 +78,11 @@ def _cmd_networks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace):
+def _train_config(args: argparse.Namespace, network: str = "resunet", options: Optional[dict] = None):
+    """The options ``train`` and ``finetune`` share (finetune takes network and options from its bundle)."""
     from .training import TrainConfig
 
-    options = json.loads(args.options) if getattr(args, "options", None) else {}
-    return TrainConfig(network=getattr(args, "network", "resunet"), options=options, epochs=args.epochs, iters_per_epoch=args.iters,
+    return TrainConfig(network=network, options=options or {}, epochs=args.epochs, iters_per_epoch=args.iters,
                        batch=args.batch, patch=tuple(args.patch) if args.patch else None, lr=args.lr,
                        seed=args.seed, val_every=args.val_every, workers=args.workers, amp=args.amp,
                        domain_randomization=args.domain_randomization, device=args.device,
@@ -108,7 +108,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     train_cases, val_cases = _split(args)
-    out = train(_train_config(args), train_cases, val_cases, args.out, resume=args.resume)
+    options = json.loads(args.options) if args.options else {}
+    out = train(_train_config(args, args.network, options), train_cases, val_cases, args.out, resume=args.resume)
     print(f"model bundle: {out}")
     return 0
 

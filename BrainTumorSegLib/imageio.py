@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from .atomicfile import replacing
 from .errors import InputError, PathLike
 
 EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -173,16 +174,8 @@ def write_image(image: sitk.Image, path: PathLike, inputs: Iterable[PathLike] = 
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
         return p
-    fd, tmp = tempfile.mkstemp(prefix=".btseg-", suffix=ext, dir=folder)
-    os.close(fd)
-    try:
+    with replacing(p, suffix=ext) as tmp:
         sitk.WriteImage(image, tmp, compress)
-        _default_permissions(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return p
 
 
@@ -190,13 +183,6 @@ def write_labels(labels: np.ndarray, reference: sitk.Image, path: PathLike,
                  inputs: Iterable[PathLike] = ()) -> str:
     """Write a uint8 label map on exactly the grid of ``reference``."""
     return write_image(array_to_image(np.asarray(labels, np.uint8), reference), path, inputs)
-
-
-def _default_permissions(path: str) -> None:
-    """mkstemp creates files readable by the owner only; give them the usual umask mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:

@@ -6,7 +6,7 @@ import io
 import os
 from typing import Dict, List
 
-from .atomicfile import write_text
+from .atomicfile import replacing, write_text
 
 
 def write_log(history: List[Dict], out_dir: str) -> None:
@@ -42,7 +42,8 @@ def write_curves(history: List[Dict], path: str) -> None:
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path + ".tmp"
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import bundles, devices
-from .atomicfile import write_json
+from .atomicfile import replacing, write_json
 from .cases import SEQUENCES, Case
 from .errors import InputError
 from .imageio import read_image, same_grid
@@ -115,10 +115,8 @@ def cache_case(case: Case, cache_dir: str) -> str:
     buf = io.BytesIO()
     np.savez(buf, data=pre.data.astype(np.float16), classes=classes.astype(np.uint8),
              fg=fg.astype(np.int32), spacing=np.array(pre.spacing))
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(buf.getvalue())
-    os.replace(tmp, path)
     return path
 
 
@@ -293,9 +291,8 @@ def _make_scheduler(opt, name: str, total_epochs: int, lr: float):
 
 
 def save_checkpoint(path: str, state: Dict) -> None:
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str) -> Dict:
@@ -417,11 +414,11 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
                                                            "world_size": dist.world, "device": str(device),
                                                            "cases": data_used})
         log(f"caching {len(train_cases) + len(val_cases) + len(replay_cases)} cases in {cache_dir}")
-    files = {}
-    for turn in ("main", "others"):  # rank 0 fills the cache, then the others find it filled
-        if (turn == "main") == dist.main:
-            files = {k: [cache_case(c, cache_dir) for c in cs]
-                     for k, cs in (("train", train_cases), ("val", val_cases), ("replay", replay_cases))}
+    if not dist.main:
+        dist.barrier()  # rank 0 fills the cache first; the others then find every case in it
+    files = {k: [cache_case(c, cache_dir) for c in cs]
+             for k, cs in (("train", train_cases), ("val", val_cases), ("replay", replay_cases))}
+    if dist.main:
         dist.barrier()
     net.to(device)
     opt = _make_optimizer(net, name, lr)

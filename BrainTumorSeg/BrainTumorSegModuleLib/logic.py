@@ -75,6 +75,20 @@ def voxels(node) -> np.ndarray:
     return numpy_support.vtk_to_numpy(img.GetPointData().GetScalars()).reshape(dims[::-1]).copy()
 
 
+def labelmap_node(array: np.ndarray, geometry_node, scene):
+    """A label map node in ``scene`` holding a (k, j, i) uint8 array on ``geometry_node``'s grid
+    (the inverse of :func:`voxels`)."""
+    node = slicer.vtkMRMLLabelMapVolumeNode()
+    scene.AddNode(node)
+    node.CopyOrientation(geometry_node)
+    img = vtk.vtkImageData()
+    img.SetDimensions(array.shape[::-1])
+    img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(np.ascontiguousarray(array, np.uint8).ravel(),
+                                                             deep=True, array_type=vtk.VTK_UNSIGNED_CHAR))
+    node.SetAndObserveImageData(img)
+    return node
+
+
 def ijk_to_ras(node) -> np.ndarray:
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)
@@ -291,15 +305,7 @@ class BrainTumorSegLogic:
     @staticmethod
     def set_segment_mask(seg, key: str, mask: np.ndarray, geometry_node, scratch=None) -> None:
         """Replace segment ``key``'s voxels by a (k, j, i) 0/1 mask on ``geometry_node``'s grid."""
-        scratch = scratch or slicer.vtkMRMLScene()
-        tmp = slicer.vtkMRMLLabelMapVolumeNode()
-        scratch.AddNode(tmp)
-        tmp.CopyOrientation(geometry_node)
-        img = vtk.vtkImageData()
-        img.SetDimensions(mask.shape[::-1])
-        img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(mask.ravel(), deep=True,
-                                                                 array_type=vtk.VTK_UNSIGNED_CHAR))
-        tmp.SetAndObserveImageData(img)
+        tmp = labelmap_node(mask, geometry_node, scratch or slicer.vtkMRMLScene())
         oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(tmp)
         if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(oriented, seg, key):
             raise ModuleError(f"could not fill segment {key}")
@@ -362,15 +368,8 @@ class BrainTumorSegLogic:
             out = np.zeros(order.shape, np.uint8)
             for n, (key, _, _, _) in enumerate(SEGMENTS, start=1):
                 out[order == n] = scheme.class_value(key)
-            img = vtk.vtkImageData()
-            img.SetDimensions(out.shape[::-1])
-            img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(out.ravel(), deep=True,
-                                                                     array_type=vtk.VTK_UNSIGNED_CHAR))
-            lab_out = slicer.vtkMRMLLabelMapVolumeNode()
-            scratch.AddNode(lab_out)
-            lab_out.CopyOrientation(volumes["t1ce"])
-            lab_out.SetAndObserveImageData(img)
-            _write_volume(lab_out, os.path.join(tmp, case_file_name(case_id, "seg", layout)))
+            _write_volume(labelmap_node(out, volumes["t1ce"], scratch),
+                          os.path.join(tmp, case_file_name(case_id, "seg", layout)))
             os.replace(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -110,6 +110,13 @@ def test_bad_training_data_is_listed(small_cases, tmp_path):
     sitk.WriteImage(bad, str(root / other / f"{other}_seg.nii.gz"))
     with pytest.raises(InputError, match="2 bad case.*label values 9"):
         check_cases(find_cases(root))
+    a[0, 0, 0] = 0  # labels fine again, but the seg on another grid than the images
+    moved = sitk.GetImageFromArray(a)
+    moved.CopyInformation(seg)
+    moved.SetOrigin([o + 5.0 for o in seg.GetOrigin()])
+    sitk.WriteImage(moved, str(root / other / f"{other}_seg.nii.gz"))
+    with pytest.raises(InputError, match=f"2 bad case.*{other}: .*not on the grid of the T1ce image"):
+        check_cases(find_cases(root))
     r = run_cli("train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "folder not found" in r.stderr
 
@@ -164,7 +171,9 @@ def test_finetune_from_a_bundle_with_frozen_encoder_and_replay(small_cases, smal
            if any(p is q for q in out.network.encoder_parameters())}
     assert enc and all(torch.equal(before[n], after[n]) for n in enc)
     assert any(not torch.equal(before[n], after[n]) for n in before if n not in enc and n.startswith("head"))
-    losses = [float(row.split(",")[3]) for row in open(tmp_path / "ft" / "log.csv").read().splitlines()[1:]]
+    import csv
+
+    losses = [float(row["train_loss"]) for row in csv.DictReader(open(tmp_path / "ft" / "log.csv"))]
     assert losses and all(np.isfinite(losses))
     r = run_cli("finetune", "--from", str(tmp_path / "nothing"), "--data", str(new), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "nothing" in r.stderr and len(r.stderr.strip().splitlines()) == 1
