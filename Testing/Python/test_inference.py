@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -220,8 +219,13 @@ def test_cli_interrupt_leaves_no_output(tiny_bundle, phantom_case_dir, tmp_path)
     out = tmp_path / "o.nii.gz"
     p = subprocess.Popen([sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", phantom_case_dir,
                           "--model", tiny_bundle, "-o", str(out), "--tta", "--quiet"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)  # model loaded, inside prediction
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, BRAINTUMORSEG_PROGRESS="lines"))
+    # interrupt inside prediction, known from the progress lines rather than guessed from a
+    # sleep (on a loaded machine imports alone can take longer than any fixed wait)
+    for line in p.stdout:
+        if line.startswith("progress predict"):
+            break
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
