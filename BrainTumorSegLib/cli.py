@@ -138,6 +138,16 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_recipe(args: argparse.Namespace) -> int:
+    """A named real-data recipe: fixed split, training (resumable), validation through segment."""
+    from .real_recipe import train_real
+
+    out = train_real(args.data, args.out, variant=args.variant, epochs=args.epochs, iters=args.iters,
+                     seed=args.seed, resume=True, export=args.export, cache_dir=args.cache)
+    print(f"model bundle: {out}")
+    return 0
+
+
 class _ProgressBar:
     """One line on stderr: stage and percentage. With ``BRAINTUMORSEG_PROGRESS=lines`` (set by the
     Slicer module, which runs this command in the background) it prints ``progress STAGE FRACTION``
@@ -387,6 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--epochs", type=int, default=15)
     td.add_argument("--iters", type=int, default=45)
     td.set_defaults(func=_cmd_train_demo)
+
+    tr2 = sub.add_parser("train-recipe", help="a named real-data recipe (fixed split, settings, validation "
+                                              "through segment); resumes a run folder")
+    tr2.add_argument("recipe", choices=["brats-glioma"])
+    tr2.add_argument("--data", required=True, help="folder with the real BraTS cases (e.g. ../shared/real-cases)")
+    tr2.add_argument("--out", required=True, help="run folder; an existing one is resumed")
+    tr2.add_argument("--variant", default="2mm", help="2mm (default), 1mm or 1mm-phantom")
+    tr2.add_argument("--epochs", type=int, default=30)
+    tr2.add_argument("--iters", type=int, default=100, help="iterations per epoch")
+    tr2.add_argument("--seed", type=int, default=0)
+    tr2.add_argument("--export", help="where to write the bundle (default RUNDIR/brats-glioma-v1)")
+    tr2.add_argument("--cache", help="folder of preprocessed cases (default RUNDIR/cache); variants may share one")
+    tr2.set_defaults(func=_cmd_train_recipe)
     return p
 
 

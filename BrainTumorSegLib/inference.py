@@ -21,7 +21,7 @@ import torch
 
 from . import bundles, devices
 from .errors import Cancelled, InputError
-from .imageio import geometry
+from .imageio import geometry, same_grid
 from .labels import REGIONS, classes_to_labels, get_scheme, labels_to_regions, regions_to_labels
 from .postprocessing import PostprocessOptions, postprocess
 from .preprocessing import PreprocessOptions, preprocess
@@ -212,6 +212,18 @@ def probabilities_to_labels(probs: np.ndarray, kind: str, scheme: str) -> np.nda
     return regions_to_labels(probs > 0.5, scheme)
 
 
+def model_spacing(models: Sequence[bundles.Bundle]) -> Optional[float]:
+    """The isotropic working spacing (mm) the models were trained at, or None for the input's own.
+
+    Models of an ensemble must agree: their probabilities are averaged voxel by voxel.
+    """
+    found = {(m.manifest.get("preprocessing") or {}).get("spacing_mm") for m in models}
+    if len(found) != 1:
+        raise InputError(models[-1].path, "an ensemble's models must work at one spacing; "
+                                          f"these use {sorted(str(f) for f in found)} mm")
+    return found.pop()
+
+
 def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
             model: Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]]] = bundles.DEFAULT_MODEL,
             device: str = "auto", options: Optional[SegmentOptions] = None,
@@ -246,12 +258,13 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
         raise InputError(missing[0], f"the model {first['id']} needs {', '.join(roles)}; no {', '.join(missing)} given")
     scheme = opts.label_scheme or first["label_scheme"]
     get_scheme(scheme)
+    spacing = model_spacing(loaded)
     post = opts.postprocess or PostprocessOptions(**first.get("postprocessing", {}))
     if progress:
         progress("preprocess", 0.0)
     t = time.perf_counter()
     images = {r: _to_image(inputs[r], r) for r in roles}
-    pre = preprocess(images, PreprocessOptions(reference=opts.reference, isotropic=opts.isotropic,
+    pre = preprocess(images, PreprocessOptions(reference=opts.reference, isotropic=spacing or opts.isotropic,
                                                register=opts.register), roles=roles)
     timings["preprocess"] = time.perf_counter() - t
     check_cancel()
@@ -263,13 +276,23 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
     if progress:
         progress("postprocess", 0.0)
     kind = first["output_kind"]
-    labels = probabilities_to_labels(probs, kind, scheme)
-    labels[~pre.brain] = 0
-    labels = postprocess(labels, scheme, post)
-    out = pre.inverse.to_reference(labels.astype(np.uint8), labels=True)
-    unc = None
-    if opts.uncertainty:
-        unc = pre.inverse.to_reference(entropy_map(probs, kind), labels=False)
+    inv = pre.inverse
+    if same_grid(inv.working, inv.canonical):
+        labels = probabilities_to_labels(probs, kind, scheme)
+        labels[~pre.brain] = 0
+        labels = postprocess(labels, scheme, post)
+        out = inv.to_reference(labels.astype(np.uint8), labels=True)
+        unc = inv.to_reference(entropy_map(probs, kind), labels=False) if opts.uncertainty else None
+    else:  # a resampled working grid: probabilities go back (linearly), labels are made on the reference grid
+        ref_probs = np.stack([inv.to_reference_array(p, labels=False) for p in probs])
+        labels = probabilities_to_labels(ref_probs, kind, scheme)
+        labels[inv.to_reference_array(pre.brain.astype(np.uint8), labels=True) == 0] = 0
+        out = sitk.GetImageFromArray(postprocess(labels, scheme, post).astype(np.uint8))
+        out.CopyInformation(inv.reference)
+        unc = None
+        if opts.uncertainty:
+            unc = sitk.GetImageFromArray(entropy_map(ref_probs, kind))
+            unc.CopyInformation(inv.reference)
     timings["postprocess"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     ref_img = pre.inverse.reference

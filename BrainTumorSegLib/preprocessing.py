@@ -281,9 +281,24 @@ def _geometry_only(img: sitk.Image) -> sitk.Image:
 
 
 def labels_to_working(labels: sitk.Image, inverse: InverseTransform) -> np.ndarray:
-    """Bring a label map on the reference grid onto the cropped working grid (for training)."""
+    """Bring a label map on the reference grid onto the cropped working grid (for training).
+
+    On a resampled (e.g. coarser) working grid each value's mask is interpolated linearly and
+    every voxel takes the value whose mask covers it most (background included), so thin
+    structures such as an enhancing rim keep their share instead of the whims of nearest
+    neighbour.
+    """
     img = sitk.DICOMOrient(labels, CANONICAL)
-    if not same_grid(inverse.working, inverse.canonical):
-        img = sitk.Resample(img, inverse.working, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
-                            img.GetPixelID())
-    return sitk.GetArrayFromImage(img)[inverse.bbox]
+    if same_grid(inverse.working, inverse.canonical):
+        return sitk.GetArrayFromImage(img)[inverse.bbox]
+    arr = sitk.GetArrayViewFromImage(img)
+    values = np.unique(arr)
+    best = np.full(inverse.working_shape, -1.0, np.float32)
+    out = np.zeros(inverse.working_shape, arr.dtype)
+    for v in values:
+        mask = sitk.GetImageFromArray((arr == v).astype(np.float32))
+        mask.CopyInformation(img)
+        share = sitk.GetArrayFromImage(sitk.Resample(mask, inverse.working, sitk.Transform(), sitk.sitkLinear, 0.0))
+        take = share > best
+        out[take], best[take] = v, share[take]
+    return out[inverse.bbox]

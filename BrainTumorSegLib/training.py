@@ -33,7 +33,7 @@ from .labels import check_scheme, detect_scheme, labels_to_classes
 from .losses import sigmoid_dice_bce, soft_dice_loss, softmax_dice_ce
 from .metrics import case_metrics
 from .networks import build
-from .preprocessing import labels_to_working, preprocess
+from .preprocessing import PreprocessOptions, labels_to_working, preprocess
 from .runlog import write_log
 
 # Each network's training defaults, in one place (written into the run folder).
@@ -70,6 +70,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     freeze_encoder: bool = False
     replay_fraction: float = 0.0  # share of samples drawn from the replay cases (fine-tuning)
+    spacing: Optional[float] = None  # isotropic working spacing in mm (None: the reference grid's own)
 
 
 # ----------------------------------------------------------------------------- data
@@ -97,14 +98,16 @@ def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
     return good
 
 
-def cache_case(case: Case, cache_dir: str) -> str:
-    """Preprocess one case once: (C, z, y, x) float16 data, class labels, spacing."""
-    key = hashlib.sha256("|".join(f"{r}={os.path.abspath(p)}:{os.path.getmtime(p)}"
-                                  for r, p in sorted(case.paths.items())).encode()).hexdigest()[:16]
+def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None) -> str:
+    """Preprocess one case once (at ``spacing`` mm when given): (C, z, y, x) float16 data, class
+    labels, spacing."""
+    key = hashlib.sha256(("|".join(f"{r}={os.path.abspath(p)}:{os.path.getmtime(p)}"
+                                   for r, p in sorted(case.paths.items())) + f"|spacing={spacing}").encode()
+                         ).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{case.case_id}-{key}.npz")
     if os.path.exists(path):
         return path
-    pre = preprocess(case.sequences)
+    pre = preprocess(case.sequences, PreprocessOptions(isotropic=spacing))
     seg_img = read_image(case.paths["seg"], "label")
     seg = labels_to_working(seg_img, pre.inverse)
     scheme = detect_scheme(seg, case.paths["seg"])
@@ -416,7 +419,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
         log(f"caching {len(train_cases) + len(val_cases) + len(replay_cases)} cases in {cache_dir}")
     if not dist.main:
         dist.barrier()  # rank 0 fills the cache first; the others then find every case in it
-    files = {k: [cache_case(c, cache_dir) for c in cs]
+    files = {k: [cache_case(c, cache_dir, cfg.spacing) for c in cs]
              for k, cs in (("train", train_cases), ("val", val_cases), ("replay", replay_cases))}
     if dist.main:
         dist.barrier()
@@ -514,7 +517,8 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
         manifest = {
             "id": os.path.basename(os.path.abspath(out_dir)), "version": "1", "network": name,
             "options": cfg.options, "label_scheme": cfg.label_scheme, "normalization": "z-score over brain voxels",
-            "preprocessing": {"reference": "t1ce", "canonical_orientation": "LPS", "crop": "brain bounding box"},
+            "preprocessing": {"reference": "t1ce", "canonical_orientation": "LPS", "crop": "brain bounding box",
+                              "spacing_mm": cfg.spacing},
             "postprocessing": {"min_et_voxels": 0, "min_component_voxels": 0, "fill_core_holes": False},
             "training": {"config": asdict(cfg), "defaults": DEFAULTS[name], "cases": len(train_cases),
                          "validation_cases": len(val_cases), "epochs": cfg.epochs, "world_size": dist.world,

@@ -14,9 +14,9 @@ from BrainTumorSegLib import bundles
 from BrainTumorSegLib.cases import find_case
 from BrainTumorSegLib.errors import Cancelled, InputError
 from BrainTumorSegLib.imageio import same_grid
-from BrainTumorSegLib.inference import SegmentOptions, segment
+from BrainTumorSegLib.inference import SegmentOptions, probabilities_to_labels, segment
 from BrainTumorSegLib.networks import build
-from BrainTumorSegLib.preprocessing import preprocess
+from BrainTumorSegLib.preprocessing import PreprocessOptions, preprocess
 from conftest import one_line_error, run_cli
 
 TINY = {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]}
@@ -250,3 +250,38 @@ def test_default_model_segments_a_held_out_synthetic_case(tmp_path):
     ref = sitk.GetArrayFromImage(ref_img)
     m = case_metrics(pred, ref, ref_img.GetSpacing()[::-1], detect_scheme(pred), detect_scheme(ref))
     assert m["WT"]["dice"] >= 0.8, m
+
+
+def _with_spacing(bundle_dir, folder, spacing):
+    """The same network saved with a declared working spacing (as the real-data recipe exports)."""
+    b = bundles.load(bundle_dir)
+    m = dict(b.manifest, id=f"tiny-{spacing}mm", preprocessing={"spacing_mm": spacing})
+    m.pop("weights_sha256")
+    return bundles.save(b.network, folder, m)
+
+
+def test_model_working_spacing_is_used_and_labels_return_on_the_reference_grid(tiny_bundle, phantom_case_dir, tmp_path):
+    case = find_case(phantom_case_dir)
+    coarse = bundles.load(_with_spacing(tiny_bundle, tmp_path / "coarse", 3.0))
+    res = segment(case.sequences, coarse, "cpu", SegmentOptions(uncertainty=True))
+    ref = sitk.ReadImage(case.paths["t1ce"])
+    assert same_grid(res.labels, ref) and same_grid(res.uncertainty, ref)
+    # the network ran on the 3 mm working grid
+    coarse_pre = preprocess(case.sequences, PreprocessOptions(isotropic=3.0))
+    assert res.probabilities.shape[1:] == coarse_pre.data.shape[1:]
+    labels = labels_of(res)
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}
+    # probabilities interpolated onto the 1 mm grid keep the tumor's volume (27 voxels per coarse voxel)
+    coarse_labels = probabilities_to_labels(res.probabilities, "sigmoid", "brats2021")
+    coarse_wt = ((coarse_labels > 0) & coarse_pre.brain).sum() * 27
+    assert coarse_wt > 1000 and abs((labels > 0).sum() - coarse_wt) < 0.1 * coarse_wt
+    # and nothing (beyond the coarse brain mask's edge) outside the brain
+    outside = sitk.GetArrayFromImage(ref) == 0
+    assert (labels[outside] > 0).sum() < 0.02 * (labels > 0).sum()
+
+
+def test_ensemble_of_models_at_different_spacings_is_refused(tiny_bundle, phantom_case_dir, tmp_path):
+    case = find_case(phantom_case_dir)
+    coarse = _with_spacing(tiny_bundle, tmp_path / "coarse", 2.0)
+    with pytest.raises(InputError, match="one spacing"):
+        segment(case.sequences, [tiny_bundle, coarse], "cpu")

@@ -138,3 +138,24 @@ def test_rigid_registration_recovers_a_shift():
     a, b = sitk.GetArrayFromImage(aligned), sitk.GetArrayFromImage(fixed)
     naive = np.abs(sitk.GetArrayFromImage(moved) - b).mean()
     assert np.abs(a - b).mean() < 0.25 * naive
+
+
+def test_labels_on_a_coarser_working_grid_keep_thin_structures():
+    """A 1-voxel-thick label sheet on a 1 mm grid survives on a 2 mm working grid (area-weighted
+    vote), where nearest neighbour would keep it only at one of two phases."""
+    from BrainTumorSegLib.preprocessing import labels_to_working
+
+    arr = np.zeros((40, 40, 40), np.float32)
+    arr[10:30, 10:30, 10:30] = 100
+    seg = np.zeros((40, 40, 40), np.uint8)
+    seg[12:28, 12:28, 12:28] = 2
+    seg[12:28, 12:28, 19:21] = 4   # a two-voxel slab: half of each 2 mm voxel it touches
+    seg[15:25, 15:25, 15:17] = 1
+    imgs = {r: make_image(arr) for r in ("t1", "t1ce", "t2", "flair")}
+    p = preprocess(imgs, PreprocessOptions(isotropic=2.0, crop_margin=0))
+    out = labels_to_working(make_image(seg), p.inverse)
+    assert out.shape == p.data.shape[1:]
+    assert set(np.unique(out)) == {0, 1, 2, 4}
+    # volumes agree with the 1 mm map within a 2 mm voxel layer's worth
+    for v in (1, 2, 4):
+        assert abs((out == v).sum() * 8 - (seg == v).sum()) <= 0.5 * (seg == v).sum(), v

@@ -1,0 +1,174 @@
+"""The recipe of the real-data glioma model (``braintumorseg train-recipe brats-glioma``).
+
+Data: 24 expert-labelled BraTS 2018 training cases (skull-stripped, co-registered, 1 mm; labels
+0/1/2/4) read from a folder outside the repository. The split below is fixed before training and
+never changes: 5 validation cases from three institution prefixes (2013, CBICA, TCIA), the other
+19 for training. Validation figures are measured through the full ``segment`` path on the
+original 1 mm files, and the postprocessing defaults are chosen on those same validation cases
+(never on other data).
+
+Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) under one CPU budget:
+
+- ``2mm``: a 2 mm isotropic working grid; patches of 64^3 voxels see 128 mm, so the whole brain
+  crop (about 70 x 90 x 77 voxels) is one or two windows at inference, and probabilities are
+  interpolated back onto the 1 mm grid before labels are made (design (c) of the issue: cheaper to
+  train and to run on a CPU);
+- ``1mm``: the input's own 1 mm grid, same patch size in voxels, from random initialisation;
+- ``1mm-phantom``: as ``1mm``, initialised from the phantom-trained demo model.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import bundles
+from .cases import Case, find_cases
+from .errors import InputError
+from .inference import SegmentOptions, segment
+from .labels import REGIONS, detect_scheme
+from .metrics import case_metrics
+from .postprocessing import PostprocessOptions, postprocess
+from .recipes import DEMO_OPTIONS
+from .training import TrainConfig, check_cases, train
+
+MODEL_ID = "brats-glioma-v1"
+VALIDATION = ("Brats18_2013_20_1", "Brats18_CBICA_AQO_1", "Brats18_CBICA_ASE_1",
+              "Brats18_TCIA01_231_1", "Brats18_TCIA02_370_1")
+SAMPLE_CASE = "Brats18_TCIA01_231_1"  # a validation case (CC BY 3.0) shipped as the quick start's sample
+
+CITATIONS = [
+    "Menze BH et al. The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS). IEEE TMI 34(10):1993-2024, 2015. doi:10.1109/TMI.2014.2377694",
+    "Bakas S et al. Advancing The Cancer Genome Atlas glioma MRI collections with expert segmentation labels and radiomic features. Sci Data 4:170117, 2017. doi:10.1038/sdata.2017.117",
+    "Bakas S et al. Identifying the Best Machine Learning Algorithms for Brain Tumor Segmentation, Progression Assessment, and Overall Survival Prediction in the BRATS Challenge. arXiv:1811.02629, 2018",
+    "Bakas S et al. Segmentation Labels and Radiomic Features for the Pre-operative Scans of the TCGA-GBM collection. The Cancer Imaging Archive, 2017. doi:10.7937/K9/TCIA.2017.KLXWJJ1Q",
+    "Bakas S et al. Segmentation Labels and Radiomic Features for the Pre-operative Scans of the TCGA-LGG collection. The Cancer Imaging Archive, 2017. doi:10.7937/K9/TCIA.2017.GJQ7R0EF",
+]
+LICENCE = ("Research use only; not a medical device and not validated for clinical use. Trained on BraTS "
+           "2018 training data released for research under the BraTS data-use terms (TCGA-derived cases: "
+           "The Cancer Imaging Archive, CC BY 3.0); any use must cite the papers listed in 'citations'.")
+DESCRIPTION = ("Residual U-Net trained on 19 real, expert-labelled BraTS 2018 glioma cases (skull-stripped, "
+               "co-registered, 1 mm) on a 2-core CPU. Research use only, not for clinical use. Expects "
+               "BraTS-preprocessed input; validation figures (5 held-out BraTS cases) are in 'metrics'.")
+
+
+@dataclass(frozen=True)
+class Variant:
+    spacing: Optional[float]
+    patch: Tuple[int, int, int]
+    window: Tuple[int, int, int]    # inference window (voxels of the working grid)
+    init_from: Optional[str] = None
+
+
+VARIANTS: Dict[str, Variant] = {
+    "2mm": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64)),
+    "1mm": Variant(spacing=None, patch=(64, 64, 64), window=(128, 128, 128)),
+    "1mm-phantom": Variant(spacing=None, patch=(64, 64, 64), window=(128, 128, 128),
+                           init_from="brats-synthetic-demo"),
+}
+POSTPROCESS_GRID = {"min_et_voxels": (0, 200, 500), "min_component_voxels": (0, 200, 1000)}
+
+
+def split(data_dir: str) -> Tuple[List[Case], List[Case]]:
+    """The fixed training and validation cases found in ``data_dir``."""
+    cases = check_cases(find_cases(data_dir))
+    ids = {c.case_id for c in cases}
+    missing = [v for v in VALIDATION if v not in ids]
+    if missing:
+        raise InputError(data_dir, f"lacks the recipe's validation case(s) {', '.join(missing)}")
+    return [c for c in cases if c.case_id not in VALIDATION], [c for c in cases if c.case_id in VALIDATION]
+
+
+def _score(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float]) -> Dict[str, Dict[str, float]]:
+    return case_metrics(pred, ref, spacing_zyx, detect_scheme(pred), detect_scheme(ref))
+
+
+def validate_bundle(bundle_dir: str, cases: Sequence[Case], device: str = "cpu",
+                    log=print) -> Tuple[Dict, PostprocessOptions]:
+    """Segment ``cases`` through the full ``segment`` path; per-case and mean Dice, HD95 and volume
+    error per region, the seconds per case, and the postprocessing setting with the best mean Dice
+    on these cases (postprocessing runs on the labels ``segment`` made with it switched off)."""
+    b = bundles.load(bundle_dir)
+    raw, refs, seconds = {}, {}, {}
+    for c in cases:
+        res = segment(c.sequences, b, device, SegmentOptions(postprocess=PostprocessOptions()))
+        raw[c.case_id] = sitk.GetArrayFromImage(res.labels)
+        ref_img = sitk.ReadImage(c.paths["seg"])
+        refs[c.case_id] = (sitk.GetArrayFromImage(ref_img), ref_img.GetSpacing()[::-1])
+        seconds[c.case_id] = res.timings["total"]
+        log(f"validation {c.case_id}: {res.timings['total']:.1f} s")
+    scheme = b.manifest["label_scheme"]
+
+    def run(post: PostprocessOptions) -> Dict[str, Dict[str, Dict[str, float]]]:
+        return {cid: _score(postprocess(raw[cid], scheme, post), *refs[cid]) for cid in raw}
+
+    keys = list(POSTPROCESS_GRID)
+    candidates = [PostprocessOptions(**dict(zip(keys, vals))) for vals in itertools.product(*POSTPROCESS_GRID.values())]
+    mean_dice = []
+    for post in candidates:
+        rows = run(post)
+        mean_dice.append(float(np.mean([rows[c][r]["dice"] for c in rows for r in REGIONS])))
+    chosen = candidates[int(np.argmax(mean_dice))]
+    rows = run(chosen)
+    per_case = {cid: {r: {"dice": m[r]["dice"], "hd95": m[r]["hd95"],
+                          "volume_error_ml": m[r]["volume_pred_ml"] - m[r]["volume_ref_ml"]} for r in REGIONS}
+                | {"seconds": seconds[cid]} for cid, m in rows.items()}
+    mean = {f"{k}_{r}": float(np.mean([per_case[c][r][k] for c in per_case]))
+            for k in ("dice", "hd95", "volume_error_ml") for r in REGIONS}
+    mean["seconds"] = float(np.mean(list(seconds.values())))
+    report = {"cases": list(per_case), "per_case": per_case, "mean": mean, "through": "full segment path, 1 mm reference grid",
+              "hd95": "mm, max of the directed 95th percentiles; 373.13 mm when exactly one mask is empty",
+              "postprocessing_search": {"grid": POSTPROCESS_GRID,
+                                        "mean_dice": [[asdict(p), d] for p, d in zip(candidates, mean_dice)]}}
+    return report, chosen
+
+
+def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 30, iters: int = 100,
+               seed: int = 0, resume: bool = True, export: Optional[str] = None, cache_dir: Optional[str] = None,
+               log=print) -> str:
+    """Train (or resume) one variant, validate it through ``segment`` and export the bundle.
+
+    Args:
+        data_dir: folder holding the 24 real cases (``../shared/real-cases``).
+        run_dir: run folder: config, cache, checkpoints, log, the trained bundle.
+        variant: a key of ``VARIANTS``.
+        epochs, iters: training length (epochs of ``iters`` iterations of batch 2).
+        seed: the run's seed.
+        resume: continue from the run folder's last checkpoint when there is one.
+        export: where to write the final bundle (default ``run_dir/<MODEL_ID>``).
+        cache_dir: preprocessed cases (default ``run_dir/cache``); variants can share one.
+    """
+    if variant not in VARIANTS:
+        raise InputError(None, f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    v = VARIANTS[variant]
+    train_cases, val_cases = split(data_dir)
+    cfg = TrainConfig(network="resunet", options=DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
+                      patch=v.patch, seed=seed, val_every=2, spacing=v.spacing)
+    recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "
+              f"--epochs {epochs} --iters {iters} --seed {seed}")
+    init = bundles.load(v.init_from) if v.init_from else None
+    extra = {"id": MODEL_ID, "demo": False, "clinical_use": False, "description": DESCRIPTION,
+             "recipe": recipe, "variant": variant, "patch_size": list(v.window), "licence": LICENCE,
+             "citations": CITATIONS,
+             "training_data": {"source": "BraTS 2018 training cases, BraTS 2021 file layout",
+                               "train": [c.case_id for c in train_cases],
+                               "validation": [c.case_id for c in val_cases]}}
+    if init is not None:
+        extra["initialised_from"] = {"id": init.id, "weights_sha256": init.manifest["weights_sha256"]}
+    trained = train(cfg, train_cases, val_cases, run_dir, resume=resume, init_from=init,
+                    bundle_manifest=extra, log=log, cache_dir=cache_dir)
+    report, post = validate_bundle(trained, val_cases, log=log)
+    manifest = bundles.read_manifest(trained)
+    manifest["postprocessing"] = asdict(post)
+    manifest["metrics"]["validation_segment"] = report
+    manifest.pop("weights_sha256")
+    net = bundles.load(trained).network
+    out = export or os.path.join(run_dir, MODEL_ID)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    return bundles.save(net, out, manifest)
