@@ -7,6 +7,7 @@ CI on real MRML); computation runs in ``BrainTumorSegLib`` in a background proce
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import qt
 import slicer
@@ -23,10 +24,10 @@ MODEL_NOTE = ("The model shipped with this extension (brats-synthetic-demo) was 
               "in the model list; none of them is validated for clinical use.")
 
 
-def ensure_pip_packages(include_phantoms: bool = False) -> bool:
+def ensure_pip_packages(extras: Sequence[str] = ()) -> bool:
     """Missing pip packages, installed on confirmation: ``slicer.packaging.pip_ensure`` where this
     Slicer has it, else ``slicer.util.pip_install`` after our own question."""
-    reqs = dependencies.missing_pip_requirements(include_phantoms)
+    reqs = dependencies.missing_pip_requirements(extras)
     if reqs:
         packaging = getattr(slicer, "packaging", None)
         if packaging is not None and hasattr(packaging, "pip_ensure"):
@@ -35,7 +36,7 @@ def ensure_pip_packages(include_phantoms: bool = False) -> bool:
             slicer.util.pip_install(reqs)
         else:
             return False
-    return not dependencies.missing_pip_requirements(include_phantoms)
+    return not dependencies.missing_pip_requirements(extras)
 
 
 class BrainTumorSeg(ScriptedLoadableModule):
@@ -130,7 +131,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         text = self.ui.deviceComboBox.currentText
         return "auto" if text == "Auto" else text.split()[0].lower()
 
-    def ensureDependencies(self, include_phantoms: bool = False) -> bool:
+    def ensureDependencies(self, extras: Sequence[str] = ()) -> bool:
         """torch through the PyTorch extension, the rest through pip; each on the user's confirmation."""
         if dependencies.torch_missing():
             try:
@@ -140,7 +141,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
                 return False
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
                 return False
-        return ensure_pip_packages(include_phantoms)
+        return ensure_pip_packages(extras)
 
     # ------------------------------------------------------------------ segmenting
 
@@ -239,7 +240,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
             self.ui.finetuneButton.text = "Fine-tune"
             self.ui.finetuneStatusLabel.text = "Fine-tuning cancelled."
             return
-        if not self.ensureDependencies():
+        if not self.ensureDependencies(extras=("train",)):
             return
         folder = self.ui.caseFolderPathLineEdit.currentPath
         # the run folder lives outside the cases folder, which must hold cases only
@@ -279,7 +280,7 @@ class BrainTumorSegTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         import tempfile
 
-        self.assertTrue(ensure_pip_packages(include_phantoms=True), "dependencies were not installed")
+        self.assertTrue(ensure_pip_packages(extras=("phantoms",)), "dependencies were not installed")
         from BrainTumorSegLib.phantom import generate
 
         slicer.mrmlScene.Clear(0)

@@ -16,7 +16,7 @@ Pure Python and PyTorch; never imports Slicer. Modules, one job each:
 ``BrainTumorSegLib.segment(inputs, model, device, options, progress, cancel)`` is the API the
 Slicer module and scripts call.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {"segment": "inference", "SegmentOptions": "inference", "SegmentationResult": "inference"}
 

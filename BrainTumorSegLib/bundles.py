@@ -7,7 +7,7 @@ Loading verifies the hash before reading the weights and never executes code fro
 safetensors holds tensors only, and the manifest is JSON.
 
 Bundles are looked up by path, or by name in ``$BRAINTUMORSEG_MODELS`` (colon-separated
-folders), ``~/.braintumorseg/models`` and the shipped ``Resources/Models``.
+folders), ``~/.braintumorseg/models`` and the package's own ``models`` folder.
 """
 from __future__ import annotations
 
@@ -33,12 +33,14 @@ _REQUIRED = ("format", "id", "network", "options", "in_sequences", "label_scheme
 
 
 def shipped_models_dir() -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Resources", "Models")
+    """The bundles shipped inside the package (package data of the wheel, and installed beside
+    the library by the Slicer extension)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 
 
 def search_dirs() -> List[str]:
     """Where bundles are looked for, in order: ``$BRAINTUMORSEG_MODELS`` folders,
-    ``~/.braintumorseg/models``, the shipped ``Resources/Models``."""
+    ``~/.braintumorseg/models``, the package's ``models`` folder."""
     dirs = [d for d in os.environ.get("BRAINTUMORSEG_MODELS", "").split(os.pathsep) if d]
     return dirs + [os.path.join(os.path.expanduser("~"), ".braintumorseg", "models"), shipped_models_dir()]
 

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import List, Optional
 
+from . import __version__
 from .errors import Cancelled, InputError
 
 PROG = "braintumorseg"
@@ -198,6 +199,8 @@ def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list,
     for path in [out] + ([uncertainty_out] if uncertainty_out else []):
         check_output_path(path)
         check_not_input(path, input_paths)
+    reference = (_read_reference(args.reference_labels, inputs.get("t1ce"))
+                 if getattr(args, "reference_labels", None) else None)
     res = segment(inputs, models, args.device, _segment_options(args, models[0].manifest),
                   progress=_ProgressBar(not args.quiet))
     # all outputs are computed before any is written; each write is atomic
@@ -207,6 +210,11 @@ def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list,
     rep = res.report()
     rep["inputs"] = inputs
     rep["output"] = out
+    if reference is not None:
+        rep["against_reference"] = _score_against(res, reference, args.reference_labels)
+        print("against the reference labels: " + ", ".join(
+            f"{r} Dice {rep['against_reference'][r]['dice']:.3f} HD95 {rep['against_reference'][r]['hd95_mm']:.1f} mm"
+            for r in ("WT", "TC", "ET")))
     if report_out:
         write_json(report_out, rep, input_paths)
     for w in res.warnings:
@@ -217,6 +225,33 @@ def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list,
     return rep
 
 
+def _read_reference(path: str, t1ce: Optional[str]):
+    """Expert labels to compare the result with, checked before any work: labels, on the T1ce grid."""
+    import SimpleITK as sitk
+
+    from .imageio import read_image, same_grid
+    from .labels import detect_scheme
+
+    img = read_image(path, "label")
+    detect_scheme(sitk.GetArrayViewFromImage(img), path)
+    if t1ce and not same_grid(img, read_image(t1ce)):
+        raise InputError(path, "is not on the grid of the T1ce image; cannot compare")
+    return img
+
+
+def _score_against(res, reference, path: str) -> dict:
+    """Dice and HD95 per region of the result against expert labels on the same grid."""
+    import SimpleITK as sitk
+
+    from .labels import REGIONS, detect_scheme, get_scheme
+    from .metrics import case_metrics
+
+    ref = sitk.GetArrayFromImage(reference)
+    m = case_metrics(sitk.GetArrayFromImage(res.labels), ref, reference.GetSpacing()[::-1],
+                     get_scheme(res.label_scheme), detect_scheme(ref, path))
+    return {"labels": path, **{r: {"dice": m[r]["dice"], "hd95_mm": m[r]["hd95"]} for r in REGIONS}}
+
+
 def _load_models(args: argparse.Namespace) -> list:
     from . import bundles
 
@@ -225,6 +260,8 @@ def _load_models(args: argparse.Namespace) -> list:
         if m.demo:
             print(f"{PROG}: note: model {m.id} is a DEMO trained on synthetic data only; not for clinical use",
                   file=sys.stderr)
+        elif m.manifest.get("note"):
+            print(f"{PROG}: note: model {m.id}: {m.manifest['note']}", file=sys.stderr)
     return models
 
 
@@ -293,6 +330,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Brain tumor segmentation from T1, T1ce, T2 and FLAIR MRI.")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     ph = sub.add_parser("phantom", help="write synthetic BraTS-like cases (no network needed)")
@@ -326,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--cases", help="a folder of cases; -o is then an output folder")
     sg.add_argument("-o", "--output", required=True, help="output label file (.nii.gz, .nrrd, ...) or folder with --cases")
     sg.add_argument("--model", action="append", help="model name or bundle folder; repeat for an ensemble "
-                                                      "(default: brats-synthetic-demo)")
+                                                      "(default: the shipped default model)")
     sg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     sg.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 flips)")
     sg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
@@ -341,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPU arithmetic: auto = bf16 autocast where the CPU runs bf16 natively (AMX, "
                          "AVX512-BF16), else fp32 (default auto); CUDA always uses fp16 autocast")
     sg.add_argument("--quiet", action="store_true", help="no progress bar")
+    sg.add_argument("--reference-labels", help="expert labels of the case: print Dice and HD95 of the result "
+                                               "against them (and add them to the report)")
     sg.set_defaults(func=_cmd_segment)
 
     md = sub.add_parser("models", help="list installed model bundles")
@@ -390,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     td = sub.add_parser("train-demo", help="the recipe of the shipped demo model: phantoms, training, held-out test")
     td.add_argument("--workdir", required=True, help="folder for phantoms and the run")
-    td.add_argument("--out", required=True, help="where to write the bundle (e.g. Resources/Models/brats-synthetic-demo)")
+    td.add_argument("--out", required=True, help="where to write the bundle (e.g. BrainTumorSegLib/models/brats-synthetic-demo)")
     td.add_argument("--n-train", type=int, default=40)
     td.add_argument("--n-val", type=int, default=3)
     td.add_argument("--n-test", type=int, default=5)

@@ -59,7 +59,10 @@ class SegmentationResult:
     input_geometry: Dict = field(default_factory=dict)
 
     def report(self) -> Dict:
+        from . import __version__
+
         return {
+            "braintumorseg_version": __version__,
             "models": self.models,
             "device": self.device,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
@@ -306,7 +309,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
     return SegmentationResult(
         labels=out, label_scheme=scheme, volumes_ml=vols, timings=timings, device=used,
         models=[{"id": m.id, "version": m.manifest.get("version"), "network": m.manifest["network"],
-                 "demo": m.demo, "path": m.path} for m in loaded],
+                 "weights_sha256": m.manifest["weights_sha256"], "demo": m.demo, "path": m.path} for m in loaded],
         uncertainty=unc, probabilities=probs, warnings=warnings,
         input_geometry={"reference": opts.reference, **geometry(ref_img),
                         "windows": tiles_cover(pre.data.shape[1:], tuple(first["patch_size"]), opts.overlap)})

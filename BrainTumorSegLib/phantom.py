@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from . import extras
 from .cases import SEQUENCES, case_file_name
 from .errors import InputError, PathLike
 from .imageio import write_image
@@ -62,9 +63,10 @@ class PhantomCase:
 
 
 def _template_dir() -> str:
+    extras.require("phantoms")
     spec = find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
-        raise InputError("nilearn", "is not installed; it ships the MNI template the phantoms are built from")
+        raise InputError("nilearn", "has no package folder holding the MNI template")
     return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data")
 
 

@@ -56,6 +56,9 @@ DESCRIPTION = ("Residual U-Net trained on 19 real, expert-labelled BraTS 2018 gl
                "co-registered, 1 mm) on a 2-core CPU. Research use only, not for clinical use. Expects "
                "BraTS-preprocessed input; validation figures (5 held-out BraTS cases) are in 'metrics'.")
 
+NOTE = ("research model trained on 19 real BraTS 2018 cases, not a medical device and not for clinical "
+        "use; it expects skull-stripped, co-registered scans like BraTS data")
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -152,7 +155,7 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "
               f"--epochs {epochs} --iters {iters} --seed {seed}")
     init = bundles.load(v.init_from) if v.init_from else None
-    extra = {"id": MODEL_ID, "demo": False, "clinical_use": False, "description": DESCRIPTION,
+    extra = {"id": MODEL_ID, "demo": False, "clinical_use": False, "description": DESCRIPTION, "note": NOTE,
              "recipe": recipe, "variant": variant, "patch_size": list(v.window), "licence": LICENCE,
              "citations": CITATIONS,
              "training_data": {"source": "BraTS 2018 training cases, BraTS 2021 file layout",

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from . import bundles, devices
+from . import bundles, devices, extras
 from .atomicfile import replacing, write_json
 from .cases import SEQUENCES, Case
 from .errors import InputError
@@ -394,6 +394,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
     ``replay_cases`` are mixed in with probability ``cfg.replay_fraction``. Under torchrun every
     process runs this; rank 0 alone logs, validates, checkpoints and exports.
     """
+    extras.require("train")
     dist, device = init_distributed(cfg.device)
     if not dist.main:
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job

@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+import BrainTumorSegLib
 from BrainTumorSegLib import bundles
 from BrainTumorSegLib.cases import find_case
 from BrainTumorSegLib.errors import Cancelled, InputError
@@ -165,7 +166,8 @@ def test_cli_segment_writes_labels_report_and_uncertainty(tiny_bundle, phantom_c
     out = tmp_path / "seg.nrrd"
     r = run_cli("segment", "--case", phantom_case_dir, "-o", str(out), "--model", tiny_bundle,
                 "--report", str(tmp_path / "r.json"), "--uncertainty", str(tmp_path / "u.nii.gz"),
-                "--label-scheme", "brats2023", "--quiet")
+                "--label-scheme", "brats2023", "--quiet",
+                "--reference-labels", find_case(phantom_case_dir).paths["seg"])
     assert r.returncode == 0, r.stderr
     assert "DEMO" in r.stderr and "WT" in r.stdout
     lab = sitk.ReadImage(str(out))
@@ -173,8 +175,18 @@ def test_cli_segment_writes_labels_report_and_uncertainty(tiny_bundle, phantom_c
     assert set(np.unique(sitk.GetArrayFromImage(lab))) <= {0, 1, 2, 3}
     rep = json.load(open(tmp_path / "r.json"))
     assert rep["models"][0]["id"] == "tiny" and rep["device"] == "cpu"
+    assert rep["models"][0]["weights_sha256"] == bundles.read_manifest(tiny_bundle)["weights_sha256"]
+    assert rep["braintumorseg_version"] == BrainTumorSegLib.__version__
     assert {"preprocess", "predict", "total"} <= set(rep["timings_s"]) and "WT" in rep["volumes_ml"]
     assert rep["input_geometry"]["size"] == [240, 240, 155]
+    # the comparison with expert labels: the same Dice as evaluating the written file (2023 vs 2021 labels)
+    from BrainTumorSegLib.labels import get_scheme
+    from BrainTumorSegLib.metrics import case_metrics
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(find_case(phantom_case_dir).paths["seg"]))
+    m = case_metrics(sitk.GetArrayFromImage(lab), ref, (1, 1, 1), get_scheme("brats2023"), get_scheme("brats2021"))
+    for region in ("WT", "TC", "ET"):
+        assert rep["against_reference"][region]["dice"] == pytest.approx(m[region]["dice"])
+        assert f"{region} Dice {m[region]['dice']:.3f}" in r.stdout
     assert (tmp_path / "u.nii.gz").exists()
 
 
@@ -192,6 +204,11 @@ def test_cli_segment_bad_inputs(tiny_bundle, small_case_dir, tmp_path):
     args = ["--model", tiny_bundle, "-o", str(out), "--quiet"]
     one_line_error(run_cli("segment", "--t1", seq["t1"], "--t1ce", seq["t1ce"], "--t2", seq["t2"], *args),
                    "no flair sequence given")
+    other_grid = tmp_path / "other_grid_seg.nii.gz"
+    sitk.WriteImage(sitk.Image([10, 10, 10], sitk.sitkUInt8) + 1, str(other_grid))
+    one_line_error(run_cli("segment", "--case", small_case_dir, *args, "--reference-labels", str(other_grid)),
+                   str(other_grid), "not on the grid")
+    assert not out.exists()
     far = tmp_path / "far_flair.nii.gz"
     img = sitk.ReadImage(seq["flair"])
     img.SetOrigin((900.0, 900.0, 900.0))

@@ -250,6 +250,8 @@ def test_dependency_list_matches_pyproject():
     deps = re.search(r"dependencies = \[(.*?)\]", text, re.S).group(1)
     declared = set(re.findall(r'"([^"]+)"', deps))
     ours = {req for _, req in dependencies.PIP_PACKAGES}
-    skipped = set(dependencies.SHIPPED_BY_SLICER + dependencies.FROM_PYTORCH_EXTENSION
-                  + dependencies.ONLY_FOR_SYNTHETIC_CASES)
+    skipped = set(dependencies.SHIPPED_BY_SLICER + dependencies.FROM_PYTORCH_EXTENSION)
     assert ours == {d for d in declared if re.split(r"[<>=]", d)[0] not in skipped}
+    for extra, packages in dependencies.EXTRA_PACKAGES.items():
+        listed = re.search(rf"^{extra} = \[(.*?)\]", text, re.M).group(1)
+        assert {req for _, req in packages} == set(re.findall(r'"([^"]+)"', listed)), extra

@@ -1,0 +1,28 @@
+"""Optional parts of the library and the pip extra that brings each one.
+
+The core (``segment``) needs torch, numpy, SimpleITK, nibabel, safetensors and scipy. The rest is
+optional so that an install, Slicer's Python included, carries only what its user does.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+from .errors import InputError
+
+# extra name -> (import name, what needs it)
+EXTRAS = {
+    "phantoms": ("nilearn", "synthetic cases are built from the MNI template inside the nilearn wheel"),
+    "train": ("matplotlib", "training draws its curves (curves.png) with matplotlib"),
+}
+
+
+def available(extra: str) -> bool:
+    return importlib.util.find_spec(EXTRAS[extra][0]) is not None
+
+
+def require(extra: str) -> None:
+    """Raise a one-line :class:`InputError` naming the extra to install when it is missing."""
+    module, why = EXTRAS[extra]
+    if not available(extra):
+        raise InputError(module, f"is not installed: {why}; install it with "
+                                 f"pip install \"BrainTumorSegLib[{extra}]\"")

@@ -1,0 +1,72 @@
+"""The wheel holds the whole package and the shipped models; the version and extras behave."""
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from BrainTumorSegLib import __version__, bundles, extras
+from BrainTumorSegLib.errors import InputError
+from conftest import run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def package_files() -> set:
+    out = set()
+    pkg = os.path.join(ROOT, "BrainTumorSegLib")
+    for d, dirs, names in os.walk(pkg):
+        dirs[:] = [x for x in dirs if x != "__pycache__"]
+        for n in names:
+            rel = os.path.relpath(os.path.join(d, n), ROOT).replace(os.sep, "/")
+            if n.endswith(".py") or "/models/" in rel:
+                out.add(rel)
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(out), ROOT], check=True, capture_output=True, timeout=300)
+    (whl,) = [f for f in os.listdir(out) if f.endswith(".whl")]
+    return str(out / whl)
+
+
+def test_wheel_holds_every_module_and_every_shipped_model(wheel):
+    names = {n for n in zipfile.ZipFile(wheel).namelist() if ".dist-info/" not in n}
+    assert names == package_files()
+    for model in os.listdir(bundles.shipped_models_dir()):
+        if os.path.isdir(os.path.join(bundles.shipped_models_dir(), model)):
+            assert f"BrainTumorSegLib/models/{model}/weights.safetensors" in names
+            assert f"BrainTumorSegLib/models/{model}/manifest.json" in names
+    assert f"-{__version__}-" in os.path.basename(wheel)
+
+
+def test_wheel_metadata_keeps_the_core_light(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    core = [ln.split(":", 1)[1].strip() for ln in meta.splitlines()
+            if ln.startswith("Requires-Dist:") and "extra ==" not in ln]
+    names = {r.split(">")[0].split("=")[0].split("<")[0].strip().lower() for r in core}
+    assert names == {"torch", "numpy", "simpleitk", "nibabel", "safetensors", "scipy"}
+    for extra in ("phantoms", "train", "test"):
+        assert f"Provides-Extra: {extra}" in meta
+
+
+def test_shipped_models_are_found_through_the_package():
+    assert os.path.dirname(bundles.shipped_models_dir()) == os.path.dirname(os.path.abspath(bundles.__file__))
+    assert os.path.exists(os.path.join(bundles.resolve(bundles.DEFAULT_MODEL), "weights.safetensors"))
+
+
+def test_version_flag():
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"braintumorseg {__version__}"
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
+    monkeypatch.setitem(extras.EXTRAS, "phantoms", ("no_such_module_btseg", "synthetic cases need it"))
+    with pytest.raises(InputError) as exc:
+        extras.require("phantoms")
+    assert 'pip install "BrainTumorSegLib[phantoms]"' in str(exc.value) and "\n" not in str(exc.value)
