@@ -454,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .allocator import tune_glibc_malloc
+
+    tune_glibc_malloc()  # before torch allocates: whole-window activations stay on the heap
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -1,24 +1,29 @@
-"""Inference speed and memory on a 240 x 240 x 155 synthetic case, ours against MONAI.
+"""Whole-case inference time and memory on a real BraTS case: ours against the MONAI BraTS recipe.
 
-For each network (random weights, seeded; the shipped demo model for ``resunet`` when present),
-the same preprocessed input is predicted by:
+Rows, each a fresh process, run in alternation for ``--rounds`` rounds on the same case:
 
-* ``monai``: MONAI's ``sliding_window_inference`` (Gaussian mode, sigma 1/8, same window,
-  overlap and network, fp32), the peer;
-* ``ours-fp32``: our sliding window, fp32 (the reference for label agreement);
-* ``ours``: our default CPU path (``--bf16``-style autocast where the CPU supports it).
+* ``ours <model>``: ``braintumorseg segment --case CASE`` with default settings (reading,
+  preprocessing, prediction, postprocessing, writing), for each ``--models`` entry (the first is
+  the default model);
+* ``monai recipe``: the MONAI BraTS bundle's inference (SegResNet, init_filters 16, blocks_down
+  1-2-2-4, blocks_up 1-1-1; ``NormalizeIntensity(nonzero=True, channel_wise=True)``; one
+  240 x 240 x 160 window; sigmoid > 0.5), reading the four NIfTI files and writing the labels.
+  Its weights are random (seeded): this row measures time and memory only.
 
-Each measurement runs in a fresh subprocess so its peak resident memory (VmHWM) is its own.
-Prints seconds per case, peak memory, the speed ratio against MONAI and the fraction of voxels
-whose labels differ from ours-fp32. Also times the whole ``segment`` call for the default model.
+Prints the CPU (model and AVX2 / AVX-512 / AVX512-BF16 / AMX flags), the median wall time of the
+whole process, its peak resident memory (ru_maxrss), the ratio of the MONAI row's time to each
+row's, the label agreement of each of our rows with the default model's labels, and the default
+model's own split of the time (from its report).
 
-Run: python Testing/Benchmarks/bench_inference.py [--networks resunet cga_unet ...]
+Run: python Testing/Benchmarks/bench_inference.py [--case ../shared/real-cases/Brats18_CBICA_AQO_1]
+     [--models brats-glioma-v1 brats-synthetic-demo] [--rounds 3]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,104 +31,119 @@ import time
 
 import numpy as np
 
-
-def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CASE = os.path.join(HERE, "..", "..", "..", "shared", "real-cases", "Brats18_CBICA_AQO_1")
 
 
-def one(args) -> None:
-    import torch
+def cpu_description() -> str:
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown CPU":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    names = [("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")]
+    have = [n for f, n in names if f in flags] or ["none of AVX2/AVX-512/AMX"]
+    return f"{model}, {os.cpu_count()} logical CPUs, {'/'.join(have)}"
 
-    from BrainTumorSegLib import bundles
-    from BrainTumorSegLib.inference import SegmentOptions, predict_probabilities, probabilities_to_labels
-    from BrainTumorSegLib.networks import build
 
-    data = np.load(args.data)
-    if args.network == "resunet" and os.path.exists(os.path.join(bundles.shipped_models_dir(), bundles.DEFAULT_MODEL)):
-        b = bundles.load(bundles.DEFAULT_MODEL)
-        net = b.network
-        patch = tuple(b.manifest["patch_size"])
-    else:
-        torch.manual_seed(0)
-        net = build(args.network).eval()
-        patch = tuple(net.patch_size)
-    kind = net.output_kind
-    x = torch.from_numpy(data)
+def run_process(cmd, env=None):
+    """Wall seconds and peak resident MB of one child process (its own ru_maxrss)."""
     t0 = time.perf_counter()
-    if args.impl == "monai":
-        from monai.inferers import sliding_window_inference
-
-        with torch.inference_mode():
-            logits = sliding_window_inference(x[None], patch, 1, net, overlap=args.overlap, mode="gaussian",
-                                              sigma_scale=0.125)[0]
-            probs = (torch.softmax(logits, 0) if kind == "softmax" else torch.sigmoid(logits)).numpy()
-    else:
-        bundle = bundles.Bundle("(bench)", {"output_kind": kind, "patch_size": list(patch), "network": args.network}, net)
-        opts = SegmentOptions(overlap=args.overlap, cpu_bf16=args.impl == "ours-bf16")
-        probs, _, _ = predict_probabilities(data, [bundle], torch.device("cpu"), opts)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(p.pid, 0)
     secs = time.perf_counter() - t0
-    labels = probabilities_to_labels(probs, kind, "brats2021")
-    np.save(args.out, labels)
-    print(json.dumps({"seconds": secs, "peak_mb": peak_rss_mb()}))
+    out, err = p.stdout.read().decode(), p.stderr.read().decode()
+    p.stdout.close()
+    p.stderr.close()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:4])}...: {err.strip().splitlines()[-1] if err.strip() else p.returncode}")
+    return secs, usage.ru_maxrss / 1024, out
+
+
+def monai_recipe(case_dir: str, out: str) -> None:
+    """The MONAI BraTS bundle's inference on one case (random weights), as one process runs it."""
+    import nibabel as nib
+    import torch
+    from monai.networks.nets import SegResNet
+    from monai.transforms import NormalizeIntensity
+
+    from BrainTumorSegLib.cases import find_case
+
+    paths = find_case(case_dir).paths
+    imgs = [nib.load(paths[r]) for r in ("t1ce", "t1", "t2", "flair")]  # the bundle's channel order
+    x = torch.from_numpy(np.stack([np.asarray(i.dataobj, dtype=np.float32) for i in imgs]))
+    x = NormalizeIntensity(nonzero=True, channel_wise=True)(x)
+    torch.manual_seed(0)
+    net = SegResNet(blocks_down=[1, 2, 2, 4], blocks_up=[1, 1, 1], init_filters=16, in_channels=4,
+                    out_channels=3, dropout_prob=0.2).eval()
+    size = x.shape[1:]
+    pad = [(0, max(0, t - s)) for s, t in zip(size, (240, 240, 160))]
+    xp = torch.nn.functional.pad(x, [p for ax in reversed(pad) for p in ax])
+    with torch.inference_mode():
+        prob = torch.sigmoid(net(xp[None]))[0][(slice(None),) + tuple(slice(0, s) for s in size)]
+    regions = (prob > 0.5).numpy()
+    labels = np.zeros(size, np.uint8)
+    labels[regions[1]] = 2  # WT
+    labels[regions[0]] = 1  # TC
+    labels[regions[2]] = 4  # ET
+    nib.save(nib.Nifti1Image(labels, imgs[0].affine), out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--networks", nargs="+", default=["resunet", "cga_unet", "agse_vnet", "dmda_unet"])
-    ap.add_argument("--overlap", type=float, default=0.5)
-    ap.add_argument("--impls", nargs="+", default=["monai", "ours-fp32", "ours-bf16"])
-    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--network", help=argparse.SUPPRESS)
-    ap.add_argument("--impl", help=argparse.SUPPRESS)
-    ap.add_argument("--data", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--case", default=DEFAULT_CASE, help="a real 240x240x155 BraTS case folder")
+    ap.add_argument("--models", nargs="+", default=None, help="models to time (first: the reference for agreement)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--monai-one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.one:
-        return one(args)
+    if args.monai_one:
+        return monai_recipe(*args.monai_one)
 
+    import SimpleITK as sitk
     import torch
 
-    from BrainTumorSegLib import phantom
-    from BrainTumorSegLib.cases import find_case
-    from BrainTumorSegLib.preprocessing import preprocess
+    from BrainTumorSegLib import bundles
 
+    models = args.models or [bundles.DEFAULT_MODEL]
+    case = os.path.abspath(args.case)
+    print(f"case {os.path.basename(case)}; {cpu_description()}; torch {torch.__version__}; "
+          f"{torch.get_num_threads()} threads; {args.rounds} rounds, alternating")
+    rows = {f"ours {m}": m for m in models}
+    rows["monai recipe"] = None
+    times = {k: [] for k in rows}
+    peaks = {k: [] for k in rows}
+    reports = {}
     with tempfile.TemporaryDirectory() as d:
-        phantom.generate(d, 1, seed=4242)
-        case = find_case(os.path.join(d, "Synth_4242_0000"))
-        pre = preprocess(case.sequences)
-        data_path = os.path.join(d, "data.npy")
-        np.save(data_path, pre.data)
-        print(f"case 240x240x155, brain crop {pre.data.shape[1:]}, overlap {args.overlap}, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-        print(f"{'network':<11}{'impl':<11}{'s/case':>9}{'peak MB':>9}{'vs MONAI':>10}{'labels differ':>15}")
-        for name in args.networks:
-            res = {}
-            for impl in args.impls:
-                out = os.path.join(d, f"{name}-{impl}.npy")
-                r = subprocess.run([sys.executable, __file__, "--one", "--network", name, "--impl", impl,
-                                    "--data", data_path, "--out", out, "--overlap", str(args.overlap)],
-                                   capture_output=True, text=True)
-                if r.returncode:
-                    print(f"{name:<11}{impl:<11} failed: {r.stderr.strip().splitlines()[-1]}")
-                    continue
-                res[impl] = json.loads(r.stdout.strip().splitlines()[-1]) | {"labels": np.load(out)}
-            ref = res.get("ours-fp32", {}).get("labels")
-            for impl, r in res.items():
-                ratio = res["monai"]["seconds"] / r["seconds"] if "monai" in res else float("nan")
-                diff = float((r["labels"] != ref).mean()) if ref is not None else float("nan")
-                print(f"{name:<11}{impl:<11}{r['seconds']:>9.1f}{r['peak_mb']:>9.0f}{ratio:>9.2f}x{diff:>14.4%}")
-        from BrainTumorSegLib.inference import segment
-        t0 = time.perf_counter()
-        try:
-            seg = segment(case.sequences, device="cpu")
-            print(f"default model, whole segment() call on CPU: {time.perf_counter() - t0:.1f} s "
-                  f"(preprocess {seg.timings['preprocess']:.1f}, predict {seg.timings['predict']:.1f})")
-        except Exception as exc:  # the default model may not be installed
-            print(f"default model: not run ({exc})")
+        for _ in range(args.rounds):
+            for name, model in rows.items():
+                out = os.path.join(d, f"{len(times[name])}-{name.replace(' ', '_')}.nii.gz")
+                if model is None:
+                    cmd = [sys.executable, os.path.abspath(__file__), "--monai-one", case, out]
+                else:
+                    rep = out + ".json"
+                    cmd = [sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", case, "-o", out,
+                           "--model", model, "--quiet", "--report", rep]
+                secs, peak, _ = run_process(cmd)
+                times[name].append(secs)
+                peaks[name].append(peak)
+                if model is not None:
+                    reports[name] = (json.load(open(rep)), sitk.GetArrayFromImage(sitk.ReadImage(out)))
+        ref = reports[f"ours {models[0]}"][1]
+        monai_t = statistics.median(times["monai recipe"])
+        print(f"{'row':<34}{'s/case':>9}{'peak MB':>9}{'vs MONAI':>10}{'labels equal to default':>25}")
+        for name in rows:
+            t = statistics.median(times[name])
+            agree = f"{(reports[name][1] == ref).mean():.5%}" if name in reports else "n/a (random weights)"
+            print(f"{name:<34}{t:>9.1f}{max(peaks[name]):>9.0f}{monai_t / t:>9.2f}x{agree:>25}")
+        rep = reports[f"ours {models[0]}"][0]
+        split = ", ".join(f"{k} {v:.1f}" for k, v in rep["timings_s"].items())
+        print(f"default model split (s, inside the process, last round): {split}")
 
 
 if __name__ == "__main__":

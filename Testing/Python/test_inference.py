@@ -302,3 +302,22 @@ def test_ensemble_of_models_at_different_spacings_is_refused(tiny_bundle, phanto
     coarse = _with_spacing(tiny_bundle, tmp_path / "coarse", 2.0)
     with pytest.raises(InputError, match="one spacing"):
         segment(case.sequences, [tiny_bundle, coarse], "cpu")
+
+
+def test_glibc_malloc_tuning_leaves_labels_unchanged(tiny_bundle, small_case_dir, tmp_path):
+    """The CLI keeps large activations on the heap (allocator.tune_glibc_malloc); the labels are
+    byte-identical to a run with glibc's defaults."""
+    from BrainTumorSegLib.allocator import ENV_SWITCH, tune_glibc_malloc
+
+    outs = {}
+    for switch in ("0", "1"):
+        outs[switch] = tmp_path / f"labels_{switch}.nii.gz"
+        r = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", small_case_dir,
+                            "--model", tiny_bundle, "-o", str(outs[switch]), "--quiet"],
+                           capture_output=True, text=True, timeout=600, env={**os.environ, ENV_SWITCH: switch})
+        assert r.returncode == 0, r.stderr
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(outs[s]))) for s in ("0", "1"))
+    assert (a > 0).any() and np.array_equal(a, b)
+    if sys.platform.startswith("linux"):
+        import platform
+        assert tune_glibc_malloc() == (platform.libc_ver()[0] == "glibc")
