@@ -6,7 +6,13 @@ CI on real MRML); computation runs in ``BrainTumorSegLib`` in a background proce
 """
 from __future__ import annotations
 
+import functools
+import subprocess
+import importlib.util
 import os
+import sys
+import tempfile
+import traceback
 from typing import Sequence
 
 import qt
@@ -14,9 +20,16 @@ import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
                                            ScriptedLoadableModuleWidget)
 
+from BrainTumorSegModuleLib.jobs import library_root
+
+if importlib.util.find_spec("BrainTumorSegLib") is None:  # a source checkout: the library is at the repository root
+    sys.path.insert(0, library_root())
+
 from BrainTumorSegModuleLib import dependencies
-from BrainTumorSegModuleLib.logic import BrainTumorSegLogic, ModuleError
-from BrainTumorSegModuleLib.roles import ROLES
+from BrainTumorSegModuleLib.logic import BrainTumorSegLogic, ModuleError, model_tooltip
+from BrainTumorSegModuleLib.roles import ROLES, segment_blocker
+
+MODEL_FOLDERS_KEY = "BrainTumorSeg/modelFolders"  # bundle folders the user loaded by hand
 
 MODEL_NOTE = ("The model shipped with this extension (brats-synthetic-demo) was trained only on synthetic "
               "phantoms, not on patient data. It shows the workflow; it is not for clinical use and its "
@@ -24,19 +37,69 @@ MODEL_NOTE = ("The model shipped with this extension (brats-synthetic-demo) was 
               "in the model list; none of them is validated for clinical use.")
 
 
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def slicer_constraints_file() -> str:
+    """A pip constraints file pinning the packages Slicer ships (numpy, SimpleITK, vtk) to the
+    versions this Slicer has, so an install can never replace them."""
+    from importlib import metadata
+
+    pins = []
+    for dist in dependencies.SHIPPED_BY_SLICER + ("vtk",):
+        try:
+            pins.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass  # built into Slicer, not a pip distribution: nothing pip could replace
+    fd, path = tempfile.mkstemp(prefix="BrainTumorSeg-constraints-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(pins) + "\n")
+    return path
+
+
 def ensure_pip_packages(extras: Sequence[str] = ()) -> bool:
-    """Missing pip packages, installed on confirmation: ``slicer.packaging.pip_ensure`` where this
-    Slicer has it, else ``slicer.util.pip_install`` after our own question."""
+    """Missing pip packages, installed on confirmation and never replacing what Slicer ships:
+    ``slicer.packaging.pip_ensure`` (Slicer 5.12 and later), else ``slicer.util.pip_install`` after
+    our own question. In testing mode nothing is installed (the self-test then skips). Declining or
+    a failed install is one line in the status, not a traceback; returns whether all is there."""
     reqs = dependencies.missing_pip_requirements(extras)
-    if reqs:
-        packaging = getattr(slicer, "packaging", None)
+    if not reqs:
+        return True
+    if slicer.app.testingEnabled():
+        return False
+    constraints = slicer_constraints_file()
+    try:
+        try:
+            import slicer.packaging as packaging
+        except ImportError:  # Slicer before 5.12
+            packaging = None
         if packaging is not None and hasattr(packaging, "pip_ensure"):
-            packaging.pip_ensure(reqs, requester="BrainTumorSeg")
+            packaging.pip_ensure(reqs, constraints=constraints, requester="BrainTumorSeg")
         elif slicer.util.confirmOkCancelDisplay(f"BrainTumorSeg needs: {', '.join(reqs)}. Install now?"):
-            slicer.util.pip_install(reqs)
+            slicer.util.pip_install(reqs + ["-c", constraints])
         else:
             return False
+    except (RuntimeError, subprocess.CalledProcessError) as exc:  # declined (5.12+) or pip failed
+        slicer.util.errorDisplay(f"BrainTumorSeg: the packages {', '.join(reqs)} were not installed: {one_line(exc)}")
+        return False
+    finally:
+        os.remove(constraints)
     return not dependencies.missing_pip_requirements(extras)
+
+
+def guarded(method):
+    """Qt slots and timer callbacks: an unexpected error is one line in the module (the full text
+    in the Python console), the UI is reset, and nothing escapes into Qt's event loop."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence of a GUI slot
+            traceback.print_exc()
+            self.resetAfterError(f"Error: {one_line(exc)}")
+    return wrapper
 
 
 class BrainTumorSeg(ScriptedLoadableModule):
@@ -75,6 +138,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
                           "t2": self.ui.t2Selector, "flair": self.ui.flairSelector}
         for sel in self.selectors.values():
             sel.setMRMLScene(slicer.mrmlScene)
+            sel.connect("currentNodeChanged(vtkMRMLNode*)", self.updateSegmentButton)
         self.ui.autoAssignButton.connect("clicked()", self.onAutoAssign)
         self.ui.loadModelButton.connect("clicked()", self.onLoadModel)
         self.ui.segmentButton.connect("clicked()", self.onSegmentOrCancel)
@@ -85,14 +149,35 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.ui.modelNoteLabel.text = MODEL_NOTE
         self.refreshModels()
         self.ui.deviceComboBox.addItem("Auto")
-        self.ui.hardwareLabel.text = "Detecting hardware..."
         self.device_job = None
+        self.devices_known = False
         self.onAutoAssign()
+        self.updateSegmentButton()
 
     def enter(self) -> None:
-        if self.device_job is None and not dependencies.torch_missing():
-            self.device_job = self.logic.start_device_query()
-            self.timer.start()
+        self.startDeviceQuery()
+
+    def startDeviceQuery(self) -> None:
+        """Ask once which devices torch sees; again when torch arrives later (installed on first use)."""
+        if self.devices_known or self.device_job is not None:
+            return
+        if dependencies.torch_missing():
+            self.ui.hardwareLabel.text = "torch is not installed yet; Segment offers to install it."
+            return
+        self.ui.hardwareLabel.text = "Detecting hardware..."
+        self.device_job = self.logic.start_device_query()
+        self.timer.start()
+
+    def resetAfterError(self, message: str) -> None:
+        """After an unexpected error: stop what runs, Cancel back to Segment, one line shown."""
+        if self.run is not None:
+            run, self.run = self.run, None
+            try:
+                self.logic.cancel(run)
+            except Exception:  # noqa: BLE001 - already reporting an error
+                traceback.print_exc()
+        self.device_job = None
+        self.setBusy(False, message)
 
     def cleanup(self) -> None:
         self.timer.stop()
@@ -103,6 +188,18 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
 
     # ------------------------------------------------------------------ inputs and options
 
+    def chosenIds(self):
+        return {r: (n.GetID() if n is not None else None) for r, n in self.volumes().items()}
+
+    def updateSegmentButton(self, *unused) -> None:
+        """Segment only with four different volumes; the tooltip says what is missing."""
+        if self.run is not None:
+            return  # the button is Cancel now
+        blocker = segment_blocker(self.chosenIds())
+        self.ui.segmentButton.enabled = not blocker
+        self.ui.segmentButton.toolTip = blocker or "Segment the tumor; click again to cancel"
+
+    @guarded
     def onAutoAssign(self) -> None:
         chosen, notes = self.logic.assign_volumes()
         for role, node in chosen.items():
@@ -111,18 +208,29 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.ui.statusLabel.text = "; ".join(notes)
 
     def refreshModels(self, select: str = "") -> None:
+        """Installed bundles and folders loaded by hand earlier (remembered in Slicer's settings),
+        each with its description, label scheme and validation figures as a tooltip."""
         self.ui.modelComboBox.clear()
-        for m in self.logic.models():
+        manifests = self.logic.models() + self.logic.models_in(self.rememberedModelFolders())
+        for m in manifests:
             tag = " (demo, synthetic data)" if m.get("demo") else ""
             self.ui.modelComboBox.addItem(f"{m['name']}{tag}", m["path"])
+            self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, model_tooltip(m), qt.Qt.ToolTipRole)
         if select:
             self.ui.modelComboBox.setCurrentIndex(max(0, self.ui.modelComboBox.findData(select)))
 
+    @staticmethod
+    def rememberedModelFolders() -> list:
+        value = qt.QSettings().value(MODEL_FOLDERS_KEY) or []
+        return [value] if isinstance(value, str) else [str(v) for v in value]
+
+    @guarded
     def onLoadModel(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Model bundle folder")
         if folder:
-            self.ui.modelComboBox.addItem(os.path.basename(folder), folder)
-            self.ui.modelComboBox.setCurrentIndex(self.ui.modelComboBox.count - 1)
+            folders = [f for f in self.rememberedModelFolders() if f != folder] + [folder]
+            qt.QSettings().setValue(MODEL_FOLDERS_KEY, folders)
+            self.refreshModels(select=folder)
 
     def volumes(self):
         return {r: self.selectors[r].currentNode() for r in ROLES}
@@ -141,10 +249,12 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
                 return False
             if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
                 return False
+            self.startDeviceQuery()  # torch arrived: now the device list can be filled
         return ensure_pip_packages(extras)
 
     # ------------------------------------------------------------------ segmenting
 
+    @guarded
     def onSegmentOrCancel(self) -> None:
         if self.run is not None:
             self.logic.cancel(self.run)
@@ -165,11 +275,22 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.timer.start()
 
     def setBusy(self, busy: bool, status: str) -> None:
+        """Segment becomes Cancel while a run goes; inputs, model and options are locked meanwhile."""
         self.ui.segmentButton.text = "Cancel" if busy else "Segment"
         self.ui.progressBar.visible = busy
         self.ui.progressBar.value = 0
         self.ui.statusLabel.text = status
+        for w in (list(self.selectors.values()) + [self.ui.autoAssignButton, self.ui.modelComboBox,
+                                                   self.ui.loadModelButton, self.ui.deviceComboBox, self.ui.ttaCheckBox,
+                                                   self.ui.uncertaintyCheckBox, self.ui.etThresholdSpinBox]):
+            w.enabled = not busy
+        if busy:
+            self.ui.segmentButton.enabled = True
+            self.ui.segmentButton.toolTip = "Cancel the segmentation; the scene stays as it was"
+        else:
+            self.updateSegmentButton()
 
+    @guarded
     def onTimer(self) -> None:
         if self.device_job is not None and self.device_job.poll() is not None:
             self.showDevices()
@@ -181,14 +302,21 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
             self.timer.stop()
 
     def showDevices(self) -> None:
+        """Fill the device list once (it is rebuilt, never appended to)."""
+        job, self.device_job = self.device_job, None
         try:
-            devices, description = self.logic.devices_from(self.device_job)
-            for d in devices:
-                self.ui.deviceComboBox.addItem(d.upper() if d in ("cpu", "mps") else d)
-            self.ui.hardwareLabel.text = description
-        except ModuleError as exc:
-            self.ui.hardwareLabel.text = f"torch could not start: {exc}"
-        self.device_job = None
+            devices, description = self.logic.devices_from(job)
+        except (ModuleError, ValueError, KeyError, IndexError) as exc:
+            self.ui.hardwareLabel.text = f"torch could not start: {one_line(exc)}"
+            return
+        current = self.ui.deviceComboBox.currentText
+        self.ui.deviceComboBox.clear()
+        self.ui.deviceComboBox.addItem("Auto")
+        for d in devices:
+            self.ui.deviceComboBox.addItem(d.upper() if d in ("cpu", "mps") else d)
+        self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findText(current)))
+        self.ui.hardwareLabel.text = description
+        self.devices_known = True
 
     def pollSegmentation(self) -> None:
         run = self.run
@@ -210,17 +338,20 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         for w in (self.ui.editButton, self.ui.show3DButton, self.ui.saveCaseButton):
             w.enabled = True
 
+    @guarded
     def onEdit(self) -> None:
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(self.result.segmentation)
-        editor.setSourceVolumeNode(self.volumes()["t1ce"])
+        editor.setSourceVolumeNode(self.result.volumes["t1ce"])  # the run's T1ce, whatever is chosen now
 
+    @guarded
     def onShow3D(self) -> None:
         self.logic.show_3d(self.result.segmentation)
 
     # ------------------------------------------------------------------ training cases and fine-tuning
 
+    @guarded
     def onSaveCase(self) -> None:
         folder = self.ui.caseFolderPathLineEdit.currentPath
         manifest = next((m for m in self.logic.models() if m["path"] == self.ui.modelComboBox.currentData), {})
@@ -233,6 +364,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
             return
         self.ui.statusLabel.text = f"Saved {path}"
 
+    @guarded
     def onFinetuneOrCancel(self) -> None:
         if self.finetune_job is not None:
             self.finetune_job.cancel()
@@ -278,9 +410,12 @@ class BrainTumorSegTest(ScriptedLoadableModuleTest):
     """Inside Slicer: a synthetic case through the whole logic."""
 
     def runTest(self) -> None:
-        import tempfile
-
-        self.assertTrue(ensure_pip_packages(extras=("phantoms",)), "dependencies were not installed")
+        # In Slicer's test harness (--testing) nothing is installed: without torch or the pip
+        # packages the test says so and skips, rather than failing or prompting.
+        if dependencies.torch_missing():
+            self.skipTest("torch is not installed (install it with the PyTorch extension)")
+        if not ensure_pip_packages(extras=("phantoms",)):
+            self.skipTest("missing: " + ", ".join(dependencies.missing_pip_requirements(("phantoms",))))
         from BrainTumorSegLib.phantom import generate
 
         slicer.mrmlScene.Clear(0)

@@ -1,20 +1,68 @@
 """A ``braintumorseg`` command in a background process: progress, cancel, one-line errors.
 
 Inference and fine-tuning run outside Slicer's process, so the GUI stays responsive, a cancel
-really stops the work (the process is terminated), and a crash or out-of-memory in torch cannot
-take Slicer down. The widget polls :meth:`Job.poll` from a timer; nothing here uses Qt.
+really stops the work, and a crash or out-of-memory in torch cannot take Slicer down. The widget
+polls :meth:`Job.poll` from a timer; nothing here uses Qt.
+
+``PythonSlicer`` is a launcher: it starts the real interpreter as a child and hands it its pipes.
+Stopping the launcher alone would leave that child running and holding the pipes, so each job
+runs in its own process group (its own session on Linux and macOS, a new process group on
+Windows) and a cancel stops the whole tree. Output is read as UTF-8 whatever the locale's code
+page, so an odd byte can never kill a reader thread and leave the child blocked on a full pipe.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 PROGRESS_ENV = "BRAINTUMORSEG_PROGRESS"
 PYTHON_ENV = "BRAINTUMORSEG_PYTHON"
+WINDOWS = sys.platform == "win32"
+STOP_GRACE_S = 5.0      # after a polite stop, the tree is killed
+READER_JOIN_S = 5.0     # readers are left behind (daemon threads) rather than block the GUI
+
+
+def popen_options() -> Dict:
+    """Process-group and window options for a job's process on this platform."""
+    if WINDOWS:  # no console window per job; a group of its own so the tree can be stopped
+        return {"creationflags": subprocess.CREATE_NO_WINDOW | subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+def stop_tree(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
+    """Stop ``proc`` and every process it started (the launcher's child included)."""
+    if WINDOWS:
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(proc.pid)], capture_output=True,
+                       creationflags=subprocess.CREATE_NO_WINDOW)
+        proc.wait()
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)  # the job leads its own session: its group id is its pid
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM and _group_alive(proc.pid):
+            continue  # the launcher went, its child did not: SIGKILL the rest of the group
+        break
+    if proc.poll() is None:
+        proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def library_root() -> str:
@@ -40,6 +88,7 @@ class Job:
         env = dict(os.environ)
         env[PROGRESS_ENV] = "lines"
         env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONIOENCODING"] = "utf-8"
         env["PYTHONPATH"] = os.pathsep.join([library_root()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         self.command = [python or python_executable(), "-m", "BrainTumorSegLib", *args]
         self.stage, self.fraction = "starting", 0.0
@@ -47,7 +96,8 @@ class Job:
         self.stderr: List[str] = []
         self.cancelled = False
         self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=env, stdin=subprocess.DEVNULL)
+                                     encoding="utf-8", errors="replace", env=env, stdin=subprocess.DEVNULL,
+                                     **popen_options())
         self._readers = [threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
                          threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True)]
         for t in self._readers:
@@ -71,7 +121,7 @@ class Job:
         if code is None:
             return None
         for t in self._readers:
-            t.join()
+            t.join(READER_JOIN_S)
         return code
 
     def wait(self, timeout: Optional[float] = None) -> int:
@@ -79,17 +129,13 @@ class Job:
         return self.poll()
 
     def cancel(self) -> None:
-        """Stop the process (terminate, then kill after 5 s)."""
+        """Stop the job's whole process tree (politely, then by force); safe to call repeatedly
+        and after the job ended. Returns within about ``STOP_GRACE_S + READER_JOIN_S`` seconds."""
         self.cancelled = True
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc.poll() is None or (not WINDOWS and _group_alive(self.proc.pid)):
+            stop_tree(self.proc)
         for t in self._readers:
-            t.join()
+            t.join(READER_JOIN_S)
 
     @property
     def error(self) -> str:

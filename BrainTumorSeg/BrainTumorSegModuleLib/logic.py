@@ -24,17 +24,18 @@ from vtk.util import numpy_support
 from .jobs import Job
 from .roles import ROLE_TITLES, ROLES, assign
 
-# key (segment ID), name shown, colour, standard terminology (SNOMED CT codes, Slicer's format:
-# context~category~type~type modifier~anatomic context~anatomic region~region modifier)
+# key (segment ID), name shown, colour, standard terminology (SNOMED CT codes, Slicer's serialised
+# entry: context~category~type~type modifier~anatomic context~anatomic region~region modifier).
+# All three types are in the DICOM master list's "Morphologically Altered Structure" category (the
+# General Anatomy list has no Neoplasm); no terminology shipped with Slicer has "enhancing tumor", so
+# ET is the closest code, Neoplasm, and the segment's name says what it is.
+_CONTEXT = "Segmentation category and type - DICOM master list"
 _CATEGORY = "SCT^49755003^Morphologically Altered Structure"
 _ANATOMY = "Anatomic codes - DICOM master list~SCT^12738006^Brain~^^"
 SEGMENTS = (
-    ("NCR", "Necrotic tumor core", (0.80, 0.18, 0.18),
-     f"Segmentation category and type - 3D Slicer General Anatomy list~{_CATEGORY}~SCT^6574001^Necrosis~^^~{_ANATOMY}"),
-    ("ED", "Peritumoral edema", (0.35, 0.80, 0.35),
-     f"Segmentation category and type - 3D Slicer General Anatomy list~{_CATEGORY}~SCT^79654002^Edema~^^~{_ANATOMY}"),
-    ("ET", "Enhancing tumor", (0.98, 0.85, 0.20),
-     f"Segmentation category and type - 3D Slicer General Anatomy list~{_CATEGORY}~SCT^108369006^Neoplasm~^^~{_ANATOMY}"),
+    ("NCR", "Necrotic tumor core", (0.80, 0.18, 0.18), f"{_CONTEXT}~{_CATEGORY}~SCT^6574001^Necrosis~^^~{_ANATOMY}"),
+    ("ED", "Peritumoral edema", (0.35, 0.80, 0.35), f"{_CONTEXT}~{_CATEGORY}~SCT^79654002^Edema~^^~{_ANATOMY}"),
+    ("ET", "Enhancing tumor", (0.98, 0.85, 0.20), f"{_CONTEXT}~{_CATEGORY}~SCT^108369006^Neoplasm~^^~{_ANATOMY}"),
 )
 REGION_ROWS = (("NCR", "Necrotic tumor core (label)"), ("ED", "Peritumoral edema (label)"),
                ("ET", "Enhancing tumor (label, region)"), ("TC", "Tumor core = NCR + ET (region)"),
@@ -43,6 +44,31 @@ REGION_ROWS = (("NCR", "Necrotic tumor core (label)"), ("ED", "Peritumoral edema
 
 class ModuleError(Exception):
     """A problem to show in the module as one line (no traceback)."""
+
+
+def model_tooltip(manifest: Mapping) -> str:
+    """What the model list shows for a bundle: description, label scheme, validation figures."""
+    lines = [str(manifest.get("description") or manifest.get("id", "?"))]
+    lines.append(f"Label scheme: {manifest.get('label_scheme', '?')}; network: {manifest.get('network', '?')}")
+    val = ((manifest.get("metrics") or {}).get("validation_segment") or {}).get("mean")
+    if val:
+        n = len(((manifest.get("metrics") or {}).get("validation_segment") or {}).get("cases", []))
+        lines.append(f"Validation ({n} held-out cases): Dice WT {val['dice_WT']:.2f}, TC {val['dice_TC']:.2f}, "
+                     f"ET {val['dice_ET']:.2f}; HD95 WT {val['hd95_WT']:.1f} mm")
+    if manifest.get("demo"):
+        lines.append("A demo trained on synthetic phantoms: not for real patients.")
+    if manifest.get("error"):
+        lines.append(f"Unusable: {manifest['error']}")
+    return "\n".join(lines)
+
+
+def set_terminology(segment, entry: str) -> None:
+    """Tag ``segment`` with a serialised terminology entry: ``SetTerminology`` from Slicer 5.10,
+    the ``TerminologyEntry`` tag before (same string)."""
+    if hasattr(segment, "SetTerminology"):
+        segment.SetTerminology(entry)
+    else:
+        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), entry)
 
 
 def _register_converter_rules() -> None:
@@ -124,6 +150,7 @@ class SegmentationResult:
     uncertainty: Optional[object]
     report: Dict
     seconds: float
+    volumes: Dict[str, object] = field(default_factory=dict)  # the run's inputs (Edit uses its T1ce)
 
     def status(self) -> str:
         models = ", ".join(m.get("id", "?") for m in self.report.get("models", []))
@@ -157,6 +184,21 @@ class BrainTumorSegLogic:
         from BrainTumorSegLib import bundles
 
         return bundles.installed()
+
+    @staticmethod
+    def models_in(folders: List[str]) -> List[Dict]:
+        """Manifests of bundle folders loaded by hand earlier; folders that are gone are skipped."""
+        from BrainTumorSegLib import bundles
+        from BrainTumorSegLib.errors import InputError
+
+        found = []
+        for folder in folders:
+            try:
+                m = bundles.read_manifest(folder)
+            except InputError:
+                continue
+            found.append(dict(m, path=folder, name=os.path.basename(os.path.normpath(folder))))
+        return found
 
     def start_device_query(self) -> Job:
         """Ask the library's Python which devices torch sees (in the background: importing torch
@@ -233,9 +275,15 @@ class BrainTumorSegLogic:
                 raise ModuleError("cancelled")
             if code != 0:
                 raise ModuleError(run.job.error)
-            with open(os.path.join(run.workdir, "report.json")) as f:
+            with open(os.path.join(run.workdir, "report.json"), encoding="utf-8") as f:
                 report = json.load(f)
             return self._load_result(run, report)
+        except ModuleError:
+            raise
+        except Exception as exc:  # whatever went wrong, the user gets one line; _load_result undid its nodes
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ModuleError(f"the result could not be added to the scene ({type(exc).__name__}"
+                              f"{': ' + detail if detail else ''})") from exc
         finally:
             shutil.rmtree(run.workdir, ignore_errors=True)
 
@@ -281,25 +329,28 @@ class BrainTumorSegLogic:
                 unc = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{run.name} uncertainty")
                 _read_volume(os.path.join(run.workdir, "uncertainty.nrrd"), unc)
         except Exception:  # every node made here goes (display and storage nodes included)
-            for node_id in self._node_ids() - before:
-                node = self.scene.GetNodeByID(node_id)
-                if node is not None:
-                    self.scene.RemoveNode(node)
+            self._remove_nodes_added_since(before)
             raise
         finally:
             self.scene.EndState(self.scene.BatchProcessState)
             scratch.Clear(1)
-        return SegmentationResult(seg, table, unc, report, time.perf_counter() - run.started)
+        return SegmentationResult(seg, table, unc, report, time.perf_counter() - run.started, dict(run.volumes))
 
     def _node_ids(self) -> set:
         return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
+
+    def _remove_nodes_added_since(self, before: set) -> None:
+        for node_id in self._node_ids() - before:
+            node = self.scene.GetNodeByID(node_id)
+            if node is not None:
+                self.scene.RemoveNode(node)
 
     @classmethod
     def _set_segment(cls, seg, key: str, title: str, colour, terminology: str, mask: np.ndarray,
                      geometry_node, scratch) -> None:
         segmentation = seg.GetSegmentation()
         segmentation.AddEmptySegment(key, title, colour)
-        segmentation.GetSegment(key).SetTerminology(terminology)
+        set_terminology(segmentation.GetSegment(key), terminology)
         cls.set_segment_mask(seg, key, mask, geometry_node, scratch)
 
     @staticmethod
@@ -307,6 +358,7 @@ class BrainTumorSegLogic:
         """Replace segment ``key``'s voxels by a (k, j, i) 0/1 mask on ``geometry_node``'s grid."""
         tmp = labelmap_node(mask, geometry_node, scratch or slicer.vtkMRMLScene())
         oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(tmp)
+        oriented.UnRegister(None)  # a new object the caller owns: Python's reference is then the only one
         if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(oriented, seg, key):
             raise ModuleError(f"could not fill segment {key}")
 
@@ -352,6 +404,7 @@ class BrainTumorSegLogic:
         scheme = get_scheme(label_scheme)
         layout = "brats2023" if label_scheme == "brats2023" else "brats2021"
         scratch = slicer.vtkMRMLScene()
+        before = self._node_ids()
         tmp = tempfile.mkdtemp(prefix=f".{case_id}-", dir=folder)
         try:
             for r in ROLES:
@@ -374,6 +427,7 @@ class BrainTumorSegLogic:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             scratch.Clear(1)
+            self._remove_nodes_added_since(before)  # the export puts a colour table into the segmentation's scene
         return dest
 
     def start_finetune(self, model: str, data: str, out: str, epochs: int = 10, iters: int = 50,

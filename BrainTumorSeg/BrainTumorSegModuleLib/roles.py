@@ -53,3 +53,18 @@ def assign(names: Sequence[str]) -> Tuple[Dict[str, Optional[int]], List[str]]:
         elif not hits:
             notes.append(f"{ROLE_TITLES[r]}: no volume name fits; choose one")
     return out, notes
+
+
+def segment_blocker(chosen: Dict[str, Optional[str]]) -> str:
+    """Why Segment cannot run yet for the chosen volumes ({role: node ID or None}), or "" when it
+    can: every sequence needs a volume, and four different ones (the button's tooltip says this)."""
+    missing = [ROLE_TITLES[r] for r in ROLES if not chosen.get(r)]
+    if missing:
+        return f"Choose a volume for {', '.join(missing)}."
+    seen: Dict[str, str] = {}
+    for r in ROLES:
+        ident = str(chosen[r])
+        if ident in seen:
+            return f"{ROLE_TITLES[seen[ident]]} and {ROLE_TITLES[r]} are the same volume; choose four different ones."
+        seen[ident] = r
+    return ""

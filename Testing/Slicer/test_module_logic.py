@@ -8,7 +8,8 @@ import slicer
 import vtk
 
 from BrainTumorSegModuleLib import jobs
-from BrainTumorSegModuleLib.logic import SEGMENTS, BrainTumorSegLogic, ModuleError, ijk_to_ras, voxels
+from BrainTumorSegModuleLib.logic import (SEGMENTS, BrainTumorSegLogic, ModuleError, ijk_to_ras, model_tooltip,
+                                          voxels)
 from BrainTumorSegModuleLib.roles import assign, role_of
 from conftest import lib_python, run_lib
 
@@ -130,7 +131,9 @@ def test_save_as_training_case_round_trip(scene_with_case, logic, case_dir, tmp_
                                   ("brats2023", ("-t1n", "-t1c", "-t2w", "-t2f", "-seg"), (1, 2, 3))):
         folder = tmp_path / scheme
         folder.mkdir()
+        nodes_before = scene.GetNumberOfNodes()
         path = logic.save_training_case(nodes, seg, str(folder), "Edited_001", scheme)
+        assert scene.GetNumberOfNodes() == nodes_before  # no stray colour table or label map in the user's scene
         assert sorted(os.listdir(path)) == sorted(f"Edited_001{n}.nii.gz" for n in names)
         assert os.listdir(folder) == ["Edited_001"]  # no temporary folder left behind
         back = load(slicer.vtkMRMLScene(), os.path.join(path, f"Edited_001{names[4]}.nii.gz"), label=True)
@@ -202,8 +205,9 @@ def test_errors_are_one_line_and_leave_no_half_made_node(scene_with_case, logic,
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(BrainTumorSegLogic, "_fill_volume_table", staticmethod(broken))
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(ModuleError) as err:  # one line for the user, not a traceback
         logic.segment(nodes, device="cpu")
+    assert str(err.value) == "the result could not be added to the scene (RuntimeError: disk full)"
     assert scene.GetNumberOfNodes() == before
 
 
@@ -223,6 +227,10 @@ def test_finetune_on_saved_cases_registers_a_model(scene_with_case, logic, tmp_p
     assert path == str(models / "hospital-a")
     listed = {m["name"]: m for m in logic.models()}
     assert listed["hospital-a"]["finetuned_from"]["id"] == "brats-synthetic-demo"
+    # a folder loaded by hand and remembered: listed again while it exists, skipped once it is gone
+    by_hand = logic.models_in([path, str(tmp_path / "deleted-model")])
+    assert [m["name"] for m in by_hand] == ["hospital-a"] and by_hand[0]["path"] == path
+    assert "Label scheme: brats2021" in model_tooltip(by_hand[0])
     bad = logic.start_finetune("no-such-model", str(data), str(tmp_path / "run2"), epochs=1, iters=1)
     bad.wait(300)
     with pytest.raises(ModuleError, match="no-such-model"):
@@ -255,3 +263,29 @@ def test_dependency_list_matches_pyproject():
     for extra, packages in dependencies.EXTRA_PACKAGES.items():
         listed = re.search(rf"^{extra} = \[(.*?)\]", text, re.M).group(1)
         assert {req for _, req in packages} == set(re.findall(r'"([^"]+)"', listed)), extra
+
+
+def test_terminology_on_slicer_before_5_10_goes_through_the_tag():
+    """Slicer 5.6 and 5.8 have no vtkSegment.SetTerminology: the same entry goes into the
+    TerminologyEntry tag, which is where those versions (and GetTerminology later) read it."""
+    from BrainTumorSegModuleLib.logic import set_terminology
+
+    real = slicer.vtkSegment()
+
+    class SegmentOfSlicer58:  # the methods a 5.8 vtkSegment has, and no SetTerminology
+        def SetTag(self, tag, value):
+            real.SetTag(tag, value)
+
+    def tag(segment):
+        value = vtk.reference("")
+        assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), value)
+        return str(value)
+
+    entry = SEGMENTS[2][3]
+    set_terminology(SegmentOfSlicer58(), entry)
+    assert tag(real) == entry
+    assert real.GetTerminology() == entry  # what Slicer 5.10+ (and this slicer-core) reads back
+    assert entry.startswith("Segmentation category and type - DICOM master list~")
+    modern = slicer.vtkSegment()
+    set_terminology(modern, entry)
+    assert tag(modern) == entry
