@@ -284,9 +284,8 @@ def labels_to_working(labels: sitk.Image, inverse: InverseTransform) -> np.ndarr
     """Bring a label map on the reference grid onto the cropped working grid (for training).
 
     On a resampled (e.g. coarser) working grid each value's mask is interpolated linearly and
-    every voxel takes the value whose mask covers it most (background included), so thin
-    structures such as an enhancing rim keep their share instead of the whims of nearest
-    neighbour.
+    every voxel takes the value whose mask covers it most (background included; a tie goes to the
+    lower value), so label volumes are kept rather than left to nearest neighbour's phase.
     """
     img = sitk.DICOMOrient(labels, CANONICAL)
     if same_grid(inverse.working, inverse.canonical):

@@ -20,6 +20,7 @@ FROM_PYTORCH_EXTENSION = ("torch",)
 
 def missing_pip_requirements(extras: Iterable[str] = ()) -> List[str]:
     """pip requirements not yet importable: the core's, and those of the named extras."""
+    importlib.invalidate_caches()  # packages pip installed a moment ago must be found
     wanted = list(PIP_PACKAGES) + [p for e in extras for p in EXTRA_PACKAGES[e]]
     return [req for mod, req in wanted if importlib.util.find_spec(mod) is None]
 

@@ -46,13 +46,21 @@ class ModuleError(Exception):
     """A problem to show in the module as one line (no traceback)."""
 
 
+def _section(mapping, key: str) -> Dict:
+    value = mapping.get(key) if isinstance(mapping, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
 def model_tooltip(manifest: Mapping) -> str:
-    """What the model list shows for a bundle: description, label scheme, validation figures."""
+    """What the model list shows for a bundle: description, label scheme, validation figures.
+    Never fails on a manifest written by hand (missing or odd fields are left out)."""
     lines = [str(manifest.get("description") or manifest.get("id", "?"))]
     lines.append(f"Label scheme: {manifest.get('label_scheme', '?')}; network: {manifest.get('network', '?')}")
-    val = ((manifest.get("metrics") or {}).get("validation_segment") or {}).get("mean")
-    if val:
-        n = len(((manifest.get("metrics") or {}).get("validation_segment") or {}).get("cases", []))
+    validation = _section(_section(manifest, "metrics"), "validation_segment")
+    val = _section(validation, "mean")
+    keys = ("dice_WT", "dice_TC", "dice_ET", "hd95_WT")
+    if all(isinstance(val.get(k), (int, float)) for k in keys):
+        n = len(validation.get("cases") or [])
         lines.append(f"Validation ({n} held-out cases): Dice WT {val['dice_WT']:.2f}, TC {val['dice_TC']:.2f}, "
                      f"ET {val['dice_ET']:.2f}; HD95 WT {val['hd95_WT']:.1f} mm")
     if manifest.get("demo"):
@@ -466,5 +474,10 @@ class BrainTumorSegLogic:
             os.replace(os.path.join(tmp, "model"), dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        bundles.read_manifest(dest)  # the registered copy must read back (hash checked at load)
+        from BrainTumorSegLib.errors import InputError
+
+        try:
+            bundles.read_manifest(dest)  # the registered copy must read back (hash checked at load)
+        except InputError as exc:
+            raise ModuleError(str(exc)) from None
         return dest

@@ -289,3 +289,14 @@ def test_terminology_on_slicer_before_5_10_goes_through_the_tag():
     modern = slicer.vtkSegment()
     set_terminology(modern, entry)
     assert tag(modern) == entry
+
+
+def test_model_tooltip_never_fails_on_hand_written_manifests():
+    full = {"id": "m", "description": "A model.", "label_scheme": "brats2023", "network": "resunet",
+            "metrics": {"validation_segment": {"cases": ["a", "b"], "mean": {
+                "dice_WT": 0.9, "dice_TC": 0.8, "dice_ET": 0.7, "hd95_WT": 5.0}}}}
+    assert "Validation (2 held-out cases): Dice WT 0.90, TC 0.80, ET 0.70; HD95 WT 5.0 mm" in model_tooltip(full)
+    for odd in ({"id": "x"}, {"metrics": []}, {"metrics": {"validation_segment": {"mean": {"dice_WT": 0.9}}}},
+                {"metrics": {"validation_segment": "n/a"}}, {"error": "lacks weights_sha256"}):
+        text = model_tooltip(odd)
+        assert "Validation" not in text and text
