@@ -141,10 +141,15 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train_recipe(args: argparse.Namespace) -> int:
     """A named real-data recipe: fixed split, training (resumable), validation through segment."""
-    from .real_recipe import train_real
+    from .real_recipe import MODEL_ID, export_checkpoint, train_real
 
-    out = train_real(args.data, args.out, variant=args.variant, epochs=args.epochs, iters=args.iters,
-                     seed=args.seed, resume=True, export=args.export, cache_dir=args.cache)
+    if args.from_checkpoint:
+        out = export_checkpoint(args.data, args.out, args.from_checkpoint,
+                                args.export or os.path.join(args.out, MODEL_ID), variant=args.variant,
+                                epochs=args.epochs, iters=args.iters, seed=args.seed)
+    else:
+        out = train_real(args.data, args.out, variant=args.variant, epochs=args.epochs, iters=args.iters,
+                         seed=args.seed, resume=True, export=args.export, cache_dir=args.cache)
     print(f"model bundle: {out}")
     return 0
 
@@ -449,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr2.add_argument("--seed", type=int, default=0)
     tr2.add_argument("--export", help="where to write the bundle (default RUNDIR/brats-glioma-v1)")
     tr2.add_argument("--cache", help="folder of preprocessed cases (default RUNDIR/cache); variants may share one")
+    tr2.add_argument("--from-checkpoint", metavar="PT", help="no training: export and validate this checkpoint of "
+                                                            "the run (e.g. the best so far of a run still going)")
     tr2.set_defaults(func=_cmd_train_recipe)
     return p
 

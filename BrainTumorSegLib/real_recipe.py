@@ -19,10 +19,12 @@ Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) unde
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,7 +37,8 @@ from .labels import REGIONS, detect_scheme
 from .metrics import case_metrics
 from .postprocessing import PostprocessOptions, postprocess
 from .recipes import DEMO_OPTIONS
-from .training import TrainConfig, check_cases, train
+from .networks import build
+from .training import TrainConfig, check_cases, load_checkpoint, run_manifest, train
 
 MODEL_ID = "brats-glioma-v1"
 VALIDATION = ("Brats18_2013_20_1", "Brats18_CBICA_AQO_1", "Brats18_CBICA_ASE_1",
@@ -91,6 +94,19 @@ def _score(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float]) -> D
     return case_metrics(pred, ref, spacing_zyx, detect_scheme(pred), detect_scheme(ref))
 
 
+def case_table(rows: Mapping[str, Dict[str, Dict[str, float]]], seconds: Mapping[str, float]
+               ) -> Tuple[Dict[str, Dict], Dict[str, float]]:
+    """Per-case Dice, HD95 and volume error (mL, predicted minus reference) per region and seconds,
+    and their means, from ``case_metrics`` rows keyed by case id."""
+    per_case = {cid: {r: {"dice": m[r]["dice"], "hd95": m[r]["hd95"],
+                          "volume_error_ml": m[r]["volume_pred_ml"] - m[r]["volume_ref_ml"]} for r in REGIONS}
+                | {"seconds": seconds[cid]} for cid, m in rows.items()}
+    mean = {f"{k}_{r}": float(np.mean([per_case[c][r][k] for c in per_case]))
+            for k in ("dice", "hd95", "volume_error_ml") for r in REGIONS}
+    mean["seconds"] = float(np.mean(list(seconds.values())))
+    return per_case, mean
+
+
 def validate_bundle(bundle_dir: str, cases: Sequence[Case], device: str = "cpu",
                     log=print) -> Tuple[Dict, PostprocessOptions]:
     """Segment ``cases`` through the full ``segment`` path; per-case and mean Dice, HD95 and volume
@@ -117,13 +133,7 @@ def validate_bundle(bundle_dir: str, cases: Sequence[Case], device: str = "cpu",
         rows = run(post)
         mean_dice.append(float(np.mean([rows[c][r]["dice"] for c in rows for r in REGIONS])))
     chosen = candidates[int(np.argmax(mean_dice))]
-    rows = run(chosen)
-    per_case = {cid: {r: {"dice": m[r]["dice"], "hd95": m[r]["hd95"],
-                          "volume_error_ml": m[r]["volume_pred_ml"] - m[r]["volume_ref_ml"]} for r in REGIONS}
-                | {"seconds": seconds[cid]} for cid, m in rows.items()}
-    mean = {f"{k}_{r}": float(np.mean([per_case[c][r][k] for c in per_case]))
-            for k in ("dice", "hd95", "volume_error_ml") for r in REGIONS}
-    mean["seconds"] = float(np.mean(list(seconds.values())))
+    per_case, mean = case_table(run(chosen), seconds)
     report = {"cases": list(per_case), "per_case": per_case, "mean": mean, "through": "full segment path, 1 mm reference grid",
               "hd95": "mm, max of the directed 95th percentiles; 373.13 mm when exactly one mask is empty",
               "postprocessing_search": {"grid": POSTPROCESS_GRID,
@@ -131,21 +141,17 @@ def validate_bundle(bundle_dir: str, cases: Sequence[Case], device: str = "cpu",
     return report, chosen
 
 
-def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 30, iters: int = 100,
-               seed: int = 0, resume: bool = True, export: Optional[str] = None, cache_dir: Optional[str] = None,
-               log=print) -> str:
-    """Train (or resume) one variant, validate it through ``segment`` and export the bundle.
+@dataclass
+class Plan:
+    """Everything a variant's run is made of: settings, fixed split, the manifest's own fields."""
+    cfg: TrainConfig
+    train_cases: List[Case]
+    val_cases: List[Case]
+    init: Optional[bundles.Bundle]
+    extra: Dict
 
-    Args:
-        data_dir: folder holding the 24 real cases (``../shared/real-cases``).
-        run_dir: run folder: config, cache, checkpoints, log, the trained bundle.
-        variant: a key of ``VARIANTS``.
-        epochs, iters: training length (epochs of ``iters`` iterations of batch 2).
-        seed: the run's seed.
-        resume: continue from the run folder's last checkpoint when there is one.
-        export: where to write the final bundle (default ``run_dir/<MODEL_ID>``).
-        cache_dir: preprocessed cases (default ``run_dir/cache``); variants can share one.
-    """
+
+def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int) -> Plan:
     if variant not in VARIANTS:
         raise InputError(None, f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     v = VARIANTS[variant]
@@ -163,15 +169,67 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
                                "validation": [c.case_id for c in val_cases]}}
     if init is not None:
         extra["initialised_from"] = {"id": init.id, "weights_sha256": init.manifest["weights_sha256"]}
-    trained = train(cfg, train_cases, val_cases, run_dir, resume=resume, init_from=init,
-                    bundle_manifest=extra, log=log, cache_dir=cache_dir)
-    report, post = validate_bundle(trained, val_cases, log=log)
-    manifest = bundles.read_manifest(trained)
+    return Plan(cfg, train_cases, val_cases, init, extra)
+
+
+def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print) -> str:
+    """Validate the network through ``segment``, store the chosen postprocessing and the figures
+    in its manifest, and write the final bundle to ``out`` (replacing an earlier one)."""
+    manifest = {k: v for k, v in manifest.items() if k != "weights_sha256"}
+    parent = os.path.dirname(os.path.abspath(out))
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=parent) as tmp:
+        staged = bundles.save(net, os.path.join(tmp, "bundle"), manifest)
+        report, post = validate_bundle(staged, val_cases, log=log)
     manifest["postprocessing"] = asdict(post)
-    manifest["metrics"]["validation_segment"] = report
-    manifest.pop("weights_sha256")
-    net = bundles.load(trained).network
-    out = export or os.path.join(run_dir, MODEL_ID)
+    manifest.setdefault("metrics", {})["validation_segment"] = report
     if os.path.exists(out):
         shutil.rmtree(out)
     return bundles.save(net, out, manifest)
+
+
+def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 30, iters: int = 100,
+               seed: int = 0, resume: bool = True, export: Optional[str] = None, cache_dir: Optional[str] = None,
+               log=print) -> str:
+    """Train (or resume) one variant, validate it through ``segment`` and export the bundle.
+
+    Args:
+        data_dir: folder holding the 24 real cases (``../shared/real-cases``).
+        run_dir: run folder: config, cache, checkpoints, log, the trained bundle.
+        variant: a key of ``VARIANTS``.
+        epochs, iters: training length (epochs of ``iters`` iterations of batch 2).
+        seed: the run's seed.
+        resume: continue from the run folder's last checkpoint when there is one.
+        export: where to write the final bundle (default ``run_dir/<MODEL_ID>``).
+        cache_dir: preprocessed cases (default ``run_dir/cache``); variants can share one.
+    """
+    p = plan(data_dir, variant, epochs, iters, seed)
+    trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,
+                    bundle_manifest=p.extra, log=log, cache_dir=cache_dir)
+    b = bundles.load(trained)
+    return finish(b.network, b.manifest, p.val_cases, export or os.path.join(run_dir, MODEL_ID), log)
+
+
+def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, variant: str = "2mm",
+                      epochs: int = 30, iters: int = 100, seed: int = 0, log=print) -> str:
+    """A bundle from one checkpoint of a run (the best so far of a run still going, or a snapshot
+    at a fixed budget), validated through ``segment`` like a finished run's.
+
+    Args:
+        data_dir, variant, epochs, iters, seed: as the run was started.
+        run_dir: the run folder (its id goes into the manifest).
+        checkpoint: ``checkpoint_best.pt``, ``checkpoint_last.pt`` or a copy of one.
+        out: where to write the bundle.
+    """
+    p = plan(data_dir, variant, epochs, iters, seed)
+    state = load_checkpoint(checkpoint)
+    net = build(p.cfg.network, **p.cfg.options)
+    net.load_state_dict(state["model"])
+    net.eval()
+    history = json.loads(state.get("history", "[]"))
+    data_used = {"train": [c.case_id for c in p.train_cases], "validation": [c.case_id for c in p.val_cases],
+                 "replay": []}
+    manifest = run_manifest(p.cfg, run_dir, data_used, history, float(state.get("best", -1.0)))
+    manifest.update(p.extra)
+    done = int(state["epoch"]) + 1
+    manifest["training"]["trained"] = {"epochs": done, "iterations": done * iters, "checkpoint": os.path.basename(checkpoint)}
+    return finish(net, manifest, p.val_cases, out, log)

@@ -514,19 +514,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
         best_path = os.path.join(out_dir, "checkpoint_best.pt")
         if os.path.exists(best_path):
             net.load_state_dict(load_checkpoint(best_path)["model"])
-        last_val = next((r for r in reversed(history) if "dice_WT" in r), {})
-        manifest = {
-            "id": os.path.basename(os.path.abspath(out_dir)), "version": "1", "network": name,
-            "options": cfg.options, "label_scheme": cfg.label_scheme, "normalization": "z-score over brain voxels",
-            "preprocessing": {"reference": "t1ce", "canonical_orientation": "LPS", "crop": "brain bounding box",
-                              "spacing_mm": cfg.spacing},
-            "postprocessing": {"min_et_voxels": 0, "min_component_voxels": 0, "fill_core_holes": False},
-            "training": {"config": asdict(cfg), "defaults": DEFAULTS[name], "cases": len(train_cases),
-                         "validation_cases": len(val_cases), "epochs": cfg.epochs, "world_size": dist.world,
-                         "data": data_used},
-            "metrics": {"validation": {k: v for k, v in last_val.items() if k.startswith("dice_")},
-                        "best_mean_dice": best},
-        }
+        manifest = run_manifest(cfg, out_dir, data_used, history, best, dist.world)
         manifest.update(bundle_manifest or {})
         net.eval()
         if os.path.isdir(export):  # an earlier export of this same run (e.g. before --resume)
@@ -536,6 +524,25 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
     if dist.started_here:
         torch.distributed.destroy_process_group()
     return export
+
+
+def run_manifest(cfg: TrainConfig, out_dir: str, data_used: Dict[str, List[str]], history: List[Dict],
+                 best: float, world_size: int = 1) -> Dict:
+    """The manifest of a run's bundle: architecture, preprocessing, training settings and data,
+    the last validation Dice (callers add their own fields)."""
+    last_val = next((r for r in reversed(history) if "dice_WT" in r), {})
+    return {
+        "id": os.path.basename(os.path.abspath(out_dir)), "version": "1", "network": cfg.network,
+        "options": cfg.options, "label_scheme": cfg.label_scheme, "normalization": "z-score over brain voxels",
+        "preprocessing": {"reference": "t1ce", "canonical_orientation": "LPS", "crop": "brain bounding box",
+                          "spacing_mm": cfg.spacing},
+        "postprocessing": {"min_et_voxels": 0, "min_component_voxels": 0, "fill_core_holes": False},
+        "training": {"config": asdict(cfg), "defaults": DEFAULTS[cfg.network], "cases": len(data_used["train"]),
+                     "validation_cases": len(data_used["validation"]), "epochs": cfg.epochs,
+                     "world_size": world_size, "data": data_used},
+        "metrics": {"validation": {k: v for k, v in last_val.items() if k.startswith("dice_")},
+                    "best_mean_dice": best},
+    }
 
 
 FINETUNE_LR_FACTOR = 0.1  # fine-tuning starts from trained weights: a tenth of the network's learning rate

@@ -1,0 +1,68 @@
+"""Accuracy and time on the real validation cases, through the full ``segment`` path.
+
+For each model, every validation case of the real-data recipe (``real_recipe.VALIDATION``, cases
+no shipped model trained on) is segmented from its original files with the model's own default
+settings, and scored against the expert labels: Dice, HD95 (mm, max of the directed 95th
+percentiles; 373.13 when exactly one mask is empty) and volume error (mL, predicted minus
+reference) per region, and seconds per case. Prints one table per model and a summary line each.
+
+Run: python Testing/Benchmarks/bench_real.py [--data ../shared/real-cases]
+     [--models brats-glioma-v1 brats-synthetic-demo] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+
+import SimpleITK as sitk
+import torch
+
+from BrainTumorSegLib import bundles
+from BrainTumorSegLib.inference import segment
+from BrainTumorSegLib.labels import REGIONS, detect_scheme
+from BrainTumorSegLib.metrics import case_metrics
+from BrainTumorSegLib.real_recipe import case_table, split
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "real-cases"))
+    ap.add_argument("--models", nargs="+", default=[bundles.DEFAULT_MODEL, "brats-synthetic-demo"])
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    _, val_cases = split(args.data)
+    print(f"{len(val_cases)} validation cases; {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    summary = []
+    for name in dict.fromkeys(args.models):
+        b = bundles.load(name)
+        rows, seconds = {}, {}
+        for c in val_cases:
+            res = segment(c.sequences, b, args.device)
+            pred = sitk.GetArrayFromImage(res.labels)
+            ref_img = sitk.ReadImage(c.paths["seg"])
+            ref = sitk.GetArrayFromImage(ref_img)
+            rows[c.case_id] = case_metrics(pred, ref, ref_img.GetSpacing()[::-1], detect_scheme(pred), detect_scheme(ref))
+            seconds[c.case_id] = res.timings["total"]
+        per_case, mean = case_table(rows, seconds)
+        print(f"\n{b.id}{' (demo)' if b.demo else ''}")
+        print(f"{'case':<24}" + "".join(f"{'Dice ' + r:>9}" for r in REGIONS) + "".join(f"{'HD95 ' + r:>9}" for r in REGIONS)
+              + "".join(f"{'dV ' + r + ' mL':>11}" for r in REGIONS) + f"{'s':>7}")
+        for cid, row in list(per_case.items()) + [("mean", None)]:
+            get = (lambda k, r: mean[f"{k}_{r}"]) if row is None else (lambda k, r, row=row: row[r][k])
+            secs = mean["seconds"] if row is None else row["seconds"]
+            print(f"{cid:<24}" + "".join(f"{get('dice', r):>9.3f}" for r in REGIONS)
+                  + "".join(f"{get('hd95', r):>9.1f}" for r in REGIONS)
+                  + "".join(f"{get('volume_error_ml', r):>11.1f}" for r in REGIONS) + f"{secs:>7.1f}")
+        summary.append((b.id, mean))
+    print("\nsummary (mean over the validation cases)")
+    for mid, m in summary:
+        print(f"  {mid:<22} Dice WT {m['dice_WT']:.3f} TC {m['dice_TC']:.3f} ET {m['dice_ET']:.3f}  "
+              f"HD95 WT {m['hd95_WT']:.1f} TC {m['hd95_TC']:.1f} ET {m['hd95_ET']:.1f} mm  {m['seconds']:.1f} s/case")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The shipped default model on real MRI it never trained on (slow: run by CI's slow step).
+
+The sample case in ``Resources/Samples`` is one of the real-data recipe's validation cases. This
+guards against regressions of the default model and of the ``segment`` path; it is not a tuning
+target (thresholds well under the model's measured figures)."""
+import os
+
+import pytest
+import SimpleITK as sitk
+
+from BrainTumorSegLib import bundles
+from BrainTumorSegLib.cases import find_case
+from BrainTumorSegLib.inference import segment
+from BrainTumorSegLib.labels import detect_scheme
+from BrainTumorSegLib.metrics import case_metrics
+from BrainTumorSegLib.real_recipe import SAMPLE_CASE, VALIDATION
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SAMPLE = os.path.join(ROOT, "Resources", "Samples", SAMPLE_CASE)
+
+
+@pytest.mark.slow
+def test_default_model_on_a_real_validation_case():
+    model = bundles.load(bundles.DEFAULT_MODEL)
+    assert not model.demo and SAMPLE_CASE in model.manifest["training_data"]["validation"]
+    assert SAMPLE_CASE in VALIDATION and SAMPLE_CASE not in model.manifest["training_data"]["train"]
+    case = find_case(SAMPLE)
+    res = segment(case.sequences, model, "cpu")
+    pred = sitk.GetArrayFromImage(res.labels)
+    ref_img = sitk.ReadImage(case.paths["seg"])
+    ref = sitk.GetArrayFromImage(ref_img)
+    m = case_metrics(pred, ref, ref_img.GetSpacing()[::-1], detect_scheme(pred), detect_scheme(ref))
+    assert m["WT"]["dice"] >= 0.85, m["WT"]
+    assert m["TC"]["dice"] >= 0.70, m["TC"]
