@@ -7,9 +7,9 @@ CI on real MRML); computation runs in ``BrainTumorSegLib`` in a background proce
 from __future__ import annotations
 
 import functools
-import subprocess
 import importlib.util
 import os
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -17,8 +17,11 @@ from typing import Sequence
 
 import qt
 import slicer
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleTest,
-                                           ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 
 from BrainTumorSegModuleLib.jobs import library_root
 

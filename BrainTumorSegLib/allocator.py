@@ -28,7 +28,8 @@ def tune_glibc_malloc() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # present in glibc only (musl has no mallopt tuning of this kind)
+        if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (musl has no mallopt tuning of this kind)
+            return False
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -211,6 +211,7 @@ def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list,
     # all outputs are computed before any is written; each write is atomic
     write_image(res.labels, out, input_paths)
     if uncertainty_out:
+        assert res.uncertainty is not None  # asked for through SegmentOptions(uncertainty=True)
         write_image(res.uncertainty, uncertainty_out, input_paths)
     rep = res.report()
     rep["inputs"] = inputs

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import zlib
 import tempfile
-from typing import Iterable, Optional
+import zlib
+from typing import Any, Iterable, Optional
 
 import nibabel as nib
 import numpy as np
@@ -94,7 +94,7 @@ def _check_nifti_payload(path: str) -> None:
     """ITK's NIfTI reader fills a truncated file with garbage and turns NaN/Inf into 0 without a
     word: read the voxel data once through nibabel to check that it is whole and finite."""
     try:
-        img = nib.load(path)
+        img: Any = nib.load(path)  # a NIfTI image (nibabel's stubs type it as any file-based image)
         header = img.header
         needed = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
         if not path.lower().endswith(".gz") and os.path.getsize(path) < needed:
@@ -174,7 +174,7 @@ def write_image(image: sitk.Image, path: PathLike, inputs: Iterable[PathLike] = 
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
         return p
-    with replacing(p, suffix=ext) as tmp:
+    with replacing(p, suffix=ext or ".tmp") as tmp:
         sitk.WriteImage(image, tmp, compress)
     return p
 

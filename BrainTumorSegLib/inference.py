@@ -115,7 +115,7 @@ class _Predictor:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device)
-        acc = None
+        acc: Optional[torch.Tensor] = None
         for f in self.flips:
             xi = torch.flip(x, f) if f else x
             with torch.inference_mode(), self._autocast():
@@ -123,6 +123,7 @@ class _Predictor:
             p = torch.softmax(logits, 1) if self.kind == "softmax" else torch.sigmoid(logits)
             p = torch.flip(p, f) if f else p
             acc = p if acc is None else acc + p
+        assert acc is not None  # at least the identity flip
         return acc / len(self.flips)
 
     def _autocast(self):
@@ -153,18 +154,17 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
         if progress:
             progress(stage, done / total)
 
-    if bundle.manifest["network"] == "dmda_unet":
-        # the cascade: stage 1 locates, stage 2 over the tumor's box (see networks.dmda_unet)
-        net = bundle.network
-        mask = net.locate(data.to(device))
-        box = net.roi(mask.cpu()) or tuple(slice(0, n) for n in data.shape[1:])
-        out = torch.zeros((channels,) + tuple(data.shape[1:]), device=out_device)
-        sub = data[(slice(None),) + box]
-        out[(slice(None),) + box] = sliding_window(sub, pred, window, channels, opts.overlap, opts.batch_size,
-                                                   progress=prog, cancel=cancel, out_device=out_device)
-        return out
-    return sliding_window(data, pred, window, channels, opts.overlap, opts.batch_size,
-                          progress=prog, cancel=cancel, out_device=out_device)
+    # a cascade's first stage may narrow where the windows go (networks.dmda_unet); elsewhere: everywhere
+    with torch.inference_mode():
+        box = bundle.network.region_of_interest(data.to(device))
+    if box is None:
+        return sliding_window(data, pred, window, channels, opts.overlap, opts.batch_size,
+                              progress=prog, cancel=cancel, out_device=out_device)
+    out = torch.zeros((channels,) + tuple(data.shape[1:]), device=out_device)
+    sub = data[(slice(None),) + box]
+    out[(slice(None),) + box] = sliding_window(sub, pred, window, channels, opts.overlap, opts.batch_size,
+                                               progress=prog, cancel=cancel, out_device=out_device)
+    return out
 
 
 def predict_probabilities(data: np.ndarray, models: Sequence[bundles.Bundle], device: torch.device,
@@ -184,16 +184,17 @@ def predict_probabilities(data: np.ndarray, models: Sequence[bundles.Bundle], de
         attempts += [(device, torch.device("cpu")), (torch.device("cpu"), torch.device("cpu"))]
     for k, (dev, out_dev) in enumerate(attempts):
         try:
-            total = None
+            total: Optional[torch.Tensor] = None
             for i, m in enumerate(models):
                 p = _predict(x, m, dev, opts, progress, cancel, out_dev, f"predict {i + 1}/{len(models)}")
                 total = p if total is None else total + p
+            assert total is not None  # at least one model
             probs = (total / len(models)).cpu().numpy()
             return probs, str(dev), notes
         except torch.cuda.OutOfMemoryError:  # pragma: no cover - needs a GPU
             torch.cuda.empty_cache()
             if k + 1 == len(attempts):
-                raise InputError(None, "out of GPU memory even with CPU stitching, and CPU fallback failed")
+                raise InputError(None, "out of GPU memory even with CPU stitching, and CPU fallback failed") from None
             nxt = attempts[k + 1]
             notes.append(f"out of GPU memory on {dev}; retrying with {'CPU stitching' if nxt[0].type == 'cuda' else 'the CPU'}")
     raise AssertionError("unreachable")
@@ -247,7 +248,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
             raise Cancelled()
 
     dev = devices.resolve(device)
-    model_list = list(model) if isinstance(model, (list, tuple)) else [model]
+    model_list: List[Union[str, bundles.Bundle]] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
     loaded = [m if isinstance(m, bundles.Bundle) else bundles.load(m) for m in model_list]
     timings["load_model"] = time.perf_counter() - t0
     first = loaded[0].manifest

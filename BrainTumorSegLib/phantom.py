@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.util import find_spec
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -268,7 +268,7 @@ def write_case(case: PhantomCase, outdir: PathLike) -> str:
 
 
 def generate(outdir: PathLike, n: int, seed: int = 0, start: int = 0,
-             progress: Optional[callable] = None) -> List[str]:
+             progress: Optional[Callable[[int, int], None]] = None) -> List[str]:
     """Write ``n`` cases (indices ``start`` .. ``start + n - 1``) of ``seed`` into ``outdir``."""
     out = os.fspath(outdir)
     if os.path.exists(out) and not os.path.isdir(out):

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -44,8 +44,9 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
 
 
 def postprocess(labels: np.ndarray, scheme: "str | LabelScheme",
-                options: PostprocessOptions = PostprocessOptions()) -> np.ndarray:
+                options: Optional[PostprocessOptions] = None) -> np.ndarray:
     """Apply the switched-on steps to a label map of ``scheme``; returns a new uint8 array."""
+    options = options or PostprocessOptions()
     s = get_scheme(scheme)
     out = np.asarray(labels, np.uint8).copy()
     if options.min_component_voxels > 1:
@@ -63,6 +64,6 @@ def postprocess(labels: np.ndarray, scheme: "str | LabelScheme",
 
 
 def regions_to_postprocessed_labels(regions: np.ndarray, scheme: "str | LabelScheme",
-                                    options: PostprocessOptions = PostprocessOptions()) -> np.ndarray:
+                                    options: Optional[PostprocessOptions] = None) -> np.ndarray:
     """Region masks (WT, TC, ET) to labels, then postprocessing."""
     return postprocess(regions_to_labels(regions, scheme), scheme, options)

@@ -188,10 +188,11 @@ def isotropic_grid(img: sitk.Image, spacing: float) -> sitk.Image:
 
 def brain_bbox(mask: np.ndarray, margin: int) -> Tuple[slice, slice, slice]:
     if not mask.any():
-        return tuple(slice(0, n) for n in mask.shape)
-    idx = np.nonzero(mask)
-    return tuple(slice(max(0, int(i.min()) - margin), min(n, int(i.max()) + 1 + margin))
-                 for i, n in zip(idx, mask.shape))
+        box = [slice(0, n) for n in mask.shape]
+    else:
+        box = [slice(max(0, int(i.min()) - margin), min(n, int(i.max()) + 1 + margin))
+               for i, n in zip(np.nonzero(mask), mask.shape)]
+    return box[0], box[1], box[2]
 
 
 def zscore(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -269,7 +270,8 @@ def preprocess(images: Mapping[str, ImageLike], options: Optional[PreprocessOpti
     inverse = InverseTransform(reference=_geometry_only(ref), orientation=orientation,
                                canonical=_geometry_only(canonical_grid),
                                working=_geometry_only(working_grid), bbox=bbox)
-    spacing = tuple(float(s) for s in working_grid.GetSpacing()[::-1])
+    sx, sy, sz = (float(s) for s in working_grid.GetSpacing())
+    spacing = (sz, sy, sx)
     return Preprocessed(data=data, roles=tuple(roles), brain=brain, inverse=inverse,
                         spacing=spacing, warnings=warnings)
 

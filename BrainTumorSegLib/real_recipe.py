@@ -35,9 +35,9 @@ from .errors import InputError
 from .inference import SegmentOptions, segment
 from .labels import REGIONS, detect_scheme
 from .metrics import case_metrics
+from .networks import build
 from .postprocessing import PostprocessOptions, postprocess
 from .recipes import DEMO_OPTIONS
-from .networks import build
 from .training import TrainConfig, check_cases, load_checkpoint, run_manifest, train
 
 MODEL_ID = "brats-glioma-v1"
@@ -46,11 +46,16 @@ VALIDATION = ("Brats18_2013_20_1", "Brats18_CBICA_AQO_1", "Brats18_CBICA_ASE_1",
 SAMPLE_CASE = "Brats18_TCIA01_231_1"  # a validation case (CC BY 3.0) shipped as the quick start's sample
 
 CITATIONS = [
-    "Menze BH et al. The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS). IEEE TMI 34(10):1993-2024, 2015. doi:10.1109/TMI.2014.2377694",
-    "Bakas S et al. Advancing The Cancer Genome Atlas glioma MRI collections with expert segmentation labels and radiomic features. Sci Data 4:170117, 2017. doi:10.1038/sdata.2017.117",
-    "Bakas S et al. Identifying the Best Machine Learning Algorithms for Brain Tumor Segmentation, Progression Assessment, and Overall Survival Prediction in the BRATS Challenge. arXiv:1811.02629, 2018",
-    "Bakas S et al. Segmentation Labels and Radiomic Features for the Pre-operative Scans of the TCGA-GBM collection. The Cancer Imaging Archive, 2017. doi:10.7937/K9/TCIA.2017.KLXWJJ1Q",
-    "Bakas S et al. Segmentation Labels and Radiomic Features for the Pre-operative Scans of the TCGA-LGG collection. The Cancer Imaging Archive, 2017. doi:10.7937/K9/TCIA.2017.GJQ7R0EF",
+    "Menze BH et al. The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS). "
+    "IEEE TMI 34(10):1993-2024, 2015. doi:10.1109/TMI.2014.2377694",
+    "Bakas S et al. Advancing The Cancer Genome Atlas glioma MRI collections with expert segmentation labels and "
+    "radiomic features. Sci Data 4:170117, 2017. doi:10.1038/sdata.2017.117",
+    "Bakas S et al. Identifying the Best Machine Learning Algorithms for Brain Tumor Segmentation, Progression "
+    "Assessment, and Overall Survival Prediction in the BRATS Challenge. arXiv:1811.02629, 2018",
+    "Bakas S et al. Segmentation Labels and Radiomic Features for the Pre-operative Scans of the TCGA-GBM collection. "
+    "The Cancer Imaging Archive, 2017. doi:10.7937/K9/TCIA.2017.KLXWJJ1Q",
+    "Bakas S et al. Segmentation Labels and Radiomic Features for the Pre-operative Scans of the TCGA-LGG collection. "
+    "The Cancer Imaging Archive, 2017. doi:10.7937/K9/TCIA.2017.GJQ7R0EF",
 ]
 LICENCE = ("Research use only; not a medical device and not validated for clinical use. Trained on BraTS "
            "2018 training data released for research under the BraTS data-use terms (TCGA-derived cases: "
@@ -98,7 +103,7 @@ def case_table(rows: Mapping[str, Dict[str, Dict[str, float]]], seconds: Mapping
                ) -> Tuple[Dict[str, Dict], Dict[str, float]]:
     """Per-case Dice, HD95 and volume error (mL, predicted minus reference) per region and seconds,
     and their means, from ``case_metrics`` rows keyed by case id."""
-    per_case = {cid: {r: {"dice": m[r]["dice"], "hd95": m[r]["hd95"],
+    per_case: Dict[str, Dict] = {cid: {r: {"dice": m[r]["dice"], "hd95": m[r]["hd95"],
                           "volume_error_ml": m[r]["volume_pred_ml"] - m[r]["volume_ref_ml"]} for r in REGIONS}
                 | {"seconds": seconds[cid]} for cid, m in rows.items()}
     mean = {f"{k}_{r}": float(np.mean([per_case[c][r][k] for c in per_case]))
@@ -126,8 +131,9 @@ def validate_bundle(bundle_dir: str, cases: Sequence[Case], device: str = "cpu",
     def run(post: PostprocessOptions) -> Dict[str, Dict[str, Dict[str, float]]]:
         return {cid: _score(postprocess(raw[cid], scheme, post), *refs[cid]) for cid in raw}
 
-    keys = list(POSTPROCESS_GRID)
-    candidates = [PostprocessOptions(**dict(zip(keys, vals))) for vals in itertools.product(*POSTPROCESS_GRID.values())]
+    candidates = [PostprocessOptions(min_et_voxels=et, min_component_voxels=comp)
+                  for et, comp in itertools.product(POSTPROCESS_GRID["min_et_voxels"],
+                                                    POSTPROCESS_GRID["min_component_voxels"])]
     mean_dice = []
     for post in candidates:
         rows = run(post)

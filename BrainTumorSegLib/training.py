@@ -171,7 +171,7 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
         scale = rng.uniform(0.85, 1.15)
         c, s = math.cos(angle) / scale, math.sin(angle) / scale
         theta = torch.tensor([[[1 / scale, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0]]], dtype=torch.float32)
-        grid = F.affine_grid(theta, (1, 1) + y.shape, align_corners=False)
+        grid = F.affine_grid(theta, [1, 1, *y.shape], align_corners=False)
         x = F.grid_sample(torch.from_numpy(x)[None], grid, mode="bilinear", align_corners=False)[0].numpy()
         y = F.grid_sample(torch.from_numpy(y[None, None].astype(np.float32)), grid, mode="nearest",
                           align_corners=False)[0, 0].numpy().astype(np.uint8)
@@ -246,9 +246,9 @@ def compute_loss(name: str, out: Dict, classes: torch.Tensor, epoch: int) -> tor
     if name == "resunet":
         regions = regions_of(classes)
         loss = sigmoid_dice_bce(out["out"], regions)
-        for w, ds in zip((0.5, 0.25), out.get("deep_supervision", [])):
+        for ds_weight, ds in zip((0.5, 0.25), out.get("deep_supervision", [])):
             target = F.interpolate(regions, size=ds.shape[2:], mode="nearest")
-            loss = loss + w * sigmoid_dice_bce(ds, target)
+            loss = loss + ds_weight * sigmoid_dice_bce(ds, target)
         return loss / 1.75
     if name == "agse_vnet":
         onehot = F.one_hot(classes, 4).movedim(-1, 1).float()
@@ -309,7 +309,7 @@ def validate(net, name: str, val_files: Sequence[str], patch, device: torch.devi
     net.eval()
     bundle = bundles.Bundle("(training)", {"output_kind": net.output_kind, "patch_size": list(patch),
                                            "network": name}, net)
-    dices = {"WT": [], "TC": [], "ET": []}
+    dices: Dict[str, List[float]] = {"WT": [], "TC": [], "ET": []}
     for f in val_files:
         c = CachedCase(f)
         probs, _, _ = predict_probabilities(c.data.astype(np.float32), [bundle], device,
@@ -442,14 +442,15 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
             scaler.load_state_dict(st["scaler"])
         start_epoch, best, history = st["epoch"] + 1, st["best"], json.loads(st["history"])
         log(f"resumed after epoch {st['epoch']}")
-    model = net
+    model: torch.nn.Module = net
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     # each process draws its own share of the epoch's samples; `batch` is per process
     ds = PatchDataset(files["train"], patch, cfg.iters_per_epoch * cfg.batch * dist.world, cfg.seed,
                       cfg.fg_fraction, cfg.domain_randomization, files["replay"], cfg.replay_fraction)
-    sampler = (torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
-               if dist.world > 1 else None)
+    sampler: Optional[torch.utils.data.distributed.DistributedSampler] = (
+        torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
+        if dist.world > 1 else None)
     show = dist.main and log is not None
     progress_lines = os.environ.get("BRAINTUMORSEG_PROGRESS") == "lines"  # for the Slicer module
     for epoch in range(start_epoch, cfg.epochs):
@@ -530,7 +531,7 @@ def run_manifest(cfg: TrainConfig, out_dir: str, data_used: Dict[str, List[str]]
                  best: float, world_size: int = 1) -> Dict:
     """The manifest of a run's bundle: architecture, preprocessing, training settings and data,
     the last validation Dice (callers add their own fields)."""
-    last_val = next((r for r in reversed(history) if "dice_WT" in r), {})
+    last_val: Dict = next((r for r in reversed(history) if "dice_WT" in r), {})
     return {
         "id": os.path.basename(os.path.abspath(out_dir)), "version": "1", "network": cfg.network,
         "options": cfg.options, "label_scheme": cfg.label_scheme, "normalization": "z-score over brain voxels",

@@ -82,7 +82,8 @@ def set_terminology(segment, entry: str) -> None:
 def _register_converter_rules() -> None:
     """Slicer registers these at start-up; plain ``slicer-core`` does not."""
     fac = slicer.vtkSegmentationConverterFactory.GetInstance()
-    if fac.ConstructRepresentationObjectByRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()) is None:
+    labelmap = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    if fac.ConstructRepresentationObjectByRepresentation(labelmap) is None:
         fac.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
         fac.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
 

@@ -1,7 +1,7 @@
 """What every network declares, so inference and training treat all of them the same way."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -50,6 +50,11 @@ class SegmentationNetwork(nn.Module):
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def region_of_interest(self, volume: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
+        """Where in a (C, z, y, x) volume the sliding window runs; None means everywhere. A cascade
+        narrows it with its first stage; every other network looks at the whole volume."""
+        return None
+
     def _named_blocks(self, names: Tuple[str, ...]) -> List[nn.Module]:
         blocks: List[nn.Module] = []
         for name in names:
@@ -77,7 +82,7 @@ class SegmentationNetwork(nn.Module):
                 return _inner(*args)
 
             m.forward = forward  # the instance attribute leaves the state_dict untouched
-            m._checkpointed = True
+            setattr(m, "_checkpointed", True)  # noqa: B010 - a plain flag on a torch Module
         return len(blocks)
 
     def spec(self) -> Dict:

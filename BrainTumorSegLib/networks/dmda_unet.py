@@ -25,7 +25,7 @@ TTA by 3D rotations (section 3.6) belongs to inference and is replaced there by 
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from ..sliding_window import sliding_window
 from .base import SegmentationNetwork, conv3d
-
 
 # ----------------------------------------------------------------------------- stage 1 (2D)
 
@@ -178,11 +177,12 @@ class DAUnet3D(SegmentationNetwork):
         for down, enc in zip(self.down, self.enc):
             skips.append(enc(down(skips[-1])))
         y = skips.pop()
-        fused = None
+        fused: Optional[torch.Tensor] = None
         for i in reversed(range(3)):
             y = self.loc[i](self.att[i](skips[i]), self.up[i](y))
             s = self.seg[i](y)
             fused = s if fused is None else s + F.interpolate(fused, scale_factor=2, mode="trilinear", align_corners=False)
+        assert fused is not None
         return {"out": fused}
 
 
@@ -235,7 +235,7 @@ class DMDACascade(SegmentationNetwork):
             return None
         idx = torch.nonzero(mask)
         lo, hi = idx.min(0).values.tolist(), (idx.max(0).values + 1).tolist()
-        box = []
+        box: List[slice] = []
         for a, b, n in zip(lo, hi, mask.shape):
             a, b = max(0, a - self.margin), min(n, b + self.margin)
             if b - a < self.cube:  # centre a full cube on the tumor when the volume allows
@@ -243,13 +243,18 @@ class DMDACascade(SegmentationNetwork):
                 a = max(0, min(c - self.cube // 2, n - self.cube))
                 b = min(n, a + self.cube)
             box.append(slice(a, b))
-        return tuple(box)
+        return box[0], box[1], box[2]
+
+    @torch.no_grad()
+    def region_of_interest(self, volume: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
+        """Stage 1's box (see :meth:`roi`): what ``segment`` slides stage 2 over; None when stage 1
+        finds nothing, and stage 2 then looks at the whole volume."""
+        return self.roi(self.locate(volume).cpu())
 
     @torch.no_grad()
     def predict(self, volume: torch.Tensor, overlap: float = 0.5) -> Dict[str, object]:
         """Region logits (3, z, y, x) for a (C, z, y, x) volume, and where stage 2 looked."""
-        mask = self.locate(volume)
-        box = self.roi(mask)
+        box = self.region_of_interest(volume)
         region = box if box is not None else tuple(slice(0, n) for n in volume.shape[1:])
         sub = volume[(slice(None),) + region]
         logits = sliding_window(sub, lambda b: self.stage2(b), (self.cube,) * 3, 3, overlap)

@@ -31,8 +31,15 @@ from BrainTumorSegLib.cases import find_cases
 from BrainTumorSegLib.networks import NETWORKS, build
 from BrainTumorSegLib.networks.flops import count_parameters
 from BrainTumorSegLib.recipes import held_out_scores
-from BrainTumorSegLib.training import (DEFAULTS, PatchDataset, TrainConfig, _make_optimizer, cache_case,
-                                       compute_loss, train)
+from BrainTumorSegLib.training import (
+    DEFAULTS,
+    PatchDataset,
+    TrainConfig,
+    _make_optimizer,
+    cache_case,
+    compute_loss,
+    train,
+)
 
 ITERS_PER_EPOCH = 10
 

@@ -51,12 +51,11 @@ def main() -> None:
         print(f"\n{b.id}{' (demo)' if b.demo else ''}")
         print(f"{'case':<24}" + "".join(f"{'Dice ' + r:>9}" for r in REGIONS) + "".join(f"{'HD95 ' + r:>9}" for r in REGIONS)
               + "".join(f"{'dV ' + r + ' mL':>11}" for r in REGIONS) + f"{'s':>7}")
-        for cid, row in list(per_case.items()) + [("mean", None)]:
-            get = (lambda k, r: mean[f"{k}_{r}"]) if row is None else (lambda k, r, row=row: row[r][k])
-            secs = mean["seconds"] if row is None else row["seconds"]
-            print(f"{cid:<24}" + "".join(f"{get('dice', r):>9.3f}" for r in REGIONS)
-                  + "".join(f"{get('hd95', r):>9.1f}" for r in REGIONS)
-                  + "".join(f"{get('volume_error_ml', r):>11.1f}" for r in REGIONS) + f"{secs:>7.1f}")
+        mean_row = {r: {k: mean[f"{k}_{r}"] for k in ("dice", "hd95", "volume_error_ml")} for r in REGIONS}
+        for cid, row in list(per_case.items()) + [("mean", dict(mean_row, seconds=mean["seconds"]))]:
+            print(f"{cid:<24}" + "".join(f"{row[r]['dice']:>9.3f}" for r in REGIONS)
+                  + "".join(f"{row[r]['hd95']:>9.1f}" for r in REGIONS)
+                  + "".join(f"{row[r]['volume_error_ml']:>11.1f}" for r in REGIONS) + f"{row['seconds']:>7.1f}")
         summary.append((b.id, mean))
     print("\nsummary (mean over the validation cases)")
     for mid, m in summary:

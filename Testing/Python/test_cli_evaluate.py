@@ -6,8 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from conftest import make_image, run_cli, one_line_error
+from conftest import make_image, one_line_error, run_cli
 
 
 def seg_path(phantom_dir, i):

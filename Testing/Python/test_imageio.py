@@ -5,10 +5,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import make_image, rotation_direction
 
 from BrainTumorSegLib import imageio
 from BrainTumorSegLib.errors import InputError
-from conftest import make_image, rotation_direction
 
 EXTS = [".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"]
 

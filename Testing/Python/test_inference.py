@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import one_line_error, run_cli
 
 import BrainTumorSegLib
 from BrainTumorSegLib import bundles
@@ -17,8 +18,8 @@ from BrainTumorSegLib.errors import Cancelled, InputError
 from BrainTumorSegLib.imageio import same_grid
 from BrainTumorSegLib.inference import SegmentOptions, probabilities_to_labels, segment
 from BrainTumorSegLib.networks import build
+from BrainTumorSegLib.postprocessing import PostprocessOptions
 from BrainTumorSegLib.preprocessing import PreprocessOptions, preprocess
-from conftest import one_line_error, run_cli
 
 TINY = {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]}
 
@@ -321,3 +322,37 @@ def test_glibc_malloc_tuning_leaves_labels_unchanged(tiny_bundle, small_case_dir
     if sys.platform.startswith("linux"):
         import platform
         assert tune_glibc_malloc() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_segment_runs_the_cascade_as_the_network_predicts_it(small_case_dir, tmp_path):
+    """The DM-DA cascade through segment(): stage 1 narrows the windows to its box, and the
+    probabilities inside it are those of DMDACascade.predict (the path the network tests check)."""
+    torch.manual_seed(0)
+    net = build("dmda_unet", cube=32, margin=2, channels_2d=[4, 8, 16, 32], channels_3d=[4, 8, 16, 32]).eval()
+    with torch.no_grad():  # stage 1 sees tumor in a small block only
+        net.stage1.head.weight.zero_()
+        net.stage1.head.bias.copy_(torch.tensor([50.0, 0.0, 0.0, 0.0]))
+    case = find_case(small_case_dir)
+    data = torch.from_numpy(preprocess(case.sequences).data)
+    block = (slice(20, 30), slice(30, 40), slice(25, 35))
+
+    def locate(volume, slice_batch=16):
+        mask = torch.zeros(volume.shape[1:], dtype=torch.bool)
+        mask[block] = True
+        return mask
+
+    net.locate = locate  # a stand-in for a trained stage 1 that found this block
+    folder = bundles.save(net, tmp_path / "cascade", {"id": "cascade", "network": "dmda_unet", "label_scheme": "brats2021",
+                                                      "options": {"cube": 32, "margin": 2, "channels_2d": [4, 8, 16, 32],
+                                                                  "channels_3d": [4, 8, 16, 32]}, "patch_size": [32, 32, 32]})
+    loaded = bundles.load(folder)
+    loaded.network.locate = locate
+    res = segment(case.sequences, loaded, "cpu", SegmentOptions(postprocess=PostprocessOptions(), cpu_bf16=False))
+    expected = net.predict(data)
+    box = tuple(slice(a, b) for a, b in expected["region"])
+    assert expected["found_by_stage1"] and all(b.stop - b.start == 32 for b in box)
+    probs = torch.from_numpy(res.probabilities)
+    assert torch.allclose(probs[(slice(None),) + box], torch.sigmoid(expected["logits"][(slice(None),) + box]), atol=1e-5)
+    outside = torch.ones(probs.shape[1:], dtype=torch.bool)
+    outside[box] = False
+    assert (probs[:, outside] == 0).all()

@@ -2,9 +2,16 @@ import numpy as np
 import pytest
 
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.labels import (SCHEMES, check_scheme, classes_to_labels, convert_scheme,
-                                     detect_scheme, labels_to_classes, labels_to_regions,
-                                     regions_to_labels)
+from BrainTumorSegLib.labels import (
+    SCHEMES,
+    check_scheme,
+    classes_to_labels,
+    convert_scheme,
+    detect_scheme,
+    labels_to_classes,
+    labels_to_regions,
+    regions_to_labels,
+)
 
 
 @pytest.mark.parametrize("scheme", ["brats2021", "brats2023"])

@@ -6,8 +6,16 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from BrainTumorSegLib.labels import SCHEMES
-from BrainTumorSegLib.metrics import (HD95_EMPTY, case_metrics, dice, hd95, sensitivity,
-                                      specificity, summarize, surface_distances)
+from BrainTumorSegLib.metrics import (
+    HD95_EMPTY,
+    case_metrics,
+    dice,
+    hd95,
+    sensitivity,
+    specificity,
+    summarize,
+    surface_distances,
+)
 
 
 def random_shape(rng, shape):
@@ -39,7 +47,8 @@ def test_pooled_hd95_matches_brute_force(seed):
     rng = np.random.default_rng(100 + seed)
     spacing = SPACINGS[seed]
     a, b = random_shape(rng, (12, 20, 18)), random_shape(rng, (12, 20, 18))
-    surf = lambda m: m & ~ndimage.binary_erosion(m)
+    def surf(m):
+        return m & ~ndimage.binary_erosion(m)
     pa = np.argwhere(surf(a)) * np.array(spacing)
     pb = np.argwhere(surf(b)) * np.array(spacing)
     d_ab = cKDTree(pb).query(pa)[0]

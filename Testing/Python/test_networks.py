@@ -91,7 +91,9 @@ def test_box_sum_equals_clipped_window_sum_for_any_radius():
         got = box_sum(x, r)
         ref = torch.zeros_like(x)
         for z, y, w in np.ndindex(5, 6, 7):
-            ref[..., z, y, w] = x[..., max(0, z - r):z + r + 1, max(0, y - r):y + r + 1, max(0, w - r):w + r + 1].sum((-3, -2, -1))
+            window = (Ellipsis, slice(max(0, z - r), z + r + 1), slice(max(0, y - r), y + r + 1),
+                      slice(max(0, w - r), w + r + 1))
+            ref[..., z, y, w] = x[window].sum((-3, -2, -1))
         assert torch.allclose(got, ref)
 
 

@@ -1,7 +1,8 @@
 """Each network overfits one synthetic case in a short CPU run: proof that it can learn.
 
 The case is a real phantom, preprocessed (crop, z-score), downsampled to 2 mm and cropped to a
-48^3 box around the tumor so that a few hundred steps fit in CI. Training stops once WT, TC and ET Dice (eval mode) all exceed 0.9,
+48^3 box around the tumor so that a few hundred steps fit in CI. Training stops once WT, TC and ET Dice (eval mode)
+all exceed 0.9,
 checked every 25 steps, and fails after 400 steps. AGSE-VNet is trained without
 its dropout of 0.5 (dropout fights memorising one case by design); the others as built.
 """

@@ -5,10 +5,10 @@ import sys
 import zipfile
 
 import pytest
+from conftest import run_cli
 
 from BrainTumorSegLib import __version__, bundles, extras
 from BrainTumorSegLib.errors import InputError
-from conftest import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

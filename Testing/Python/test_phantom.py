@@ -3,10 +3,10 @@ import os
 
 import numpy as np
 import SimpleITK as sitk
+from conftest import run_cli
 
 from BrainTumorSegLib.cases import find_cases
 from BrainTumorSegLib.phantom import BRATS_SIZE
-from conftest import run_cli
 
 
 def arr(path):
@@ -46,7 +46,8 @@ def test_phantom_looks_like_skull_stripped_brats(phantom_case_dir):
     assert all((img[s] > 0).sum() == brain.sum() for s in img)
     assert (seg[~brain] == 0).all()
     normal = brain & (seg == 0)
-    med = lambda s, m: np.median(img[s][m]) / np.median(img[s][normal])
+    def med(s, m):
+        return np.median(img[s][m]) / np.median(img[s][normal])
     assert med("flair", seg == 2) > 1.4     # edema bright on FLAIR
     assert med("t2", seg == 2) > 1.2        # and on T2
     assert med("t1", seg == 1) < 0.75       # necrosis dark on T1

@@ -3,12 +3,18 @@ import logging
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import analytic_image, make_image, rotation_direction
 
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.imageio import same_grid
-from BrainTumorSegLib.preprocessing import (PreprocessOptions, labels_to_working, overlap_fraction,
-                                            preprocess, register_rigid, resample_to)
-from conftest import analytic_image, make_image, rotation_direction
+from BrainTumorSegLib.preprocessing import (
+    PreprocessOptions,
+    labels_to_working,
+    overlap_fraction,
+    preprocess,
+    register_rigid,
+    resample_to,
+)
 
 ORIENTATIONS = ["LPS", "RAS", "RAI", "LPI", "PIR", "SAL", "ILP", "ASR"]
 

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import run_cli
 
 from BrainTumorSegLib.cases import find_cases
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.training import (DEFAULTS, PatchDataset, TrainConfig, cache_case, check_cases,
-                                       compute_loss, train)
 from BrainTumorSegLib.networks import build
-from conftest import run_cli
+from BrainTumorSegLib.training import DEFAULTS, PatchDataset, TrainConfig, cache_case, check_cases, compute_loss, train
 
 SMALL = {"resunet": {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]},
          "agse_vnet": {"dropout": 0.0}}  # its 0.5 dropout makes 10 steps too noisy to compare

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import slicer
 import vtk
+from conftest import lib_python, run_lib
 
 from BrainTumorSegModuleLib import jobs
-from BrainTumorSegModuleLib.logic import (SEGMENTS, BrainTumorSegLogic, ModuleError, ijk_to_ras, model_tooltip,
-                                          voxels)
+from BrainTumorSegModuleLib.logic import SEGMENTS, BrainTumorSegLogic, ModuleError, ijk_to_ras, model_tooltip, voxels
 from BrainTumorSegModuleLib.roles import assign, role_of
-from conftest import lib_python, run_lib
 
 ROLES = ("t1", "t1ce", "t2", "flair")
 
@@ -60,7 +59,7 @@ def test_segment_gives_named_segments_on_the_t1ce_grid_identical_to_the_cli(scen
     segmentation = seg.GetSegmentation()
     assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
         ["Necrotic tumor core", "Peritumoral edema", "Enhancing tumor"]
-    for key, title, colour, term in SEGMENTS:
+    for key, _title, colour, term in SEGMENTS:
         s = segmentation.GetSegment(key)
         assert np.allclose(s.GetColor(), colour)
         assert s.GetTerminology() == term
@@ -251,8 +250,9 @@ def test_device_query_lists_the_cpu(logic):
 def test_dependency_list_matches_pyproject():
     import re
 
-    from BrainTumorSegModuleLib import dependencies
     from conftest import ROOT
+
+    from BrainTumorSegModuleLib import dependencies
 
     text = open(os.path.join(ROOT, "pyproject.toml")).read()
     deps = re.search(r"dependencies = \[(.*?)\]", text, re.S).group(1)
