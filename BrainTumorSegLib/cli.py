@@ -149,7 +149,8 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
                                 epochs=args.epochs, iters=args.iters, seed=args.seed)
     else:
         out = train_real(args.data, args.out, variant=args.variant, epochs=args.epochs, iters=args.iters,
-                         seed=args.seed, resume=True, export=args.export, cache_dir=args.cache)
+                         seed=args.seed, resume=True, export=args.export, cache_dir=args.cache,
+                         init_from=args.init_from)
     print(f"model bundle: {out}")
     return 0
 
@@ -455,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr2.add_argument("--seed", type=int, default=0)
     tr2.add_argument("--export", help="where to write the bundle (default RUNDIR/brats-glioma-v1)")
     tr2.add_argument("--cache", help="folder of preprocessed cases (default RUNDIR/cache); variants may share one")
+    tr2.add_argument("--init-from", metavar="MODEL", help="start from this bundle's weights (e.g. the last "
+                                                          "exported model, when the run folder was lost)")
     tr2.add_argument("--from-checkpoint", metavar="PT", help="no training: export and validate this checkpoint of "
                                                             "the run (e.g. the best so far of a run still going)")
     tr2.set_defaults(func=_cmd_train_recipe)

@@ -157,7 +157,9 @@ class Plan:
     extra: Dict
 
 
-def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int) -> Plan:
+def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_from: Optional[str] = None) -> Plan:
+    """The run of ``variant``; ``init_from`` (a bundle) replaces the variant's initial weights, e.g.
+    to continue from the last exported model when a run folder was lost."""
     if variant not in VARIANTS:
         raise InputError(None, f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     v = VARIANTS[variant]
@@ -165,8 +167,9 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int) -> Pla
     cfg = TrainConfig(network="resunet", options=DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
                       patch=v.patch, seed=seed, val_every=2, spacing=v.spacing)
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "
-              f"--epochs {epochs} --iters {iters} --seed {seed}")
-    init = bundles.load(v.init_from) if v.init_from else None
+              f"--epochs {epochs} --iters {iters} --seed {seed}" + (f" --init-from {init_from}" if init_from else ""))
+    start = init_from or v.init_from
+    init = bundles.load(start) if start else None
     extra = {"id": MODEL_ID, "demo": False, "clinical_use": False, "description": DESCRIPTION, "note": NOTE,
              "recipe": recipe, "variant": variant, "patch_size": list(v.window), "licence": LICENCE,
              "citations": CITATIONS,
@@ -195,7 +198,7 @@ def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print) 
 
 def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 30, iters: int = 100,
                seed: int = 0, resume: bool = True, export: Optional[str] = None, cache_dir: Optional[str] = None,
-               log=print) -> str:
+               init_from: Optional[str] = None, log=print) -> str:
     """Train (or resume) one variant, validate it through ``segment`` and export the bundle.
 
     Args:
@@ -207,8 +210,10 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
         resume: continue from the run folder's last checkpoint when there is one.
         export: where to write the final bundle (default ``run_dir/<MODEL_ID>``).
         cache_dir: preprocessed cases (default ``run_dir/cache``); variants can share one.
+        init_from: a bundle to start from instead of the variant's initialisation (a new run that
+            continues from exported weights; its schedule starts again).
     """
-    p = plan(data_dir, variant, epochs, iters, seed)
+    p = plan(data_dir, variant, epochs, iters, seed, init_from)
     trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,
                     bundle_manifest=p.extra, log=log, cache_dir=cache_dir)
     b = bundles.load(trained)

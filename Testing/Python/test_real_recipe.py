@@ -1,0 +1,86 @@
+"""The real-data recipe's machinery (split, manifest, validation through segment, checkpoint
+export, resume) on small synthetic stand-ins named like the real cases: the real cases stay out
+of the default test run."""
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from BrainTumorSegLib import bundles
+from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.real_recipe import CITATIONS, MODEL_ID, VALIDATION, export_checkpoint, split, train_real
+
+
+def write_case(root, case_id: str, seed: int) -> None:
+    """A 48^3 1 mm 'brain' ball with a tumor (edema around a core with an enhancing rim)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:48, :48, :48]
+    brain = (z - 24) ** 2 + (y - 24) ** 2 + (x - 24) ** 2 < 20 ** 2
+    c = rng.integers(18, 30, 3)
+    r = np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2)
+    seg = np.zeros(brain.shape, np.uint8)
+    seg[(r < 9) & brain] = 2
+    seg[r < 5] = 4
+    seg[r < 3] = 1
+    folder = os.path.join(root, case_id)
+    os.makedirs(folder)
+    contrast = {"t1": (1.0, 0.6, 0.8, 0.4), "t1ce": (1.0, 0.5, 1.0, 1.8), "t2": (1.0, 1.6, 1.8, 1.4),
+                "flair": (1.0, 1.2, 1.9, 1.3)}
+    for role, (base, ncr, ed, et) in contrast.items():
+        img = np.where(brain, base, 0.0) * 100
+        for label, k in ((1, ncr), (2, ed), (4, et)):
+            img[seg == label] = 100 * k
+        img = np.where(brain, img + rng.normal(0, 3, img.shape), 0).astype(np.float32)
+        sitk.WriteImage(sitk.GetImageFromArray(img), os.path.join(folder, f"{case_id}_{role}.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(seg), os.path.join(folder, f"{case_id}_seg.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory):
+    root = tmp_path_factory.mktemp("realish")
+    for i, cid in enumerate(list(VALIDATION) + ["Brats18_CBICA_ABM_1", "Brats18_TCIA02_135_1"]):
+        write_case(str(root), cid, i)
+    return str(root)
+
+
+def test_split_is_fixed_and_refuses_data_without_the_validation_cases(standins, tmp_path):
+    train, val = split(standins)
+    assert [c.case_id for c in val] == sorted(VALIDATION) and len(train) == 2
+    assert not {c.case_id for c in train} & set(VALIDATION)
+    assert len({v.split("_")[1] for v in VALIDATION}) >= 3  # three institution prefixes
+    write_case(str(tmp_path), "Brats18_CBICA_ABM_1", 0)
+    with pytest.raises(InputError, match="lacks the recipe's validation case"):
+        split(str(tmp_path))
+
+
+def test_recipe_trains_validates_through_segment_exports_and_resumes(standins, tmp_path):
+    run = tmp_path / "run"
+    out = train_real(standins, str(run), variant="2mm", epochs=1, iters=2, cache_dir=str(tmp_path / "cache"),
+                     log=lambda *a: None)
+    assert out == str(run / MODEL_ID)
+    m = bundles.read_manifest(out)
+    assert m["id"] == MODEL_ID and not m["demo"] and m["clinical_use"] is False
+    assert m["preprocessing"]["spacing_mm"] == 2.0 and m["patch_size"] == [64, 64, 64]
+    assert m["training_data"]["validation"] == sorted(VALIDATION)
+    assert set(m["training_data"]["train"]) == {"Brats18_CBICA_ABM_1", "Brats18_TCIA02_135_1"}
+    assert m["citations"] == CITATIONS and "not a medical device" in m["licence"] and m["note"]
+    v = m["metrics"]["validation_segment"]
+    assert sorted(v["per_case"]) == sorted(VALIDATION)
+    for key in ("dice_WT", "dice_TC", "dice_ET", "hd95_WT", "hd95_TC", "hd95_ET", "seconds"):
+        assert np.isfinite(v["mean"][key])
+    # the stored postprocessing is the grid point with the best mean Dice on the validation cases
+    best = max(v["postprocessing_search"]["mean_dice"], key=lambda pd: pd[1])
+    assert {k: m["postprocessing"][k] for k in best[0]} == best[0]
+    assert json.load(open(run / "config.json"))["config"]["spacing"] == 2.0
+    # a finished run resumed: nothing more to train, the same weights exported again
+    again = train_real(standins, str(run), variant="2mm", epochs=1, iters=2, cache_dir=str(tmp_path / "cache"),
+                       log=lambda *a: None)
+    assert bundles.read_manifest(again)["weights_sha256"] == m["weights_sha256"]
+    # any checkpoint of the run becomes a validated bundle that says what it is
+    snap = export_checkpoint(standins, str(run), str(run / "checkpoint_last.pt"), str(tmp_path / "snap"),
+                             epochs=1, iters=2, log=lambda *a: None)
+    sm = bundles.read_manifest(snap)
+    assert sm["training"]["trained"] == {"epochs": 1, "iterations": 2, "checkpoint": "checkpoint_last.pt"}
+    assert "validation_segment" in sm["metrics"] and bundles.load(snap).network is not None
