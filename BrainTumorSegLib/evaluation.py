@@ -97,7 +97,14 @@ def match_folders(pred_dir: str, ref_dir: str) -> List[Tuple[str, str, str]]:
 
 def evaluate(pred: PathLike, ref: PathLike, hd95_definition: str = "max",
              pred_scheme: Optional[str] = None, ref_scheme: Optional[str] = None) -> List[CaseResult]:
-    """Evaluate one file pair or two folders matched by case id."""
+    """Evaluate one file pair or two folders matched by case id.
+
+    Args:
+        pred: a predicted label file, or a folder of ``<case id>.nii.gz`` (or case folders).
+        ref: the expert label file, or a folder of cases holding ``*_seg`` / ``-seg`` files.
+        hd95_definition: ``"max"`` (max of the directed 95th percentiles) or ``"pooled"``.
+        pred_scheme, ref_scheme: ``"brats2021"`` or ``"brats2023"``; detected from the values if None.
+    """
     p, r = os.fspath(pred), os.fspath(ref)
     for path in (p, r):
         if not os.path.exists(path):

@@ -232,12 +232,15 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
             model: Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]]] = bundles.DEFAULT_MODEL,
             device: str = "auto", options: Optional[SegmentOptions] = None,
             progress: Optional[Progress] = None, cancel: Optional[threading.Event] = None) -> SegmentationResult:
-    """Segment one case.
+    """Segment one case; returns labels on the reference input's grid and what was measured.
 
-    ``inputs`` maps roles (t1, t1ce, t2, flair) to paths, SimpleITK images or ``(array, geometry)``.
-    ``model`` is a bundle, a name or path, or a list of them (an ensemble). ``progress(stage,
-    fraction)`` is called as work proceeds; setting ``cancel`` stops within one window and raises
-    :class:`Cancelled`. Returns labels on the reference input's grid and what was measured.
+    Args:
+        inputs: roles (t1, t1ce, t2, flair) to paths, SimpleITK images or ``(array, geometry)``.
+        model: a bundle, an installed name or a folder, or a list of them (an ensemble).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        options: TTA, overlap, uncertainty, label scheme, postprocessing, precision...
+        progress: called as ``progress(stage, fraction)`` while work proceeds.
+        cancel: when set, work stops within one window and :class:`Cancelled` is raised.
     """
     opts = options or SegmentOptions()
     t0 = time.perf_counter()

@@ -212,7 +212,13 @@ def looks_skull_stripped(volume: np.ndarray, min_zero_fraction: float) -> Tuple[
 
 def preprocess(images: Mapping[str, ImageLike], options: Optional[PreprocessOptions] = None,
                roles: Sequence[str] = SEQUENCES) -> Preprocessed:
-    """Run the forward transform on per-role images (paths or SimpleITK images)."""
+    """Run the forward transform on per-role images; ``Preprocessed.inverse`` is the way back.
+
+    Args:
+        images: role (t1, t1ce, t2, flair) to a path or a SimpleITK image.
+        options: reference role, isotropic spacing, registration, crop margin, normalisation.
+        roles: the roles to use, in the network's channel order.
+    """
     opt = options or PreprocessOptions()
     missing = [r for r in roles if r not in images or images[r] is None]
     if missing:

@@ -389,10 +389,18 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
           replay_cases: Sequence[Case] = ()) -> str:
     """Run (or resume) a training run in ``out_dir``; returns the exported bundle folder.
 
-    ``cache_dir`` (default ``out_dir/cache``) holds the preprocessed cases; runs on the same
-    files can share it. ``init_from`` starts from a bundle's weights (fine-tuning), and
-    ``replay_cases`` are mixed in with probability ``cfg.replay_fraction``. Under torchrun every
-    process runs this; rank 0 alone logs, validates, checkpoints and exports.
+    Under torchrun every process runs this; rank 0 alone logs, validates, checkpoints and exports.
+
+    Args:
+        cfg: network, options, schedule length, batch, patch, seed, device, precision...
+        train_cases, val_cases: cases with four sequences and a seg (see :func:`check_cases`).
+        out_dir: the run folder (config, checkpoints, log.csv, curves.png, the bundle in ``model``).
+        resume: continue from ``out_dir/checkpoint_last.pt`` when it exists.
+        init_from: start from this bundle's weights (fine-tuning) instead of a seeded initialisation.
+        bundle_manifest: fields added to the exported bundle's manifest.
+        log: where progress lines go.
+        cache_dir: preprocessed cases (default ``out_dir/cache``); runs on the same files can share it.
+        replay_cases: earlier cases mixed in with probability ``cfg.replay_fraction``.
     """
     extras.require("train")
     dist, device = init_distributed(cfg.device)
@@ -555,8 +563,16 @@ def finetune(model: Union[str, bundles.Bundle], train_cases: Sequence[Case], val
     """Continue training a model bundle on new cases (e.g. corrected in Slicer).
 
     Network, options, label scheme and (unless given) patch size come from the bundle; the
-    learning rate defaults to ``FINETUNE_LR_FACTOR`` times the network's. ``replay_cases``
-    (earlier training data) are mixed in so the model does not forget them.
+    learning rate defaults to ``FINETUNE_LR_FACTOR`` times the network's.
+
+    Args:
+        model: the bundle to start from (installed name, folder, or a loaded bundle).
+        train_cases, val_cases: the new cases, and cases to validate on (may be empty).
+        out_dir: the run folder.
+        cfg: training settings (network, options and label scheme are taken from the bundle).
+        replay_cases: earlier training data mixed in so the model does not forget them.
+        resume: continue an interrupted fine-tuning in ``out_dir``.
+        log: where progress lines go.
     """
     b = model if isinstance(model, bundles.Bundle) else bundles.load(model)
     m = b.manifest
