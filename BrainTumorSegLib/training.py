@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -577,14 +577,16 @@ def finetune(model: Union[str, bundles.Bundle], train_cases: Sequence[Case], val
     b = model if isinstance(model, bundles.Bundle) else bundles.load(model)
     m = b.manifest
     name = m["network"]
-    cfg = cfg or TrainConfig()
-    trained_patch = m.get("training", {}).get("config", {}).get("patch")
-    cfg.network, cfg.options = name, dict(m.get("options", {}))
-    cfg.label_scheme = m.get("label_scheme", cfg.label_scheme)
-    cfg.lr = cfg.lr or DEFAULTS[name]["lr"] * FINETUNE_LR_FACTOR
-    cfg.patch = tuple(cfg.patch or trained_patch or m["patch_size"])
-    if replay_cases and not cfg.replay_fraction:
-        cfg.replay_fraction = 0.3
+    given = cfg or TrainConfig()
+    trained = m.get("training", {}).get("config", {})
+    patch = given.patch or trained.get("patch") or m["patch_size"]
+    cfg = replace(given, network=name, options=dict(m.get("options", {})),
+                  label_scheme=m.get("label_scheme", given.label_scheme),
+                  lr=given.lr or DEFAULTS[name]["lr"] * FINETUNE_LR_FACTOR,
+                  patch=(int(patch[0]), int(patch[1]), int(patch[2])),
+                  # the working spacing the bundle was trained at (its manifest says so)
+                  spacing=(m.get("preprocessing") or {}).get("spacing_mm", given.spacing),
+                  replay_fraction=given.replay_fraction or (0.3 if replay_cases else 0.0))
     extra = {"finetuned_from": {"id": m["id"], "weights_sha256": m.get("weights_sha256")},
              "description": f"Fine-tuned from {m['id']} on {len(train_cases)} case(s)"
                             + (f" with {len(replay_cases)} replayed" if replay_cases else "")

@@ -203,3 +203,25 @@ def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(small_ca
     assert exported.manifest["training"]["world_size"] == 2
     assert r.stdout.count("model bundle:") == 2  # both ranks finish; rank 0 alone wrote the log
     assert len(open(run / "log.csv").read().splitlines()) == 3
+
+
+def test_finetune_keeps_the_bundles_working_spacing_and_the_callers_config(small_cases, small_bundle, tmp_path):
+    """A model trained on a 2 mm working grid is fine-tuned on that grid (its manifest says so), and
+    the caller's TrainConfig is left as it was."""
+    from BrainTumorSegLib import bundles
+    from BrainTumorSegLib.training import TrainConfig, finetune
+
+    src = bundles.load(small_bundle)
+    coarse = dict(src.manifest, id="coarse", preprocessing={**src.manifest.get("preprocessing", {}), "spacing_mm": 3.0})
+    coarse.pop("weights_sha256")
+    coarse_dir = bundles.save(src.network, tmp_path / "coarse", coarse)
+    mine = TrainConfig(epochs=1, iters_per_epoch=1, batch=1)
+    kept = TrainConfig(epochs=1, iters_per_epoch=1, batch=1)
+    cases = find_cases(small_cases)
+    out = finetune(coarse_dir, cases[:1], [], str(tmp_path / "ft"), mine, log=lambda *a: None)
+    assert mine == kept
+    m = bundles.read_manifest(out)
+    assert m["preprocessing"]["spacing_mm"] == 3.0 and m["training"]["config"]["spacing"] == 3.0
+    cached = [f for f in os.listdir(tmp_path / "ft" / "cache") if f.endswith(".npz")]
+    with np.load(tmp_path / "ft" / "cache" / cached[0]) as z:
+        assert tuple(z["spacing"]) == (3.0, 3.0, 3.0)
