@@ -270,6 +270,7 @@ def write_case(case: PhantomCase, outdir: PathLike) -> str:
 def generate(outdir: PathLike, n: int, seed: int = 0, start: int = 0,
              progress: Optional[Callable[[int, int], None]] = None) -> List[str]:
     """Write ``n`` cases (indices ``start`` .. ``start + n - 1``) of ``seed`` into ``outdir``."""
+    extras.require("phantoms")  # before any folder is made
     out = os.fspath(outdir)
     if os.path.exists(out) and not os.path.isdir(out):
         raise InputError(out, "exists and is not a folder")
