@@ -13,6 +13,16 @@ import torch
 import torch.nn.functional as F
 
 
+def regions_of(classes: torch.Tensor) -> torch.Tensor:
+    """(B, z, y, x) classes 0..3 (bg, NCR, ED, ET) to (B, 3, ...) float WT, TC, ET."""
+    return torch.stack([classes > 0, (classes == 1) | (classes == 3), classes == 3], 1).float()
+
+
+def onehot_of(classes: torch.Tensor, n: int = 4) -> torch.Tensor:
+    """(B, z, y, x) classes to (B, n, ...) float one-hot."""
+    return F.one_hot(classes, n).movedim(-1, 1).float()
+
+
 def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weights: Optional[Sequence[float]] = None,
                    smooth: float = 1e-5) -> torch.Tensor:
     """``probs`` and one-hot/region ``target`` of shape (B, C, ...)."""

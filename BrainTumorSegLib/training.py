@@ -30,24 +30,10 @@ from .errors import InputError
 from .imageio import read_image, same_grid
 from .inference import SegmentOptions, cpu_has_fast_bf16, predict_probabilities, probabilities_to_labels
 from .labels import check_scheme, detect_scheme, labels_to_classes
-from .losses import sigmoid_dice_bce, soft_dice_loss, softmax_dice_ce
 from .metrics import case_metrics
-from .networks import build
+from .networks import SegmentationNetwork, TrainingDefaults, build, network_class
 from .preprocessing import PreprocessOptions, labels_to_working, preprocess
 from .runlog import write_log
-
-# Each network's training defaults, in one place (written into the run folder).
-DEFAULTS: Dict[str, Dict] = {
-    "resunet": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
-                "loss": "region Dice + BCE, deep supervision weights 1, 0.5, 0.25"},
-    "agse_vnet": {"optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "schedule": "step",
-                  "step_lr": 3e-5, "loss": "categorical Dice, class weights [0.1, 1, 1, 1]"},
-    "cga_unet": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "schedule": "constant",
-                 "inter_class_from_epoch": 20, "inter_class_weight": 0.1,
-                 "loss": "softmax Dice + MSE on the attention map (+ inter-class loss after epoch 20)"},
-    "dmda_unet": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "schedule": "cosine",
-                  "loss": "stage 1: generalised Dice + weighted CE on axial slices; stage 2: region Dice"},
-}
 
 
 @dataclass
@@ -234,62 +220,30 @@ class PatchDataset(torch.utils.data.Dataset):
 
 # ----------------------------------------------------------------------------- losses
 
-def regions_of(classes: torch.Tensor) -> torch.Tensor:
-    """(B, z, y, x) classes 0..3 (bg, NCR, ED, ET) to (B, 3, ...) float WT, TC, ET."""
-    return torch.stack([classes > 0, (classes == 1) | (classes == 3), classes == 3], 1).float()
-
-
-def compute_loss(name: str, out: Dict, classes: torch.Tensor, epoch: int) -> torch.Tensor:
-    """The paper's loss for network ``name`` on its training-mode outputs (computed in fp32)."""
-    cfg = DEFAULTS[name]
+def compute_loss(net: SegmentationNetwork, out: Dict, classes: torch.Tensor, epoch: int) -> torch.Tensor:
+    """The network's own loss (its paper's) on its training-mode outputs, computed in fp32."""
     out = {k: (v.float() if torch.is_tensor(v) else [t.float() for t in v]) for k, v in out.items()}
-    if name == "resunet":
-        regions = regions_of(classes)
-        loss = sigmoid_dice_bce(out["out"], regions)
-        for ds_weight, ds in zip((0.5, 0.25), out.get("deep_supervision", [])):
-            target = F.interpolate(regions, size=ds.shape[2:], mode="nearest")
-            loss = loss + ds_weight * sigmoid_dice_bce(ds, target)
-        return loss / 1.75
-    if name == "agse_vnet":
-        onehot = F.one_hot(classes, 4).movedim(-1, 1).float()
-        return soft_dice_loss(torch.softmax(out["out"], 1), onehot, [0.1, 1, 1, 1])
-    if name == "cga_unet":
-        loss = softmax_dice_ce(out["out"], classes) - F.cross_entropy(out["out"], classes)  # softmax Dice only
-        target = F.adaptive_avg_pool3d(F.one_hot(classes, 4).movedim(-1, 1).float(), out["attention"].shape[2:])
-        loss = loss + F.mse_loss(out["attention"], target)
-        if epoch >= cfg["inter_class_from_epoch"]:
-            loss = loss + cfg["inter_class_weight"] * torch.log(1.0 / (1.0 + out["distance"])).mean()
-        return loss
-    if name == "dmda_unet":
-        loss = soft_dice_loss(torch.sigmoid(out["out"]), regions_of(classes))
-        # stage 1 on the patch's axial slices: generalised Dice + weighted cross-entropy
-        logits2 = out["axial"].float()
-        onehot = F.one_hot(classes, 4).movedim(-1, 1).float()
-        dims = (0, 2, 3, 4)
-        w = 1.0 / (onehot.sum(dims) ** 2 + 1.0)
-        p = torch.softmax(logits2, 1)
-        gdl = 1 - 2 * (w * (p * onehot).sum(dims)).sum() / ((w * (p + onehot).sum(dims)).sum() + 1e-6)
-        wce = F.cross_entropy(logits2, classes, weight=torch.tensor([0.1, 1.0, 1.0, 1.0], device=classes.device))
-        return loss + gdl + wce
-    raise InputError(None, f"no loss for network {name}")
+    return net.loss(out, classes, epoch)
 
 
 # ----------------------------------------------------------------------------- loop
 
-def _make_optimizer(net, name: str, lr: float):
-    cfg = DEFAULTS[name]
+def make_optimizer(net: SegmentationNetwork, lr: float) -> torch.optim.Optimizer:
+    """The network's optimiser over its trainable parameters."""
+    d = net.training_defaults
     params = [p for p in net.parameters() if p.requires_grad]
-    if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg["weight_decay"])
-    return torch.optim.Adam(params, lr=lr, weight_decay=cfg["weight_decay"])
+    opt_class = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[d.optimizer]
+    return opt_class(params, lr=lr, weight_decay=d.weight_decay)
 
 
-def _make_scheduler(opt, name: str, total_epochs: int, lr: float):
-    cfg = DEFAULTS[name]
-    if cfg["schedule"] == "cosine":
+def make_scheduler(opt: torch.optim.Optimizer, defaults: TrainingDefaults, total_epochs: int, lr: float):
+    """The network's learning-rate schedule over ``total_epochs``."""
+    if defaults.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_epochs), eta_min=lr * 0.01)
-    if cfg["schedule"] == "step":
-        return torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, int(total_epochs * 0.7))], gamma=cfg["step_lr"] / cfg["lr"])
+    if defaults.schedule == "step":
+        assert defaults.step_lr is not None
+        return torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, int(total_epochs * 0.7))],
+                                                    gamma=defaults.step_lr / defaults.lr)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
 
 
@@ -413,7 +367,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
     net = init_from.network if init_from is not None else build(name, **cfg.options)
     patch = tuple(cfg.patch or net.patch_size)
-    lr = cfg.lr or DEFAULTS[name]["lr"]
+    lr = cfg.lr or net.training_defaults.lr
     if cfg.freeze_encoder:
         for prm in net.encoder_parameters():
             prm.requires_grad_(False)
@@ -422,7 +376,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
     data_used = {"train": [c.case_id for c in train_cases], "validation": [c.case_id for c in val_cases],
                  "replay": [c.case_id for c in replay_cases]}
     if dist.main:
-        write_json(os.path.join(out_dir, "config.json"), {"config": asdict(cfg), "defaults": DEFAULTS[name],
+        write_json(os.path.join(out_dir, "config.json"), {"config": asdict(cfg), "defaults": asdict(net.training_defaults),
                                                            "world_size": dist.world, "device": str(device),
                                                            "cases": data_used})
         log(f"caching {len(train_cases) + len(val_cases) + len(replay_cases)} cases in {cache_dir}")
@@ -433,8 +387,8 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
     if dist.main:
         dist.barrier()
     net.to(device)
-    opt = _make_optimizer(net, name, lr)
-    sched = _make_scheduler(opt, name, cfg.epochs, lr)
+    opt = make_optimizer(net, lr)
+    sched = make_scheduler(opt, net.training_defaults, cfg.epochs, lr)
     amp_dtype = _amp_dtype(cfg, device, log)
     use_scaler = amp_dtype == torch.float16
     scaler = (torch.amp.GradScaler("cuda", enabled=use_scaler) if hasattr(torch.amp, "GradScaler")
@@ -473,7 +427,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 out = model(x)
-            loss = compute_loss(name, out, y, epoch)
+            loss = compute_loss(net, out, y, epoch)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
@@ -546,7 +500,8 @@ def run_manifest(cfg: TrainConfig, out_dir: str, data_used: Dict[str, List[str]]
         "preprocessing": {"reference": "t1ce", "canonical_orientation": "LPS", "crop": "brain bounding box",
                           "spacing_mm": cfg.spacing},
         "postprocessing": {"min_et_voxels": 0, "min_component_voxels": 0, "fill_core_holes": False},
-        "training": {"config": asdict(cfg), "defaults": DEFAULTS[cfg.network], "cases": len(data_used["train"]),
+        "training": {"config": asdict(cfg), "defaults": asdict(network_class(cfg.network).training_defaults),
+                     "cases": len(data_used["train"]),
                      "validation_cases": len(data_used["validation"]), "epochs": cfg.epochs,
                      "world_size": world_size, "data": data_used},
         "metrics": {"validation": {k: v for k, v in last_val.items() if k.startswith("dice_")},
@@ -582,7 +537,7 @@ def finetune(model: Union[str, bundles.Bundle], train_cases: Sequence[Case], val
     patch = given.patch or trained.get("patch") or m["patch_size"]
     cfg = replace(given, network=name, options=dict(m.get("options", {})),
                   label_scheme=m.get("label_scheme", given.label_scheme),
-                  lr=given.lr or DEFAULTS[name]["lr"] * FINETUNE_LR_FACTOR,
+                  lr=given.lr or b.network.training_defaults.lr * FINETUNE_LR_FACTOR,
                   patch=(int(patch[0]), int(patch[1]), int(patch[2])),
                   # the working spacing the bundle was trained at (its manifest says so)
                   spacing=(m.get("preprocessing") or {}).get("spacing_mm", given.spacing),

@@ -8,15 +8,15 @@ logits; in train mode a dict with ``"out"`` and the auxiliary outputs.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Dict, Type
 
 from .agse_vnet import AGSEVNet
-from .base import SEQUENCE_ORDER, SegmentationNetwork
+from .base import SEQUENCE_ORDER, SegmentationNetwork, TrainingDefaults
 from .cga_unet import CGAUNet
 from .dmda_unet import DMDACascade
 from .resunet import ResUNet
 
-NETWORKS: Dict[str, Callable[..., SegmentationNetwork]] = {
+NETWORKS: Dict[str, Type[SegmentationNetwork]] = {
     "resunet": ResUNet,
     "agse_vnet": AGSEVNet,
     "cga_unet": CGAUNet,
@@ -25,19 +25,27 @@ NETWORKS: Dict[str, Callable[..., SegmentationNetwork]] = {
 DEFAULT_NETWORK = "resunet"
 
 
+def network_class(name: str) -> Type[SegmentationNetwork]:
+    """The class of network ``name`` (what it declares: output kind, training defaults, loss...)."""
+    from ..errors import InputError
+
+    try:
+        return NETWORKS[name]
+    except KeyError:
+        raise InputError(None, f"unknown network {name!r}; known: {', '.join(NETWORKS)}") from None
+
+
 def build(name: str, **options) -> SegmentationNetwork:
     """Build network ``name`` with keyword ``options`` of its constructor."""
     from ..errors import InputError
 
-    try:
-        cls = NETWORKS[name]
-    except KeyError:
-        raise InputError(None, f"unknown network {name!r}; known: {', '.join(NETWORKS)}") from None
+    cls = network_class(name)
     try:
         return cls(**options)
     except TypeError as exc:
         raise InputError(None, f"bad options for network {name}: {exc}") from None
 
 
-__all__ = ["NETWORKS", "DEFAULT_NETWORK", "build", "SegmentationNetwork", "SEQUENCE_ORDER",
+__all__ = ["NETWORKS", "DEFAULT_NETWORK", "build", "network_class", "SegmentationNetwork", "TrainingDefaults",
+           "SEQUENCE_ORDER",
            "AGSEVNet", "CGAUNet", "DMDACascade", "ResUNet"]

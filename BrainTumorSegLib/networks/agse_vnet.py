@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import SegmentationNetwork, conv3d, norm3d
+from ..losses import onehot_of, soft_dice_loss
+from .base import SegmentationNetwork, TrainingDefaults, conv3d, norm3d
 
 
 def box_sum(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -133,6 +134,12 @@ class AGSEVNet(SegmentationNetwork):
     encoder_modules = ("encoders",)
     checkpoint_modules = ("encoders", "decoders")
     paper = "AGSE-VNet, seeds/agse-vnet-paper-v2.md sections 3-4"
+    training_defaults = TrainingDefaults("adam", 1e-4, 0.0, "step", step_lr=3e-5,
+                                         loss="categorical Dice, class weights [0.1, 1, 1, 1]")
+    class_weights = (0.1, 1.0, 1.0, 1.0)  # background, NCR, ED, ET (section 3)
+
+    def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
+        return soft_dice_loss(torch.softmax(out["out"], 1), onehot_of(classes), list(self.class_weights))
 
     def __init__(self, in_channels: int = 4, out_channels: int = 4, base: int = 16,
                  dropout: float = 0.5, radius: int = 16, eps: float = 0.01, norm: str = "instance") -> None:

@@ -1,7 +1,8 @@
 """What every network declares, so inference and training treat all of them the same way."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import ClassVar, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -11,6 +12,18 @@ import torch.utils.checkpoint
 SEQUENCE_ORDER = ("t1", "t1ce", "t2", "flair")  # nnU-Net's channel order for BraTS
 
 Output = Union[torch.Tensor, Dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """How a network's paper trains it: optimiser, learning rate, weight decay, schedule."""
+
+    optimizer: str            # "adam" or "adamw"
+    lr: float
+    weight_decay: float
+    schedule: str             # "cosine" (to lr/100), "step" (to step_lr at 70 % of the epochs) or "constant"
+    step_lr: Optional[float] = None
+    loss: str = ""            # the loss in words, written into the run folder
 
 
 class SegmentationNetwork(nn.Module):
@@ -34,6 +47,7 @@ class SegmentationNetwork(nn.Module):
     # the blocks whose activations are recomputed in backward under gradient checkpointing.
     encoder_modules: Tuple[str, ...] = ()
     checkpoint_modules: Tuple[str, ...] = ()
+    training_defaults: ClassVar[TrainingDefaults]
 
     def forward(self, x: torch.Tensor) -> Output:
         size = x.shape[2:]
@@ -49,6 +63,11 @@ class SegmentationNetwork(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The paper's loss on the training-mode outputs ``out`` (fp32) for target ``classes``
+        (B, z, y, x) in 0..3 (background, NCR, ED, ET) at ``epoch`` (0-based)."""
+        raise NotImplementedError  # pragma: no cover - every network defines its own
 
     def region_of_interest(self, volume: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
         """Where in a (C, z, y, x) volume the sliding window runs; None means everywhere. A cascade

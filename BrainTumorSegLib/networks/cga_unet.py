@@ -42,8 +42,10 @@ from typing import Dict
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .base import SegmentationNetwork, conv3d, norm3d
+from ..losses import onehot_of, softmax_dice_ce
+from .base import SegmentationNetwork, TrainingDefaults, conv3d, norm3d
 
 
 class ResBlock(nn.Module):
@@ -104,6 +106,20 @@ class CGAUNet(SegmentationNetwork):
     encoder_modules = ("init_conv", "en1", "down1", "en2", "down2", "en3", "down3", "en4")
     checkpoint_modules = ("en1", "en2", "en3", "en4", "de3", "de2", "de1")
     paper = "CGA U-Net, seeds/cga-unet-paper.md sections 3-4, Tables 1 and 3"
+    training_defaults = TrainingDefaults("adam", 1e-3, 1e-5, "constant",
+                                         loss="softmax Dice + MSE on the attention map "
+                                              "(+ inter-class loss after epoch 20)")
+    inter_class_from_epoch = 20   # the inter-class loss joins after this epoch (section 4)
+    inter_class_weight = 0.1
+
+    def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
+        loss = softmax_dice_ce(out["out"], classes) - F.cross_entropy(out["out"], classes)  # softmax Dice only
+        z, y, x = out["attention"].shape[2:]
+        target = F.adaptive_avg_pool3d(onehot_of(classes), (z, y, x))
+        loss = loss + F.mse_loss(out["attention"], target)
+        if epoch >= self.inter_class_from_epoch:
+            loss = loss + self.inter_class_weight * torch.log(1.0 / (1.0 + out["distance"])).mean()
+        return loss
 
     def __init__(self, in_channels: int = 4, out_channels: int = 4, base: int = 16,
                  dropout: float = 0.2, norm: str = "batch") -> None:

@@ -31,8 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..losses import onehot_of, regions_of, soft_dice_loss
 from ..sliding_window import sliding_window
-from .base import SegmentationNetwork, conv3d
+from .base import SegmentationNetwork, TrainingDefaults, conv3d
 
 # ----------------------------------------------------------------------------- stage 1 (2D)
 
@@ -201,6 +202,22 @@ class DMDACascade(SegmentationNetwork):
     encoder_modules = ("stage1", "stage2.input_module", "stage2.enc0", "stage2.down", "stage2.enc")
     checkpoint_modules = ("stage2.enc", "stage2.loc")
     paper = "DM-DA-Unet, seeds/dm-da-unet-paper.txt section 3"
+    training_defaults = TrainingDefaults("adam", 1e-3, 1e-5, "cosine",
+                                         loss="stage 1: generalised Dice + weighted CE on axial slices; "
+                                              "stage 2: region Dice")
+    stage1_class_weights = (0.1, 1.0, 1.0, 1.0)  # the weighted cross-entropy of stage 1
+
+    def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
+        loss = soft_dice_loss(torch.sigmoid(out["out"]), regions_of(classes))
+        # stage 1 on the patch's axial slices: generalised Dice + weighted cross-entropy
+        logits2 = out["axial"]
+        onehot = onehot_of(classes)
+        dims = (0, 2, 3, 4)
+        w = 1.0 / (onehot.sum(dims) ** 2 + 1.0)
+        p = torch.softmax(logits2, 1)
+        gdl = 1 - 2 * (w * (p * onehot).sum(dims)).sum() / ((w * (p + onehot).sum(dims)).sum() + 1e-6)
+        wce = F.cross_entropy(logits2, classes, weight=torch.tensor(self.stage1_class_weights, device=classes.device))
+        return loss + gdl + wce
 
     def __init__(self, in_channels: int = 4, cube: int = 128, margin: int = 8,
                  channels_2d: Sequence[int] = (16, 32, 64, 128),

@@ -18,8 +18,10 @@ from typing import Dict, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .base import SegmentationNetwork, conv3d
+from ..losses import regions_of, sigmoid_dice_bce
+from .base import SegmentationNetwork, TrainingDefaults, conv3d
 
 
 def _cna(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -50,6 +52,9 @@ class ResUNet(SegmentationNetwork):
     encoder_modules = ("stem", "stages")
     checkpoint_modules = ("stages", "decoders")
     paper = "BraTS 2021 winners' region-based residual U-Net (seeds/brainles-brats-2021-proceedings.txt)"
+    training_defaults = TrainingDefaults("adamw", 1e-3, 1e-4, "cosine",
+                                         loss="region Dice + BCE, deep supervision weights 1, 0.5, 0.25")
+    deep_supervision_weights = (0.5, 0.25)  # for the 1/2 and 1/4 resolution heads; the full one weighs 1
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3,
                  channels: Sequence[int] = (16, 32, 64, 128, 256),
@@ -72,6 +77,13 @@ class ResUNet(SegmentationNetwork):
         self.head = nn.Conv3d(channels[0], out_channels, 1)
         self.divisor = 2 ** (len(channels) - 1)
         self.out_channels = out_channels
+
+    def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
+        regions = regions_of(classes)
+        loss = sigmoid_dice_bce(out["out"], regions)
+        for weight, ds in zip(self.deep_supervision_weights, out.get("deep_supervision", [])):
+            loss = loss + weight * sigmoid_dice_bce(ds, F.interpolate(regions, size=ds.shape[2:], mode="nearest"))
+        return loss / (1 + sum(self.deep_supervision_weights))
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         x = self.stem(x)

@@ -1,6 +1,6 @@
 """The four networks under one CPU budget, scored on held-out synthetic phantoms.
 
-Each network (its paper's default size, loss and optimiser from ``training.DEFAULTS``) trains
+Each network (its paper's default size, and the loss and optimiser it declares) trains
 on the same cached phantoms with the same patch size, batch and augmentation. Seconds per
 iteration are measured first on this machine (after one warm-up iteration), and the number of
 epochs is set so that training fills the budget; the schedule therefore runs to its end. The
@@ -31,15 +31,7 @@ from BrainTumorSegLib.cases import find_cases
 from BrainTumorSegLib.networks import NETWORKS, build
 from BrainTumorSegLib.networks.flops import count_parameters
 from BrainTumorSegLib.recipes import held_out_scores
-from BrainTumorSegLib.training import (
-    DEFAULTS,
-    PatchDataset,
-    TrainConfig,
-    _make_optimizer,
-    cache_case,
-    compute_loss,
-    train,
-)
+from BrainTumorSegLib.training import PatchDataset, TrainConfig, cache_case, compute_loss, make_optimizer, train
 
 ITERS_PER_EPOCH = 10
 
@@ -48,13 +40,13 @@ def seconds_per_iteration(name: str, files, patch, batch: int) -> float:
     """Median time of three training iterations after one warm-up, on this machine now."""
     torch.manual_seed(0)
     net = build(name).train()
-    opt = _make_optimizer(net, name, DEFAULTS[name]["lr"])
+    opt = make_optimizer(net, net.training_defaults.lr)
     ds = PatchDataset(files, patch, 4 * batch, 0, 1 / 3, False)
     times = []
     for i, (x, y) in enumerate(torch.utils.data.DataLoader(ds, batch_size=batch)):
         t0 = time.perf_counter()
         opt.zero_grad()
-        compute_loss(name, net(x), y, 0).backward()
+        compute_loss(net, net(x), y, 0).backward()
         opt.step()
         if i:
             times.append(time.perf_counter() - t0)

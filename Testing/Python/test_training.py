@@ -12,7 +12,7 @@ from conftest import run_cli
 from BrainTumorSegLib.cases import find_cases
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.networks import build
-from BrainTumorSegLib.training import DEFAULTS, PatchDataset, TrainConfig, cache_case, check_cases, compute_loss, train
+from BrainTumorSegLib.training import PatchDataset, TrainConfig, cache_case, check_cases, compute_loss, train
 
 SMALL = {"resunet": {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]},
          "agse_vnet": {"dropout": 0.0}}  # its 0.5 dropout makes 10 steps too noisy to compare
@@ -60,7 +60,7 @@ def test_a_few_steps_lower_the_loss(name, small_cases, tmp_path):
     for _ in range(10):
         opt.zero_grad()
         out = net(x)
-        loss = compute_loss(name, out, y, epoch=25)  # epoch 25: CGA's inter-class term is on
+        loss = compute_loss(net, out, y, epoch=25)  # epoch 25: CGA's inter-class term is on
         loss.backward()
         opt.step()
         losses.append(loss.item())
@@ -163,7 +163,7 @@ def test_finetune_from_a_bundle_with_frozen_encoder_and_replay(small_cases, smal
     assert m["training"]["data"]["train"] == os.listdir(new)
     assert len(m["training"]["data"]["replay"]) == 2
     cfg = m["training"]["config"]
-    assert cfg["lr"] == pytest.approx(DEFAULTS["resunet"]["lr"] * 0.1) and cfg["freeze_encoder"]
+    assert cfg["lr"] == pytest.approx(build("resunet").training_defaults.lr * 0.1) and cfg["freeze_encoder"]
     assert cfg["options"] == SMALL["resunet"] and list(cfg["patch"]) == [32, 32, 32]  # from the bundle
     before, after = src.network.state_dict(), out.network.state_dict()
     enc = {n for n, p in out.network.named_parameters()
