@@ -13,16 +13,17 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import bundles, devices
+from . import backends, bundles, devices
 from .errors import Cancelled, InputError
 from .imageio import geometry, same_grid
 from .labels import REGIONS, classes_to_labels, get_scheme, labels_to_regions, regions_to_labels
+from .networks.base import SEQUENCE_ORDER
 from .postprocessing import PostprocessOptions, postprocess
 from .preprocessing import PreprocessOptions, preprocess
 from .sliding_window import sliding_window, tiles_cover
@@ -43,6 +44,7 @@ class SegmentOptions:
     isotropic: Optional[float] = None
     register: bool = False
     cpu_bf16: Optional[bool] = None                   # bf16 autocast on CPU; None: where the CPU has native bf16
+    backend: str = "auto"                             # auto, torch or openvino (CPU; see backends)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class SegmentationResult:
     models: List[Dict]
     uncertainty: Optional[sitk.Image] = None
     probabilities: Optional[np.ndarray] = None        # on the cropped working grid
+    backend: str = "torch"
     warnings: List[str] = field(default_factory=list)
     input_geometry: Dict = field(default_factory=dict)
 
@@ -65,6 +68,7 @@ class SegmentationResult:
             "braintumorseg_version": __version__,
             "models": self.models,
             "device": self.device,
+            "backend": self.backend,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
             "label_scheme": self.label_scheme,
@@ -104,22 +108,32 @@ def _flips(tta: bool) -> List[Tuple[int, ...]]:
 
 
 class _Predictor:
-    """Runs one network on batches with the right precision, flips and activation."""
+    """Runs one network on batches with the right backend, precision, flips and activation."""
 
-    def __init__(self, bundle: bundles.Bundle, device: torch.device, flips, cpu_bf16: bool) -> None:
+    def __init__(self, bundle: bundles.Bundle, device: torch.device, flips, cpu_bf16: bool,
+                 backend: str = "torch", window: Tuple[int, ...] = ()) -> None:
         self.net = bundle.network.to(device).eval()
         self.kind = bundle.manifest["output_kind"]
         self.device = device
         self.flips = flips
         self.cpu_bf16 = cpu_bf16
+        self.backend, self._openvino, self.note = "torch", None, ""
+        sha = bundle.manifest.get("weights_sha256")
+        if backend != "torch" and sha and window:
+            shape = (1, len(bundle.manifest.get("in_sequences", SEQUENCE_ORDER))) + tuple(window)
+            self.backend, self._openvino, self.note = backends.choose(backend, device, self.net, sha, shape,
+                                                                       self._torch_forward)
+
+    def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self._autocast():
+            return self.net(x).float()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device)
         acc: Optional[torch.Tensor] = None
         for f in self.flips:
             xi = torch.flip(x, f) if f else x
-            with torch.inference_mode(), self._autocast():
-                logits = self.net(xi).float()
+            logits = self._openvino(xi) if self._openvino is not None else self._torch_forward(xi)
             p = torch.softmax(logits, 1) if self.kind == "softmax" else torch.sigmoid(logits)
             p = torch.flip(p, f) if f else p
             acc = p if acc is None else acc + p
@@ -144,10 +158,11 @@ def cpu_has_fast_bf16() -> bool:
 
 def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, opts: SegmentOptions,
              progress: Optional[Progress], cancel: Optional[threading.Event], out_device: torch.device,
-             stage: str) -> torch.Tensor:
+             stage: str, used: List[str]) -> torch.Tensor:
     bf16 = cpu_has_fast_bf16() if opts.cpu_bf16 is None else opts.cpu_bf16
-    pred = _Predictor(bundle, device, _flips(opts.tta), bf16)
     window = tuple(bundle.manifest["patch_size"])
+    pred = _Predictor(bundle, device, _flips(opts.tta), bf16, opts.backend, window)
+    used.append(pred.backend)
     channels = 4 if pred.kind == "softmax" else 3
 
     def prog(done: int, total: int) -> None:
@@ -167,9 +182,16 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
     return out
 
 
+class Prediction(NamedTuple):
+    probabilities: np.ndarray
+    device: str
+    notes: List[str]
+    backend: str        # torch, openvino, or both joined by "+" for an ensemble that used both
+
+
 def predict_probabilities(data: np.ndarray, models: Sequence[bundles.Bundle], device: torch.device,
                           opts: SegmentOptions, progress: Optional[Progress] = None,
-                          cancel: Optional[threading.Event] = None) -> Tuple[np.ndarray, str, List[str]]:
+                          cancel: Optional[threading.Event] = None) -> Prediction:
     """Average probabilities of ``models`` over a preprocessed (C, z, y, x) array.
 
     On CUDA out-of-memory: retry with stitching on the CPU, then entirely on the CPU.
@@ -185,12 +207,13 @@ def predict_probabilities(data: np.ndarray, models: Sequence[bundles.Bundle], de
     for k, (dev, out_dev) in enumerate(attempts):
         try:
             total: Optional[torch.Tensor] = None
+            used: List[str] = []
             for i, m in enumerate(models):
-                p = _predict(x, m, dev, opts, progress, cancel, out_dev, f"predict {i + 1}/{len(models)}")
+                p = _predict(x, m, dev, opts, progress, cancel, out_dev, f"predict {i + 1}/{len(models)}", used)
                 total = p if total is None else total + p
             assert total is not None  # at least one model
             probs = (total / len(models)).cpu().numpy()
-            return probs, str(dev), notes
+            return Prediction(probs, str(dev), notes, "+".join(dict.fromkeys(used)))
         except torch.cuda.OutOfMemoryError:  # pragma: no cover - needs a GPU
             torch.cuda.empty_cache()
             if k + 1 == len(attempts):
@@ -276,7 +299,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
     timings["preprocess"] = time.perf_counter() - t
     check_cancel()
     t = time.perf_counter()
-    probs, used, notes = predict_probabilities(pre.data, loaded, dev, opts, progress, cancel)
+    probs, used, notes, backend = predict_probabilities(pre.data, loaded, dev, opts, progress, cancel)
     timings["predict"] = time.perf_counter() - t
     check_cancel()
     t = time.perf_counter()
@@ -311,7 +334,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
     if progress:
         progress("done", 1.0)
     return SegmentationResult(
-        labels=out, label_scheme=scheme, volumes_ml=vols, timings=timings, device=used,
+        labels=out, label_scheme=scheme, volumes_ml=vols, timings=timings, device=used, backend=backend,
         models=[{"id": m.id, "version": m.manifest.get("version"), "network": m.manifest["network"],
                  "weights_sha256": m.manifest["weights_sha256"], "demo": m.demo, "path": m.path} for m in loaded],
         uncertainty=unc, probabilities=probs, warnings=warnings,

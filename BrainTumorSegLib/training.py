@@ -266,8 +266,8 @@ def validate(net, name: str, val_files: Sequence[str], patch, device: torch.devi
     dices: Dict[str, List[float]] = {"WT": [], "TC": [], "ET": []}
     for f in val_files:
         c = CachedCase(f)
-        probs, _, _ = predict_probabilities(c.data.astype(np.float32), [bundle], device,
-                                            SegmentOptions(overlap=0.25))
+        probs = predict_probabilities(c.data.astype(np.float32), [bundle], device,
+                                      SegmentOptions(overlap=0.25, backend="torch")).probabilities
         pred = probabilities_to_labels(probs, net.output_kind, "brats2021")
         ref = np.array([0, 1, 2, 4], np.uint8)[c.classes]
         m = case_metrics(pred, ref, c.spacing, check_scheme(pred, "brats2021"), check_scheme(ref, "brats2021"))

@@ -72,3 +72,11 @@ def phantom_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def phantom_case_dir(phantom_dir) -> str:
     return os.path.join(phantom_dir, "Synth_7_0000")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Exported backends and their measurements go to a folder of the test session, not the home."""
+    os.environ["BRAINTUMORSEG_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    os.environ.pop("BRAINTUMORSEG_CACHE", None)

@@ -1,0 +1,65 @@
+"""The OpenVINO backend (the ``openvino`` extra): same labels as torch fp32, cached export, the
+``auto`` decision measured once and recorded. Marked slow: CI installs openvino for that step."""
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from BrainTumorSegLib import backends, bundles
+from BrainTumorSegLib.cases import find_case
+from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.inference import SegmentOptions, segment
+from BrainTumorSegLib.networks import build
+
+TINY = {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAINTUMORSEG_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "openvino"
+
+
+def tiny_bundle(folder, case):
+    """Random weights with the output bias set so that about half the brain is labelled."""
+    from BrainTumorSegLib.preprocessing import preprocess
+
+    torch.manual_seed(0)
+    net = build("resunet", **TINY).eval()
+    data = torch.from_numpy(preprocess(case.sequences).data[:, ::2, ::2, ::2].copy())[None]
+    with torch.no_grad():
+        net.head.bias -= net(data)[0].flatten(1).median(1).values
+    return bundles.save(net, folder, {"id": "tiny", "network": "resunet", "options": TINY,
+                                      "label_scheme": "brats2021", "patch_size": [64, 64, 64]})
+
+
+def test_a_missing_openvino_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setattr(backends, "openvino_available", lambda: False)
+    net = build("resunet", **TINY)
+    with pytest.raises(InputError, match=r'pip install "BrainTumorSegLib\[openvino\]"'):
+        backends.choose("openvino", torch.device("cpu"), net, "0" * 64, (1, 4, 32, 32, 32), net)
+    assert backends.choose("auto", torch.device("cpu"), net, "0" * 64, (1, 4, 32, 32, 32), net)[0] == "torch"
+
+
+@pytest.mark.slow
+def test_openvino_gives_the_labels_of_torch_fp32(phantom_case_dir, tmp_path, cache):
+    import openvino  # noqa: F401 - fails loudly, never skips, when it is missing
+
+    case = find_case(phantom_case_dir)
+    b = bundles.load(tiny_bundle(tmp_path / "tiny", case))
+    ref = segment(case.sequences, b, "cpu", SegmentOptions(backend="torch", cpu_bf16=False))
+    ov = segment(case.sequences, b, "cpu", SegmentOptions(backend="openvino"))
+    assert ref.backend == "torch" and ov.backend == "openvino" and ov.report()["backend"] == "openvino"
+    a, c = sitk.GetArrayFromImage(ref.labels), sitk.GetArrayFromImage(ov.labels)
+    assert (a > 0).sum() > 10000
+    assert (a == c).mean() >= 0.999
+    assert np.abs(ref.probabilities - ov.probabilities).max() < 5e-3  # fp32 both, different kernels
+    assert len([f for f in os.listdir(cache) if f.endswith(".xml")]) == 1  # exported once, by weights hash
+    auto = segment(case.sequences, b, "cpu", SegmentOptions(backend="auto", cpu_bf16=False))
+    decisions = [f for f in os.listdir(cache) if f.endswith(".decision.json")]
+    assert len(decisions) == 1
+    measured = json.load(open(cache / decisions[0]))
+    assert auto.backend == ("openvino" if measured["openvino_s"] < measured["torch_s"] else "torch")
