@@ -7,10 +7,8 @@ CI on real MRML); computation runs in ``BrainTumorSegLib`` in a background proce
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import subprocess
-import sys
 import tempfile
 import traceback
 from typing import Sequence
@@ -22,11 +20,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-
-from BrainTumorSegModuleLib.jobs import library_root
-
-if importlib.util.find_spec("BrainTumorSegLib") is None:  # a source checkout: the library is at the repository root
-    sys.path.insert(0, library_root())
 
 from BrainTumorSegModuleLib import dependencies
 from BrainTumorSegModuleLib.logic import BrainTumorSegLogic, ModuleError, model_tooltip

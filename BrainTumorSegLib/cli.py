@@ -12,7 +12,8 @@ import sys
 import time
 from typing import List, Optional
 
-from . import __version__
+from . import __version__, progress
+from .cases import SEQUENCES
 from .errors import Cancelled, InputError
 
 PROG = "braintumorseg"
@@ -161,13 +162,13 @@ class _ProgressBar:
     lines on stdout instead."""
 
     def __init__(self, enabled: bool) -> None:
-        self.lines = os.environ.get("BRAINTUMORSEG_PROGRESS") == "lines"
+        self.lines = progress.lines_wanted()
         self.enabled = enabled and sys.stderr.isatty()
         self.last = ""
 
     def __call__(self, stage: str, fraction: float) -> None:
         if self.lines:
-            print(f"progress {stage} {fraction:.4f}", flush=True)
+            print(progress.format_line(stage, fraction), flush=True)
             return
         if not self.enabled:
             return
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     nw.add_argument("--no-time", action="store_true", help="skip the timed forward passes")
     nw.set_defaults(func=_cmd_networks)
     sg = sub.add_parser("segment", help="segment a case: necrotic core, edema, enhancing tumor on the T1ce grid")
-    for r in ("t1", "t1ce", "t2", "flair"):
+    for r in SEQUENCES:
         sg.add_argument(f"--{r}", help=f"{r} volume")
     sg.add_argument("--case", help="a BraTS-layout case folder instead of the four files")
     sg.add_argument("--cases", help="a folder of cases; -o is then an output folder")

@@ -1,11 +1,21 @@
 """Choosing a torch device: ``auto`` picks CUDA, then MPS, then CPU."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
 
 from .errors import InputError
+
+
+def autocast_dtype(device: torch.device, cpu_bf16: bool) -> Optional[torch.dtype]:
+    """The mixed precision to run at (training and inference alike): fp16 on CUDA, bf16 on a CPU
+    when ``cpu_bf16`` (where the CPU runs it natively), else None (fp32)."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_bf16:
+        return torch.bfloat16
+    return None
 
 
 def available() -> List[str]:

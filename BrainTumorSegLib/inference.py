@@ -141,11 +141,10 @@ class _Predictor:
         return acc / len(self.flips)
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        if self.device.type == "cpu" and self.cpu_bf16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        dtype = devices.autocast_dtype(self.device, self.cpu_bf16)
+        if dtype is None:
+            return torch.autocast("cpu", enabled=False)
+        return torch.autocast(self.device.type, dtype=dtype)
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from . import bundles, devices, extras
+from . import bundles, devices, extras, progress
 from .atomicfile import replacing, write_json
 from .cases import SEQUENCES, Case
 from .errors import InputError
@@ -327,12 +327,10 @@ def init_distributed(device: str = "auto") -> Tuple[Distributed, torch.device]:
 def _amp_dtype(cfg: TrainConfig, device: torch.device, log) -> Optional[torch.dtype]:
     if not cfg.amp:
         return None
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and cpu_has_fast_bf16():
-        return torch.bfloat16
-    log(f"note: --amp has no effect on {device.type} here (no native bf16); training in fp32")
-    return None
+    dtype = devices.autocast_dtype(device, cpu_bf16=cpu_has_fast_bf16())
+    if dtype is None:
+        log(f"note: --amp has no effect on {device.type} here (no native bf16); training in fp32")
+    return dtype
 
 
 # ----------------------------------------------------------------------------- loop
@@ -414,7 +412,7 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
         torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
         if dist.world > 1 else None)
     show = dist.main and log is not None
-    progress_lines = os.environ.get("BRAINTUMORSEG_PROGRESS") == "lines"  # for the Slicer module
+    progress_lines = progress.lines_wanted()  # for the Slicer module
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 100003 + epoch + 7919 * dist.rank)
         ds.epoch = epoch
@@ -434,7 +432,8 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
             losses.append(loss.item())
             if show and progress_lines:
                 done = (epoch - start_epoch) * cfg.iters_per_epoch + it + 1
-                print(f"progress training {done / ((cfg.epochs - start_epoch) * cfg.iters_per_epoch):.4f}", flush=True)
+                print(progress.format_line("training", done / ((cfg.epochs - start_epoch) * cfg.iters_per_epoch)),
+                      flush=True)
             elif show:
                 print(f"\repoch {epoch + 1}/{cfg.epochs} it {it + 1}/{cfg.iters_per_epoch} "
                       f"loss {np.mean(losses):.4f}", end="", file=sys.stderr)

@@ -20,7 +20,11 @@ import sys
 import threading
 from typing import Dict, List, Optional, Sequence
 
-PROGRESS_ENV = "BRAINTUMORSEG_PROGRESS"
+from BrainTumorSegLib import progress  # the progress protocol (no torch; importable before dependencies)
+
+from . import library_root
+
+PROGRESS_ENV = progress.ENV
 PYTHON_ENV = "BRAINTUMORSEG_PYTHON"
 WINDOWS = sys.platform == "win32"
 STOP_GRACE_S = 5.0      # after a polite stop, the tree is killed
@@ -65,16 +69,6 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def library_root() -> str:
-    """The folder holding ``BrainTumorSegLib``: beside this package when installed as a Slicer
-    extension, the repository root in a source checkout."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for d in (here, os.path.dirname(here)):
-        if os.path.exists(os.path.join(d, "BrainTumorSegLib", "__init__.py")):
-            return d
-    raise RuntimeError(f"BrainTumorSegLib not found beside {here}")
-
-
 def python_executable() -> str:
     """The Python that runs the library: ``$BRAINTUMORSEG_PYTHON``, Slicer's ``PythonSlicer``,
     or this interpreter."""
@@ -106,12 +100,9 @@ class Job:
     def _read(self, stream, is_stdout: bool) -> None:
         for line in stream:
             line = line.rstrip("\n")
-            if is_stdout and line.startswith("progress "):
-                stage, _, value = line[len("progress "):].rpartition(" ")  # the stage may hold spaces
-                try:
-                    self.stage, self.fraction = stage, float(value)
-                except ValueError:
-                    pass
+            parsed = progress.parse_line(line) if is_stdout else None
+            if parsed is not None:
+                self.stage, self.fraction = parsed
                 continue
             (self.stdout if is_stdout else self.stderr).append(line)
 

@@ -9,7 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-SEQUENCE_ORDER = ("t1", "t1ce", "t2", "flair")  # nnU-Net's channel order for BraTS
+from ..cases import SEQUENCES
+
+SEQUENCE_ORDER = SEQUENCES  # channel order: nnU-Net's for BraTS, the library's sequence list
 
 Output = Union[torch.Tensor, Dict[str, torch.Tensor]]
 

@@ -16,3 +16,15 @@ def test_segment_is_enabled_only_for_four_distinct_volumes():
     assert segment_blocker(dict(four, t1ce=None, flair="")) == "Choose a volume for T1ce, FLAIR."
     same = segment_blocker(dict(four, t2=four["t1"]))
     assert same.startswith("T1 and T2 are the same volume")
+
+
+def test_module_roles_are_the_librarys_sequences_and_progress_lines_round_trip():
+    """The module keeps its own copy of the sequence list (it must load before the library's
+    dependencies are installed); it must equal the library's."""
+    from BrainTumorSegLib import progress
+    from BrainTumorSegLib.cases import SEQUENCES
+    from BrainTumorSegModuleLib.roles import ROLES
+
+    assert ROLES == SEQUENCES
+    assert progress.parse_line(progress.format_line("predict 1/2", 0.25)) == ("predict 1/2", 0.25)
+    assert progress.parse_line("progress training x") is None and progress.parse_line("WT 3 mL") is None
