@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch loads only when a model does: listing bundles stays l
 FORMAT = "braintumorseg-bundle/1"
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
-DEFAULT_MODEL = "brats-synthetic-demo"
+DEFAULT_MODEL = "brats-glioma-v1"  # trained on real BraTS cases (real_recipe); the phantom demo stays as a named model
 _REQUIRED = ("format", "id", "network", "options", "in_sequences", "label_scheme", "output_kind",
              "patch_size", "weights_sha256")
 

@@ -320,10 +320,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
         if "error" in m:
             print(f"{m['name']:<28} BROKEN: {m['error']}")
             continue
-        tag = "DEMO, synthetic data only, not for clinical use" if m.get("demo") else "trained on real data"
-        held = m.get("metrics", {}).get("held_out_synthetic") or m.get("metrics", {}).get("validation", {})
-        dice = " ".join(f"{k[5:]} {v:.2f}" for k, v in held.items() if k.startswith("dice_"))
-        print(f"{m['name']:<28} {m['network']:<10} {m['label_scheme']:<10} {tag}; Dice {dice or 'n/a'}")
+        tag = "DEMO, synthetic data only, not for clinical use" if m.get("demo") else "research use, not clinical"
+        metrics = m.get("metrics") or {}
+        full = (metrics.get("validation_segment") or {}).get("mean")
+        if full:  # held-out cases through the whole segment path
+            n = len(metrics["validation_segment"].get("cases", []))
+            where, scores = f"{n} held-out cases", full
+        elif metrics.get("held_out_synthetic"):
+            where, scores = "held-out phantoms", metrics["held_out_synthetic"]
+        else:
+            where, scores = "validation during training", metrics.get("validation") or {}
+        dice = " ".join(f"{k[5:]} {v:.2f}" for k, v in scores.items() if k.startswith("dice_"))
+        print(f"{m['name']:<28} {m['network']:<10} {m['label_scheme']:<10} {tag}; "
+              f"Dice {dice + ' (' + where + ')' if dice else 'n/a'}")
         print(f"{'':<28} {m['path']}")
     return 0
 

@@ -111,7 +111,7 @@ class _Predictor:
     """Runs one network on batches with the right backend, precision, flips and activation."""
 
     def __init__(self, bundle: bundles.Bundle, device: torch.device, flips, cpu_bf16: bool,
-                 backend: str = "torch", window: Tuple[int, ...] = ()) -> None:
+                 backend: str = "torch", window: Tuple[int, ...] = (), windows: int = 1) -> None:
         self.net = bundle.network.to(device).eval()
         self.kind = bundle.manifest["output_kind"]
         self.device = device
@@ -122,7 +122,7 @@ class _Predictor:
         if backend != "torch" and sha and window:
             shape = (1, len(bundle.manifest.get("in_sequences", SEQUENCE_ORDER))) + tuple(window)
             self.backend, self._openvino, self.note = backends.choose(backend, device, self.net, sha, shape,
-                                                                       self._torch_forward)
+                                                                       self._torch_forward, windows * len(flips))
 
     def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), self._autocast():
@@ -160,7 +160,13 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
              stage: str, used: List[str]) -> torch.Tensor:
     bf16 = cpu_has_fast_bf16() if opts.cpu_bf16 is None else opts.cpu_bf16
     window = tuple(bundle.manifest["patch_size"])
-    pred = _Predictor(bundle, device, _flips(opts.tta), bf16, opts.backend, window)
+    # a cascade's first stage may narrow where the windows go (networks.dmda_unet); elsewhere: everywhere
+    net = bundle.network.to(device).eval()
+    with torch.inference_mode():
+        box = net.region_of_interest(data.to(device))
+    region = tuple(data.shape[1:]) if box is None else tuple(b.stop - b.start for b in box)
+    pred = _Predictor(bundle, device, _flips(opts.tta), bf16, opts.backend, window,
+                      tiles_cover(region, window, opts.overlap))
     used.append(pred.backend)
     channels = 4 if pred.kind == "softmax" else 3
 
@@ -168,9 +174,6 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
         if progress:
             progress(stage, done / total)
 
-    # a cascade's first stage may narrow where the windows go (networks.dmda_unet); elsewhere: everywhere
-    with torch.inference_mode():
-        box = bundle.network.region_of_interest(data.to(device))
     if box is None:
         return sliding_window(data, pred, window, channels, opts.overlap, opts.batch_size,
                               progress=prog, cancel=cancel, out_device=out_device)

@@ -99,6 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", default=DEFAULT_CASE, help="a real 240x240x155 BraTS case folder")
     ap.add_argument("--models", nargs="+", default=None, help="models to time (first: the reference for agreement)")
+    ap.add_argument("--backends", nargs="+", default=["auto"], help="segment --backend values to time per model")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--monai-one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -114,34 +115,36 @@ def main() -> None:
     case = os.path.abspath(args.case)
     print(f"case {os.path.basename(case)}; {cpu_description()}; torch {torch.__version__}; "
           f"{torch.get_num_threads()} threads; {args.rounds} rounds, alternating")
-    rows = {f"ours {m}": m for m in models}
+    rows = {f"ours {m} ({b})": (m, b) for m in models for b in args.backends}
     rows["monai recipe"] = None
     times = {k: [] for k in rows}
     peaks = {k: [] for k in rows}
     reports = {}
     with tempfile.TemporaryDirectory() as d:
         for _ in range(args.rounds):
-            for name, model in rows.items():
-                out = os.path.join(d, f"{len(times[name])}-{name.replace(' ', '_')}.nii.gz")
-                if model is None:
+            for name, spec in rows.items():
+                out = os.path.join(d, f"{len(times[name])}-{name.replace(' ', '_').replace('(', '').replace(')', '')}.nii.gz")
+                if spec is None:
                     cmd = [sys.executable, os.path.abspath(__file__), "--monai-one", case, out]
                 else:
                     rep = out + ".json"
                     cmd = [sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", case, "-o", out,
-                           "--model", model, "--quiet", "--report", rep]
+                           "--model", spec[0], "--backend", spec[1], "--quiet", "--report", rep]
                 secs, peak, _ = run_process(cmd)
                 times[name].append(secs)
                 peaks[name].append(peak)
-                if model is not None:
+                if spec is not None:
                     reports[name] = (json.load(open(rep)), sitk.GetArrayFromImage(sitk.ReadImage(out)))
-        ref = reports[f"ours {models[0]}"][1]
+        first = f"ours {models[0]} ({args.backends[0]})"
+        ref = reports[first][1]
         monai_t = statistics.median(times["monai recipe"])
-        print(f"{'row':<34}{'s/case':>9}{'peak MB':>9}{'vs MONAI':>10}{'labels equal to default':>25}")
+        print(f"{'row':<44}{'s/case':>9}{'peak MB':>9}{'vs MONAI':>10}{'labels equal to first row':>27}  backend")
         for name in rows:
             t = statistics.median(times[name])
             agree = f"{(reports[name][1] == ref).mean():.5%}" if name in reports else "n/a (random weights)"
-            print(f"{name:<34}{t:>9.1f}{max(peaks[name]):>9.0f}{monai_t / t:>9.2f}x{agree:>25}")
-        rep = reports[f"ours {models[0]}"][0]
+            used = reports[name][0].get("backend", "?") if name in reports else "torch"
+            print(f"{name:<44}{t:>9.1f}{max(peaks[name]):>9.0f}{monai_t / t:>9.2f}x{agree:>27}  {used}")
+        rep = reports[first][0]
         split = ", ".join(f"{k} {v:.1f}" for k, v in rep["timings_s"].items())
         print(f"default model split (s, inside the process, last round): {split}")
 

@@ -62,4 +62,6 @@ def test_openvino_gives_the_labels_of_torch_fp32(phantom_case_dir, tmp_path, cac
     decisions = [f for f in os.listdir(cache) if f.endswith(".decision.json")]
     assert len(decisions) == 1
     measured = json.load(open(cache / decisions[0]))
-    assert auto.backend == ("openvino" if measured["openvino_s"] < measured["torch_s"] else "torch")
+    windows = auto.input_geometry["windows"]  # OpenVINO's start-up counts against this case's windows
+    faster = measured["openvino_setup_s"] + windows * measured["openvino_s"] < windows * measured["torch_s"]
+    assert auto.backend == ("openvino" if faster else "torch")
