@@ -251,13 +251,27 @@ def test_cli_interrupt_leaves_no_output(tiny_bundle, phantom_case_dir, tmp_path)
     assert os.listdir(tmp_path) == []
 
 
-def test_default_model_segments_a_held_out_synthetic_case(tmp_path):
+def test_default_model_is_the_real_data_model_and_says_what_it_is():
+    """The default is trained on real cases and says so: not a demo, not for clinical use, the
+    validation figures and citations in its manifest, weights under 25 MB."""
+    b = bundles.load(bundles.DEFAULT_MODEL)
+    m = b.manifest
+    assert b.id == "brats-glioma-v1" and not b.demo and m["clinical_use"] is False
+    assert "not for clinical use" in m["description"].lower() and "not a medical device" in m["note"]
+    assert len(m["training_data"]["train"]) == 19 and len(m["training_data"]["validation"]) == 5
+    assert not set(m["training_data"]["train"]) & set(m["training_data"]["validation"])
+    assert len(m["citations"]) >= 3 and "10.1109/TMI.2014.2377694" in " ".join(m["citations"])
+    assert set(m["metrics"]["validation_segment"]["per_case"]) == set(m["training_data"]["validation"])
+    assert os.path.getsize(os.path.join(b.path, "weights.safetensors")) < 25 * 2 ** 20
+
+
+def test_shipped_demo_model_segments_a_held_out_synthetic_case(tmp_path):
     """The shipped demo model on a phantom of a seed it never saw (training used 1000/2000/3000)."""
     from BrainTumorSegLib import phantom
     from BrainTumorSegLib.labels import detect_scheme
     from BrainTumorSegLib.metrics import case_metrics
 
-    b = bundles.load(bundles.DEFAULT_MODEL)
+    b = bundles.load("brats-synthetic-demo")
     assert b.demo and b.manifest["clinical_use"] is False and "not for clinical use" in b.manifest["description"].lower()
     assert os.path.getsize(os.path.join(b.path, "weights.safetensors")) < 25 * 2 ** 20
     folder = phantom.generate(tmp_path, 1, seed=5000)[0]
