@@ -250,14 +250,10 @@ def _read_reference(path: str, t1ce: Optional[str]):
 
 def _score_against(res, reference, path: str) -> dict:
     """Dice and HD95 per region of the result against expert labels on the same grid."""
-    import SimpleITK as sitk
+    from .evaluation import score_images
+    from .labels import REGIONS
 
-    from .labels import REGIONS, detect_scheme, get_scheme
-    from .metrics import case_metrics
-
-    ref = sitk.GetArrayFromImage(reference)
-    m = case_metrics(sitk.GetArrayFromImage(res.labels), ref, reference.GetSpacing()[::-1],
-                     get_scheme(res.label_scheme), detect_scheme(ref, path))
+    m = score_images(res.labels, reference, pred_scheme=res.label_scheme, pred_name="the result", ref_name=path)
     return {"labels": path, **{r: {"dice": m[r]["dice"], "hd95_mm": m[r]["hd95"]} for r in REGIONS}}
 
 

@@ -66,20 +66,33 @@ class CaseResult:
     metrics: Dict[str, Dict[str, float]]
 
 
+def score_images(pred_img: sitk.Image, ref_img: sitk.Image, hd95_definition: str = "max",
+                 pred_scheme: Optional[str] = None, ref_scheme: Optional[str] = None,
+                 pred_name: Optional[str] = None, ref_name: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+    """The metrics of every region for two label images on the same grid (schemes detected unless
+    given; the names appear in errors). The one place where a predicted case is scored."""
+    if not same_grid(pred_img, ref_img):
+        raise InputError(pred_name, f"is not on the grid of the reference {ref_name} "
+                                    f"({grid_difference(pred_img, ref_img)})")
+    pred = np.asarray(sitk.GetArrayViewFromImage(pred_img))
+    ref = np.asarray(sitk.GetArrayViewFromImage(ref_img))
+    ps = check_scheme(pred, pred_scheme, pred_name) if pred_scheme else detect_scheme(pred, pred_name)
+    rs = check_scheme(ref, ref_scheme, ref_name) if ref_scheme else detect_scheme(ref, ref_name)
+    return case_metrics(pred, ref, ref_img.GetSpacing()[::-1], ps, rs, hd95_definition)
+
+
+def score_against(pred_img: sitk.Image, ref_path: str, pred_scheme: Optional[str] = None,
+                  hd95_definition: str = "max") -> Dict[str, Dict[str, float]]:
+    """A segmentation result scored against the expert labels in ``ref_path``."""
+    return score_images(pred_img, read_image(ref_path, "label"), hd95_definition, pred_scheme, None,
+                        "the result", ref_path)
+
+
 def evaluate_pair(pred_path: str, ref_path: str, hd95_definition: str = "max",
                   pred_scheme: Optional[str] = None, ref_scheme: Optional[str] = None,
                   case_id: Optional[str] = None) -> CaseResult:
-    pred_img = read_image(pred_path, "label")
-    ref_img = read_image(ref_path, "label")
-    if not same_grid(pred_img, ref_img):
-        raise InputError(pred_path, f"is not on the grid of the reference {ref_path} "
-                                    f"({grid_difference(pred_img, ref_img)})")
-    pred = sitk.GetArrayViewFromImage(pred_img)
-    ref = sitk.GetArrayViewFromImage(ref_img)
-    ps = check_scheme(pred, pred_scheme, pred_path) if pred_scheme else detect_scheme(pred, pred_path)
-    rs = check_scheme(ref, ref_scheme, ref_path) if ref_scheme else detect_scheme(ref, ref_path)
-    spacing = ref_img.GetSpacing()[::-1]
-    m = case_metrics(np.asarray(pred), np.asarray(ref), spacing, ps, rs, hd95_definition)
+    m = score_images(read_image(pred_path, "label"), read_image(ref_path, "label"), hd95_definition,
+                     pred_scheme, ref_scheme, pred_path, ref_path)
     return CaseResult(case_id or case_id_of(ref_path), pred_path, ref_path, m)
 
 

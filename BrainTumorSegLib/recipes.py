@@ -13,13 +13,11 @@ import shutil
 from typing import Dict
 
 import numpy as np
-import SimpleITK as sitk
 
 from . import bundles, phantom
 from .cases import find_cases
+from .evaluation import score_against
 from .inference import segment
-from .labels import detect_scheme
-from .metrics import case_metrics
 from .training import TrainConfig, train
 
 DEMO_OPTIONS = {"channels": [16, 32, 64, 128, 128], "blocks": [1, 2, 2, 2, 2]}
@@ -32,11 +30,7 @@ def held_out_scores(bundle_dir: str, cases_dir: str) -> Dict[str, float]:
     rows = []
     for case in find_cases(cases_dir):
         res = segment(case.sequences, b, "cpu")
-        pred = sitk.GetArrayFromImage(res.labels)
-        ref_img = sitk.ReadImage(case.paths["seg"])
-        ref = sitk.GetArrayFromImage(ref_img)
-        m = case_metrics(pred, ref, ref_img.GetSpacing()[::-1], detect_scheme(pred), detect_scheme(ref))
-        rows.append(m)
+        rows.append(score_against(res.labels, case.paths["seg"], res.label_scheme))
     return {f"dice_{r}": float(np.mean([m[r]["dice"] for m in rows])) for r in ("WT", "TC", "ET")} | \
         {f"hd95_{r}": float(np.mean([m[r]["hd95"] for m in rows])) for r in ("WT", "TC", "ET")} | {"cases": len(rows)}
 

@@ -15,13 +15,12 @@ import argparse
 import os
 import platform
 
-import SimpleITK as sitk
 import torch
 
 from BrainTumorSegLib import bundles
+from BrainTumorSegLib.evaluation import score_against
 from BrainTumorSegLib.inference import segment
-from BrainTumorSegLib.labels import REGIONS, detect_scheme
-from BrainTumorSegLib.metrics import case_metrics
+from BrainTumorSegLib.labels import REGIONS
 from BrainTumorSegLib.real_recipe import case_table, split
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,10 +41,7 @@ def main() -> None:
         rows, seconds = {}, {}
         for c in val_cases:
             res = segment(c.sequences, b, args.device)
-            pred = sitk.GetArrayFromImage(res.labels)
-            ref_img = sitk.ReadImage(c.paths["seg"])
-            ref = sitk.GetArrayFromImage(ref_img)
-            rows[c.case_id] = case_metrics(pred, ref, ref_img.GetSpacing()[::-1], detect_scheme(pred), detect_scheme(ref))
+            rows[c.case_id] = score_against(res.labels, c.paths["seg"], res.label_scheme)
             seconds[c.case_id] = res.timings["total"]
         per_case, mean = case_table(rows, seconds)
         print(f"\n{b.id}{' (demo)' if b.demo else ''}")

@@ -268,8 +268,7 @@ def test_default_model_is_the_real_data_model_and_says_what_it_is():
 def test_shipped_demo_model_segments_a_held_out_synthetic_case(tmp_path):
     """The shipped demo model on a phantom of a seed it never saw (training used 1000/2000/3000)."""
     from BrainTumorSegLib import phantom
-    from BrainTumorSegLib.labels import detect_scheme
-    from BrainTumorSegLib.metrics import case_metrics
+    from BrainTumorSegLib.evaluation import score_against
 
     b = bundles.load("brats-synthetic-demo")
     assert b.demo and b.manifest["clinical_use"] is False and "not for clinical use" in b.manifest["description"].lower()
@@ -277,10 +276,7 @@ def test_shipped_demo_model_segments_a_held_out_synthetic_case(tmp_path):
     folder = phantom.generate(tmp_path, 1, seed=5000)[0]
     case = find_case(folder)
     res = segment(case.sequences, b, "cpu")
-    pred = sitk.GetArrayFromImage(res.labels)
-    ref_img = sitk.ReadImage(case.paths["seg"])
-    ref = sitk.GetArrayFromImage(ref_img)
-    m = case_metrics(pred, ref, ref_img.GetSpacing()[::-1], detect_scheme(pred), detect_scheme(ref))
+    m = score_against(res.labels, case.paths["seg"], res.label_scheme)
     assert m["WT"]["dice"] >= 0.8, m
 
 

@@ -6,13 +6,11 @@ target (thresholds well under the model's measured figures)."""
 import os
 
 import pytest
-import SimpleITK as sitk
 
 from BrainTumorSegLib import bundles
 from BrainTumorSegLib.cases import find_case
+from BrainTumorSegLib.evaluation import score_against
 from BrainTumorSegLib.inference import segment
-from BrainTumorSegLib.labels import detect_scheme
-from BrainTumorSegLib.metrics import case_metrics
 from BrainTumorSegLib.real_recipe import SAMPLE_CASE, VALIDATION
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,9 +24,6 @@ def test_default_model_on_a_real_validation_case():
     assert SAMPLE_CASE in VALIDATION and SAMPLE_CASE not in model.manifest["training_data"]["train"]
     case = find_case(SAMPLE)
     res = segment(case.sequences, model, "cpu")
-    pred = sitk.GetArrayFromImage(res.labels)
-    ref_img = sitk.ReadImage(case.paths["seg"])
-    ref = sitk.GetArrayFromImage(ref_img)
-    m = case_metrics(pred, ref, ref_img.GetSpacing()[::-1], detect_scheme(pred), detect_scheme(ref))
+    m = score_against(res.labels, case.paths["seg"], res.label_scheme)
     assert m["WT"]["dice"] >= 0.85, m["WT"]
     assert m["TC"]["dice"] >= 0.70, m["TC"]
