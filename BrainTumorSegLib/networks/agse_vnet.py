@@ -1,4 +1,6 @@
-"""AGSE-VNet (seeds/agse-vnet-paper-v2.md, sections 3-4).
+"""AGSE-VNet, sections 3-4 of: Guan X, Yang G, Ye J, Yang W, Xu X, Jiang W, Lai X. 3D AGSE-VNet:
+an automatic brain tumor MRI data segmentation framework. BMC Medical Imaging 22:6, 2022.
+doi:10.1186/s12880-021-00728-8.
 
 * VNet-style encoder of 5 blocks (16, 32, 64, 128, 256 channels; 1, 2, 3, 3, 3 convs) with the
   VNet residual add, a Squeeze-and-Excitation block (section 3.2, reduction m = 4) in every
@@ -133,7 +135,7 @@ class AGSEVNet(SegmentationNetwork):
     aux_outputs = ()
     encoder_modules = ("encoders",)
     checkpoint_modules = ("encoders", "decoders")
-    paper = "AGSE-VNet, seeds/agse-vnet-paper-v2.md sections 3-4"
+    paper = "AGSE-VNet, Guan et al., BMC Med Imaging 2022, doi:10.1186/s12880-021-00728-8, sections 3-4"
     training_defaults = TrainingDefaults("adam", 1e-4, 0.0, "step", step_lr=3e-5,
                                          loss="categorical Dice, class weights [0.1, 1, 1, 1]")
     class_weights = (0.1, 1.0, 1.0, 1.0)  # background, NCR, ED, ET (section 3)

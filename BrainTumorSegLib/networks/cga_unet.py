@@ -1,4 +1,6 @@
-"""CGA U-Net: Category Guided Attention U-Net (seeds/cga-unet-paper.md).
+"""CGA U-Net: Category Guided Attention U-Net, after Li J, Yu H, Chen C, Ding M, Zha S. Category
+guided attention network for brain tumor segmentation in MRI. Physics in Medicine & Biology 67,
+2022. doi:10.1088/1361-6560/ac628a (arXiv:2203.15383).
 
 Follows Table 1 (sections 3.1-3.4):
 
@@ -105,7 +107,7 @@ class CGAUNet(SegmentationNetwork):
     # the attention path and the SAM stay trainable: they are supervised by their own loss
     encoder_modules = ("init_conv", "en1", "down1", "en2", "down2", "en3", "down3", "en4")
     checkpoint_modules = ("en1", "en2", "en3", "en4", "de3", "de2", "de1")
-    paper = "CGA U-Net, seeds/cga-unet-paper.md sections 3-4, Tables 1 and 3"
+    paper = "CGA U-Net, Li et al., Phys Med Biol 2022, doi:10.1088/1361-6560/ac628a, sections 3-4, Tables 1 and 3"
     training_defaults = TrainingDefaults("adam", 1e-3, 1e-5, "constant",
                                          loss="softmax Dice + MSE on the attention map "
                                               "(+ inter-class loss after epoch 20)")

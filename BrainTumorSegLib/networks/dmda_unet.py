@@ -1,4 +1,7 @@
-"""DM-DA-Unet: a two-stage cascade (seeds/dm-da-unet-paper.txt, section 3).
+"""DM-DA-Unet: a two-stage cascade, section 3 of the DM-DA-Unet paper (a DM-DA-based cascade for
+glioma segmentation on 2D ResUnet, evaluated on BraTS 2018 five-fold and BraTS 2017 online). Its
+title, venue and DOI could not be identified from the copy we have (seeds/dm-da-unet-paper.txt,
+which starts at the abstract); the sections cited here are that text's.
 
 Stage 1, ``DenseUnet2D`` (section 3.2): on axial slices, encoder dense blocks of three 3x3 convs
 with BN and PReLU whose inputs are the concatenation of all earlier outputs, stride-2 convs

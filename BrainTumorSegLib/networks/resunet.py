@@ -1,7 +1,9 @@
 """Region-based residual-encoder U-Net, the baseline in the style of the BraTS 2021 winners.
 
-Follows the recipe of nnU-Net's BraTS 2021 entry (seeds/brainles-brats-2021-proceedings.txt,
-Luu and Park's extension of nnU-Net, and the residual encoders common among the top teams):
+Follows the recipe of nnU-Net's BraTS 2021 entry (Luu HM, Park SH. Extending nn-UNet for brain
+tumor segmentation. In: Brainlesion: Glioma, Multiple Sclerosis, Stroke and Traumatic Brain
+Injuries, BrainLes 2021, LNCS 12963, Springer, 2022; and the residual encoders common among the
+BraTS 2021 papers in BrainLes 2021, LNCS 12962):
 a U-Net whose encoder stages are stacks of residual blocks (conv-IN-LReLU-conv-IN, + identity,
 LReLU), strided 3x3x3 convs to go down, transposed convs to go up, one conv-IN-LReLU block per
 decoder stage, instance norm, LeakyReLU(0.01), and three sigmoid outputs for the nested regions
@@ -51,7 +53,7 @@ class ResUNet(SegmentationNetwork):
     aux_outputs = ("deep_supervision",)
     encoder_modules = ("stem", "stages")
     checkpoint_modules = ("stages", "decoders")
-    paper = "BraTS 2021 winners' region-based residual U-Net (seeds/brainles-brats-2021-proceedings.txt)"
+    paper = "BraTS 2021 winners' region-based residual U-Net (BrainLes 2021, LNCS 12962-12963)"
     training_defaults = TrainingDefaults("adamw", 1e-3, 1e-4, "cosine",
                                          loss="region Dice + BCE, deep supervision weights 1, 0.5, 0.25")
     deep_supervision_weights = (0.5, 0.25)  # for the 1/2 and 1/4 resolution heads; the full one weighs 1
