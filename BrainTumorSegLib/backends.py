@@ -100,23 +100,24 @@ def _time(fn: Forward, x: torch.Tensor) -> float:
 
 
 def choose(backend: str, device: torch.device, net: torch.nn.Module, weights_sha256: str,
-           shape: Tuple[int, ...], torch_forward: Forward, windows: int = 1) -> Tuple[str, Optional[Forward], str]:
-    """(backend used, its forward or None for torch, a note) for ``windows`` windows of ``shape``."""
+           shape: Tuple[int, ...], torch_forward: Forward, windows: int = 1) -> Tuple[str, Optional[Forward]]:
+    """(backend used, its forward or None for torch) for ``windows`` windows of ``shape``."""
     if backend not in BACKENDS:
         raise InputError(None, f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "torch" or (backend == "auto" and (device.type != "cpu" or not openvino_available())):
-        return "torch", None, ""
+        return "torch", None
     if device.type != "cpu":
         raise InputError(None, f"the openvino backend runs on the CPU, not on {device}")
     if not openvino_available():
         raise InputError("openvino", 'is not installed; install it with pip install "BrainTumorSegLib[openvino]"')
     if backend == "openvino":
-        return "openvino", openvino_forward(net, weights_sha256, shape), ""
+        return "openvino", openvino_forward(net, weights_sha256, shape)
     decision = _decision_file(weights_sha256, shape)
     measured: Dict = {}
     if os.path.exists(decision):
         with open(decision, encoding="utf-8") as f:
             measured = json.load(f)
+    ov_forward: Optional[Forward] = None
     if "openvino_setup_s" not in measured:
         openvino_forward(net, weights_sha256, shape)  # export and compile once, so start-up is timed warm
         t0 = time.perf_counter()
@@ -126,13 +127,9 @@ def choose(backend: str, device: torch.device, net: torch.nn.Module, weights_sha
         measured = {"torch_s": _time(torch_forward, x), "openvino_s": _time(ov_forward, x),
                     "openvino_setup_s": setup, "shape": list(shape)}
         write_json(decision, measured)
-    ov_total = measured["openvino_setup_s"] + windows * measured["openvino_s"]
-    torch_total = windows * measured["torch_s"]
-    if ov_total < torch_total:
-        return "openvino", openvino_forward(net, weights_sha256, shape), (
-            f"OpenVINO measured faster than torch here ({ov_total:.1f} s against {torch_total:.1f} s for "
-            f"{windows} windows)")
-    return "torch", None, ""
+    if measured["openvino_setup_s"] + windows * measured["openvino_s"] >= windows * measured["torch_s"]:
+        return "torch", None
+    return "openvino", ov_forward or openvino_forward(net, weights_sha256, shape)
 
 
 __all__ = ["BACKENDS", "choose", "openvino_available", "openvino_forward", "cache_root"]

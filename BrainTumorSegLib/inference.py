@@ -117,12 +117,13 @@ class _Predictor:
         self.device = device
         self.flips = flips
         self.cpu_bf16 = cpu_bf16
-        self.backend, self._openvino, self.note = "torch", None, ""
+        self.backend: str = "torch"
+        self._openvino: Optional[backends.Forward] = None
         sha = bundle.manifest.get("weights_sha256")
         if backend != "torch" and sha and window:
             shape = (1, len(bundle.manifest.get("in_sequences", SEQUENCE_ORDER))) + tuple(window)
-            self.backend, self._openvino, self.note = backends.choose(backend, device, self.net, sha, shape,
-                                                                       self._torch_forward, windows * len(flips))
+            self.backend, self._openvino = backends.choose(backend, device, self.net, sha, shape,
+                                                           self._torch_forward, windows * len(flips))
 
     def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), self._autocast():

@@ -10,7 +10,7 @@ original 1 mm files, and the postprocessing defaults are chosen on those same va
 Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) under one CPU budget:
 
 - ``2mm``: a 2 mm isotropic working grid; patches of 64^3 voxels see 128 mm, so the whole brain
-  crop (about 70 x 90 x 77 voxels) is one or two windows at inference, and probabilities are
+  crop (about 76 x 92 x 76 voxels) is eight windows at overlap 0.5, and probabilities are
   interpolated back onto the 1 mm grid before labels are made (design (c) of the issue: cheaper to
   train and to run on a CPU);
 - ``1mm``: the input's own 1 mm grid, same patch size in voxels, from random initialisation;
@@ -33,9 +33,10 @@ import SimpleITK as sitk
 from . import bundles
 from .cases import Case, find_cases
 from .errors import InputError
+from .evaluation import score_images
+from .imageio import read_image
 from .inference import SegmentOptions, segment
-from .labels import REGIONS, detect_scheme
-from .metrics import case_metrics
+from .labels import REGIONS
 from .networks import build
 from .postprocessing import PostprocessOptions, postprocess
 from .recipes import DEMO_OPTIONS
@@ -98,10 +99,6 @@ def split(data_dir: str) -> Tuple[List[Case], List[Case]]:
     return [c for c in cases if c.case_id not in VALIDATION], [c for c in cases if c.case_id in VALIDATION]
 
 
-def _score(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float]) -> Dict[str, Dict[str, float]]:
-    return case_metrics(pred, ref, spacing_zyx, detect_scheme(pred), detect_scheme(ref))
-
-
 def case_table(rows: Mapping[str, Dict[str, Dict[str, float]]], seconds: Mapping[str, float]
                ) -> Tuple[Dict[str, Dict], Dict[str, float]]:
     """Per-case Dice, HD95 and volume error (mL, predicted minus reference) per region and seconds,
@@ -121,18 +118,24 @@ def validate_bundle(bundle_dir: str, cases: Sequence[Case], device: str = "cpu",
     error per region, the seconds per case, and the postprocessing setting with the best mean Dice
     on these cases (postprocessing runs on the labels ``segment`` made with it switched off)."""
     b = bundles.load(bundle_dir)
+    cases_by_id = {c.case_id: c for c in cases}
     raw, refs, seconds = {}, {}, {}
     for c in cases:
         res = segment(c.sequences, b, device, SegmentOptions(postprocess=PostprocessOptions()))
-        raw[c.case_id] = sitk.GetArrayFromImage(res.labels)
-        ref_img = sitk.ReadImage(c.paths["seg"])
-        refs[c.case_id] = (sitk.GetArrayFromImage(ref_img), ref_img.GetSpacing()[::-1])
+        raw[c.case_id] = res.labels
+        refs[c.case_id] = read_image(c.paths["seg"], "label")
         seconds[c.case_id] = res.timings["total"]
         log(f"validation {c.case_id}: {res.timings['total']:.1f} s")
     scheme = b.manifest["label_scheme"]
 
+    def postprocessed(labels: sitk.Image, post: PostprocessOptions) -> sitk.Image:
+        out = sitk.GetImageFromArray(postprocess(sitk.GetArrayViewFromImage(labels), scheme, post))
+        out.CopyInformation(labels)
+        return out
+
     def run(post: PostprocessOptions) -> Dict[str, Dict[str, Dict[str, float]]]:
-        return {cid: _score(postprocess(raw[cid], scheme, post), *refs[cid]) for cid in raw}
+        return {cid: score_images(postprocessed(raw[cid], post), refs[cid], pred_scheme=scheme,
+                                  pred_name=cid, ref_name=cases_by_id[cid].paths["seg"]) for cid in raw}
 
     candidates = [PostprocessOptions(min_et_voxels=et, min_component_voxels=comp)
                   for et, comp in itertools.product(POSTPROCESS_GRID["min_et_voxels"],
