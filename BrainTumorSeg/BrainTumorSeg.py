@@ -282,14 +282,22 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
             self.run = None
             self.setBusy(False, "Cancelled; the scene is unchanged.")
             return
-        if not self.ensureDependencies():
-            self.ui.statusLabel.text = "Not started: the packages it needs are not installed."
+        clinical = self.ui.clinicalCheckBox.checked
+        try:
+            extras = ["clinical"] if clinical and self.logic.needs_skull_stripping(self.volumes()) else []
+        except ModuleError as exc:
+            self.ui.statusLabel.text = f"Error: {exc}"
+            return
+        if not self.ensureDependencies(extras):
+            self.ui.statusLabel.text = ("Not started: the packages it needs are not installed" +
+                                        (" (HD-BET removes the skull from these scans)." if extras else "."))
             return
         try:
             self.run = self.logic.start_segmentation(
                 self.volumes(), model=self.ui.modelComboBox.currentData, device=self.device(),
                 tta=self.ui.ttaCheckBox.checked, uncertainty=self.ui.uncertaintyCheckBox.checked,
-                min_et_voxels=self.ui.etThresholdSpinBox.value)
+                min_et_voxels=self.ui.etThresholdSpinBox.value, clinical=clinical,
+                brain_mask=self.ui.brainMaskCheckBox.checked)
         except ModuleError as exc:
             self.ui.statusLabel.text = f"Error: {exc}"
             return
@@ -304,7 +312,8 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.ui.statusLabel.text = status
         for w in (list(self.selectors.values()) + [self.ui.autoAssignButton, self.ui.modelComboBox,
                                                    self.ui.loadModelButton, self.ui.deviceComboBox, self.ui.ttaCheckBox,
-                                                   self.ui.uncertaintyCheckBox, self.ui.etThresholdSpinBox]):
+                                                   self.ui.uncertaintyCheckBox, self.ui.etThresholdSpinBox,
+                                                   self.ui.clinicalCheckBox, self.ui.brainMaskCheckBox]):
             w.enabled = not busy
         if busy:
             self.ui.segmentButton.enabled = True
@@ -357,6 +366,8 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.ui.volumesTableView.setMRMLTableNode(self.result.table)
         if self.result.uncertainty is not None:
             slicer.util.setSliceViewerLayers(foreground=self.result.uncertainty, foregroundOpacity=0.4)
+        if self.result.brain_mask is not None:
+            slicer.util.setSliceViewerLayers(label=self.result.brain_mask, labelOpacity=0.3)
         for w in (self.ui.editButton, self.ui.show3DButton, self.ui.saveCaseButton):
             w.enabled = True
 

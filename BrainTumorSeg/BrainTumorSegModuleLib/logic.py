@@ -138,6 +138,7 @@ class SegmentationRun:
     volumes: Dict[str, object]
     name: str
     uncertainty: bool
+    brain_mask: bool = False
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -160,6 +161,7 @@ class SegmentationResult:
     report: Dict
     seconds: float
     volumes: Dict[str, object] = field(default_factory=dict)  # the run's inputs (Edit uses its T1ce)
+    brain_mask: Optional[object] = None                        # label map node, when asked for
 
     def status(self) -> str:
         models = ", ".join(m.get("id", "?") for m in self.report.get("models", []))
@@ -238,10 +240,24 @@ class BrainTumorSegLogic:
 
     # ------------------------------------------------------------------ segmenting
 
+    def needs_skull_stripping(self, volumes: Mapping[str, object]) -> bool:
+        """Whether any of the volumes still looks like a head (the library's own check), so that
+        segmenting it with clinical handling on needs HD-BET (the ``clinical`` extra)."""
+        from BrainTumorSegLib.skullstrip import check_stripped_array
+
+        self._check_volumes(volumes)
+        return not all(check_stripped_array(voxels(volumes[r]), float(np.prod(volumes[r].GetSpacing())) / 1000.0).stripped
+                       for r in ROLES)
+
     def start_segmentation(self, volumes: Mapping[str, object], model: Optional[str] = None,
                            device: str = "auto", tta: bool = False, uncertainty: bool = False,
-                           min_et_voxels: Optional[int] = None, name: Optional[str] = None) -> SegmentationRun:
-        """Write the four volumes to a private folder and start ``braintumorseg segment`` on them."""
+                           min_et_voxels: Optional[int] = None, name: Optional[str] = None,
+                           clinical: bool = True, brain_mask: bool = False) -> SegmentationRun:
+        """Write the four volumes to a private folder and start ``braintumorseg segment`` on them.
+
+        ``clinical``: skull stripping, co-registration and working resolution decided by the
+        library (its defaults); off treats the volumes as BraTS-preprocessed. ``brain_mask``: add
+        the brain mask (HD-BET's when stripped) to the scene as a label map."""
         self._check_volumes(volumes)
         workdir = tempfile.mkdtemp(prefix="BrainTumorSeg-")
         try:
@@ -260,12 +276,16 @@ class BrainTumorSegLogic:
                 args += ["--uncertainty", os.path.join(workdir, "uncertainty.nrrd")]
             if min_et_voxels is not None:
                 args += ["--min-et-voxels", str(int(min_et_voxels))]
+            if not clinical:
+                args += ["--skull-strip", "never", "--register", "never", "--isotropic", "off"]
+            if brain_mask:
+                args += ["--brain-mask", os.path.join(workdir, "brainmask.nrrd")]
             job = Job(args, self.python)
         except Exception:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         name = name or f"{volumes['t1ce'].GetName()} tumor"
-        return SegmentationRun(job, workdir, dict(volumes), name, uncertainty)
+        return SegmentationRun(job, workdir, dict(volumes), name, uncertainty, brain_mask)
 
     def cancel(self, run: SegmentationRun) -> None:
         """Stop the run; the scene is not touched and the temporary files are removed."""
@@ -333,17 +353,20 @@ class BrainTumorSegLogic:
                                   (labels == scheme.class_value(key)).astype(np.uint8), labels_node, scratch)
             table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{run.name} volumes")
             self._fill_volume_table(table, report.get("volumes_ml", {}))
-            unc = None
+            unc = mask = None
             if run.uncertainty:
                 unc = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{run.name} uncertainty")
                 _read_volume(os.path.join(run.workdir, "uncertainty.nrrd"), unc)
+            if run.brain_mask:
+                mask = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{run.name} brain mask")
+                _read_volume(os.path.join(run.workdir, "brainmask.nrrd"), mask)
         except Exception:  # every node made here goes (display and storage nodes included)
             self._remove_nodes_added_since(before)
             raise
         finally:
             self.scene.EndState(self.scene.BatchProcessState)
             scratch.Clear(1)
-        return SegmentationResult(seg, table, unc, report, time.perf_counter() - run.started, dict(run.volumes))
+        return SegmentationResult(seg, table, unc, report, time.perf_counter() - run.started, dict(run.volumes), mask)
 
     def _node_ids(self) -> set:
         return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}

@@ -41,8 +41,8 @@ def small_case_dir(tmp_path_factory, phantom_case_dir):
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory, phantom_case_dir):
-    """A small real network whose output bias is set so that about half the brain is 'tumor':
-    random weights, but labels that depend on the image, so comparisons are not trivial."""
+    """A small real network whose output bias is set, on a 2 mm grid, so that about half the brain is
+    'tumor': random weights, but labels that depend on the image, so comparisons are not trivial."""
     torch.manual_seed(0)
     net = build("resunet", **TINY).eval()
     case = find_case(phantom_case_dir)
@@ -52,7 +52,8 @@ def tiny_bundle(tmp_path_factory, phantom_case_dir):
         net.head.bias -= logits.flatten(1).median(1).values
     folder = tmp_path_factory.mktemp("bundles") / "tiny"
     return bundles.save(net, folder, {"id": "tiny", "version": "0", "network": "resunet", "options": TINY,
-                                      "label_scheme": "brats2021", "patch_size": [64, 64, 64], "demo": True})
+                                      "label_scheme": "brats2021", "patch_size": [64, 64, 64], "demo": True,
+                                      "preprocessing": {"spacing_mm": 2.0}})  # calibrated on a 2 mm grid
 
 
 def labels_of(res):
@@ -310,7 +311,7 @@ def test_model_working_spacing_is_used_and_labels_return_on_the_reference_grid(t
 
 def test_ensemble_of_models_at_different_spacings_is_refused(tiny_bundle, phantom_case_dir, tmp_path):
     case = find_case(phantom_case_dir)
-    coarse = _with_spacing(tiny_bundle, tmp_path / "coarse", 2.0)
+    coarse = _with_spacing(tiny_bundle, tmp_path / "coarse", 3.0)  # the tiny bundle works at 2 mm
     with pytest.raises(InputError, match="one spacing"):
         segment(case.sequences, [tiny_bundle, coarse], "cpu")
 
@@ -354,7 +355,8 @@ def test_segment_runs_the_cascade_as_the_network_predicts_it(small_case_dir, tmp
     net.locate = locate  # a stand-in for a trained stage 1 that found this block
     folder = bundles.save(net, tmp_path / "cascade", {"id": "cascade", "network": "dmda_unet", "label_scheme": "brats2021",
                                                       "options": {"cube": 32, "margin": 2, "channels_2d": [4, 8, 16, 32],
-                                                                  "channels_3d": [4, 8, 16, 32]}, "patch_size": [32, 32, 32]})
+                                                                  "channels_3d": [4, 8, 16, 32]}, "patch_size": [32, 32, 32],
+                                                      "preprocessing": {"spacing_mm": 2.0}})  # the small case's own grid
     loaded = bundles.load(folder)
     loaded.network.locate = locate
     res = segment(case.sequences, loaded, "cpu", SegmentOptions(postprocess=PostprocessOptions(), cpu_bf16=False))

