@@ -7,9 +7,12 @@ Otsu's threshold), so air, noise and the field-of-view border do not steer it.
 
 ``auto`` registers a sequence when its grid differs from the reference's (clinical scans: each
 sequence its own matrix, slice thickness and direction) or when a quick check finds it
-misaligned on the same grid: the metric at the identity is compared with the metric after small
-shifts (3 mm) and rotations (3 degrees) about each axis; if any is clearly better (by
-``MISALIGNED_GAIN`` of the identity's value), the sequence is misaligned.
+misaligned on the same grid: on both images shrunk to about 4 mm, the metric at the identity is
+compared with the metric after small shifts (3 mm) and rotations (3 degrees) about each axis; if
+any is clearly better (by ``MISALIGNED_GAIN`` of the identity's value), the sequence is
+misaligned. Measured on the sample case: 2 mm shifts and 2 degree rotations are found, 1 mm is
+not; none of the 72 co-registered sequence pairs of the 24 real BraTS cases is flagged; about
+0.2 s per sequence on one core.
 """
 from __future__ import annotations
 
