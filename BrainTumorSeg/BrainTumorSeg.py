@@ -29,8 +29,9 @@ MODEL_FOLDERS_KEY = "BrainTumorSeg/modelFolders"  # bundle folders the user load
 
 MODEL_NOTE = ("The default model, brats-glioma-v1, is a research model trained on 19 real BraTS 2018 glioma "
               "cases; on 5 held-out BraTS cases it reached Dice 0.85 (whole tumor), 0.84 (tumor core) and 0.82 "
-              "(enhancing tumor). It expects skull-stripped, co-registered scans like BraTS data, it is not a "
-              "medical device, and every result needs checking. brats-synthetic-demo learned from synthetic "
+              "(enhancing tumor). It was trained on skull-stripped, co-registered BraTS data; with 'Clinical scans: "
+              "automatic' the skull is removed and the sequences registered first. It is not a medical device, and "
+              "every result needs checking. brats-synthetic-demo learned from synthetic "
               "phantoms only and is a demo. Models you fine-tune appear in the list; none is validated for "
               "clinical use.")
 

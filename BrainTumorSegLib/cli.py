@@ -358,12 +358,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Brain tumor segmentation from T1, T1ce, T2 and FLAIR MRI.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log details")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_data_commands(sub) -> None:
+    """phantom, evaluate and networks."""
     ph = sub.add_parser("phantom", help="write synthetic BraTS-like cases (no network needed)")
     ph.add_argument("outdir")
     ph.add_argument("--n", type=int, default=1, help="number of cases (default 1)")
@@ -388,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     nw.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     nw.add_argument("--no-time", action="store_true", help="skip the timed forward passes")
     nw.set_defaults(func=_cmd_networks)
+
+
+def _add_segment_command(sub) -> None:
+    """segment, models and devices."""
     sg = sub.add_parser("segment", help="segment a case: necrotic core, edema, enhancing tumor on the T1ce grid")
     for r in SEQUENCES:
         sg.add_argument(f"--{r}", help=f"{r} volume")
@@ -426,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "against them (and add them to the report)")
     sg.set_defaults(func=_cmd_segment)
 
+
     md = sub.add_parser("models", help="list installed model bundles")
     md.set_defaults(func=_cmd_models)
 
@@ -433,34 +434,39 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("--json", action="store_true", help="one JSON line (for the Slicer module)")
     dv.set_defaults(func=_cmd_devices)
 
-    def add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
-        t.add_argument("--data", required=True, help="folder of training cases (BraTS 2021 or 2023 layout)")
-        t.add_argument("--val", help="folder of validation cases")
-        t.add_argument("--folds", type=int, default=0, help="k-fold split of --data (with --fold)")
-        t.add_argument("--fold", type=int, default=0)
-        t.add_argument("--out", required=True, help="run folder (checkpoints, logs, exported bundle)")
-        t.add_argument("--epochs", type=int, default=epochs)
-        t.add_argument("--iters", type=int, default=50, help="iterations per epoch")
-        t.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"))
-        t.add_argument("--batch", type=int, default=2)
-        t.add_argument("--lr", type=float, help="learning rate (default: the network's, a tenth of it for finetune)")
-        t.add_argument("--amp", action="store_true",
-                       help="mixed precision: fp16 on CUDA, bf16 on CPUs that run it natively")
-        t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (under torchrun: "
-                                                        "one GPU per process by LOCAL_RANK, or CPUs with gloo)")
-        t.add_argument("--gradient-checkpointing", action="store_true",
-                       help="recompute activations in backward: less GPU memory, about a third more time")
-        t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-        t.add_argument("--seed", type=int, default=0)
-        t.add_argument("--val-every", type=int, default=5)
-        t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-        t.add_argument("--skip-bad", action="store_true", help="skip broken cases with a warning instead of failing")
-        t.add_argument("--domain-randomization", action="store_true", help="random contrast per sequence (synthetic data)")
 
+def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
+    """The options train and finetune share."""
+    t.add_argument("--data", required=True, help="folder of training cases (BraTS 2021 or 2023 layout)")
+    t.add_argument("--val", help="folder of validation cases")
+    t.add_argument("--folds", type=int, default=0, help="k-fold split of --data (with --fold)")
+    t.add_argument("--fold", type=int, default=0)
+    t.add_argument("--out", required=True, help="run folder (checkpoints, logs, exported bundle)")
+    t.add_argument("--epochs", type=int, default=epochs)
+    t.add_argument("--iters", type=int, default=50, help="iterations per epoch")
+    t.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"))
+    t.add_argument("--batch", type=int, default=2)
+    t.add_argument("--lr", type=float, help="learning rate (default: the network's, a tenth of it for finetune)")
+    t.add_argument("--amp", action="store_true",
+                   help="mixed precision: fp16 on CUDA, bf16 on CPUs that run it natively")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (under torchrun: "
+                                                    "one GPU per process by LOCAL_RANK, or CPUs with gloo)")
+    t.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in backward: less GPU memory, about a third more time")
+    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--val-every", type=int, default=5)
+    t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    t.add_argument("--skip-bad", action="store_true", help="skip broken cases with a warning instead of failing")
+    t.add_argument("--domain-randomization", action="store_true", help="random contrast per sequence (synthetic data)")
+
+
+def _add_training_commands(sub) -> None:
+    """train, finetune, train-demo and train-recipe."""
     tr = sub.add_parser("train", help="train a network on cases with labels; exports a model bundle")
     tr.add_argument("--network", default="resunet", help="resunet, agse_vnet, cga_unet or dmda_unet")
     tr.add_argument("--options", help="network options as JSON, e.g. '{\"channels\": [16, 32, 64, 128, 128]}'")
-    add_train_args(tr, epochs=20)
+    _add_train_args(tr, epochs=20)
     tr.set_defaults(func=_cmd_train)
 
     ft = sub.add_parser("finetune", help="continue training a model bundle on new cases (e.g. corrected in Slicer)")
@@ -468,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--freeze-encoder", action="store_true", help="train only the decoder and heads")
     ft.add_argument("--replay", help="folder of earlier training cases to mix in, so the model does not forget them")
     ft.add_argument("--replay-fraction", type=float, default=0.3, help="share of patches from --replay (default 0.3)")
-    add_train_args(ft, epochs=10)
+    _add_train_args(ft, epochs=10)
     ft.set_defaults(func=_cmd_finetune)
 
     td = sub.add_parser("train-demo", help="the recipe of the shipped demo model: phantoms, training, held-out test")
@@ -497,6 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr2.add_argument("--from-checkpoint", metavar="PT", help="no training: export and validate this checkpoint of "
                                                             "the run (e.g. the best so far of a run still going)")
     tr2.set_defaults(func=_cmd_train_recipe)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Brain tumor segmentation from T1, T1ce, T2 and FLAIR MRI.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub)
+    _add_segment_command(sub)
+    _add_training_commands(sub)
     return p
 
 

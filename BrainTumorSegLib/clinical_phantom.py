@@ -3,8 +3,9 @@
 From a skull-stripped, co-registered 1 mm case (a phantom or a BraTS case):
 
 1. A head around the brain: either a real head given as a T1 volume with skull (for example the
-   SRI24 atlas in BraTS space) whose voxels outside the brain take its intensities, or, without
-   one, synthetic layers by distance from the brain surface: CSF (0-2 mm), skull (2-7 mm, dark
+   SRI24 atlas in BraTS space) whose skull and scalp take its intensities, with CSF (in each
+   sequence's contrast) where its own brain extends beyond the patient's; or, without one,
+   synthetic layers by distance from the brain surface: CSF (0-2 mm), skull (2-7 mm, dark
    in every sequence), scalp and fat (7-12 mm). Air gets Rician-like noise, so no voxel is zero.
 2. Each sequence on its own scanner grid, as clinical protocols acquire them: T1ce 0.9 x 0.9 x
    5.5 mm axial, T1 1 x 1 x 5 mm sagittal, T2 0.7 x 0.7 x 4.5 mm axial, FLAIR 0.9 x 0.9 x 6 mm
@@ -53,15 +54,17 @@ def add_head(images: Dict[str, sitk.Image], seed: int = 0, head: Optional[sitk.I
     spacing = first.GetSpacing()[::-1]
     if head is not None:
         head_a = sitk.GetArrayFromImage(sitk.Resample(head, first, sitk.Transform(), sitk.sitkLinear, 0.0))
-        ref_med = float(np.median(head_a[brain])) if head_brain is None else float(
-            np.median(sitk.GetArrayFromImage(sitk.Resample(head_brain, first))[brain]))
+        head_brain_a = (sitk.GetArrayFromImage(sitk.Resample(head_brain, first)) if head_brain is not None
+                        else np.zeros_like(head_a))
+        ref_med = float(np.median(head_a[brain]))
+        inside_skull = ndimage.binary_fill_holes(head_brain_a > 0) & ~brain  # the atlas's brain around the patient's
     else:
         dist = ndimage.distance_transform_edt(~brain, sampling=spacing)
     out = {}
     for role, a in arrays.items():
         med = float(np.median(a[brain]))
-        if head is not None:
-            outside = head_a * (med / max(ref_med, 1e-6))
+        if head is not None:  # skull and scalp from the head (T1 contrast); between them and the brain, CSF
+            outside = np.where(inside_skull, _LAYERS.get(role, _LAYERS["t1"])[0] * med, head_a * (med / max(ref_med, 1e-6)))
         else:
             csf, bone, scalp = _LAYERS.get(role, _LAYERS["t1"])
             layers = np.select([dist <= 2, dist <= 7, dist <= 12], [csf, bone, scalp], 0.0).astype(np.float32)

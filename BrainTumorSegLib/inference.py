@@ -25,7 +25,7 @@ from .imageio import geometry, same_grid
 from .labels import REGIONS, classes_to_labels, get_scheme, labels_to_regions, regions_to_labels
 from .networks.base import SEQUENCE_ORDER
 from .postprocessing import PostprocessOptions, postprocess
-from .preprocessing import PreprocessOptions, preprocess
+from .preprocessing import Preprocessed, PreprocessOptions, preprocess
 from .sliding_window import sliding_window, tiles_cover
 
 Progress = Callable[[str, float], None]   # (stage, fraction 0..1)
@@ -259,6 +259,40 @@ def model_spacing(models: Sequence[bundles.Bundle]) -> Optional[float]:
     return found.pop()
 
 
+def _load_ensemble(model: Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]]]) -> List[bundles.Bundle]:
+    """The bundles of one model or an ensemble; an ensemble's models must take the same inputs."""
+    model_list: List[Union[str, bundles.Bundle]] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
+    loaded = [m if isinstance(m, bundles.Bundle) else bundles.load(m) for m in model_list]
+    roles = tuple(loaded[0].manifest["in_sequences"])
+    for m in loaded[1:]:
+        if tuple(m.manifest["in_sequences"]) != roles:
+            raise InputError(m.path, "an ensemble's models must take the same sequences in the same order")
+    return loaded
+
+
+def _labels_on_reference(probs: np.ndarray, pre: Preprocessed, kind: str, scheme: str, post: PostprocessOptions,
+                         uncertainty: bool) -> Tuple[sitk.Image, Optional[sitk.Image]]:
+    """Labels (and the entropy map) on the reference input's grid. On the reference's own grid the
+    labels are made there and moved back exactly; on a resampled working grid the probabilities
+    go back (linearly) and the labels are made on the reference grid."""
+    inv = pre.inverse
+    if same_grid(inv.working, inv.canonical):
+        labels = probabilities_to_labels(probs, kind, scheme)
+        labels[~pre.brain] = 0
+        out = inv.to_reference(postprocess(labels, scheme, post).astype(np.uint8), labels=True)
+        return out, inv.to_reference(entropy_map(probs, kind), labels=False) if uncertainty else None
+    ref_probs = np.stack([inv.to_reference_array(p, labels=False) for p in probs])
+    labels = probabilities_to_labels(ref_probs, kind, scheme)
+    labels[inv.to_reference_array(pre.brain.astype(np.uint8), labels=True) == 0] = 0
+    out = sitk.GetImageFromArray(postprocess(labels, scheme, post).astype(np.uint8))
+    out.CopyInformation(inv.reference)
+    unc = None
+    if uncertainty:
+        unc = sitk.GetImageFromArray(entropy_map(ref_probs, kind))
+        unc.CopyInformation(inv.reference)
+    return out, unc
+
+
 def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
             model: Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]]] = bundles.DEFAULT_MODEL,
             device: str = "auto", options: Optional[SegmentOptions] = None,
@@ -282,14 +316,10 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
             raise Cancelled()
 
     dev = devices.resolve(device)
-    model_list: List[Union[str, bundles.Bundle]] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
-    loaded = [m if isinstance(m, bundles.Bundle) else bundles.load(m) for m in model_list]
+    loaded = _load_ensemble(model)
     timings["load_model"] = time.perf_counter() - t0
     first = loaded[0].manifest
     roles = tuple(first["in_sequences"])
-    for m in loaded[1:]:
-        if tuple(m.manifest["in_sequences"]) != roles:
-            raise InputError(m.path, "an ensemble's models must take the same sequences in the same order")
     extra = [r for r in inputs if inputs[r] is not None and r not in roles]
     missing = [r for r in roles if inputs.get(r) is None]
     if missing:
@@ -316,24 +346,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
     t = time.perf_counter()
     if progress:
         progress("postprocess", 0.0)
-    kind = first["output_kind"]
-    inv = pre.inverse
-    if same_grid(inv.working, inv.canonical):
-        labels = probabilities_to_labels(probs, kind, scheme)
-        labels[~pre.brain] = 0
-        labels = postprocess(labels, scheme, post)
-        out = inv.to_reference(labels.astype(np.uint8), labels=True)
-        unc = inv.to_reference(entropy_map(probs, kind), labels=False) if opts.uncertainty else None
-    else:  # a resampled working grid: probabilities go back (linearly), labels are made on the reference grid
-        ref_probs = np.stack([inv.to_reference_array(p, labels=False) for p in probs])
-        labels = probabilities_to_labels(ref_probs, kind, scheme)
-        labels[inv.to_reference_array(pre.brain.astype(np.uint8), labels=True) == 0] = 0
-        out = sitk.GetImageFromArray(postprocess(labels, scheme, post).astype(np.uint8))
-        out.CopyInformation(inv.reference)
-        unc = None
-        if opts.uncertainty:
-            unc = sitk.GetImageFromArray(entropy_map(ref_probs, kind))
-            unc.CopyInformation(inv.reference)
+    out, unc = _labels_on_reference(probs, pre, first["output_kind"], scheme, post, opts.uncertainty)
     timings["postprocess"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     ref_img = pre.inverse.reference
@@ -349,6 +362,6 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
         models=[{"id": m.id, "version": m.manifest.get("version"), "network": m.manifest["network"],
                  "weights_sha256": m.manifest["weights_sha256"], "demo": m.demo, "path": m.path} for m in loaded],
         uncertainty=unc, probabilities=probs, warnings=warnings, preprocessing=pre.decisions,
-        brain_mask=pre.brain_mask if pre.brain_mask is not None else inv.to_reference(pre.brain.astype(np.uint8)),
+        brain_mask=pre.brain_mask if pre.brain_mask is not None else pre.inverse.to_reference(pre.brain.astype(np.uint8)),
         input_geometry={"reference": opts.reference, **geometry(ref_img),
                         "windows": tiles_cover(pre.data.shape[1:], tuple(first["patch_size"]), opts.overlap)})

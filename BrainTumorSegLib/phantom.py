@@ -179,6 +179,43 @@ def _bias(rng: np.random.Generator, shape: Tuple[int, ...], strength: float) -> 
     return np.exp(out)
 
 
+def _render(rng: np.random.Generator, probs: np.ndarray, brain: np.ndarray, labels: np.ndarray,
+            grid: sitk.Image) -> Dict[str, sitk.Image]:
+    """Each sequence from tissue probabilities (CSF, GM, WM) and tumor labels: its contrast,
+    texture, bias field, blur, Rician noise and a scanner-like gain, inside the brain's box."""
+    idx = np.argwhere(brain)
+    lo, hi = idx.min(0), idx.max(0) + 1
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    p = probs[box]
+    bmask = brain[box]
+    lab = labels[box]
+    s = SCHEMES["brats2021"]
+    tumor_masks = [lab == s.ncr, lab == s.ed, lab == s.et]
+    texture = 1.0 + 0.06 * _smooth_noise(rng, bmask.shape, 1.5)
+    tumor_texture = 1.0 + 0.12 * _smooth_noise(rng, bmask.shape, 2.0)
+    images = {}
+    for seq in SEQUENCES:
+        c = np.array(_CONTRAST[seq], np.float32) * rng.uniform(0.93, 1.07, 6).astype(np.float32)
+        vol = (p[..., 0] * c[0] + p[..., 1] * c[1] + p[..., 2] * c[2]) * texture
+        for k, m in enumerate(tumor_masks):
+            vol[m] = c[3 + k] * tumor_texture[m]
+        vol *= _bias(rng, vol.shape, rng.uniform(0.05, 0.25))
+        img = sitk.GetImageFromArray(vol.astype(np.float32))
+        img = sitk.SmoothingRecursiveGaussian(img, float(rng.uniform(0.4, 1.0)))
+        vol = sitk.GetArrayFromImage(img)
+        sigma = rng.uniform(0.015, 0.04)
+        n1 = rng.standard_normal(vol.shape, dtype=np.float32) * sigma
+        n2 = rng.standard_normal(vol.shape, dtype=np.float32) * sigma
+        vol = np.sqrt((vol + n1) ** 2 + n2 ** 2)
+        gain = rng.uniform(600, 1400)  # scanner-like arbitrary intensity scale
+        full = np.zeros(brain.shape, np.int16)
+        full[box] = np.where(bmask, np.clip(np.round(vol * gain), 1, 32767), 0).astype(np.int16)
+        out = sitk.GetImageFromArray(full)
+        out.CopyInformation(grid)
+        images[seq] = out
+    return images
+
+
 def make_case(seed: int, index: int) -> PhantomCase:
     """Build case ``index`` of ``seed`` in memory."""
     rng = np.random.default_rng([int(seed), int(index)])
@@ -217,38 +254,8 @@ def make_case(seed: int, index: int) -> PhantomCase:
     probs[tuple(slice(a, b) for a, b in zip(lo, hi))] = sitk.GetArrayFromImage(
         sitk.Resample(tmpl, sub, composite, sitk.sitkLinear, 0.0))  # z, y, x, (CSF, GM, WM)
     brain = probs.sum(-1) > 0.5
-    idx = np.argwhere(brain)
-    lo, hi = idx.min(0), idx.max(0) + 1
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
     labels, info = _tumor(rng, brain.shape, centre_idx, brain)
-
-    p = probs[box]
-    bmask = brain[box]
-    lab = labels[box]
-    s = SCHEMES["brats2021"]
-    tumor_masks = [lab == s.ncr, lab == s.ed, lab == s.et]
-    texture = 1.0 + 0.06 * _smooth_noise(rng, bmask.shape, 1.5)
-    tumor_texture = 1.0 + 0.12 * _smooth_noise(rng, bmask.shape, 2.0)
-    images = {}
-    for seq in SEQUENCES:
-        c = np.array(_CONTRAST[seq], np.float32) * rng.uniform(0.93, 1.07, 6).astype(np.float32)
-        vol = (p[..., 0] * c[0] + p[..., 1] * c[1] + p[..., 2] * c[2]) * texture
-        for k, m in enumerate(tumor_masks):
-            vol[m] = c[3 + k] * tumor_texture[m]
-        vol *= _bias(rng, vol.shape, rng.uniform(0.05, 0.25))
-        img = sitk.GetImageFromArray(vol.astype(np.float32))
-        img = sitk.SmoothingRecursiveGaussian(img, float(rng.uniform(0.4, 1.0)))
-        vol = sitk.GetArrayFromImage(img)
-        sigma = rng.uniform(0.015, 0.04)
-        n1 = rng.standard_normal(vol.shape, dtype=np.float32) * sigma
-        n2 = rng.standard_normal(vol.shape, dtype=np.float32) * sigma
-        vol = np.sqrt((vol + n1) ** 2 + n2 ** 2)
-        gain = rng.uniform(600, 1400)  # scanner-like arbitrary intensity scale
-        full = np.zeros(brain.shape, np.int16)
-        full[box] = np.where(bmask, np.clip(np.round(vol * gain), 1, 32767), 0).astype(np.int16)
-        out = sitk.GetImageFromArray(full)
-        out.CopyInformation(grid)
-        images[seq] = out
+    images = _render(rng, probs, brain, labels, grid)
     seg = sitk.GetImageFromArray(labels)
     seg.CopyInformation(grid)
     info.update({"seed": int(seed), "index": int(index), "scale": round(float(scale), 4),

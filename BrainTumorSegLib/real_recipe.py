@@ -63,11 +63,13 @@ LICENCE = ("Research use only; not a medical device and not validated for clinic
            "2018 training data released for research under the BraTS data-use terms (TCGA-derived cases: "
            "The Cancer Imaging Archive, CC BY 3.0); any use must cite the papers listed in 'citations'.")
 DESCRIPTION = ("Residual U-Net trained on 19 real, expert-labelled BraTS 2018 glioma cases (skull-stripped, "
-               "co-registered, 1 mm) on a 2-core CPU. Research use only, not for clinical use. Expects "
-               "BraTS-preprocessed input; validation figures (5 held-out BraTS cases) are in 'metrics'.")
+               "co-registered, 1 mm) on a 2-core CPU. Research use only, not for clinical use. Works on "
+               "BraTS-preprocessed input (segment prepares clinical scans so first); validation figures (5 "
+               "held-out BraTS cases) are in 'metrics'.")
 
 NOTE = ("research model trained on 19 real BraTS 2018 cases, not a medical device and not for clinical "
-        "use; it expects skull-stripped, co-registered scans like BraTS data")
+        "use; it was trained on skull-stripped, co-registered BraTS data (segment strips and registers "
+        "clinical scans first; check the brain mask)")
 
 
 @dataclass(frozen=True)

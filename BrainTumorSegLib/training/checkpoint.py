@@ -1,0 +1,27 @@
+"""Atomic checkpoints (loaded without executing code) and a digest of the weights."""
+from __future__ import annotations
+
+import hashlib
+from typing import Dict
+
+import torch
+
+from ..atomicfile import replacing
+
+
+def save_checkpoint(path: str, state: Dict) -> None:
+    with replacing(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str) -> Dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def weights_digest(net: torch.nn.Module) -> str:
+    """sha256 over the state dict (names, then bytes in name order)."""
+    h = hashlib.sha256()
+    for k, v in sorted(net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

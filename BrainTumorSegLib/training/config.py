@@ -1,0 +1,28 @@
+"""The settings of a training run."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+
+@dataclass
+class TrainConfig:
+    network: str = "resunet"
+    options: Dict = field(default_factory=dict)
+    epochs: int = 20
+    iters_per_epoch: int = 50
+    batch: int = 2
+    patch: Optional[Tuple[int, int, int]] = None
+    lr: Optional[float] = None
+    seed: int = 0
+    fg_fraction: float = 1 / 3
+    val_every: int = 5
+    workers: int = 0
+    amp: bool = False
+    label_scheme: str = "brats2021"
+    domain_randomization: bool = False
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    freeze_encoder: bool = False
+    replay_fraction: float = 0.0  # share of samples drawn from the replay cases (fine-tuning)
+    spacing: Optional[float] = None  # isotropic working spacing in mm (None: the reference grid's own)

@@ -1,0 +1,182 @@
+"""Training data: case checks, the preprocessed cache, patch sampling and augmentation.
+
+Determinism: every random choice of sample ``i`` in epoch ``e`` comes from a generator seeded
+with ``(seed, e, i)``, so a resumed run draws exactly the patches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from ..atomicfile import replacing
+from ..cases import SEQUENCES, Case
+from ..errors import InputError
+from ..imageio import read_image, same_grid
+from ..labels import detect_scheme, labels_to_classes
+from ..preprocessing import PreprocessOptions, labels_to_working, preprocess
+
+
+def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
+    """Keep cases with four readable sequences and a seg on the T1ce grid with BraTS labels."""
+    good, bad = [], []
+    for c in cases:
+        try:
+            c.require(SEQUENCES + ("seg",))
+            ref = read_image(c.paths["t1ce"])
+            seg = read_image(c.paths["seg"], "label")
+            detect_scheme(sitk.GetArrayViewFromImage(seg), c.paths["seg"])
+            if not same_grid(seg, ref):
+                raise InputError(c.paths["seg"], "is not on the grid of the T1ce image")
+            good.append(c)
+        except InputError as exc:
+            bad.append(f"{c.case_id}: {exc}")
+    if bad and not skip_bad:
+        raise InputError(None, f"{len(bad)} bad case(s): " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    for b in bad:
+        print(f"warning: skipping {b}", file=sys.stderr)
+    if not good:
+        raise InputError(None, "no usable training case")
+    return good
+
+
+def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None) -> str:
+    """Preprocess one case once (at ``spacing`` mm when given): (C, z, y, x) float16 data, class
+    labels, spacing."""
+    key = hashlib.sha256(("|".join(f"{r}={os.path.abspath(p)}:{os.path.getmtime(p)}"
+                                   for r, p in sorted(case.paths.items())) + f"|spacing={spacing}").encode()
+                         ).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"{case.case_id}-{key}.npz")
+    if os.path.exists(path):
+        return path
+    pre = preprocess(case.sequences, PreprocessOptions(isotropic=spacing))
+    seg_img = read_image(case.paths["seg"], "label")
+    seg = labels_to_working(seg_img, pre.inverse)
+    scheme = detect_scheme(seg, case.paths["seg"])
+    classes = labels_to_classes(seg, scheme)
+    fg = np.argwhere(classes > 0)
+    if len(fg) > 20000:
+        fg = fg[np.random.default_rng(0).choice(len(fg), 20000, replace=False)]
+    buf = io.BytesIO()
+    np.savez(buf, data=pre.data.astype(np.float16), classes=classes.astype(np.uint8),
+             fg=fg.astype(np.int32), spacing=np.array(pre.spacing))
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+    return path
+
+
+class CachedCase:
+    def __init__(self, path: str) -> None:
+        with np.load(path) as z:
+            self.data = z["data"]
+            self.classes = z["classes"]
+            self.fg = z["fg"]
+            self.spacing = tuple(float(s) for s in z["spacing"])
+        self.case_id = os.path.basename(path).rsplit("-", 1)[0]
+
+
+def _crop(arr: np.ndarray, start: Sequence[int], patch: Sequence[int]) -> np.ndarray:
+    """Crop (..., z, y, x) at ``start`` with zero padding where the patch leaves the volume."""
+    shape = arr.shape[-3:]
+    out = np.zeros(arr.shape[:-3] + tuple(patch), arr.dtype)
+    src, dst = [], []
+    for s, p, n in zip(start, patch, shape):
+        a, b = max(s, 0), min(s + p, n)
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out[(Ellipsis,) + tuple(dst)] = arr[(Ellipsis,) + tuple(src)]
+    return out
+
+
+def sample_patch(case: CachedCase, patch: Sequence[int], rng: np.random.Generator,
+                 fg_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
+    shape = case.classes.shape
+    if len(case.fg) and rng.random() < fg_fraction:
+        centre = case.fg[rng.integers(len(case.fg))]
+        start = [int(c) - p // 2 + int(rng.integers(-p // 4, p // 4 + 1)) for c, p in zip(centre, patch)]
+    else:
+        start = [int(rng.integers(min(0, n - p), max(0, n - p) + 1)) for n, p in zip(shape, patch)]
+    return _crop(case.data, start, patch).astype(np.float32), _crop(case.classes, start, patch)
+
+
+def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+            domain_randomization: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Flips, rotation/scaling, intensity shift/scale, gamma, noise, blur, bias field,
+    sequence dropping; all from ``rng``."""
+    for ax in (1, 2, 3):
+        if rng.random() < 0.5:
+            x = np.flip(x, ax)
+            y = np.flip(y, ax - 1)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    if rng.random() < 0.2:  # rotation about the axial axis and isotropic scaling
+        angle = rng.uniform(-0.5, 0.5)
+        scale = rng.uniform(0.85, 1.15)
+        c, s = math.cos(angle) / scale, math.sin(angle) / scale
+        theta = torch.tensor([[[1 / scale, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0]]], dtype=torch.float32)
+        grid = F.affine_grid(theta, [1, 1, *y.shape], align_corners=False)
+        x = F.grid_sample(torch.from_numpy(x)[None], grid, mode="bilinear", align_corners=False)[0].numpy()
+        y = F.grid_sample(torch.from_numpy(y[None, None].astype(np.float32)), grid, mode="nearest",
+                          align_corners=False)[0, 0].numpy().astype(np.uint8)
+    brain = x.any(0)
+    for c in range(x.shape[0]):
+        x[c] = x[c] * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+        if rng.random() < 0.15:  # gamma on the channel's own range
+            lo, hi = x[c].min(), x[c].max()
+            if hi > lo:
+                x[c] = lo + (hi - lo) * ((x[c] - lo) / (hi - lo)) ** rng.uniform(0.7, 1.5)
+    if rng.random() < 0.15:
+        x = x + rng.normal(0, rng.uniform(0, 0.1), x.shape).astype(np.float32)
+    if rng.random() < 0.1:
+        from scipy.ndimage import gaussian_filter
+        x = gaussian_filter(x, (0,) + (rng.uniform(0.5, 1.0),) * 3).astype(np.float32)
+    if rng.random() < 0.15:  # smooth multiplicative bias field
+        zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in y.shape], indexing="ij")
+        a = rng.uniform(-0.3, 0.3, 3)
+        x = x * np.exp(a[0] * zz + a[1] * yy + a[2] * xx)[None]
+    if domain_randomization:  # random contrast per channel: rescaled, sometimes inverted, inside the brain
+        for c in range(x.shape[0]):
+            if rng.random() < 0.3:
+                x[c] = np.where(brain, (1 if rng.random() < 0.7 else -1) * x[c] * rng.uniform(0.5, 1.5), x[c])
+    if rng.random() < 0.1:  # drop one sequence, as if it were missing
+        x[rng.integers(x.shape[0])] = 0
+    return x.astype(np.float32), y
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    def __init__(self, cache_files: Sequence[str], patch: Sequence[int], batches: int, seed: int,
+                 fg_fraction: float, domain_randomization: bool, replay_files: Sequence[str] = (),
+                 replay_fraction: float = 0.0) -> None:
+        self.files = list(cache_files)
+        self.replay = list(replay_files)
+        self.replay_fraction = replay_fraction if self.replay else 0.0
+        self.patch = tuple(patch)
+        self.n = batches
+        self.seed = seed
+        self.epoch = 0
+        self.fg_fraction = fg_fraction
+        self.dr = domain_randomization
+        self._cache: Dict[str, CachedCase] = {}
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _case(self, f: str) -> CachedCase:
+        if f not in self._cache:
+            self._cache[f] = CachedCase(f)
+        return self._cache[f]
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        pool = self.replay if rng.random() < self.replay_fraction else self.files
+        case = self._case(pool[int(rng.integers(len(pool)))])
+        x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
+        x, y = augment(x, y, rng, self.dr)
+        return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))

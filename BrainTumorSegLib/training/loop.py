@@ -1,0 +1,287 @@
+"""The training loop: a run's steps, resumable at every epoch, exported as a model bundle.
+
+Determinism: torch's generator is reseeded at each epoch start (and the patches of an epoch are
+fixed by ``data``), so a run resumed from an epoch checkpoint continues exactly as an
+uninterrupted one (on the CPU).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .. import bundles, devices, extras, progress
+from ..atomicfile import write_json
+from ..cases import Case
+from ..inference import cpu_has_fast_bf16
+from ..networks import SegmentationNetwork, build, network_class
+from ..runlog import write_log
+from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
+from .config import TrainConfig
+from .data import PatchDataset, cache_case
+from .distributed import Distributed, init_distributed
+from .optimisation import compute_loss, make_optimizer, make_scheduler
+from .validation import validate
+
+Log = Callable[..., None]
+
+
+@dataclass
+class _Run:
+    """What the steps of one run share."""
+    cfg: TrainConfig
+    out_dir: str
+    dist: Distributed
+    device: torch.device
+    net: SegmentationNetwork
+    model: torch.nn.Module          # ``net``, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    amp_dtype: Optional[torch.dtype]
+    files: Dict[str, List[str]]
+    data_used: Dict[str, List[str]]
+    log: Log
+    start_epoch: int = 0
+    best: float = -1.0
+    history: Optional[List[Dict]] = None
+
+    @property
+    def last_checkpoint(self) -> str:
+        return os.path.join(self.out_dir, "checkpoint_last.pt")
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device, log: Log) -> Optional[torch.dtype]:
+    if not cfg.amp:
+        return None
+    dtype = devices.autocast_dtype(device, cpu_bf16=cpu_has_fast_bf16())
+    if dtype is None:
+        log(f"note: --amp has no effect on {device.type} here (no native bf16); training in fp32")
+    return dtype
+
+
+def _network(cfg: TrainConfig, init_from: Optional[bundles.Bundle]) -> SegmentationNetwork:
+    torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
+    net = init_from.network if init_from is not None else build(cfg.network, **cfg.options)
+    if cfg.freeze_encoder:
+        for prm in net.encoder_parameters():
+            prm.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        net.enable_gradient_checkpointing()
+    return net
+
+
+def _cache(cases: Dict[str, Sequence[Case]], cache_dir: str, cfg: TrainConfig, dist: Distributed) -> Dict[str, List[str]]:
+    """Preprocess every case once; rank 0 fills the cache first, the others then find it full."""
+    if not dist.main:
+        dist.barrier()
+    files = {k: [cache_case(c, cache_dir, cfg.spacing) for c in cs] for k, cs in cases.items()}
+    if dist.main:
+        dist.barrier()
+    return files
+
+
+def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[Case]], out_dir: str, init_from: Optional[bundles.Bundle],
+           log: Log, cache_dir: Optional[str]) -> _Run:
+    dist, device = init_distributed(cfg.device)
+    if not dist.main:
+        log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job
+    os.makedirs(out_dir, exist_ok=True)
+    cache_dir = cache_dir or os.path.join(out_dir, "cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    net = _network(cfg, init_from)
+    data_used = {"train": [c.case_id for c in cases["train"]], "validation": [c.case_id for c in cases["val"]],
+                 "replay": [c.case_id for c in cases["replay"]]}
+    if dist.main:
+        write_json(os.path.join(out_dir, "config.json"), {"config": asdict(cfg), "defaults": asdict(net.training_defaults),
+                                                           "world_size": dist.world, "device": str(device),
+                                                           "cases": data_used})
+        log(f"caching {sum(len(c) for c in cases.values())} cases in {cache_dir}")
+    files = _cache(cases, cache_dir, cfg, dist)
+    net.to(device)
+    lr = cfg.lr or net.training_defaults.lr
+    optimizer = make_optimizer(net, lr)
+    amp_dtype = _amp_dtype(cfg, device, log)
+    use_scaler = amp_dtype == torch.float16
+    scaler = (torch.amp.GradScaler("cuda", enabled=use_scaler) if hasattr(torch.amp, "GradScaler")
+              else torch.cuda.amp.GradScaler(enabled=use_scaler))  # torch < 2.3
+    model: torch.nn.Module = net
+    if dist.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    return _Run(cfg, out_dir, dist, device, net, model, optimizer, make_scheduler(optimizer, net.training_defaults,
+                                                                                    cfg.epochs, lr),
+                scaler, amp_dtype, files, data_used, log, history=[])
+
+
+def _resume(run: _Run) -> None:
+    st = load_checkpoint(run.last_checkpoint)
+    run.net.load_state_dict(st["model"])
+    run.optimizer.load_state_dict(st["optimizer"])
+    run.scheduler.load_state_dict(st["scheduler"])
+    if "scaler" in st:
+        run.scaler.load_state_dict(st["scaler"])
+    run.start_epoch, run.best, run.history = st["epoch"] + 1, st["best"], json.loads(st["history"])
+    run.log(f"resumed after epoch {st['epoch']}")
+
+
+def _dataset(run: _Run):
+    cfg, dist = run.cfg, run.dist
+    # each process draws its own share of the epoch's samples; `batch` is per process
+    ds = PatchDataset(run.files["train"], tuple(cfg.patch or run.net.patch_size), cfg.iters_per_epoch * cfg.batch * dist.world,
+                      cfg.seed, cfg.fg_fraction, cfg.domain_randomization, run.files["replay"], cfg.replay_fraction)
+    sampler: Optional[torch.utils.data.distributed.DistributedSampler] = (
+        torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
+        if dist.world > 1 else None)
+    return ds, sampler
+
+
+def _train_epoch(run: _Run, epoch: int, ds: PatchDataset, sampler) -> List[float]:
+    cfg, device = run.cfg, run.device
+    torch.manual_seed(cfg.seed * 100003 + epoch + 7919 * run.dist.rank)
+    ds.epoch = epoch
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch, shuffle=False, sampler=sampler,
+                                         num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    show, lines = run.dist.main, progress.lines_wanted()  # lines: for the Slicer module
+    run.model.train()
+    losses: List[float] = []
+    for it, (x, y) in enumerate(loader):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        run.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+            out = run.model(x)
+        loss = compute_loss(run.net, out, y, epoch)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        losses.append(loss.item())
+        if show and lines:
+            done = (epoch - run.start_epoch) * cfg.iters_per_epoch + it + 1
+            print(progress.format_line("training", done / ((cfg.epochs - run.start_epoch) * cfg.iters_per_epoch)),
+                  flush=True)
+        elif show:
+            print(f"\repoch {epoch + 1}/{cfg.epochs} it {it + 1}/{cfg.iters_per_epoch} "
+                  f"loss {np.mean(losses):.4f}", end="", file=sys.stderr)
+    if show and not lines:
+        print("", file=sys.stderr)
+    return losses
+
+
+def _end_epoch(run: _Run, epoch: int, losses: List[float], seconds: float) -> None:
+    """Mean loss over the job, validation when due, checkpoints, log and curves."""
+    run.scheduler.step()
+    mean_loss = torch.tensor(float(np.mean(losses)), device=run.device)  # NCCL reduces GPU tensors only
+    if run.dist.world > 1:
+        torch.distributed.all_reduce(mean_loss)
+        mean_loss /= run.dist.world
+    row = {"epoch": epoch + 1, "train_loss": float(mean_loss), "lr": run.optimizer.param_groups[0]["lr"],
+           "seconds": seconds}
+    if run.dist.main:
+        cfg, history = run.cfg, run.history
+        assert history is not None
+        if run.files["val"] and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+            row.update(validate(run.net, cfg.network, run.files["val"], tuple(cfg.patch or run.net.patch_size), run.device))
+            score = np.mean([row[f"dice_{r}"] for r in ("WT", "TC", "ET")])
+            if score > run.best:
+                run.best = float(score)
+                save_checkpoint(os.path.join(run.out_dir, "checkpoint_best.pt"), {"model": run.net.state_dict(), "epoch": epoch})
+        history.append(row)
+        save_checkpoint(run.last_checkpoint, {"model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                              "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+                                              "rng": torch.get_rng_state(), "epoch": epoch, "best": run.best,
+                                              "history": json.dumps(history)})
+        write_log(history, run.out_dir)
+        run.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    run.dist.barrier()
+
+
+def _check_ranks_agree(run: _Run) -> None:
+    """Every rank must end with the same weights (the all-reduce worked); recorded in distributed.json."""
+    digests: List[Optional[str]] = [None] * run.dist.world
+    torch.distributed.all_gather_object(digests, weights_digest(run.net))
+    if run.dist.main:
+        write_json(os.path.join(run.out_dir, "distributed.json"),
+                   {"world_size": run.dist.world, "backend": torch.distributed.get_backend(),
+                    "weights_sha256_per_rank": digests, "ranks_identical": len(set(digests)) == 1})
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks ended with different weights: {digests}")
+
+
+def _export(run: _Run, bundle_manifest: Optional[Dict]) -> str:
+    """The best checkpoint's weights (else the last) as a bundle in ``out_dir/model``."""
+    export = os.path.join(run.out_dir, "model")
+    if run.dist.world > 1:
+        _check_ranks_agree(run)
+    if run.dist.main:
+        best_path = os.path.join(run.out_dir, "checkpoint_best.pt")
+        if os.path.exists(best_path):
+            run.net.load_state_dict(load_checkpoint(best_path)["model"])
+        manifest = run_manifest(run.cfg, run.out_dir, run.data_used, run.history or [], run.best, run.dist.world)
+        manifest.update(bundle_manifest or {})
+        run.net.eval()
+        if os.path.isdir(export):  # an earlier export of this same run (e.g. before --resume)
+            shutil.rmtree(export)
+        export = bundles.save(run.net.cpu(), export, manifest)
+    run.dist.barrier()
+    return export
+
+
+def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir: str,
+          resume: bool = False, init_from: Optional[bundles.Bundle] = None,
+          bundle_manifest: Optional[Dict] = None, log: Log = print, cache_dir: Optional[str] = None,
+          replay_cases: Sequence[Case] = ()) -> str:
+    """Run (or resume) a training run in ``out_dir``; returns the exported bundle folder.
+
+    Under torchrun every process runs this; rank 0 alone logs, validates, checkpoints and exports.
+
+    Args:
+        cfg: network, options, schedule length, batch, patch, seed, device, precision...
+        train_cases, val_cases: cases with four sequences and a seg (see :func:`check_cases`).
+        out_dir: the run folder (config, checkpoints, log.csv, curves.png, the bundle in ``model``).
+        resume: continue from ``out_dir/checkpoint_last.pt`` when it exists.
+        init_from: start from this bundle's weights (fine-tuning) instead of a seeded initialisation.
+        bundle_manifest: fields added to the exported bundle's manifest.
+        log: where progress lines go.
+        cache_dir: preprocessed cases (default ``out_dir/cache``); runs on the same files can share it.
+        replay_cases: earlier cases mixed in with probability ``cfg.replay_fraction``.
+    """
+    extras.require("train")
+    run = _setup(cfg, {"train": train_cases, "val": val_cases, "replay": replay_cases}, out_dir, init_from, log,
+                 cache_dir)
+    if resume and os.path.exists(run.last_checkpoint):
+        _resume(run)
+    ds, sampler = _dataset(run)
+    for epoch in range(run.start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        losses = _train_epoch(run, epoch, ds, sampler)
+        _end_epoch(run, epoch, losses, time.perf_counter() - t0)
+    export = _export(run, bundle_manifest)
+    if run.dist.started_here:
+        torch.distributed.destroy_process_group()
+    return export
+
+
+def run_manifest(cfg: TrainConfig, out_dir: str, data_used: Dict[str, List[str]], history: List[Dict],
+                 best: float, world_size: int = 1) -> Dict:
+    """The manifest of a run's bundle: architecture, preprocessing, training settings and data,
+    the last validation Dice (callers add their own fields)."""
+    last_val: Dict = next((r for r in reversed(history) if "dice_WT" in r), {})
+    return {
+        "id": os.path.basename(os.path.abspath(out_dir)), "version": "1", "network": cfg.network,
+        "options": cfg.options, "label_scheme": cfg.label_scheme, "normalization": "z-score over brain voxels",
+        "preprocessing": {"reference": "t1ce", "canonical_orientation": "LPS", "crop": "brain bounding box",
+                          "spacing_mm": cfg.spacing},
+        "postprocessing": {"min_et_voxels": 0, "min_component_voxels": 0, "fill_core_holes": False},
+        "training": {"config": asdict(cfg), "defaults": asdict(network_class(cfg.network).training_defaults),
+                     "cases": len(data_used["train"]),
+                     "validation_cases": len(data_used["validation"]), "epochs": cfg.epochs,
+                     "world_size": world_size, "data": data_used},
+        "metrics": {"validation": {k: v for k, v in last_val.items() if k.startswith("dice_")},
+                    "best_mean_dice": best},
+    }

@@ -1,0 +1,33 @@
+"""Validation during training: full sliding-window inference on cached cases, BraTS Dice per region."""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from .. import bundles
+from ..inference import SegmentOptions, predict_probabilities, probabilities_to_labels
+from ..labels import check_scheme
+from ..metrics import case_metrics
+from .data import CachedCase
+
+
+def validate(net, name: str, val_files: Sequence[str], patch, device: torch.device) -> Dict[str, float]:
+    """Mean Dice per region over validation cases, by full sliding-window inference."""
+    if not val_files:
+        return {}
+    net.eval()
+    bundle = bundles.Bundle("(training)", {"output_kind": net.output_kind, "patch_size": list(patch),
+                                           "network": name}, net)
+    dices: Dict[str, List[float]] = {"WT": [], "TC": [], "ET": []}
+    for f in val_files:
+        c = CachedCase(f)
+        probs = predict_probabilities(c.data.astype(np.float32), [bundle], device,
+                                      SegmentOptions(overlap=0.25, backend="torch")).probabilities
+        pred = probabilities_to_labels(probs, net.output_kind, "brats2021")
+        ref = np.array([0, 1, 2, 4], np.uint8)[c.classes]
+        m = case_metrics(pred, ref, c.spacing, check_scheme(pred, "brats2021"), check_scheme(ref, "brats2021"))
+        for r in dices:
+            dices[r].append(m[r]["dice"])
+    return {f"dice_{r}": float(np.mean(v)) for r, v in dices.items()}
