@@ -22,7 +22,7 @@ from slicer.ScriptedLoadableModule import (
 )
 
 from BrainTumorSegModuleLib import dependencies
-from BrainTumorSegModuleLib.logic import BrainTumorSegLogic, ModuleError, model_tooltip
+from BrainTumorSegModuleLib.logic import MODULE_NAME, BrainTumorSegLogic, ModuleError, model_tooltip
 from BrainTumorSegModuleLib.roles import ROLES, segment_blocker
 
 MODEL_FOLDERS_KEY = "BrainTumorSeg/modelFolders"  # bundle folders the user loaded by hand
@@ -148,7 +148,6 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.ui.loadModelButton.connect("clicked()", self.onLoadModel)
         self.ui.segmentButton.connect("clicked()", self.onSegmentOrCancel)
         self.ui.editButton.connect("clicked()", self.onEdit)
-        self.ui.show3DButton.connect("clicked()", self.onShow3D)
         self.ui.saveCaseButton.connect("clicked()", self.onSaveCase)
         self.ui.finetuneButton.connect("clicked()", self.onFinetuneOrCancel)
         self.ui.modelNoteLabel.text = MODEL_NOTE
@@ -157,17 +156,49 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.device_job = None
         self.devices_known = False
         self.onAutoAssign()
+        self.restoreChoices()
         self.updateSegmentButton()
         self.sceneCloseObserver = slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
 
     def onSceneStartClose(self, caller, event) -> None:
         """The result's nodes are going: forget them (Edit, 3D and Save act on a result)."""
         self.result = None
+        self.ui.show3DButton.setSegmentationNode(None)
         for w in (self.ui.editButton, self.ui.show3DButton, self.ui.saveCaseButton):
             w.enabled = False
 
     def enter(self) -> None:
         self.startDeviceQuery()
+        if self.run is None:
+            self.restoreChoices()
+
+    def currentChoices(self) -> dict:
+        """The options as the parameter node keeps them (logic.CHOICES)."""
+        return {"model": self.ui.modelComboBox.currentData, "device": self.device(), "tta": self.ui.ttaCheckBox.checked,
+                "uncertainty": self.ui.uncertaintyCheckBox.checked, "min_et_voxels": self.ui.etThresholdSpinBox.value,
+                "clinical": self.ui.clinicalCheckBox.checked, "brain_mask": self.ui.brainMaskCheckBox.checked}
+
+    def restoreChoices(self) -> None:
+        """Choices saved with the scene (the last Segment's), where the scene has them."""
+        if slicer.mrmlScene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode") is None:
+            return
+        choices, volumes, output = self.logic.load_choices()
+        for r, node in volumes.items():
+            if node is not None:
+                self.selectors[r].setCurrentNode(node)
+        self.ui.outputSelector.setCurrentNode(output)
+        if choices["model"]:
+            index = self.ui.modelComboBox.findData(choices["model"])
+            if index >= 0:
+                self.ui.modelComboBox.setCurrentIndex(index)
+        for i in range(self.ui.deviceComboBox.count):  # a device this machine has
+            if self.ui.deviceComboBox.itemText(i).split()[0].lower() == str(choices["device"]).lower():
+                self.ui.deviceComboBox.setCurrentIndex(i)
+        self.ui.ttaCheckBox.checked = bool(choices["tta"])
+        self.ui.uncertaintyCheckBox.checked = bool(choices["uncertainty"])
+        self.ui.etThresholdSpinBox.value = int(choices["min_et_voxels"] or 0)
+        self.ui.clinicalCheckBox.checked = bool(choices["clinical"])
+        self.ui.brainMaskCheckBox.checked = bool(choices["brain_mask"])
 
     def startDeviceQuery(self) -> None:
         """Ask once which devices torch sees; again when torch arrives later (installed on first use)."""
@@ -294,11 +325,13 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
                                         (" (HD-BET removes the skull from these scans)." if extras else "."))
             return
         try:
+            output = self.ui.outputSelector.currentNode()
+            self.logic.save_choices(self.currentChoices(), self.volumes(), output)
             self.run = self.logic.start_segmentation(
                 self.volumes(), model=self.ui.modelComboBox.currentData, device=self.device(),
                 tta=self.ui.ttaCheckBox.checked, uncertainty=self.ui.uncertaintyCheckBox.checked,
                 min_et_voxels=self.ui.etThresholdSpinBox.value, clinical=clinical,
-                brain_mask=self.ui.brainMaskCheckBox.checked)
+                brain_mask=self.ui.brainMaskCheckBox.checked, output=output)
         except ModuleError as exc:
             self.ui.statusLabel.text = f"Error: {exc}"
             return
@@ -314,7 +347,8 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         for w in (list(self.selectors.values()) + [self.ui.autoAssignButton, self.ui.modelComboBox,
                                                    self.ui.loadModelButton, self.ui.deviceComboBox, self.ui.ttaCheckBox,
                                                    self.ui.uncertaintyCheckBox, self.ui.etThresholdSpinBox,
-                                                   self.ui.clinicalCheckBox, self.ui.brainMaskCheckBox]):
+                                                   self.ui.clinicalCheckBox, self.ui.brainMaskCheckBox,
+                                                   self.ui.outputSelector]):
             w.enabled = not busy
         if busy:
             self.ui.segmentButton.enabled = True
@@ -357,10 +391,11 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         if run.poll() is None:
             return
         self.run = None
+        self.ui.logTextEdit.setPlainText("\n".join(run.job.stdout + run.job.stderr))  # the job's whole output
         try:
             self.result = self.logic.finish_segmentation(run)
         except ModuleError as exc:
-            self.setBusy(False, f"Error: {exc}")
+            self.setBusy(False, f"Error: {exc} (details under Log)")
             return
         self.setBusy(False, self.result.status())
         slicer.util.setSliceViewerLayers(background=run.volumes["t1ce"])
@@ -369,6 +404,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
             slicer.util.setSliceViewerLayers(foreground=self.result.uncertainty, foregroundOpacity=0.4)
         if self.result.brain_mask is not None:
             slicer.util.setSliceViewerLayers(label=self.result.brain_mask, labelOpacity=0.3)
+        self.ui.show3DButton.setSegmentationNode(self.result.segmentation)
         for w in (self.ui.editButton, self.ui.show3DButton, self.ui.saveCaseButton):
             w.enabled = True
 
@@ -378,10 +414,6 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(self.result.segmentation)
         editor.setSourceVolumeNode(self.result.volumes["t1ce"])  # the run's T1ce, whatever is chosen now
-
-    @guarded
-    def onShow3D(self) -> None:
-        self.logic.show_3d(self.result.segmentation)
 
     # ------------------------------------------------------------------ training cases and fine-tuning
 

@@ -37,6 +37,10 @@ SEGMENTS = (
     ("ED", "Peritumoral edema", (0.35, 0.80, 0.35), f"{_CONTEXT}~{_CATEGORY}~SCT^79654002^Edema~^^~{_ANATOMY}"),
     ("ET", "Enhancing tumor", (0.98, 0.85, 0.20), f"{_CONTEXT}~{_CATEGORY}~SCT^108369006^Neoplasm~^^~{_ANATOMY}"),
 )
+MODULE_NAME = "BrainTumorSeg"
+# the choices a parameter node keeps with the scene, with their defaults (JSON values)
+CHOICES = {"model": None, "device": "auto", "tta": False, "uncertainty": False, "min_et_voxels": 0,
+           "clinical": True, "brain_mask": False}
 REGION_ROWS = (("NCR", "Necrotic tumor core (label)"), ("ED", "Peritumoral edema (label)"),
                ("ET", "Enhancing tumor (label, region)"), ("TC", "Tumor core = NCR + ET (region)"),
                ("WT", "Whole tumor = NCR + ED + ET (region)"))
@@ -139,6 +143,7 @@ class SegmentationRun:
     name: str
     uncertainty: bool
     brain_mask: bool = False
+    output: Optional[object] = None   # a segmentation node to overwrite, else a new one
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -249,15 +254,57 @@ class BrainTumorSegLogic:
         return not all(check_stripped_array(voxels(volumes[r]), float(np.prod(volumes[r].GetSpacing())) / 1000.0).stripped
                        for r in ROLES)
 
+    # ------------------------------------------------------------------ choices kept with the scene
+
+    def parameter_node(self):
+        """The module's parameter node (one per scene, saved with it), made on first use."""
+        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetSingletonTag(MODULE_NAME)
+            node.SetName(MODULE_NAME)
+            node.SetAttribute("ModuleName", MODULE_NAME)
+            self.scene.AddNode(node)
+        return node
+
+    def save_choices(self, choices: Mapping[str, object], volumes: Mapping[str, object], output=None) -> None:
+        """Options (keys of ``CHOICES``), the four input volumes and the output segmentation."""
+        node = self.parameter_node()
+        for key, value in choices.items():
+            if key not in CHOICES:
+                raise ModuleError(f"unknown choice {key!r}")
+            node.SetParameter(key, json.dumps(value))
+        for r in ROLES:
+            v = volumes.get(r)
+            node.SetNodeReferenceID(f"input_{r}", v.GetID() if v is not None else None)
+        node.SetNodeReferenceID("output", output.GetID() if output is not None else None)
+
+    def load_choices(self) -> Tuple[Dict[str, object], Dict[str, object], Optional[object]]:
+        """What :meth:`save_choices` kept (defaults where nothing or something unreadable is stored)."""
+        node = self.parameter_node()
+        choices = dict(CHOICES)
+        for key in CHOICES:
+            text = node.GetParameter(key)
+            if text:
+                try:
+                    choices[key] = json.loads(text)
+                except ValueError:
+                    pass  # a hand-edited scene: keep the default
+        volumes = {r: node.GetNodeReference(f"input_{r}") for r in ROLES}
+        return choices, volumes, node.GetNodeReference("output")
+
+    # ------------------------------------------------------------------ segmenting (continued)
+
     def start_segmentation(self, volumes: Mapping[str, object], model: Optional[str] = None,
                            device: str = "auto", tta: bool = False, uncertainty: bool = False,
                            min_et_voxels: Optional[int] = None, name: Optional[str] = None,
-                           clinical: bool = True, brain_mask: bool = False) -> SegmentationRun:
+                           clinical: bool = True, brain_mask: bool = False, output=None) -> SegmentationRun:
         """Write the four volumes to a private folder and start ``braintumorseg segment`` on them.
 
         ``clinical``: skull stripping, co-registration and working resolution decided by the
         library (its defaults); off treats the volumes as BraTS-preprocessed. ``brain_mask``: add
-        the brain mask (HD-BET's when stripped) to the scene as a label map."""
+        the brain mask (HD-BET's when stripped) to the scene as a label map. ``output``: a
+        segmentation node whose segments the result replaces (default: a new node)."""
         self._check_volumes(volumes)
         workdir = tempfile.mkdtemp(prefix="BrainTumorSeg-")
         try:
@@ -285,7 +332,7 @@ class BrainTumorSegLogic:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         name = name or f"{volumes['t1ce'].GetName()} tumor"
-        return SegmentationRun(job, workdir, dict(volumes), name, uncertainty, brain_mask)
+        return SegmentationRun(job, workdir, dict(volumes), name, uncertainty, brain_mask, output)
 
     def cancel(self, run: SegmentationRun) -> None:
         """Stop the run; the scene is not touched and the temporary files are removed."""
@@ -345,12 +392,7 @@ class BrainTumorSegLogic:
         before = self._node_ids()
         self.scene.StartState(self.scene.BatchProcessState)
         try:
-            seg = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", run.name)
-            seg.CreateDefaultDisplayNodes()
-            seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)
-            for key, title, colour, terminology in SEGMENTS:
-                self._set_segment(seg, key, title, colour, terminology,
-                                  (labels == scheme.class_value(key)).astype(np.uint8), labels_node, scratch)
+            seg = self._segmentation_with_result(run, reference, labels, scheme, labels_node, scratch)
             table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{run.name} volumes")
             self._fill_volume_table(table, report.get("volumes_ml", {}))
             unc = mask = None
@@ -360,6 +402,8 @@ class BrainTumorSegLogic:
             if run.brain_mask:
                 mask = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{run.name} brain mask")
                 _read_volume(os.path.join(run.workdir, "brainmask.nrrd"), mask)
+            if run.output is not None:  # last: nothing after it can fail and leave the output half-changed
+                seg = self._overwrite(run.output, seg, reference)
         except Exception:  # every node made here goes (display and storage nodes included)
             self._remove_nodes_added_since(before)
             raise
@@ -367,6 +411,31 @@ class BrainTumorSegLogic:
             self.scene.EndState(self.scene.BatchProcessState)
             scratch.Clear(1)
         return SegmentationResult(seg, table, unc, report, time.perf_counter() - run.started, dict(run.volumes), mask)
+
+    def _segmentation_with_result(self, run: SegmentationRun, reference, labels: np.ndarray, scheme,
+                                  labels_node, scratch):
+        """A segmentation node with the three segments: in the user's scene, or in the scratch scene
+        when it is to replace ``run.output``'s segments (see :meth:`_overwrite`)."""
+        target = run.output
+        if target is not None and self.scene.GetNodeByID(target.GetID()) is not target:
+            raise ModuleError("the output segmentation is no longer in the scene")
+        seg = (scratch if target is not None else self.scene).AddNewNodeByClass("vtkMRMLSegmentationNode", run.name)
+        if target is None:
+            seg.CreateDefaultDisplayNodes()
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        for key, title, colour, terminology in SEGMENTS:
+            self._set_segment(seg, key, title, colour, terminology,
+                              (labels == scheme.class_value(key)).astype(np.uint8), labels_node, scratch)
+        return seg
+
+    @staticmethod
+    def _overwrite(target, seg, reference):
+        """``target``'s segments replaced by ``seg``'s in one copy: the last step of adding a result."""
+        target.GetSegmentation().DeepCopy(seg.GetSegmentation())
+        target.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        if target.GetDisplayNode() is None:
+            target.CreateDefaultDisplayNodes()
+        return target
 
     def _node_ids(self) -> set:
         return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
@@ -405,10 +474,6 @@ class BrainTumorSegLogic:
                 values.InsertNextValue(round(float(volumes_ml[key]), 2))
         table.AddColumn(names)
         table.AddColumn(values)
-
-    def show_3d(self, seg) -> None:
-        """Closed surfaces for the 3D view (on request: it takes a few seconds)."""
-        seg.CreateClosedSurfaceRepresentation()
 
     # ------------------------------------------------------------------ training cases and fine-tuning
 

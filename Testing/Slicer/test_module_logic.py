@@ -1,6 +1,7 @@
 """The Slicer module's logic on real MRML nodes."""
 import glob
 import os
+import time
 
 import numpy as np
 import pytest
@@ -123,6 +124,48 @@ def test_brain_mask_when_asked_and_clinical_handling_switch(scene_with_case, log
     img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(noisy.ravel(), deep=True))
     head.SetAndObserveImageData(img)
     assert logic.needs_skull_stripping(dict(nodes, t2=head)) is True
+
+
+def test_choices_are_kept_in_the_scene_parameter_node(scene_with_case, logic):
+    scene, nodes = scene_with_case
+    choices, volumes, output = logic.load_choices()
+    assert choices["device"] == "auto" and choices["clinical"] is True and output is None  # defaults
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "previous")
+    logic.save_choices({"model": "brats-glioma-v1", "tta": True, "min_et_voxels": 50, "clinical": False},
+                       nodes, seg)
+    # a second logic on the same scene (the module re-entered, or the scene reloaded) reads them back
+    again = BrainTumorSegLogic(scene, python=lib_python())
+    choices, volumes, output = again.load_choices()
+    assert choices["model"] == "brats-glioma-v1" and choices["tta"] is True and choices["min_et_voxels"] == 50
+    assert choices["clinical"] is False and choices["device"] == "auto"
+    assert all(volumes[r] is nodes[r] for r in ROLES) and output is seg
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
+    with pytest.raises(ModuleError, match="unknown choice"):
+        logic.save_choices({"colour": "red"}, nodes)
+
+
+def test_output_segmentation_is_overwritten_in_one_step(scene_with_case, logic):
+    scene, nodes = scene_with_case
+    first = logic.segment(nodes, device="cpu").segmentation
+    first.GetSegmentation().AddEmptySegment("old", "an old segment")
+    count = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    res = logic.segment(nodes, device="cpu", output=first)
+    assert res.segmentation is first and scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count
+    segmentation = first.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
+        ["Necrotic tumor core", "Peritumoral edema", "Enhancing tumor"]
+    fresh = logic.segment(nodes, device="cpu").segmentation
+    assert np.array_equal(exported_labels(first, nodes["t1ce"]), exported_labels(fresh, nodes["t1ce"]))
+    # an output removed from the scene meanwhile: one line, the scene unchanged
+    gone = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "gone")
+    run = logic.start_segmentation(nodes, device="cpu", output=gone)
+    scene.RemoveNode(gone)
+    before = scene.GetNumberOfNodes()
+    while run.poll() is None:
+        time.sleep(0.1)
+    with pytest.raises(ModuleError, match="no longer in the scene"):
+        logic.finish_segmentation(run)
+    assert scene.GetNumberOfNodes() == before
 
 
 def test_volume_roles_from_names():
