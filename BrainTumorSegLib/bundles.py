@@ -14,12 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
+from . import outputs
+from .cases import SEQUENCES  # the names a manifest's in_sequences normally holds
 from .errors import InputError, PathLike
+from .labels import SCHEMES
 
 if TYPE_CHECKING:  # torch loads only when a model does: listing bundles stays light (Slicer's model list)
     from .networks import SegmentationNetwork
@@ -58,19 +62,85 @@ def sha256_of(path: PathLike) -> str:
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """A bundle's manifest, typed: the fields the library acts on, checked once (:meth:`from_json`).
+    The whole document (training record, metrics, citations, licence...) stays in ``document``."""
+
+    id: str
+    network: str
+    options: Dict[str, Any]
+    in_sequences: Tuple[str, ...]
+    label_scheme: str
+    output_kind: str
+    patch_size: Tuple[int, int, int]
+    weights_sha256: str
+    version: Optional[str] = None
+    demo: bool = False
+    spacing_mm: Optional[float] = None        # preprocessing.spacing_mm: the working grid it was trained on
+    postprocessing: Dict[str, Any] = field(default_factory=dict)
+    note: Optional[str] = None
+    document: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: PathLike = MANIFEST) -> "Manifest":
+        """Check the format and the types of the fields the library uses; one-line errors name ``source``."""
+        src = os.fspath(source)
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise InputError(src, f"lacks {', '.join(missing)}")
+        if data["format"] != FORMAT:
+            raise InputError(src, f"has format {data['format']!r}; this version reads {FORMAT!r}")
+
+        def bad(key: str, expected: str) -> InputError:
+            return InputError(src, f"field {key} is {data.get(key)!r}; expected {expected}")
+
+        seqs, patch = data["in_sequences"], data["patch_size"]
+        if not isinstance(seqs, list) or not seqs or not all(isinstance(r, str) for r in seqs):
+            raise bad("in_sequences", f"a list of sequence names ({', '.join(SEQUENCES)})")
+        if not (isinstance(patch, list) and len(patch) == 3 and all(isinstance(v, int) and v > 0 for v in patch)):
+            raise bad("patch_size", "three positive integers")
+        if data["output_kind"] not in outputs.KINDS:
+            raise bad("output_kind", " or ".join(outputs.KINDS))
+        if data["label_scheme"] not in SCHEMES:
+            raise bad("label_scheme", " or ".join(SCHEMES))
+        if not isinstance(data["options"], dict):
+            raise bad("options", "an object of network options")
+        if not (isinstance(data["weights_sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", data["weights_sha256"])):
+            raise bad("weights_sha256", "64 hexadecimal digits")
+        spacing = (data.get("preprocessing") or {}).get("spacing_mm")
+        if spacing is not None and not (isinstance(spacing, (int, float)) and spacing > 0):
+            raise InputError(src, f"field preprocessing.spacing_mm is {spacing!r}; expected a positive number or null")
+        return cls(id=str(data["id"]), network=str(data["network"]), options=dict(data["options"]),
+                   in_sequences=tuple(seqs), label_scheme=data["label_scheme"], output_kind=data["output_kind"],
+                   patch_size=(patch[0], patch[1], patch[2]), weights_sha256=data["weights_sha256"],
+                   version=data.get("version"), demo=bool(data.get("demo", False)),
+                   spacing_mm=float(spacing) if spacing is not None else None,
+                   postprocessing=dict(data.get("postprocessing") or {}), note=data.get("note"),
+                   document=dict(data))
+
+    def to_json(self) -> Dict[str, Any]:
+        """The whole document, as written to ``manifest.json``."""
+        return dict(self.document)
+
+    @property
+    def output(self) -> outputs.OutputKind:
+        return outputs.kind(self.output_kind)
+
+
 @dataclass
 class Bundle:
     path: str
-    manifest: Dict
+    manifest: Manifest
     network: SegmentationNetwork
 
     @property
     def id(self) -> str:
-        return self.manifest["id"]
+        return self.manifest.id
 
     @property
     def demo(self) -> bool:
-        return bool(self.manifest.get("demo", False))
+        return self.manifest.demo
 
 
 def resolve(model: PathLike) -> str:
@@ -88,7 +158,8 @@ def resolve(model: PathLike) -> str:
     raise InputError(m, "no such model (looked in: " + ", ".join(search_dirs()) + ")")
 
 
-def read_manifest(folder: PathLike) -> Dict:
+def read_manifest(folder: PathLike) -> Manifest:
+    """A bundle folder's manifest, format-checked."""
     path = os.path.join(os.fspath(folder), MANIFEST)
     try:
         with open(path, encoding="utf-8") as f:
@@ -97,12 +168,9 @@ def read_manifest(folder: PathLike) -> Dict:
         raise InputError(folder, f"is not a model bundle (no {MANIFEST})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(path, f"is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
-    missing = [k for k in _REQUIRED if k not in manifest]
-    if missing:
-        raise InputError(path, f"lacks {', '.join(missing)}")
-    if manifest["format"] != FORMAT:
-        raise InputError(path, f"has format {manifest['format']!r}; this version reads {FORMAT!r}")
-    return manifest
+    if not isinstance(manifest, dict):
+        raise InputError(path, "is not a JSON object")
+    return Manifest.from_json(manifest, path)
 
 
 def load(model: PathLike, device: str = "cpu") -> Bundle:
@@ -113,24 +181,24 @@ def load(model: PathLike, device: str = "cpu") -> Bundle:
     if not os.path.exists(weights):
         raise InputError(weights, "file not found")
     digest = sha256_of(weights)
-    if digest != manifest["weights_sha256"]:
+    if digest != manifest.weights_sha256:
         raise InputError(weights, f"sha256 {digest[:12]}... does not match the manifest's "
-                                  f"{str(manifest['weights_sha256'])[:12]}...: corrupt or replaced weights")
+                                  f"{manifest.weights_sha256[:12]}...: corrupt or replaced weights")
     from safetensors.torch import load_file
 
     from .networks import build
 
-    net = build(manifest["network"], **manifest["options"])
+    net = build(manifest.network, **manifest.options)
     try:
         state = load_file(weights, device="cpu")
         net.load_state_dict(state, strict=True)
     except (RuntimeError, OSError, ValueError) as exc:
-        raise InputError(weights, f"does not fit network {manifest['network']} ({str(exc).splitlines()[0][:150]})") from None
+        raise InputError(weights, f"does not fit network {manifest.network} ({str(exc).splitlines()[0][:150]})") from None
     net.eval().to(device)
     return Bundle(folder, manifest, net)
 
 
-def save(network: "SegmentationNetwork", folder: PathLike, manifest: Dict) -> str:
+def save(network: "SegmentationNetwork", folder: PathLike, manifest: Mapping[str, Any]) -> str:
     """Write a bundle atomically (a temporary folder renamed into place); returns the folder."""
     from safetensors.torch import save_file
 
@@ -150,6 +218,7 @@ def save(network: "SegmentationNetwork", folder: PathLike, manifest: Dict) -> st
         full.setdefault("output_kind", network.output_kind)
         full.setdefault("in_sequences", list(network.in_sequences))
         full.setdefault("patch_size", list(network.patch_size))
+        Manifest.from_json(full, os.path.join(out, MANIFEST))  # what is written must read back
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
             json.dump(full, f, indent=2)
             f.write("\n")
@@ -174,7 +243,7 @@ def installed() -> List[Dict]:
             if name in seen or not os.path.exists(os.path.join(folder, MANIFEST)):
                 continue
             try:
-                m = read_manifest(folder)
+                m = read_manifest(folder).to_json()
             except InputError as exc:
                 m = {"id": name, "error": str(exc)}
             m["path"] = folder

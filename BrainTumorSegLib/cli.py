@@ -10,11 +10,14 @@ import logging
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from . import __version__, progress
 from .cases import SEQUENCES
 from .errors import Cancelled, InputError
+
+if TYPE_CHECKING:
+    from .bundles import Manifest
 
 PROG = "braintumorseg"
 
@@ -182,11 +185,11 @@ class _ProgressBar:
             print("", file=sys.stderr)
 
 
-def _segment_options(args: argparse.Namespace, manifest: dict):
+def _segment_options(args: argparse.Namespace, manifest: "Manifest"):
     from .inference import SegmentOptions
     from .postprocessing import PostprocessOptions
 
-    post = dict(manifest.get("postprocessing", {}))
+    post = dict(manifest.postprocessing)
     if args.min_et_voxels is not None:
         post["min_et_voxels"] = args.min_et_voxels
     return SegmentOptions(tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
@@ -281,8 +284,8 @@ def _load_models(args: argparse.Namespace) -> list:
         if m.demo:
             print(f"{PROG}: note: model {m.id} is a DEMO trained on synthetic data only; not for clinical use",
                   file=sys.stderr)
-        elif m.manifest.get("note"):
-            print(f"{PROG}: note: model {m.id}: {m.manifest['note']}", file=sys.stderr)
+        elif m.manifest.note:
+            print(f"{PROG}: note: model {m.id}: {m.manifest.note}", file=sys.stderr)
     return models
 
 
@@ -313,7 +316,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         inputs = find_case(args.case).require().sequences
     else:
         missing = [r for r in SEQUENCES if not given[r]]
-        needed = models[0].manifest["in_sequences"]
+        needed = models[0].manifest.in_sequences
         missing = [r for r in missing if r in needed]
         if missing:
             raise InputError(f"--{missing[0]}", f"no {missing[0]} sequence given; the model needs {', '.join(needed)}")

@@ -9,7 +9,6 @@ Nothing is written here; the caller writes the returned images (atomically).
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,11 +18,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from . import backends, bundles, devices
+from . import backends, bundles, devices, outputs
 from .errors import Cancelled, InputError
 from .imageio import geometry, same_grid
-from .labels import REGIONS, classes_to_labels, get_scheme, labels_to_regions, regions_to_labels
-from .networks.base import SEQUENCE_ORDER
+from .labels import REGIONS, get_scheme, labels_to_regions
 from .postprocessing import PostprocessOptions, postprocess
 from .preprocessing import Preprocessed, PreprocessOptions, preprocess
 from .sliding_window import sliding_window, tiles_cover
@@ -118,15 +116,15 @@ class _Predictor:
     def __init__(self, bundle: bundles.Bundle, device: torch.device, flips, cpu_bf16: bool,
                  backend: str = "torch", window: Tuple[int, ...] = (), windows: int = 1) -> None:
         self.net = bundle.network.to(device).eval()
-        self.kind = bundle.manifest["output_kind"]
+        self.kind = bundle.manifest.output
         self.device = device
         self.flips = flips
         self.cpu_bf16 = cpu_bf16
         self.backend: str = "torch"
         self._openvino: Optional[backends.Forward] = None
-        sha = bundle.manifest.get("weights_sha256")
-        if backend != "torch" and sha and window:
-            shape = (1, len(bundle.manifest.get("in_sequences", SEQUENCE_ORDER))) + tuple(window)
+        sha = bundle.manifest.weights_sha256
+        if backend != "torch" and window:
+            shape = (1, len(bundle.manifest.in_sequences)) + tuple(window)
             self.backend, self._openvino = backends.choose(backend, device, self.net, sha, shape,
                                                            self._torch_forward, windows * len(flips))
 
@@ -140,7 +138,7 @@ class _Predictor:
         for f in self.flips:
             xi = torch.flip(x, f) if f else x
             logits = self._openvino(xi) if self._openvino is not None else self._torch_forward(xi)
-            p = torch.softmax(logits, 1) if self.kind == "softmax" else torch.sigmoid(logits)
+            p = self.kind.activation(logits)
             p = torch.flip(p, f) if f else p
             acc = p if acc is None else acc + p
         assert acc is not None  # at least the identity flip
@@ -165,7 +163,7 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
              progress: Optional[Progress], cancel: Optional[threading.Event], out_device: torch.device,
              stage: str, used: List[str]) -> torch.Tensor:
     bf16 = cpu_has_fast_bf16() if opts.cpu_bf16 is None else opts.cpu_bf16
-    window = tuple(bundle.manifest["patch_size"])
+    window = tuple(bundle.manifest.patch_size)
     # a cascade's first stage may narrow where the windows go (networks.dmda_unet); elsewhere: everywhere
     net = bundle.network.to(device).eval()
     with torch.inference_mode():
@@ -174,7 +172,7 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
     pred = _Predictor(bundle, device, _flips(opts.tta), bf16, opts.backend, window,
                       tiles_cover(region, window, opts.overlap))
     used.append(pred.backend)
-    channels = 4 if pred.kind == "softmax" else 3
+    channels = pred.kind.channels
 
     def prog(done: int, total: int) -> None:
         if progress:
@@ -204,7 +202,7 @@ def predict_probabilities(data: np.ndarray, models: Sequence[bundles.Bundle], de
 
     On CUDA out-of-memory: retry with stitching on the CPU, then entirely on the CPU.
     """
-    kinds = {m.manifest["output_kind"] for m in models}
+    kinds = {m.manifest.output_kind for m in models}
     if len(kinds) != 1:
         raise InputError(None, "an ensemble must combine models of one output kind (all softmax or all sigmoid)")
     x = torch.from_numpy(data)
@@ -232,19 +230,12 @@ def predict_probabilities(data: np.ndarray, models: Sequence[bundles.Bundle], de
 
 
 def entropy_map(probs: np.ndarray, kind: str) -> np.ndarray:
-    """Voxel-wise uncertainty in [0, 1]: normalised categorical entropy (softmax) or the mean
-    binary entropy of the three regions (sigmoid)."""
-    p = np.clip(probs, 1e-6, 1 - 1e-6)
-    if kind == "softmax":
-        return (-(p * np.log(p)).sum(0) / math.log(p.shape[0])).astype(np.float32)
-    h = -(p * np.log(p) + (1 - p) * np.log(1 - p)) / math.log(2)
-    return h.mean(0).astype(np.float32)
+    """Voxel-wise uncertainty in [0, 1] (see :mod:`outputs`)."""
+    return outputs.kind(kind).entropy(probs)
 
 
 def probabilities_to_labels(probs: np.ndarray, kind: str, scheme: str) -> np.ndarray:
-    if kind == "softmax":
-        return classes_to_labels(probs.argmax(0), scheme)
-    return regions_to_labels(probs > 0.5, scheme)
+    return outputs.kind(kind).to_labels(probs, scheme)
 
 
 def model_spacing(models: Sequence[bundles.Bundle]) -> Optional[float]:
@@ -252,7 +243,7 @@ def model_spacing(models: Sequence[bundles.Bundle]) -> Optional[float]:
 
     Models of an ensemble must agree: their probabilities are averaged voxel by voxel.
     """
-    found = {(m.manifest.get("preprocessing") or {}).get("spacing_mm") for m in models}
+    found = {m.manifest.spacing_mm for m in models}
     if len(found) != 1:
         raise InputError(models[-1].path, "an ensemble's models must work at one spacing; "
                                           f"these use {sorted(str(f) for f in found)} mm")
@@ -263,9 +254,9 @@ def _load_ensemble(model: Union[str, bundles.Bundle, Sequence[Union[str, bundles
     """The bundles of one model or an ensemble; an ensemble's models must take the same inputs."""
     model_list: List[Union[str, bundles.Bundle]] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
     loaded = [m if isinstance(m, bundles.Bundle) else bundles.load(m) for m in model_list]
-    roles = tuple(loaded[0].manifest["in_sequences"])
+    roles = loaded[0].manifest.in_sequences
     for m in loaded[1:]:
-        if tuple(m.manifest["in_sequences"]) != roles:
+        if m.manifest.in_sequences != roles:
             raise InputError(m.path, "an ensemble's models must take the same sequences in the same order")
     return loaded
 
@@ -319,15 +310,15 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
     loaded = _load_ensemble(model)
     timings["load_model"] = time.perf_counter() - t0
     first = loaded[0].manifest
-    roles = tuple(first["in_sequences"])
+    roles = first.in_sequences
     extra = [r for r in inputs if inputs[r] is not None and r not in roles]
     missing = [r for r in roles if inputs.get(r) is None]
     if missing:
-        raise InputError(missing[0], f"the model {first['id']} needs {', '.join(roles)}; no {', '.join(missing)} given")
-    scheme = opts.label_scheme or first["label_scheme"]
+        raise InputError(missing[0], f"the model {first.id} needs {', '.join(roles)}; no {', '.join(missing)} given")
+    scheme = opts.label_scheme or first.label_scheme
     get_scheme(scheme)
     spacing = model_spacing(loaded)
-    post = opts.postprocess or PostprocessOptions(**first.get("postprocessing", {}))
+    post = opts.postprocess or PostprocessOptions(**first.postprocessing)
     if progress:
         progress("preprocess", 0.0)
     t = time.perf_counter()
@@ -346,7 +337,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
     t = time.perf_counter()
     if progress:
         progress("postprocess", 0.0)
-    out, unc = _labels_on_reference(probs, pre, first["output_kind"], scheme, post, opts.uncertainty)
+    out, unc = _labels_on_reference(probs, pre, first.output_kind, scheme, post, opts.uncertainty)
     timings["postprocess"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     ref_img = pre.inverse.reference
@@ -359,9 +350,9 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
         progress("done", 1.0)
     return SegmentationResult(
         labels=out, label_scheme=scheme, volumes_ml=vols, timings=timings, device=used, backend=backend,
-        models=[{"id": m.id, "version": m.manifest.get("version"), "network": m.manifest["network"],
-                 "weights_sha256": m.manifest["weights_sha256"], "demo": m.demo, "path": m.path} for m in loaded],
+        models=[{"id": m.id, "version": m.manifest.version, "network": m.manifest.network,
+                 "weights_sha256": m.manifest.weights_sha256, "demo": m.demo, "path": m.path} for m in loaded],
         uncertainty=unc, probabilities=probs, warnings=warnings, preprocessing=pre.decisions,
         brain_mask=pre.brain_mask if pre.brain_mask is not None else pre.inverse.to_reference(pre.brain.astype(np.uint8)),
         input_geometry={"reference": opts.reference, **geometry(ref_img),
-                        "windows": tiles_cover(pre.data.shape[1:], tuple(first["patch_size"]), opts.overlap)})
+                        "windows": tiles_cover(pre.data.shape[1:], first.patch_size, opts.overlap)})

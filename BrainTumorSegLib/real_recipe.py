@@ -128,7 +128,7 @@ def validate_bundle(bundle_dir: str, cases: Sequence[Case], device: str = "cpu",
         refs[c.case_id] = read_image(c.paths["seg"], "label")
         seconds[c.case_id] = res.timings["total"]
         log(f"validation {c.case_id}: {res.timings['total']:.1f} s")
-    scheme = b.manifest["label_scheme"]
+    scheme = b.manifest.label_scheme
 
     def postprocessed(labels: sitk.Image, post: PostprocessOptions) -> sitk.Image:
         out = sitk.GetImageFromArray(postprocess(sitk.GetArrayViewFromImage(labels), scheme, post))
@@ -185,7 +185,7 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
                                "train": [c.case_id for c in train_cases],
                                "validation": [c.case_id for c in val_cases]}}
     if init is not None:
-        extra["initialised_from"] = {"id": init.id, "weights_sha256": init.manifest["weights_sha256"]}
+        extra["initialised_from"] = {"id": init.id, "weights_sha256": init.manifest.weights_sha256}
     return Plan(cfg, train_cases, val_cases, init, extra)
 
 
@@ -225,7 +225,7 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
     trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,
                     bundle_manifest=p.extra, log=log, cache_dir=cache_dir)
     b = bundles.load(trained)
-    return finish(b.network, b.manifest, p.val_cases, export or os.path.join(run_dir, MODEL_ID), log)
+    return finish(b.network, b.manifest.to_json(), p.val_cases, export or os.path.join(run_dir, MODEL_ID), log)
 
 
 def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, variant: str = "2mm",

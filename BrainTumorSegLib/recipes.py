@@ -52,7 +52,7 @@ def train_demo(workdir: str, out: str, n_train: int = 40, n_val: int = 3, n_test
                                     "training_data": f"{n_train} synthetic phantoms (seed 1000), "
                                                      f"{n_val} for validation (seed 2000)"})
     scores = held_out_scores(bundle, dirs["test"])
-    manifest = bundles.read_manifest(bundle)
+    manifest = bundles.read_manifest(bundle).to_json()
     manifest["metrics"]["held_out_synthetic"] = scores | {"seed": 3000}
     net = bundles.load(bundle).network
     if os.path.exists(out):

@@ -213,7 +213,7 @@ class BrainTumorSegLogic:
                 m = bundles.read_manifest(folder)
             except InputError:
                 continue
-            found.append(dict(m, path=folder, name=os.path.basename(os.path.normpath(folder))))
+            found.append(dict(m.to_json(), path=folder, name=os.path.basename(os.path.normpath(folder))))
         return found
 
     def start_device_query(self) -> Job:

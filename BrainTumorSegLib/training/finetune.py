@@ -31,21 +31,19 @@ def finetune(model: Union[str, bundles.Bundle], train_cases: Sequence[Case], val
     """
     b = model if isinstance(model, bundles.Bundle) else bundles.load(model)
     m = b.manifest
-    name = m["network"]
     given = cfg or TrainConfig()
-    trained = m.get("training", {}).get("config", {})
-    patch = given.patch or trained.get("patch") or m["patch_size"]
-    cfg = replace(given, network=name, options=dict(m.get("options", {})),
-                  label_scheme=m.get("label_scheme", given.label_scheme),
+    trained = (m.document.get("training") or {}).get("config", {})
+    patch = given.patch or trained.get("patch") or m.patch_size
+    cfg = replace(given, network=m.network, options=dict(m.options), label_scheme=m.label_scheme,
                   lr=given.lr or b.network.training_defaults.lr * FINETUNE_LR_FACTOR,
                   patch=(int(patch[0]), int(patch[1]), int(patch[2])),
                   # the working spacing the bundle was trained at (its manifest says so)
-                  spacing=(m.get("preprocessing") or {}).get("spacing_mm", given.spacing),
+                  spacing=m.spacing_mm,
                   replay_fraction=given.replay_fraction or (0.3 if replay_cases else 0.0))
-    extra = {"finetuned_from": {"id": m["id"], "weights_sha256": m.get("weights_sha256")},
-             "description": f"Fine-tuned from {m['id']} on {len(train_cases)} case(s)"
+    extra = {"finetuned_from": {"id": m.id, "weights_sha256": m.weights_sha256},
+             "description": f"Fine-tuned from {m.id} on {len(train_cases)} case(s)"
                             + (f" with {len(replay_cases)} replayed" if replay_cases else "")
                             + ". Not validated for clinical use.",
-             "clinical_use": False, "patch_size": list(m["patch_size"])}
+             "clinical_use": False, "patch_size": list(m.patch_size)}
     return train(cfg, train_cases, val_cases, out_dir, resume=resume, init_from=b, bundle_manifest=extra,
                  log=log, replay_cases=replay_cases)

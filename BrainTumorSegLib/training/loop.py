@@ -49,6 +49,7 @@ class _Run:
     files: Dict[str, List[str]]
     data_used: Dict[str, List[str]]
     log: Log
+    progress: Optional[Callable[[str, float], None]] = None
     start_epoch: int = 0
     best: float = -1.0
     history: Optional[List[Dict]] = None
@@ -161,14 +162,16 @@ def _train_epoch(run: _Run, epoch: int, ds: PatchDataset, sampler) -> List[float
         run.scaler.step(run.optimizer)
         run.scaler.update()
         losses.append(loss.item())
-        if show and lines:
-            done = (epoch - run.start_epoch) * cfg.iters_per_epoch + it + 1
-            print(progress.format_line("training", done / ((cfg.epochs - run.start_epoch) * cfg.iters_per_epoch)),
-                  flush=True)
+        done = (epoch - run.start_epoch) * cfg.iters_per_epoch + it + 1
+        fraction = done / ((cfg.epochs - run.start_epoch) * cfg.iters_per_epoch)
+        if show and run.progress is not None:
+            run.progress("training", fraction)
+        elif show and lines:
+            print(progress.format_line("training", fraction), flush=True)
         elif show:
             print(f"\repoch {epoch + 1}/{cfg.epochs} it {it + 1}/{cfg.iters_per_epoch} "
                   f"loss {np.mean(losses):.4f}", end="", file=sys.stderr)
-    if show and not lines:
+    if show and not lines and run.progress is None:
         print("", file=sys.stderr)
     return losses
 
@@ -235,7 +238,7 @@ def _export(run: _Run, bundle_manifest: Optional[Dict]) -> str:
 def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir: str,
           resume: bool = False, init_from: Optional[bundles.Bundle] = None,
           bundle_manifest: Optional[Dict] = None, log: Log = print, cache_dir: Optional[str] = None,
-          replay_cases: Sequence[Case] = ()) -> str:
+          replay_cases: Sequence[Case] = (), progress: Optional[Callable[[str, float], None]] = None) -> str:
     """Run (or resume) a training run in ``out_dir``; returns the exported bundle folder.
 
     Under torchrun every process runs this; rank 0 alone logs, validates, checkpoints and exports.
@@ -250,10 +253,13 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
         log: where progress lines go.
         cache_dir: preprocessed cases (default ``out_dir/cache``); runs on the same files can share it.
         replay_cases: earlier cases mixed in with probability ``cfg.replay_fraction``.
+        progress: called as ``progress("training", fraction)`` after every iteration (as ``segment``
+            does); by default a line on stderr, or ``progress`` lines for the Slicer module.
     """
     extras.require("train")
     run = _setup(cfg, {"train": train_cases, "val": val_cases, "replay": replay_cases}, out_dir, init_from, log,
                  cache_dir)
+    run.progress = progress
     if resume and os.path.exists(run.last_checkpoint):
         _resume(run)
     ds, sampler = _dataset(run)

@@ -18,8 +18,10 @@ def validate(net, name: str, val_files: Sequence[str], patch, device: torch.devi
     if not val_files:
         return {}
     net.eval()
-    bundle = bundles.Bundle("(training)", {"output_kind": net.output_kind, "patch_size": list(patch),
-                                           "network": name}, net)
+    manifest = bundles.Manifest(id="(training)", network=name, options={}, in_sequences=tuple(net.in_sequences),
+                                label_scheme="brats2021", output_kind=net.output_kind,
+                                patch_size=(int(patch[0]), int(patch[1]), int(patch[2])), weights_sha256="")
+    bundle = bundles.Bundle("(training)", manifest, net)  # in memory: never exported through another backend
     dices: Dict[str, List[float]] = {"WT": [], "TC": [], "ET": []}
     for f in val_files:
         c = CachedCase(f)

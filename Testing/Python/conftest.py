@@ -51,6 +51,23 @@ def run_cli(*args: str, cwd: Optional[str] = None) -> subprocess.CompletedProces
                           text=True, cwd=cwd, timeout=600)
 
 
+def cli_main(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in this process (``cli.main``), where a separate process is not the point; the
+    result looks like :func:`run_cli`'s. Subprocesses stay for signals, torchrun and Slicer jobs."""
+    import contextlib
+    import io
+
+    from BrainTumorSegLib.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: usage errors (2), --help and --version (0)
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
     """The CLI failed with exit 2 and one error line (notes aside) holding every fragment."""
     assert r.returncode == 2, (r.stdout, r.stderr)

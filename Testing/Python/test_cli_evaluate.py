@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import make_image, one_line_error, run_cli
+from conftest import cli_main, make_image, one_line_error
 
 
 def seg_path(phantom_dir, i):
@@ -25,7 +25,7 @@ def test_evaluate_folders_writes_csv_and_json(tmp_path, phantom_dir):
         out = make_image(a)
         out.CopyInformation(img)
         sitk.WriteImage(out, str(preds / f"Synth_7_{i:04d}.nii.gz"))
-    r = run_cli("evaluate", "--pred", str(preds), "--ref", phantom_dir,
+    r = cli_main("evaluate", "--pred", str(preds), "--ref", phantom_dir,
                 "--csv", str(tmp_path / "m.csv"), "--json", str(tmp_path / "m.json"))
     assert r.returncode == 0, r.stderr
     assert "Dice WT" in r.stdout and "mean" in r.stdout
@@ -41,7 +41,7 @@ def test_evaluate_folders_writes_csv_and_json(tmp_path, phantom_dir):
 
 
 def test_evaluate_single_pair_pooled(tmp_path, phantom_dir):
-    r = run_cli("evaluate", "--pred", seg_path(phantom_dir, 1), "--ref", seg_path(phantom_dir, 0),
+    r = cli_main("evaluate", "--pred", seg_path(phantom_dir, 1), "--ref", seg_path(phantom_dir, 0),
                 "--hd95", "pooled", "--csv", str(tmp_path / "x.csv"), "--json", str(tmp_path / "x.json"))
     assert r.returncode == 0, r.stderr
     js = json.load(open(tmp_path / "x.json"))
@@ -53,7 +53,7 @@ def test_evaluate_missing_prediction_is_listed(tmp_path, phantom_dir):
     preds = tmp_path / "p"
     preds.mkdir()
     shutil.copy(seg_path(phantom_dir, 0), preds / "Synth_7_0000.nii.gz")
-    r = run_cli("evaluate", "--pred", str(preds), "--ref", phantom_dir,
+    r = cli_main("evaluate", "--pred", str(preds), "--ref", phantom_dir,
                 "--csv", str(tmp_path / "m.csv"), "--json", str(tmp_path / "m.json"))
     one_line_error(r, "no prediction for 1 reference case(s): Synth_7_0001")
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "m.json").exists()
@@ -88,7 +88,7 @@ def test_evaluate_bad_input_one_line_exit_2_no_output(tmp_path, phantom_dir, pro
         b = a.astype(np.float32)
         b[1, 1, 1] = np.nan
         nib.save(nib.Nifti1Image(b, np.eye(4)), pred)
-    r = run_cli("evaluate", "--pred", pred, "--ref", ref,
+    r = cli_main("evaluate", "--pred", pred, "--ref", ref,
                 "--csv", str(tmp_path / "m.csv"), "--json", str(tmp_path / "m.json"))
     one_line_error(r, "pred.nii.gz", expect)
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "m.json").exists()
@@ -98,7 +98,7 @@ def test_evaluate_refuses_to_overwrite_an_input(tmp_path, phantom_dir):
     pred = str(tmp_path / "p.nii.gz")
     shutil.copy(seg_path(phantom_dir, 0), pred)
     before = open(pred, "rb").read()
-    r = run_cli("evaluate", "--pred", pred, "--ref", seg_path(phantom_dir, 0), "--csv", pred,
+    r = cli_main("evaluate", "--pred", pred, "--ref", seg_path(phantom_dir, 0), "--csv", pred,
                 "--json", str(tmp_path / "m.json"))
     one_line_error(r, "is an input file")
     assert open(pred, "rb").read() == before

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import one_line_error, run_cli
+from conftest import cli_main, one_line_error, run_cli
 
 import BrainTumorSegLib
 from BrainTumorSegLib import bundles
@@ -80,6 +81,28 @@ def test_bundle_round_trip_and_hash_check(tiny_bundle, tmp_path):
         bundles.load(tmp_path)
     with pytest.raises(InputError, match="no such model"):
         bundles.load("no-such-model-name")
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("patch_size", [64, 64], "field patch_size is [64, 64]; expected three positive integers"),
+    ("output_kind", "softplus", "field output_kind is 'softplus'; expected softmax or sigmoid"),
+    ("in_sequences", [], "field in_sequences is []"),
+    ("label_scheme", "brats2030", "field label_scheme"),
+    ("weights_sha256", "abc", "expected 64 hexadecimal digits"),
+    ("preprocessing", {"spacing_mm": -2}, "field preprocessing.spacing_mm is -2"),
+])
+def test_manifest_format_check_names_the_file_and_field(tiny_bundle, tmp_path, field, value, says):
+    """A typed manifest: a wrong field is one line naming manifest.json and the field, before any
+    weights are read; a good one reads back with its typed fields."""
+    m = bundles.read_manifest(tiny_bundle)
+    assert m.patch_size == (64, 64, 64) and m.output.channels == 3 and m.spacing_mm == 2.0 and m.in_sequences[1] == "t1ce"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    doc = dict(m.to_json(), **{field: value})
+    (bad / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=re.escape(says)) as err:
+        bundles.load(bad)
+    assert "manifest.json" in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("code", ["RAS", "PIR", "LPI"])
@@ -177,7 +200,7 @@ def test_cli_segment_writes_labels_report_and_uncertainty(tiny_bundle, phantom_c
     assert set(np.unique(sitk.GetArrayFromImage(lab))) <= {0, 1, 2, 3}
     rep = json.load(open(tmp_path / "r.json"))
     assert rep["models"][0]["id"] == "tiny" and rep["device"] == "cpu"
-    assert rep["models"][0]["weights_sha256"] == bundles.read_manifest(tiny_bundle)["weights_sha256"]
+    assert rep["models"][0]["weights_sha256"] == bundles.read_manifest(tiny_bundle).weights_sha256
     assert rep["braintumorseg_version"] == BrainTumorSegLib.__version__
     assert {"preprocess", "predict", "total"} <= set(rep["timings_s"]) and "WT" in rep["volumes_ml"]
     assert rep["input_geometry"]["size"] == [240, 240, 155]
@@ -204,22 +227,22 @@ def test_cli_segment_bad_inputs(tiny_bundle, small_case_dir, tmp_path):
     seq = case.sequences
     out = tmp_path / "o.nii.gz"
     args = ["--model", tiny_bundle, "-o", str(out), "--quiet"]
-    one_line_error(run_cli("segment", "--t1", seq["t1"], "--t1ce", seq["t1ce"], "--t2", seq["t2"], *args),
+    one_line_error(cli_main("segment", "--t1", seq["t1"], "--t1ce", seq["t1ce"], "--t2", seq["t2"], *args),
                    "no flair sequence given")
     other_grid = tmp_path / "other_grid_seg.nii.gz"
     sitk.WriteImage(sitk.Image([10, 10, 10], sitk.sitkUInt8) + 1, str(other_grid))
-    one_line_error(run_cli("segment", "--case", small_case_dir, *args, "--reference-labels", str(other_grid)),
+    one_line_error(cli_main("segment", "--case", small_case_dir, *args, "--reference-labels", str(other_grid)),
                    str(other_grid), "not on the grid")
     assert not out.exists()
     far = tmp_path / "far_flair.nii.gz"
     img = sitk.ReadImage(seq["flair"])
     img.SetOrigin((900.0, 900.0, 900.0))
     sitk.WriteImage(img, str(far))
-    one_line_error(run_cli("segment", "--t1", seq["t1"], "--t1ce", seq["t1ce"], "--t2", seq["t2"],
+    one_line_error(cli_main("segment", "--t1", seq["t1"], "--t1ce", seq["t1ce"], "--t2", seq["t2"],
                            "--flair", str(far), *args), "far_flair.nii.gz", "does not overlap")
-    one_line_error(run_cli("segment", "--case", small_case_dir, "--model", tiny_bundle, "-o",
+    one_line_error(cli_main("segment", "--case", small_case_dir, "--model", tiny_bundle, "-o",
                            str(tmp_path / "nope" / "o.nii.gz")), "output folder does not exist")
-    one_line_error(run_cli("segment", "--case", small_case_dir, "--model", tiny_bundle, "-o", seq["t1"]),
+    one_line_error(cli_main("segment", "--case", small_case_dir, "--model", tiny_bundle, "-o", seq["t1"]),
                    "is an input file")
     # a model that wants another sequence set
     m = json.load(open(os.path.join(tiny_bundle, "manifest.json")))
@@ -227,9 +250,9 @@ def test_cli_segment_bad_inputs(tiny_bundle, small_case_dir, tmp_path):
     net = bundles.load(tiny_bundle).network
     bundles.save(net, other, {**{k: v for k, v in m.items() if k != "weights_sha256"},
                               "in_sequences": ["t1", "t1ce", "t2", "dwi"]})
-    one_line_error(run_cli("segment", "--case", small_case_dir, "--model", str(other), "-o", str(out)),
+    one_line_error(cli_main("segment", "--case", small_case_dir, "--model", str(other), "-o", str(out)),
                    "needs t1, t1ce, t2, dwi", "no dwi given")
-    one_line_error(run_cli("segment", "--case", small_case_dir, "--model", tiny_bundle, "-o", str(out),
+    one_line_error(cli_main("segment", "--case", small_case_dir, "--model", tiny_bundle, "-o", str(out),
                            "--device", "cuda"), "no CUDA GPU")
     assert not out.exists() and not any(p.name.startswith(".btseg") for p in tmp_path.iterdir())
 
@@ -256,7 +279,7 @@ def test_default_model_is_the_real_data_model_and_says_what_it_is():
     """The default is trained on real cases and says so: not a demo, not for clinical use, the
     validation figures and citations in its manifest, weights under 25 MB."""
     b = bundles.load(bundles.DEFAULT_MODEL)
-    m = b.manifest
+    m = b.manifest.to_json()
     assert b.id == "brats-glioma-v1" and not b.demo and m["clinical_use"] is False
     assert "not for clinical use" in m["description"].lower() and "not a medical device" in m["note"]
     assert len(m["training_data"]["train"]) == 19 and len(m["training_data"]["validation"]) == 5
@@ -272,7 +295,8 @@ def test_shipped_demo_model_segments_a_held_out_synthetic_case(tmp_path):
     from BrainTumorSegLib.evaluation import score_against
 
     b = bundles.load("brats-synthetic-demo")
-    assert b.demo and b.manifest["clinical_use"] is False and "not for clinical use" in b.manifest["description"].lower()
+    doc = b.manifest.to_json()
+    assert b.demo and doc["clinical_use"] is False and "not for clinical use" in doc["description"].lower()
     assert os.path.getsize(os.path.join(b.path, "weights.safetensors")) < 25 * 2 ** 20
     folder = phantom.generate(tmp_path, 1, seed=5000)[0]
     case = find_case(folder)
@@ -284,7 +308,7 @@ def test_shipped_demo_model_segments_a_held_out_synthetic_case(tmp_path):
 def _with_spacing(bundle_dir, folder, spacing):
     """The same network saved with a declared working spacing (as the real-data recipe exports)."""
     b = bundles.load(bundle_dir)
-    m = dict(b.manifest, id=f"tiny-{spacing}mm", preprocessing={"spacing_mm": spacing})
+    m = dict(b.manifest.to_json(), id=f"tiny-{spacing}mm", preprocessing={"spacing_mm": spacing})
     m.pop("weights_sha256")
     return bundles.save(b.network, folder, m)
 

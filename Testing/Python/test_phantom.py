@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 import SimpleITK as sitk
-from conftest import run_cli
+from conftest import cli_main
 
 from BrainTumorSegLib.cases import find_cases
 from BrainTumorSegLib.phantom import BRATS_SIZE
@@ -14,10 +14,10 @@ def arr(path):
 
 
 def test_phantom_cli_writes_brats_layout_and_is_reproducible(tmp_path):
-    r1 = run_cli("phantom", str(tmp_path / "a"), "--n", "2", "--seed", "3")
+    r1 = cli_main("phantom", str(tmp_path / "a"), "--n", "2", "--seed", "3")
     assert r1.returncode == 0, r1.stderr
     assert "wrote 2 synthetic cases" in r1.stdout
-    r2 = run_cli("phantom", str(tmp_path / "b"), "--n", "1", "--seed", "3", "--quiet")
+    r2 = cli_main("phantom", str(tmp_path / "b"), "--n", "1", "--seed", "3", "--quiet")
     assert r2.returncode == 0, r2.stderr
     cases = find_cases(tmp_path / "a")
     assert [c.case_id for c in cases] == ["Synth_3_0000", "Synth_3_0001"]
@@ -26,7 +26,7 @@ def test_phantom_cli_writes_brats_layout_and_is_reproducible(tmp_path):
     same, diff, _ = filecmp.cmpfiles(tmp_path / "a" / "Synth_3_0000", tmp_path / "b" / "Synth_3_0000",
                                      os.listdir(tmp_path / "b" / "Synth_3_0000"), shallow=False)
     assert len(same) == 5 and not diff
-    other = run_cli("phantom", str(tmp_path / "c"), "--n", "1", "--seed", "4", "--quiet")
+    other = cli_main("phantom", str(tmp_path / "c"), "--n", "1", "--seed", "4", "--quiet")
     assert other.returncode == 0
     s3 = arr(cases[0].paths["seg"])
     s4 = arr(str(tmp_path / "c" / "Synth_4_0000" / "Synth_4_0000_seg.nii.gz"))
@@ -58,8 +58,8 @@ def test_phantom_looks_like_skull_stripped_brats(phantom_case_dir):
 
 def test_phantom_bad_arguments(tmp_path):
     (tmp_path / "file").write_text("x")
-    r = run_cli("phantom", str(tmp_path / "file"), "--n", "1")
+    r = cli_main("phantom", str(tmp_path / "file"), "--n", "1")
     assert r.returncode == 2 and r.stderr.strip().endswith("exists and is not a folder")
     assert len(r.stderr.strip().splitlines()) == 1
-    r = run_cli("phantom", str(tmp_path / "o"), "--n", "0")
+    r = cli_main("phantom", str(tmp_path / "o"), "--n", "0")
     assert r.returncode == 2 and "--n must be at least 1" in r.stderr

@@ -20,8 +20,9 @@ SAMPLE = os.path.join(ROOT, "Resources", "Samples", SAMPLE_CASE)
 @pytest.mark.slow
 def test_default_model_on_a_real_validation_case():
     model = bundles.load(bundles.DEFAULT_MODEL)
-    assert not model.demo and SAMPLE_CASE in model.manifest["training_data"]["validation"]
-    assert SAMPLE_CASE in VALIDATION and SAMPLE_CASE not in model.manifest["training_data"]["train"]
+    data = model.manifest.to_json()["training_data"]
+    assert not model.demo and SAMPLE_CASE in data["validation"]
+    assert SAMPLE_CASE in VALIDATION and SAMPLE_CASE not in data["train"]
     case = find_case(SAMPLE)
     res = segment(case.sequences, model, "cpu")
     m = score_against(res.labels, case.paths["seg"], res.label_scheme)

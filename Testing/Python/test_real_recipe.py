@@ -60,7 +60,7 @@ def test_recipe_trains_validates_through_segment_exports_and_resumes(standins, t
     out = train_real(standins, str(run), variant="2mm", epochs=1, iters=2, cache_dir=str(tmp_path / "cache"),
                      log=lambda *a: None)
     assert out == str(run / MODEL_ID)
-    m = bundles.read_manifest(out)
+    m = bundles.read_manifest(out).to_json()
     assert m["id"] == MODEL_ID and not m["demo"] and m["clinical_use"] is False
     assert m["preprocessing"]["spacing_mm"] == 2.0 and m["patch_size"] == [64, 64, 64]
     assert m["training_data"]["validation"] == sorted(VALIDATION)
@@ -77,10 +77,10 @@ def test_recipe_trains_validates_through_segment_exports_and_resumes(standins, t
     # a finished run resumed: nothing more to train, the same weights exported again
     again = train_real(standins, str(run), variant="2mm", epochs=1, iters=2, cache_dir=str(tmp_path / "cache"),
                        log=lambda *a: None)
-    assert bundles.read_manifest(again)["weights_sha256"] == m["weights_sha256"]
+    assert bundles.read_manifest(again).weights_sha256 == m["weights_sha256"]
     # any checkpoint of the run becomes a validated bundle that says what it is
     snap = export_checkpoint(standins, str(run), str(run / "checkpoint_last.pt"), str(tmp_path / "snap"),
                              epochs=1, iters=2, log=lambda *a: None)
-    sm = bundles.read_manifest(snap)
+    sm = bundles.read_manifest(snap).to_json()
     assert sm["training"]["trained"] == {"epochs": 1, "iterations": 2, "checkpoint": "checkpoint_last.pt"}
     assert "validation_segment" in sm["metrics"] and bundles.load(snap).network is not None

@@ -158,8 +158,8 @@ def test_finetune_from_a_bundle_with_frozen_encoder_and_replay(small_cases, smal
                 "--freeze-encoder", "--amp")
     assert r.returncode == 0, r.stderr
     out = bundles.load(str(tmp_path / "ft" / "model"))
-    m = out.manifest
-    assert m["finetuned_from"] == {"id": src.id, "weights_sha256": src.manifest["weights_sha256"]}
+    m = out.manifest.to_json()
+    assert m["finetuned_from"] == {"id": src.id, "weights_sha256": src.manifest.weights_sha256}
     assert m["training"]["data"]["train"] == os.listdir(new)
     assert len(m["training"]["data"]["replay"]) == 2
     cfg = m["training"]["config"]
@@ -200,7 +200,7 @@ def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(small_ca
     assert a == b
     exported = bundles.load(str(run / "model"))
     assert weights_digest(exported.network) == a
-    assert exported.manifest["training"]["world_size"] == 2
+    assert exported.manifest.to_json()["training"]["world_size"] == 2
     assert r.stdout.count("model bundle:") == 2  # both ranks finish; rank 0 alone wrote the log
     assert len(open(run / "log.csv").read().splitlines()) == 3
 
@@ -212,7 +212,8 @@ def test_finetune_keeps_the_bundles_working_spacing_and_the_callers_config(small
     from BrainTumorSegLib.training import TrainConfig, finetune
 
     src = bundles.load(small_bundle)
-    coarse = dict(src.manifest, id="coarse", preprocessing={**src.manifest.get("preprocessing", {}), "spacing_mm": 3.0})
+    doc = src.manifest.to_json()
+    coarse = dict(doc, id="coarse", preprocessing={**doc.get("preprocessing", {}), "spacing_mm": 3.0})
     coarse.pop("weights_sha256")
     coarse_dir = bundles.save(src.network, tmp_path / "coarse", coarse)
     mine = TrainConfig(epochs=1, iters_per_epoch=1, batch=1)
@@ -220,8 +221,20 @@ def test_finetune_keeps_the_bundles_working_spacing_and_the_callers_config(small
     cases = find_cases(small_cases)
     out = finetune(coarse_dir, cases[:1], [], str(tmp_path / "ft"), mine, log=lambda *a: None)
     assert mine == kept
-    m = bundles.read_manifest(out)
+    m = bundles.read_manifest(out).to_json()
     assert m["preprocessing"]["spacing_mm"] == 3.0 and m["training"]["config"]["spacing"] == 3.0
     cached = [f for f in os.listdir(tmp_path / "ft" / "cache") if f.endswith(".npz")]
     with np.load(tmp_path / "ft" / "cache" / cached[0]) as z:
         assert tuple(z["spacing"]) == (3.0, 3.0, 3.0)
+
+
+def test_training_progress_goes_to_the_callers_callback(small_cases, tmp_path, capsys):
+    """As segment() does: progress("training", fraction) after every iteration, rising to 1; nothing printed."""
+    seen = []
+    cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=2, iters_per_epoch=3, batch=1,
+                      patch=(32, 32, 32), seed=4)
+    train(cfg, find_cases(small_cases), [], str(tmp_path / "run"), log=lambda *a: None,
+          progress=lambda stage, f: seen.append((stage, f)))
+    assert [s for s, _ in seen] == ["training"] * 6
+    assert [round(f, 3) for _, f in seen] == [round(k / 6, 3) for k in range(1, 7)]
+    assert capsys.readouterr().err == ""
