@@ -1,7 +1,10 @@
 """DM-DA-Unet: a two-stage cascade, section 3 of the DM-DA-Unet paper (a DM-DA-based cascade for
 glioma segmentation on 2D ResUnet, evaluated on BraTS 2018 five-fold and BraTS 2017 online). Its
 title, venue and DOI could not be identified from the copy we have (seeds/dm-da-unet-paper.txt,
-which starts at the abstract); the sections cited here are that text's.
+which starts at the abstract); the sections cited here are that text's. The same design, under the
+name "Dual Multidimensional Dense Attention Unet" together with 2DResUnet, is the subject of a
+Chinese master's thesis whose abstract is indexed at globethesis.com (record 2404330590983233,
+http://globethesis.com/?t=2404330590983233); no journal version was found.
 
 Stage 1, ``DenseUnet2D`` (section 3.2): on axial slices, encoder dense blocks of three 3x3 convs
 with BN and PReLU whose inputs are the concatenation of all earlier outputs, stride-2 convs
