@@ -43,6 +43,11 @@ HDBET_ORIENTATION = "LAS"
 # so the zero count alone cannot tell; the head's nonzero volume (scalp, skull, neck) is 3-7 L.
 MIN_ZERO_FRACTION = 0.15
 MAX_BRAIN_ML = 2500.0
+# Widening HD-BET's mask (towards the more generous BraTS 2018 masks the default model learned
+# from) was measured and is off: on 8 training cases made clinical it helped (mean WT Dice 0.825
+# with HD-BET's mask, 0.846 widened by 3 mm), on 8 others it did not (0.820 against 0.812), and
+# on the validation cases it added false positives at the rim of a small tumor (README).
+MASK_MARGIN_MM = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,12 +105,13 @@ def require() -> None:
     _check_weights(_fold0_path())
 
 
-def brain_mask(img: sitk.Image, device: str = "cpu") -> Tuple[sitk.Image, float]:
-    """HD-BET's brain mask of ``img`` on its own grid, and the mask volume in mL.
+def brain_mask(img: sitk.Image, device: str = "cpu", margin_mm: float = MASK_MARGIN_MM) -> Tuple[sitk.Image, float]:
+    """HD-BET's brain mask of ``img`` on its own grid, widened by ``margin_mm``, and its volume in mL.
 
     Args:
         img: one MRI volume with skull (any orientation and spacing).
         device: ``cpu`` or ``cuda:N``.
+        margin_mm: widening of HD-BET's mask (0: HD-BET's own).
     """
     require()
     import torch
@@ -121,5 +127,7 @@ def brain_mask(img: sitk.Image, device: str = "cpu") -> Tuple[sitk.Image, float]
     mask.CopyInformation(oriented)
     mask = sitk.DICOMOrient(mask, sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection()))
     mask.CopyInformation(img)
+    if margin_mm > 0:
+        mask = sitk.BinaryDilate(mask, [max(1, int(round(margin_mm / sp))) for sp in img.GetSpacing()])
     ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * float(np.prod(img.GetSpacing())) / 1000.0
     return mask, ml
