@@ -258,9 +258,13 @@ def test_cli_segment_bad_inputs(tiny_bundle, small_case_dir, tmp_path):
 
 
 def test_cli_interrupt_leaves_no_output(tiny_bundle, phantom_case_dir, tmp_path):
-    out = tmp_path / "o.nii.gz"
+    # the tiny network on the 1 mm grid with mirroring: prediction lasts long enough to be interrupted
+    fine = _with_spacing(tiny_bundle, tmp_path / "fine", None)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    out = outdir / "o.nii.gz"
     p = subprocess.Popen([sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", phantom_case_dir,
-                          "--model", tiny_bundle, "-o", str(out), "--tta", "--quiet"],
+                          "--model", fine, "-o", str(out), "--tta", "--quiet"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ, BRAINTUMORSEG_PROGRESS="lines"))
     # interrupt inside prediction, known from the progress lines rather than guessed from a
@@ -272,7 +276,7 @@ def test_cli_interrupt_leaves_no_output(tiny_bundle, phantom_case_dir, tmp_path)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert "nothing was written" in err
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(outdir) == []
 
 
 def test_default_model_is_the_real_data_model_and_says_what_it_is():
