@@ -263,10 +263,13 @@ def test_cli_interrupt_leaves_no_output(tiny_bundle, phantom_case_dir, tmp_path)
     outdir = tmp_path / "out"
     outdir.mkdir()
     out = outdir / "o.nii.gz"
+    # SIGINT back to its default in the child: a shell that starts the tests in the background
+    # (no job control) leaves it ignored, and Python then never turns it into KeyboardInterrupt
     p = subprocess.Popen([sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", phantom_case_dir,
                           "--model", fine, "-o", str(out), "--tta", "--quiet"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, BRAINTUMORSEG_PROGRESS="lines"))
+                         env=dict(os.environ, BRAINTUMORSEG_PROGRESS="lines"),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # interrupt inside prediction, known from the progress lines rather than guessed from a
     # sleep (on a loaded machine imports alone can take longer than any fixed wait)
     for line in p.stdout:
