@@ -197,20 +197,17 @@ def _segment_options(args: argparse.Namespace, manifest: "Manifest"):
                           postprocess=PostprocessOptions(**post), isotropic=args.isotropic,
                           register=args.register, skull_strip=args.skull_strip, bias_field=args.bias_field,
                           cpu_bf16={"auto": None, "fp32": False, "bf16": True}[args.precision],
-                          backend=args.backend)
+                          backend=args.backend, brain_mask=bool(getattr(args, "brain_mask", None)))
 
 
 def _spacing_arg(value: str):
     """``--isotropic``: auto, off, or a positive spacing in mm."""
-    if value in ("auto", "off"):
-        return value
+    from .preprocessing import parse_spacing
+
     try:
-        mm = float(value)
-    except ValueError:
-        mm = -1.0
-    if mm <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: use auto, off or a spacing in mm")
-    return mm
+        return parse_spacing(value)
+    except InputError:
+        raise argparse.ArgumentTypeError(f"{value!r}: use auto, off or a spacing in mm") from None
 
 
 def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list, uncertainty_out: Optional[str],
@@ -233,7 +230,7 @@ def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list,
         assert res.uncertainty is not None  # asked for through SegmentOptions(uncertainty=True)
         write_image(res.uncertainty, uncertainty_out, input_paths)
     if mask_out:
-        assert res.brain_mask is not None  # segment always returns one
+        assert res.brain_mask is not None  # asked for through SegmentOptions(brain_mask=True)
         write_image(res.brain_mask, mask_out, input_paths)
     rep = res.report()
     rep["inputs"] = inputs

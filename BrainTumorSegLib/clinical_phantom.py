@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import InputError
+from .phantom import rician
 
 # per sequence: intensity of CSF, skull, scalp relative to the brain's median
 _LAYERS = {"t1": (0.35, 0.05, 1.4), "t1ce": (0.35, 0.05, 1.4), "t2": (1.6, 0.05, 1.1), "flair": (0.25, 0.05, 1.1)}
@@ -92,10 +93,7 @@ def add_head(images: Dict[str, sitk.Image], seed: int = 0, head: Optional[sitk.I
             layers = np.select([dist <= 2, dist <= 7, dist <= 12], [csf, bone, scalp], 0.0).astype(np.float32)
             outside = layers * med * (1.0 + 0.05 * rng.standard_normal(layers.shape).astype(np.float32))
         vol = np.where(brain, a, np.clip(outside, 0, None))
-        sigma = 0.02 * med
-        n1 = rng.standard_normal(vol.shape).astype(np.float32) * sigma
-        n2 = rng.standard_normal(vol.shape).astype(np.float32) * sigma
-        img = sitk.GetImageFromArray(np.sqrt((vol + n1) ** 2 + n2 ** 2).astype(np.float32))
+        img = sitk.GetImageFromArray(rician(vol, 0.02 * med, rng).astype(np.float32))
         img.CopyInformation(first)
         out[role] = img
     return out

@@ -8,6 +8,14 @@ import torch
 from .errors import InputError
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 would be slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def autocast_dtype(device: torch.device, cpu_bf16: bool) -> Optional[torch.dtype]:
     """The mixed precision to run at (training and inference alike): fp16 on CUDA, bf16 on a CPU
     when ``cpu_bf16`` (where the CPU runs it natively), else None (fp32)."""

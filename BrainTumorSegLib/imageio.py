@@ -216,5 +216,10 @@ def geometry(img: sitk.Image) -> dict:
     }
 
 
+def orientation_code(img: sitk.Image) -> str:
+    """The three-letter orientation code (ITK's convention, e.g. LPS) closest to ``img``'s directions."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection())
+
+
 def voxel_volume_ml(img: sitk.Image) -> float:
     return float(np.prod(img.GetSpacing())) / 1000.0

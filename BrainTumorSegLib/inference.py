@@ -45,6 +45,7 @@ class SegmentOptions:
     bias_field: bool = False                          # N4 bias-field correction inside the brain
     cpu_bf16: Optional[bool] = None                   # bf16 autocast on CPU; None: where the CPU has native bf16
     backend: str = "auto"                             # auto, torch or openvino (CPU; see backends)
+    brain_mask: bool = False                          # also return the brain mask on the reference grid
 
 
 @dataclass
@@ -61,7 +62,7 @@ class SegmentationResult:
     warnings: List[str] = field(default_factory=list)
     input_geometry: Dict = field(default_factory=dict)
     preprocessing: Dict = field(default_factory=dict)  # registration, skull stripping, working grid: what and why
-    brain_mask: Optional[sitk.Image] = None            # on the reference grid (HD-BET's when stripped)
+    brain_mask: Optional[sitk.Image] = None            # on the reference grid (HD-BET's when stripped), when asked for
 
     def report(self) -> Dict:
         from . import __version__
@@ -151,18 +152,10 @@ class _Predictor:
         return torch.autocast(self.device.type, dtype=dtype)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 would be slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, opts: SegmentOptions,
              progress: Optional[Progress], cancel: Optional[threading.Event], out_device: torch.device,
              stage: str, used: List[str]) -> torch.Tensor:
-    bf16 = cpu_has_fast_bf16() if opts.cpu_bf16 is None else opts.cpu_bf16
+    bf16 = devices.cpu_has_fast_bf16() if opts.cpu_bf16 is None else opts.cpu_bf16
     window = tuple(bundle.manifest.patch_size)
     # a cascade's first stage may narrow where the windows go (networks.dmda_unet); elsewhere: everywhere
     net = bundle.network.to(device).eval()
@@ -353,6 +346,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
         models=[{"id": m.id, "version": m.manifest.version, "network": m.manifest.network,
                  "weights_sha256": m.manifest.weights_sha256, "demo": m.demo, "path": m.path} for m in loaded],
         uncertainty=unc, probabilities=probs, warnings=warnings, preprocessing=pre.decisions,
-        brain_mask=pre.brain_mask if pre.brain_mask is not None else pre.inverse.to_reference(pre.brain.astype(np.uint8)),
+        brain_mask=None if not opts.brain_mask else pre.brain_mask if pre.brain_mask is not None
+        else pre.inverse.to_reference(pre.brain.astype(np.uint8)),
         input_geometry={"reference": opts.reference, **geometry(ref_img),
                         "windows": tiles_cover(pre.data.shape[1:], first.patch_size, opts.overlap)})

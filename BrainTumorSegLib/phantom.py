@@ -92,6 +92,13 @@ def brats_grid() -> sitk.Image:
     return g
 
 
+def rician(vol: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """``vol`` as a magnitude image with complex Gaussian noise of ``sigma`` (Rician-distributed)."""
+    n1 = rng.standard_normal(vol.shape, dtype=np.float32) * np.float32(sigma)
+    n2 = rng.standard_normal(vol.shape, dtype=np.float32) * np.float32(sigma)
+    return np.sqrt((vol + n1) ** 2 + n2 ** 2)
+
+
 def _smooth_noise(rng: np.random.Generator, shape: Tuple[int, ...], sigma: float) -> np.ndarray:
     """Zero-mean, unit-max smooth random field."""
     n = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
@@ -203,10 +210,7 @@ def _render(rng: np.random.Generator, probs: np.ndarray, brain: np.ndarray, labe
         img = sitk.GetImageFromArray(vol.astype(np.float32))
         img = sitk.SmoothingRecursiveGaussian(img, float(rng.uniform(0.4, 1.0)))
         vol = sitk.GetArrayFromImage(img)
-        sigma = rng.uniform(0.015, 0.04)
-        n1 = rng.standard_normal(vol.shape, dtype=np.float32) * sigma
-        n2 = rng.standard_normal(vol.shape, dtype=np.float32) * sigma
-        vol = np.sqrt((vol + n1) ** 2 + n2 ** 2)
+        vol = rician(vol, rng.uniform(0.015, 0.04), rng)
         gain = rng.uniform(600, 1400)  # scanner-like arbitrary intensity scale
         full = np.zeros(brain.shape, np.int16)
         full[box] = np.where(bmask, np.clip(np.round(vol * gain), 1, 32767), 0).astype(np.int16)

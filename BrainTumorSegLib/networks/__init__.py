@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Dict, Type
 
 from .agse_vnet import AGSEVNet
-from .base import SEQUENCE_ORDER, SegmentationNetwork, TrainingDefaults
+from .base import SegmentationNetwork, TrainingDefaults
 from .cga_unet import CGAUNet
 from .dmda_unet import DMDACascade
 from .resunet import ResUNet
@@ -47,5 +47,4 @@ def build(name: str, **options) -> SegmentationNetwork:
 
 
 __all__ = ["NETWORKS", "DEFAULT_NETWORK", "build", "network_class", "SegmentationNetwork", "TrainingDefaults",
-           "SEQUENCE_ORDER",
            "AGSEVNet", "CGAUNet", "DMDACascade", "ResUNet"]

@@ -11,8 +11,6 @@ import torch.utils.checkpoint
 
 from ..cases import SEQUENCES
 
-SEQUENCE_ORDER = SEQUENCES  # channel order: nnU-Net's for BraTS, the library's sequence list
-
 Output = Union[torch.Tensor, Dict[str, torch.Tensor]]
 
 
@@ -40,7 +38,7 @@ class SegmentationNetwork(nn.Module):
 
     output_kind: str = "softmax"          # "softmax": classes 0..3 (bg, NCR, ED, ET); "sigmoid": WT, TC, ET
     out_channels: int = 4
-    in_sequences: Tuple[str, ...] = SEQUENCE_ORDER
+    in_sequences: Tuple[str, ...] = SEQUENCES  # channel order: nnU-Net's for BraTS
     patch_size: Tuple[int, int, int] = (128, 128, 128)  # z, y, x
     divisor: int = 16
     aux_outputs: Tuple[str, ...] = ()

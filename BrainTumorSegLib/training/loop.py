@@ -20,7 +20,6 @@ import torch
 from .. import bundles, devices, extras, progress
 from ..atomicfile import write_json
 from ..cases import Case
-from ..inference import cpu_has_fast_bf16
 from ..networks import SegmentationNetwork, build, network_class
 from ..runlog import write_log
 from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
@@ -62,7 +61,7 @@ class _Run:
 def _amp_dtype(cfg: TrainConfig, device: torch.device, log: Log) -> Optional[torch.dtype]:
     if not cfg.amp:
         return None
-    dtype = devices.autocast_dtype(device, cpu_bf16=cpu_has_fast_bf16())
+    dtype = devices.autocast_dtype(device, cpu_bf16=devices.cpu_has_fast_bf16())
     if dtype is None:
         log(f"note: --amp has no effect on {device.type} here (no native bf16); training in fp32")
     return dtype

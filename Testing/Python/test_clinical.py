@@ -18,7 +18,7 @@ from BrainTumorSegLib import clinical_phantom, skullstrip
 from BrainTumorSegLib.cases import SEQUENCES, find_case
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.preprocessing import PreprocessOptions, choose_spacing, preprocess
-from BrainTumorSegLib.registration import align, head_mask
+from BrainTumorSegLib.registration import Aligner
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "Resources", "Samples", "Brats18_TCIA01_231_1")
 
@@ -68,22 +68,21 @@ def test_clinical_like_case_does_not_look_stripped(clinical_case, phantom_case_d
 
 
 def test_register_or_not():
-    fixed = blob()
-    mask = head_mask(fixed)
-    same = align(fixed, blob(), "auto", same_grid=True, mask=mask)
+    aligner = Aligner(blob())
+    same = aligner.align(blob(), "auto", same_grid=True)
     assert not same.registered and same.transform is None and "aligned" in same.reason
-    moved = align(fixed, blob(shift=(4.0, -3.0, 2.0)), "auto", same_grid=True, mask=mask)
+    moved = aligner.align(blob(shift=(4.0, -3.0, 2.0)), "auto", same_grid=True)
     assert moved.registered and "shift or rotation" in moved.reason
     assert moved.metric_after < moved.metric_before
     assert np.allclose(moved.transform.GetParameters()[3:], (4.0, -3.0, 2.0), atol=0.5)
     other = blob(shift=(3.0, 0.0, 0.0), spacing=(0.9, 0.9, 3.0))  # thick slices, moved
-    diff = align(fixed, other, "auto", same_grid=False, mask=mask)
+    diff = aligner.align(other, "auto", same_grid=False)
     assert diff.registered and "grid differs" in diff.reason
     assert np.allclose(diff.transform.GetParameters()[3:], (3.0, 0.0, 0.0), atol=1.0)
-    assert not align(fixed, blob(shift=(4.0, 0, 0)), "never", same_grid=True).registered
+    assert not aligner.align(blob(shift=(4.0, 0, 0)), "never", same_grid=True).registered
     # "always" registers without the check (on content that needs it; on content already aligned
     # the registration may only drift, and the scanner geometry is then kept)
-    asked = align(fixed, blob(shift=(0.0, 3.0, 0.0)), "always", same_grid=True, mask=mask)
+    asked = aligner.align(blob(shift=(0.0, 3.0, 0.0)), "always", same_grid=True)
     assert asked.reason == "asked for" and asked.registered
     rep = moved.report()
     assert set(rep) >= {"registered", "reason", "mattes_mi_before", "mattes_mi_after", "translation_mm"}
