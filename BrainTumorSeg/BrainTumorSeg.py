@@ -68,19 +68,23 @@ def ensure_pip_packages(extras: Sequence[str] = ()) -> bool:
         return True
     if slicer.app.testingEnabled():
         return False
+    try:
+        import slicer.packaging as packaging
+    except ImportError:  # Slicer before 5.12
+        packaging = None
+    # declined or failed: pip_ensure raises RuntimeError; the uv-based installer of later Slicer
+    # (behind slicer.util.pip_install there) raises its own InstallationAbortedError
+    failures = (RuntimeError, subprocess.CalledProcessError) + tuple(
+        e for e in (getattr(packaging, "InstallationAbortedError", None),) if isinstance(e, type))
     constraints = slicer_constraints_file()
     try:
-        try:
-            import slicer.packaging as packaging
-        except ImportError:  # Slicer before 5.12
-            packaging = None
         if packaging is not None and hasattr(packaging, "pip_ensure"):
             packaging.pip_ensure(reqs, constraints=constraints, requester="BrainTumorSeg")
         elif slicer.util.confirmOkCancelDisplay(f"BrainTumorSeg needs: {', '.join(reqs)}. Install now?"):
             slicer.util.pip_install(reqs + ["-c", constraints])
         else:
             return False
-    except (RuntimeError, subprocess.CalledProcessError) as exc:  # declined (5.12+) or pip failed
+    except failures as exc:
         slicer.util.errorDisplay(f"BrainTumorSeg: the packages {', '.join(reqs)} were not installed: {one_line(exc)}")
         return False
     finally:
@@ -158,19 +162,34 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.onAutoAssign()
         self.restoreChoices()
         self.updateSegmentButton()
-        self.sceneCloseObserver = slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.sceneObservers = [
+            slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose),
+            slicer.mrmlScene.AddObserver(slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)]
 
     def onSceneStartClose(self, caller, event) -> None:
-        """The result's nodes are going: forget them (Edit, 3D and Save act on a result)."""
+        """The scene's nodes are going: a running segmentation is cancelled (its result would land in
+        the next scene, on volumes that are gone) and the result is forgotten (Edit, 3D and Save act
+        on a result)."""
+        if self.run is not None:
+            run, self.run = self.run, None
+            self.logic.cancel(run)
+            self.setBusy(False, "Cancelled: the scene was closed.")
         self.result = None
         self.ui.show3DButton.setSegmentationNode(None)
+        self.ui.volumesTableView.setMRMLTableNode(None)
         for w in (self.ui.editButton, self.ui.show3DButton, self.ui.saveCaseButton):
             w.enabled = False
 
-    def enter(self) -> None:
-        self.startDeviceQuery()
+    def onSceneEndImport(self, caller, event) -> None:
+        """A scene was loaded: show the choices saved with it (never while a segmentation runs)."""
         if self.run is None:
             self.restoreChoices()
+            self.updateSegmentButton()
+
+    def enter(self) -> None:
+        # choices are restored in setup and after a scene import only: restoring on every visit
+        # would undo what the user chose since the last Segment
+        self.startDeviceQuery()
 
     def currentChoices(self) -> dict:
         """The options as the parameter node keeps them (logic.CHOICES)."""
@@ -191,14 +210,24 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
             index = self.ui.modelComboBox.findData(choices["model"])
             if index >= 0:
                 self.ui.modelComboBox.setCurrentIndex(index)
-        for i in range(self.ui.deviceComboBox.count):  # a device this machine has
-            if self.ui.deviceComboBox.itemText(i).split()[0].lower() == str(choices["device"]).lower():
-                self.ui.deviceComboBox.setCurrentIndex(i)
+        self.selectDevice(str(choices["device"]))
         self.ui.ttaCheckBox.checked = bool(choices["tta"])
         self.ui.uncertaintyCheckBox.checked = bool(choices["uncertainty"])
         self.ui.etThresholdSpinBox.value = int(choices["min_et_voxels"] or 0)
         self.ui.clinicalCheckBox.checked = bool(choices["clinical"])
         self.ui.brainMaskCheckBox.checked = bool(choices["brain_mask"])
+
+    def selectDevice(self, device: str) -> None:
+        """Select ``device`` (auto, cpu, cuda:0...) where this machine has it; else leave the choice."""
+        for i in range(self.ui.deviceComboBox.count):
+            if self.ui.deviceComboBox.itemText(i).split()[0].lower() == device.lower():
+                self.ui.deviceComboBox.setCurrentIndex(i)
+
+    def savedDevice(self) -> str:
+        """The device kept with the scene, or '' when the scene has no choices yet."""
+        if slicer.mrmlScene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode") is None:
+            return ""
+        return str(self.logic.load_choices()[0]["device"] or "")
 
     def startDeviceQuery(self) -> None:
         """Ask once which devices torch sees; again when torch arrives later (installed on first use)."""
@@ -229,7 +258,8 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
 
     def cleanup(self) -> None:
         self.timer.stop()
-        slicer.mrmlScene.RemoveObserver(self.sceneCloseObserver)
+        for tag in self.sceneObservers:
+            slicer.mrmlScene.RemoveObserver(tag)
         if self.run is not None:
             self.logic.cancel(self.run)
         if self.finetune_job is not None:
@@ -315,14 +345,17 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
             self.setBusy(False, "Cancelled; the scene is unchanged.")
             return
         clinical = self.ui.clinicalCheckBox.checked
+        if not self.ensureDependencies():  # first: the library's own check below needs them
+            self.ui.statusLabel.text = "Not started: the packages it needs are not installed."
+            return
         try:
-            extras = ["clinical"] if clinical and self.logic.needs_skull_stripping(self.volumes()) else []
+            strip = clinical and self.logic.needs_skull_stripping(self.volumes())
         except ModuleError as exc:
             self.ui.statusLabel.text = f"Error: {exc}"
             return
-        if not self.ensureDependencies(extras):
-            self.ui.statusLabel.text = ("Not started: the packages it needs are not installed" +
-                                        (" (HD-BET removes the skull from these scans)." if extras else "."))
+        if strip and not ensure_pip_packages(["clinical"]):
+            self.ui.statusLabel.text = ("Not started: HD-BET (the 'clinical' extra), which removes the skull "
+                                        "from these scans, is not installed.")
             return
         try:
             output = self.ui.outputSelector.currentNode()
@@ -375,12 +408,12 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         except (ModuleError, ValueError, KeyError, IndexError) as exc:
             self.ui.hardwareLabel.text = f"torch could not start: {one_line(exc)}"
             return
-        current = self.ui.deviceComboBox.currentText
+        wanted = self.device() if self.devices_known else (self.savedDevice() or self.device())
         self.ui.deviceComboBox.clear()
         self.ui.deviceComboBox.addItem("Auto")
         for d in devices:
             self.ui.deviceComboBox.addItem(d.upper() if d in ("cpu", "mps") else d)
-        self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findText(current)))
+        self.selectDevice(wanted)
         self.ui.hardwareLabel.text = description
         self.devices_known = True
 
@@ -398,12 +431,10 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
             self.setBusy(False, f"Error: {exc} (details under Log)")
             return
         self.setBusy(False, self.result.status())
-        slicer.util.setSliceViewerLayers(background=run.volumes["t1ce"])
+        # every layer is set: None clears an earlier run's uncertainty map or brain mask
+        slicer.util.setSliceViewerLayers(background=run.volumes["t1ce"], foreground=self.result.uncertainty,
+                                         label=self.result.brain_mask, foregroundOpacity=0.4, labelOpacity=0.3)
         self.ui.volumesTableView.setMRMLTableNode(self.result.table)
-        if self.result.uncertainty is not None:
-            slicer.util.setSliceViewerLayers(foreground=self.result.uncertainty, foregroundOpacity=0.4)
-        if self.result.brain_mask is not None:
-            slicer.util.setSliceViewerLayers(label=self.result.brain_mask, labelOpacity=0.3)
         self.ui.show3DButton.setSegmentationNode(self.result.segmentation)
         for w in (self.ui.editButton, self.ui.show3DButton, self.ui.saveCaseButton):
             w.enabled = True
