@@ -91,7 +91,8 @@ def _train_config(args: argparse.Namespace, network: str = "resunet", options: O
                        batch=args.batch, patch=tuple(args.patch) if args.patch else None, lr=args.lr,
                        seed=args.seed, val_every=args.val_every, workers=args.workers, amp=args.amp,
                        domain_randomization=args.domain_randomization, device=args.device,
-                       gradient_checkpointing=args.gradient_checkpointing)
+                       gradient_checkpointing=args.gradient_checkpointing,
+                       clinical_augmentation=args.clinical_augmentation)
 
 
 def _split(args: argparse.Namespace):
@@ -459,6 +460,8 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     t.add_argument("--skip-bad", action="store_true", help="skip broken cases with a warning instead of failing")
     t.add_argument("--domain-randomization", action="store_true", help="random contrast per sequence (synthetic data)")
+    t.add_argument("--clinical-augmentation", action="store_true",
+                   help="thick slices along an axis per sequence and tighter brain masks (for clinical scans)")
 
 
 def _add_training_commands(sub) -> None:

@@ -186,11 +186,12 @@ def test_bad_training_data_is_listed(small_cases, tmp_path):
 def test_cli_train_exports_a_bundle_that_segments(small_cases, tmp_path):
     r = run_cli("train", "--data", small_cases, "--folds", "2", "--fold", "0", "--out", str(tmp_path / "run"),
                 "--epochs", "1", "--iters", "2", "--batch", "1", "--patch", "32", "32", "32",
-                "--options", json.dumps(SMALL["resunet"]))
+                "--options", json.dumps(SMALL["resunet"]), "--clinical-augmentation")
     assert r.returncode == 0, r.stderr
     bundle = tmp_path / "run" / "model"
     m = json.load(open(bundle / "manifest.json"))
     assert m["training"]["epochs"] == 1 and "dice_WT" in m["metrics"]["validation"]
+    assert m["training"]["config"]["clinical_augmentation"]  # the run's settings travel with the model
     assert os.path.exists(tmp_path / "run" / "log.csv") and os.path.exists(tmp_path / "run" / "config.json")
     with open(tmp_path / "run" / "curves.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
