@@ -495,7 +495,7 @@ def _add_training_commands(sub) -> None:
     tr2.add_argument("recipe", choices=["brats-glioma"])
     tr2.add_argument("--data", required=True, help="folder with the real BraTS cases (e.g. ../shared/real-cases)")
     tr2.add_argument("--out", required=True, help="run folder; an existing one is resumed")
-    tr2.add_argument("--variant", default="2mm", help="2mm (default), 1mm, 1mm-phantom, 2mm-phantom, 2mm-clinical")
+    tr2.add_argument("--variant", default="2mm", help="a variant of real_recipe.VARIANTS: 2mm (default), 1mm, ...")
     tr2.add_argument("--epochs", type=int, default=30)
     tr2.add_argument("--iters", type=int, default=100, help="iterations per epoch")
     tr2.add_argument("--seed", type=int, default=0)

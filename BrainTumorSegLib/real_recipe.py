@@ -19,7 +19,9 @@ Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) unde
 - ``2mm-clinical``: ``2mm`` continued from the shipped ``brats-glioma-v1`` at half the learning
   rate with clinical augmentation (``training.data``: sequences as if acquired in 3-7 mm slices
   along an axis of their own, brain masks 1-2 voxels tighter), for scans that ``segment`` strips,
-  registers and resamples itself.
+  registers and resamples itself;
+- ``2mm-clinical-scratch``: ``2mm`` with clinical augmentation from the start (the shipped model's
+  recipe otherwise).
 """
 from __future__ import annotations
 
@@ -95,6 +97,7 @@ VARIANTS: Dict[str, Variant] = {
     "2mm-phantom": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-synthetic-demo"),
     "2mm-clinical": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from=MODEL_ID, lr=5e-4,
                             clinical_augmentation=True),
+    "2mm-clinical-scratch": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), clinical_augmentation=True),
 }
 POSTPROCESS_GRID = {"min_et_voxels": (0, 200, 500), "min_component_voxels": (0, 200, 1000)}
 

