@@ -166,6 +166,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
             slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose),
             slicer.mrmlScene.AddObserver(slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)]
 
+    @guarded(stops_segmentation=True)
     def onSceneStartClose(self, caller, event) -> None:
         """The scene's nodes are going: a running segmentation is cancelled (its result would land in
         the next scene, on volumes that are gone) and the result is forgotten (Edit, 3D and Save act
@@ -180,6 +181,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         for w in (self.ui.editButton, self.ui.show3DButton, self.ui.saveCaseButton):
             w.enabled = False
 
+    @guarded
     def onSceneEndImport(self, caller, event) -> None:
         """A scene was loaded: show the choices saved with it (never while a segmentation runs)."""
         if self.run is None:
