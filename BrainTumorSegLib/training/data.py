@@ -23,7 +23,7 @@ from ..cases import SEQUENCES, Case
 from ..errors import InputError
 from ..imageio import read_image, same_grid
 from ..labels import detect_scheme, labels_to_classes
-from ..preprocessing import PreprocessOptions, labels_to_working, preprocess
+from ..preprocessing import PreprocessOptions, labels_to_working, preprocess, zscore
 
 
 def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
@@ -123,14 +123,8 @@ def vary_brain_mask(data: np.ndarray, classes: np.ndarray, rng: np.random.Genera
     each sequence z-scored again inside it. Tumor voxels stay inside, as a brain extraction keeps
     them. The cached data is already z-scored; z-scoring is affine, so doing it again over the new
     mask gives what z-scoring the original intensities over that mask would."""
-    brain = data.any(0)
-    mask = ndimage.binary_erosion(brain, iterations=int(rng.integers(1, 3))) | (classes > 0)
-    out = np.zeros(data.shape, np.float32)
-    for c in range(data.shape[0]):
-        v = data[c][mask].astype(np.float32)
-        if v.size and v.std() > 0:
-            out[c][mask] = (v - v.mean()) / v.std()
-    return out
+    mask = ndimage.binary_erosion(data.any(0), iterations=int(rng.integers(1, 3))) | (classes > 0)
+    return np.stack([zscore(d.astype(np.float32), mask) for d in data])
 
 
 def simulate_thick_slices(x: np.ndarray, rng: np.random.Generator, spacing: Sequence[float],

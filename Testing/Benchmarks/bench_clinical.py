@@ -69,7 +69,8 @@ def hdbet_peer(t1ce: sitk.Image) -> None:
     print(f"  Dice between the two masks: {2 * (a & b).sum() / (a.sum() + b.sum()):.4f}")
 
 
-def report(name: str, rows: list) -> None:
+def report(name: str, rows: list) -> np.ndarray:
+    """Print the table of one model and return its column means."""
     print(f"{name}:")
     print(f"{'case':<22}{'WT brats':>9}{'WT clin':>8}{'TC brats':>9}{'TC clin':>8}{'ET brats':>9}{'ET clin':>8}"
           f"{'WT mL ref':>10}{'clin':>7}{'reg s':>7}{'strip s':>8}{'pred s':>7}{'total s':>8}")
@@ -84,6 +85,7 @@ def report(name: str, rows: list) -> None:
     print(f"WT Dice clinical minus BraTS-preprocessed: mean {m[1] - m[0]:+.3f}, worst "
           f"{min(r[1] - r[0] for r in values):+.3f}; WT volume error vs reference: mean {np.mean(vol_err):.1%}, "
           f"worst {max(vol_err):.1%}")
+    return m
 
 
 def main() -> None:
@@ -123,10 +125,9 @@ def main() -> None:
             n4.append([score_images(on_grid(r.labels, grid), on_grid(ref, grid))[k]["dice"]
                        for r in (segment(imgs, first, options=on), segment(clin, first, options=on))
                        for k in ("WT", "TC", "ET")])
-    for name in models:
-        report(name, rows[name])
+    means = [report(name, rows[name]) for name in models]
     if n4:
-        m = np.mean(np.array([r for _, r in rows[next(iter(models))]]), 0)
+        m = means[0]
         a = np.mean(np.array(n4), 0)
         print(f"with N4 (mean WT/TC/ET Dice): BraTS-preprocessed {a[0]:.3f}/{a[1]:.3f}/{a[2]:.3f} "
               f"(without {m[0]:.3f}/{m[2]:.3f}/{m[4]:.3f}); clinical {a[3]:.3f}/{a[4]:.3f}/{a[5]:.3f} "
