@@ -11,11 +11,14 @@ Forward, in order:
    direction cosines, ``LPS`` in ITK's code, as BraTS files read through SimpleITK: an exact
    permutation and flip of axes), resampled to an isotropic spacing when one is set (a model's
    own spacing, or 1 mm for a thick-slice reference with ``isotropic="auto"``).
-3. Every sequence is resampled once, from its own grid and through its registration, onto the
-   working grid (linear, physical space); inputs already on the reference grid are only permuted.
-4. Skull stripping (``skullstrip``, HD-BET) when asked, or with ``auto`` when any input does
+3. Skull stripping (``skullstrip``, HD-BET) when asked, or with ``auto`` when any input does
    not look skull-stripped: the brain mask of the reference, computed on its own grid, zeroes
-   every sequence outside the brain. Optionally N4 bias-field correction inside the brain.
+   every sequence outside the brain on the sequence's own grid (through its registration), so
+   that a case stripped here reaches the network as one stripped before it reached us: the
+   brain's edge blended by the same resampling as the training cases'.
+4. Every sequence is resampled once, from its own grid and through its registration, onto the
+   working grid (linear, physical space); inputs already on the reference grid are only permuted.
+   Optionally N4 bias-field correction inside the brain.
 5. The volume is cropped to the brain (voxels nonzero in any sequence) plus a margin.
 6. Each sequence is z-scored over brain voxels only; voxels outside the brain are set to 0.
 
@@ -264,7 +267,7 @@ def _align_all(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: Preproce
 
 def _strip(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: PreprocessOptions,
            checks: Dict[str, skullstrip.StripCheck], warnings: List[str]) -> Tuple[Optional[sitk.Image], Dict]:
-    """Step 4: HD-BET's mask of the reference on its own grid, or None when not stripping."""
+    """Step 3: HD-BET's mask of the reference on its own grid, or None when not stripping."""
     unstripped = [r for r, c in checks.items() if not c.stripped]
     decision: Dict = {"mode": opt.skull_strip, "inputs": {r: c.reason() for r, c in checks.items()}}
     if not _will_strip(opt, checks):
@@ -284,12 +287,19 @@ def _strip(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: PreprocessOp
 
 def _to_working(img: sitk.Image, ref: sitk.Image, alignment: Optional[Alignment], working_grid: sitk.Image,
                 canonical: bool) -> np.ndarray:
-    """Step 3: one sequence on the working grid; on the reference's own grid (``canonical``), an
+    """Step 4: one sequence on the working grid; on the reference's own grid (``canonical``), an
     input already there is only permuted, never interpolated."""
     registered = alignment is not None and alignment.registered
     if canonical and not registered and same_grid(img, ref):
         return sitk.GetArrayFromImage(sitk.DICOMOrient(img, CANONICAL))
     return sitk.GetArrayFromImage(resample_to(img, working_grid, alignment.transform if alignment else None))
+
+
+def _mask_native(img: sitk.Image, mask_ref: sitk.Image, alignment: Optional[Alignment]) -> sitk.Image:
+    """``img`` zeroed outside the brain on its own grid."""
+    tx = alignment.transform.GetInverse() if alignment is not None and alignment.registered else sitk.Transform()
+    m = sitk.Resample(sitk.Cast(mask_ref, sitk.sitkFloat32), img, tx, sitk.sitkLinear, 0.0) >= 0.5
+    return sitk.Mask(img, sitk.Cast(m, sitk.sitkUInt8))
 
 
 def _will_strip(opt: PreprocessOptions, checks: Dict[str, skullstrip.StripCheck]) -> bool:
@@ -343,19 +353,16 @@ def preprocess(images: Mapping[str, ImageLike], options: Optional[PreprocessOpti
     spacing, spacing_reason = choose_spacing(opt.model_spacing, opt.isotropic, ref)
     if spacing and not np.allclose(canonical_grid.GetSpacing(), spacing, rtol=0.02):
         working_grid = isotropic_grid(canonical_grid, spacing)
-    arrays = [_to_working(imgs[r], ref, alignments.get(r), working_grid, same_grid(working_grid, canonical_grid))
-              for r in roles]
     t = time.perf_counter()
     mask_ref, strip_decision = _strip(imgs, names, opt, checks, warnings)
     timings["skull_strip"] = time.perf_counter() - t
+    if mask_ref is not None:
+        imgs = {r: _mask_native(im, mask_ref, alignments.get(r)) for r, im in imgs.items()}
+    arrays = [_to_working(imgs[r], ref, alignments.get(r), working_grid, same_grid(working_grid, canonical_grid))
+              for r in roles]
     brain_full = np.zeros(arrays[0].shape, bool)
     for arr in arrays:
         brain_full |= arr != 0
-    if mask_ref is not None:
-        mask_w = sitk.Resample(sitk.Cast(mask_ref, sitk.sitkFloat32), working_grid, sitk.Transform(),
-                               sitk.sitkLinear, 0.0)
-        brain_full &= sitk.GetArrayFromImage(mask_w) >= 0.5
-        arrays = [np.where(brain_full, arr, 0) for arr in arrays]
     if opt.bias_field:
         t = time.perf_counter()
         sz, sy, sx = (float(v) for v in working_grid.GetSpacing()[::-1])

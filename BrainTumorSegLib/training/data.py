@@ -49,13 +49,17 @@ def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
     return good
 
 
+# How cached cases are prepared; part of the cache key, so a change here rebuilds old caches.
+_PREPARATION = "auto, stripped on each sequence's grid"
+
+
 def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None) -> str:
     """Preprocess one case once (at ``spacing`` mm when given): (C, z, y, x) float16 data, class
     labels, spacing. As ``segment`` does, a case saved straight from the scanner (a clinical case
     corrected in Slicer) is skull-stripped and co-registered first; BraTS-preprocessed cases are
     left as they are (the automatic checks find nothing to do)."""
     key = hashlib.sha256(("|".join(f"{r}={os.path.abspath(p)}:{os.path.getmtime(p)}"
-                                   for r, p in sorted(case.paths.items())) + f"|spacing={spacing}|auto").encode()
+                                   for r, p in sorted(case.paths.items())) + f"|spacing={spacing}|{_PREPARATION}").encode()
                          ).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{case.case_id}-{key}.npz")
     if os.path.exists(path):

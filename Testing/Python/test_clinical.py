@@ -227,3 +227,20 @@ def test_real_case_in_a_real_head_gives_its_brats_labels(tmp_path):
     assert res.preprocessing["skull_strip"]["stripped"] and res.preprocessing["register"]["flair"]["registered"]
     assert _wt_dice(res.labels, base.labels) >= 0.9
     assert abs(res.volumes_ml["WT"] - base.volumes_ml["WT"]) <= 0.1 * base.volumes_ml["WT"]
+
+
+@pytest.mark.slow
+def test_stripping_gives_the_network_what_a_case_stripped_beforehand_gives():
+    """Stripped by us or stripped before it reached us with the same mask: the network sees the same
+    data on its 2 mm grid (the mask zeroes each sequence on its own grid, so the brain's edge is
+    blended by the same resampling the training cases went through)."""
+    imgs = {r: sitk.ReadImage(os.path.join(SAMPLE, f"Brats18_TCIA01_231_1_{r}.nii.gz"), sitk.sitkFloat32)
+            for r in SEQUENCES}
+    head = clinical_phantom.add_head(imgs, 0, *clinical_phantom.sri24_head())
+    ours = preprocess(head, PreprocessOptions(skull_strip="always", model_spacing=2.0))
+    mask = sitk.Cast(ours.brain_mask, sitk.sitkUInt8)
+    stripped = {r: sitk.Mask(im, sitk.Resample(mask, im, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+                for r, im in head.items()}
+    before = preprocess(stripped, PreprocessOptions(skull_strip="never", model_spacing=2.0))
+    assert np.array_equal(ours.brain, before.brain)
+    np.testing.assert_allclose(ours.data, before.data, atol=1e-4)
