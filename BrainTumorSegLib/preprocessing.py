@@ -297,7 +297,9 @@ def _to_working(img: sitk.Image, ref: sitk.Image, alignment: Optional[Alignment]
 
 def _mask_native(img: sitk.Image, mask_ref: sitk.Image, alignment: Optional[Alignment]) -> sitk.Image:
     """``img`` zeroed outside the brain on its own grid."""
-    tx = alignment.transform.GetInverse() if alignment is not None and alignment.registered else sitk.Transform()
+    tx = sitk.Transform()
+    if alignment is not None and alignment.registered and alignment.transform is not None:
+        tx = alignment.transform.GetInverse()
     m = sitk.Resample(sitk.Cast(mask_ref, sitk.sitkFloat32), img, tx, sitk.sitkLinear, 0.0) >= 0.5
     return sitk.Mask(img, sitk.Cast(m, sitk.sitkUInt8))
 
