@@ -27,13 +27,14 @@ from BrainTumorSegModuleLib.roles import ROLES, segment_blocker
 
 MODEL_FOLDERS_KEY = "BrainTumorSeg/modelFolders"  # bundle folders the user loaded by hand
 
-MODEL_NOTE = ("The default model, brats-glioma-v1, is a research model trained on 19 real BraTS 2018 glioma "
-              "cases; on 5 held-out BraTS cases it reached Dice 0.85 (whole tumor), 0.84 (tumor core) and 0.82 "
-              "(enhancing tumor). It was trained on skull-stripped, co-registered BraTS data; with 'Clinical scans: "
-              "automatic' the skull is removed and the sequences registered first. It is not a medical device, and "
-              "every result needs checking. brats-synthetic-demo learned from synthetic "
-              "phantoms only and is a demo. Models you fine-tune appear in the list; none is validated for "
-              "clinical use.")
+MODEL_NOTE = ("The default model, brats-glioma-ensemble-v1, averages two research models trained on the same 19 "
+              "real BraTS 2018 glioma cases (brats-glioma-v1, and brats-glioma-clinaug-v1, trained for clinical "
+              "scans as well); on 5 held-out BraTS cases it reached Dice 0.85 (whole tumor), 0.84 (tumor core) and "
+              "0.83 (enhancing tumor). Both were trained on skull-stripped, co-registered BraTS data; with "
+              "'Clinical scans: automatic' the skull is removed and the sequences registered first. It is not a "
+              "medical device, and every result needs checking. Fine-tuning an ensemble starts from its first "
+              "member. brats-synthetic-demo learned from synthetic phantoms only and is a demo. Models you "
+              "fine-tune appear in the list; none is validated for clinical use.")
 
 
 def one_line(exc: BaseException) -> str:
@@ -139,6 +140,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.logic = BrainTumorSegLogic(slicer.mrmlScene)
         self.run = None           # a segmentation in progress
         self.finetune_job = None  # a fine-tuning in progress
+        self.finetune_from = ""  # the bundle it started from (an ensemble's first member)
         self.result = None
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
@@ -485,6 +487,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
                                          qt.QDateTime.currentDateTime().toString("yyyyMMdd-hhmmss"))
         try:
             os.makedirs(os.path.dirname(self.finetune_out), exist_ok=True)
+            self.finetune_from = os.path.basename(self.logic.finetune_source(self.ui.modelComboBox.currentData))
             self.finetune_job = self.logic.start_finetune(
                 self.ui.modelComboBox.currentData, folder, self.finetune_out,
                 epochs=self.ui.finetuneEpochsSpinBox.value, device=self.device(),
@@ -497,7 +500,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
 
     def pollFinetune(self) -> None:
         job = self.finetune_job
-        self.ui.finetuneStatusLabel.text = f"Fine-tuning: {100 * job.fraction:.0f} %"
+        self.ui.finetuneStatusLabel.text = f"Fine-tuning {self.finetune_from}: {100 * job.fraction:.0f} %"
         if job.poll() is None:
             return
         self.finetune_job = None

@@ -6,6 +6,10 @@ patch size, postprocessing defaults, training data and metrics, and the sha256 o
 Loading verifies the hash before reading the weights and never executes code from a file:
 safetensors holds tensors only, and the manifest is JSON.
 
+An ensemble is a folder with only ``manifest.json`` (format ``braintumorseg-ensemble/1``) naming
+its members, bundles whose probabilities ``segment`` averages: :func:`load_models` loads them,
+:func:`save_ensemble` writes one. A member is looked for beside the ensemble first, then by name.
+
 Bundles are looked up by path, or by name in ``$BRAINTUMORSEG_MODELS`` (colon-separated
 folders), ``~/.braintumorseg/models`` and the package's own ``models`` folder.
 """
@@ -18,7 +22,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import outputs
 from .cases import SEQUENCES  # the names a manifest's in_sequences normally holds
@@ -29,9 +33,11 @@ if TYPE_CHECKING:  # torch loads only when a model does: listing bundles stays l
     from .networks import SegmentationNetwork
 
 FORMAT = "braintumorseg-bundle/1"
+ENSEMBLE_FORMAT = "braintumorseg-ensemble/1"
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
-DEFAULT_MODEL = "brats-glioma-v1"  # trained on real BraTS cases (real_recipe); the phantom demo stays as a named model
+# an ensemble of two models trained on real BraTS cases (real_recipe); the phantom demo stays as a named model
+DEFAULT_MODEL = "brats-glioma-ensemble-v1"
 _REQUIRED = ("format", "id", "network", "options", "in_sequences", "label_scheme", "output_kind",
              "patch_size", "weights_sha256")
 
@@ -158,8 +164,8 @@ def resolve(model: PathLike) -> str:
     raise InputError(m, "no such model (looked in: " + ", ".join(search_dirs()) + ")")
 
 
-def read_manifest(folder: PathLike) -> Manifest:
-    """A bundle folder's manifest, format-checked."""
+def _read_document(folder: PathLike) -> Dict[str, Any]:
+    """A model folder's ``manifest.json`` as a JSON object (bundle or ensemble)."""
     path = os.path.join(os.fspath(folder), MANIFEST)
     try:
         with open(path, encoding="utf-8") as f:
@@ -170,7 +176,85 @@ def read_manifest(folder: PathLike) -> Manifest:
         raise InputError(path, f"is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
     if not isinstance(manifest, dict):
         raise InputError(path, "is not a JSON object")
+    return manifest
+
+
+def read_manifest(folder: PathLike) -> Manifest:
+    """A bundle folder's manifest, format-checked (an ensemble's folder is an error naming its members)."""
+    manifest = _read_document(folder)
+    path = os.path.join(os.fspath(folder), MANIFEST)
+    if manifest.get("format") == ENSEMBLE_FORMAT:
+        names = manifest.get("members")
+        raise InputError(folder, f"is an ensemble of {', '.join(map(str, names)) if isinstance(names, list) else '?'}, "
+                                 "not one model: name one of its members")
     return Manifest.from_json(manifest, path)
+
+
+def _resolve_member(name: Any, ensemble: str) -> str:
+    """A member's bundle folder: beside the ensemble first, then as any model name or path."""
+    if not isinstance(name, str) or not name:
+        raise InputError(os.path.join(ensemble, MANIFEST), f"member {name!r} is not a model name")
+    beside = os.path.join(os.path.dirname(os.path.abspath(ensemble)), name)
+    folder = beside if os.path.exists(os.path.join(beside, MANIFEST)) else resolve(name)
+    if _read_document(folder).get("format") == ENSEMBLE_FORMAT:
+        raise InputError(folder, f"is an ensemble; members of {ensemble} must be single models")
+    return folder
+
+
+def members(model: PathLike) -> List[str]:
+    """The bundle folders a model name or path stands for: an ensemble's members, or the bundle itself."""
+    folder = resolve(model)
+    doc = _read_document(folder)
+    if doc.get("format") != ENSEMBLE_FORMAT:
+        return [folder]
+    names = doc.get("members")
+    if not (isinstance(names, list) and len(names) >= 2):
+        raise InputError(os.path.join(folder, MANIFEST), "field members must list two or more models")
+    return [_resolve_member(n, folder) for n in names]
+
+
+def load_models(model: PathLike, device: str = "cpu") -> List[Bundle]:
+    """Load a model by path or name: ``[bundle]``, or an ensemble's members."""
+    return [load(folder, device) for folder in members(model)]
+
+
+def describe(folder: PathLike) -> Dict[str, Any]:
+    """What the model lists show of a bundle or an ensemble (its manifest; an ensemble's gets
+    ``network`` "ensemble" and its members' label scheme); unusable ones raise InputError."""
+    doc = _read_document(folder)
+    if doc.get("format") != ENSEMBLE_FORMAT:
+        return read_manifest(folder).to_json()
+    parts = [read_manifest(m) for m in members(folder)]
+    return dict(doc, network="ensemble", label_scheme=parts[0].label_scheme,
+                demo=any(p.demo for p in parts))
+
+
+def _member_entry(model: str, ensemble: str) -> str:
+    """How an ensemble's manifest names a member: a folder beside it by its name, another folder
+    by its absolute path, an installed model by its name."""
+    if os.path.isdir(model):
+        path = os.path.abspath(model)
+        return os.path.basename(path) if os.path.dirname(path) == os.path.dirname(ensemble) else path
+    return model
+
+
+def save_ensemble(folder: PathLike, models: List[str], document: Optional[Mapping[str, Any]] = None) -> str:
+    """Write an ensemble of ``models`` (names or paths, as its manifest will list them) to a new
+    folder, atomically, after checking that they can be averaged (same sequences, label scheme,
+    output kind and working spacing). Returns the folder."""
+    out = os.path.abspath(os.fspath(folder))
+    if len(models) < 2:
+        raise InputError(out, "an ensemble needs two or more models")
+    found = [resolve(m) for m in models]
+    parts = [read_manifest(f) for f in found]  # single models only
+    for key in ("in_sequences", "label_scheme", "output_kind", "spacing_mm"):
+        values = {str(getattr(p, key)) for p in parts}
+        if len(values) > 1:
+            raise InputError(found[-1], f"cannot be averaged with {found[0]}: {key} differs ({', '.join(sorted(values))})")
+    full = dict(document or {})
+    full.update(format=ENSEMBLE_FORMAT, members=[_member_entry(os.fspath(m), out) for m in models])
+    full.setdefault("id", os.path.basename(out))
+    return _write_folder(out, lambda tmp: _write_json(os.path.join(tmp, MANIFEST), full))
 
 
 def load(model: PathLike, device: str = "cpu") -> Bundle:
@@ -202,14 +286,7 @@ def save(network: "SegmentationNetwork", folder: PathLike, manifest: Mapping[str
     """Write a bundle atomically (a temporary folder renamed into place); returns the folder."""
     from safetensors.torch import save_file
 
-    out = os.path.abspath(os.fspath(folder))
-    parent = os.path.dirname(out)
-    if not os.path.isdir(parent):
-        raise InputError(out, "output folder does not exist")
-    if os.path.exists(out) and os.listdir(out):
-        raise InputError(out, "exists and is not empty; choose a new folder")
-    tmp = tempfile.mkdtemp(prefix=".btseg-bundle-", dir=parent)
-    try:
+    def fill(tmp: str) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
         save_file(state, os.path.join(tmp, WEIGHTS))
         os.chmod(os.path.join(tmp, WEIGHTS), 0o644)
@@ -218,10 +295,30 @@ def save(network: "SegmentationNetwork", folder: PathLike, manifest: Mapping[str
         full.setdefault("output_kind", network.output_kind)
         full.setdefault("in_sequences", list(network.in_sequences))
         full.setdefault("patch_size", list(network.patch_size))
-        Manifest.from_json(full, os.path.join(out, MANIFEST))  # what is written must read back
-        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
-            json.dump(full, f, indent=2)
-            f.write("\n")
+        Manifest.from_json(full, os.path.join(os.fspath(folder), MANIFEST))  # what is written must read back
+        _write_json(os.path.join(tmp, MANIFEST), full)
+
+    return _write_folder(folder, fill)
+
+
+def _write_json(path: str, document: Mapping[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=2)
+        f.write("\n")
+
+
+def _write_folder(folder: PathLike, fill: Callable[[str], None]) -> str:
+    """A new model folder: ``fill`` writes into a temporary folder beside it, which is then renamed
+    into place (a failure leaves nothing behind); returns the folder."""
+    out = os.path.abspath(os.fspath(folder))
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise InputError(out, "output folder does not exist")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise InputError(out, "exists and is not empty; choose a new folder")
+    tmp = tempfile.mkdtemp(prefix=".btseg-model-", dir=parent)
+    try:
+        fill(tmp)
         os.chmod(tmp, 0o755)
         if os.path.exists(out):
             os.rmdir(out)
@@ -233,7 +330,7 @@ def save(network: "SegmentationNetwork", folder: PathLike, manifest: Mapping[str
 
 
 def installed() -> List[Dict]:
-    """Manifests of every bundle found in the search folders (first found wins per name)."""
+    """Manifests of every bundle and ensemble found in the search folders (first found wins per name)."""
     seen, found = set(), []
     for d in search_dirs():
         if not os.path.isdir(d):
@@ -243,7 +340,7 @@ def installed() -> List[Dict]:
             if name in seen or not os.path.exists(os.path.join(folder, MANIFEST)):
                 continue
             try:
-                m = read_manifest(folder).to_json()
+                m = describe(folder)
             except InputError as exc:
                 m = {"id": name, "error": str(exc)}
             m["path"] = folder

@@ -277,13 +277,13 @@ def _score_against(res, reference, path: str) -> dict:
 def _load_models(args: argparse.Namespace) -> list:
     from . import bundles
 
-    models = [bundles.load(m) for m in (args.model or [bundles.DEFAULT_MODEL])]
+    models = [b for m in (args.model or [bundles.DEFAULT_MODEL]) for b in bundles.load_models(m)]
+    said = set()  # an ensemble's members often share their note
     for m in models:
-        if m.demo:
-            print(f"{PROG}: note: model {m.id} is a DEMO trained on synthetic data only; not for clinical use",
-                  file=sys.stderr)
-        elif m.manifest.note:
-            print(f"{PROG}: note: model {m.id}: {m.manifest.note}", file=sys.stderr)
+        note = " is a DEMO trained on synthetic data only; not for clinical use" if m.demo else f": {m.manifest.note}"
+        if (m.demo or m.manifest.note) and note not in said:
+            said.add(note)
+            print(f"{PROG}: note: model {m.id}{note}", file=sys.stderr)
     return models
 
 
@@ -335,6 +335,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(f"{m['name']:<28} BROKEN: {m['error']}")
             continue
         tag = "DEMO, synthetic data only, not for clinical use" if m.get("demo") else "research use, not clinical"
+        if m["name"] == bundles.DEFAULT_MODEL:
+            tag = "DEFAULT; " + tag
         metrics = m.get("metrics") or {}
         full = (metrics.get("validation_segment") or {}).get("mean")
         if full:  # held-out cases through the whole segment path
@@ -348,6 +350,23 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{m['name']:<28} {m['network']:<10} {m['label_scheme']:<10} {tag}; "
               f"Dice {dice + ' (' + where + ')' if dice else 'n/a'}")
         print(f"{'':<28} {m['path']}")
+    return 0
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    """Write an ensemble of models (optionally validated on the real-data recipe's cases)."""
+    from . import bundles
+
+    doc: dict = {}
+    if args.validate_on:
+        from .real_recipe import ensemble_manifest
+
+        doc = ensemble_manifest(args.validate_on, args.models)
+    if args.description:
+        doc["description"] = args.description
+    doc["made_by"] = f"{PROG} ensemble {' '.join(args.models)} --out OUT" + (" --validate-on DATA" if args.validate_on else "")
+    out = bundles.save_ensemble(args.out, args.models, doc)
+    print(f"ensemble: {out}")
     return 0
 
 
@@ -430,6 +449,15 @@ def _add_segment_command(sub) -> None:
 
     md = sub.add_parser("models", help="list installed model bundles")
     md.set_defaults(func=_cmd_models)
+
+    en = sub.add_parser("ensemble", help="an ensemble of models (their probabilities averaged), usable as one model")
+    en.add_argument("models", nargs="+", metavar="MODEL", help="two or more bundles (names or folders)")
+    en.add_argument("--out", required=True, help="new folder for the ensemble (beside its members, or in "
+                                                 "~/.braintumorseg/models to use it by name)")
+    en.add_argument("--description", help="shown in the model lists")
+    en.add_argument("--validate-on", metavar="DATA", help="the real-data recipe's folder: validate through segment "
+                                                         "on its validation cases and record the figures")
+    en.set_defaults(func=_cmd_ensemble)
 
     dv = sub.add_parser("devices", help="the hardware torch sees: CPU threads, CUDA GPUs, MPS")
     dv.add_argument("--json", action="store_true", help="one JSON line (for the Slicer module)")

@@ -244,9 +244,10 @@ def model_spacing(models: Sequence[bundles.Bundle]) -> Optional[float]:
 
 
 def _load_ensemble(model: Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]]]) -> List[bundles.Bundle]:
-    """The bundles of one model or an ensemble; an ensemble's models must take the same inputs."""
+    """The bundles of one model or an ensemble (a list, or an ensemble's name or folder); an
+    ensemble's models must take the same inputs."""
     model_list: List[Union[str, bundles.Bundle]] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
-    loaded = [m if isinstance(m, bundles.Bundle) else bundles.load(m) for m in model_list]
+    loaded = [b for m in model_list for b in ([m] if isinstance(m, bundles.Bundle) else bundles.load_models(m))]
     roles = loaded[0].manifest.in_sequences
     for m in loaded[1:]:
         if m.manifest.in_sequences != roles:
@@ -290,7 +291,8 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
 
     Args:
         inputs: roles (t1, t1ce, t2, flair) to paths, SimpleITK images or ``(array, geometry)``.
-        model: a bundle, an installed name or a folder, or a list of them (an ensemble).
+        model: a bundle, an installed name or a folder (of a bundle or an ensemble), or a list of
+            them (an ensemble).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         options: TTA, overlap, uncertainty, label scheme, postprocessing, precision...
         progress: called as ``progress(stage, fraction)`` while work proceeds.

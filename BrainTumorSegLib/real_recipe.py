@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -72,6 +72,14 @@ DESCRIPTION = ("Residual U-Net trained on 19 real, expert-labelled BraTS 2018 gl
                "co-registered, 1 mm) on a 2-core CPU. Research use only, not for clinical use. Works on "
                "BraTS-preprocessed input (segment prepares clinical scans so first); validation figures (5 "
                "held-out BraTS cases) are in 'metrics'.")
+CLINICAL_AUGMENTATION = (" Trained with clinical augmentation: sequences as if acquired in thick slices, brain "
+                         "masks a little tighter.")
+ENSEMBLE_ID = "brats-glioma-ensemble-v1"
+ENSEMBLE_MEMBERS = (MODEL_ID, "brats-glioma-clinaug-v1")
+ENSEMBLE_DESCRIPTION = ("Ensemble of brats-glioma-v1 and brats-glioma-clinaug-v1 (their probabilities averaged), "
+                        "two residual U-Nets trained on the same 19 real BraTS 2018 glioma cases, the second with "
+                        "clinical augmentation. Research use only, not for clinical use; validation figures (5 "
+                        "held-out BraTS cases) are in 'metrics'.")
 
 NOTE = ("research model trained on 19 real BraTS 2018 cases, not a medical device and not for clinical "
         "use; it was trained on skull-stripped, co-registered BraTS data (segment strips and registers "
@@ -86,6 +94,7 @@ class Variant:
     init_from: Optional[str] = None
     lr: Optional[float] = None      # None: the network's own default
     clinical_augmentation: bool = False
+    model_id: str = MODEL_ID
 
 
 VARIANTS: Dict[str, Variant] = {
@@ -97,7 +106,8 @@ VARIANTS: Dict[str, Variant] = {
     "2mm-phantom": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-synthetic-demo"),
     "2mm-clinical": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from=MODEL_ID, lr=5e-4,
                             clinical_augmentation=True),
-    "2mm-clinical-scratch": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), clinical_augmentation=True),
+    "2mm-clinical-scratch": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), clinical_augmentation=True,
+                                    model_id="brats-glioma-clinaug-v1"),
 }
 POSTPROCESS_GRID = {"min_et_voxels": (0, 200, 500), "min_component_voxels": (0, 200, 1000)}
 
@@ -125,12 +135,13 @@ def case_table(rows: Mapping[str, Dict[str, Dict[str, float]]], seconds: Mapping
     return per_case, mean
 
 
-def validate_bundle(bundle_dir: str, cases: Sequence[Case], device: str = "cpu",
-                    log=print) -> Tuple[Dict, PostprocessOptions]:
+def validate_bundle(bundle_dir: Union[str, Sequence[str]], cases: Sequence[Case], device: str = "cpu", log=print,
+                    postprocessing: Optional[PostprocessOptions] = None) -> Tuple[Dict, PostprocessOptions]:
     """Segment ``cases`` through the full ``segment`` path; per-case and mean Dice, HD95 and volume
     error per region, the seconds per case, and the postprocessing setting with the best mean Dice
-    on these cases (postprocessing runs on the labels ``segment`` made with it switched off)."""
-    b = bundles.load(bundle_dir)
+    on these cases (postprocessing runs on the labels ``segment`` made with it switched off), or
+    ``postprocessing`` when given. ``bundle_dir`` may be an ensemble, or a list of models."""
+    b = [x for m in ([bundle_dir] if isinstance(bundle_dir, str) else bundle_dir) for x in bundles.load_models(m)]
     cases_by_id = {c.case_id: c for c in cases}
     raw, refs, seconds = {}, {}, {}
     for c in cases:
@@ -139,7 +150,7 @@ def validate_bundle(bundle_dir: str, cases: Sequence[Case], device: str = "cpu",
         refs[c.case_id] = read_image(c.paths["seg"], "label")
         seconds[c.case_id] = res.timings["total"]
         log(f"validation {c.case_id}: {res.timings['total']:.1f} s")
-    scheme = b.manifest.label_scheme
+    scheme = b[0].manifest.label_scheme
 
     def postprocessed(labels: sitk.Image, post: PostprocessOptions) -> sitk.Image:
         out = sitk.GetImageFromArray(postprocess(sitk.GetArrayViewFromImage(labels), scheme, post))
@@ -150,9 +161,9 @@ def validate_bundle(bundle_dir: str, cases: Sequence[Case], device: str = "cpu",
         return {cid: score_images(postprocessed(raw[cid], post), refs[cid], pred_scheme=scheme,
                                   pred_name=cid, ref_name=cases_by_id[cid].paths["seg"]) for cid in raw}
 
-    candidates = [PostprocessOptions(min_et_voxels=et, min_component_voxels=comp)
-                  for et, comp in itertools.product(POSTPROCESS_GRID["min_et_voxels"],
-                                                    POSTPROCESS_GRID["min_component_voxels"])]
+    candidates = [postprocessing] if postprocessing else [
+        PostprocessOptions(min_et_voxels=et, min_component_voxels=comp)
+        for et, comp in itertools.product(POSTPROCESS_GRID["min_et_voxels"], POSTPROCESS_GRID["min_component_voxels"])]
     mean_dice = []
     for post in candidates:
         rows = run(post)
@@ -160,10 +171,34 @@ def validate_bundle(bundle_dir: str, cases: Sequence[Case], device: str = "cpu",
     chosen = candidates[int(np.argmax(mean_dice))]
     per_case, mean = case_table(run(chosen), seconds)
     report = {"cases": list(per_case), "per_case": per_case, "mean": mean, "through": "full segment path, 1 mm reference grid",
-              "hd95": "mm, max of the directed 95th percentiles; 373.13 mm when exactly one mask is empty",
-              "postprocessing_search": {"grid": POSTPROCESS_GRID,
-                                        "mean_dice": [[asdict(p), d] for p, d in zip(candidates, mean_dice)]}}
+              "hd95": "mm, max of the directed 95th percentiles; 373.13 mm when exactly one mask is empty"}
+    if postprocessing:
+        report["postprocessing"] = asdict(postprocessing)
+    else:
+        report["postprocessing_search"] = {"grid": POSTPROCESS_GRID,
+                                           "mean_dice": [[asdict(p), d] for p, d in zip(candidates, mean_dice)]}
     return report, chosen
+
+
+def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
+    """The manifest fields of an ensemble of this recipe's models: validated through ``segment`` on
+    the recipe's validation cases with its first member's postprocessing (what ``segment`` applies),
+    the members' training data, licence and citations. Members must not have trained on a
+    validation case."""
+    parts = [bundles.read_manifest(bundles.resolve(m)) for m in models]
+    _, val = split(data_dir)
+    for m, part in zip(models, parts):
+        trained_on = set((part.document.get("training_data") or {}).get("train") or [])
+        if not trained_on or trained_on & set(VALIDATION):
+            raise InputError(m, "is not a model of this recipe: its manifest does not list training cases apart "
+                                "from the validation cases")
+    post = PostprocessOptions(**parts[0].postprocessing)
+    report, _ = validate_bundle(list(models), val, log=log, postprocessing=post)
+    train_ids = sorted(set().union(*(set(p.document["training_data"]["train"]) for p in parts)))
+    return {"metrics": {"validation_segment": report}, "licence": LICENCE, "citations": CITATIONS, "note": NOTE,
+            "demo": False, "clinical_use": False,
+            "training_data": {"source": "BraTS 2018 training cases, BraTS 2021 file layout", "train": train_ids,
+                              "validation": [c.case_id for c in val]}}
 
 
 @dataclass
@@ -190,7 +225,8 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
               f"--epochs {epochs} --iters {iters} --seed {seed}" + (f" --init-from {init_from}" if init_from else ""))
     start = init_from or v.init_from
     init = bundles.load(start) if start else None
-    extra = {"id": MODEL_ID, "demo": False, "clinical_use": False, "description": DESCRIPTION, "note": NOTE,
+    description = DESCRIPTION + (CLINICAL_AUGMENTATION if v.clinical_augmentation else "")
+    extra = {"id": v.model_id, "demo": False, "clinical_use": False, "description": description, "note": NOTE,
              "recipe": recipe, "variant": variant, "patch_size": list(v.window), "licence": LICENCE,
              "citations": CITATIONS,
              "training_data": {"source": "BraTS 2018 training cases, BraTS 2021 file layout",

@@ -59,7 +59,10 @@ def model_tooltip(manifest: Mapping) -> str:
     """What the model list shows for a bundle: description, label scheme, validation figures.
     Never fails on a manifest written by hand (missing or odd fields are left out)."""
     lines = [str(manifest.get("description") or manifest.get("id", "?"))]
-    lines.append(f"Label scheme: {manifest.get('label_scheme', '?')}; network: {manifest.get('network', '?')}")
+    members = manifest.get("members")
+    network = (f"ensemble of {', '.join(map(str, members))}" if isinstance(members, list)
+               else manifest.get("network", "?"))
+    lines.append(f"Label scheme: {manifest.get('label_scheme', '?')}; network: {network}")
     validation = _section(_section(manifest, "metrics"), "validation_segment")
     val = _section(validation, "mean")
     keys = ("dice_WT", "dice_TC", "dice_ET", "hd95_WT")
@@ -196,10 +199,11 @@ class BrainTumorSegLogic:
 
     @staticmethod
     def models() -> List[Dict]:
-        """Installed model bundles (manifests; torch is not loaded)."""
+        """Installed model bundles and ensembles (manifests; torch is not loaded), the default first
+        (the model list selects the first)."""
         from BrainTumorSegLib import bundles
 
-        return bundles.installed()
+        return sorted(bundles.installed(), key=lambda m: m["name"] != bundles.DEFAULT_MODEL)
 
     @staticmethod
     def models_in(folders: List[str]) -> List[Dict]:
@@ -210,11 +214,23 @@ class BrainTumorSegLogic:
         found = []
         for folder in folders:
             try:
-                m = bundles.read_manifest(folder)
+                m = bundles.describe(folder)
             except InputError:
                 continue
-            found.append(dict(m.to_json(), path=folder, name=os.path.basename(os.path.normpath(folder))))
+            found.append(dict(m, path=folder, name=os.path.basename(os.path.normpath(folder))))
         return found
+
+    @staticmethod
+    def finetune_source(model: str) -> str:
+        """The bundle fine-tuning starts from: the model, or an ensemble's first member (fine-tuning
+        trains one network)."""
+        from BrainTumorSegLib import bundles
+        from BrainTumorSegLib.errors import InputError
+
+        try:
+            return bundles.members(model)[0]
+        except InputError as exc:
+            raise ModuleError(str(exc)) from None
 
     def start_device_query(self) -> Job:
         """Ask the library's Python which devices torch sees (in the background: importing torch
@@ -530,10 +546,11 @@ class BrainTumorSegLogic:
     def start_finetune(self, model: str, data: str, out: str, epochs: int = 10, iters: int = 50,
                        device: str = "auto", freeze_encoder: bool = False, replay: Optional[str] = None,
                        extra: Optional[List[str]] = None) -> Job:
-        """``braintumorseg finetune`` on a folder of saved cases, in the background."""
+        """``braintumorseg finetune`` on a folder of saved cases, in the background (from an
+        ensemble's first member when ``model`` is an ensemble)."""
         if os.path.exists(out) and os.listdir(out):
             raise ModuleError(f"{out}: exists and is not empty; choose a new run folder")
-        args = ["finetune", "--from", model, "--data", data, "--out", out, "--epochs", str(epochs),
+        args = ["finetune", "--from", self.finetune_source(model), "--data", data, "--out", out, "--epochs", str(epochs),
                 "--iters", str(iters), "--device", device]
         if freeze_encoder:
             args.append("--freeze-encoder")

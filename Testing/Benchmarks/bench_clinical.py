@@ -99,7 +99,8 @@ def main() -> None:
     args = ap.parse_args()
     head, head_brain = clinical_phantom.sri24_head()
     _, val = split(args.data)
-    models = {m: [bundles.load(part) for part in m.split(",")] for m in (args.model or [bundles.DEFAULT_MODEL])}
+    models = {m: [b for part in m.split(",") for b in bundles.load_models(part)]
+              for m in (args.model or [bundles.DEFAULT_MODEL])}
     print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows: dict = {m: [] for m in models}
     n4 = []

@@ -37,14 +37,14 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     summary = []
     for name in dict.fromkeys(args.models):
-        b = bundles.load(name)
+        b = bundles.load_models(name)  # one bundle, or an ensemble's members
         rows, seconds = {}, {}
         for c in val_cases:
             res = segment(c.sequences, b, args.device)
             rows[c.case_id] = score_against(res.labels, c.paths["seg"], res.label_scheme)
             seconds[c.case_id] = res.timings["total"]
         per_case, mean = case_table(rows, seconds)
-        print(f"\n{b.id}{' (demo)' if b.demo else ''}")
+        print(f"\n{name}{' (demo)' if any(m.demo for m in b) else ''}")
         print(f"{'case':<24}" + "".join(f"{'Dice ' + r:>9}" for r in REGIONS) + "".join(f"{'HD95 ' + r:>9}" for r in REGIONS)
               + "".join(f"{'dV ' + r + ' mL':>11}" for r in REGIONS) + f"{'s':>7}")
         mean_row = {r: {k: mean[f"{k}_{r}"] for k in ("dice", "hd95", "volume_error_ml")} for r in REGIONS}
@@ -52,7 +52,7 @@ def main() -> None:
             print(f"{cid:<24}" + "".join(f"{row[r]['dice']:>9.3f}" for r in REGIONS)
                   + "".join(f"{row[r]['hd95']:>9.1f}" for r in REGIONS)
                   + "".join(f"{row[r]['volume_error_ml']:>11.1f}" for r in REGIONS) + f"{row['seconds']:>7.1f}")
-        summary.append((b.id, mean))
+        summary.append((name, mean))
     print("\nsummary (mean over the validation cases)")
     for mid, m in summary:
         print(f"  {mid:<22} Dice WT {m['dice_WT']:.3f} TC {m['dice_TC']:.3f} ET {m['dice_ET']:.3f}  "

@@ -283,17 +283,22 @@ def test_cli_interrupt_leaves_no_output(tiny_bundle, phantom_case_dir, tmp_path)
 
 
 def test_default_model_is_the_real_data_model_and_says_what_it_is():
-    """The default is trained on real cases and says so: not a demo, not for clinical use, the
-    validation figures and citations in its manifest, weights under 25 MB."""
-    b = bundles.load(bundles.DEFAULT_MODEL)
-    m = b.manifest.to_json()
-    assert b.id == "brats-glioma-v1" and not b.demo and m["clinical_use"] is False
-    assert "not for clinical use" in m["description"].lower() and "not a medical device" in m["note"]
-    assert len(m["training_data"]["train"]) == 19 and len(m["training_data"]["validation"]) == 5
-    assert not set(m["training_data"]["train"]) & set(m["training_data"]["validation"])
-    assert len(m["citations"]) >= 3 and "10.1109/TMI.2014.2377694" in " ".join(m["citations"])
-    assert set(m["metrics"]["validation_segment"]["per_case"]) == set(m["training_data"]["validation"])
-    assert os.path.getsize(os.path.join(b.path, "weights.safetensors")) < 25 * 2 ** 20
+    """The default, an ensemble of two models trained on the same real cases, says what it is (and
+    so does each member): not a demo, not for clinical use, the validation figures and citations in
+    the manifest, validation cases none of them trained on, weights under 25 MB each."""
+    members = bundles.load_models(bundles.DEFAULT_MODEL)
+    assert [b.id for b in members] == ["brats-glioma-v1", "brats-glioma-clinaug-v1"]
+    docs = [bundles.describe(bundles.resolve(bundles.DEFAULT_MODEL))] + [b.manifest.to_json() for b in members]
+    assert docs[0]["network"] == "ensemble"
+    for m in docs:
+        assert m["demo"] is False and m["clinical_use"] is False
+        assert "not for clinical use" in m["description"].lower() and "not a medical device" in m["note"]
+        assert len(m["training_data"]["train"]) == 19 and len(m["training_data"]["validation"]) == 5
+        assert not set(m["training_data"]["train"]) & set(docs[0]["training_data"]["validation"])
+        assert len(m["citations"]) >= 3 and "10.1109/TMI.2014.2377694" in " ".join(m["citations"])
+        assert set(m["metrics"]["validation_segment"]["per_case"]) == set(m["training_data"]["validation"])
+    for b in members:
+        assert os.path.getsize(os.path.join(b.path, "weights.safetensors")) < 25 * 2 ** 20
 
 
 def test_shipped_demo_model_segments_a_held_out_synthetic_case(tmp_path):
@@ -399,3 +404,67 @@ def test_segment_runs_the_cascade_as_the_network_predicts_it(small_case_dir, tmp
     outside = torch.ones(probs.shape[1:], dtype=torch.bool)
     outside[box] = False
     assert (probs[:, outside] == 0).all()
+
+
+def _perturbed(bundle_dir, folder):
+    """The same network with its weights moved a little (another member for an ensemble)."""
+    b = bundles.load(bundle_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in b.network.parameters():
+            p.add_(0.2 * p.std().nan_to_num() * torch.randn_like(p))
+    m = dict(b.manifest.to_json(), id="tiny-moved")
+    m.pop("weights_sha256")
+    return bundles.save(b.network, folder, m)
+
+
+def test_an_ensemble_folder_is_one_model_by_path_or_name(tiny_bundle, phantom_case_dir, tmp_path):
+    """An ensemble written by ``braintumorseg ensemble`` segments as the list of its members does,
+    by path and by name, is listed as one model, and still works when its folder moves with its
+    members (a member beside it is named, not pinned by path)."""
+    case = find_case(phantom_case_dir)
+    models = tmp_path / "models"
+    models.mkdir()
+    first = str(models / "tiny")
+    bundles.save(bundles.load(tiny_bundle).network, first, {k: v for k, v in bundles.read_manifest(
+        tiny_bundle).to_json().items() if k != "weights_sha256"})
+    second = _perturbed(first, models / "tiny-moved")
+    r = cli_main("ensemble", first, second, "--out", str(models / "both"), "--description", "two tiny nets")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((models / "both" / "manifest.json").read_text())
+    assert doc["members"] == ["tiny", "tiny-moved"] and doc["format"] == bundles.ENSEMBLE_FORMAT
+    os.rename(models, tmp_path / "moved")
+    ens = str(tmp_path / "moved" / "both")
+    assert [b.id for b in bundles.load_models(ens)] == ["tiny", "tiny-moved"]
+    listed = segment(case.sequences, [str(tmp_path / "moved" / "tiny"), str(tmp_path / "moved" / "tiny-moved")], "cpu")
+    alone = segment(case.sequences, str(tmp_path / "moved" / "tiny"), "cpu")
+    by_path = segment(case.sequences, ens, "cpu")
+    np.testing.assert_array_equal(by_path.probabilities, listed.probabilities)
+    assert not np.allclose(by_path.probabilities, alone.probabilities)  # the second member counts
+    assert [m["id"] for m in by_path.report()["models"]] == ["tiny", "tiny-moved"]
+    env = dict(os.environ, BRAINTUMORSEG_MODELS=str(tmp_path / "moved"))
+    out = tmp_path / "labels.nii.gz"
+    p = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", phantom_case_dir, "--model",
+                        "both", "-o", str(out), "--quiet"], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))),
+                                  sitk.GetArrayFromImage(by_path.labels))
+    p = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "models"], capture_output=True, text=True, env=env)
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("both "))
+    assert "ensemble" in line and "BROKEN" not in line
+
+
+def test_ensembles_that_cannot_work_are_one_line_errors(tiny_bundle, phantom_case_dir, tmp_path):
+    coarse = _with_spacing(tiny_bundle, tmp_path / "coarse", 3.0)
+    one_line_error(cli_main("ensemble", str(tiny_bundle), coarse, "--out", str(tmp_path / "e1")),
+                   "cannot be averaged", "spacing_mm")
+    one_line_error(cli_main("ensemble", str(tiny_bundle), "--out", str(tmp_path / "e2")), "two or more models")
+    assert not os.path.exists(tmp_path / "e1") and not os.path.exists(tmp_path / "e2")
+    ens = bundles.save_ensemble(tmp_path / "ens", [str(tiny_bundle), _perturbed(tiny_bundle, tmp_path / "moved")])
+    # fine-tuning (or anything that needs one network) names the members to choose from
+    one_line_error(cli_main("finetune", "--from", ens, "--data", phantom_case_dir, "--out", str(tmp_path / "ft")),
+                   "is an ensemble of", "name one of its members")
+    one_line_error(cli_main("ensemble", ens, str(tiny_bundle), "--out", str(tmp_path / "e3")), "is an ensemble")
+    os.rename(tmp_path / "moved", tmp_path / "gone")
+    one_line_error(cli_main("segment", "--case", phantom_case_dir, "--model", ens, "-o", str(tmp_path / "x.nii.gz")),
+                   "moved", "no such model")
