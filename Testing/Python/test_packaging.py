@@ -38,9 +38,11 @@ def test_wheel_holds_every_module_and_every_shipped_model(wheel):
     names = {n for n in zipfile.ZipFile(wheel).namelist() if ".dist-info/" not in n}
     assert names == package_files()
     for model in os.listdir(bundles.shipped_models_dir()):
-        if os.path.isdir(os.path.join(bundles.shipped_models_dir(), model)):
-            assert f"BrainTumorSegLib/models/{model}/weights.safetensors" in names
+        folder = os.path.join(bundles.shipped_models_dir(), model)
+        if os.path.isdir(folder):
             assert f"BrainTumorSegLib/models/{model}/manifest.json" in names
+            if bundles.describe(folder)["network"] != "ensemble":  # an ensemble is its manifest only
+                assert f"BrainTumorSegLib/models/{model}/weights.safetensors" in names
     assert f"-{__version__}-" in os.path.basename(wheel)
 
 
@@ -57,7 +59,9 @@ def test_wheel_metadata_keeps_the_core_light(wheel):
 
 def test_shipped_models_are_found_through_the_package():
     assert os.path.dirname(bundles.shipped_models_dir()) == os.path.dirname(os.path.abspath(bundles.__file__))
-    assert os.path.exists(os.path.join(bundles.resolve(bundles.DEFAULT_MODEL), "weights.safetensors"))
+    for folder in bundles.members(bundles.DEFAULT_MODEL):
+        assert os.path.dirname(folder) == bundles.shipped_models_dir()
+        assert os.path.exists(os.path.join(folder, "weights.safetensors"))
 
 
 def test_version_flag():

@@ -19,12 +19,13 @@ SAMPLE = os.path.join(ROOT, "Resources", "Samples", SAMPLE_CASE)
 
 @pytest.mark.slow
 def test_default_model_on_a_real_validation_case():
-    model = bundles.load(bundles.DEFAULT_MODEL)
-    data = model.manifest.to_json()["training_data"]
-    assert not model.demo and SAMPLE_CASE in data["validation"]
-    assert SAMPLE_CASE in VALIDATION and SAMPLE_CASE not in data["train"]
+    assert SAMPLE_CASE in VALIDATION
+    for member in bundles.load_models(bundles.DEFAULT_MODEL):
+        data = member.manifest.to_json()["training_data"]
+        assert not member.demo and SAMPLE_CASE in data["validation"] and SAMPLE_CASE not in data["train"]
     case = find_case(SAMPLE)
-    res = segment(case.sequences, model, "cpu")
+    res = segment(case.sequences, bundles.DEFAULT_MODEL, "cpu")
+    assert len(res.models) == 2
     m = score_against(res.labels, case.paths["seg"], res.label_scheme)
     assert m["WT"]["dice"] >= 0.85, m["WT"]
     assert m["TC"]["dice"] >= 0.70, m["TC"]

@@ -82,7 +82,8 @@ def test_segment_gives_named_segments_on_the_t1ce_grid_identical_to_the_cli(scen
     wt = float(table.GetCellText(4, 1))
     assert wt == pytest.approx((expected > 0).sum() * np.prod(nodes["t1ce"].GetSpacing()) / 1000, rel=0.01)
     assert "cpu" in res.status() and res.uncertainty is None
-    assert "preprocess" in seen and "predict 1/1" in seen, sorted(set(seen))
+    # the default model is an ensemble of two networks: progress goes through both
+    assert "preprocess" in seen and {"predict 1/2", "predict 2/2"} <= set(seen), sorted(set(seen))
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
     assert scene.GetNumberOfNodes() > before
 
@@ -305,10 +306,20 @@ def test_finetune_on_saved_cases_registers_a_model(scene_with_case, logic, tmp_p
     by_hand = logic.models_in([path, str(tmp_path / "deleted-model")])
     assert [m["name"] for m in by_hand] == ["hospital-a"] and by_hand[0]["path"] == path
     assert "Label scheme: brats2021" in model_tooltip(by_hand[0])
-    bad = logic.start_finetune("no-such-model", str(data), str(tmp_path / "run2"), epochs=1, iters=1)
-    bad.wait(300)
     with pytest.raises(ModuleError, match="no-such-model"):
-        logic.finish_finetune(bad, str(tmp_path / "run2"))
+        logic.start_finetune("no-such-model", str(data), str(tmp_path / "run2"), epochs=1, iters=1)
+
+
+def test_the_default_ensemble_is_listed_as_one_model_and_fine_tunes_from_its_first_member(logic):
+    models = logic.models()
+    assert models[0]["name"] == "brats-glioma-ensemble-v1"  # the default, selected first
+    ensemble = models[0]
+    assert "error" not in ensemble
+    tip = model_tooltip(ensemble)
+    assert "ensemble of brats-glioma-v1, brats-glioma-clinaug-v1" in tip and "Validation (5 held-out cases)" in tip
+    assert [m["name"] for m in logic.models_in([ensemble["path"]])] == ["brats-glioma-ensemble-v1"]
+    assert os.path.basename(logic.finetune_source(ensemble["path"])) == "brats-glioma-v1"
+    assert logic.finetune_source("brats-synthetic-demo").endswith("brats-synthetic-demo")
 
 
 def test_library_is_found_from_the_module_folder():
