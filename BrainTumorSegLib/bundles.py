@@ -22,7 +22,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import outputs
 from .cases import SEQUENCES  # the names a manifest's in_sequences normally holds
@@ -184,20 +184,34 @@ def read_manifest(folder: PathLike) -> Manifest:
     manifest = _read_document(folder)
     path = os.path.join(os.fspath(folder), MANIFEST)
     if manifest.get("format") == ENSEMBLE_FORMAT:
-        names = manifest.get("members")
-        raise InputError(folder, f"is an ensemble of {', '.join(map(str, names)) if isinstance(names, list) else '?'}, "
-                                 "not one model: name one of its members")
+        entries = manifest.get("members")
+        names = [str(e.get("name") if isinstance(e, dict) else e) for e in entries] if isinstance(entries, list) else []
+        raise InputError(folder, f"is an ensemble of {', '.join(names) or '?'}, not one model: name one of its members")
     return Manifest.from_json(manifest, path)
 
 
-def _resolve_member(name: Any, ensemble: str) -> str:
+def _find_member(name: str, ensemble: str) -> str:
     """A member's bundle folder: beside the ensemble first, then as any model name or path."""
-    if not isinstance(name, str) or not name:
-        raise InputError(os.path.join(ensemble, MANIFEST), f"member {name!r} is not a model name")
     beside = os.path.join(os.path.dirname(os.path.abspath(ensemble)), name)
-    folder = beside if os.path.exists(os.path.join(beside, MANIFEST)) else resolve(name)
-    if _read_document(folder).get("format") == ENSEMBLE_FORMAT:
-        raise InputError(folder, f"is an ensemble; members of {ensemble} must be single models")
+    return beside if os.path.exists(os.path.join(beside, MANIFEST)) else resolve(name)
+
+
+def _resolve_member(entry: Any, ensemble: str) -> str:
+    """The bundle folder of one entry of an ensemble's ``members``, checked against the weights
+    the ensemble was made (and validated) with."""
+    where = os.path.join(ensemble, MANIFEST)
+    if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]
+            and isinstance(entry.get("weights_sha256"), str)):
+        raise InputError(where, f"member {entry!r} is not an object with name and weights_sha256")
+    name = entry["name"]
+    try:
+        folder = _find_member(name, ensemble)
+        manifest = read_manifest(folder)
+    except InputError as exc:
+        raise InputError(where, f"member {name}: {exc}") from None
+    if manifest.weights_sha256 != entry["weights_sha256"]:
+        raise InputError(where, f"member {name} ({folder}) has other weights than the ensemble was made with; "
+                                "make the ensemble again")
     return folder
 
 
@@ -207,10 +221,10 @@ def members(model: PathLike) -> List[str]:
     doc = _read_document(folder)
     if doc.get("format") != ENSEMBLE_FORMAT:
         return [folder]
-    names = doc.get("members")
-    if not (isinstance(names, list) and len(names) >= 2):
+    entries = doc.get("members")
+    if not (isinstance(entries, list) and len(entries) >= 2):
         raise InputError(os.path.join(folder, MANIFEST), "field members must list two or more models")
-    return [_resolve_member(n, folder) for n in names]
+    return [_resolve_member(e, folder) for e in entries]
 
 
 def load_models(model: PathLike, device: str = "cpu") -> List[Bundle]:
@@ -229,7 +243,7 @@ def describe(folder: PathLike) -> Dict[str, Any]:
                 demo=any(p.demo for p in parts))
 
 
-def _member_entry(model: str, ensemble: str) -> str:
+def _member_name(model: str, ensemble: str) -> str:
     """How an ensemble's manifest names a member: a folder beside it by its name, another folder
     by its absolute path, an installed model by its name."""
     if os.path.isdir(model):
@@ -238,21 +252,31 @@ def _member_entry(model: str, ensemble: str) -> str:
     return model
 
 
-def save_ensemble(folder: PathLike, models: List[str], document: Optional[Mapping[str, Any]] = None) -> str:
-    """Write an ensemble of ``models`` (names or paths, as its manifest will list them) to a new
-    folder, atomically, after checking that they can be averaged (same sequences, label scheme,
-    output kind and working spacing). Returns the folder."""
+def check_ensemble(folder: PathLike, models: Sequence[PathLike]) -> List[Dict[str, str]]:
+    """The ``members`` entries of an ensemble of ``models`` to be written to ``folder`` (a new
+    folder), after checking that they are single models that can be averaged: same sequences,
+    label scheme, output kind and working spacing."""
     out = os.path.abspath(os.fspath(folder))
+    _check_new_folder(out)
     if len(models) < 2:
         raise InputError(out, "an ensemble needs two or more models")
-    found = [resolve(m) for m in models]
-    parts = [read_manifest(f) for f in found]  # single models only
+    names = [_member_name(os.fspath(m), out) for m in models]
+    folders = [_find_member(n, out) for n in names]
+    parts = [read_manifest(f) for f in folders]
     for key in ("in_sequences", "label_scheme", "output_kind", "spacing_mm"):
-        values = {str(getattr(p, key)) for p in parts}
-        if len(values) > 1:
-            raise InputError(found[-1], f"cannot be averaged with {found[0]}: {key} differs ({', '.join(sorted(values))})")
+        first = getattr(parts[0], key)
+        for f, p in zip(folders[1:], parts[1:]):
+            if getattr(p, key) != first:
+                raise InputError(f, f"cannot be averaged with {folders[0]}: its {key} is {getattr(p, key)}, not {first}")
+    return [{"name": n, "weights_sha256": p.weights_sha256} for n, p in zip(names, parts)]
+
+
+def save_ensemble(folder: PathLike, models: Sequence[PathLike], document: Optional[Mapping[str, Any]] = None) -> str:
+    """Write an ensemble of ``models`` (names or paths) to a new folder, atomically, after
+    :func:`check_ensemble`; each member is recorded with its weights' sha256. Returns the folder."""
+    out = os.path.abspath(os.fspath(folder))
     full = dict(document or {})
-    full.update(format=ENSEMBLE_FORMAT, members=[_member_entry(os.fspath(m), out) for m in models])
+    full.update(format=ENSEMBLE_FORMAT, members=check_ensemble(out, models))
     full.setdefault("id", os.path.basename(out))
     return _write_folder(out, lambda tmp: _write_json(os.path.join(tmp, MANIFEST), full))
 
@@ -307,16 +331,21 @@ def _write_json(path: str, document: Mapping[str, Any]) -> None:
         f.write("\n")
 
 
+def _check_new_folder(out: str) -> None:
+    if not os.path.isdir(os.path.dirname(out)):
+        raise InputError(out, "output folder does not exist")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(out, "exists and is not a folder; choose a new folder")
+    if os.path.isdir(out) and os.listdir(out):
+        raise InputError(out, "exists and is not empty; choose a new folder")
+
+
 def _write_folder(folder: PathLike, fill: Callable[[str], None]) -> str:
     """A new model folder: ``fill`` writes into a temporary folder beside it, which is then renamed
     into place (a failure leaves nothing behind); returns the folder."""
     out = os.path.abspath(os.fspath(folder))
-    parent = os.path.dirname(out)
-    if not os.path.isdir(parent):
-        raise InputError(out, "output folder does not exist")
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise InputError(out, "exists and is not empty; choose a new folder")
-    tmp = tempfile.mkdtemp(prefix=".btseg-model-", dir=parent)
+    _check_new_folder(out)
+    tmp = tempfile.mkdtemp(prefix=".btseg-model-", dir=os.path.dirname(out))
     try:
         fill(tmp)
         os.chmod(tmp, 0o755)
@@ -337,7 +366,8 @@ def installed() -> List[Dict]:
             continue
         for name in sorted(os.listdir(d)):
             folder = os.path.join(d, name)
-            if name in seen or not os.path.exists(os.path.join(folder, MANIFEST)):
+            # dot-folders: a write that was interrupted (see _write_folder)
+            if name in seen or name.startswith(".") or not os.path.exists(os.path.join(folder, MANIFEST)):
                 continue
             try:
                 m = describe(folder)

@@ -146,11 +146,11 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train_recipe(args: argparse.Namespace) -> int:
     """A named real-data recipe: fixed split, training (resumable), validation through segment."""
-    from .real_recipe import MODEL_ID, export_checkpoint, train_real
+    from .real_recipe import export_checkpoint, export_folder, train_real
 
     if args.from_checkpoint:
         out = export_checkpoint(args.data, args.out, args.from_checkpoint,
-                                args.export or os.path.join(args.out, MODEL_ID), variant=args.variant,
+                                args.export or export_folder(args.out, args.variant), variant=args.variant,
                                 epochs=args.epochs, iters=args.iters, seed=args.seed)
     else:
         out = train_real(args.data, args.out, variant=args.variant, epochs=args.epochs, iters=args.iters,
@@ -355,8 +355,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     """Write an ensemble of models (optionally validated on the real-data recipe's cases)."""
+    import shlex
+
     from . import bundles
 
+    bundles.check_ensemble(args.out, args.models)  # before any slow validation
     doc: dict = {}
     if args.validate_on:
         from .real_recipe import ensemble_manifest
@@ -364,7 +367,9 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         doc = ensemble_manifest(args.validate_on, args.models)
     if args.description:
         doc["description"] = args.description
-    doc["made_by"] = f"{PROG} ensemble {' '.join(args.models)} --out OUT" + (" --validate-on DATA" if args.validate_on else "")
+    doc["made_by"] = " ".join([PROG, "ensemble", *args.models, "--out OUT"]
+                              + (["--validate-on DATA"] if args.validate_on else [])
+                              + (["--description", shlex.quote(args.description)] if args.description else []))
     out = bundles.save_ensemble(args.out, args.models, doc)
     print(f"ensemble: {out}")
     return 0
@@ -414,8 +419,8 @@ def _add_segment_command(sub) -> None:
     sg.add_argument("--case", help="a BraTS-layout case folder instead of the four files")
     sg.add_argument("--cases", help="a folder of cases; -o is then an output folder")
     sg.add_argument("-o", "--output", required=True, help="output label file (.nii.gz, .nrrd, ...) or folder with --cases")
-    sg.add_argument("--model", action="append", help="model name or bundle folder; repeat for an ensemble "
-                                                      "(default: the shipped default model)")
+    sg.add_argument("--model", action="append", help="model name, bundle folder or ensemble folder; repeat for an "
+                                                      "ensemble (default: the shipped default model)")
     sg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     sg.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 flips)")
     sg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
@@ -447,7 +452,7 @@ def _add_segment_command(sub) -> None:
     sg.set_defaults(func=_cmd_segment)
 
 
-    md = sub.add_parser("models", help="list installed model bundles")
+    md = sub.add_parser("models", help="list installed model bundles and ensembles")
     md.set_defaults(func=_cmd_models)
 
     en = sub.add_parser("ensemble", help="an ensemble of models (their probabilities averaged), usable as one model")
@@ -527,7 +532,8 @@ def _add_training_commands(sub) -> None:
     tr2.add_argument("--epochs", type=int, default=30)
     tr2.add_argument("--iters", type=int, default=100, help="iterations per epoch")
     tr2.add_argument("--seed", type=int, default=0)
-    tr2.add_argument("--export", help="where to write the bundle (default RUNDIR/brats-glioma-v1)")
+    tr2.add_argument("--export", help="where to write the bundle (default RUNDIR/ID, the variant's model id: "
+                                      "brats-glioma-v1, brats-glioma-clinaug-v1...)")
     tr2.add_argument("--cache", help="folder of preprocessed cases (default RUNDIR/cache); variants may share one")
     tr2.add_argument("--init-from", metavar="MODEL", help="start from this bundle's weights (e.g. the last "
                                                           "exported model, when the run folder was lost)")

@@ -20,8 +20,8 @@ Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) unde
   rate with clinical augmentation (``training.data``: sequences as if acquired in 3-7 mm slices
   along an axis of their own, brain masks 1-2 voxels tighter), for scans that ``segment`` strips,
   registers and resamples itself;
-- ``2mm-clinical-scratch``: ``2mm`` with clinical augmentation from the start (the shipped model's
-  recipe otherwise).
+- ``2mm-clinical-scratch``: ``2mm`` with clinical augmentation from the start, exported as
+  ``brats-glioma-clinaug-v1`` (shipped; the default ensemble averages it with ``brats-glioma-v1``).
 """
 from __future__ import annotations
 
@@ -74,12 +74,6 @@ DESCRIPTION = ("Residual U-Net trained on 19 real, expert-labelled BraTS 2018 gl
                "held-out BraTS cases) are in 'metrics'.")
 CLINICAL_AUGMENTATION = (" Trained with clinical augmentation: sequences as if acquired in thick slices, brain "
                          "masks a little tighter.")
-ENSEMBLE_ID = "brats-glioma-ensemble-v1"
-ENSEMBLE_MEMBERS = (MODEL_ID, "brats-glioma-clinaug-v1")
-ENSEMBLE_DESCRIPTION = ("Ensemble of brats-glioma-v1 and brats-glioma-clinaug-v1 (their probabilities averaged), "
-                        "two residual U-Nets trained on the same 19 real BraTS 2018 glioma cases, the second with "
-                        "clinical augmentation. Research use only, not for clinical use; validation figures (5 "
-                        "held-out BraTS cases) are in 'metrics'.")
 
 NOTE = ("research model trained on 19 real BraTS 2018 cases, not a medical device and not for clinical "
         "use; it was trained on skull-stripped, co-registered BraTS data (segment strips and registers "
@@ -187,14 +181,21 @@ def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
     validation case."""
     parts = [bundles.read_manifest(bundles.resolve(m)) for m in models]
     _, val = split(data_dir)
+    trained: List[set] = []
     for m, part in zip(models, parts):
-        trained_on = set((part.document.get("training_data") or {}).get("train") or [])
-        if not trained_on or trained_on & set(VALIDATION):
-            raise InputError(m, "is not a model of this recipe: its manifest does not list training cases apart "
-                                "from the validation cases")
-    post = PostprocessOptions(**parts[0].postprocessing)
+        data = part.document.get("training_data")
+        ids = data.get("train") if isinstance(data, dict) else None
+        if not (isinstance(ids, list) and ids and not set(map(str, ids)) & set(VALIDATION)):
+            raise InputError(m, "is not a model of this recipe: its manifest lists no training cases apart from the "
+                                "validation cases")
+        trained.append(set(map(str, ids)))
+    try:
+        post = PostprocessOptions(**parts[0].postprocessing)
+    except TypeError:
+        raise InputError(models[0], f"has postprocessing settings this version does not know: {parts[0].postprocessing}"
+                         ) from None
     report, _ = validate_bundle(list(models), val, log=log, postprocessing=post)
-    train_ids = sorted(set().union(*(set(p.document["training_data"]["train"]) for p in parts)))
+    train_ids = sorted(set().union(*trained))
     return {"metrics": {"validation_segment": report}, "licence": LICENCE, "citations": CITATIONS, "note": NOTE,
             "demo": False, "clinical_use": False,
             "training_data": {"source": "BraTS 2018 training cases, BraTS 2021 file layout", "train": train_ids,
@@ -209,6 +210,13 @@ class Plan:
     val_cases: List[Case]
     init: Optional[bundles.Bundle]
     extra: Dict
+
+
+def export_folder(run_dir: str, variant: str) -> str:
+    """Where a run of ``variant`` writes its bundle by default: ``run_dir/<its model id>``."""
+    if variant not in VARIANTS:
+        raise InputError(None, f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return os.path.join(run_dir, VARIANTS[variant].model_id)
 
 
 def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_from: Optional[str] = None) -> Plan:
@@ -264,7 +272,7 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
         epochs, iters: training length (epochs of ``iters`` iterations of batch 2).
         seed: the run's seed.
         resume: continue from the run folder's last checkpoint when there is one.
-        export: where to write the final bundle (default ``run_dir/<MODEL_ID>``).
+        export: where to write the final bundle (default ``run_dir/<the variant's model id>``).
         cache_dir: preprocessed cases (default ``run_dir/cache``); variants can share one.
         init_from: a bundle to start from instead of the variant's initialisation (a new run that
             continues from exported weights; its schedule starts again).
@@ -273,7 +281,7 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
     trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,
                     bundle_manifest=p.extra, log=log, cache_dir=cache_dir)
     b = bundles.load(trained)
-    return finish(b.network, b.manifest.to_json(), p.val_cases, export or os.path.join(run_dir, MODEL_ID), log)
+    return finish(b.network, b.manifest.to_json(), p.val_cases, export or export_folder(run_dir, variant), log)
 
 
 def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, variant: str = "2mm",

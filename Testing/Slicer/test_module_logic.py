@@ -383,6 +383,7 @@ def test_model_tooltip_never_fails_on_hand_written_manifests():
                 "dice_WT": 0.9, "dice_TC": 0.8, "dice_ET": 0.7, "hd95_WT": 5.0}}}}
     assert "Validation (2 held-out cases): Dice WT 0.90, TC 0.80, ET 0.70; HD95 WT 5.0 mm" in model_tooltip(full)
     for odd in ({"id": "x"}, {"metrics": []}, {"metrics": {"validation_segment": {"mean": {"dice_WT": 0.9}}}},
-                {"metrics": {"validation_segment": "n/a"}}, {"error": "lacks weights_sha256"}):
+                {"metrics": {"validation_segment": "n/a"}}, {"error": "lacks weights_sha256"},
+                {"members": [{"name": "a"}, 5, {}]}, {"members": "a, b"}):
         text = model_tooltip(odd)
         assert "Validation" not in text and text
