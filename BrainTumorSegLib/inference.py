@@ -63,6 +63,7 @@ class SegmentationResult:
     input_geometry: Dict = field(default_factory=dict)
     preprocessing: Dict = field(default_factory=dict)  # registration, skull stripping, working grid: what and why
     brain_mask: Optional[sitk.Image] = None            # on the reference grid (HD-BET's when stripped), when asked for
+    ensembles: List[Dict[str, str]] = field(default_factory=list)  # ensembles named (their members are in models)
 
     def report(self) -> Dict:
         from . import __version__
@@ -70,6 +71,7 @@ class SegmentationResult:
         return {
             "braintumorseg_version": __version__,
             "models": self.models,
+            "ensembles": self.ensembles,
             "device": self.device,
             "backend": self.backend,
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
@@ -243,16 +245,27 @@ def model_spacing(models: Sequence[bundles.Bundle]) -> Optional[float]:
     return found.pop()
 
 
-def _load_ensemble(model: Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]]]) -> List[bundles.Bundle]:
-    """The bundles of one model or an ensemble (a list, or an ensemble's name or folder); an
-    ensemble's models must take the same inputs."""
+def _load_ensemble(model: Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]]]
+                   ) -> Tuple[List[bundles.Bundle], List[Dict[str, str]]]:
+    """The bundles of one model or an ensemble (a list, or an ensemble's name or folder), and the
+    ensembles named (id and folder, for the report); an ensemble's models must take the same inputs."""
     model_list: List[Union[str, bundles.Bundle]] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
-    loaded = [b for m in model_list for b in ([m] if isinstance(m, bundles.Bundle) else bundles.load_models(m))]
+    loaded: List[bundles.Bundle] = []
+    ensembles: List[Dict[str, str]] = []
+    for m in model_list:
+        if isinstance(m, bundles.Bundle):
+            loaded.append(m)
+            continue
+        folder = bundles.resolve(m)
+        doc = bundles.describe(folder)
+        if doc.get("format") == bundles.ENSEMBLE_FORMAT:
+            ensembles.append({"id": str(doc.get("id")), "path": folder})
+        loaded.extend(bundles.load_models(folder))
     roles = loaded[0].manifest.in_sequences
     for m in loaded[1:]:
         if m.manifest.in_sequences != roles:
             raise InputError(m.path, "an ensemble's models must take the same sequences in the same order")
-    return loaded
+    return loaded, ensembles
 
 
 def _labels_on_reference(probs: np.ndarray, pre: Preprocessed, kind: str, scheme: str, post: PostprocessOptions,
@@ -307,7 +320,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
             raise Cancelled()
 
     dev = devices.resolve(device)
-    loaded = _load_ensemble(model)
+    loaded, ensembles = _load_ensemble(model)
     timings["load_model"] = time.perf_counter() - t0
     first = loaded[0].manifest
     roles = first.in_sequences
@@ -350,6 +363,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
         progress("done", 1.0)
     return SegmentationResult(
         labels=out, label_scheme=scheme, volumes_ml=vols, timings=timings, device=used, backend=backend,
+        ensembles=ensembles,
         models=[{"id": m.id, "version": m.manifest.version, "network": m.manifest.network,
                  "weights_sha256": m.manifest.weights_sha256, "demo": m.demo, "path": m.path} for m in loaded],
         uncertainty=unc, probabilities=probs, warnings=warnings, preprocessing=pre.decisions,

@@ -444,6 +444,7 @@ def test_an_ensemble_folder_is_one_model_by_path_or_name(tiny_bundle, phantom_ca
     np.testing.assert_array_equal(by_path.probabilities, listed.probabilities)
     assert not np.allclose(by_path.probabilities, alone.probabilities)  # the second member counts
     assert [m["id"] for m in by_path.report()["models"]] == ["tiny", "tiny-moved"]
+    assert by_path.report()["ensembles"] == [{"id": "both", "path": ens}] and listed.report()["ensembles"] == []
     env = dict(os.environ, BRAINTUMORSEG_MODELS=str(tmp_path / "moved"))
     out = tmp_path / "labels.nii.gz"
     p = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", phantom_case_dir, "--model",
