@@ -184,14 +184,23 @@ def read_manifest(folder: PathLike) -> Manifest:
     manifest = _read_document(folder)
     path = os.path.join(os.fspath(folder), MANIFEST)
     if manifest.get("format") == ENSEMBLE_FORMAT:
-        entries = manifest.get("members")
-        names = [str(e.get("name") if isinstance(e, dict) else e) for e in entries] if isinstance(entries, list) else []
-        raise InputError(folder, f"is an ensemble of {', '.join(names) or '?'}, not one model: name one of its members")
+        raise InputError(folder, f"is an ensemble of {', '.join(member_names(manifest)) or '?'}, not one model: "
+                                 "name one of its members")
     return Manifest.from_json(manifest, path)
 
 
-def _find_member(name: str, ensemble: str) -> str:
+def member_names(document: Mapping[str, Any]) -> List[str]:
+    """The member names an ensemble's manifest lists, as text, whatever a hand-edited one holds
+    (empty when it lists none)."""
+    entries = document.get("members")
+    if not isinstance(entries, list):
+        return []
+    return [str(e.get("name") if isinstance(e, Mapping) else e) for e in entries]
+
+
+def member_folder(name: str, ensemble: PathLike) -> str:
     """A member's bundle folder: beside the ensemble first, then as any model name or path."""
+    ensemble = os.fspath(ensemble)
     beside = os.path.join(os.path.dirname(os.path.abspath(ensemble)), name)
     return beside if os.path.exists(os.path.join(beside, MANIFEST)) else resolve(name)
 
@@ -205,7 +214,7 @@ def _resolve_member(entry: Any, ensemble: str) -> str:
         raise InputError(where, f"member {entry!r} is not an object with name and weights_sha256")
     name = entry["name"]
     try:
-        folder = _find_member(name, ensemble)
+        folder = member_folder(name, ensemble)
         manifest = read_manifest(folder)
     except InputError as exc:
         raise InputError(where, f"member {name}: {exc}") from None
@@ -261,7 +270,7 @@ def check_ensemble(folder: PathLike, models: Sequence[PathLike]) -> List[Dict[st
     if len(models) < 2:
         raise InputError(out, "an ensemble needs two or more models")
     names = [_member_name(os.fspath(m), out) for m in models]
-    folders = [_find_member(n, out) for n in names]
+    folders = [member_folder(n, out) for n in names]
     parts = [read_manifest(f) for f in folders]
     for key in ("in_sequences", "label_scheme", "output_kind", "spacing_mm"):
         first = getattr(parts[0], key)

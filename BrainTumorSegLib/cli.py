@@ -359,12 +359,13 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
     from . import bundles
 
-    bundles.check_ensemble(args.out, args.models)  # before any slow validation
+    entries = bundles.check_ensemble(args.out, args.models)  # before any slow validation
     doc: dict = {}
     if args.validate_on:
         from .real_recipe import ensemble_manifest
 
-        doc = ensemble_manifest(args.validate_on, args.models)
+        # the very folders the ensemble will load, found as it will find them
+        doc = ensemble_manifest(args.validate_on, [bundles.member_folder(e["name"], args.out) for e in entries])
     if args.description:
         doc["description"] = args.description
     doc["made_by"] = " ".join([PROG, "ensemble", *args.models, "--out OUT"]

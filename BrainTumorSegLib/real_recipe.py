@@ -175,11 +175,11 @@ def validate_bundle(bundle_dir: Union[str, Sequence[str]], cases: Sequence[Case]
 
 
 def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
-    """The manifest fields of an ensemble of this recipe's models: validated through ``segment`` on
+    """The manifest fields of an ensemble of this recipe's models (bundle folders): validated through ``segment`` on
     the recipe's validation cases with its first member's postprocessing (what ``segment`` applies),
     the members' training data, licence and citations. Members must not have trained on a
     validation case."""
-    parts = [bundles.read_manifest(bundles.resolve(m)) for m in models]
+    parts = [bundles.read_manifest(m) for m in models]
     _, val = split(data_dir)
     trained: List[set] = []
     for m, part in zip(models, parts):

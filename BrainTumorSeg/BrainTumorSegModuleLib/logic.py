@@ -59,9 +59,10 @@ def model_tooltip(manifest: Mapping) -> str:
     """What the model list shows for a bundle: description, label scheme, validation figures.
     Never fails on a manifest written by hand (missing or odd fields are left out)."""
     lines = [str(manifest.get("description") or manifest.get("id", "?"))]
-    members = manifest.get("members")
-    network = (f"ensemble of {', '.join(str(m.get('name') if isinstance(m, Mapping) else m) for m in members)}"
-               if isinstance(members, list) else manifest.get("network", "?"))
+    from BrainTumorSegLib import bundles
+
+    names = bundles.member_names(manifest)
+    network = f"ensemble of {', '.join(names)}" if names else manifest.get("network", "?")
     lines.append(f"Label scheme: {manifest.get('label_scheme', '?')}; network: {network}")
     validation = _section(_section(manifest, "metrics"), "validation_segment")
     val = _section(validation, "mean")
