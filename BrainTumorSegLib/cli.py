@@ -150,12 +150,12 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
 
     if args.from_checkpoint:
         out = export_checkpoint(args.data, args.out, args.from_checkpoint,
-                                args.export or export_folder(args.out, args.variant), variant=args.variant,
-                                epochs=args.epochs, iters=args.iters, seed=args.seed)
+                                args.export or export_folder(args.out, args.variant, args.fold), variant=args.variant,
+                                epochs=args.epochs, iters=args.iters, seed=args.seed, fold=args.fold)
     else:
         out = train_real(args.data, args.out, variant=args.variant, epochs=args.epochs, iters=args.iters,
                          seed=args.seed, resume=True, export=args.export, cache_dir=args.cache,
-                         init_from=args.init_from)
+                         init_from=args.init_from, fold=args.fold)
     print(f"model bundle: {out}")
     return 0
 
@@ -529,7 +529,9 @@ def _add_training_commands(sub) -> None:
     tr2.add_argument("recipe", choices=["brats-glioma"])
     tr2.add_argument("--data", required=True, help="folder with the real BraTS cases (e.g. ../shared/real-cases)")
     tr2.add_argument("--out", required=True, help="run folder; an existing one is resumed")
-    tr2.add_argument("--variant", default="2mm", help="a variant of real_recipe.VARIANTS: 2mm (default), 1mm, ...")
+    tr2.add_argument("--variant", default="2mm", help="a variant of real_recipe.VARIANTS: 2mm (default), 1mm, 2mm-cv, ...")
+    tr2.add_argument("--fold", type=int, help="for 2mm-cv: the cross-validation fold to hold out (0-4; "
+                                              "cross_validation.FOLDS, stratified by grade and institution)")
     tr2.add_argument("--epochs", type=int, default=30)
     tr2.add_argument("--iters", type=int, default=100, help="iterations per epoch")
     tr2.add_argument("--seed", type=int, default=0)
