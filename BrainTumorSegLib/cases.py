@@ -24,6 +24,10 @@ from .errors import InputError, PathLike
 from .imageio import image_extension, strip_extension
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
+# Sequences a case may lack (clinics often skip one): their channel is left empty, as in training's
+# sequence dropout. The T1ce (the reference grid) and the FLAIR (the edema) are always needed.
+OPTIONAL_SEQUENCES = ("t1", "t2")
+REQUIRED_SEQUENCES = tuple(r for r in SEQUENCES if r not in OPTIONAL_SEQUENCES)
 ROLES = SEQUENCES + ("seg",)
 
 _SUFFIXES = {

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, List, Optional
 
 from . import __version__, progress
-from .cases import SEQUENCES
+from .cases import OPTIONAL_SEQUENCES, SEQUENCES
 from .errors import Cancelled, InputError
 
 if TYPE_CHECKING:
@@ -288,12 +288,13 @@ def _load_models(args: argparse.Namespace) -> list:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .cases import SEQUENCES, find_case, find_cases
+    from .cases import REQUIRED_SEQUENCES, find_case, find_cases
 
     given = {r: getattr(args, r) for r in SEQUENCES}
     modes = sum([bool(args.case), bool(args.cases), any(given.values())])
     if modes != 1:
-        raise InputError(None, "give the four sequences (--t1 --t1ce --t2 --flair), or --case DIR, or --cases DIR")
+        raise InputError(None, "give the sequences (--t1ce --flair, and --t1 --t2 where there are), or --case DIR, "
+                               "or --cases DIR")
     models = _load_models(args)
     if args.cases:
         if not os.path.isdir(args.output):
@@ -302,7 +303,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if not cases:
             raise InputError(args.cases, "holds no cases")
         for c in cases:
-            c.require()
+            c.require(REQUIRED_SEQUENCES)
         for c in cases:
             out = os.path.join(args.output, f"{c.case_id}.nii.gz")  # BraTS submission naming
             unc = os.path.join(args.output, f"{c.case_id}_uncertainty.nii.gz") if args.uncertainty else None
@@ -311,13 +312,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             _segment_one(c.sequences, out, args, models, unc, rep, mask)
         return 0
     if args.case:
-        inputs = find_case(args.case).require().sequences
+        inputs = find_case(args.case).require(REQUIRED_SEQUENCES).sequences
     else:
-        missing = [r for r in SEQUENCES if not given[r]]
-        needed = models[0].manifest.in_sequences
-        missing = [r for r in missing if r in needed]
+        needed = [r for r in models[0].manifest.in_sequences if r not in OPTIONAL_SEQUENCES]
+        missing = [r for r in needed if not given[r]]
         if missing:
-            raise InputError(f"--{missing[0]}", f"no {missing[0]} sequence given; the model needs {', '.join(needed)}")
+            raise InputError(f"--{missing[0]}", f"no {missing[0]} sequence given; the model needs {', '.join(needed)} "
+                                                f"({' and '.join(OPTIONAL_SEQUENCES)} may be left out)")
         inputs = {r: p for r, p in given.items() if p}
     _segment_one(inputs, args.output, args, models, args.uncertainty, args.report, args.brain_mask)
     return 0
@@ -416,7 +417,8 @@ def _add_segment_command(sub) -> None:
     """segment, models and devices."""
     sg = sub.add_parser("segment", help="segment a case: necrotic core, edema, enhancing tumor on the T1ce grid")
     for r in SEQUENCES:
-        sg.add_argument(f"--{r}", help=f"{r} volume")
+        sg.add_argument(f"--{r}", help=f"{r} volume" + (" (may be left out: its channel is then empty)"
+                                                         if r in OPTIONAL_SEQUENCES else ""))
     sg.add_argument("--case", help="a BraTS-layout case folder instead of the four files")
     sg.add_argument("--cases", help="a folder of cases; -o is then an output folder")
     sg.add_argument("-o", "--output", required=True, help="output label file (.nii.gz, .nrrd, ...) or folder with --cases")

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from . import backends, bundles, devices, outputs
+from .cases import OPTIONAL_SEQUENCES
 from .errors import Cancelled, InputError
 from .imageio import geometry, same_grid, voxel_volume_ml
 from .labels import REGIONS, get_scheme, labels_to_regions
@@ -325,9 +326,10 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
     first = loaded[0].manifest
     roles = first.in_sequences
     extra = [r for r in inputs if inputs[r] is not None and r not in roles]
-    missing = [r for r in roles if inputs.get(r) is None]
+    missing = [r for r in roles if inputs.get(r) is None and (r not in OPTIONAL_SEQUENCES or r == opts.reference)]
     if missing:
-        raise InputError(missing[0], f"the model {first.id} needs {', '.join(roles)}; no {', '.join(missing)} given")
+        raise InputError(missing[0], f"the model {first.id} needs {', '.join(r for r in roles if r not in OPTIONAL_SEQUENCES)}"
+                                     f" ({' and '.join(OPTIONAL_SEQUENCES)} may be left out); no {', '.join(missing)} given")
     scheme = opts.label_scheme or first.label_scheme
     get_scheme(scheme)
     spacing = model_spacing(loaded)
@@ -335,7 +337,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
     if progress:
         progress("preprocess", 0.0)
     t = time.perf_counter()
-    images = {r: _to_image(inputs[r], r) for r in roles}
+    images = {r: _to_image(inputs[r], r) if inputs.get(r) is not None else None for r in roles}
     pre = preprocess(images, PreprocessOptions(
         reference=opts.reference, isotropic=opts.isotropic, model_spacing=spacing, register=opts.register,
         skull_strip=opts.skull_strip, bias_field=opts.bias_field, device=str(dev) if dev.type == "cuda" else "cpu"),
