@@ -350,7 +350,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         dice = " ".join(f"{k[5:]} {v:.2f}" for k, v in scores.items() if k.startswith("dice_"))
         print(f"{m['name']:<28} {m['network']:<10} {m['label_scheme']:<10} {tag}; "
               f"Dice {dice + ' (' + where + ')' if dice else 'n/a'}")
-        print(f"{'':<28} {m['path']}")
+        print(f"{'':<28} {m['path']} ({bundles.size_on_disk(m['path']) / 1e6:.1f} MB on disk"
+              f"{', weights stored as ' + m['weights_storage'] if m.get('weights_storage') else ''})")
     return 0
 
 
@@ -374,6 +375,17 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
                               + (["--description", shlex.quote(args.description)] if args.description else []))
     out = bundles.save_ensemble(args.out, args.models, doc)
     print(f"ensemble: {out}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """A copy of a bundle with its weights stored in another precision (computing stays fp32)."""
+    from . import bundles
+
+    b = bundles.load(args.model)
+    doc = b.manifest.to_json()
+    doc["converted_from"] = {"id": b.id, "weights_sha256": b.manifest.weights_sha256, "storage": args.storage}
+    print(f"model bundle: {bundles.save(b.network, args.out, doc, storage=args.storage)}")
     return 0
 
 
@@ -466,6 +478,13 @@ def _add_segment_command(sub) -> None:
     en.add_argument("--validate-on", metavar="DATA", help="the real-data recipe's folder: validate through segment "
                                                          "on its validation cases and record the figures")
     en.set_defaults(func=_cmd_ensemble)
+
+    cv = sub.add_parser("convert", help="copy a model bundle with its weights stored in half precision (half the size)")
+    cv.add_argument("model", metavar="MODEL", help="a bundle (name or folder)")
+    cv.add_argument("--out", required=True, help="new folder for the copy")
+    cv.add_argument("--storage", default="float16", choices=["float16", "float32"], help="weights on disk (default "
+                                                                                         "float16); computing stays fp32")
+    cv.set_defaults(func=_cmd_convert)
 
     dv = sub.add_parser("devices", help="the hardware torch sees: CPU threads, CUDA GPUs, MPS")
     dv.add_argument("--json", action="store_true", help="one JSON line (for the Slicer module)")
