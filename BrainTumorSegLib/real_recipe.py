@@ -30,27 +30,23 @@ Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) unde
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import SimpleITK as sitk
 
 from . import bundles
 from .cases import Case, find_cases
 from .cross_validation import FOLDS, GRADES, grade_summary
 from .errors import InputError
-from .evaluation import score_images
-from .imageio import read_image
-from .inference import SegmentOptions, segment
 from .labels import REGIONS
 from .networks import build
-from .postprocessing import PostprocessOptions, postprocess
+from .postprocessing import PostprocessOptions
+from .real_validation import validate_bundle
 from .recipes import DEMO_OPTIONS
 from .training import TrainConfig, check_cases, load_checkpoint, run_manifest, train
 
@@ -119,7 +115,6 @@ VARIANTS: Dict[str, Variant] = {
     "2mm-cv": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
                       model_id="brats-glioma-v2", folds=True),
 }
-POSTPROCESS_GRID = {"min_et_voxels": (0, 200, 500), "min_component_voxels": (0, 200, 1000)}
 
 
 def split(data_dir: str, fold: Optional[int] = None) -> Tuple[List[Case], List[Case]]:
@@ -138,92 +133,59 @@ def split(data_dir: str, fold: Optional[int] = None) -> Tuple[List[Case], List[C
     return [c for c in cases if c.case_id not in held_out], [c for c in cases if c.case_id in held_out]
 
 
-def case_table(rows: Mapping[str, Dict[str, Dict[str, float]]], seconds: Mapping[str, float]
-               ) -> Tuple[Dict[str, Dict], Dict[str, float]]:
-    """Per-case Dice, HD95 and volume error (mL, predicted minus reference) per region and seconds,
-    and their means, from ``case_metrics`` rows keyed by case id."""
-    per_case: Dict[str, Dict] = {cid: {r: {"dice": m[r]["dice"], "hd95": m[r]["hd95"],
-                          "volume_error_ml": m[r]["volume_pred_ml"] - m[r]["volume_ref_ml"],
-                          "volume_ref_ml": m[r]["volume_ref_ml"]} for r in REGIONS}
-                | {"seconds": seconds[cid]} for cid, m in rows.items()}
+def _trained_on(model: str, part: bundles.Manifest) -> set:
+    data = part.document.get("training_data")
+    ids = data.get("train") if isinstance(data, dict) else None
+    if not (isinstance(ids, list) and ids):
+        raise InputError(model, "is not a model of this recipe: its manifest lists no training cases")
+    return set(map(str, ids))
+
+
+def pooled_out_of_fold(models: Sequence[str], parts: Sequence[bundles.Manifest]) -> Optional[Dict]:
+    """When the members are the folds of one cross-validation (distinct folds of the same table),
+    each case scored by the fold model that held it out, pooled from their manifests; else None."""
+    found = [p.document.get("cross_validation") for p in parts]
+    cv: List[Dict] = [c for c in found if isinstance(c, dict)]
+    if len(cv) != len(found):
+        return None
+    if len({c["fold"] for c in cv}) != len(cv) or any(c["folds"] != cv[0]["folds"] for c in cv):
+        raise InputError(models[0], "the members are cross-validation folds, but not distinct folds of one table")
+    per_case = {cid: row for p in parts for cid, row in p.document["metrics"]["validation_segment"]["per_case"].items()}
     mean = {f"{k}_{r}": float(np.mean([per_case[c][r][k] for c in per_case]))
             for k in ("dice", "hd95", "volume_error_ml") for r in REGIONS}
-    mean["seconds"] = float(np.mean(list(seconds.values())))
-    return per_case, mean
-
-
-def validate_bundle(bundle_dir: Union[str, Sequence[str]], cases: Sequence[Case], device: str = "cpu", log=print,
-                    postprocessing: Optional[PostprocessOptions] = None) -> Tuple[Dict, PostprocessOptions]:
-    """Segment ``cases`` through the full ``segment`` path; per-case and mean Dice, HD95 and volume
-    error per region, the seconds per case, and the postprocessing setting with the best mean Dice
-    on these cases (postprocessing runs on the labels ``segment`` made with it switched off), or
-    ``postprocessing`` when given. ``bundle_dir`` may be an ensemble, or a list of models."""
-    b = [x for m in ([bundle_dir] if isinstance(bundle_dir, str) else bundle_dir) for x in bundles.load_models(m)]
-    cases_by_id = {c.case_id: c for c in cases}
-    raw, refs, seconds = {}, {}, {}
-    for c in cases:
-        res = segment(c.sequences, b, device, SegmentOptions(postprocess=PostprocessOptions()))
-        raw[c.case_id] = res.labels
-        refs[c.case_id] = read_image(c.paths["seg"], "label")
-        seconds[c.case_id] = res.timings["total"]
-        log(f"validation {c.case_id}: {res.timings['total']:.1f} s")
-    scheme = b[0].manifest.label_scheme
-
-    def postprocessed(labels: sitk.Image, post: PostprocessOptions) -> sitk.Image:
-        out = sitk.GetImageFromArray(postprocess(sitk.GetArrayViewFromImage(labels), scheme, post))
-        out.CopyInformation(labels)
-        return out
-
-    def run(post: PostprocessOptions) -> Dict[str, Dict[str, Dict[str, float]]]:
-        return {cid: score_images(postprocessed(raw[cid], post), refs[cid], pred_scheme=scheme,
-                                  pred_name=cid, ref_name=cases_by_id[cid].paths["seg"]) for cid in raw}
-
-    candidates = [postprocessing] if postprocessing else [
-        PostprocessOptions(min_et_voxels=et, min_component_voxels=comp)
-        for et, comp in itertools.product(POSTPROCESS_GRID["min_et_voxels"], POSTPROCESS_GRID["min_component_voxels"])]
-    mean_dice = []
-    for post in candidates:
-        rows = run(post)
-        mean_dice.append(float(np.mean([rows[c][r]["dice"] for c in rows for r in REGIONS])))
-    chosen = candidates[int(np.argmax(mean_dice))]
-    per_case, mean = case_table(run(chosen), seconds)
-    report = {"cases": list(per_case), "per_case": per_case, "mean": mean, "by_grade": grade_summary(per_case),
-              "through": "full segment path, 1 mm reference grid",
-              "hd95": "mm, max of the directed 95th percentiles; 373.13 mm when exactly one mask is empty"}
-    if postprocessing:
-        report["postprocessing"] = asdict(postprocessing)
-    else:
-        report["postprocessing_search"] = {"grid": POSTPROCESS_GRID,
-                                           "mean_dice": [[asdict(p), d] for p, d in zip(candidates, mean_dice)]}
-    return report, chosen
+    return {"cases": list(per_case), "per_case": per_case, "mean": mean, "by_grade": grade_summary(per_case),
+            "folds": sorted(c["fold"] for c in cv), "through": "each case by the one fold model that held it out, "
+            "through the full segment path on the 1 mm grid, postprocessing off"}
 
 
 def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
-    """The manifest fields of an ensemble of this recipe's models (bundle folders): validated through ``segment`` on
-    the recipe's validation cases with its first member's postprocessing (what ``segment`` applies),
-    the members' training data, licence and citations. Members must not have trained on a
-    validation case."""
+    """The manifest fields of an ensemble of this recipe's models (bundle folders): the members'
+    training data, licence and citations, and its figures. Fold models of one cross-validation get
+    their pooled out-of-fold figures; other members are validated through ``segment`` (with the
+    first member's postprocessing, what ``segment`` applies) on every case of ``data_dir`` that
+    none of them trained on, per grade."""
     parts = [bundles.read_manifest(m) for m in models]
-    _, val = split(data_dir)
-    trained: List[set] = []
-    for m, part in zip(models, parts):
-        data = part.document.get("training_data")
-        ids = data.get("train") if isinstance(data, dict) else None
-        if not (isinstance(ids, list) and ids and not set(map(str, ids)) & set(VALIDATION)):
-            raise InputError(m, "is not a model of this recipe: its manifest lists no training cases apart from the "
-                                "validation cases")
-        trained.append(set(map(str, ids)))
-    try:
-        post = PostprocessOptions(**parts[0].postprocessing)
-    except TypeError:
-        raise InputError(models[0], f"has postprocessing settings this version does not know: {parts[0].postprocessing}"
-                         ) from None
-    report, _ = validate_bundle(list(models), val, log=log, postprocessing=post)
+    trained = [_trained_on(m, p) for m, p in zip(models, parts)]
     train_ids = sorted(set().union(*trained))
-    return {"metrics": {"validation_segment": report}, "licence": LICENCE, "citations": CITATIONS, "note": NOTE,
+    pooled = pooled_out_of_fold(models, parts)
+    validation: Union[str, List[str]]
+    if pooled is not None:
+        metrics, validation = {"out_of_fold": pooled}, "out of fold (each member's held-out fold)"
+    else:
+        held_out = [c for c in check_cases(find_cases(data_dir)) if c.case_id not in train_ids]
+        if not held_out:
+            raise InputError(data_dir, "holds no case that none of the members trained on")
+        try:
+            post = PostprocessOptions(**parts[0].postprocessing)
+        except TypeError:
+            raise InputError(models[0], f"has postprocessing settings this version does not know: "
+                                        f"{parts[0].postprocessing}") from None
+        report, _ = validate_bundle(list(models), held_out, log=log, postprocessing=post)
+        metrics, validation = {"validation_segment": report}, [c.case_id for c in held_out]
+    return {"metrics": metrics, "licence": LICENCE, "citations": CITATIONS, "note": NOTE,
             "demo": False, "clinical_use": False,
-            "training_data": {"source": "BraTS 2018 training cases, BraTS 2021 file layout", "train": train_ids,
-                              "validation": [c.case_id for c in val]}}
+            "training_data": {"source": "BraTS 2018 and 2021 training cases, BraTS 2021 file layout", "train": train_ids,
+                              "validation": validation}}
 
 
 @dataclass

@@ -29,7 +29,7 @@ from BrainTumorSegLib.cross_validation import GRADES, grade_summary
 from BrainTumorSegLib.evaluation import score_against
 from BrainTumorSegLib.inference import segment
 from BrainTumorSegLib.labels import REGIONS
-from BrainTumorSegLib.real_recipe import case_table
+from BrainTumorSegLib.real_validation import case_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from BrainTumorSegLib import bundles
 from BrainTumorSegLib.cross_validation import FOLDS, GRADES, NO_ET
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.real_recipe import CITATIONS, MODEL_ID, VALIDATION, export_checkpoint, split, train_real
+from BrainTumorSegLib.real_recipe import CITATIONS, MODEL_ID, VALIDATION, ensemble_manifest, export_checkpoint, split, train_real
 from BrainTumorSegLib.training import load_checkpoint
 
 
@@ -87,6 +87,11 @@ def test_recipe_trains_validates_through_segment_exports_and_resumes(standins, t
     sm = bundles.read_manifest(snap).to_json()
     assert sm["training"]["trained"] == {"epochs": 1, "iterations": 2, "checkpoint": "checkpoint_last.pt"}
     assert "validation_segment" in sm["metrics"] and bundles.load(snap).network is not None
+    # an ensemble of models that are not folds is validated on every case none of them trained on
+    doc = ensemble_manifest(standins, [out, snap], log=lambda *a: None)
+    assert sorted(doc["training_data"]["validation"]) == sorted(VALIDATION)
+    assert sorted(doc["metrics"]["validation_segment"]["per_case"]) == sorted(VALIDATION)
+    assert doc["metrics"]["validation_segment"]["by_grade"]["HGG"]["cases"] == len(VALIDATION)
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +120,19 @@ def test_fold_and_variant_must_agree(all_standins, tmp_path, variant, fold, mess
     assert not (tmp_path / "run").exists()
 
 
-def test_a_fold_exports_its_last_epoch_with_out_of_fold_figures_per_grade(all_standins, tmp_path):
-    run = tmp_path / "run"
-    out = train_real(all_standins, str(run), variant="2mm-cv", fold=0, epochs=2, iters=1,
-                     cache_dir=str(tmp_path / "cache"), log=lambda *a: None)
-    assert out == str(run / "brats-glioma-v2-fold0")
+@pytest.fixture(scope="module")
+def fold_runs(all_standins, tmp_path_factory):
+    """Folds 0 and 1 of the cross-validation, trained for two short epochs: their run folders."""
+    root = tmp_path_factory.mktemp("folds")
+    for k in (0, 1):
+        train_real(all_standins, str(root / f"fold{k}"), variant="2mm-cv", fold=k, epochs=2, iters=1,
+                   cache_dir=str(root / "cache"), log=lambda *a: None)
+    return root
+
+
+def test_a_fold_exports_its_last_epoch_with_out_of_fold_figures_per_grade(fold_runs):
+    run = fold_runs / "fold0"
+    out = str(run / "brats-glioma-v2-fold0")
     m = bundles.read_manifest(out).to_json()
     assert m["id"] == "brats-glioma-v2-fold0" and sorted(m["training_data"]["validation"]) == sorted(FOLDS[0])
     assert m["cross_validation"]["fold"] == 0 and "BraTS2021_01477" in m["training_data"]["train"]
@@ -134,3 +147,16 @@ def test_a_fold_exports_its_last_epoch_with_out_of_fold_figures_per_grade(all_st
     assert g["without_et"]["cases"] == 1 and 0 <= g["without_et"]["none_predicted"] <= 1
     hgg = [c for c in FOLDS[0] if GRADES[c] == "HGG"]
     assert g["HGG"]["dice_TC"] == pytest.approx(np.mean([v["per_case"][c]["TC"]["dice"] for c in hgg]))
+
+
+def test_an_ensemble_of_folds_records_their_pooled_out_of_fold_figures(all_standins, fold_runs):
+    folds = [str(fold_runs / f"fold{k}" / f"brats-glioma-v2-fold{k}") for k in (0, 1)]
+    doc = ensemble_manifest(all_standins, folds, log=lambda *a: None)
+    oof = doc["metrics"]["out_of_fold"]
+    assert sorted(oof["cases"]) == sorted(FOLDS[0] + FOLDS[1]) and oof["folds"] == [0, 1]
+    fold1 = bundles.read_manifest(folds[1]).document["metrics"]["validation_segment"]["per_case"]
+    assert oof["per_case"]["BraTS2021_01477"] == fold1["BraTS2021_01477"]
+    assert oof["by_grade"]["all"]["cases"] == 14 and oof["by_grade"]["without_et"]["cases"] == 2
+    assert sorted(doc["training_data"]["train"]) == sorted(GRADES)
+    with pytest.raises(InputError, match="not distinct folds"):
+        ensemble_manifest(all_standins, [folds[0], folds[0]], log=lambda *a: None)
