@@ -184,7 +184,7 @@ def test_qc_picture_keeps_the_physical_aspect_of_anisotropic_voxels(tmp_path):
     assert all(0.85 < r < 1.15 for r in ratios), ratios
 
 
-def test_a_rerun_with_skip_existing_skips_the_cases_done(batch, data, tiny_model, tmp_path):
+def test_a_rerun_with_skip_existing_skips_the_cases_done(batch, data, tiny_model, tmp_path, monkeypatch):
     out = tmp_path / "out"
     shutil.copytree(batch.out, out)
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name.startswith(("DicomCase", "NiftiCase"))}
@@ -200,6 +200,11 @@ def test_a_rerun_with_skip_existing_skips_the_cases_done(batch, data, tiny_model
         assert after["DicomCase"][key] == before["DicomCase"][key]
     page = (out / "index.html").read_text()
     assert page.count('<img class="qc"') == 2 and "2 skipped (done before), 1 failed" in page
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # a machine without the qc extra: the page says so
+    r = cli_main("segment", "--cases", str(data.cases), "-o", str(out), "--model", tiny_model, "--skip-existing")
+    assert r.returncode == 1 and "[3/3] NiftiCase: skipped" in r.stderr, r.stderr
+    page = (out / "index.html").read_text()
+    assert "No QC pictures: matplotlib is not installed" in page and '<img class="qc"' not in page
 
 
 def test_index_page_lists_failures_first_with_every_picture(batch):
