@@ -83,15 +83,11 @@ def choose(folder: str, found: Mapping[str, List[str]], wanted: Sequence[str] = 
         return next(iter(found))
     listing = "; ".join(_describe(u, files) for u, files in found.items())
     if picked:
-        return _refuse(folder, f"holds {len(picked)} of the series asked for with --series-uid: {listing}")
+        raise InputError(folder, f"holds {len(picked)} of the series asked for with --series-uid: {listing}")
     if wanted:
-        return _refuse(folder, f"holds none of the series asked for with --series-uid ({', '.join(wanted)}); "
-                               f"it holds: {listing}")
-    return _refuse(folder, f"holds {len(found)} DICOM series; choose one with --series-uid UID (or ROLE=UID): {listing}")
-
-
-def _refuse(folder: str, problem: str) -> str:
-    raise InputError(folder, problem)
+        raise InputError(folder, f"holds none of the series asked for with --series-uid ({', '.join(wanted)}); "
+                                 f"it holds: {listing}")
+    raise InputError(folder, f"holds {len(found)} DICOM series; choose one with --series-uid UID (or ROLE=UID): {listing}")
 
 
 def _vector(reader: sitk.ImageFileReader, key: str, n: int, path: str, what: str) -> np.ndarray:
