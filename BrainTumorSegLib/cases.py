@@ -12,6 +12,11 @@ Recognised names, with ``<id>`` the case id:
 
 Either separator (``_`` or ``-``) is accepted with every suffix; any of the supported image
 extensions may follow.
+
+A sequence may also be a DICOM series: a subfolder of the case folder named by its role alone
+(``t1``, ``t1ce``, ``t2``, ``flair``, or a BraTS 2023 or other accepted suffix such as ``t1c``)
+holding the series' files; the case id is then the case folder's name, and the case's expert
+labels, if any, are ``<case folder name>_seg.nii.gz`` (or another image extension) beside them.
 """
 from __future__ import annotations
 
@@ -131,7 +136,25 @@ def _cases_in(folder: str) -> Dict[str, Case]:
         case.paths[role] = path
         if suffix in _LAYOUT:
             case.layout = _LAYOUT[suffix]
+    _add_series_folders(folder, cases)
     return cases
+
+
+def _add_series_folders(folder: str, cases: Dict[str, Case]) -> None:
+    """Sequences given as DICOM series: subfolders named by role (see module docstring)."""
+    subfolders = [n for n in sorted(os.listdir(folder))
+                  if _SUFFIXES.get(n.lower(), "seg") != "seg" and os.path.isdir(os.path.join(folder, n))]
+    if not subfolders:
+        return
+    cid = os.path.basename(os.path.normpath(os.path.abspath(folder)))
+    case = cases.setdefault(cid, Case(cid, folder=folder))
+    for name in subfolders:
+        role, path = _SUFFIXES[name.lower()], os.path.join(folder, name)
+        if role in case.paths:
+            raise InputError(path, f"second {role} for case {cid} (first: {os.path.basename(case.paths[role])})")
+        case.paths[role] = path
+        if name.lower() in _LAYOUT:
+            case.layout = _LAYOUT[name.lower()]
 
 
 def case_file_name(case_id: str, role: str, layout: str = "brats2021", ext: str = ".nii.gz") -> str:

@@ -18,6 +18,7 @@ from .errors import Cancelled, InputError
 
 if TYPE_CHECKING:
     from .bundles import Manifest
+    from .extra_outputs import CaseFiles
 
 PROG = "braintumorseg"
 
@@ -211,48 +212,58 @@ def _spacing_arg(value: str):
         raise argparse.ArgumentTypeError(f"{value!r}: use auto, off or a spacing in mm") from None
 
 
-def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list, uncertainty_out: Optional[str],
-                 report_out: Optional[str], mask_out: Optional[str] = None) -> dict:
+def _segment_one(inputs: dict, files: "CaseFiles", args: argparse.Namespace, models: list, case_id: str,
+                 reference_path: Optional[str] = None) -> dict:
+    from . import extra_outputs
     from .atomicfile import write_json
+    from .dicom_series import read_inputs
     from .imageio import check_not_input, check_output_path, write_image
     from .inference import segment
 
-    input_paths = [p for p in inputs.values() if p]
-    for path in [out] + [p for p in (uncertainty_out, mask_out) if p]:
+    extra_outputs.check(files, inputs)
+    series = read_inputs(inputs, args.series_uid)  # sequences given as DICOM series folders, read and checked
+    images = {r: series[r].image if r in series else p for r, p in inputs.items()}
+    input_paths = [p for p in inputs.values() if p] + [f for s in series.values() for f in s.files]
+    for path in [files.labels] + [p for p in (files.uncertainty, files.brain_mask) if p]:
         check_output_path(path)
+    for path in files.paths():
         check_not_input(path, input_paths)
-    reference = (_read_reference(args.reference_labels, inputs.get("t1ce"))
-                 if getattr(args, "reference_labels", None) else None)
-    res = segment(inputs, models, args.device, _segment_options(args, models[0].manifest),
+    reference = _read_reference(reference_path, images.get("t1ce")) if reference_path else None
+    res = segment(images, models, args.device, _segment_options(args, models[0].manifest),
                   progress=_ProgressBar(not args.quiet))
+    pending = extra_outputs.make(files, res, images, series.get("t1ce"), case_id)
     # all outputs are computed before any is written; each write is atomic
-    write_image(res.labels, out, input_paths)
-    if uncertainty_out:
+    write_image(res.labels, files.labels, input_paths)
+    if files.uncertainty:
         assert res.uncertainty is not None  # asked for through SegmentOptions(uncertainty=True)
-        write_image(res.uncertainty, uncertainty_out, input_paths)
-    if mask_out:
+        write_image(res.uncertainty, files.uncertainty, input_paths)
+    if files.brain_mask:
         assert res.brain_mask is not None  # asked for through SegmentOptions(brain_mask=True)
-        write_image(res.brain_mask, mask_out, input_paths)
+        write_image(res.brain_mask, files.brain_mask, input_paths)
+    extra_outputs.write(pending, input_paths)
     rep = res.report()
     rep["inputs"] = inputs
-    rep["output"] = out
+    rep["dicom_series"] = {r: {"folder": s.folder, "series_uid": s.uid, "files": len(s.files)} for r, s in series.items()}
+    rep["output"] = files.labels
     if reference is not None:
-        rep["against_reference"] = _score_against(res, reference, args.reference_labels)
+        assert reference_path is not None
+        rep["against_reference"] = _score_against(res, reference, reference_path)
         print("against the reference labels: " + ", ".join(
             f"{r} Dice {rep['against_reference'][r]['dice']:.3f} HD95 {rep['against_reference'][r]['hd95_mm']:.1f} mm"
             for r in ("WT", "TC", "ET")))
-    if report_out:
-        write_json(report_out, rep, input_paths)
+    if files.report:
+        write_json(files.report, rep, input_paths)
     for w in res.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     v = res.volumes_ml
-    print(f"{out}: WT {v['WT']:.1f} mL, TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL "
+    print(f"{files.labels}: WT {v['WT']:.1f} mL, TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL "
           f"(NCR {v['NCR']:.1f}, ED {v['ED']:.1f}); {res.timings['total']:.1f} s on {res.device}")
     return rep
 
 
-def _read_reference(path: str, t1ce: Optional[str]):
-    """Expert labels to compare the result with, checked before any work: labels, on the T1ce grid."""
+def _read_reference(path: str, t1ce):
+    """Expert labels to compare the result with, checked before any work: labels, on the grid of
+    the T1ce (a path or an image)."""
     import SimpleITK as sitk
 
     from .imageio import read_image, same_grid
@@ -260,7 +271,7 @@ def _read_reference(path: str, t1ce: Optional[str]):
 
     img = read_image(path, "label")
     detect_scheme(sitk.GetArrayViewFromImage(img), path)
-    if t1ce and not same_grid(img, read_image(t1ce)):
+    if t1ce is not None and not same_grid(img, t1ce if isinstance(t1ce, sitk.Image) else read_image(t1ce)):
         raise InputError(path, "is not on the grid of the T1ce image; cannot compare")
     return img
 
@@ -288,31 +299,23 @@ def _load_models(args: argparse.Namespace) -> list:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .cases import REQUIRED_SEQUENCES, find_case, find_cases
+    from .cases import REQUIRED_SEQUENCES, find_case
+    from .extra_outputs import CaseFiles, check
+    from .imageio import strip_extension
 
     given = {r: getattr(args, r) for r in SEQUENCES}
     modes = sum([bool(args.case), bool(args.cases), any(given.values())])
     if modes != 1:
         raise InputError(None, "give the sequences (--t1ce --flair, and --t1 --t2 where there are), or --case DIR, "
                                "or --cases DIR")
-    models = _load_models(args)
     if args.cases:
-        if not os.path.isdir(args.output):
-            raise InputError(args.output, "output folder does not exist")
-        cases = find_cases(args.cases)
-        if not cases:
-            raise InputError(args.cases, "holds no cases")
-        for c in cases:
-            c.require(REQUIRED_SEQUENCES)
-        for c in cases:
-            out = os.path.join(args.output, f"{c.case_id}.nii.gz")  # BraTS submission naming
-            unc = os.path.join(args.output, f"{c.case_id}_uncertainty.nii.gz") if args.uncertainty else None
-            rep = os.path.join(args.output, f"{c.case_id}_report.json") if args.report else None
-            mask = os.path.join(args.output, f"{c.case_id}_brainmask.nii.gz") if args.brain_mask else None
-            _segment_one(c.sequences, out, args, models, unc, rep, mask)
-        return 0
-    if args.case:
-        inputs = find_case(args.case).require(REQUIRED_SEQUENCES).sequences
+        return _segment_batch(args)
+    case = find_case(args.case).require(REQUIRED_SEQUENCES) if args.case else None
+    files = CaseFiles(args.output, args.uncertainty, args.report, args.brain_mask, args.dicom_seg, args.qc)
+    check(files, case.sequences if case else given)  # DICOM SEG and QC picture: before any work
+    models = _load_models(args)
+    if case:
+        inputs = case.sequences
     else:
         needed = [r for r in models[0].manifest.in_sequences if r not in OPTIONAL_SEQUENCES]
         missing = [r for r in needed if not given[r]]
@@ -320,8 +323,25 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             raise InputError(f"--{missing[0]}", f"no {missing[0]} sequence given; the model needs {', '.join(needed)} "
                                                 f"({' and '.join(OPTIONAL_SEQUENCES)} may be left out)")
         inputs = {r: p for r, p in given.items() if p}
-    _segment_one(inputs, args.output, args, models, args.uncertainty, args.report, args.brain_mask)
+    case_id = case.case_id if case else strip_extension(os.path.basename(args.output))
+    _segment_one(inputs, files, args, models, case_id, args.reference_labels)
     return 0
+
+
+def _segment_batch(args: argparse.Namespace) -> int:
+    """--cases: every case into the output folder, with summary.csv, index.html and batch.log (batch.py)."""
+    from .batch import Batch, BatchOptions
+
+    if args.reference_labels:
+        raise InputError("--reference-labels", "names one case's labels; with --cases each case's own "
+                                               "<id>_seg file is used")
+    job = Batch(args.cases, args.output, BatchOptions(
+        uncertainty=bool(args.uncertainty), report=bool(args.report), brain_mask=bool(args.brain_mask),
+        dicom_seg=bool(args.dicom_seg), qc=True if args.qc else None, skip_existing=args.skip_existing,
+        quiet=args.quiet))
+    models = _load_models(args)
+    return job.run(lambda case, files: _segment_one(case.sequences, files, args, models, case.case_id,
+                                                    case.paths.get("seg")))
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -429,10 +449,13 @@ def _add_segment_command(sub) -> None:
     """segment, models and devices."""
     sg = sub.add_parser("segment", help="segment a case: necrotic core, edema, enhancing tumor on the T1ce grid")
     for r in SEQUENCES:
-        sg.add_argument(f"--{r}", help=f"{r} volume" + (" (may be left out: its channel is then empty)"
-                                                         if r in OPTIONAL_SEQUENCES else ""))
-    sg.add_argument("--case", help="a BraTS-layout case folder instead of the four files")
-    sg.add_argument("--cases", help="a folder of cases; -o is then an output folder")
+        sg.add_argument(f"--{r}", help=f"{r} volume, or a folder holding its DICOM series"
+                                       + (" (may be left out: its channel is then empty)" if r in OPTIONAL_SEQUENCES else ""))
+    sg.add_argument("--case", help="a case folder instead of the four: files named by role (BraTS layout), or "
+                                   "subfolders t1/ t1ce/ t2/ flair/ each holding one DICOM series")
+    sg.add_argument("--cases", help="a folder of such cases; -o is then an output folder, which also gets "
+                                    "summary.csv, index.html (every case's QC picture) and batch.log; a failed "
+                                    "case does not stop the others, and the exit status is then 1")
     sg.add_argument("-o", "--output", required=True, help="output label file (.nii.gz, .nrrd, ...) or folder with --cases")
     sg.add_argument("--model", action="append", help="model name, bundle folder or ensemble folder; repeat for an "
                                                       "ensemble (default: the shipped default model)")
@@ -464,6 +487,7 @@ def _add_segment_command(sub) -> None:
     sg.add_argument("--quiet", action="store_true", help="no progress bar")
     sg.add_argument("--reference-labels", help="expert labels of the case: print Dice and HD95 of the result "
                                                "against them (and add them to the report)")
+    _add_hospital_args(sg)
     sg.set_defaults(func=_cmd_segment)
 
 
@@ -489,6 +513,21 @@ def _add_segment_command(sub) -> None:
     dv = sub.add_parser("devices", help="the hardware torch sees: CPU threads, CUDA GPUs, MPS")
     dv.add_argument("--json", action="store_true", help="one JSON line (for the Slicer module)")
     dv.set_defaults(func=_cmd_devices)
+
+
+def _add_hospital_args(sg: argparse.ArgumentParser) -> None:
+    """segment's DICOM input and output, QC pictures and batch review."""
+    sg.add_argument("--series-uid", action="append", metavar="[ROLE=]UID",
+                    help="the DICOM series to read from a folder holding several: UID for any folder, ROLE=UID "
+                         "(e.g. t1ce=1.2.3) for one sequence's folder; repeat as needed")
+    sg.add_argument("--dicom-seg", metavar="FILE", help="also write a DICOM SEG referencing the T1ce's series (the "
+                                                        "T1ce given as a DICOM folder; the dicom extra); with --cases "
+                                                        "any value: OUT/ID_seg.dcm for each case with a DICOM T1ce")
+    sg.add_argument("--qc", metavar="PNG", help="also write a QC picture: slices with the labels, volumes, model "
+                                                "(the qc extra, matplotlib); with --cases every case gets "
+                                                "OUT/ID_qc.png whenever matplotlib is installed")
+    sg.add_argument("--skip-existing", action="store_true",
+                    help="with --cases: skip the cases whose files are all in the output folder already")
 
 
 def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:

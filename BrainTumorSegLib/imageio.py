@@ -1,6 +1,7 @@
 """Reading and writing volumes through SimpleITK, keeping geometry, with atomic writes.
 
-Formats: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd); the output
+Formats: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd), and for images a
+folder holding one DICOM series (:mod:`dicom_series`); the output
 format is the one named by the output extension. Every read checks that the file is a readable
 3D scalar volume with finite values; every write goes to a temporary name in the output folder
 and is renamed into place, so a crash or cancel never leaves a partial file.
@@ -50,7 +51,11 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
     if not os.path.exists(p):
         raise InputError(p, "file not found")
     if os.path.isdir(p):
-        raise InputError(p, "is a folder, a volume file is expected")
+        if kind == "image":  # a folder is one DICOM series
+            from .dicom_series import read_series
+
+            return read_series(p).image
+        raise InputError(p, "is a folder, a label volume file is expected")
     ext = image_extension(p)
     if ext is None:
         raise InputError(p, f"unsupported file type; expected one of {', '.join(EXTENSIONS)}")
