@@ -29,3 +29,35 @@ def test_default_model_on_a_real_validation_case():
     m = score_against(res.labels, case.paths["seg"], res.label_scheme)
     assert m["WT"]["dice"] >= 0.85, m["WT"]
     assert m["TC"]["dice"] >= 0.70, m["TC"]
+
+
+@pytest.mark.slow
+def test_default_model_does_not_depend_on_the_brats_grid(tmp_path):
+    """The sample case moved onto another grid and field of view (182 x 218 x 182 at 1 mm, the MNI
+    template's, shifted, and 1.2 mm anisotropic): labels brought back onto the original grid agree
+    with those of the original case up to interpolation."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from BrainTumorSegLib.metrics import dice
+
+    case = find_case(SAMPLE)
+    ref = segment(case.sequences, bundles.DEFAULT_MODEL, "cpu")
+    original = sitk.GetArrayFromImage(ref.labels)
+    t1ce = sitk.ReadImage(case.paths["t1ce"])
+    for size, spacing, shift in (((182, 218, 182), (1.0, 1.0, 1.0), (-9.0, 14.0, 6.0)),
+                                 ((200, 200, 128), (1.2, 1.2, 1.2), (3.0, -5.0, 0.0))):
+        grid = sitk.Image(list(size), sitk.sitkFloat32)
+        grid.SetSpacing(spacing)
+        centre = np.array(t1ce.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in t1ce.GetSize()]))
+        grid.SetOrigin((centre - np.array(spacing) * (np.array(size) - 1) / 2 + np.array(shift)).tolist())
+        moved = {}
+        for role, path in case.sequences.items():
+            out = str(tmp_path / f"{role}_{size[0]}.nii.gz")
+            sitk.WriteImage(sitk.Resample(sitk.ReadImage(path), grid, sitk.Transform(), sitk.sitkLinear, 0.0), out)
+            moved[role] = out
+        res = segment(moved, bundles.DEFAULT_MODEL, "cpu")
+        back = sitk.GetArrayFromImage(sitk.Resample(res.labels, t1ce, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+        for name, values in (("WT", (1, 2, 4)), ("TC", (1, 4)), ("ET", (4,))):
+            d = dice(np.isin(back, values), np.isin(original, values))
+            assert d >= 0.9, (size, name, d)
