@@ -12,7 +12,7 @@ Pure Python and PyTorch; never imports Slicer. Modules, one job each:
 * ``metrics`` and ``evaluation``: BraTS metrics and ``braintumorseg evaluate``
 * ``phantom``: synthetic BraTS-like cases; ``clinical_phantom``: clinical-like cases made from them
 * ``networks``, ``sliding_window``, ``inference`` (``segment``), ``bundles``, ``devices``:
-  the networks and the inference engine
+  the networks and the inference engine; ``segment_options``: its options, declared once
 * ``training``, ``losses``, ``recipes``: training and the demo model's recipe
 
 ``BrainTumorSegLib.segment(inputs, model, device, options, progress, cancel)`` is the API the

@@ -10,14 +10,17 @@ import logging
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
-from . import __version__, progress
+from . import __version__, progress, segment_options
 from .cases import SEQUENCES
 from .errors import Cancelled, InputError
 
 if TYPE_CHECKING:
-    from .bundles import Manifest
+    import SimpleITK as sitk
+
+    from .inference import Models
+    from .segment_options import SegmentOptions
 
 PROG = "braintumorseg"
 
@@ -186,68 +189,112 @@ class _ProgressBar:
             print("", file=sys.stderr)
 
 
-def _segment_options(args: argparse.Namespace, manifest: "Manifest"):
-    from .inference import SegmentOptions
-    from .postprocessing import PostprocessOptions
+class _Job(NamedTuple):
+    """One case to segment: its inputs and where each output goes."""
 
-    post = dict(manifest.postprocessing)
-    if args.min_et_voxels is not None:
-        post["min_et_voxels"] = args.min_et_voxels
-    return SegmentOptions(tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
-                          uncertainty=bool(args.uncertainty), label_scheme=args.label_scheme,
-                          postprocess=PostprocessOptions(**post), isotropic=args.isotropic,
-                          register=args.register, skull_strip=args.skull_strip, bias_field=args.bias_field,
-                          cpu_bf16={"auto": None, "fp32": False, "bf16": True}[args.precision],
-                          backend=args.backend, brain_mask=bool(args.brain_mask))
+    case_id: str
+    inputs: Dict[str, str]
+    output: str
+    uncertainty: Optional[str] = None
+    report: Optional[str] = None
+    brain_mask: Optional[str] = None
 
 
-def _spacing_arg(value: str):
-    """``--isotropic``: auto, off, or a positive spacing in mm."""
-    from .preprocessing import parse_spacing
+def _check_job(job: _Job, reference_labels: Optional[str]) -> Optional["sitk.Image"]:
+    """Inputs readable (headers), outputs writable, distinct and none of them an input, expert
+    labels on the T1ce grid (returned): before anything slow."""
+    from .imageio import check_image_file, check_not_input, check_output_path
 
-    try:
-        return parse_spacing(value)
-    except InputError:
-        raise argparse.ArgumentTypeError(f"{value!r}: use auto, off or a spacing in mm") from None
+    for path in job.inputs.values():
+        check_image_file(path)
+    outputs = [p for p in (job.output, job.uncertainty, job.brain_mask, job.report) if p]
+    for path in outputs:
+        check_output_path(path, image=path != job.report)
+        check_not_input(path, job.inputs.values())
+    real = [os.path.realpath(p) for p in outputs]
+    for path, r in zip(outputs, real):
+        if real.count(r) > 1:
+            raise InputError(path, "is given for two outputs; give each its own file")
+    return _read_reference(reference_labels, job.inputs.get("t1ce")) if reference_labels else None
 
 
-def _segment_one(inputs: dict, out: str, args: argparse.Namespace, models: list, uncertainty_out: Optional[str],
-                 report_out: Optional[str], mask_out: Optional[str] = None) -> dict:
+def _not_a_file(path: str, option: str, needed: str) -> None:
+    if os.path.isfile(path):
+        raise InputError(path, f"is a file; {option} needs {needed}")
+
+
+def _cases_jobs(args: argparse.Namespace) -> List[_Job]:
+    """``--cases``: every case of the folder, outputs named by case id in the ``-o`` folder."""
+    from .cases import find_cases
+
+    _not_a_file(args.cases, "--cases", "a folder of case folders (for one case folder use --case)")
+    if not os.path.isdir(args.output):
+        raise InputError(args.output, "is not a folder; with --cases, -o names an existing folder for the results")
+    cases = find_cases(args.cases)
+    if not cases:
+        raise InputError(args.cases, "holds no cases")
+
+    def out(case_id: str, suffix: str, wanted: Optional[str]) -> Optional[str]:
+        return os.path.join(args.output, case_id + suffix) if wanted else None
+
+    return [_Job(c.case_id, c.require().sequences, os.path.join(args.output, f"{c.case_id}.nii.gz"),  # BraTS naming
+                 out(c.case_id, "_uncertainty.nii.gz", args.uncertainty), out(c.case_id, "_report.json", args.report),
+                 out(c.case_id, "_brainmask.nii.gz", args.brain_mask)) for c in cases]
+
+
+def _segment_jobs(args: argparse.Namespace) -> List[Tuple[_Job, Optional["sitk.Image"]]]:
+    """The cases to segment (from ``--case``, ``--cases`` or the four files), each checked, with
+    its expert labels when given."""
+    from .cases import find_case
+
+    given = {r: getattr(args, r) for r in SEQUENCES if getattr(args, r)}
+    if sum([bool(args.case), bool(args.cases), bool(given)]) != 1:
+        raise InputError(None, "give the four sequences (--t1 --t1ce --t2 --flair), or --case DIR, or --cases DIR")
+    if args.cases:
+        jobs = _cases_jobs(args)
+    else:
+        case_id, inputs = "case", given
+        if args.case:
+            _not_a_file(args.case, "--case", "a case folder (for single files give --t1, --t1ce, --t2 and --flair)")
+            case = find_case(args.case).require()
+            case_id, inputs = case.case_id, case.sequences
+        if os.path.isdir(args.output):
+            raise InputError(args.output, "is a folder; -o takes a file name, e.g. "
+                                          f"{os.path.join(args.output, case_id + '_seg.nii.gz')} (a folder is for --cases)")
+        jobs = [_Job(case_id, inputs, args.output, args.uncertainty, args.report, args.brain_mask)]
+    return [(job, _check_job(job, args.reference_labels)) for job in jobs]
+
+
+def _segment_one(job: _Job, reference: Optional["sitk.Image"], args: argparse.Namespace,
+                 opts: "SegmentOptions", models: "Models") -> dict:
     from .atomicfile import write_json
-    from .imageio import check_not_input, check_output_path, write_image
+    from .imageio import write_image
     from .inference import segment
 
-    input_paths = [p for p in inputs.values() if p]
-    for path in [out] + [p for p in (uncertainty_out, mask_out) if p]:
-        check_output_path(path)
-        check_not_input(path, input_paths)
-    reference = (_read_reference(args.reference_labels, inputs.get("t1ce"))
-                 if getattr(args, "reference_labels", None) else None)
-    res = segment(inputs, models, args.device, _segment_options(args, models[0].manifest),
-                  progress=_ProgressBar(not args.quiet))
+    res = segment(job.inputs, models, options=opts, progress=_ProgressBar(not args.quiet))
+    inputs = list(job.inputs.values())
     # all outputs are computed before any is written; each write is atomic
-    write_image(res.labels, out, input_paths)
-    if uncertainty_out:
+    write_image(res.labels, job.output, inputs)
+    if job.uncertainty:
         assert res.uncertainty is not None  # asked for through SegmentOptions(uncertainty=True)
-        write_image(res.uncertainty, uncertainty_out, input_paths)
-    if mask_out:
+        write_image(res.uncertainty, job.uncertainty, inputs)
+    if job.brain_mask:
         assert res.brain_mask is not None  # asked for through SegmentOptions(brain_mask=True)
-        write_image(res.brain_mask, mask_out, input_paths)
-    rep = res.report()
-    rep["inputs"] = inputs
-    rep["output"] = out
+        write_image(res.brain_mask, job.brain_mask, inputs)
+    rep = dict(res.report(), inputs=job.inputs, output=job.output)
     if reference is not None:
         rep["against_reference"] = _score_against(res, reference, args.reference_labels)
         print("against the reference labels: " + ", ".join(
             f"{r} Dice {rep['against_reference'][r]['dice']:.3f} HD95 {rep['against_reference'][r]['hd95_mm']:.1f} mm"
             for r in ("WT", "TC", "ET")))
-    if report_out:
-        write_json(report_out, rep, input_paths)
+    if job.report:
+        write_json(job.report, rep, inputs)
     for w in res.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     v = res.volumes_ml
-    print(f"{out}: WT {v['WT']:.1f} mL, TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL "
-          f"(NCR {v['NCR']:.1f}, ED {v['ED']:.1f}); {res.timings['total']:.1f} s on {res.device}")
+    print(f"{job.output}: WT {v['WT']:.1f} mL, TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL "
+          f"(NCR {v['NCR']:.1f}, ED {v['ED']:.1f}); {res.timings['total']:.1f} s on {res.device} "
+          f"with {models.description}")
     return rep
 
 
@@ -274,52 +321,53 @@ def _score_against(res, reference, path: str) -> dict:
     return {"labels": path, **{r: {"dice": m[r]["dice"], "hd95_mm": m[r]["hd95"]} for r in REGIONS}}
 
 
-def _load_models(args: argparse.Namespace) -> list:
+def _check_models(names: List[str], jobs: List[_Job]) -> None:
+    """Each model's name or folder and its manifests (an ensemble's members' too), and that every
+    case has the sequences the first needs: no weights are read."""
     from . import bundles
 
-    models = [b for m in (args.model or [bundles.DEFAULT_MODEL]) for b in bundles.load_models(m)]
+    manifests = [bundles.read_manifest(f) for name in names for f in bundles.members(name)]
+    needed = manifests[0].in_sequences
+    for job in jobs:
+        missing = [r for r in needed if r not in job.inputs]
+        if missing:
+            raise InputError(f"--{missing[0]}", f"the model {manifests[0].id} needs {', '.join(needed)}; "
+                                                f"no {', '.join(missing)} given")
+
+
+def _load_models(names: List[str]) -> "Models":
+    """The models, loaded once for every case; each one's research or demo note on stderr, named
+    as asked for (an ensemble with its members)."""
+    from .inference import load_ensemble
+
+    models = load_ensemble(names)
     said = set()  # an ensemble's members often share their note
-    for m in models:
-        note = " is a DEMO trained on synthetic data only; not for clinical use" if m.demo else f": {m.manifest.note}"
-        if (m.demo or m.manifest.note) and note not in said:
-            said.add(note)
-            print(f"{PROG}: note: model {m.id}{note}", file=sys.stderr)
+    for part in models.parts:
+        who = part.id + (f" (ensemble of {', '.join(b.id for b in part.bundles)})" if part.ensemble else "")
+        notes = [" is a DEMO trained on synthetic data only; not for clinical use"] if any(
+            b.demo for b in part.bundles) else []
+        notes += [f": {n}" for n in ([part.note] if part.note else [b.manifest.note for b in part.bundles]) if n]
+        for note in notes:
+            if note not in said:
+                said.add(note)
+                print(f"{PROG}: note: model {who}{note}", file=sys.stderr)
     return models
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .cases import SEQUENCES, find_case, find_cases
+    """Options, inputs, outputs and models are checked, in that order, before any weights are read."""
+    from .bundles import DEFAULT_MODEL
 
-    given = {r: getattr(args, r) for r in SEQUENCES}
-    modes = sum([bool(args.case), bool(args.cases), any(given.values())])
-    if modes != 1:
-        raise InputError(None, "give the four sequences (--t1 --t1ce --t2 --flair), or --case DIR, or --cases DIR")
-    models = _load_models(args)
-    if args.cases:
-        if not os.path.isdir(args.output):
-            raise InputError(args.output, "output folder does not exist")
-        cases = find_cases(args.cases)
-        if not cases:
-            raise InputError(args.cases, "holds no cases")
-        for c in cases:
-            c.require()
-        for c in cases:
-            out = os.path.join(args.output, f"{c.case_id}.nii.gz")  # BraTS submission naming
-            unc = os.path.join(args.output, f"{c.case_id}_uncertainty.nii.gz") if args.uncertainty else None
-            rep = os.path.join(args.output, f"{c.case_id}_report.json") if args.report else None
-            mask = os.path.join(args.output, f"{c.case_id}_brainmask.nii.gz") if args.brain_mask else None
-            _segment_one(c.sequences, out, args, models, unc, rep, mask)
-        return 0
-    if args.case:
-        inputs = find_case(args.case).require().sequences
-    else:
-        missing = [r for r in SEQUENCES if not given[r]]
-        needed = models[0].manifest.in_sequences
-        missing = [r for r in missing if r in needed]
-        if missing:
-            raise InputError(f"--{missing[0]}", f"no {missing[0]} sequence given; the model needs {', '.join(needed)}")
-        inputs = {r: p for r, p in given.items() if p}
-    _segment_one(inputs, args.output, args, models, args.uncertainty, args.report, args.brain_mask)
+    opts = segment_options.SegmentOptions.from_args(args)
+    jobs = _segment_jobs(args)
+    names = args.model or [DEFAULT_MODEL]
+    _check_models(names, [job for job, _ in jobs])
+    from .devices import resolve  # torch: after every quick check
+
+    resolve(opts.device)
+    models = _load_models(names)
+    for i, (job, reference) in enumerate(jobs):
+        _segment_one(job, reference, args, opts, models if i == 0 else models.reused())
     return 0
 
 
@@ -417,41 +465,19 @@ def _add_segment_command(sub) -> None:
     sg = sub.add_parser("segment", help="segment a case: necrotic core, edema, enhancing tumor on the T1ce grid")
     for r in SEQUENCES:
         sg.add_argument(f"--{r}", help=f"{r} volume")
-    sg.add_argument("--case", help="a BraTS-layout case folder instead of the four files")
-    sg.add_argument("--cases", help="a folder of cases; -o is then an output folder")
-    sg.add_argument("-o", "--output", required=True, help="output label file (.nii.gz, .nrrd, ...) or folder with --cases")
+    sg.add_argument("--case", help="a case folder (files named by role, e.g. <id>_t1ce.nii.gz) instead of the four files")
+    sg.add_argument("--cases", help="a folder of case folders, each segmented (the models loaded once); -o is then "
+                                    "an existing folder that gets <case>.nii.gz for each")
+    sg.add_argument("-o", "--output", required=True, help="the label file to write (.nii.gz, .nrrd, ...): a file name, "
+                                                          "never a folder (with --cases: the folder for the results)")
     sg.add_argument("--model", action="append", help="model name, bundle folder or ensemble folder; repeat for an "
                                                       "ensemble (default: the shipped default model)")
-    sg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    sg.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 flips)")
-    sg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
-    sg.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
-    sg.add_argument("--uncertainty", help="also write a voxel-wise uncertainty map (entropy, 0..1) here")
-    sg.add_argument("--label-scheme", choices=("brats2021", "brats2023"), help="default: the model's")
-    sg.add_argument("--min-et-voxels", type=int, help="relabel ET as necrosis below this many voxels (default: model's)")
+    segment_options.add_arguments(sg)  # every option of SegmentOptions, from its declaration
     sg.add_argument("--report", help="write a JSON report: model, device, timings, volumes, geometry")
-    sg.add_argument("--isotropic", nargs="?", const="1", default="auto", type=_spacing_arg,
-                    help="working spacing for models without their own: auto = 1 mm when the T1ce is not about "
-                         "1 mm, off = the T1ce's grid, or a spacing in mm (alone: 1); default auto")
-    sg.add_argument("--register", nargs="?", const="always", default="auto", choices=("auto", "always", "never"),
-                    help="rigid registration of the other sequences to the T1ce: auto = when their grids differ "
-                         "or they look misaligned (default auto)")
-    sg.add_argument("--skull-strip", default="auto", choices=("auto", "always", "never"),
-                    help="HD-BET skull stripping (the clinical extra): auto = when an input does not look "
-                         "skull-stripped (default auto)")
-    sg.add_argument("--bias-field", action="store_true", help="N4 bias-field correction inside the brain (off by default)")
-    sg.add_argument("--brain-mask", help="also write the brain mask (HD-BET's when stripped) here, on the T1ce grid")
-    sg.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                    help="CPU arithmetic: auto = bf16 autocast where the CPU runs bf16 natively (AMX, "
-                         "AVX512-BF16), else fp32 (default auto); CUDA always uses fp16 autocast")
-    sg.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
-                    help="CPU inference backend: auto = OpenVINO where installed (the openvino extra) and "
-                         "measured faster for the model on this CPU, else torch (default auto)")
     sg.add_argument("--quiet", action="store_true", help="no progress bar")
     sg.add_argument("--reference-labels", help="expert labels of the case: print Dice and HD95 of the result "
                                                "against them (and add them to the report)")
     sg.set_defaults(func=_cmd_segment)
-
 
     md = sub.add_parser("models", help="list installed model bundles and ensembles")
     md.set_defaults(func=_cmd_models)

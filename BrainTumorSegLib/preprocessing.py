@@ -40,14 +40,12 @@ from .cases import SEQUENCES
 from .errors import InputError
 from .imageio import orientation_code, read_image, same_grid
 from .registration import Aligner, Alignment
+from .segment_options import MODES
 
 log = logging.getLogger(__name__)
 
 CANONICAL = "LPS"
 ImageLike = Union[str, "sitk.Image"]
-
-
-MODES = ("auto", "always", "never")
 
 
 @dataclass

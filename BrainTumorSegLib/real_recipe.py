@@ -46,6 +46,7 @@ from .labels import REGIONS
 from .networks import build
 from .postprocessing import PostprocessOptions, postprocess
 from .recipes import DEMO_OPTIONS
+from .segment_options import NO_POSTPROCESSING
 from .training import TrainConfig, check_cases, load_checkpoint, run_manifest, train
 
 MODEL_ID = "brats-glioma-v1"
@@ -139,7 +140,7 @@ def validate_bundle(bundle_dir: Union[str, Sequence[str]], cases: Sequence[Case]
     cases_by_id = {c.case_id: c for c in cases}
     raw, refs, seconds = {}, {}, {}
     for c in cases:
-        res = segment(c.sequences, b, device, SegmentOptions(postprocess=PostprocessOptions()))
+        res = segment(c.sequences, b, device, SegmentOptions(**NO_POSTPROCESSING))
         raw[c.case_id] = res.labels
         refs[c.case_id] = read_image(c.paths["seg"], "label")
         seconds[c.case_id] = res.timings["total"]
