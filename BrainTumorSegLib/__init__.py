@@ -20,7 +20,7 @@ Slicer module and scripts call.
 """
 __version__ = "0.2.0"
 
-_LAZY = {"segment": "inference", "SegmentOptions": "inference", "SegmentationResult": "inference"}
+_LAZY = {"segment": "inference", "SegmentOptions": "segment_options", "SegmentationResult": "inference"}
 
 
 def __getattr__(name: str):
