@@ -13,6 +13,9 @@ Pure Python and PyTorch; never imports Slicer. Modules, one job each:
 * ``phantom``: synthetic BraTS-like cases; ``clinical_phantom``: clinical-like cases made from them
 * ``networks``, ``sliding_window``, ``inference`` (``segment``), ``bundles``, ``devices``:
   the networks and the inference engine; ``segment_options``: its options, declared once
+* ``dicom_series``, ``dicom_seg``, ``qc_picture``, ``extra_outputs``, ``batch``: DICOM in and out,
+  QC pictures and the ``--cases`` run
+* ``cli`` and ``segment_cli``: the command line (``segment``'s checks before any weights are read)
 * ``training``, ``losses``, ``recipes``: training and the demo model's recipe
 
 ``BrainTumorSegLib.segment(inputs, model, device, options, progress, cancel)`` is the API the

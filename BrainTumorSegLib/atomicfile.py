@@ -1,6 +1,6 @@
 """Atomic writes: a temporary file in the same folder, renamed over the target once complete,
 removed if anything fails. ``replacing`` is the general form; ``write_text`` / ``write_json``
-for small text files (CSV, JSON)."""
+for small text files (CSV, JSON, HTML), ``write_bytes`` for small binary ones (PNG)."""
 from __future__ import annotations
 
 import contextlib
@@ -13,6 +13,11 @@ from .errors import InputError, PathLike
 
 
 def write_text(path: PathLike, text: str, inputs: Iterable[PathLike] = ()) -> str:
+    return write_bytes(path, text.encode("utf-8"), inputs)
+
+
+def write_bytes(path: PathLike, data: bytes, inputs: Iterable[PathLike] = ()) -> str:
+    """Write ``data`` to ``path`` atomically; the folder must exist and ``path`` must be no input."""
     p = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(p))
     if not os.path.isdir(folder):
@@ -21,8 +26,8 @@ def write_text(path: PathLike, text: str, inputs: Iterable[PathLike] = ()) -> st
     if any(i is not None and os.path.realpath(os.fspath(i)) == real for i in inputs):
         raise InputError(p, "is an input file; refusing to overwrite it")
     with replacing(p) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
     return p
 
 

@@ -4,7 +4,9 @@ The manifest records the architecture and its options (plain JSON values passed 
 ``networks.build``), the input sequences and their order, the label scheme, normalisation,
 patch size, postprocessing defaults, training data and metrics, and the sha256 of the weights.
 Loading verifies the hash before reading the weights and never executes code from a file:
-safetensors holds tensors only, and the manifest is JSON.
+safetensors holds tensors only, and the manifest is JSON. Weights may be stored in half precision
+(``weights_storage: float16``, half the size on disk); they are loaded into the network's fp32
+parameters, so computing stays in fp32.
 
 An ensemble is a folder with only ``manifest.json`` (format ``braintumorseg-ensemble/1``) naming
 its members, bundles whose probabilities ``segment`` averages: :func:`load_models` loads them,
@@ -315,16 +317,27 @@ def load(model: PathLike, device: str = "cpu") -> Bundle:
     return Bundle(folder, manifest, net)
 
 
-def save(network: "SegmentationNetwork", folder: PathLike, manifest: Mapping[str, Any]) -> str:
-    """Write a bundle atomically (a temporary folder renamed into place); returns the folder."""
+STORAGE = ("float32", "float16")
+
+
+def save(network: "SegmentationNetwork", folder: PathLike, manifest: Mapping[str, Any], storage: str = "float32") -> str:
+    """Write a bundle atomically (a temporary folder renamed into place); returns the folder.
+    ``storage="float16"`` stores floating-point weights in half precision (half the size)."""
     from safetensors.torch import save_file
+
+    if storage not in STORAGE:
+        raise InputError(None, f"weights storage must be one of {', '.join(STORAGE)}, not {storage!r}")
 
     def fill(tmp: str) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+        if storage == "float16":
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         save_file(state, os.path.join(tmp, WEIGHTS))
         os.chmod(os.path.join(tmp, WEIGHTS), 0o644)
-        full = dict(manifest)
+        full = {k: v for k, v in manifest.items() if k != "weights_storage"}
         full.update({"format": FORMAT, "weights_sha256": sha256_of(os.path.join(tmp, WEIGHTS))})
+        if storage != "float32":
+            full["weights_storage"] = storage
         full.setdefault("output_kind", network.output_kind)
         full.setdefault("in_sequences", list(network.in_sequences))
         full.setdefault("patch_size", list(network.patch_size))
@@ -365,6 +378,15 @@ def _write_folder(folder: PathLike, fill: Callable[[str], None]) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def size_on_disk(folder: PathLike) -> int:
+    """Bytes of a bundle's files, or of an ensemble's own manifest and its members' files."""
+    f = os.fspath(folder)
+    total = sum(os.path.getsize(os.path.join(f, n)) for n in os.listdir(f) if os.path.isfile(os.path.join(f, n)))
+    if describe(f).get("format") == ENSEMBLE_FORMAT:
+        total += sum(size_on_disk(m) for m in members(f))
+    return total
 
 
 def installed() -> List[Dict]:

@@ -12,18 +12,27 @@ Recognised names, with ``<id>`` the case id:
 
 Either separator (``_`` or ``-``) is accepted with every suffix; any of the supported image
 extensions may follow.
+
+A sequence may also be a DICOM series: a subfolder of the case folder named by its role alone
+(``t1``, ``t1ce``, ``t2``, ``flair``, or a BraTS 2023 or other accepted suffix such as ``t1c``)
+holding the series' files; the case id is then the case folder's name, and the case's expert
+labels, if any, are ``<case folder name>_seg.nii.gz`` (or another image extension) beside them.
 """
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import InputError, PathLike
 from .imageio import image_extension, strip_extension
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
+# Sequences a case may lack (clinics often skip one): their channel is left empty, as in training's
+# sequence dropout. The T1ce (the reference grid) and the FLAIR (the edema) are always needed.
+OPTIONAL_SEQUENCES = ("t1", "t2")
+REQUIRED_SEQUENCES = tuple(r for r in SEQUENCES if r not in OPTIONAL_SEQUENCES)
 ROLES = SEQUENCES + ("seg",)
 
 _SUFFIXES = {
@@ -83,6 +92,13 @@ class Case:
         return {r: self.paths[r] for r in SEQUENCES if r in self.paths}
 
 
+def sequences_needed(roles: Sequence[str]) -> str:
+    """A model's sequences in words, with those a case may lack: ``t1, t1ce, t2, flair (t1 and t2
+    may be left out)``."""
+    optional = [r for r in roles if r in OPTIONAL_SEQUENCES]
+    return ", ".join(roles) + (f" ({' and '.join(optional)} may be left out)" if optional else "")
+
+
 def find_case(folder: PathLike) -> Case:
     """The single case held in ``folder`` (files named by role, see module docstring)."""
     cases = _cases_in(os.fspath(folder))
@@ -127,7 +143,25 @@ def _cases_in(folder: str) -> Dict[str, Case]:
         case.paths[role] = path
         if suffix in _LAYOUT:
             case.layout = _LAYOUT[suffix]
+    _add_series_folders(folder, cases)
     return cases
+
+
+def _add_series_folders(folder: str, cases: Dict[str, Case]) -> None:
+    """Sequences given as DICOM series: subfolders named by role (see module docstring)."""
+    subfolders = [n for n in sorted(os.listdir(folder))
+                  if _SUFFIXES.get(n.lower(), "seg") != "seg" and os.path.isdir(os.path.join(folder, n))]
+    if not subfolders:
+        return
+    cid = os.path.basename(os.path.normpath(os.path.abspath(folder)))
+    case = cases.setdefault(cid, Case(cid, folder=folder))
+    for name in subfolders:
+        role, path = _SUFFIXES[name.lower()], os.path.join(folder, name)
+        if role in case.paths:
+            raise InputError(path, f"second {role} for case {cid} (first: {os.path.basename(case.paths[role])})")
+        case.paths[role] = path
+        if name.lower() in _LAYOUT:
+            case.layout = _LAYOUT[name.lower()]
 
 
 def case_file_name(case_id: str, role: str, layout: str = "brats2021", ext: str = ".nii.gz") -> str:

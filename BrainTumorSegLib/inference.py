@@ -20,6 +20,7 @@ import SimpleITK as sitk
 import torch
 
 from . import backends, bundles, devices, outputs
+from .cases import OPTIONAL_SEQUENCES, sequences_needed
 from .errors import Cancelled, InputError
 from .imageio import geometry, same_grid, voxel_volume_ml
 from .labels import REGIONS, get_scheme, labels_to_regions
@@ -334,13 +335,14 @@ def _brain_mask_on_reference(pre: Preprocessed) -> sitk.Image:
 
 def _preprocess_for(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], models: Models,
                     opts: SegmentOptions, dev: torch.device) -> Tuple[Preprocessed, List[str]]:
-    """The inputs on the models' working grid, and the input roles the models do not use."""
+    """The inputs on the models' working grid (a T1 or T2 not given: an empty channel), and the input
+    roles the models do not use."""
     first = models.members[0].manifest
     roles = first.in_sequences
-    missing = [r for r in roles if inputs.get(r) is None]
+    missing = [r for r in roles if inputs.get(r) is None and (r not in OPTIONAL_SEQUENCES or r == REFERENCE)]
     if missing:
-        raise InputError(missing[0], f"the model {first.id} needs {', '.join(roles)}; no {', '.join(missing)} given")
-    images = {r: _to_image(inputs[r], r) for r in roles}
+        raise InputError(missing[0], f"the model {first.id} needs {sequences_needed(roles)}; no {', '.join(missing)} given")
+    images = {r: _to_image(inputs[r], r) if inputs.get(r) is not None else None for r in roles}
     pre = preprocess(images, PreprocessOptions(
         reference=REFERENCE, isotropic=opts.isotropic, model_spacing=model_spacing(models.members),
         register=opts.register, skull_strip=opts.skull_strip, bias_field=opts.bias_field,

@@ -37,6 +37,7 @@ import SimpleITK as sitk
 
 from . import skullstrip
 from .cases import SEQUENCES
+from .coverage import absent_sequences, channels
 from .errors import InputError
 from .imageio import orientation_code, read_image, same_grid
 from .registration import Aligner, Alignment
@@ -321,23 +322,20 @@ def _bias_correct(vol: np.ndarray, brain: np.ndarray, spacing: Sequence[float]) 
     return np.where(brain, out, 0).astype(np.float32)
 
 
-def preprocess(images: Mapping[str, ImageLike], options: Optional[PreprocessOptions] = None,
+def preprocess(images: Mapping[str, Optional[ImageLike]], options: Optional[PreprocessOptions] = None,
                roles: Sequence[str] = SEQUENCES) -> Preprocessed:
     """Run the forward transform on per-role images; ``Preprocessed.inverse`` is the way back.
 
     Args:
-        images: role (t1, t1ce, t2, flair) to a path or a SimpleITK image.
+        images: role (t1, t1ce, t2, flair) to a path or a SimpleITK image; the optional
+            sequences (``cases.OPTIONAL_SEQUENCES``) may be None or absent: an empty channel.
         options: reference role, working spacing, registration, skull stripping, bias field, crop
             margin, normalisation.
         roles: the roles to use, in the network's channel order.
     """
     opt = options or PreprocessOptions()
-    missing = [r for r in roles if r not in images or images[r] is None]
-    if missing:
-        raise InputError(missing[0], f"no {missing[0]} sequence given (needed: {', '.join(roles)})")
-    if opt.reference not in roles:
-        raise InputError(opt.reference, f"reference sequence {opt.reference} is not among {roles}")
-    imgs, names = _load({r: images[r] for r in roles})
+    absent = absent_sequences(images, roles, opt.reference)
+    imgs, names = _load({r: im for r in roles if (im := images.get(r)) is not None})
     ref = imgs[opt.reference]
     warnings: List[str] = []
     timings: Dict[str, float] = {}
@@ -358,11 +356,9 @@ def preprocess(images: Mapping[str, ImageLike], options: Optional[PreprocessOpti
     timings["skull_strip"] = time.perf_counter() - t
     if mask_ref is not None:
         imgs = {r: _mask_native(im, mask_ref, alignments.get(r)) for r, im in imgs.items()}
-    arrays = [_to_working(imgs[r], ref, alignments.get(r), working_grid, same_grid(working_grid, canonical_grid))
-              for r in roles]
-    brain_full = np.zeros(arrays[0].shape, bool)
-    for arr in arrays:
-        brain_full |= arr != 0
+    given = {r: _to_working(imgs[r], ref, alignments.get(r), working_grid, same_grid(working_grid, canonical_grid))
+             for r in imgs}
+    arrays, brain_full, coverage = channels(given, roles, opt.reference, names, warnings)
     if opt.bias_field:
         t = time.perf_counter()
         sz, sy, sx = (float(v) for v in working_grid.GetSpacing()[::-1])
@@ -380,7 +376,8 @@ def preprocess(images: Mapping[str, ImageLike], options: Optional[PreprocessOpti
     sx, sy, sz = (float(s) for s in working_grid.GetSpacing())
     decisions = {"register": {r: a.report() for r, a in alignments.items()}, "skull_strip": strip_decision,
                  "bias_field": "N4 inside the brain" if opt.bias_field else "off",
-                 "working_spacing_mm": [round(v, 3) for v in (sx, sy, sz)], "working_spacing_reason": spacing_reason}
+                 "working_spacing_mm": [round(v, 3) for v in (sx, sy, sz)], "working_spacing_reason": spacing_reason,
+                 "coverage_of_brain": coverage, "sequences_missing": absent}
     return Preprocessed(data=data, roles=tuple(roles), brain=brain, inverse=inverse, spacing=(sz, sy, sx),
                         warnings=warnings, decisions=decisions, timings=timings, brain_mask=mask_ref)
 

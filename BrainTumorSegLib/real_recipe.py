@@ -21,32 +21,33 @@ Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) unde
   along an axis of their own, brain masks 1-2 voxels tighter), for scans that ``segment`` strips,
   registers and resamples itself;
 - ``2mm-clinical-scratch``: ``2mm`` with clinical augmentation from the start, exported as
-  ``brats-glioma-clinaug-v1`` (shipped; the default ensemble averages it with ``brats-glioma-v1``).
+  ``brats-glioma-clinaug-v1`` (shipped; the default ensemble averages it with ``brats-glioma-v1``);
+- ``2mm-cv``: ``2mm`` (now with class-balanced patch centres and partial-coverage augmentation),
+  trained with ``--fold K`` on four of the five stratified folds of all 32 shared cases
+  (``cross_validation.FOLDS``: high-grade, low-grade and non-enhancing, every institution) and
+  exported at its last epoch as ``brats-glioma-v2-foldK``, so that the held-out fold chooses
+  neither its weights nor its postprocessing: its figures are out of fold.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import SimpleITK as sitk
 
 from . import bundles
 from .cases import Case, find_cases
+from .cross_validation import FOLDS, GRADES, grade_summary
 from .errors import InputError
-from .evaluation import score_images
-from .imageio import read_image
-from .inference import SegmentOptions, segment
 from .labels import REGIONS
 from .networks import build
-from .postprocessing import PostprocessOptions, postprocess
+from .postprocessing import PostprocessOptions
+from .real_validation import validate_bundle
 from .recipes import DEMO_OPTIONS
-from .segment_options import NO_POSTPROCESSING
 from .training import TrainConfig, check_cases, load_checkpoint, run_manifest, train
 
 MODEL_ID = "brats-glioma-v1"
@@ -76,6 +77,13 @@ DESCRIPTION = ("Residual U-Net trained on 19 real, expert-labelled BraTS 2018 gl
 CLINICAL_AUGMENTATION = (" Trained with clinical augmentation: sequences as if acquired in thick slices, brain "
                          "masks a little tighter.")
 
+FOLD_DESCRIPTION = ("Residual U-Net, cross-validation fold {fold} of the brats-glioma recipe: trained on {n} real, "
+                    "expert-labelled BraTS 2018 and 2021 glioma cases of every grade on a 2-core CPU; "
+                    "its held-out fold's figures ('metrics') are out of fold. Research use only, not "
+                    "for clinical use.")
+FOLD_NOTE = ("research model (one cross-validation fold) trained on real BraTS 2018 and 2021 cases of every grade, not "
+             "a medical device and not for clinical use; it was trained on skull-stripped, co-registered BraTS data "
+             "(segment strips and registers clinical scans first; check the brain mask)")
 NOTE = ("research model trained on 19 real BraTS 2018 cases, not a medical device and not for clinical "
         "use; it was trained on skull-stripped, co-registered BraTS data (segment strips and registers "
         "clinical scans first; check the brain mask)")
@@ -90,6 +98,7 @@ class Variant:
     lr: Optional[float] = None      # None: the network's own default
     clinical_augmentation: bool = False
     model_id: str = MODEL_ID
+    folds: bool = False             # trained per fold (--fold K), exported at the last epoch
 
 
 VARIANTS: Dict[str, Variant] = {
@@ -103,104 +112,80 @@ VARIANTS: Dict[str, Variant] = {
                             clinical_augmentation=True),
     "2mm-clinical-scratch": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), clinical_augmentation=True,
                                     model_id="brats-glioma-clinaug-v1"),
+    "2mm-cv": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
+                      model_id="brats-glioma-v2", folds=True),
 }
-POSTPROCESS_GRID = {"min_et_voxels": (0, 200, 500), "min_component_voxels": (0, 200, 1000)}
 
 
-def split(data_dir: str) -> Tuple[List[Case], List[Case]]:
-    """The fixed training and validation cases found in ``data_dir``."""
+def split(data_dir: str, fold: Optional[int] = None) -> Tuple[List[Case], List[Case]]:
+    """The fixed training and validation cases found in ``data_dir``: the five validation cases, or
+    with ``fold`` the held-out fold of the five (all 32 shared cases must be there)."""
     cases = check_cases(find_cases(data_dir))
     ids = {c.case_id for c in cases}
-    missing = [v for v in VALIDATION if v not in ids]
+    held_out = VALIDATION if fold is None else FOLDS[fold]
+    needed = held_out if fold is None else list(GRADES)
+    missing = [v for v in needed if v not in ids]
     if missing:
-        raise InputError(data_dir, f"lacks the recipe's validation case(s) {', '.join(missing)}")
-    return [c for c in cases if c.case_id not in VALIDATION], [c for c in cases if c.case_id in VALIDATION]
+        what = "validation case(s)" if fold is None else f"case(s) (all {len(GRADES)} for cross-validation)"
+        raise InputError(data_dir, f"lacks the recipe's {what} {', '.join(missing[:6])}" + (" ..." if len(missing) > 6 else ""))
+    if fold is not None:
+        cases = [c for c in cases if c.case_id in GRADES]
+    return [c for c in cases if c.case_id not in held_out], [c for c in cases if c.case_id in held_out]
 
 
-def case_table(rows: Mapping[str, Dict[str, Dict[str, float]]], seconds: Mapping[str, float]
-               ) -> Tuple[Dict[str, Dict], Dict[str, float]]:
-    """Per-case Dice, HD95 and volume error (mL, predicted minus reference) per region and seconds,
-    and their means, from ``case_metrics`` rows keyed by case id."""
-    per_case: Dict[str, Dict] = {cid: {r: {"dice": m[r]["dice"], "hd95": m[r]["hd95"],
-                          "volume_error_ml": m[r]["volume_pred_ml"] - m[r]["volume_ref_ml"]} for r in REGIONS}
-                | {"seconds": seconds[cid]} for cid, m in rows.items()}
+def _trained_on(model: str, part: bundles.Manifest) -> set:
+    data = part.document.get("training_data")
+    ids = data.get("train") if isinstance(data, dict) else None
+    if not (isinstance(ids, list) and ids):
+        raise InputError(model, "is not a model of this recipe: its manifest lists no training cases")
+    return set(map(str, ids))
+
+
+def pooled_out_of_fold(models: Sequence[str], parts: Sequence[bundles.Manifest]) -> Optional[Dict]:
+    """When the members are the folds of one cross-validation (distinct folds of the same table),
+    each case scored by the fold model that held it out, pooled from their manifests; else None."""
+    found = [p.document.get("cross_validation") for p in parts]
+    cv: List[Dict] = [c for c in found if isinstance(c, dict)]
+    if len(cv) != len(found):
+        return None
+    if len({c["fold"] for c in cv}) != len(cv) or any(c["folds"] != cv[0]["folds"] for c in cv):
+        raise InputError(models[0], "the members are cross-validation folds, but not distinct folds of one table")
+    per_case = {cid: row for p in parts for cid, row in p.document["metrics"]["validation_segment"]["per_case"].items()}
     mean = {f"{k}_{r}": float(np.mean([per_case[c][r][k] for c in per_case]))
             for k in ("dice", "hd95", "volume_error_ml") for r in REGIONS}
-    mean["seconds"] = float(np.mean(list(seconds.values())))
-    return per_case, mean
-
-
-def validate_bundle(bundle_dir: Union[str, Sequence[str]], cases: Sequence[Case], device: str = "cpu", log=print,
-                    postprocessing: Optional[PostprocessOptions] = None) -> Tuple[Dict, PostprocessOptions]:
-    """Segment ``cases`` through the full ``segment`` path; per-case and mean Dice, HD95 and volume
-    error per region, the seconds per case, and the postprocessing setting with the best mean Dice
-    on these cases (postprocessing runs on the labels ``segment`` made with it switched off), or
-    ``postprocessing`` when given. ``bundle_dir`` may be an ensemble, or a list of models."""
-    b = [x for m in ([bundle_dir] if isinstance(bundle_dir, str) else bundle_dir) for x in bundles.load_models(m)]
-    cases_by_id = {c.case_id: c for c in cases}
-    raw, refs, seconds = {}, {}, {}
-    for c in cases:
-        res = segment(c.sequences, b, device, SegmentOptions(**NO_POSTPROCESSING))
-        raw[c.case_id] = res.labels
-        refs[c.case_id] = read_image(c.paths["seg"], "label")
-        seconds[c.case_id] = res.timings["total"]
-        log(f"validation {c.case_id}: {res.timings['total']:.1f} s")
-    scheme = b[0].manifest.label_scheme
-
-    def postprocessed(labels: sitk.Image, post: PostprocessOptions) -> sitk.Image:
-        out = sitk.GetImageFromArray(postprocess(sitk.GetArrayViewFromImage(labels), scheme, post))
-        out.CopyInformation(labels)
-        return out
-
-    def run(post: PostprocessOptions) -> Dict[str, Dict[str, Dict[str, float]]]:
-        return {cid: score_images(postprocessed(raw[cid], post), refs[cid], pred_scheme=scheme,
-                                  pred_name=cid, ref_name=cases_by_id[cid].paths["seg"]) for cid in raw}
-
-    candidates = [postprocessing] if postprocessing else [
-        PostprocessOptions(min_et_voxels=et, min_component_voxels=comp)
-        for et, comp in itertools.product(POSTPROCESS_GRID["min_et_voxels"], POSTPROCESS_GRID["min_component_voxels"])]
-    mean_dice = []
-    for post in candidates:
-        rows = run(post)
-        mean_dice.append(float(np.mean([rows[c][r]["dice"] for c in rows for r in REGIONS])))
-    chosen = candidates[int(np.argmax(mean_dice))]
-    per_case, mean = case_table(run(chosen), seconds)
-    report = {"cases": list(per_case), "per_case": per_case, "mean": mean, "through": "full segment path, 1 mm reference grid",
-              "hd95": "mm, max of the directed 95th percentiles; 373.13 mm when exactly one mask is empty"}
-    if postprocessing:
-        report["postprocessing"] = asdict(postprocessing)
-    else:
-        report["postprocessing_search"] = {"grid": POSTPROCESS_GRID,
-                                           "mean_dice": [[asdict(p), d] for p, d in zip(candidates, mean_dice)]}
-    return report, chosen
+    return {"cases": list(per_case), "per_case": per_case, "mean": mean, "by_grade": grade_summary(per_case),
+            "folds": sorted(c["fold"] for c in cv), "through": "each case by the one fold model that held it out, "
+            "through the full segment path on the 1 mm grid, postprocessing off"}
 
 
 def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
-    """The manifest fields of an ensemble of this recipe's models (bundle folders): validated through ``segment`` on
-    the recipe's validation cases with its first member's postprocessing (what ``segment`` applies),
-    the members' training data, licence and citations. Members must not have trained on a
-    validation case."""
+    """The manifest fields of an ensemble of this recipe's models (bundle folders): the members'
+    training data, licence and citations, and its figures. Fold models of one cross-validation get
+    their pooled out-of-fold figures; other members are validated through ``segment`` (with the
+    first member's postprocessing, what ``segment`` applies) on every case of ``data_dir`` that
+    none of them trained on, per grade."""
     parts = [bundles.read_manifest(m) for m in models]
-    _, val = split(data_dir)
-    trained: List[set] = []
-    for m, part in zip(models, parts):
-        data = part.document.get("training_data")
-        ids = data.get("train") if isinstance(data, dict) else None
-        if not (isinstance(ids, list) and ids and not set(map(str, ids)) & set(VALIDATION)):
-            raise InputError(m, "is not a model of this recipe: its manifest lists no training cases apart from the "
-                                "validation cases")
-        trained.append(set(map(str, ids)))
-    try:
-        post = PostprocessOptions(**parts[0].postprocessing)
-    except TypeError:
-        raise InputError(models[0], f"has postprocessing settings this version does not know: {parts[0].postprocessing}"
-                         ) from None
-    report, _ = validate_bundle(list(models), val, log=log, postprocessing=post)
+    trained = [_trained_on(m, p) for m, p in zip(models, parts)]
     train_ids = sorted(set().union(*trained))
-    return {"metrics": {"validation_segment": report}, "licence": LICENCE, "citations": CITATIONS, "note": NOTE,
+    pooled = pooled_out_of_fold(models, parts)
+    validation: Union[str, List[str]]
+    if pooled is not None:
+        metrics, validation = {"out_of_fold": pooled}, "out of fold (each member's held-out fold)"
+    else:
+        held_out = [c for c in check_cases(find_cases(data_dir)) if c.case_id not in train_ids]
+        if not held_out:
+            raise InputError(data_dir, "holds no case that none of the members trained on")
+        try:
+            post = PostprocessOptions(**parts[0].postprocessing)
+        except TypeError:
+            raise InputError(models[0], f"has postprocessing settings this version does not know: "
+                                        f"{parts[0].postprocessing}") from None
+        report, _ = validate_bundle(list(models), held_out, log=log, postprocessing=post)
+        metrics, validation = {"validation_segment": report}, [c.case_id for c in held_out]
+    return {"metrics": metrics, "licence": LICENCE, "citations": CITATIONS, "note": NOTE,
             "demo": False, "clinical_use": False,
-            "training_data": {"source": "BraTS 2018 training cases, BraTS 2021 file layout", "train": train_ids,
-                              "validation": [c.case_id for c in val]}}
+            "training_data": {"source": "BraTS 2018 and 2021 training cases, BraTS 2021 file layout", "train": train_ids,
+                              "validation": validation}}
 
 
 @dataclass
@@ -211,49 +196,78 @@ class Plan:
     val_cases: List[Case]
     init: Optional[bundles.Bundle]
     extra: Dict
+    fold: Optional[int] = None
 
 
-def export_folder(run_dir: str, variant: str) -> str:
-    """Where a run of ``variant`` writes its bundle by default: ``run_dir/<its model id>``."""
-    if variant not in VARIANTS:
-        raise InputError(None, f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    return os.path.join(run_dir, VARIANTS[variant].model_id)
-
-
-def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_from: Optional[str] = None) -> Plan:
-    """The run of ``variant``; ``init_from`` (a bundle) replaces the variant's initial weights, e.g.
-    to continue from the last exported model when a run folder was lost."""
+def _variant(variant: str, fold: Optional[int]) -> Variant:
+    """The variant's settings, checked against ``fold`` (fold variants need one, the others take none)."""
     if variant not in VARIANTS:
         raise InputError(None, f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     v = VARIANTS[variant]
-    train_cases, val_cases = split(data_dir)
+    if v.folds and fold is None:
+        raise InputError(None, f"variant {variant} trains one cross-validation fold: give --fold 0-{len(FOLDS) - 1}")
+    if not v.folds and fold is not None:
+        folded = ", ".join(k for k, w in VARIANTS.items() if w.folds)
+        raise InputError(None, f"variant {variant} has a fixed split; --fold is for {folded}")
+    if fold is not None and not 0 <= fold < len(FOLDS):
+        raise InputError(None, f"--fold {fold} is out of range: choose 0-{len(FOLDS) - 1}")
+    return v
+
+
+def model_id(variant: str, fold: Optional[int] = None) -> str:
+    """The id a run of ``variant`` (and ``fold``) exports under."""
+    v = _variant(variant, fold)
+    return v.model_id if fold is None else f"{v.model_id}-fold{fold}"
+
+
+def export_folder(run_dir: str, variant: str, fold: Optional[int] = None) -> str:
+    """Where a run of ``variant`` writes its bundle by default: ``run_dir/<its model id>``."""
+    return os.path.join(run_dir, model_id(variant, fold))
+
+
+def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_from: Optional[str] = None,
+         fold: Optional[int] = None) -> Plan:
+    """The run of ``variant`` (on ``fold``'s training cases for a fold variant); ``init_from`` (a
+    bundle) replaces the variant's initial weights, e.g. to continue from the last exported model
+    when a run folder was lost."""
+    v = _variant(variant, fold)
+    train_cases, val_cases = split(data_dir, fold)
     cfg = TrainConfig(network="resunet", options=DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
                       patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
-                      clinical_augmentation=v.clinical_augmentation)
+                      clinical_augmentation=v.clinical_augmentation, select_best=not v.folds)
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "
-              f"--epochs {epochs} --iters {iters} --seed {seed}" + (f" --init-from {init_from}" if init_from else ""))
+              + (f"--fold {fold} " if fold is not None else "")
+              + f"--epochs {epochs} --iters {iters} --seed {seed}" + (f" --init-from {init_from}" if init_from else ""))
     start = init_from or v.init_from
     init = bundles.load(start) if start else None
     description = DESCRIPTION + (CLINICAL_AUGMENTATION if v.clinical_augmentation else "")
-    extra = {"id": v.model_id, "demo": False, "clinical_use": False, "description": description, "note": NOTE,
-             "recipe": recipe, "variant": variant, "patch_size": list(v.window), "licence": LICENCE,
+    extra = {"id": model_id(variant, fold), "demo": False, "clinical_use": False, "description": description,
+             "note": NOTE, "recipe": recipe, "variant": variant, "patch_size": list(v.window), "licence": LICENCE,
              "citations": CITATIONS,
              "training_data": {"source": "BraTS 2018 training cases, BraTS 2021 file layout",
                                "train": [c.case_id for c in train_cases],
                                "validation": [c.case_id for c in val_cases]}}
+    if fold is not None:
+        extra["description"] = FOLD_DESCRIPTION.format(fold=fold, n=len(train_cases))
+        extra["note"] = FOLD_NOTE
+        extra["cross_validation"] = {"fold": fold, "folds": [list(f) for f in FOLDS],
+                                     "grades": {c.case_id: GRADES[c.case_id] for c in train_cases + val_cases},
+                                     "exported": "last epoch (the held-out fold chooses nothing)"}
     if init is not None:
         extra["initialised_from"] = {"id": init.id, "weights_sha256": init.manifest.weights_sha256}
-    return Plan(cfg, train_cases, val_cases, init, extra)
+    return Plan(cfg, train_cases, val_cases, init, extra, fold)
 
 
-def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print) -> str:
-    """Validate the network through ``segment``, store the chosen postprocessing and the figures
-    in its manifest, and write the final bundle to ``out`` (replacing an earlier one)."""
+def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print,
+           postprocessing: Optional[PostprocessOptions] = None) -> str:
+    """Validate the network through ``segment``, store the chosen postprocessing (or
+    ``postprocessing``, chosen elsewhere) and the figures in its manifest, and write the final
+    bundle to ``out`` (replacing an earlier one)."""
     manifest = {k: v for k, v in manifest.items() if k != "weights_sha256"}
     parent = os.path.dirname(os.path.abspath(out))
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=parent) as tmp:
         staged = bundles.save(net, os.path.join(tmp, "bundle"), manifest)
-        report, post = validate_bundle(staged, val_cases, log=log)
+        report, post = validate_bundle(staged, val_cases, log=log, postprocessing=postprocessing)
     manifest["postprocessing"] = asdict(post)
     manifest.setdefault("metrics", {})["validation_segment"] = report
     if os.path.exists(out):
@@ -263,7 +277,7 @@ def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print) 
 
 def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 30, iters: int = 100,
                seed: int = 0, resume: bool = True, export: Optional[str] = None, cache_dir: Optional[str] = None,
-               init_from: Optional[str] = None, log=print) -> str:
+               init_from: Optional[str] = None, fold: Optional[int] = None, log=print) -> str:
     """Train (or resume) one variant, validate it through ``segment`` and export the bundle.
 
     Args:
@@ -277,26 +291,34 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
         cache_dir: preprocessed cases (default ``run_dir/cache``); variants can share one.
         init_from: a bundle to start from instead of the variant's initialisation (a new run that
             continues from exported weights; its schedule starts again).
+        fold: the cross-validation fold (0-4) a fold variant holds out.
     """
-    p = plan(data_dir, variant, epochs, iters, seed, init_from)
+    p = plan(data_dir, variant, epochs, iters, seed, init_from, fold)
     trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,
                     bundle_manifest=p.extra, log=log, cache_dir=cache_dir)
     b = bundles.load(trained)
-    return finish(b.network, b.manifest.to_json(), p.val_cases, export or export_folder(run_dir, variant), log)
+    return finish(b.network, b.manifest.to_json(), p.val_cases, export or export_folder(run_dir, variant, fold), log,
+                  _fold_postprocessing(p))
+
+
+def _fold_postprocessing(p: Plan) -> Optional[PostprocessOptions]:
+    """A fold's model is validated without postprocessing (none is chosen on its held-out fold:
+    the setting is chosen later on the pooled out-of-fold labels); other variants search it."""
+    return PostprocessOptions() if p.fold is not None else None
 
 
 def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, variant: str = "2mm",
-                      epochs: int = 30, iters: int = 100, seed: int = 0, log=print) -> str:
+                      epochs: int = 30, iters: int = 100, seed: int = 0, fold: Optional[int] = None, log=print) -> str:
     """A bundle from one checkpoint of a run (the best so far of a run still going, or a snapshot
     at a fixed budget), validated through ``segment`` like a finished run's.
 
     Args:
-        data_dir, variant, epochs, iters, seed: as the run was started.
+        data_dir, variant, epochs, iters, seed, fold: as the run was started.
         run_dir: the run folder (its id goes into the manifest).
         checkpoint: ``checkpoint_best.pt``, ``checkpoint_last.pt`` or a copy of one.
         out: where to write the bundle.
     """
-    p = plan(data_dir, variant, epochs, iters, seed)
+    p = plan(data_dir, variant, epochs, iters, seed, fold=fold)
     state = load_checkpoint(checkpoint)
     net = build(p.cfg.network, **p.cfg.options)
     net.load_state_dict(state["model"])
@@ -308,4 +330,4 @@ def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, va
     manifest.update(p.extra)
     done = int(state["epoch"]) + 1
     manifest["training"]["trained"] = {"epochs": done, "iterations": done * iters, "checkpoint": os.path.basename(checkpoint)}
-    return finish(net, manifest, p.val_cases, out, log)
+    return finish(net, manifest, p.val_cases, out, log, _fold_postprocessing(p))

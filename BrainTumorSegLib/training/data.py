@@ -50,7 +50,7 @@ def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
 
 
 # How cached cases are prepared; part of the cache key, so a change here rebuilds old caches.
-_PREPARATION = "auto, stripped on each sequence's grid"
+_PREPARATION = "auto, stripped on each sequence's grid, foreground per class"
 
 
 def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None) -> str:
@@ -69,12 +69,17 @@ def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None) -> s
     seg = labels_to_working(seg_img, pre.inverse)
     scheme = detect_scheme(seg, case.paths["seg"])
     classes = labels_to_classes(seg, scheme)
-    fg = np.argwhere(classes > 0)
-    if len(fg) > 20000:
-        fg = fg[np.random.default_rng(0).choice(len(fg), 20000, replace=False)]
+    fg, fg_class = [], []
+    for k in range(1, int(classes.max()) + 1):  # up to 20,000 voxels of each class, so rare classes stay findable
+        idx = np.argwhere(classes == k)
+        if len(idx) > 20000:
+            idx = idx[np.random.default_rng(k).choice(len(idx), 20000, replace=False)]
+        fg.append(idx)
+        fg_class.append(np.full(len(idx), k, np.uint8))
     buf = io.BytesIO()
     np.savez(buf, data=pre.data.astype(np.float16), classes=classes.astype(np.uint8),
-             fg=fg.astype(np.int32), spacing=np.array(pre.spacing))
+             fg=np.concatenate(fg or [np.zeros((0, 3), np.int64)]).astype(np.int32),
+             fg_class=np.concatenate(fg_class or [np.zeros(0, np.uint8)]), spacing=np.array(pre.spacing))
     with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(buf.getvalue())
     return path
@@ -86,6 +91,7 @@ class CachedCase:
             self.data = z["data"]
             self.classes = z["classes"]
             self.fg = z["fg"]
+            self.fg_class = z["fg_class"]
             self.spacing = tuple(float(s) for s in z["spacing"])
         self.case_id = os.path.basename(path).rsplit("-", 1)[0]
 
@@ -112,9 +118,14 @@ def _crop(arr: np.ndarray, start: Sequence[int], patch: Sequence[int]) -> np.nda
 
 def sample_patch(case: CachedCase, patch: Sequence[int], rng: np.random.Generator,
                  fg_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
+    """A patch and its classes; with probability ``fg_fraction`` centred (give or take a quarter
+    patch) on a voxel of one tumor class, the class drawn uniformly among those the case has, so a
+    small enhancing rim or a low-grade tumor's core is as often in view as the edema around it."""
     shape = case.classes.shape
     if len(case.fg) and rng.random() < fg_fraction:
-        centre = case.fg[rng.integers(len(case.fg))]
+        present = np.unique(case.fg_class)
+        pool = case.fg[case.fg_class == present[rng.integers(len(present))]]
+        centre = pool[rng.integers(len(pool))]
         start = [int(c) - p // 2 + int(rng.integers(-p // 4, p // 4 + 1)) for c, p in zip(centre, patch)]
     else:
         start = [int(rng.integers(min(0, n - p), max(0, n - p) + 1)) for n, p in zip(shape, patch)]
@@ -196,7 +207,24 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
                 x[c] = np.where(brain, (1 if rng.random() < 0.7 else -1) * x[c] * rng.uniform(0.5, 1.5), x[c])
     if rng.random() < 0.1:  # drop one sequence, as if it were missing
         x[rng.integers(x.shape[0])] = 0
+    elif rng.random() < 0.1:  # one sequence covering only a slab of the brain (a partial field of view)
+        x = cover_partially(x, int(rng.integers(x.shape[0])), rng)
     return x.astype(np.float32), y
+
+
+def cover_partially(x: np.ndarray, channel: int, rng: np.random.Generator) -> np.ndarray:
+    """``channel`` zeroed outside a random slab (30-80 % of the patch along a random axis), as a
+    sequence whose field of view misses part of the brain."""
+    axis = int(rng.integers(3))
+    n = x.shape[axis + 1]
+    width = int(round(n * rng.uniform(0.3, 0.8)))
+    start = int(rng.integers(0, n - width + 1))
+    keep = np.zeros(n, bool)
+    keep[start:start + width] = True
+    shape = [1, 1, 1]
+    shape[axis] = n
+    x[channel] = x[channel] * keep.reshape(shape)
+    return x
 
 
 class PatchDataset(torch.utils.data.Dataset):

@@ -223,7 +223,7 @@ def _export(run: _Run, bundle_manifest: Optional[Dict]) -> str:
         _check_ranks_agree(run)
     if run.dist.main:
         best_path = os.path.join(run.out_dir, "checkpoint_best.pt")
-        if os.path.exists(best_path):
+        if run.cfg.select_best and os.path.exists(best_path):
             run.net.load_state_dict(load_checkpoint(best_path)["model"])
         manifest = run_manifest(run.cfg, run.out_dir, run.data_used, run.history or [], run.best, run.dist.world)
         manifest.update(bundle_manifest or {})

@@ -1,62 +1,111 @@
-"""Accuracy and time on the real validation cases, through the full ``segment`` path.
+"""Accuracy and time on real cases each model did not train on, through the full ``segment`` path.
 
-For each model, every validation case of the real-data recipe (``real_recipe.VALIDATION``, cases
-no shipped model trained on) is segmented from its original files with the model's own default
-settings, and scored against the expert labels: Dice, HD95 (mm, max of the directed 95th
-percentiles; 373.13 when exactly one mask is empty) and volume error (mL, predicted minus
-reference) per region, and seconds per case. Prints one table per model and a summary line each.
+Each model (a bundle or an ensemble, by name or folder) is scored on the cases of ``--data`` that
+none of its members trained on (their manifests' ``training_data.train``): for the shipped models
+the recipe's validation cases and every case added since; for a cross-validation fold model its
+held-out fold. With ``--pool NAME`` the listed models are the folds of one design and their
+held-out cases are pooled into one out-of-fold table. Every case is segmented from its original
+files with the model's own default settings and scored against the expert labels: Dice, HD95 (mm,
+max of the directed 95th percentiles; 373.13 when exactly one mask is empty) and volume error (mL,
+predicted minus reference) per region, seconds per case; then the means over all cases, the
+high-grade ones, the low-grade ones (LGG and no enhancing tumor) and those with little
+enhancement, and how many cases without enhancing tumor got none (``cross_validation.grade_summary``).
 
 Run: python Testing/Benchmarks/bench_real.py [--data ../shared/real-cases]
-     [--models brats-glioma-v1 brats-synthetic-demo] [--device cpu]
+     [--models brats-glioma-ensemble-v1 brats-synthetic-demo] [--pool NAME] [--device cpu]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+from typing import Dict, List
 
 import torch
 
 from BrainTumorSegLib import bundles
+from BrainTumorSegLib.cases import Case, find_cases
+from BrainTumorSegLib.cross_validation import GRADES, grade_summary
 from BrainTumorSegLib.evaluation import score_against
 from BrainTumorSegLib.inference import segment
 from BrainTumorSegLib.labels import REGIONS
-from BrainTumorSegLib.real_recipe import case_table, split
+from BrainTumorSegLib.real_validation import case_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def trained_on(models: List[bundles.Bundle]) -> set:
+    """The case ids any of these bundles trained on."""
+    ids: set = set()
+    for b in models:
+        data = b.manifest.document.get("training_data")
+        ids |= set(map(str, data.get("train", []))) if isinstance(data, dict) else set()
+    return ids
+
+
+def score(models: List[bundles.Bundle], cases: List[Case], device: str):
+    rows, seconds = {}, {}
+    for c in cases:
+        res = segment(c.sequences, models, device)
+        rows[c.case_id] = score_against(res.labels, c.paths["seg"], res.label_scheme)
+        seconds[c.case_id] = res.timings["total"]
+        print(f"  {c.case_id}: {res.timings['total']:.1f} s", flush=True)
+    return rows, seconds
+
+
+def print_table(title: str, per_case: Dict, mean: Dict) -> Dict:
+    print(f"\n{title}")
+    print(f"{'case':<24}{'grade':>10}" + "".join(f"{'Dice ' + r:>9}" for r in REGIONS)
+          + "".join(f"{'HD95 ' + r:>9}" for r in REGIONS) + "".join(f"{'dV ' + r + ' mL':>11}" for r in REGIONS) + f"{'s':>7}")
+    for cid, row in per_case.items():
+        print(f"{cid:<24}{GRADES.get(cid, '?'):>10}" + "".join(f"{row[r]['dice']:>9.3f}" for r in REGIONS)
+              + "".join(f"{row[r]['hd95']:>9.1f}" for r in REGIONS)
+              + "".join(f"{row[r]['volume_error_ml']:>11.1f}" for r in REGIONS) + f"{row['seconds']:>7.1f}")
+    groups = grade_summary(per_case)
+    for g in ("all", "HGG", "low-grade", "little-ET"):
+        m = groups[g]
+        if m["cases"]:
+            print(f"{'mean ' + g + ' (' + str(m['cases']) + ')':<34}" + "".join(f"{m['dice_' + r]:>9.3f}" for r in REGIONS)
+                  + "".join(f"{m['hd95_' + r]:>9.1f}" for r in REGIONS)
+                  + "".join(f"{m['volume_error_ml_' + r]:>11.1f}" for r in REGIONS))
+    w = groups["without_et"]
+    print(f"cases without enhancing tumor given none: {w['none_predicted']} of {w['cases']}; "
+          f"{mean['seconds']:.1f} s per case")
+    return groups
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "real-cases"))
     ap.add_argument("--models", nargs="+", default=[bundles.DEFAULT_MODEL, "brats-synthetic-demo"])
+    ap.add_argument("--pool", metavar="NAME", help="the models are the folds of one design: pool their held-out cases")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    _, val_cases = split(args.data)
-    print(f"{len(val_cases)} validation cases; {platform.processor() or platform.machine()}, "
+    cases = find_cases(args.data)
+    print(f"{len(cases)} cases in {args.data}; {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    pooled_rows: Dict = {}
+    pooled_seconds: Dict = {}
     summary = []
     for name in dict.fromkeys(args.models):
         b = bundles.load_models(name)  # one bundle, or an ensemble's members
-        rows, seconds = {}, {}
-        for c in val_cases:
-            res = segment(c.sequences, b, args.device)
-            rows[c.case_id] = score_against(res.labels, c.paths["seg"], res.label_scheme)
-            seconds[c.case_id] = res.timings["total"]
-        per_case, mean = case_table(rows, seconds)
-        print(f"\n{name}{' (demo)' if any(m.demo for m in b) else ''}")
-        print(f"{'case':<24}" + "".join(f"{'Dice ' + r:>9}" for r in REGIONS) + "".join(f"{'HD95 ' + r:>9}" for r in REGIONS)
-              + "".join(f"{'dV ' + r + ' mL':>11}" for r in REGIONS) + f"{'s':>7}")
-        mean_row = {r: {k: mean[f"{k}_{r}"] for k in ("dice", "hd95", "volume_error_ml")} for r in REGIONS}
-        for cid, row in list(per_case.items()) + [("mean", dict(mean_row, seconds=mean["seconds"]))]:
-            print(f"{cid:<24}" + "".join(f"{row[r]['dice']:>9.3f}" for r in REGIONS)
-                  + "".join(f"{row[r]['hd95']:>9.1f}" for r in REGIONS)
-                  + "".join(f"{row[r]['volume_error_ml']:>11.1f}" for r in REGIONS) + f"{row['seconds']:>7.1f}")
-        summary.append((name, mean))
-    print("\nsummary (mean over the validation cases)")
-    for mid, m in summary:
-        print(f"  {mid:<22} Dice WT {m['dice_WT']:.3f} TC {m['dice_TC']:.3f} ET {m['dice_ET']:.3f}  "
-              f"HD95 WT {m['hd95_WT']:.1f} TC {m['hd95_TC']:.1f} ET {m['hd95_ET']:.1f} mm  {m['seconds']:.1f} s/case")
+        seen = trained_on(b)
+        held_out = [c for c in cases if c.case_id not in seen]
+        print(f"\n{name}: {len(held_out)} cases it did not train on")
+        rows, seconds = score(b, held_out, args.device)
+        pooled_rows.update(rows)
+        pooled_seconds.update(seconds)
+        if not args.pool:
+            per_case, mean = case_table(rows, seconds)
+            summary.append((name, print_table(name + (" (demo)" if any(m.demo for m in b) else ""), per_case, mean)))
+    if args.pool:
+        per_case, mean = case_table(pooled_rows, pooled_seconds)
+        summary.append((args.pool, print_table(f"{args.pool}: out of fold, pooled over {len(args.models)} models",
+                                               per_case, mean)))
+    print("\nsummary (mean Dice WT / TC / ET over the cases each model did not train on)")
+    for mid, g in summary:
+        print(f"  {mid:<28}" + "  ".join(f"{k} ({g[k]['cases']}) {g[k]['dice_WT']:.3f} / {g[k]['dice_TC']:.3f} / "
+                                         f"{g[k]['dice_ET']:.3f}" for k in ("all", "HGG", "low-grade") if g[k]["cases"]))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,28 @@ def rotation_direction(angle_deg: float, axis: int = 2) -> list:
     return r.ravel().tolist()
 
 
+TINY = {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]}
+
+
+def save_tiny_bundle(data: np.ndarray, folder, model_id: str = "tiny", spacing_mm: float = 2.0) -> str:
+    """A small real network whose output bias is set so that about half the brain of ``data`` (a
+    preprocessed case on a grid of ``spacing_mm``) is 'tumor': random weights, but labels that depend
+    on the image, so comparisons are not trivial. Saved as a bundle working at that spacing."""
+    import torch
+
+    from BrainTumorSegLib import bundles
+    from BrainTumorSegLib.networks import build
+
+    torch.manual_seed(0)
+    net = build("resunet", **TINY).eval()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(np.ascontiguousarray(data))[None])[0]
+        net.head.bias -= logits.flatten(1).median(1).values
+    return bundles.save(net, folder, {"id": model_id, "version": "0", "network": "resunet", "options": TINY,
+                                      "label_scheme": "brats2021", "patch_size": [64, 64, 64], "demo": True,
+                                      "preprocessing": {"spacing_mm": spacing_mm}})
+
+
 def run_cli(*args: str, cwd: Optional[str] = None) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess (``python -m BrainTumorSegLib``)."""
     return subprocess.run([sys.executable, "-m", "BrainTumorSegLib", *args], capture_output=True,

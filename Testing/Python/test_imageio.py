@@ -158,5 +158,7 @@ def test_unsupported_extension_and_folder(tmp_path):
     (tmp_path / "x.png").write_bytes(b"")
     with pytest.raises(InputError, match="unsupported file type"):
         imageio.read_image(tmp_path / "x.png")
-    with pytest.raises(InputError, match="is a folder"):
+    with pytest.raises(InputError, match="holds no DICOM series"):  # a folder is read as a DICOM series
         imageio.read_image(tmp_path)
+    with pytest.raises(InputError, match="is a folder"):
+        imageio.read_image(tmp_path, "label")

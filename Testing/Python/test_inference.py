@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import cli_main, one_line_error, run_cli
+from conftest import cli_main, one_line_error, run_cli, save_tiny_bundle
 
 import BrainTumorSegLib
 from BrainTumorSegLib import bundles
@@ -21,8 +21,6 @@ from BrainTumorSegLib.inference import SegmentOptions, probabilities_to_labels, 
 from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.preprocessing import PreprocessOptions, preprocess
 from BrainTumorSegLib.segment_options import NO_POSTPROCESSING
-
-TINY = {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]}
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +40,9 @@ def small_case_dir(tmp_path_factory, phantom_case_dir):
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory, phantom_case_dir):
-    """A small real network whose output bias is set, on a 2 mm grid, so that about half the brain is
-    'tumor': random weights, but labels that depend on the image, so comparisons are not trivial."""
-    torch.manual_seed(0)
-    net = build("resunet", **TINY).eval()
-    case = find_case(phantom_case_dir)
-    data = torch.from_numpy(preprocess(case.sequences).data[:, ::2, ::2, ::2].copy())[None]
-    with torch.no_grad():
-        logits = net(data)[0]
-        net.head.bias -= logits.flatten(1).median(1).values
-    folder = tmp_path_factory.mktemp("bundles") / "tiny"
-    return bundles.save(net, folder, {"id": "tiny", "version": "0", "network": "resunet", "options": TINY,
-                                      "label_scheme": "brats2021", "patch_size": [64, 64, 64], "demo": True,
-                                      "preprocessing": {"spacing_mm": 2.0}})  # calibrated on a 2 mm grid
+    """A small network with random weights, calibrated on the phantom taken to 2 mm (conftest.save_tiny_bundle)."""
+    data = preprocess(find_case(phantom_case_dir).sequences).data[:, ::2, ::2, ::2]
+    return save_tiny_bundle(data, tmp_path_factory.mktemp("bundles") / "tiny")
 
 
 def labels_of(res):
@@ -222,7 +210,8 @@ def test_cli_segment_cases_folder(tiny_bundle, small_case_dir, tmp_path):
     r = run_cli("segment", "--cases", os.path.dirname(small_case_dir), "-o", str(tmp_path), "--model", tiny_bundle,
                 "--quiet", "--report", "yes")
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(tmp_path)) == ["Small_0000.nii.gz", "Small_0000_report.json"]
+    assert sorted(os.listdir(tmp_path)) == ["Small_0000.nii.gz", "Small_0000_qc.png", "Small_0000_report.json",
+                                            "batch.log", "index.html", "summary.csv"]  # test_dicom_batch.py
     rep = json.loads((tmp_path / "Small_0000_report.json").read_text())
     assert rep["model"] == "tiny" and 0 < rep["timings_s"]["load_model"] <= rep["timings_s"]["total"]
 

@@ -80,8 +80,11 @@ def test_readme_names_the_wheel_as_it_is_built(wheel):
 def test_readme_test_command_is_the_one_ci_runs_and_its_quick_start_writes_into_an_ignored_folder():
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
         ci = f.read().splitlines()
-    command = ci[ci.index("# README test command, verbatim:") + 1]
-    assert command in readme().splitlines() and "hypothesis" in command
+    command = ci[next(i for i, ln in enumerate(ci) if ln.startswith("# README test command, verbatim")) + 1]
+    assert command in readme().splitlines() and "setup_venv.py test " in command
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        test_extra = re.search(r"^test = \[(.*?)\]", f.read(), re.M | re.S)
+    assert test_extra and '"hypothesis' in test_extra.group(1)  # the command's test extra brings hypothesis
     quick = next(ln for ln in readme().splitlines() if " segment --case Resources/Samples/" in ln)
     written = re.findall(r"(?:-o|--report) (\S+)", quick)
     with open(os.path.join(ROOT, ".gitignore"), encoding="utf-8") as f:

@@ -9,12 +9,15 @@ import pytest
 import SimpleITK as sitk
 
 from BrainTumorSegLib import bundles
+from BrainTumorSegLib.cross_validation import FOLDS, GRADES, NO_ET
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.real_recipe import CITATIONS, MODEL_ID, VALIDATION, export_checkpoint, split, train_real
+from BrainTumorSegLib.real_recipe import CITATIONS, MODEL_ID, VALIDATION, ensemble_manifest, export_checkpoint, split, train_real
+from BrainTumorSegLib.training import load_checkpoint
 
 
-def write_case(root, case_id: str, seed: int) -> None:
-    """A 48^3 1 mm 'brain' ball with a tumor (edema around a core with an enhancing rim)."""
+def write_case(root, case_id: str, seed: int, enhancing: bool = True) -> None:
+    """A 48^3 1 mm 'brain' ball with a tumor (edema around a core with an enhancing rim, or a
+    non-enhancing core only)."""
     rng = np.random.default_rng(seed)
     z, y, x = np.mgrid[:48, :48, :48]
     brain = (z - 24) ** 2 + (y - 24) ** 2 + (x - 24) ** 2 < 20 ** 2
@@ -22,7 +25,7 @@ def write_case(root, case_id: str, seed: int) -> None:
     r = np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2)
     seg = np.zeros(brain.shape, np.uint8)
     seg[(r < 9) & brain] = 2
-    seg[r < 5] = 4
+    seg[r < 5] = 4 if enhancing else 1
     seg[r < 3] = 1
     folder = os.path.join(root, case_id)
     os.makedirs(folder)
@@ -84,3 +87,76 @@ def test_recipe_trains_validates_through_segment_exports_and_resumes(standins, t
     sm = bundles.read_manifest(snap).to_json()
     assert sm["training"]["trained"] == {"epochs": 1, "iterations": 2, "checkpoint": "checkpoint_last.pt"}
     assert "validation_segment" in sm["metrics"] and bundles.load(snap).network is not None
+    # an ensemble of models that are not folds is validated on every case none of them trained on
+    doc = ensemble_manifest(standins, [out, snap], log=lambda *a: None)
+    assert sorted(doc["training_data"]["validation"]) == sorted(VALIDATION)
+    assert sorted(doc["metrics"]["validation_segment"]["per_case"]) == sorted(VALIDATION)
+    assert doc["metrics"]["validation_segment"]["by_grade"]["HGG"]["cases"] == len(VALIDATION)
+
+
+@pytest.fixture(scope="module")
+def all_standins(tmp_path_factory):
+    """Stand-ins for all 32 shared cases (those without enhancing tumor have none)."""
+    root = tmp_path_factory.mktemp("realish32")
+    for i, cid in enumerate(GRADES):
+        write_case(str(root), cid, i, enhancing=GRADES[cid] != NO_ET)
+    return str(root)
+
+
+def test_fold_split_holds_out_one_fold_and_needs_every_case(all_standins, standins):
+    for k, held_out in enumerate(FOLDS):
+        train, val = split(all_standins, fold=k)
+        assert sorted(c.case_id for c in val) == sorted(held_out)
+        assert len(train) == len(GRADES) - len(held_out) and not {c.case_id for c in train} & set(held_out)
+    with pytest.raises(InputError, match="all 32 for cross-validation"):
+        split(standins, fold=0)
+
+
+@pytest.mark.parametrize("variant, fold, message", [("2mm-cv", None, "give --fold"), ("2mm-cv", 5, "out of range"),
+                                                    ("2mm", 0, "has a fixed split")])
+def test_fold_and_variant_must_agree(all_standins, tmp_path, variant, fold, message):
+    with pytest.raises(InputError, match=message):
+        train_real(all_standins, str(tmp_path / "run"), variant=variant, fold=fold, epochs=1, iters=1)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def fold_runs(all_standins, tmp_path_factory):
+    """Folds 0 and 1 of the cross-validation, trained for two short epochs: their run folders."""
+    root = tmp_path_factory.mktemp("folds")
+    for k in (0, 1):
+        train_real(all_standins, str(root / f"fold{k}"), variant="2mm-cv", fold=k, epochs=2, iters=1,
+                   cache_dir=str(root / "cache"), log=lambda *a: None)
+    return root
+
+
+def test_a_fold_exports_its_last_epoch_with_out_of_fold_figures_per_grade(fold_runs):
+    run = fold_runs / "fold0"
+    out = str(run / "brats-glioma-v2-fold0")
+    m = bundles.read_manifest(out).to_json()
+    assert m["id"] == "brats-glioma-v2-fold0" and sorted(m["training_data"]["validation"]) == sorted(FOLDS[0])
+    assert m["cross_validation"]["fold"] == 0 and "BraTS2021_01477" in m["training_data"]["train"]
+    # the held-out fold chooses nothing: last epoch's weights, no postprocessing searched on it
+    last = load_checkpoint(str(run / "checkpoint_last.pt"))["model"]
+    net = bundles.load(out).network
+    assert all(np.array_equal(net.state_dict()[k].numpy(), v.numpy()) for k, v in last.items())
+    v = m["metrics"]["validation_segment"]
+    assert "postprocessing_search" not in v and m["postprocessing"]["min_component_voxels"] == 0
+    g = v["by_grade"]
+    assert (g["all"]["cases"], g["HGG"]["cases"], g["low-grade"]["cases"], g["little-ET"]["cases"]) == (7, 5, 2, 0)
+    assert g["without_et"]["cases"] == 1 and 0 <= g["without_et"]["none_predicted"] <= 1
+    hgg = [c for c in FOLDS[0] if GRADES[c] == "HGG"]
+    assert g["HGG"]["dice_TC"] == pytest.approx(np.mean([v["per_case"][c]["TC"]["dice"] for c in hgg]))
+
+
+def test_an_ensemble_of_folds_records_their_pooled_out_of_fold_figures(all_standins, fold_runs):
+    folds = [str(fold_runs / f"fold{k}" / f"brats-glioma-v2-fold{k}") for k in (0, 1)]
+    doc = ensemble_manifest(all_standins, folds, log=lambda *a: None)
+    oof = doc["metrics"]["out_of_fold"]
+    assert sorted(oof["cases"]) == sorted(FOLDS[0] + FOLDS[1]) and oof["folds"] == [0, 1]
+    fold1 = bundles.read_manifest(folds[1]).document["metrics"]["validation_segment"]["per_case"]
+    assert oof["per_case"]["BraTS2021_01477"] == fold1["BraTS2021_01477"]
+    assert oof["by_grade"]["all"]["cases"] == 14 and oof["by_grade"]["without_et"]["cases"] == 2
+    assert sorted(doc["training_data"]["train"]) == sorted(GRADES)
+    with pytest.raises(InputError, match="not distinct folds"):
+        ensemble_manifest(all_standins, [folds[0], folds[0]], log=lambda *a: None)

@@ -13,7 +13,7 @@ from BrainTumorSegLib.cases import find_cases
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.training import PatchDataset, TrainConfig, cache_case, check_cases, compute_loss, train
-from BrainTumorSegLib.training.data import CachedCase, simulate_thick_slices, vary_brain_mask
+from BrainTumorSegLib.training.data import CachedCase, cover_partially, sample_patch, simulate_thick_slices, vary_brain_mask
 
 SMALL = {"resunet": {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]},
          "agse_vnet": {"dropout": 0.0}}  # its 0.5 dropout makes 10 steps too noisy to compare
@@ -302,3 +302,29 @@ def test_training_progress_goes_to_the_callers_callback(small_cases, tmp_path, c
     assert [s for s, _ in seen] == ["training"] * 6
     assert [round(f, 3) for _, f in seen] == [round(k / 6, 3) for k in range(1, 7)]
     assert capsys.readouterr().err == ""
+
+
+def test_tumor_patches_centre_on_each_class_alike():
+    """A case whose enhancing tumor is 0.1 % of its tumor: class-balanced centres put it in view in
+    about a third of the tumor-centred patches (voxel-uniform centres would almost never)."""
+    classes = np.zeros((40, 80, 80), np.uint8)
+    classes[5:35, 5:75, 5:75] = 2      # a large edema
+    classes[18:22, 60:64, 60:64] = 3   # a tiny enhancing spot
+    fg = np.argwhere(classes > 0)
+    case = CachedCase.__new__(CachedCase)
+    case.__dict__.update(data=np.zeros((4,) + classes.shape, np.float16), classes=classes, fg=fg.astype(np.int32),
+                         fg_class=classes[tuple(fg.T)], spacing=(2.0, 2.0, 2.0), case_id="x")
+    rng = np.random.default_rng(0)
+    seen = sum(int((sample_patch(case, (8, 8, 8), rng, 1.0)[1] == 3).any()) for _ in range(300))
+    assert 60 <= seen <= 200, seen
+
+
+def test_partial_coverage_zeroes_one_sequence_outside_a_slab():
+    x = np.ones((4, 16, 20, 24), np.float32)
+    out = cover_partially(x.copy(), 2, np.random.default_rng(4))
+    assert np.array_equal(out[[0, 1, 3]], x[[0, 1, 3]])
+    kept = out[2] > 0
+    assert 0.25 < kept.mean() < 0.85
+    # the kept part is one slab: along some axis every plane is either all kept or all zeroed
+    others = [tuple(a for a in range(3) if a != ax) for ax in range(3)]
+    assert any(np.all(kept.all(axis=o) | ~kept.any(axis=o)) for o in others)
