@@ -22,7 +22,17 @@ from slicer.ScriptedLoadableModule import (
 )
 
 from BrainTumorSegModuleLib import dependencies
-from BrainTumorSegModuleLib.logic import MODULE_NAME, BrainTumorSegLogic, ModuleError, model_tooltip
+from BrainTumorSegModuleLib.logic import (
+    CHOICES,
+    MODULE_NAME,
+    BrainTumorSegLogic,
+    ModuleError,
+    from_spin_box,
+    help_text,
+    model_tooltip,
+    spin_box_range,
+    to_spin_box,
+)
 from BrainTumorSegModuleLib.roles import ROLES, segment_blocker
 
 MODEL_FOLDERS_KEY = "BrainTumorSeg/modelFolders"  # bundle folders the user loaded by hand
@@ -157,6 +167,12 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.ui.saveCaseButton.connect("clicked()", self.onSaveCase)
         self.ui.finetuneButton.connect("clicked()", self.onFinetuneOrCancel)
         self.ui.modelNoteLabel.text = MODEL_NOTE
+        # range, meaning and default of the options from the library's declaration
+        self.ui.etThresholdSpinBox.setRange(*spin_box_range("min_et_voxels"))
+        self.ui.etThresholdSpinBox.specialValueText = "the model's own"
+        self.ui.etThresholdSpinBox.value = to_spin_box("min_et_voxels", CHOICES["min_et_voxels"])
+        self.ui.etThresholdSpinBox.toolTip = help_text("min_et_voxels")
+        self.ui.ttaCheckBox.toolTip = help_text("tta")
         self.refreshModels()
         self.ui.deviceComboBox.addItem("Auto")
         self.device_job = None
@@ -198,7 +214,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
     def currentChoices(self) -> dict:
         """The options as the parameter node keeps them (logic.CHOICES)."""
         return {"model": self.ui.modelComboBox.currentData, "device": self.device(), "tta": self.ui.ttaCheckBox.checked,
-                "uncertainty": self.ui.uncertaintyCheckBox.checked, "min_et_voxels": self.ui.etThresholdSpinBox.value,
+                "uncertainty": self.ui.uncertaintyCheckBox.checked, "min_et_voxels": self.minEtVoxels(),
                 "clinical": self.ui.clinicalCheckBox.checked, "brain_mask": self.ui.brainMaskCheckBox.checked}
 
     def restoreChoices(self) -> None:
@@ -217,9 +233,13 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.selectDevice(str(choices["device"]))
         self.ui.ttaCheckBox.checked = bool(choices["tta"])
         self.ui.uncertaintyCheckBox.checked = bool(choices["uncertainty"])
-        self.ui.etThresholdSpinBox.value = int(choices["min_et_voxels"] or 0)
+        self.ui.etThresholdSpinBox.value = to_spin_box("min_et_voxels", choices["min_et_voxels"])
         self.ui.clinicalCheckBox.checked = bool(choices["clinical"])
         self.ui.brainMaskCheckBox.checked = bool(choices["brain_mask"])
+
+    def minEtVoxels(self):
+        """The spin box's choice: a voxel count, or None for the model's own."""
+        return from_spin_box("min_et_voxels", self.ui.etThresholdSpinBox.value)
 
     def selectDevice(self, device: str) -> None:
         """Select ``device`` (auto, cpu, cuda:0...) where this machine has it; else leave the choice."""
@@ -367,7 +387,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
             self.run = self.logic.start_segmentation(
                 self.volumes(), model=self.ui.modelComboBox.currentData, device=self.device(),
                 tta=self.ui.ttaCheckBox.checked, uncertainty=self.ui.uncertaintyCheckBox.checked,
-                min_et_voxels=self.ui.etThresholdSpinBox.value, clinical=clinical,
+                min_et_voxels=self.minEtVoxels(), clinical=clinical,
                 brain_mask=self.ui.brainMaskCheckBox.checked, output=output)
         except ModuleError as exc:
             self.ui.statusLabel.text = f"Error: {exc}"

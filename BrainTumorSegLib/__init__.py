@@ -12,7 +12,10 @@ Pure Python and PyTorch; never imports Slicer. Modules, one job each:
 * ``metrics`` and ``evaluation``: BraTS metrics and ``braintumorseg evaluate``
 * ``phantom``: synthetic BraTS-like cases; ``clinical_phantom``: clinical-like cases made from them
 * ``networks``, ``sliding_window``, ``inference`` (``segment``), ``bundles``, ``devices``:
-  the networks and the inference engine
+  the networks and the inference engine; ``segment_options``: its options, declared once
+* ``dicom_series``, ``dicom_seg``, ``qc_picture``, ``extra_outputs``, ``batch``: DICOM in and out,
+  QC pictures and the ``--cases`` run
+* ``cli`` and ``segment_cli``: the command line (``segment``'s checks before any weights are read)
 * ``training``, ``losses``, ``recipes``: training and the demo model's recipe
 
 ``BrainTumorSegLib.segment(inputs, model, device, options, progress, cancel)`` is the API the
@@ -20,7 +23,7 @@ Slicer module and scripts call.
 """
 __version__ = "0.2.0"
 
-_LAZY = {"segment": "inference", "SegmentOptions": "inference", "SegmentationResult": "inference"}
+_LAZY = {"segment": "inference", "SegmentOptions": "segment_options", "SegmentationResult": "inference"}
 
 
 def __getattr__(name: str):

@@ -22,8 +22,8 @@ import torch
 
 from .atomicfile import write_json
 from .errors import InputError
+from .segment_options import BACKENDS
 
-BACKENDS = ("auto", "torch", "openvino")
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import InputError, PathLike
 from .imageio import image_extension, strip_extension
@@ -90,6 +90,13 @@ class Case:
     @property
     def sequences(self) -> Dict[str, str]:
         return {r: self.paths[r] for r in SEQUENCES if r in self.paths}
+
+
+def sequences_needed(roles: Sequence[str]) -> str:
+    """A model's sequences in words, with those a case may lack: ``t1, t1ce, t2, flair (t1 and t2
+    may be left out)``."""
+    optional = [r for r in roles if r in OPTIONAL_SEQUENCES]
+    return ", ".join(roles) + (f" ({' and '.join(optional)} may be left out)" if optional else "")
 
 
 def find_case(folder: PathLike) -> Case:

@@ -7,20 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
-from . import __version__, progress
-from .cases import OPTIONAL_SEQUENCES, SEQUENCES
+from . import __version__, segment_cli
 from .errors import Cancelled, InputError
-
-if TYPE_CHECKING:
-    from .bundles import Manifest
-    from .extra_outputs import CaseFiles
-
-PROG = "braintumorseg"
+from .segment_cli import PROG
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
@@ -161,189 +154,6 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ProgressBar:
-    """One line on stderr: stage and percentage. With ``BRAINTUMORSEG_PROGRESS=lines`` (set by the
-    Slicer module, which runs this command in the background) it prints ``progress STAGE FRACTION``
-    lines on stdout instead."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.lines = progress.lines_wanted()
-        self.enabled = enabled and sys.stderr.isatty()
-        self.last = ""
-
-    def __call__(self, stage: str, fraction: float) -> None:
-        if self.lines:
-            print(progress.format_line(stage, fraction), flush=True)
-            return
-        if not self.enabled:
-            return
-        width = 30
-        filled = int(round(fraction * width))
-        line = f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} {stage:<16}"
-        if line != self.last:
-            print(line, end="", file=sys.stderr, flush=True)
-            self.last = line
-        if stage == "done":
-            print("", file=sys.stderr)
-
-
-def _segment_options(args: argparse.Namespace, manifest: "Manifest"):
-    from .inference import SegmentOptions
-    from .postprocessing import PostprocessOptions
-
-    post = dict(manifest.postprocessing)
-    if args.min_et_voxels is not None:
-        post["min_et_voxels"] = args.min_et_voxels
-    return SegmentOptions(tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
-                          uncertainty=bool(args.uncertainty), label_scheme=args.label_scheme,
-                          postprocess=PostprocessOptions(**post), isotropic=args.isotropic,
-                          register=args.register, skull_strip=args.skull_strip, bias_field=args.bias_field,
-                          cpu_bf16={"auto": None, "fp32": False, "bf16": True}[args.precision],
-                          backend=args.backend, brain_mask=bool(args.brain_mask))
-
-
-def _spacing_arg(value: str):
-    """``--isotropic``: auto, off, or a positive spacing in mm."""
-    from .preprocessing import parse_spacing
-
-    try:
-        return parse_spacing(value)
-    except InputError:
-        raise argparse.ArgumentTypeError(f"{value!r}: use auto, off or a spacing in mm") from None
-
-
-def _segment_one(inputs: dict, files: "CaseFiles", args: argparse.Namespace, models: list, case_id: str,
-                 reference_path: Optional[str] = None) -> dict:
-    from . import extra_outputs
-    from .atomicfile import write_json
-    from .dicom_series import read_inputs
-    from .imageio import check_not_input, check_output_path, write_image
-    from .inference import segment
-
-    extra_outputs.check(files, inputs)
-    series = read_inputs(inputs, args.series_uid)  # sequences given as DICOM series folders, read and checked
-    images = {r: series[r].image if r in series else p for r, p in inputs.items()}
-    input_paths = [p for p in inputs.values() if p] + [f for s in series.values() for f in s.files]
-    for path in [files.labels] + [p for p in (files.uncertainty, files.brain_mask) if p]:
-        check_output_path(path)
-    for path in files.paths():
-        check_not_input(path, input_paths)
-    reference = _read_reference(reference_path, images.get("t1ce")) if reference_path else None
-    res = segment(images, models, args.device, _segment_options(args, models[0].manifest),
-                  progress=_ProgressBar(not args.quiet))
-    pending = extra_outputs.make(files, res, images, series.get("t1ce"), case_id)
-    # all outputs are computed before any is written; each write is atomic
-    write_image(res.labels, files.labels, input_paths)
-    if files.uncertainty:
-        assert res.uncertainty is not None  # asked for through SegmentOptions(uncertainty=True)
-        write_image(res.uncertainty, files.uncertainty, input_paths)
-    if files.brain_mask:
-        assert res.brain_mask is not None  # asked for through SegmentOptions(brain_mask=True)
-        write_image(res.brain_mask, files.brain_mask, input_paths)
-    extra_outputs.write(pending, input_paths)
-    rep = res.report()
-    rep["inputs"] = inputs
-    rep["dicom_series"] = {r: {"folder": s.folder, "series_uid": s.uid, "files": len(s.files)} for r, s in series.items()}
-    rep["output"] = files.labels
-    if reference is not None:
-        assert reference_path is not None
-        rep["against_reference"] = _score_against(res, reference, reference_path)
-        print("against the reference labels: " + ", ".join(
-            f"{r} Dice {rep['against_reference'][r]['dice']:.3f} HD95 {rep['against_reference'][r]['hd95_mm']:.1f} mm"
-            for r in ("WT", "TC", "ET")))
-    if files.report:
-        write_json(files.report, rep, input_paths)
-    for w in res.warnings:
-        print(f"{PROG}: warning: {w}", file=sys.stderr)
-    v = res.volumes_ml
-    print(f"{files.labels}: WT {v['WT']:.1f} mL, TC {v['TC']:.1f} mL, ET {v['ET']:.1f} mL "
-          f"(NCR {v['NCR']:.1f}, ED {v['ED']:.1f}); {res.timings['total']:.1f} s on {res.device}")
-    return rep
-
-
-def _read_reference(path: str, t1ce):
-    """Expert labels to compare the result with, checked before any work: labels, on the grid of
-    the T1ce (a path or an image)."""
-    import SimpleITK as sitk
-
-    from .imageio import read_image, same_grid
-    from .labels import detect_scheme
-
-    img = read_image(path, "label")
-    detect_scheme(sitk.GetArrayViewFromImage(img), path)
-    if t1ce is not None and not same_grid(img, t1ce if isinstance(t1ce, sitk.Image) else read_image(t1ce)):
-        raise InputError(path, "is not on the grid of the T1ce image; cannot compare")
-    return img
-
-
-def _score_against(res, reference, path: str) -> dict:
-    """Dice and HD95 per region of the result against expert labels on the same grid."""
-    from .evaluation import score_images
-    from .labels import REGIONS
-
-    m = score_images(res.labels, reference, pred_scheme=res.label_scheme, pred_name="the result", ref_name=path)
-    return {"labels": path, **{r: {"dice": m[r]["dice"], "hd95_mm": m[r]["hd95"]} for r in REGIONS}}
-
-
-def _load_models(args: argparse.Namespace) -> list:
-    from . import bundles
-
-    models = [b for m in (args.model or [bundles.DEFAULT_MODEL]) for b in bundles.load_models(m)]
-    said = set()  # an ensemble's members often share their note
-    for m in models:
-        note = " is a DEMO trained on synthetic data only; not for clinical use" if m.demo else f": {m.manifest.note}"
-        if (m.demo or m.manifest.note) and note not in said:
-            said.add(note)
-            print(f"{PROG}: note: model {m.id}{note}", file=sys.stderr)
-    return models
-
-
-def _cmd_segment(args: argparse.Namespace) -> int:
-    from .cases import REQUIRED_SEQUENCES, find_case
-    from .extra_outputs import CaseFiles, check
-    from .imageio import strip_extension
-
-    given = {r: getattr(args, r) for r in SEQUENCES}
-    modes = sum([bool(args.case), bool(args.cases), any(given.values())])
-    if modes != 1:
-        raise InputError(None, "give the sequences (--t1ce --flair, and --t1 --t2 where there are), or --case DIR, "
-                               "or --cases DIR")
-    if args.cases:
-        return _segment_batch(args)
-    case = find_case(args.case).require(REQUIRED_SEQUENCES) if args.case else None
-    files = CaseFiles(args.output, args.uncertainty, args.report, args.brain_mask, args.dicom_seg, args.qc)
-    check(files, case.sequences if case else given)  # DICOM SEG and QC picture: before any work
-    models = _load_models(args)
-    if case:
-        inputs = case.sequences
-    else:
-        needed = [r for r in models[0].manifest.in_sequences if r not in OPTIONAL_SEQUENCES]
-        missing = [r for r in needed if not given[r]]
-        if missing:
-            raise InputError(f"--{missing[0]}", f"no {missing[0]} sequence given; the model needs {', '.join(needed)} "
-                                                f"({' and '.join(OPTIONAL_SEQUENCES)} may be left out)")
-        inputs = {r: p for r, p in given.items() if p}
-    case_id = case.case_id if case else strip_extension(os.path.basename(args.output))
-    _segment_one(inputs, files, args, models, case_id, args.reference_labels)
-    return 0
-
-
-def _segment_batch(args: argparse.Namespace) -> int:
-    """--cases: every case into the output folder, with summary.csv, index.html and batch.log (batch.py)."""
-    from .batch import Batch, BatchOptions
-
-    if args.reference_labels:
-        raise InputError("--reference-labels", "names one case's labels; with --cases each case's own "
-                                               "<id>_seg file is used")
-    job = Batch(args.cases, args.output, BatchOptions(
-        uncertainty=bool(args.uncertainty), report=bool(args.report), brain_mask=bool(args.brain_mask),
-        dicom_seg=bool(args.dicom_seg), qc=True if args.qc else None, skip_existing=args.skip_existing,
-        quiet=args.quiet))
-    models = _load_models(args)
-    return job.run(lambda case, files: _segment_one(case.sequences, files, args, models, case.case_id,
-                                                    case.paths.get("seg")))
-
-
 def _cmd_models(args: argparse.Namespace) -> int:
     from . import bundles
 
@@ -447,49 +257,7 @@ def _add_data_commands(sub) -> None:
 
 def _add_segment_command(sub) -> None:
     """segment, models and devices."""
-    sg = sub.add_parser("segment", help="segment a case: necrotic core, edema, enhancing tumor on the T1ce grid")
-    for r in SEQUENCES:
-        sg.add_argument(f"--{r}", help=f"{r} volume, or a folder holding its DICOM series"
-                                       + (" (may be left out: its channel is then empty)" if r in OPTIONAL_SEQUENCES else ""))
-    sg.add_argument("--case", help="a case folder instead of the four: files named by role (BraTS layout), or "
-                                   "subfolders t1/ t1ce/ t2/ flair/ each holding one DICOM series")
-    sg.add_argument("--cases", help="a folder of such cases; -o is then an output folder, which also gets "
-                                    "summary.csv, index.html (every case's QC picture) and batch.log; a failed "
-                                    "case does not stop the others, and the exit status is then 1")
-    sg.add_argument("-o", "--output", required=True, help="output label file (.nii.gz, .nrrd, ...) or folder with --cases")
-    sg.add_argument("--model", action="append", help="model name, bundle folder or ensemble folder; repeat for an "
-                                                      "ensemble (default: the shipped default model)")
-    sg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    sg.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 flips)")
-    sg.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
-    sg.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
-    sg.add_argument("--uncertainty", help="also write a voxel-wise uncertainty map (entropy, 0..1) here")
-    sg.add_argument("--label-scheme", choices=("brats2021", "brats2023"), help="default: the model's")
-    sg.add_argument("--min-et-voxels", type=int, help="relabel ET as necrosis below this many voxels (default: model's)")
-    sg.add_argument("--report", help="write a JSON report: model, device, timings, volumes, geometry")
-    sg.add_argument("--isotropic", nargs="?", const="1", default="auto", type=_spacing_arg,
-                    help="working spacing for models without their own: auto = 1 mm when the T1ce is not about "
-                         "1 mm, off = the T1ce's grid, or a spacing in mm (alone: 1); default auto")
-    sg.add_argument("--register", nargs="?", const="always", default="auto", choices=("auto", "always", "never"),
-                    help="rigid registration of the other sequences to the T1ce: auto = when their grids differ "
-                         "or they look misaligned (default auto)")
-    sg.add_argument("--skull-strip", default="auto", choices=("auto", "always", "never"),
-                    help="HD-BET skull stripping (the clinical extra): auto = when an input does not look "
-                         "skull-stripped (default auto)")
-    sg.add_argument("--bias-field", action="store_true", help="N4 bias-field correction inside the brain (off by default)")
-    sg.add_argument("--brain-mask", help="also write the brain mask (HD-BET's when stripped) here, on the T1ce grid")
-    sg.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                    help="CPU arithmetic: auto = bf16 autocast where the CPU runs bf16 natively (AMX, "
-                         "AVX512-BF16), else fp32 (default auto); CUDA always uses fp16 autocast")
-    sg.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
-                    help="CPU inference backend: auto = OpenVINO where installed (the openvino extra) and "
-                         "measured faster for the model on this CPU, else torch (default auto)")
-    sg.add_argument("--quiet", action="store_true", help="no progress bar")
-    sg.add_argument("--reference-labels", help="expert labels of the case: print Dice and HD95 of the result "
-                                               "against them (and add them to the report)")
-    _add_hospital_args(sg)
-    sg.set_defaults(func=_cmd_segment)
-
+    segment_cli.add_parser(sub)
 
     md = sub.add_parser("models", help="list installed model bundles and ensembles")
     md.set_defaults(func=_cmd_models)
@@ -513,21 +281,6 @@ def _add_segment_command(sub) -> None:
     dv = sub.add_parser("devices", help="the hardware torch sees: CPU threads, CUDA GPUs, MPS")
     dv.add_argument("--json", action="store_true", help="one JSON line (for the Slicer module)")
     dv.set_defaults(func=_cmd_devices)
-
-
-def _add_hospital_args(sg: argparse.ArgumentParser) -> None:
-    """segment's DICOM input and output, QC pictures and batch review."""
-    sg.add_argument("--series-uid", action="append", metavar="[ROLE=]UID",
-                    help="the DICOM series to read from a folder holding several: UID for any folder, ROLE=UID "
-                         "(e.g. t1ce=1.2.3) for one sequence's folder; repeat as needed")
-    sg.add_argument("--dicom-seg", metavar="FILE", help="also write a DICOM SEG referencing the T1ce's series (the "
-                                                        "T1ce given as a DICOM folder; the dicom extra); with --cases "
-                                                        "any value: OUT/ID_seg.dcm for each case with a DICOM T1ce")
-    sg.add_argument("--qc", metavar="PNG", help="also write a QC picture: slices with the labels, volumes, model "
-                                                "(the qc extra, matplotlib); with --cases every case gets "
-                                                "OUT/ID_qc.png whenever matplotlib is installed")
-    sg.add_argument("--skip-existing", action="store_true",
-                    help="with --cases: skip the cases whose files are all in the output folder already")
 
 
 def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:

@@ -151,13 +151,22 @@ def _check_spacing(folder: str, steps: np.ndarray, spacing: float, tol: float, w
                              f"irregular step after {where[k]} mm); evenly spaced slices are expected")
 
 
-def read_series(folder: PathLike, wanted: Sequence[str] = (), strict: bool = False) -> Series:
-    """The series of ``folder`` (see :func:`choose`) as a float32 volume, after checking its
-    slices. Every problem is an :class:`InputError` naming the folder."""
+def check_series(folder: PathLike, wanted: Sequence[str] = (), strict: bool = False) -> Tuple[str, List[str], float]:
+    """The series of ``folder`` (see :func:`choose`) checked from its files' headers alone, before
+    any pixel is read (quick: ``segment`` runs it before loading a model): its UID, its files in
+    slice order and its slice spacing. Every problem is an :class:`InputError` naming the folder."""
     f = os.fspath(folder)
     found = series_in(f)
     uid = choose(f, found, wanted, strict)
     files, spacing = slice_positions(f, found[uid])
+    return uid, files, spacing
+
+
+def read_series(folder: PathLike, wanted: Sequence[str] = (), strict: bool = False) -> Series:
+    """The series of ``folder`` (see :func:`choose`) as a float32 volume, after checking its
+    slices (:func:`check_series`). Every problem is an :class:`InputError` naming the folder."""
+    f = os.fspath(folder)
+    uid, files, spacing = check_series(f, wanted, strict)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:

@@ -48,35 +48,15 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
     multi-component images with an :class:`InputError` naming the file.
     """
     p = os.fspath(path)
-    if not os.path.exists(p):
-        raise InputError(p, "file not found")
-    if os.path.isdir(p):
-        if kind == "image":  # a folder is one DICOM series
-            from .dicom_series import read_series
+    if os.path.isdir(p) and kind == "image":  # a folder is one DICOM series
+        from .dicom_series import read_series
 
-            return read_series(p).image
-        raise InputError(p, "is a folder, a label volume file is expected")
-    ext = image_extension(p)
-    if ext is None:
-        raise InputError(p, f"unsupported file type; expected one of {', '.join(EXTENSIONS)}")
+        return read_series(p).image
+    reader = check_image_file(p, "a label volume file" if kind == "label" else "a volume file")
+    if image_extension(p) in (".nii", ".nii.gz"):
+        _check_nifti_payload(p)
     try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(p)
-        reader.ReadImageInformation()
-        dim = reader.GetDimension()
-        size = reader.GetSize()
-        ncomp = reader.GetNumberOfComponents()
-        if dim != 3:
-            raise InputError(p, f"is a {dim}D image of size {'x'.join(map(str, size))}; a 3D volume is expected")
-        if ncomp != 1:
-            raise InputError(p, f"has {ncomp} components per voxel; a scalar 3D volume is expected")
-        if min(size) < 2:
-            raise InputError(p, f"has size {'x'.join(map(str, size))}; a 3D volume with at least 2 voxels per axis is expected")
-        if ext.startswith(".nii"):
-            _check_nifti_payload(p)
         img = reader.Execute()
-    except InputError:
-        raise
     except RuntimeError as exc:
         raise InputError(p, f"cannot be read as an image ({_short_itk_message(exc)})") from None
     arr = sitk.GetArrayViewFromImage(img)
@@ -93,6 +73,32 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
             img = sitk.Cast(img, sitk.sitkInt32)
         return img
     raise ValueError(f"unknown kind {kind!r}")
+
+
+def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.ImageFileReader:
+    """Check, from its header only (quick: before anything slow), that ``path`` is a readable 3D
+    scalar volume of a supported type; returns the reader, ready to read the voxels."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise InputError(p, "file not found")
+    if os.path.isdir(p):
+        raise InputError(p, f"is a folder, {expected} is expected")
+    if image_extension(p) is None:
+        raise InputError(p, f"unsupported file type; expected one of {', '.join(EXTENSIONS)}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(p)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(p, f"cannot be read as an image ({_short_itk_message(exc)})") from None
+    dim, size, ncomp = reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents()
+    if dim != 3:
+        raise InputError(p, f"is a {dim}D image of size {'x'.join(map(str, size))}; a 3D volume is expected")
+    if ncomp != 1:
+        raise InputError(p, f"has {ncomp} components per voxel; a scalar 3D volume is expected")
+    if min(size) < 2:
+        raise InputError(p, f"has size {'x'.join(map(str, size))}; a 3D volume with at least 2 voxels per axis is expected")
+    return reader
 
 
 def _check_nifti_payload(path: str) -> None:
@@ -144,16 +150,17 @@ def check_not_input(out_path: PathLike, inputs: Iterable[PathLike]) -> None:
             raise InputError(out_path, "is an input file; refusing to overwrite it")
 
 
-def check_output_path(path: PathLike) -> str:
-    """Check that the output file can be written: known extension, existing folder."""
+def check_output_path(path: PathLike, image: bool = True) -> str:
+    """Check that the output file can be written: a file name (not a folder), in an existing
+    folder, with a known extension when it is an ``image``."""
     p = os.fspath(path)
-    if image_extension(p) is None:
-        raise InputError(p, f"unsupported output type; use one of {', '.join(EXTENSIONS)}")
+    if os.path.isdir(p):
+        raise InputError(p, f"is a folder; give a file name, e.g. {os.path.join(p, 'labels.nii.gz' if image else 'report.json')}")
+    if image and image_extension(p) is None:
+        raise InputError(p, f"unsupported output type; end the file name with one of {', '.join(EXTENSIONS)}")
     folder = os.path.dirname(os.path.abspath(p))
     if not os.path.isdir(folder):
-        raise InputError(p, "output folder does not exist")
-    if os.path.isdir(p):
-        raise InputError(p, "is a folder, an output file name is expected")
+        raise InputError(p, "output folder does not exist; create it first")
     return p
 
 

@@ -8,6 +8,7 @@ Nothing is written here; the caller writes the returned images (atomically).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -19,34 +20,18 @@ import SimpleITK as sitk
 import torch
 
 from . import backends, bundles, devices, outputs
-from .cases import OPTIONAL_SEQUENCES
+from .cases import OPTIONAL_SEQUENCES, sequences_needed
 from .errors import Cancelled, InputError
 from .imageio import geometry, same_grid, voxel_volume_ml
 from .labels import REGIONS, get_scheme, labels_to_regions
 from .postprocessing import PostprocessOptions, postprocess
 from .preprocessing import Preprocessed, PreprocessOptions, preprocess
+from .segment_options import SegmentOptions  # declared once there; the API's name stays here
 from .sliding_window import sliding_window, tiles_cover
 
 Progress = Callable[[str, float], None]   # (stage, fraction 0..1)
 ArrayInput = Tuple[np.ndarray, Dict]      # (array z, y, x; {"spacing", "origin", "direction"})
-
-
-@dataclass
-class SegmentOptions:
-    tta: bool = False
-    overlap: float = 0.5
-    batch_size: int = 1
-    uncertainty: bool = False
-    label_scheme: Optional[str] = None               # default: the model's
-    postprocess: Optional[PostprocessOptions] = None  # default: the model's manifest
-    reference: str = "t1ce"
-    isotropic: Union[str, float, None] = "auto"      # working spacing for models without their own: auto, off or mm
-    register: Union[str, bool] = "auto"               # co-registration to the reference: auto, always or never
-    skull_strip: str = "auto"                         # HD-BET skull stripping: auto, always or never
-    bias_field: bool = False                          # N4 bias-field correction inside the brain
-    cpu_bf16: Optional[bool] = None                   # bf16 autocast on CPU; None: where the CPU has native bf16
-    backend: str = "auto"                             # auto, torch or openvino (CPU; see backends)
-    brain_mask: bool = False                          # also return the brain mask on the reference grid
+REFERENCE = "t1ce"                         # the labels come out on this sequence's grid
 
 
 @dataclass
@@ -65,12 +50,14 @@ class SegmentationResult:
     preprocessing: Dict = field(default_factory=dict)  # registration, skull stripping, working grid: what and why
     brain_mask: Optional[sitk.Image] = None            # on the reference grid (HD-BET's when stripped), when asked for
     ensembles: List[Dict[str, str]] = field(default_factory=list)  # ensembles named (their members are in models)
+    model: str = ""                                    # what ran, as asked for: a model's or an ensemble's id
 
     def report(self) -> Dict:
         from . import __version__
 
         return {
             "braintumorseg_version": __version__,
+            "model": self.model,
             "models": self.models,
             "ensembles": self.ensembles,
             "device": self.device,
@@ -158,7 +145,7 @@ class _Predictor:
 def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, opts: SegmentOptions,
              progress: Optional[Progress], cancel: Optional[threading.Event], out_device: torch.device,
              stage: str, used: List[str]) -> torch.Tensor:
-    bf16 = devices.cpu_has_fast_bf16() if opts.cpu_bf16 is None else opts.cpu_bf16
+    bf16 = devices.cpu_has_fast_bf16() if opts.precision == "auto" else opts.precision == "bf16"
     window = tuple(bundle.manifest.patch_size)
     # a cascade's first stage may narrow where the windows go (networks.dmda_unet); elsewhere: everywhere
     net = bundle.network.to(device).eval()
@@ -246,27 +233,76 @@ def model_spacing(models: Sequence[bundles.Bundle]) -> Optional[float]:
     return found.pop()
 
 
-def _load_ensemble(model: Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]]]
-                   ) -> Tuple[List[bundles.Bundle], List[Dict[str, str]]]:
-    """The bundles of one model or an ensemble (a list, or an ensemble's name or folder), and the
-    ensembles named (id and folder, for the report); an ensemble's models must take the same inputs."""
-    model_list: List[Union[str, bundles.Bundle]] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
-    loaded: List[bundles.Bundle] = []
-    ensembles: List[Dict[str, str]] = []
-    for m in model_list:
-        if isinstance(m, bundles.Bundle):
-            loaded.append(m)
-            continue
-        folder = bundles.resolve(m)
-        doc = bundles.describe(folder)
-        if doc.get("format") == bundles.ENSEMBLE_FORMAT:
-            ensembles.append({"id": str(doc.get("id")), "path": folder})
-        loaded.extend(bundles.load_models(folder))
-    roles = loaded[0].manifest.in_sequences
-    for m in loaded[1:]:
+class ModelPart(NamedTuple):
+    """One model asked for: a bundle, or an ensemble with its members."""
+
+    id: str
+    path: str
+    bundles: List[bundles.Bundle]
+    ensemble: bool
+    note: Optional[str] = None   # an ensemble's own note (each member has its own too)
+
+
+@dataclass(frozen=True)
+class Models:
+    """What a segmentation runs, loaded once (:func:`load_ensemble`); ``load_s`` is how long the
+    loading took (0 when the models are reused for another case)."""
+
+    parts: Tuple[ModelPart, ...]
+    load_s: float = 0.0
+
+    @property
+    def members(self) -> List[bundles.Bundle]:
+        """Every network whose probabilities are averaged."""
+        return [b for p in self.parts for b in p.bundles]
+
+    @property
+    def ensembles(self) -> List[Dict[str, str]]:
+        """The ensembles asked for (id and folder; their members are in :attr:`members`)."""
+        return [{"id": p.id, "path": p.path} for p in self.parts if p.ensemble]
+
+    @property
+    def name(self) -> str:
+        """What runs, as asked for: ``brats-glioma-ensemble-v1``, or ``a + b`` for models listed."""
+        return " + ".join(p.id for p in self.parts)
+
+    @property
+    def description(self) -> str:
+        """:attr:`name` with each ensemble's members: ``brats-glioma-ensemble-v1 (brats-glioma-v1 + ...)``."""
+        return " + ".join(p.id + (f" ({' + '.join(b.id for b in p.bundles)})" if p.ensemble else "")
+                          for p in self.parts)
+
+    def reused(self) -> "Models":
+        """The same models for a later case: nothing is loaded again."""
+        return dataclasses.replace(self, load_s=0.0)
+
+
+ModelArg = Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]], Models]
+
+
+def _load_part(model: Union[str, bundles.Bundle]) -> ModelPart:
+    if isinstance(model, bundles.Bundle):
+        return ModelPart(model.id, model.path, [model], False)
+    folder = bundles.resolve(model)
+    doc = bundles.describe(folder)
+    ensemble = doc.get("format") == bundles.ENSEMBLE_FORMAT
+    return ModelPart(str(doc.get("id")), folder, bundles.load_models(folder), ensemble,
+                     doc.get("note") if ensemble else None)
+
+
+def load_ensemble(model: ModelArg) -> Models:
+    """Load one model or an ensemble (a list, or an ensemble's name or folder), timed; an
+    ensemble's models must take the same inputs. :class:`Models` are returned as they are."""
+    if isinstance(model, Models):
+        return model
+    t0 = time.perf_counter()
+    items: List[Union[str, bundles.Bundle]] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
+    models = Models(tuple(_load_part(m) for m in items))
+    roles = models.members[0].manifest.in_sequences
+    for m in models.members[1:]:
         if m.manifest.in_sequences != roles:
             raise InputError(m.path, "an ensemble's models must take the same sequences in the same order")
-    return loaded, ensembles
+    return dataclasses.replace(models, load_s=time.perf_counter() - t0)
 
 
 def _labels_on_reference(probs: np.ndarray, pre: Preprocessed, kind: str, scheme: str, post: PostprocessOptions,
@@ -297,78 +333,89 @@ def _brain_mask_on_reference(pre: Preprocessed) -> sitk.Image:
     return pre.brain_mask if pre.brain_mask is not None else pre.inverse.to_reference(pre.brain.astype(np.uint8))
 
 
-def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]],
-            model: Union[str, bundles.Bundle, Sequence[Union[str, bundles.Bundle]]] = bundles.DEFAULT_MODEL,
-            device: str = "auto", options: Optional[SegmentOptions] = None,
+def _preprocess_for(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], models: Models,
+                    opts: SegmentOptions, dev: torch.device) -> Tuple[Preprocessed, List[str]]:
+    """The inputs on the models' working grid (a T1 or T2 not given: an empty channel), and the input
+    roles the models do not use."""
+    first = models.members[0].manifest
+    roles = first.in_sequences
+    missing = [r for r in roles if inputs.get(r) is None and (r not in OPTIONAL_SEQUENCES or r == REFERENCE)]
+    if missing:
+        raise InputError(missing[0], f"the model {first.id} needs {sequences_needed(roles)}; no {', '.join(missing)} given")
+    images = {r: _to_image(inputs[r], r) if inputs.get(r) is not None else None for r in roles}
+    pre = preprocess(images, PreprocessOptions(
+        reference=REFERENCE, isotropic=opts.isotropic, model_spacing=model_spacing(models.members),
+        register=opts.register, skull_strip=opts.skull_strip, bias_field=opts.bias_field,
+        device=str(dev) if dev.type == "cuda" else "cpu"), roles=roles)
+    return pre, [r for r in inputs if inputs[r] is not None and r not in roles]
+
+
+def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], model: ModelArg = bundles.DEFAULT_MODEL,
+            device: Optional[str] = None, options: Optional[SegmentOptions] = None,
             progress: Optional[Progress] = None, cancel: Optional[threading.Event] = None) -> SegmentationResult:
     """Segment one case; returns labels on the reference input's grid and what was measured.
 
     Args:
         inputs: roles (t1, t1ce, t2, flair) to paths, SimpleITK images or ``(array, geometry)``.
-        model: a bundle, an installed name or a folder (of a bundle or an ensemble), or a list of
-            them (an ensemble).
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        options: TTA, overlap, uncertainty, label scheme, postprocessing, precision...
+        model: a bundle, an installed name or a folder (of a bundle or an ensemble), a list of
+            them (an ensemble), or :class:`Models` loaded before (:func:`load_ensemble`).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; None: ``options.device``.
+        options: TTA, overlap, uncertainty, label scheme, postprocessing, precision... (checked
+            when made: :mod:`segment_options`).
         progress: called as ``progress(stage, fraction)`` while work proceeds.
         cancel: when set, work stops within one window and :class:`Cancelled` is raised.
     """
     opts = options or SegmentOptions()
     t0 = time.perf_counter()
-    timings: Dict[str, float] = {}
 
     def check_cancel() -> None:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
 
-    dev = devices.resolve(device)
-    loaded, ensembles = _load_ensemble(model)
-    timings["load_model"] = time.perf_counter() - t0
-    first = loaded[0].manifest
-    roles = first.in_sequences
-    extra = [r for r in inputs if inputs[r] is not None and r not in roles]
-    missing = [r for r in roles if inputs.get(r) is None and (r not in OPTIONAL_SEQUENCES or r == opts.reference)]
-    if missing:
-        raise InputError(missing[0], f"the model {first.id} needs {', '.join(r for r in roles if r not in OPTIONAL_SEQUENCES)}"
-                                     f" ({' and '.join(OPTIONAL_SEQUENCES)} may be left out); no {', '.join(missing)} given")
+    dev = devices.resolve(device or opts.device)
+    models = load_ensemble(model)
+    # loaded here, or before and handed in: either way the loading counts once
+    start = t0 - (models.load_s if isinstance(model, Models) else 0.0)
+    timings: Dict[str, float] = {"load_model": models.load_s}
+    first = models.members[0].manifest
     scheme = opts.label_scheme or first.label_scheme
     get_scheme(scheme)
-    spacing = model_spacing(loaded)
-    post = opts.postprocess or PostprocessOptions(**first.postprocessing)
+    post = PostprocessOptions(**opts.postprocessing(first.postprocessing))
     if progress:
         progress("preprocess", 0.0)
     t = time.perf_counter()
-    images = {r: _to_image(inputs[r], r) if inputs.get(r) is not None else None for r in roles}
-    pre = preprocess(images, PreprocessOptions(
-        reference=opts.reference, isotropic=opts.isotropic, model_spacing=spacing, register=opts.register,
-        skull_strip=opts.skull_strip, bias_field=opts.bias_field, device=str(dev) if dev.type == "cuda" else "cpu"),
-        roles=roles)
+    pre, extra = _preprocess_for(inputs, models, opts, dev)
     timings["preprocess"] = time.perf_counter() - t
     timings.update({k: v for k, v in pre.timings.items() if v >= 0.001})
     check_cancel()
     t = time.perf_counter()
-    probs, used, notes, backend = predict_probabilities(pre.data, loaded, dev, opts, progress, cancel)
+    pred = predict_probabilities(pre.data, models.members, dev, opts, progress, cancel)
     timings["predict"] = time.perf_counter() - t
     check_cancel()
     t = time.perf_counter()
     if progress:
         progress("postprocess", 0.0)
-    out, unc = _labels_on_reference(probs, pre, first.output_kind, scheme, post, opts.uncertainty)
+    out, unc = _labels_on_reference(pred.probabilities, pre, first.output_kind, scheme, post, opts.uncertainty)
     timings["postprocess"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    ref_img = pre.inverse.reference
-    voxel_ml = voxel_volume_ml(ref_img)
-    vols = volumes(sitk.GetArrayViewFromImage(out), scheme, voxel_ml)
-    warnings = list(pre.warnings) + notes
+    timings["total"] = time.perf_counter() - start
+    warnings = list(pre.warnings) + pred.notes
     if extra:
         warnings.append(f"ignored sequences the model does not use: {', '.join(extra)}")
     if progress:
         progress("done", 1.0)
+    return _result(out, unc, pre, pred, models, opts, scheme, timings, warnings)
+
+
+def _result(labels: sitk.Image, unc: Optional[sitk.Image], pre: Preprocessed, pred: Prediction, models: Models,
+            opts: SegmentOptions, scheme: str, timings: Dict[str, float], warnings: List[str]) -> SegmentationResult:
+    ref_img = pre.inverse.reference
     return SegmentationResult(
-        labels=out, label_scheme=scheme, volumes_ml=vols, timings=timings, device=used, backend=backend,
-        ensembles=ensembles,
+        labels=labels, label_scheme=scheme, timings=timings, device=pred.device, backend=pred.backend,
+        volumes_ml=volumes(sitk.GetArrayViewFromImage(labels), scheme, voxel_volume_ml(ref_img)),
+        model=models.name, ensembles=models.ensembles,
         models=[{"id": m.id, "version": m.manifest.version, "network": m.manifest.network,
-                 "weights_sha256": m.manifest.weights_sha256, "demo": m.demo, "path": m.path} for m in loaded],
-        uncertainty=unc, probabilities=probs, warnings=warnings, preprocessing=pre.decisions,
+                 "weights_sha256": m.manifest.weights_sha256, "demo": m.demo, "path": m.path} for m in models.members],
+        uncertainty=unc, probabilities=pred.probabilities, warnings=warnings, preprocessing=pre.decisions,
         brain_mask=_brain_mask_on_reference(pre) if opts.brain_mask else None,
-        input_geometry={"reference": opts.reference, **geometry(ref_img),
-                        "windows": tiles_cover(pre.data.shape[1:], first.patch_size, opts.overlap)})
+        input_geometry={"reference": REFERENCE, **geometry(ref_img),
+                        "windows": tiles_cover(pre.data.shape[1:], models.members[0].manifest.patch_size, opts.overlap)})

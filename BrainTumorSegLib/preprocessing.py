@@ -36,19 +36,17 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import skullstrip
-from .cases import OPTIONAL_SEQUENCES, SEQUENCES
-from .coverage import coverage_of_brain
+from .cases import SEQUENCES
+from .coverage import absent_sequences, channels
 from .errors import InputError
 from .imageio import orientation_code, read_image, same_grid
 from .registration import Aligner, Alignment
+from .segment_options import MODES
 
 log = logging.getLogger(__name__)
 
 CANONICAL = "LPS"
 ImageLike = Union[str, "sitk.Image"]
-
-
-MODES = ("auto", "always", "never")
 
 
 @dataclass
@@ -336,14 +334,7 @@ def preprocess(images: Mapping[str, Optional[ImageLike]], options: Optional[Prep
         roles: the roles to use, in the network's channel order.
     """
     opt = options or PreprocessOptions()
-    absent = [r for r in roles if images.get(r) is None]
-    needed = [r for r in absent if r not in OPTIONAL_SEQUENCES or r == opt.reference]
-    if needed:
-        required = ", ".join(r for r in roles if r not in OPTIONAL_SEQUENCES)
-        raise InputError(needed[0], f"no {needed[0]} sequence given (needed: {required}; "
-                                    f"{' and '.join(OPTIONAL_SEQUENCES)} may be left out)")
-    if opt.reference not in roles:
-        raise InputError(opt.reference, f"reference sequence {opt.reference} is not among {roles}")
+    absent = absent_sequences(images, roles, opt.reference)
     imgs, names = _load({r: im for r in roles if (im := images.get(r)) is not None})
     ref = imgs[opt.reference]
     warnings: List[str] = []
@@ -367,15 +358,7 @@ def preprocess(images: Mapping[str, Optional[ImageLike]], options: Optional[Prep
         imgs = {r: _mask_native(im, mask_ref, alignments.get(r)) for r, im in imgs.items()}
     given = {r: _to_working(imgs[r], ref, alignments.get(r), working_grid, same_grid(working_grid, canonical_grid))
              for r in imgs}
-    brain_full = np.zeros(given[opt.reference].shape, bool)
-    for arr in given.values():
-        brain_full |= arr != 0
-    coverage = coverage_of_brain(given, brain_full, names, warnings)
-    # a sequence not given is an empty channel, as in training's sequence dropout
-    arrays = [given[r] if r in given else np.zeros(brain_full.shape, np.float32) for r in roles]
-    for r in absent:
-        warnings.append(f"no {r} given: its channel is left empty (the models saw sequences dropped in training; "
-                        f"accuracy without {r} is in the model documentation)")
+    arrays, brain_full, coverage = channels(given, roles, opt.reference, names, warnings)
     if opt.bias_field:
         t = time.perf_counter()
         sz, sy, sx = (float(v) for v in working_grid.GetSpacing()[::-1])

@@ -22,6 +22,7 @@ from .imageio import read_image
 from .inference import SegmentOptions, segment
 from .labels import REGIONS
 from .postprocessing import PostprocessOptions, postprocess
+from .segment_options import NO_POSTPROCESSING
 
 POSTPROCESS_GRID = {"min_et_voxels": (0, 200, 500), "min_component_voxels": (0, 200, 1000)}
 
@@ -50,7 +51,7 @@ def validate_bundle(bundle_dir: Union[str, Sequence[str]], cases: Sequence[Case]
     cases_by_id = {c.case_id: c for c in cases}
     raw, refs, seconds = {}, {}, {}
     for c in cases:
-        res = segment(c.sequences, b, device, SegmentOptions(postprocess=PostprocessOptions()))
+        res = segment(c.sequences, b, device, SegmentOptions(**NO_POSTPROCESSING))
         raw[c.case_id] = res.labels
         refs[c.case_id] = read_image(c.paths["seg"], "label")
         seconds[c.case_id] = res.timings["total"]

@@ -22,6 +22,8 @@ import vtk
 from vtk.util import numpy_support
 
 from BrainTumorSegLib import terminology as _terms  # standard library only: importable before the dependencies
+from BrainTumorSegLib.errors import InputError  # the package's __init__ put the library on sys.path
+from BrainTumorSegLib.segment_options import SegmentOptions, defaults, help_text, specs  # noqa: F401 - help_text: the widget's
 
 from .jobs import Job
 from .roles import ROLE_TITLES, ROLES, assign
@@ -30,9 +32,12 @@ from .roles import ROLE_TITLES, ROLES, assign
 # segments, so that the DICOM SEG and the QC pictures of the command line name and colour them alike
 SEGMENTS = tuple((s.key, s.title, s.colour, _terms.slicer_terminology_entry(s)) for s in _terms.SEGMENTS)
 MODULE_NAME = "BrainTumorSeg"
+# the segmentation options the module offers (declared, with defaults and ranges, in the library)
+MODULE_OPTIONS = ("device", "tta", "uncertainty", "min_et_voxels", "brain_mask")
 # the choices a parameter node keeps with the scene, with their defaults (JSON values)
-CHOICES = {"model": None, "device": "auto", "tta": False, "uncertainty": False, "min_et_voxels": 0,
-           "clinical": True, "brain_mask": False}
+CHOICES = {"model": None, "clinical": True, **{k: defaults()[k] for k in MODULE_OPTIONS}}
+# "Clinical scans: automatic" off: the volumes are taken as BraTS-preprocessed
+NOT_CLINICAL = {"skull_strip": "never", "register": "never", "isotropic": "off"}
 REGION_ROWS = (("NCR", "Necrotic tumor core (label)"), ("ED", "Peritumoral edema (label)"),
                ("ET", "Enhancing tumor (label, region)"), ("TC", "Tumor core = NCR + ET (region)"),
                ("WT", "Whole tumor = NCR + ED + ET (region)"))
@@ -68,6 +73,36 @@ def model_tooltip(manifest: Mapping) -> str:
     if manifest.get("error"):
         lines.append(f"Unusable: {manifest['error']}")
     return "\n".join(lines)
+
+
+def segment_options(clinical: bool = True, **options) -> SegmentOptions:
+    """A run's options, checked by the library's declaration: an unknown option or a bad value is a
+    ModuleError naming it. ``clinical`` off adds :data:`NOT_CLINICAL`."""
+    unknown = sorted(set(options) - set(specs()))
+    if unknown:
+        raise ModuleError(f"unknown option {unknown[0]!r}")
+    try:
+        return SegmentOptions(**{**options, **({} if clinical else NOT_CLINICAL)})
+    except InputError as exc:
+        raise ModuleError(str(exc)) from None
+
+
+def spin_box_range(name: str) -> Tuple[int, int]:
+    """An integer option's spin box range: its declared range, from one below it where the option
+    may be left to the model (that value, shown as the spin box's special text, stands for None)."""
+    spec = specs()[name]
+    return int(spec.low or 0) - (1 if spec.nullable else 0), int(spec.high or 0)
+
+
+def from_spin_box(name: str, value: int) -> Optional[int]:
+    """The option's value for a spin box's value (None: the model's own)."""
+    spec = specs()[name]
+    return None if spec.nullable and value < (spec.low or 0) else int(value)
+
+
+def to_spin_box(name: str, value: Optional[int]) -> int:
+    """The spin box's value for an option's value."""
+    return spin_box_range(name)[0] if value is None else int(value)
 
 
 def set_terminology(segment, entry: str) -> None:
@@ -165,7 +200,7 @@ class SegmentationResult:
     brain_mask: Optional[object] = None                        # label map node, when asked for
 
     def status(self) -> str:
-        models = ", ".join(m.get("id", "?") for m in self.report.get("models", []))
+        models = self.report.get("model") or ", ".join(m.get("id", "?") for m in self.report.get("models", []))
         return f"Segmented in {self.seconds:.1f} s on {self.report.get('device', '?')} with {models}"
 
 
@@ -305,15 +340,17 @@ class BrainTumorSegLogic:
     # ------------------------------------------------------------------ segmenting (continued)
 
     def start_segmentation(self, volumes: Mapping[str, object], model: Optional[str] = None,
-                           device: str = "auto", tta: bool = False, uncertainty: bool = False,
-                           min_et_voxels: Optional[int] = None, name: Optional[str] = None,
-                           clinical: bool = True, brain_mask: bool = False, output=None) -> SegmentationRun:
+                           name: Optional[str] = None, clinical: bool = True, output=None,
+                           **options) -> SegmentationRun:
         """Write the four volumes to a private folder and start ``braintumorseg segment`` on them.
 
+        ``options``: any of the library's segmentation options (``segment_options.SegmentOptions``:
+        device, tta, uncertainty, min_et_voxels, brain_mask...), checked before anything is written.
         ``clinical``: skull stripping, co-registration and working resolution decided by the
         library (its defaults); off treats the volumes as BraTS-preprocessed. ``brain_mask``: add
         the brain mask (HD-BET's when stripped) to the scene as a label map. ``output``: a
         segmentation node whose segments the result replaces (default: a new node)."""
+        opts = segment_options(clinical, **options)
         self._check_volumes(volumes)
         workdir = tempfile.mkdtemp(prefix="BrainTumorSeg-")
         try:
@@ -322,26 +359,17 @@ class BrainTumorSegLogic:
                 path = os.path.join(workdir, f"{r}.nrrd")
                 _write_volume(volumes[r], path)
                 args += [f"--{r}", path]
-            args += ["-o", os.path.join(workdir, "labels.nrrd"), "--report", os.path.join(workdir, "report.json"),
-                     "--device", device]
+            args += ["-o", os.path.join(workdir, "labels.nrrd"), "--report", os.path.join(workdir, "report.json")]
             if model:
                 args += ["--model", model]
-            if tta:
-                args.append("--tta")
-            if uncertainty:
-                args += ["--uncertainty", os.path.join(workdir, "uncertainty.nrrd")]
-            if min_et_voxels is not None:
-                args += ["--min-et-voxels", str(int(min_et_voxels))]
-            if not clinical:
-                args += ["--skull-strip", "never", "--register", "never", "--isotropic", "off"]
-            if brain_mask:
-                args += ["--brain-mask", os.path.join(workdir, "brainmask.nrrd")]
+            args += opts.to_argv({"uncertainty": os.path.join(workdir, "uncertainty.nrrd"),
+                                  "brain_mask": os.path.join(workdir, "brainmask.nrrd")})
             job = Job(args, self.python)
         except Exception:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         name = name or f"{volumes['t1ce'].GetName()} tumor"
-        return SegmentationRun(job, workdir, dict(volumes), name, uncertainty, brain_mask, output)
+        return SegmentationRun(job, workdir, dict(volumes), name, opts.uncertainty, opts.brain_mask, output)
 
     def cancel(self, run: SegmentationRun) -> None:
         """Stop the run; the scene is not touched and the temporary files are removed."""

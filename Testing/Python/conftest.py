@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -90,6 +90,35 @@ def cli_main(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
+_REFUSALS = """
+import contextlib, io, json, sys
+from BrainTumorSegLib.cli import main
+runs = []
+for argv in json.load(sys.stdin):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    runs.append([argv, code, out.getvalue(), err.getvalue()])
+print(json.dumps({"runs": runs, "heavy": [m for m in ("torch", "safetensors") if m in sys.modules]}))
+"""
+
+
+def cli_in_a_fresh_process(argvs: Sequence[Sequence[str]]) -> Tuple[List[subprocess.CompletedProcess], List[str]]:
+    """Each command line through ``cli.main``, one after the other, in one new Python process:
+    their results, and which of torch and safetensors that process imported by the end (none
+    means no network was built and no weights were read)."""
+    import json
+
+    p = subprocess.run([sys.executable, "-c", _REFUSALS], input=json.dumps([list(a) for a in argvs]),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    done = json.loads(p.stdout.splitlines()[-1])
+    return [subprocess.CompletedProcess(*run) for run in done["runs"]], done["heavy"]
+
+
 def one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
     """The CLI failed with exit 2 and one error line (notes aside) holding every fragment."""
     assert r.returncode == 2, (r.stdout, r.stderr)
@@ -98,6 +127,16 @@ def one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
     assert lines[0].startswith("braintumorseg: error: "), lines[0]
     for f in fragments:
         assert f in lines[0], lines[0]
+
+
+def usage_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
+    """argparse refused the command line: exit 2, its usage, then one error line holding every fragment."""
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("usage: ") and "Traceback" not in r.stderr, r.stderr
+    assert lines[-1].startswith("braintumorseg segment: error: argument "), lines[-1]
+    for f in fragments:
+        assert f in lines[-1], lines[-1]
 
 
 @pytest.fixture(scope="session")

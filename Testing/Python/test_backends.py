@@ -50,7 +50,7 @@ def test_openvino_gives_the_labels_of_torch_fp32(phantom_case_dir, tmp_path, cac
 
     case = find_case(phantom_case_dir)
     b = bundles.load(tiny_bundle(tmp_path / "tiny", case))
-    ref = segment(case.sequences, b, "cpu", SegmentOptions(backend="torch", cpu_bf16=False))
+    ref = segment(case.sequences, b, "cpu", SegmentOptions(backend="torch", precision="fp32"))
     ov = segment(case.sequences, b, "cpu", SegmentOptions(backend="openvino"))
     assert ref.backend == "torch" and ov.backend == "openvino" and ov.report()["backend"] == "openvino"
     a, c = sitk.GetArrayFromImage(ref.labels), sitk.GetArrayFromImage(ov.labels)
@@ -58,7 +58,7 @@ def test_openvino_gives_the_labels_of_torch_fp32(phantom_case_dir, tmp_path, cac
     assert (a == c).mean() >= 0.999
     assert np.abs(ref.probabilities - ov.probabilities).max() < 5e-3  # fp32 both, different kernels
     assert len([f for f in os.listdir(cache) if f.endswith(".xml")]) == 1  # exported once, by weights hash
-    auto = segment(case.sequences, b, "cpu", SegmentOptions(backend="auto", cpu_bf16=False))
+    auto = segment(case.sequences, b, "cpu", SegmentOptions(backend="auto", precision="fp32"))
     decisions = [f for f in os.listdir(cache) if f.endswith(".decision.json")]
     assert len(decisions) == 1
     measured = json.load(open(cache / decisions[0]))

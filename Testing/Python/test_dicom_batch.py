@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import cli_main, one_line_error, rotation_direction, save_tiny_bundle
+from conftest import cli_in_a_fresh_process, cli_main, one_line_error, rotation_direction, save_tiny_bundle
 from dicom_testdata import new_uid, small_sample, write_series
 from PIL import Image
 
@@ -283,6 +283,38 @@ def test_bad_dicom_inputs_are_one_line_errors_and_write_nothing(data, tiny_model
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # nor the qc extra
     one_line_error(run(nifti["t1ce"], "--qc", str(out / "qc.png")), "matplotlib", 'pip install "BrainTumorSegLib[qc]"')
     assert list(out.iterdir()) == []
+
+
+def test_dicom_mistakes_are_refused_before_any_weights_are_read(data, tmp_path):
+    """Series, DICOM SEG and QC picture are checked with every other input, before the model: in a
+    fresh process neither torch nor safetensors is imported; a batch whose every case is refused
+    records them all and never loads the model."""
+    nifti = {r: str(data.cases / "NiftiCase" / f"NiftiCase_{r}.nii.gz") for r in ROLES}
+    out = tmp_path / "labels.nii.gz"
+
+    def argv(t1ce, *extra):
+        return ["segment", *[a for r in ROLES for a in (f"--{r}", t1ce if r == "t1ce" else nifti[r])], "-o", str(out),
+                "--quiet", *extra]
+
+    (tmp_path / "only").mkdir()
+    shutil.copytree(data.cases / "BrokenCase", tmp_path / "only" / "BrokenCase")
+    (tmp_path / "results").mkdir()
+    expected = [
+        (argv(str(data.cases / "BrokenCase" / "t1ce")), ["BrokenCase/t1ce: has 1 missing slice(s)"]),
+        (argv(str(data.study)), ["study: holds 4 DICOM series", "--series-uid"]),
+        (argv(str(data.study), "--series-uid", "t1ce=1.2.3"), ["holds none of the series", "1.2.3"]),
+        (argv(nifti["t1ce"], "--dicom-seg", str(tmp_path / "s.dcm")), ["a DICOM SEG needs the T1ce as a DICOM series"]),
+        (argv(nifti["t1ce"], "--qc", str(tmp_path / "qc.jpg")), ["qc.jpg", "name it .png"]),
+    ]
+    batch = ["segment", "--cases", str(tmp_path / "only"), "-o", str(tmp_path / "results"), "--quiet"]
+    runs, heavy = cli_in_a_fresh_process([a for a, _ in expected] + [batch])
+    for (_argv, fragments), r in zip(expected, runs):
+        one_line_error(r, *fragments)
+    assert runs[-1].returncode == 1, runs[-1].stderr
+    assert "[1/1] BrokenCase: FAILED" in (tmp_path / "results" / "batch.log").read_text()
+    assert summary(tmp_path / "results")["BrokenCase"]["status"] == "failed"
+    assert heavy == []  # no network built, no weights read
+    assert not out.exists() and not (tmp_path / "s.dcm").exists() and not (tmp_path / "qc.jpg").exists()
 
 
 def test_an_oblique_series_is_read_in_position_order_with_its_geometry(data, tmp_path):

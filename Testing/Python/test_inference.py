@@ -19,8 +19,8 @@ from BrainTumorSegLib.errors import Cancelled, InputError
 from BrainTumorSegLib.imageio import same_grid
 from BrainTumorSegLib.inference import SegmentOptions, probabilities_to_labels, segment
 from BrainTumorSegLib.networks import build
-from BrainTumorSegLib.postprocessing import PostprocessOptions
 from BrainTumorSegLib.preprocessing import PreprocessOptions, preprocess
+from BrainTumorSegLib.segment_options import NO_POSTPROCESSING
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +188,9 @@ def test_cli_segment_writes_labels_report_and_uncertainty(tiny_bundle, phantom_c
     assert set(np.unique(sitk.GetArrayFromImage(lab))) <= {0, 1, 2, 3}
     rep = json.load(open(tmp_path / "r.json"))
     assert rep["models"][0]["id"] == "tiny" and rep["device"] == "cpu"
+    # the model that ran is named in the report, on stdout and in its note; its loading is timed
+    assert rep["model"] == "tiny" and rep["ensembles"] == [] and rep["timings_s"]["load_model"] > 0
+    assert r.stdout.strip().endswith("on cpu with tiny") and "note: model tiny is a DEMO" in r.stderr
     assert rep["models"][0]["weights_sha256"] == bundles.read_manifest(tiny_bundle).weights_sha256
     assert rep["braintumorseg_version"] == BrainTumorSegLib.__version__
     assert {"preprocess", "predict", "total"} <= set(rep["timings_s"]) and "WT" in rep["volumes_ml"]
@@ -209,6 +212,8 @@ def test_cli_segment_cases_folder(tiny_bundle, small_case_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(tmp_path)) == ["Small_0000.nii.gz", "Small_0000_qc.png", "Small_0000_report.json",
                                             "batch.log", "index.html", "summary.csv"]  # test_dicom_batch.py
+    rep = json.loads((tmp_path / "Small_0000_report.json").read_text())
+    assert rep["model"] == "tiny" and 0 < rep["timings_s"]["load_model"] <= rep["timings_s"]["total"]
 
 
 def test_cli_segment_bad_inputs(tiny_bundle, small_case_dir, tmp_path):
@@ -217,7 +222,7 @@ def test_cli_segment_bad_inputs(tiny_bundle, small_case_dir, tmp_path):
     out = tmp_path / "o.nii.gz"
     args = ["--model", tiny_bundle, "-o", str(out), "--quiet"]
     one_line_error(cli_main("segment", "--t1", seq["t1"], "--t1ce", seq["t1ce"], "--t2", seq["t2"], *args),
-                   "no flair sequence given")
+                   "no flair given")
     other_grid = tmp_path / "other_grid_seg.nii.gz"
     sitk.WriteImage(sitk.Image([10, 10, 10], sitk.sitkUInt8) + 1, str(other_grid))
     one_line_error(cli_main("segment", "--case", small_case_dir, *args, "--reference-labels", str(other_grid)),
@@ -384,7 +389,7 @@ def test_segment_runs_the_cascade_as_the_network_predicts_it(small_case_dir, tmp
                                                       "preprocessing": {"spacing_mm": 2.0}})  # the small case's own grid
     loaded = bundles.load(folder)
     loaded.network.locate = locate
-    res = segment(case.sequences, loaded, "cpu", SegmentOptions(postprocess=PostprocessOptions(), cpu_bf16=False))
+    res = segment(case.sequences, loaded, "cpu", SegmentOptions(**NO_POSTPROCESSING, precision="fp32"))
     expected = net.predict(data)
     box = tuple(slice(a, b) for a, b in expected["region"])
     assert expected["found_by_stage1"] and all(b.stop - b.start == 32 for b in box)
@@ -437,8 +442,16 @@ def test_an_ensemble_folder_is_one_model_by_path_or_name(tiny_bundle, phantom_ca
     env = dict(os.environ, BRAINTUMORSEG_MODELS=str(tmp_path / "moved"))
     out = tmp_path / "labels.nii.gz"
     p = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", phantom_case_dir, "--model",
-                        "both", "-o", str(out), "--quiet"], capture_output=True, text=True, env=env, timeout=600)
+                        "both", "-o", str(out), "--quiet", "--report", str(tmp_path / "r.json")],
+                       capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr
+    # through the command line too, the ensemble is named: report, stdout, the note
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["ensembles"] == [{"id": "both", "path": os.path.join(str(tmp_path / "moved"), "both")}]
+    assert rep["model"] == "both" and [m["id"] for m in rep["models"]] == ["tiny", "tiny-moved"]
+    assert rep["timings_s"]["load_model"] > 0
+    assert p.stdout.strip().endswith("with both (tiny + tiny-moved)")
+    assert "note: model both (ensemble of tiny, tiny-moved) is a DEMO" in p.stderr
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))),
                                   sitk.GetArrayFromImage(by_path.labels))
     p = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "models"], capture_output=True, text=True, env=env)

@@ -1,5 +1,7 @@
 """The wheel holds the whole package and the shipped models; the version and extras behave."""
+import fnmatch
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -11,6 +13,11 @@ from BrainTumorSegLib import __version__, bundles, extras
 from BrainTumorSegLib.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def readme() -> str:
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        return f.read()
 
 
 def package_files() -> set:
@@ -62,6 +69,27 @@ def test_shipped_models_are_found_through_the_package():
     for folder in bundles.members(bundles.DEFAULT_MODEL):
         assert os.path.dirname(folder) == bundles.shipped_models_dir()
         assert os.path.exists(os.path.join(folder, "weights.safetensors"))
+
+
+def test_readme_names_the_wheel_as_it_is_built(wheel):
+    """The wheel's file name is normalised (lower case): README's install line must match it."""
+    patterns = re.findall(r"pip install (dist/\S+\.whl)", readme())
+    assert patterns and all(fnmatch.fnmatch("dist/" + os.path.basename(wheel), p) for p in patterns)
+
+
+def test_readme_test_command_is_the_one_ci_runs_and_its_quick_start_writes_into_an_ignored_folder():
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        ci = f.read().splitlines()
+    command = ci[next(i for i, ln in enumerate(ci) if ln.startswith("# README test command, verbatim")) + 1]
+    assert command in readme().splitlines() and "setup_venv.py test " in command
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        test_extra = re.search(r"^test = \[(.*?)\]", f.read(), re.M | re.S)
+    assert test_extra and '"hypothesis' in test_extra.group(1)  # the command's test extra brings hypothesis
+    quick = next(ln for ln in readme().splitlines() if " segment --case Resources/Samples/" in ln)
+    written = re.findall(r"(?:-o|--report) (\S+)", quick)
+    with open(os.path.join(ROOT, ".gitignore"), encoding="utf-8") as f:
+        ignored = f.read().splitlines()
+    assert len(written) == 2 and all(f"/{w.split('/')[0]}/" in ignored for w in written), (written, ignored)
 
 
 def test_version_flag():

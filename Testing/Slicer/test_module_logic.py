@@ -1,6 +1,7 @@
 """The Slicer module's logic on real MRML nodes."""
 import glob
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -11,7 +12,20 @@ from conftest import lib_python, run_lib
 from vtk.util import numpy_support
 
 from BrainTumorSegModuleLib import jobs
-from BrainTumorSegModuleLib.logic import SEGMENTS, BrainTumorSegLogic, ModuleError, ijk_to_ras, model_tooltip, voxels
+from BrainTumorSegModuleLib.logic import (
+    CHOICES,
+    MODULE_OPTIONS,
+    NOT_CLINICAL,
+    SEGMENTS,
+    BrainTumorSegLogic,
+    ModuleError,
+    from_spin_box,
+    ijk_to_ras,
+    model_tooltip,
+    spin_box_range,
+    to_spin_box,
+    voxels,
+)
 from BrainTumorSegModuleLib.roles import assign, role_of
 
 ROLES = ("t1", "t1ce", "t2", "flair")
@@ -143,6 +157,38 @@ def test_choices_are_kept_in_the_scene_parameter_node(scene_with_case, logic):
     assert scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
     with pytest.raises(ModuleError, match="unknown choice"):
         logic.save_choices({"colour": "red"}, nodes)
+
+
+def test_the_module_s_options_are_the_library_s_declaration(scene_with_case, logic):
+    """Defaults, spin box range and command line come from ``segment_options``; a bad value is one
+    line before any file is written; the command the module builds reads back, through the
+    library's own parser, as the options it was given."""
+    from BrainTumorSegLib.cli import build_parser
+    from BrainTumorSegLib.segment_options import SegmentOptions, defaults, specs
+
+    scene, nodes = scene_with_case
+    assert {k: CHOICES[k] for k in MODULE_OPTIONS} == {k: defaults()[k] for k in MODULE_OPTIONS}
+    spec = specs()["min_et_voxels"]
+    assert spin_box_range("min_et_voxels") == (spec.low - 1, spec.high)  # the value below: the model's own
+    for value in (None, 0, 50, int(spec.high)):
+        assert from_spin_box("min_et_voxels", to_spin_box("min_et_voxels", value)) == value
+    workdirs = set(glob.glob(os.path.join(tempfile.gettempdir(), "BrainTumorSeg-*")))
+    with pytest.raises(ModuleError, match=r"^--overlap: 1\.0 is not allowed; use a number from 0 to 0\.9$"):
+        logic.start_segmentation(nodes, device="cpu", overlap=1.0)
+    with pytest.raises(ModuleError, match="--min-et-voxels: -5 is not allowed"):
+        logic.start_segmentation(nodes, min_et_voxels=-5)
+    with pytest.raises(ModuleError, match="unknown option 'colour'"):
+        logic.start_segmentation(nodes, colour="red")
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "BrainTumorSeg-*"))) == workdirs
+    given = {"device": "cpu", "tta": True, "min_et_voxels": 50, "uncertainty": True, "overlap": 0.25}
+    run = logic.start_segmentation(nodes, clinical=False, **given)
+    try:
+        command = run.job.command
+        args = build_parser().parse_args(command[command.index("BrainTumorSegLib") + 1:])
+    finally:
+        logic.cancel(run)
+    assert SegmentOptions.from_args(args) == SegmentOptions(**given, **NOT_CLINICAL)
+    assert args.uncertainty == os.path.join(run.workdir, "uncertainty.nrrd") and args.brain_mask is None
 
 
 def test_output_segmentation_is_overwritten_in_one_step(scene_with_case, logic):

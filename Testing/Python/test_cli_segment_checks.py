@@ -1,0 +1,45 @@
+"""``braintumorseg segment`` checks its inputs, outputs and model before any weights are read: each
+mistake is one line that says what to do instead, and nothing is written."""
+import os
+import shutil
+
+from conftest import cli_in_a_fresh_process, one_line_error
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SAMPLE = os.path.join(ROOT, "Resources", "Samples", "Brats18_TCIA01_231_1")
+
+
+def test_mistakes_in_inputs_outputs_and_model_are_one_line_before_any_weights_are_read(tmp_path):
+    case = tmp_path / "Case_0001"
+    shutil.copytree(SAMPLE, case)
+    t1 = str(case / "Brats18_TCIA01_231_1_t1.nii.gz")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "notes_t1.nii.gz").write_text("not an image")
+    before = sorted(os.listdir(tmp_path)), sorted(os.listdir(case))
+    out = str(tmp_path / "labels.nii.gz")
+    seq = {r: str(case / f"Brats18_TCIA01_231_1_{r}.nii.gz") for r in ("t1", "t1ce", "t2", "flair")}
+    four = [a for r, p in seq.items() for a in (f"--{r}", p)]
+    expected = [  # command line, fragments of its one error line
+        (["--case", t1, "-o", out], [t1, "is a file", "--case needs a case folder", "--t1, --t1ce, --t2 and --flair"]),
+        (["--case", str(tmp_path / "nope"), "-o", out], ["nope", "folder not found"]),
+        (["--cases", t1, "-o", str(tmp_path / "results")], ["is a file", "--cases needs a folder of case folders"]),
+        (["--cases", str(tmp_path), "-o", out], [out, "with --cases, -o names an existing folder"]),
+        (["--case", str(case), "-o", str(tmp_path / "results")],
+         ["is a folder", "-o takes a file name, e.g. " + str(tmp_path / "results" / "Brats18_TCIA01_231_1_seg.nii.gz")]),
+        (["--case", str(case), "-o", str(tmp_path / "labels")], ["unsupported output type", ".nii.gz"]),
+        (["--case", str(case), "-o", str(tmp_path / "nope" / "x.nii.gz")], ["output folder does not exist", "create it"]),
+        (["--case", str(case), "-o", t1], [t1, "is an input file"]),
+        (["--case", str(case), "-o", out, "--uncertainty", out], [out, "is given for two outputs"]),
+        (["--case", str(case), "-o", out, "--report", str(tmp_path / "results")], ["is a folder", "report.json"]),
+        ([*four[:-2], "--flair", str(tmp_path / "notes_t1.nii.gz"), "-o", out], ["notes_t1.nii.gz", "cannot be read"]),
+        ([*four[:-2], "-o", out], ["--flair", "needs t1, t1ce, t2, flair", "no flair given"]),
+        (["--case", str(case), "-o", out, "--model", "no-such-model"], ["no-such-model", "no such model"]),
+        (["--case", str(case), "-o", out, "--model", str(tmp_path / "results")], ["is not a model bundle"]),
+        (["--case", str(case), "-o", out, "--reference-labels", t1], [t1, "outside the BraTS label schemes"]),
+    ]
+    runs, heavy = cli_in_a_fresh_process([["segment", *argv, "--quiet"] for argv, _ in expected])
+    for (_argv, fragments), r in zip(expected, runs):
+        one_line_error(r, *fragments)
+    assert heavy == []  # neither torch nor safetensors: no network built, no weights read
+    assert (sorted(os.listdir(tmp_path)), sorted(os.listdir(case))) == before
+    assert os.listdir(tmp_path / "results") == []
