@@ -64,7 +64,8 @@ def clean_env(**extra: str) -> dict:
 
 
 def bash(code: str, cwd: str, env: dict) -> subprocess.CompletedProcess:
-    r = subprocess.run(["bash", "-e", "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(["bash", "-e", "-c", code], cwd=cwd, env=env, capture_output=True, encoding="utf-8",
+                       errors="replace", timeout=1800)  # the console may be ASCII: decode as the tools write
     assert r.returncode == 0, f"exit {r.returncode}:\n{code}\n--- stdout\n{r.stdout[-4000:]}\n--- stderr\n{r.stderr[-4000:]}"
     return r
 
