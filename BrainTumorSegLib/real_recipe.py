@@ -37,13 +37,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
-
 from . import bundles
 from .cases import Case, find_cases
 from .cross_validation import FOLDS, GRADES, grade_summary
 from .errors import InputError
-from .labels import REGIONS
 from .networks import build
 from .postprocessing import PostprocessOptions
 from .real_validation import validate_bundle
@@ -151,9 +148,9 @@ def pooled_out_of_fold(models: Sequence[str], parts: Sequence[bundles.Manifest])
     if len({c["fold"] for c in cv}) != len(cv) or any(c["folds"] != cv[0]["folds"] for c in cv):
         raise InputError(models[0], "the members are cross-validation folds, but not distinct folds of one table")
     per_case = {cid: row for p in parts for cid, row in p.document["metrics"]["validation_segment"]["per_case"].items()}
-    mean = {f"{k}_{r}": float(np.mean([per_case[c][r][k] for c in per_case]))
-            for k in ("dice", "hd95", "volume_error_ml") for r in REGIONS}
-    return {"cases": list(per_case), "per_case": per_case, "mean": mean, "by_grade": grade_summary(per_case),
+    by_grade = grade_summary(per_case)
+    mean = {k: v for k, v in by_grade["all"].items() if k != "cases"}
+    return {"cases": list(per_case), "per_case": per_case, "mean": mean, "by_grade": by_grade,
             "folds": sorted(c["fold"] for c in cv), "through": "each case by the one fold model that held it out, "
             "through the full segment path on the 1 mm grid, postprocessing off"}
 
