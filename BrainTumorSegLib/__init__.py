@@ -1,29 +1,25 @@
 """BrainTumorSegLib: brain tumor segmentation from T1, T1ce, T2 and FLAIR MRI.
 
-Pure Python and PyTorch; never imports Slicer. Modules, one job each:
+Pure Python and PyTorch; never imports Slicer. The sub-packages follow the pipeline, in order:
 
-* ``imageio``: reading and atomic writing of NIfTI, NRRD and MetaImage volumes
-* ``cases``: finding the files of a case by role (BraTS 2021 and 2023 names)
-* ``labels``: label schemes and the WT/TC/ET regions
-* ``preprocessing``: the reversible transform to the network grid and back
-* ``registration`` and ``skullstrip``: co-registration and HD-BET skull stripping of clinical scans,
-  each with its automatic decision
-* ``postprocessing``: switchable clean-up of predicted labels
-* ``metrics`` and ``evaluation``: BraTS metrics and ``braintumorseg evaluate``
-* ``phantom``: synthetic BraTS-like cases; ``clinical_phantom``: clinical-like cases made from them
-* ``networks``, ``sliding_window``, ``inference`` (``segment``), ``bundles``, ``devices``:
-  the networks and the inference engine; ``segment_options``: its options, declared once
-* ``dicom_series``, ``dicom_seg``, ``qc_picture``, ``extra_outputs``, ``batch``: DICOM in and out,
-  QC pictures and the ``--cases`` run
-* ``cli`` and ``segment_cli``: the command line (``segment``'s checks before any weights are read)
-* ``training``, ``losses``, ``recipes``: training and the demo model's recipe
+* ``read``: volumes, DICOM series, the files of a case by role
+* ``preprocess``: registration, skull stripping, working grid, crop and normalisation, and the way back
+* ``predict``: sliding-window prediction, test-time augmentation, ensembles, devices and backends
+* ``postprocess``: labels from probabilities, clean-up, onto the input's grid, volumes
+* ``write``: label volumes, DICOM SEG, QC pictures, batch page, all written atomically
+
+``pipeline.segment`` runs them for one case; ``segment_options`` declares its options once. Beside
+the pipeline: ``models`` (bundles, ensembles, the shipped weights), ``networks``, ``training``,
+``evaluation`` (metrics, scoring, the real cases' grades and folds), ``recipes`` (how the shipped
+models are made), ``synthetic`` (phantoms), ``cli`` (the ``braintumorseg`` command); ``labels``
+(label schemes and WT/TC/ET regions), ``errors``, ``progress`` and ``extras`` serve them all.
 
 ``BrainTumorSegLib.segment(inputs, model, device, options, progress, cancel)`` is the API the
 Slicer module and scripts call.
 """
 __version__ = "0.2.0"
 
-_LAZY = {"segment": "inference", "SegmentOptions": "segment_options", "SegmentationResult": "inference"}
+_LAZY = {"segment": "pipeline", "SegmentOptions": "segment_options", "SegmentationResult": "pipeline"}
 
 
 def __getattr__(name: str):

@@ -5,10 +5,11 @@ writer and the parser live here together."""
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 ENV = "BRAINTUMORSEG_PROGRESS"
 PREFIX = "progress "
+Progress = Callable[[str, float], None]   # how the library reports: (stage, fraction 0..1)
 
 
 def lines_wanted() -> bool:

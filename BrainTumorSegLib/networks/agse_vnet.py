@@ -36,8 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..losses import onehot_of, soft_dice_loss
 from .base import SegmentationNetwork, TrainingDefaults, conv3d, norm3d
+from .losses import onehot_of, soft_dice_loss
 
 
 def box_sum(x: torch.Tensor, r: int) -> torch.Tensor:

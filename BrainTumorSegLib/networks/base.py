@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from ..cases import SEQUENCES
+from ..read.cases import SEQUENCES
 
 Output = Union[torch.Tensor, Dict[str, torch.Tensor]]
 

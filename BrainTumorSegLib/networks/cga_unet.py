@@ -46,8 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..losses import onehot_of, softmax_dice_ce
 from .base import SegmentationNetwork, TrainingDefaults, conv3d, norm3d
+from .losses import onehot_of, softmax_dice_ce
 
 
 class ResBlock(nn.Module):

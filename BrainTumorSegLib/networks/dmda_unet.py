@@ -37,9 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..losses import onehot_of, regions_of, soft_dice_loss
-from ..sliding_window import sliding_window
+from ..predict.sliding_window import sliding_window
 from .base import SegmentationNetwork, TrainingDefaults, conv3d
+from .losses import onehot_of, regions_of, soft_dice_loss
 
 # ----------------------------------------------------------------------------- stage 1 (2D)
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..losses import regions_of, sigmoid_dice_bce
 from .base import SegmentationNetwork, TrainingDefaults, conv3d
+from .losses import regions_of, sigmoid_dice_bce
 
 
 def _cna(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

@@ -6,7 +6,7 @@ from typing import Dict
 
 import torch
 
-from ..atomicfile import replacing
+from ..write.atomic import replacing
 
 
 def save_checkpoint(path: str, state: Dict) -> None:

@@ -18,12 +18,14 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ..atomicfile import replacing
-from ..cases import SEQUENCES, Case
 from ..errors import InputError
-from ..imageio import read_image, same_grid
 from ..labels import detect_scheme, labels_to_classes
-from ..preprocessing import PreprocessOptions, labels_to_working, preprocess, zscore
+from ..preprocess.grid import labels_to_working
+from ..preprocess.normalise import zscore
+from ..preprocess.transform import PreprocessOptions, preprocess
+from ..read.cases import SEQUENCES, Case
+from ..read.images import read_image, same_grid
+from ..write.atomic import replacing
 
 
 def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:

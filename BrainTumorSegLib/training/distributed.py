@@ -7,7 +7,7 @@ from typing import Tuple
 
 import torch
 
-from .. import devices
+from ..predict import devices
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Optional, Sequence, Union
 
-from .. import bundles
-from ..cases import Case
+from ..models import bundles
+from ..read.cases import Case
 from .config import TrainConfig
 from .loop import train
 

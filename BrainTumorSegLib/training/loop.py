@@ -17,16 +17,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .. import bundles, devices, extras, progress
-from ..atomicfile import write_json
-from ..cases import Case
+from .. import extras, progress
+from ..models import bundles
 from ..networks import SegmentationNetwork, build, network_class
-from ..runlog import write_log
+from ..predict import devices
+from ..read.cases import Case
+from ..write.atomic import write_json
 from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from .config import TrainConfig
 from .data import PatchDataset, cache_case
 from .distributed import Distributed, init_distributed
 from .optimisation import compute_loss, make_optimizer, make_scheduler
+from .runlog import write_log
 from .validation import validate
 
 Log = Callable[..., None]

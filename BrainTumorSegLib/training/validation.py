@@ -6,10 +6,12 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from .. import bundles
-from ..inference import SegmentOptions, predict_probabilities, probabilities_to_labels
+from ..evaluation.metrics import case_metrics
 from ..labels import classes_to_labels, get_scheme
-from ..metrics import case_metrics
+from ..models import bundles
+from ..postprocess.on_reference import probabilities_to_labels
+from ..predict.predictor import predict_probabilities
+from ..segment_options import SegmentOptions
 from .data import CachedCase
 
 

@@ -39,11 +39,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_inference import cpu_description  # noqa: E402
 
-from BrainTumorSegLib import bundles, clinical_phantom, skullstrip  # noqa: E402
-from BrainTumorSegLib.cases import SEQUENCES  # noqa: E402
-from BrainTumorSegLib.evaluation import score_images  # noqa: E402
-from BrainTumorSegLib.inference import SegmentOptions, segment  # noqa: E402
-from BrainTumorSegLib.real_recipe import split  # noqa: E402
+from BrainTumorSegLib.evaluation.scoring import score_images  # noqa: E402
+from BrainTumorSegLib.models import bundles, ensembles  # noqa: E402
+from BrainTumorSegLib.pipeline import segment  # noqa: E402
+from BrainTumorSegLib.preprocess import skullstrip  # noqa: E402
+from BrainTumorSegLib.read.cases import SEQUENCES  # noqa: E402
+from BrainTumorSegLib.recipes.brats_glioma import split  # noqa: E402
+from BrainTumorSegLib.segment_options import SegmentOptions  # noqa: E402
+from BrainTumorSegLib.synthetic import clinical as clinical_phantom  # noqa: E402
 
 
 def on_grid(labels: sitk.Image, grid: sitk.Image) -> sitk.Image:
@@ -99,7 +102,7 @@ def main() -> None:
     args = ap.parse_args()
     head, head_brain = clinical_phantom.sri24_head()
     _, val = split(args.data)
-    models = {m: [b for part in m.split(",") for b in bundles.load_models(part)]
+    models = {m: [b for part in m.split(",") for b in ensembles.load_models(part)]
               for m in (args.model or [bundles.DEFAULT_MODEL])}
     print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows: dict = {m: [] for m in models}

@@ -73,7 +73,7 @@ def monai_recipe(case_dir: str, out: str) -> None:
     from monai.networks.nets import SegResNet
     from monai.transforms import NormalizeIntensity
 
-    from BrainTumorSegLib.cases import find_case
+    from BrainTumorSegLib.read.cases import find_case
 
     paths = find_case(case_dir).paths
     imgs = [nib.load(paths[r]) for r in ("t1ce", "t1", "t2", "flair")]  # the bundle's channel order
@@ -109,7 +109,7 @@ def main() -> None:
     import SimpleITK as sitk
     import torch
 
-    from BrainTumorSegLib import bundles
+    from BrainTumorSegLib.models import bundles
 
     models = args.models or [bundles.DEFAULT_MODEL]
     case = os.path.abspath(args.case)

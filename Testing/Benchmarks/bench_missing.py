@@ -23,12 +23,12 @@ import SimpleITK as sitk
 import torch
 from bench_real import trained_on
 
-from BrainTumorSegLib import bundles
-from BrainTumorSegLib.cases import find_cases
-from BrainTumorSegLib.cross_validation import grade_summary
-from BrainTumorSegLib.evaluation import score_against
-from BrainTumorSegLib.inference import segment
-from BrainTumorSegLib.real_validation import case_table
+from BrainTumorSegLib.evaluation.cross_validation import grade_summary
+from BrainTumorSegLib.evaluation.real_validation import case_table
+from BrainTumorSegLib.evaluation.scoring import score_against
+from BrainTumorSegLib.models import bundles, ensembles
+from BrainTumorSegLib.pipeline import segment
+from BrainTumorSegLib.read.cases import find_cases
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONDITIONS = ("all four", "no T1", "no T2", "partial T1")
@@ -55,7 +55,7 @@ def main() -> None:
     cases = find_cases(args.data)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in args.models:
-        models = bundles.load_models(name)
+        models = ensembles.load_models(name)
         held_out = [c for c in cases if c.case_id not in trained_on(models)]
         rows: Dict[str, Dict] = {k: {} for k in CONDITIONS}
         seconds: Dict[str, Dict] = {k: {} for k in CONDITIONS}

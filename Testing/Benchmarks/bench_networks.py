@@ -27,10 +27,10 @@ import time
 import numpy as np
 import torch
 
-from BrainTumorSegLib.cases import find_cases
 from BrainTumorSegLib.networks import NETWORKS, build
 from BrainTumorSegLib.networks.flops import count_parameters
-from BrainTumorSegLib.recipes import held_out_scores
+from BrainTumorSegLib.read.cases import find_cases
+from BrainTumorSegLib.recipes.demo import held_out_scores
 from BrainTumorSegLib.training import PatchDataset, TrainConfig, cache_case, compute_loss, make_optimizer, train
 
 ITERS_PER_EPOCH = 10

@@ -6,7 +6,7 @@ import argparse
 import tempfile
 import time
 
-from BrainTumorSegLib import phantom
+from BrainTumorSegLib.synthetic import phantom
 
 
 def main() -> None:

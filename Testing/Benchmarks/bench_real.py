@@ -23,24 +23,20 @@ from typing import Dict, List
 
 import torch
 
-from BrainTumorSegLib import bundles
-from BrainTumorSegLib.cases import Case, find_cases
-from BrainTumorSegLib.cross_validation import GRADES, grade_summary
-from BrainTumorSegLib.evaluation import score_against
-from BrainTumorSegLib.inference import segment
+from BrainTumorSegLib.evaluation.cross_validation import GRADES, grade_summary
+from BrainTumorSegLib.evaluation.real_validation import case_table
+from BrainTumorSegLib.evaluation.scoring import score_against
 from BrainTumorSegLib.labels import REGIONS
-from BrainTumorSegLib.real_validation import case_table
+from BrainTumorSegLib.models import bundles, ensembles
+from BrainTumorSegLib.pipeline import segment
+from BrainTumorSegLib.read.cases import Case, find_cases
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def trained_on(models: List[bundles.Bundle]) -> set:
     """The case ids any of these bundles trained on."""
-    ids: set = set()
-    for b in models:
-        data = b.manifest.document.get("training_data")
-        ids |= set(map(str, data.get("train", []))) if isinstance(data, dict) else set()
-    return ids
+    return set().union(*(b.manifest.training_cases for b in models))
 
 
 def score(models: List[bundles.Bundle], cases: List[Case], device: str):
@@ -88,7 +84,7 @@ def main() -> None:
     pooled_seconds: Dict = {}
     summary = []
     for name in dict.fromkeys(args.models):
-        b = bundles.load_models(name)  # one bundle, or an ensemble's members
+        b = ensembles.load_models(name)  # one bundle, or an ensemble's members
         seen = trained_on(b)
         held_out = [c for c in cases if c.case_id not in seen]
         print(f"\n{name}: {len(held_out)} cases it did not train on")

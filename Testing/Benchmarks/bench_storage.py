@@ -21,11 +21,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from BrainTumorSegLib import bundles
-from BrainTumorSegLib.cases import find_cases
-from BrainTumorSegLib.evaluation import score_against
-from BrainTumorSegLib.inference import segment
+from BrainTumorSegLib.evaluation.scoring import score_against
 from BrainTumorSegLib.labels import REGIONS
+from BrainTumorSegLib.models import bundles, catalog, ensembles
+from BrainTumorSegLib.pipeline import segment
+from BrainTumorSegLib.read.cases import find_cases
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -35,13 +35,13 @@ def main() -> None:
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "real-cases"))
     ap.add_argument("--model", default=bundles.DEFAULT_MODEL)
     args = ap.parse_args()
-    full = bundles.load_models(args.model)
+    full = ensembles.load_models(args.model)
     print(f"{args.model}: {len(full)} member(s); {platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory() as tmp:
         half = [bundles.load(bundles.save(b.network, os.path.join(tmp, b.id), b.manifest.to_json(), "float16"))
                 for b in full]
-        sizes = [(bundles.size_on_disk(b.path), bundles.size_on_disk(h.path)) for b, h in zip(full, half)]
+        sizes = [(catalog.size_on_disk(b.path), catalog.size_on_disk(h.path)) for b, h in zip(full, half)]
         print("weights on disk: " + ", ".join(f"{a / 1e6:.1f} MB -> {b / 1e6:.1f} MB" for a, b in sizes))
         same, deltas = [], []
         for c in find_cases(args.data):

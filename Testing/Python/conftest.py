@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BrainTumorSegLib import phantom
+from BrainTumorSegLib.synthetic import phantom
 
 
 def make_image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
@@ -54,7 +54,7 @@ def save_tiny_bundle(data: np.ndarray, folder, model_id: str = "tiny", spacing_m
     on the image, so comparisons are not trivial. Saved as a bundle working at that spacing."""
     import torch
 
-    from BrainTumorSegLib import bundles
+    from BrainTumorSegLib.models import bundles
     from BrainTumorSegLib.networks import build
 
     torch.manual_seed(0)
@@ -79,7 +79,7 @@ def cli_main(*args: str) -> subprocess.CompletedProcess:
     import contextlib
     import io
 
-    from BrainTumorSegLib.cli import main
+    from BrainTumorSegLib.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

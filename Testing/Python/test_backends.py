@@ -8,11 +8,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from BrainTumorSegLib import backends, bundles
-from BrainTumorSegLib.cases import find_case
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.inference import SegmentOptions, segment
+from BrainTumorSegLib.models import bundles
 from BrainTumorSegLib.networks import build
+from BrainTumorSegLib.pipeline import segment
+from BrainTumorSegLib.predict import backends
+from BrainTumorSegLib.read.cases import find_case
+from BrainTumorSegLib.segment_options import SegmentOptions
 
 TINY = {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]}
 
@@ -25,7 +27,7 @@ def cache(tmp_path, monkeypatch):
 
 def tiny_bundle(folder, case):
     """Random weights with the output bias set so that about half the brain is labelled."""
-    from BrainTumorSegLib.preprocessing import preprocess
+    from BrainTumorSegLib.preprocess.transform import preprocess
 
     torch.manual_seed(0)
     net = build("resunet", **TINY).eval()

@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from BrainTumorSegLib.cases import Case, case_file_name, find_case, find_cases, parse_name
 from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.read.cases import Case, case_file_name, find_case, find_cases, parse_name
 
 
 def touch(folder, *names):

@@ -14,11 +14,13 @@ import pytest
 import SimpleITK as sitk
 from conftest import analytic_image, make_image, one_line_error, run_cli
 
-from BrainTumorSegLib import clinical_phantom, skullstrip
-from BrainTumorSegLib.cases import SEQUENCES, find_case
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.preprocessing import PreprocessOptions, choose_spacing, preprocess
-from BrainTumorSegLib.registration import Aligner
+from BrainTumorSegLib.preprocess import skullstrip
+from BrainTumorSegLib.preprocess.grid import choose_spacing
+from BrainTumorSegLib.preprocess.registration import Aligner
+from BrainTumorSegLib.preprocess.transform import PreprocessOptions, preprocess
+from BrainTumorSegLib.read.cases import SEQUENCES, find_case
+from BrainTumorSegLib.synthetic import clinical as clinical_phantom
 from BrainTumorSegLib.training.data import CachedCase, cache_case, check_cases
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "Resources", "Samples", "Brats18_TCIA01_231_1")
@@ -119,8 +121,8 @@ def test_preprocess_registers_the_moved_sequence_onto_the_reference():
 def test_the_brain_mask_reaches_a_registered_sequence_through_its_registration():
     """Stripping zeroes each sequence on its own grid: the mask (on the reference grid) must follow
     the registration back into a moved sequence, or it would cut the brain on one side."""
-    from BrainTumorSegLib.preprocessing import _mask_native
-    from BrainTumorSegLib.registration import Alignment
+    from BrainTumorSegLib.preprocess.registration import Alignment
+    from BrainTumorSegLib.preprocess.transform import _mask_native
 
     ref, moved = blob(), blob(shift=(8.0, 0.0, 0.0), spacing=(2.0, 1.0, 1.0))  # content 8 mm along x
     mask = sitk.Cast(ref != 0, sitk.sitkUInt8)
@@ -235,7 +237,7 @@ def test_hd_bet_strips_a_real_head():
 def test_real_case_in_a_real_head_gives_its_brats_labels(tmp_path):
     """The sample BraTS case inside the SRI24 head, on scanner grids: WT Dice >= 0.9 against the
     default model's labels on the BraTS-preprocessed case, and a volume within 10 %."""
-    from BrainTumorSegLib.inference import segment
+    from BrainTumorSegLib.pipeline import segment
 
     imgs = {r: sitk.ReadImage(os.path.join(SAMPLE, f"Brats18_TCIA01_231_1_{r}.nii.gz"), sitk.sitkFloat32)
             for r in SEQUENCES}

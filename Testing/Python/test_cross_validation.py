@@ -1,7 +1,7 @@
 """The recipe's fold table and the per-grade figures (no real data needed)."""
 import pytest
 
-from BrainTumorSegLib.cross_validation import FOLDS, GRADES, HGG, LITTLE_ET, LOW_GRADE, grade_summary, institution
+from BrainTumorSegLib.evaluation.cross_validation import FOLDS, GRADES, HGG, LITTLE_ET, LOW_GRADE, grade_summary, institution
 
 
 def test_every_case_is_held_out_once_and_folds_are_stratified():

@@ -20,10 +20,12 @@ from conftest import cli_in_a_fresh_process, cli_main, one_line_error, rotation_
 from dicom_testdata import new_uid, small_sample, write_series
 from PIL import Image
 
-from BrainTumorSegLib import dicom_series, imageio, qc_picture, terminology
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.metrics import dice
-from BrainTumorSegLib.preprocessing import PreprocessOptions, preprocess
+from BrainTumorSegLib.evaluation.metrics import dice
+from BrainTumorSegLib.preprocess.transform import PreprocessOptions, preprocess
+from BrainTumorSegLib.read import dicom_series
+from BrainTumorSegLib.read import images as read_images
+from BrainTumorSegLib.write import qc_picture, terminology
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "Resources", "Samples", "Brats18_TCIA01_231_1")
 ROLES = ("t1", "t1ce", "t2", "flair")
@@ -86,7 +88,7 @@ def test_batch_of_dicom_and_nifti_cases_goes_on_past_a_broken_one(batch, data):
     from_dicom, from_nifti = labels(out / "DicomCase.nii.gz"), labels(out / "NiftiCase.nii.gz")
     assert np.array_equal(from_dicom, from_nifti)
     assert set(np.unique(from_dicom)) == {0, 1, 2, 4}  # the comparison is not trivial
-    assert imageio.same_grid(sitk.ReadImage(str(out / "DicomCase.nii.gz")), data.imgs["t1ce"])
+    assert read_images.same_grid(sitk.ReadImage(str(out / "DicomCase.nii.gz")), data.imgs["t1ce"])
     rows = summary(out)
     assert list(rows) == ["BrokenCase", "DicomCase", "NiftiCase"]  # failures first
     bad = rows["BrokenCase"]
@@ -332,9 +334,9 @@ def test_an_oblique_series_is_read_in_position_order_with_its_geometry(data, tmp
     assert np.allclose(back.GetSpacing(), img.GetSpacing(), atol=1e-6)
     assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img).astype(np.float32))
     assert [os.path.basename(f) for f in series.files][:2] == [f"x{len(files):04d}.dcm", f"x{len(files) - 1:04d}.dcm"]
-    assert imageio.same_grid(imageio.read_image(tmp_path / "oblique"), back)  # any image input may be a series folder
+    assert read_images.same_grid(read_images.read_image(tmp_path / "oblique"), back)  # any image input may be a series folder
     with pytest.raises(InputError, match="is a folder"):
-        imageio.read_image(tmp_path / "oblique", "label")
+        read_images.read_image(tmp_path / "oblique", "label")
 
 
 def test_segment_terminology_is_the_slicer_modules():

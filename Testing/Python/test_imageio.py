@@ -7,8 +7,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import make_image, rotation_direction
 
-from BrainTumorSegLib import imageio
 from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.read import images as read_images
+from BrainTumorSegLib.write import images as write_images
 
 EXTS = [".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"]
 
@@ -18,8 +19,8 @@ def test_round_trip_keeps_geometry(tmp_path, ext):
     arr = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32) + 1
     img = make_image(arr, spacing=(0.9, 1.1, 3.0), origin=(-10.5, 20.25, 3.0),
                      direction=rotation_direction(20, axis=2))
-    path = imageio.write_image(img, tmp_path / f"img{ext}")
-    back = imageio.read_image(path)
+    path = write_images.write_image(img, tmp_path / f"img{ext}")
+    back = read_images.read_image(path)
     assert back.GetSize() == img.GetSize()
     assert np.allclose(back.GetSpacing(), img.GetSpacing(), atol=1e-5)
     assert np.allclose(back.GetOrigin(), img.GetOrigin(), atol=1e-4)
@@ -34,25 +35,25 @@ def test_write_labels_uint8_on_reference_grid(tmp_path, ext):
                      direction=rotation_direction(90, axis=0))
     labels = np.zeros((4, 5, 6), np.int64)
     labels[1, 2, 3] = 4
-    out = imageio.write_labels(labels, ref, tmp_path / f"seg{ext}")
+    out = write_images.write_labels(labels, ref, tmp_path / f"seg{ext}")
     back = sitk.ReadImage(out)
     assert back.GetPixelID() == sitk.sitkUInt8
-    assert imageio.same_grid(back, ref)
+    assert read_images.same_grid(back, ref)
     assert np.array_equal(sitk.GetArrayFromImage(back), labels)
 
 
 def test_write_labels_rejects_wrong_shape(tmp_path):
     ref = make_image(np.ones((4, 5, 6), np.float32))
     with pytest.raises(ValueError):
-        imageio.write_labels(np.zeros((6, 5, 4)), ref, tmp_path / "x.nii.gz")
+        write_images.write_labels(np.zeros((6, 5, 4)), ref, tmp_path / "x.nii.gz")
 
 
 def test_refuses_to_overwrite_input(tmp_path):
     img = make_image(np.ones((3, 3, 3), np.float32))
-    p = imageio.write_image(img, tmp_path / "in.nii.gz")
+    p = write_images.write_image(img, tmp_path / "in.nii.gz")
     before = open(p, "rb").read()
     with pytest.raises(InputError, match="is an input file"):
-        imageio.write_image(img * 2, p, inputs=[str(tmp_path / "." / "in.nii.gz")])
+        write_images.write_image(img * 2, p, inputs=[str(tmp_path / "." / "in.nii.gz")])
     assert open(p, "rb").read() == before
 
 
@@ -67,16 +68,16 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(sitk, "WriteImage", crash)
     for ext in (".nii.gz", ".nhdr"):
         with pytest.raises(KeyboardInterrupt):
-            imageio.write_image(img, tmp_path / f"out{ext}")
+            write_images.write_image(img, tmp_path / f"out{ext}")
     assert os.listdir(tmp_path) == []
 
 
 def test_output_folder_must_exist(tmp_path):
     img = make_image(np.ones((3, 3, 3), np.float32))
     with pytest.raises(InputError, match="output folder does not exist"):
-        imageio.write_image(img, tmp_path / "nope" / "x.nii.gz")
+        write_images.write_image(img, tmp_path / "nope" / "x.nii.gz")
     with pytest.raises(InputError, match="unsupported output type"):
-        imageio.write_image(img, tmp_path / "x.png")
+        write_images.write_image(img, tmp_path / "x.png")
 
 
 # --- bad input: each gets a one-line message naming the file -------------------------------
@@ -89,7 +90,7 @@ def _write(tmp_path, name, arr, **kw):
 
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match=r"nope\.nii\.gz: file not found"):
-        imageio.read_image(tmp_path / "nope.nii.gz")
+        read_images.read_image(tmp_path / "nope.nii.gz")
 
 
 @pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha"])
@@ -99,42 +100,42 @@ def test_truncated_file(tmp_path, ext):
     data = open(p, "rb").read()
     open(p, "wb").write(data[: len(data) // 2])
     with pytest.raises(InputError, match=rf"t{re.escape(ext)}: (cannot be read|is truncated)"):
-        imageio.read_image(p)
+        read_images.read_image(p)
 
 
 def test_garbage_file(tmp_path):
     p = tmp_path / "g.nrrd"
     p.write_bytes(b"this is not an image\n" * 10)
     with pytest.raises(InputError, match=r"g\.nrrd: cannot be read"):
-        imageio.read_image(p)
+        read_images.read_image(p)
 
 
 def test_2d_and_4d_images(tmp_path):
     p2 = str(tmp_path / "two.nii.gz")
     sitk.WriteImage(sitk.GetImageFromArray(np.ones((5, 5), np.float32)), p2)
     with pytest.raises(InputError, match=r"two\.nii\.gz: is a 2D image .* a 3D volume is expected"):
-        imageio.read_image(p2)
+        read_images.read_image(p2)
     p4 = str(tmp_path / "four.nii.gz")
     sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(np.ones((3, 4, 5), np.float32))] * 2), p4)
     with pytest.raises(InputError, match=r"four\.nii\.gz: is a 4D image"):
-        imageio.read_image(p4)
+        read_images.read_image(p4)
     p1 = _write(tmp_path, "slice.nii.gz", np.ones((1, 5, 5), np.float32))
     with pytest.raises(InputError, match="at least 2 voxels"):
-        imageio.read_image(p1)
+        read_images.read_image(p1)
 
 
 def test_vector_image(tmp_path):
     p = str(tmp_path / "rgb.mha")
     sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 4, 5, 3), np.float32), isVector=True), p)
     with pytest.raises(InputError, match="3 components per voxel"):
-        imageio.read_image(p)
+        read_images.read_image(p)
 
 
 def test_all_zero_and_nonfinite(tmp_path):
     z = _write(tmp_path, "zero.nii.gz", np.zeros((4, 4, 4), np.float32))
     with pytest.raises(InputError, match=r"zero\.nii\.gz: is all zero"):
-        imageio.read_image(z)
-    assert imageio.read_image(z, "label").GetSize() == (4, 4, 4)  # an empty seg is fine
+        read_images.read_image(z)
+    assert read_images.read_image(z, "label").GetSize() == (4, 4, 4)  # an empty seg is fine
     # ITK's NIfTI reader silently turns NaN/Inf into 0: files written by other tools must be caught.
     for bad, ext in [(np.nan, ".nii.gz"), (np.inf, ".nii"), (-np.inf, ".nrrd"), (np.nan, ".mha")]:
         a = np.ones((4, 4, 4), np.float32)
@@ -145,20 +146,20 @@ def test_all_zero_and_nonfinite(tmp_path):
         else:
             sitk.WriteImage(sitk.GetImageFromArray(a), p)
         with pytest.raises(InputError, match=rf"bad{re.escape(ext)}: contains NaN or Inf"):
-            imageio.read_image(p)
+            read_images.read_image(p)
 
 
 def test_non_integer_labels(tmp_path):
     p = _write(tmp_path, "s.nii.gz", np.full((3, 3, 3), 1.5, np.float32))
     with pytest.raises(InputError, match="non-integer"):
-        imageio.read_image(p, "label")
+        read_images.read_image(p, "label")
 
 
 def test_unsupported_extension_and_folder(tmp_path):
     (tmp_path / "x.png").write_bytes(b"")
     with pytest.raises(InputError, match="unsupported file type"):
-        imageio.read_image(tmp_path / "x.png")
+        read_images.read_image(tmp_path / "x.png")
     with pytest.raises(InputError, match="holds no DICOM series"):  # a folder is read as a DICOM series
-        imageio.read_image(tmp_path)
+        read_images.read_image(tmp_path)
     with pytest.raises(InputError, match="is a folder"):
-        imageio.read_image(tmp_path, "label")
+        read_images.read_image(tmp_path, "label")

@@ -13,14 +13,15 @@ import torch
 from conftest import cli_main, one_line_error, run_cli, save_tiny_bundle
 
 import BrainTumorSegLib
-from BrainTumorSegLib import bundles
-from BrainTumorSegLib.cases import find_case
 from BrainTumorSegLib.errors import Cancelled, InputError
-from BrainTumorSegLib.imageio import same_grid
-from BrainTumorSegLib.inference import SegmentOptions, probabilities_to_labels, segment
+from BrainTumorSegLib.models import bundles, catalog, ensembles
 from BrainTumorSegLib.networks import build
-from BrainTumorSegLib.preprocessing import PreprocessOptions, preprocess
-from BrainTumorSegLib.segment_options import NO_POSTPROCESSING
+from BrainTumorSegLib.pipeline import segment
+from BrainTumorSegLib.postprocess.on_reference import probabilities_to_labels
+from BrainTumorSegLib.preprocess.transform import PreprocessOptions, preprocess
+from BrainTumorSegLib.read.cases import find_case
+from BrainTumorSegLib.read.images import same_grid
+from BrainTumorSegLib.segment_options import NO_POSTPROCESSING, SegmentOptions
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +197,8 @@ def test_cli_segment_writes_labels_report_and_uncertainty(tiny_bundle, phantom_c
     assert {"preprocess", "predict", "total"} <= set(rep["timings_s"]) and "WT" in rep["volumes_ml"]
     assert rep["input_geometry"]["size"] == [240, 240, 155]
     # the comparison with expert labels: the same Dice as evaluating the written file (2023 vs 2021 labels)
+    from BrainTumorSegLib.evaluation.metrics import case_metrics
     from BrainTumorSegLib.labels import get_scheme
-    from BrainTumorSegLib.metrics import case_metrics
     ref = sitk.GetArrayFromImage(sitk.ReadImage(find_case(phantom_case_dir).paths["seg"]))
     m = case_metrics(sitk.GetArrayFromImage(lab), ref, (1, 1, 1), get_scheme("brats2023"), get_scheme("brats2021"))
     for region in ("WT", "TC", "ET"):
@@ -280,9 +281,9 @@ def test_default_model_is_the_real_data_model_and_says_what_it_is():
     """The default, an ensemble of two models trained on the same real cases, says what it is (and
     so does each member): not a demo, not for clinical use, the validation figures and citations in
     the manifest, validation cases none of them trained on, weights under 25 MB each."""
-    members = bundles.load_models(bundles.DEFAULT_MODEL)
+    members = ensembles.load_models(bundles.DEFAULT_MODEL)
     assert [b.id for b in members] == ["brats-glioma-v1", "brats-glioma-clinaug-v1"]
-    docs = [bundles.describe(bundles.resolve(bundles.DEFAULT_MODEL))] + [b.manifest.to_json() for b in members]
+    docs = [catalog.describe(bundles.resolve(bundles.DEFAULT_MODEL))] + [b.manifest.to_json() for b in members]
     assert docs[0]["network"] == "ensemble"
     for m in docs:
         assert m["demo"] is False and m["clinical_use"] is False
@@ -297,8 +298,8 @@ def test_default_model_is_the_real_data_model_and_says_what_it_is():
 
 def test_shipped_demo_model_segments_a_held_out_synthetic_case(tmp_path):
     """The shipped demo model on a phantom of a seed it never saw (training used 1000/2000/3000)."""
-    from BrainTumorSegLib import phantom
-    from BrainTumorSegLib.evaluation import score_against
+    from BrainTumorSegLib.evaluation.scoring import score_against
+    from BrainTumorSegLib.synthetic import phantom
 
     b = bundles.load("brats-synthetic-demo")
     doc = b.manifest.to_json()
@@ -349,7 +350,7 @@ def test_ensemble_of_models_at_different_spacings_is_refused(tiny_bundle, phanto
 def test_glibc_malloc_tuning_leaves_labels_unchanged(tiny_bundle, small_case_dir, tmp_path):
     """The CLI keeps large activations on the heap (allocator.tune_glibc_malloc); the labels are
     byte-identical to a run with glibc's defaults."""
-    from BrainTumorSegLib.allocator import ENV_SWITCH, tune_glibc_malloc
+    from BrainTumorSegLib.predict.allocator import ENV_SWITCH, tune_glibc_malloc
 
     outs = {}
     for switch in ("0", "1"):
@@ -431,7 +432,7 @@ def test_an_ensemble_folder_is_one_model_by_path_or_name(tiny_bundle, phantom_ca
                               for n in ("tiny", "tiny-moved")]
     os.rename(models, tmp_path / "moved")
     ens = str(tmp_path / "moved" / "both")
-    assert [b.id for b in bundles.load_models(ens)] == ["tiny", "tiny-moved"]
+    assert [b.id for b in ensembles.load_models(ens)] == ["tiny", "tiny-moved"]
     listed = segment(case.sequences, [str(tmp_path / "moved" / "tiny"), str(tmp_path / "moved" / "tiny-moved")], "cpu")
     alone = segment(case.sequences, str(tmp_path / "moved" / "tiny"), "cpu")
     by_path = segment(case.sequences, ens, "cpu")
@@ -465,7 +466,7 @@ def test_ensembles_that_cannot_work_are_one_line_errors(tiny_bundle, phantom_cas
                    "cannot be averaged", "spacing_mm")
     one_line_error(cli_main("ensemble", str(tiny_bundle), "--out", str(tmp_path / "e2")), "two or more models")
     assert not os.path.exists(tmp_path / "e1") and not os.path.exists(tmp_path / "e2")
-    ens = bundles.save_ensemble(tmp_path / "ens", [str(tiny_bundle), _perturbed(tiny_bundle, tmp_path / "moved")])
+    ens = ensembles.save_ensemble(tmp_path / "ens", [str(tiny_bundle), _perturbed(tiny_bundle, tmp_path / "moved")])
     # fine-tuning (or anything that needs one network) names the members to choose from
     one_line_error(cli_main("finetune", "--from", ens, "--data", phantom_case_dir, "--out", str(tmp_path / "ft")),
                    "is an ensemble of", "name one of its members")
@@ -479,4 +480,25 @@ def test_ensembles_that_cannot_work_are_one_line_errors(tiny_bundle, phantom_cas
     os.rename(replaced, tmp_path / "gone")
     one_line_error(cli_main("segment", "--case", phantom_case_dir, "--model", ens, "-o", str(tmp_path / "x.nii.gz")),
                    "ens/manifest.json", "member moved", "no such model")
+    assert not os.path.exists(tmp_path / "x.nii.gz")
+
+
+def test_an_ensemble_declares_its_own_postprocessing(tiny_bundle, phantom_case_dir, tmp_path):
+    """An ensemble's own postprocessing (chosen on its members' held-out cases) is what segment
+    applies, as if given as options; without one, its first member's; a malformed one is one line."""
+    case = find_case(phantom_case_dir)
+    members = [str(tiny_bundle), _perturbed(tiny_bundle, tmp_path / "moved")]
+    own = {"min_et_voxels": 0, "min_component_voxels": 5000, "fill_core_holes": True}
+    ens = ensembles.save_ensemble(tmp_path / "ens", members, {"postprocessing": own})
+    assert ensembles.load_ensemble(ens).postprocessing == own
+    assert ensembles.load_ensemble(members).postprocessing == bundles.read_manifest(tiny_bundle).postprocessing
+    by_ensemble = segment(case.sequences, ens, "cpu")
+    as_options = segment(case.sequences, members, "cpu", SegmentOptions(min_component_voxels=5000, fill_core_holes=True))
+    plain = segment(case.sequences, members, "cpu", SegmentOptions(**NO_POSTPROCESSING))
+    labels = [sitk.GetArrayFromImage(r.labels) for r in (by_ensemble, as_options, plain)]
+    np.testing.assert_array_equal(labels[0], labels[1])
+    assert not np.array_equal(labels[0], labels[2])  # the setting did something on this case
+    bad = ensembles.save_ensemble(tmp_path / "bad", members, {"postprocessing": {"min_tumour": 3}})
+    one_line_error(cli_main("segment", "--case", phantom_case_dir, "--model", bad, "-o", str(tmp_path / "x.nii.gz")),
+                   "bad/manifest.json", "field postprocessing", "min_et_voxels")
     assert not os.path.exists(tmp_path / "x.nii.gz")

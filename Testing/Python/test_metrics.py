@@ -5,8 +5,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from BrainTumorSegLib.labels import SCHEMES
-from BrainTumorSegLib.metrics import (
+from BrainTumorSegLib.evaluation.metrics import (
     HD95_EMPTY,
     case_metrics,
     dice,
@@ -16,6 +15,7 @@ from BrainTumorSegLib.metrics import (
     summarize,
     surface_distances,
 )
+from BrainTumorSegLib.labels import SCHEMES
 
 
 def random_shape(rng, shape):

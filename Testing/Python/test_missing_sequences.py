@@ -4,9 +4,9 @@ import pytest
 import SimpleITK as sitk
 from test_inference import small_case_dir, tiny_bundle  # noqa: F401 - fixtures
 
-from BrainTumorSegLib.cases import find_case
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.inference import segment
+from BrainTumorSegLib.pipeline import segment
+from BrainTumorSegLib.read.cases import find_case
 
 
 @pytest.fixture(scope="module")

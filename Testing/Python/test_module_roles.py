@@ -22,7 +22,7 @@ def test_module_roles_are_the_librarys_sequences_and_progress_lines_round_trip()
     """The module keeps its own copy of the sequence list (it must load before the library's
     dependencies are installed); it must equal the library's."""
     from BrainTumorSegLib import progress
-    from BrainTumorSegLib.cases import SEQUENCES
+    from BrainTumorSegLib.read.cases import SEQUENCES
     from BrainTumorSegModuleLib.roles import ROLES
 
     assert ROLES == SEQUENCES

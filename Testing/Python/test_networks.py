@@ -8,7 +8,7 @@ from BrainTumorSegLib.errors import Cancelled, InputError
 from BrainTumorSegLib.networks import NETWORKS, build
 from BrainTumorSegLib.networks.agse_vnet import box_sum
 from BrainTumorSegLib.networks.flops import count_flops, count_parameters
-from BrainTumorSegLib.sliding_window import sliding_window, window_starts
+from BrainTumorSegLib.predict.sliding_window import sliding_window, window_starts
 
 NAMES = list(NETWORKS)
 

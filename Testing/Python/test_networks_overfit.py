@@ -12,12 +12,13 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from BrainTumorSegLib.cases import find_case
+from BrainTumorSegLib.evaluation.metrics import dice
 from BrainTumorSegLib.labels import labels_to_classes, labels_to_regions
-from BrainTumorSegLib.losses import sigmoid_dice_bce, softmax_dice_ce
-from BrainTumorSegLib.metrics import dice
 from BrainTumorSegLib.networks import build
-from BrainTumorSegLib.preprocessing import labels_to_working, preprocess
+from BrainTumorSegLib.networks.losses import sigmoid_dice_bce, softmax_dice_ce
+from BrainTumorSegLib.preprocess.grid import labels_to_working
+from BrainTumorSegLib.preprocess.transform import preprocess
+from BrainTumorSegLib.read.cases import find_case
 
 pytestmark = pytest.mark.slow
 EDGE = 48

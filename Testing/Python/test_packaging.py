@@ -9,8 +9,9 @@ import zipfile
 import pytest
 from conftest import run_cli
 
-from BrainTumorSegLib import __version__, bundles, extras
+from BrainTumorSegLib import __version__, extras
 from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.models import bundles, catalog, ensembles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,7 +49,7 @@ def test_wheel_holds_every_module_and_every_shipped_model(wheel):
         folder = os.path.join(bundles.shipped_models_dir(), model)
         if os.path.isdir(folder):
             assert f"BrainTumorSegLib/models/{model}/manifest.json" in names
-            if bundles.describe(folder)["format"] != bundles.ENSEMBLE_FORMAT:  # an ensemble is its manifest only
+            if catalog.describe(folder)["format"] != bundles.ENSEMBLE_FORMAT:  # an ensemble is its manifest only
                 assert f"BrainTumorSegLib/models/{model}/weights.safetensors" in names
     assert f"-{__version__}-" in os.path.basename(wheel)
 
@@ -65,8 +66,8 @@ def test_wheel_metadata_keeps_the_core_light(wheel):
 
 
 def test_shipped_models_are_found_through_the_package():
-    assert os.path.dirname(bundles.shipped_models_dir()) == os.path.dirname(os.path.abspath(bundles.__file__))
-    for folder in bundles.members(bundles.DEFAULT_MODEL):
+    assert bundles.shipped_models_dir() == os.path.dirname(os.path.abspath(bundles.__file__))  # the models package
+    for folder in ensembles.members(bundles.DEFAULT_MODEL):
         assert os.path.dirname(folder) == bundles.shipped_models_dir()
         assert os.path.exists(os.path.join(folder, "weights.safetensors"))
 

@@ -5,8 +5,8 @@ import numpy as np
 import SimpleITK as sitk
 from conftest import cli_main
 
-from BrainTumorSegLib.cases import find_cases
-from BrainTumorSegLib.phantom import BRATS_SIZE
+from BrainTumorSegLib.read.cases import find_cases
+from BrainTumorSegLib.synthetic.phantom import BRATS_SIZE
 
 
 def arr(path):

@@ -1,6 +1,6 @@
 import numpy as np
 
-from BrainTumorSegLib.postprocessing import PostprocessOptions, postprocess, remove_small_components
+from BrainTumorSegLib.postprocess.cleanup import PostprocessOptions, postprocess, remove_small_components
 
 
 def tumor():

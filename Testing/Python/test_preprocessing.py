@@ -6,15 +6,10 @@ import SimpleITK as sitk
 from conftest import analytic_image, make_image, rotation_direction
 
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.imageio import same_grid
-from BrainTumorSegLib.preprocessing import (
-    PreprocessOptions,
-    labels_to_working,
-    overlap_fraction,
-    preprocess,
-    resample_to,
-)
-from BrainTumorSegLib.registration import register_rigid
+from BrainTumorSegLib.preprocess.grid import labels_to_working, overlap_fraction, resample_to
+from BrainTumorSegLib.preprocess.registration import register_rigid
+from BrainTumorSegLib.preprocess.transform import PreprocessOptions, preprocess
+from BrainTumorSegLib.read.images import same_grid
 
 ORIENTATIONS = ["LPS", "RAS", "RAI", "LPI", "PIR", "SAL", "ILP", "ASR"]
 
@@ -149,7 +144,7 @@ def test_rigid_registration_recovers_a_shift():
 def test_labels_on_a_coarser_working_grid_keep_thin_structures():
     """Thin label sheets on a 1 mm grid survive on a 2 mm working grid (area-weighted vote) with
     their volume; ties go to the lower label value."""
-    from BrainTumorSegLib.preprocessing import labels_to_working
+    from BrainTumorSegLib.preprocess.grid import labels_to_working
 
     arr = np.zeros((40, 40, 40), np.float32)
     arr[10:30, 10:30, 10:30] = 100

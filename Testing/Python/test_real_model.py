@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from BrainTumorSegLib import bundles
-from BrainTumorSegLib.cases import find_case
-from BrainTumorSegLib.evaluation import score_against
-from BrainTumorSegLib.inference import segment
-from BrainTumorSegLib.real_recipe import SAMPLE_CASE, VALIDATION
+from BrainTumorSegLib.evaluation.scoring import score_against
+from BrainTumorSegLib.models import bundles, ensembles
+from BrainTumorSegLib.pipeline import segment
+from BrainTumorSegLib.read.cases import find_case
+from BrainTumorSegLib.recipes.brats_glioma import SAMPLE_CASE, VALIDATION
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLE = os.path.join(ROOT, "Resources", "Samples", SAMPLE_CASE)
@@ -20,7 +20,7 @@ SAMPLE = os.path.join(ROOT, "Resources", "Samples", SAMPLE_CASE)
 @pytest.mark.slow
 def test_default_model_on_a_real_validation_case():
     assert SAMPLE_CASE in VALIDATION
-    for member in bundles.load_models(bundles.DEFAULT_MODEL):
+    for member in ensembles.load_models(bundles.DEFAULT_MODEL):
         data = member.manifest.to_json()["training_data"]
         assert not member.demo and SAMPLE_CASE in data["validation"] and SAMPLE_CASE not in data["train"]
     case = find_case(SAMPLE)
@@ -39,7 +39,7 @@ def test_default_model_does_not_depend_on_the_brats_grid(tmp_path):
     import numpy as np
     import SimpleITK as sitk
 
-    from BrainTumorSegLib.metrics import dice
+    from BrainTumorSegLib.evaluation.metrics import dice
 
     case = find_case(SAMPLE)
     ref = segment(case.sequences, bundles.DEFAULT_MODEL, "cpu")

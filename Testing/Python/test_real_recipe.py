@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from BrainTumorSegLib import bundles
-from BrainTumorSegLib.cross_validation import FOLDS, GRADES, NO_ET
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.real_recipe import CITATIONS, MODEL_ID, VALIDATION, ensemble_manifest, export_checkpoint, split, train_real
+from BrainTumorSegLib.evaluation.cross_validation import FOLDS, GRADES, NO_ET
+from BrainTumorSegLib.models import bundles
+from BrainTumorSegLib.recipes.brats_glioma import (
+    CITATIONS,
+    MODEL_ID,
+    VALIDATION,
+    ensemble_manifest,
+    export_checkpoint,
+    split,
+    train_real,
+)
 from BrainTumorSegLib.training import load_checkpoint
 
 
@@ -158,5 +166,10 @@ def test_an_ensemble_of_folds_records_their_pooled_out_of_fold_figures(all_stand
     assert oof["per_case"]["BraTS2021_01477"] == fold1["BraTS2021_01477"]
     assert oof["by_grade"]["all"]["cases"] == 14 and oof["by_grade"]["without_et"]["cases"] == 2
     assert sorted(doc["training_data"]["train"]) == sorted(GRADES)
+    # the ensemble's own postprocessing: chosen on the pooled held-out cases, each segmented again by its fold
+    search = doc["metrics"]["out_of_fold_postprocessed"]
+    assert sorted(search["cases"]) == sorted(oof["cases"]) and "postprocessing_search" in search
+    best = max(search["postprocessing_search"]["mean_dice"], key=lambda pd: pd[1])[0]
+    assert doc["postprocessing"] == best
     with pytest.raises(InputError, match="not distinct folds"):
         ensemble_manifest(all_standins, [folds[0], folds[0]], log=lambda *a: None)

@@ -9,18 +9,11 @@ from conftest import cli_in_a_fresh_process, cli_main, one_line_error, usage_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from BrainTumorSegLib import backends, labels
-from BrainTumorSegLib.cli import build_parser
+from BrainTumorSegLib import labels
+from BrainTumorSegLib.cli.main import build_parser
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.segment_options import (
-    CONTRADICTIONS,
-    SegmentOptions,
-    Spec,
-    defaults,
-    flag,
-    help_text,
-    specs,
-)
+from BrainTumorSegLib.predict import backends
+from BrainTumorSegLib.segment_options import CONTRADICTIONS, SegmentOptions, Spec, defaults, flag, help_text, specs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLE = os.path.join(ROOT, "Resources", "Samples", "Brats18_TCIA01_231_1")

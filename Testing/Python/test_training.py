@@ -9,9 +9,9 @@ import SimpleITK as sitk
 import torch
 from conftest import run_cli
 
-from BrainTumorSegLib.cases import find_cases
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.networks import build
+from BrainTumorSegLib.read.cases import find_cases
 from BrainTumorSegLib.training import PatchDataset, TrainConfig, cache_case, check_cases, compute_loss, train
 from BrainTumorSegLib.training.data import CachedCase, cover_partially, sample_patch, simulate_thick_slices, vary_brain_mask
 
@@ -211,7 +211,7 @@ def small_bundle(small_cases, tmp_path_factory):
 
 
 def test_finetune_from_a_bundle_with_frozen_encoder_and_replay(small_cases, small_bundle, tmp_path):
-    from BrainTumorSegLib import bundles
+    from BrainTumorSegLib.models import bundles
 
     src = bundles.load(small_bundle)
     new = tmp_path / "new"
@@ -248,7 +248,7 @@ def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(small_ca
     import subprocess
     import sys
 
-    from BrainTumorSegLib import bundles
+    from BrainTumorSegLib.models import bundles
     from BrainTumorSegLib.training import weights_digest
 
     run = tmp_path / "ddp"
@@ -272,7 +272,7 @@ def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(small_ca
 def test_finetune_keeps_the_bundles_working_spacing_and_the_callers_config(small_cases, small_bundle, tmp_path):
     """A model trained on a 2 mm working grid is fine-tuned on that grid (its manifest says so), and
     the caller's TrainConfig is left as it was."""
-    from BrainTumorSegLib import bundles
+    from BrainTumorSegLib.models import bundles
     from BrainTumorSegLib.training import TrainConfig, finetune
 
     src = bundles.load(small_bundle)

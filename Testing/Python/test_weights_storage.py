@@ -8,10 +8,10 @@ import torch
 from conftest import run_cli
 from test_inference import small_case_dir, tiny_bundle  # noqa: F401 - fixtures
 
-from BrainTumorSegLib import bundles
-from BrainTumorSegLib.cases import find_case
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.inference import segment
+from BrainTumorSegLib.models import bundles, catalog
+from BrainTumorSegLib.pipeline import segment
+from BrainTumorSegLib.read.cases import find_case
 
 
 def test_float16_storage_halves_the_file_and_computes_in_float32(tiny_bundle, small_case_dir, tmp_path):  # noqa: F811
@@ -50,5 +50,5 @@ def test_cli_convert_and_models_list_the_size_on_disk(tiny_bundle, tmp_path):  #
 
     r = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "models"], capture_output=True, text=True, env=env)
     line = next(ln for ln in r.stdout.splitlines() if str(tmp_path / "models" / "tiny-half") in ln)
-    size = bundles.size_on_disk(tmp_path / "models" / "tiny-half")
+    size = catalog.size_on_disk(tmp_path / "models" / "tiny-half")
     assert f"({size / 1e6:.1f} MB on disk, weights stored as float16)" in line

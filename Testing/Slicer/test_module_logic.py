@@ -163,7 +163,7 @@ def test_the_module_s_options_are_the_library_s_declaration(scene_with_case, log
     """Defaults, spin box range and command line come from ``segment_options``; a bad value is one
     line before any file is written; the command the module builds reads back, through the
     library's own parser, as the options it was given."""
-    from BrainTumorSegLib.cli import build_parser
+    from BrainTumorSegLib.cli.main import build_parser
     from BrainTumorSegLib.segment_options import SegmentOptions, defaults, specs
 
     scene, nodes = scene_with_case

@@ -1,0 +1,214 @@
+"""Ensembles: a folder with only ``manifest.json`` (format ``braintumorseg-ensemble/1``)
+naming its members, bundles whose probabilities ``segment`` averages. :func:`members` finds them
+(beside the ensemble first, then by name; each checked against the weights it was made with),
+:func:`save_ensemble` writes one, :func:`load_ensemble` loads what a segmentation runs, timed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+from ..errors import InputError, PathLike
+from ..segment_options import NO_POSTPROCESSING
+from .bundles import (
+    ENSEMBLE_FORMAT,
+    MANIFEST,
+    Bundle,
+    check_new_folder,
+    load,
+    read_document,
+    read_manifest,
+    resolve,
+    write_folder,
+    write_json,
+)
+
+
+def member_folder(name: str, ensemble: PathLike) -> str:
+    """A member's bundle folder: beside the ensemble first, then as any model name or path."""
+    ensemble = os.fspath(ensemble)
+    beside = os.path.join(os.path.dirname(os.path.abspath(ensemble)), name)
+    return beside if os.path.exists(os.path.join(beside, MANIFEST)) else resolve(name)
+
+
+def _resolve_member(entry: Any, ensemble: str) -> str:
+    """The bundle folder of one entry of an ensemble's ``members``, checked against the weights
+    the ensemble was made (and validated) with."""
+    where = os.path.join(ensemble, MANIFEST)
+    if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]
+            and isinstance(entry.get("weights_sha256"), str)):
+        raise InputError(where, f"member {entry!r} is not an object with name and weights_sha256")
+    name = entry["name"]
+    try:
+        folder = member_folder(name, ensemble)
+        manifest = read_manifest(folder)
+    except InputError as exc:
+        raise InputError(where, f"member {name}: {exc}") from None
+    if manifest.weights_sha256 != entry["weights_sha256"]:
+        raise InputError(where, f"member {name} ({folder}) has other weights than the ensemble was made with; "
+                                "make the ensemble again")
+    return folder
+
+
+def members(model: PathLike) -> List[str]:
+    """The bundle folders a model name or path stands for: an ensemble's members, or the bundle itself."""
+    folder = resolve(model)
+    doc = read_document(folder)
+    if doc.get("format") != ENSEMBLE_FORMAT:
+        return [folder]
+    entries = doc.get("members")
+    if not (isinstance(entries, list) and len(entries) >= 2):
+        raise InputError(os.path.join(folder, MANIFEST), "field members must list two or more models")
+    return [_resolve_member(e, folder) for e in entries]
+
+
+def load_models(model: PathLike, device: str = "cpu") -> List[Bundle]:
+    """Load a model by path or name: ``[bundle]``, or an ensemble's members."""
+    return [load(folder, device) for folder in members(model)]
+
+
+def _member_name(model: str, ensemble: str) -> str:
+    """How an ensemble's manifest names a member: a folder beside it by its name, another folder
+    by its absolute path, an installed model by its name."""
+    if os.path.isdir(model):
+        path = os.path.abspath(model)
+        return os.path.basename(path) if os.path.dirname(path) == os.path.dirname(ensemble) else path
+    return model
+
+
+def check_ensemble(folder: PathLike, models: Sequence[PathLike]) -> List[Dict[str, str]]:
+    """The ``members`` entries of an ensemble of ``models`` to be written to ``folder`` (a new
+    folder), after checking that they are single models that can be averaged: same sequences,
+    label scheme, output kind and working spacing."""
+    out = os.path.abspath(os.fspath(folder))
+    check_new_folder(out)
+    if len(models) < 2:
+        raise InputError(out, "an ensemble needs two or more models")
+    names = [_member_name(os.fspath(m), out) for m in models]
+    folders = [member_folder(n, out) for n in names]
+    parts = [read_manifest(f) for f in folders]
+    for key in ("in_sequences", "label_scheme", "output_kind", "spacing_mm"):
+        first = getattr(parts[0], key)
+        for f, p in zip(folders[1:], parts[1:]):
+            if getattr(p, key) != first:
+                raise InputError(f, f"cannot be averaged with {folders[0]}: its {key} is {getattr(p, key)}, not {first}")
+    return [{"name": n, "weights_sha256": p.weights_sha256} for n, p in zip(names, parts)]
+
+
+def save_ensemble(folder: PathLike, models: Sequence[PathLike], document: Optional[Mapping[str, Any]] = None) -> str:
+    """Write an ensemble of ``models`` (names or paths) to a new folder, atomically, after
+    :func:`check_ensemble`; each member is recorded with its weights' sha256. Returns the folder."""
+    out = os.path.abspath(os.fspath(folder))
+    full = dict(document or {})
+    full.update(format=ENSEMBLE_FORMAT, members=check_ensemble(out, models))
+    full.setdefault("id", os.path.basename(out))
+    return write_folder(out, lambda tmp: write_json(os.path.join(tmp, MANIFEST), full))
+
+def describe(folder: PathLike) -> Dict[str, Any]:
+    """What the model lists show of a bundle or an ensemble (its manifest; an ensemble's gets
+    ``network`` "ensemble" and its members' label scheme); unusable ones raise InputError."""
+    doc = read_document(folder)
+    if doc.get("format") != ENSEMBLE_FORMAT:
+        return read_manifest(folder).to_json()
+    parts = [read_manifest(m) for m in members(folder)]
+    return dict(doc, network="ensemble", label_scheme=parts[0].label_scheme,
+                demo=any(p.demo for p in parts))
+
+
+def model_spacing(models: Sequence[Bundle]) -> Optional[float]:
+    """The isotropic working spacing (mm) the models were trained at, or None for the input's own.
+
+    Models of an ensemble must agree: their probabilities are averaged voxel by voxel.
+    """
+    found = {m.manifest.spacing_mm for m in models}
+    if len(found) != 1:
+        raise InputError(models[-1].path, "an ensemble's models must work at one spacing; "
+                                          f"these use {sorted(str(f) for f in found)} mm")
+    return found.pop()
+
+
+class ModelPart(NamedTuple):
+    """One model asked for: a bundle, or an ensemble with its members."""
+
+    id: str
+    path: str
+    bundles: List[Bundle]
+    ensemble: bool
+    note: Optional[str] = None   # an ensemble's own note (each member has its own too)
+    postprocessing: Optional[Dict[str, Any]] = None  # an ensemble's own (chosen on its members' held-out cases)
+
+
+@dataclass(frozen=True)
+class Models:
+    """What a segmentation runs, loaded once (:func:`load_ensemble`); ``load_s`` is how long the
+    loading took (0 when the models are reused for another case)."""
+
+    parts: Tuple[ModelPart, ...]
+    load_s: float = 0.0
+
+    @property
+    def members(self) -> List[Bundle]:
+        """Every network whose probabilities are averaged."""
+        return [b for p in self.parts for b in p.bundles]
+
+    @property
+    def ensembles(self) -> List[Dict[str, str]]:
+        """The ensembles asked for (id and folder; their members are in :attr:`members`)."""
+        return [{"id": p.id, "path": p.path} for p in self.parts if p.ensemble]
+
+    @property
+    def name(self) -> str:
+        """What runs, as asked for: ``brats-glioma-ensemble-v1``, or ``a + b`` for models listed."""
+        return " + ".join(p.id for p in self.parts)
+
+    @property
+    def description(self) -> str:
+        """:attr:`name` with each ensemble's members: ``brats-glioma-ensemble-v1 (brats-glioma-v1 + ...)``."""
+        return " + ".join(p.id + (f" ({' + '.join(b.id for b in p.bundles)})" if p.ensemble else "")
+                          for p in self.parts)
+
+    @property
+    def postprocessing(self) -> Dict[str, Any]:
+        """The postprocessing the first model asked for declares: an ensemble's own, else its first
+        member's (the defaults ``SegmentOptions`` may override)."""
+        first = self.parts[0]
+        return first.postprocessing if first.postprocessing is not None else first.bundles[0].manifest.postprocessing
+
+    def reused(self) -> "Models":
+        """The same models for a later case: nothing is loaded again."""
+        return dataclasses.replace(self, load_s=0.0)
+
+
+ModelArg = Union[str, Bundle, Sequence[Union[str, Bundle]], Models]
+
+
+def _load_part(model: Union[str, Bundle]) -> ModelPart:
+    if isinstance(model, Bundle):
+        return ModelPart(model.id, model.path, [model], False)
+    folder = resolve(model)
+    doc = describe(folder)
+    ensemble = doc.get("format") == ENSEMBLE_FORMAT
+    own = doc.get("postprocessing") if ensemble else None
+    if own is not None and not (isinstance(own, dict) and set(own) <= set(NO_POSTPROCESSING)):
+        raise InputError(os.path.join(folder, MANIFEST), f"field postprocessing is {own!r}; expected an object "
+                                                         f"with keys among {', '.join(NO_POSTPROCESSING)}")
+    return ModelPart(str(doc.get("id")), folder, load_models(folder), ensemble,
+                     doc.get("note") if ensemble else None, dict(own) if isinstance(own, dict) else None)
+
+
+def load_ensemble(model: ModelArg) -> Models:
+    """Load one model or an ensemble (a list, or an ensemble's name or folder), timed; an
+    ensemble's models must take the same inputs. :class:`Models` are returned as they are."""
+    if isinstance(model, Models):
+        return model
+    t0 = time.perf_counter()
+    items: List[Union[str, Bundle]] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
+    models = Models(tuple(_load_part(m) for m in items))
+    roles = models.members[0].manifest.in_sequences
+    for m in models.members[1:]:
+        if m.manifest.in_sequences != roles:
+            raise InputError(m.path, "an ensemble's models must take the same sequences in the same order")
+    return dataclasses.replace(models, load_s=time.perf_counter() - t0)

@@ -1,0 +1,53 @@
+"""Labels from probabilities, cleaned up (``cleanup``) and moved onto the reference input's grid,
+with the entropy map when asked. On the reference's own grid the labels are made there and moved
+back exactly; on a resampled working grid the probabilities go back (linearly) and the labels are
+made on the reference grid.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..predict import output_kinds as outputs
+from ..preprocess.transform import Preprocessed
+from ..read.images import same_grid
+from .cleanup import PostprocessOptions, postprocess
+
+
+def entropy_map(probs: np.ndarray, kind: str) -> np.ndarray:
+    """Voxel-wise uncertainty in [0, 1] (see :mod:`outputs`)."""
+    return outputs.kind(kind).entropy(probs)
+
+
+def probabilities_to_labels(probs: np.ndarray, kind: str, scheme: str) -> np.ndarray:
+    return outputs.kind(kind).to_labels(probs, scheme)
+
+
+def labels_on_reference(probs: np.ndarray, pre: Preprocessed, kind: str, scheme: str, post: PostprocessOptions,
+                         uncertainty: bool) -> Tuple[sitk.Image, Optional[sitk.Image]]:
+    """Labels (and the entropy map) on the reference input's grid. On the reference's own grid the
+    labels are made there and moved back exactly; on a resampled working grid the probabilities
+    go back (linearly) and the labels are made on the reference grid."""
+    inv = pre.inverse
+    if same_grid(inv.working, inv.canonical):
+        labels = probabilities_to_labels(probs, kind, scheme)
+        labels[~pre.brain] = 0
+        out = inv.to_reference(postprocess(labels, scheme, post).astype(np.uint8), labels=True)
+        return out, inv.to_reference(entropy_map(probs, kind), labels=False) if uncertainty else None
+    ref_probs = np.stack([inv.to_reference_array(p, labels=False) for p in probs])
+    labels = probabilities_to_labels(ref_probs, kind, scheme)
+    labels[inv.to_reference_array(pre.brain.astype(np.uint8), labels=True) == 0] = 0
+    out = sitk.GetImageFromArray(postprocess(labels, scheme, post).astype(np.uint8))
+    out.CopyInformation(inv.reference)
+    unc = None
+    if uncertainty:
+        unc = sitk.GetImageFromArray(entropy_map(ref_probs, kind))
+        unc.CopyInformation(inv.reference)
+    return out, unc
+
+
+def brain_mask_on_reference(pre: Preprocessed) -> sitk.Image:
+    """HD-BET's mask when the input was stripped, else the brain the preprocessing found."""
+    return pre.brain_mask if pre.brain_mask is not None else pre.inverse.to_reference(pre.brain.astype(np.uint8))

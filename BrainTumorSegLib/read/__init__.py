@@ -1,0 +1,1 @@
+"""Read: volumes (NIfTI, NRRD, MetaImage) and DICOM series, and the files of a case found by role."""

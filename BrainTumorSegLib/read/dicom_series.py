@@ -1,0 +1,211 @@
+"""Reading one DICOM image series from a folder as a volume, checked slice by slice.
+
+A sequence may be given as a folder holding the files of one DICOM series (one file per slice).
+The series is read with SimpleITK's ImageSeriesReader, its slices sorted by their position along
+the slice normal, the geometry taken from the files (Image Position and Orientation (Patient),
+Pixel Spacing). Nothing relies on patient fields, so de-identified series read the same. Before
+any pixel is read, the slices are checked: one orientation, no two at one position, evenly
+spaced (a missing slice or uneven spacing is an error: a volume with a hole would be silently
+stretched), stacked straight, one matrix size. A folder holding several series needs the series
+chosen by its Series Instance UID (``--series-uid``), else the error lists them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError, PathLike
+
+_POSITION, _ORIENTATION = "0020|0032", "0020|0037"
+_DESCRIPTION, _SOP_UID = "0008|103e", "0008|0018"
+
+
+@dataclass
+class Series:
+    """One series read from ``folder``: its volume, and its files in the order of the volume's slices."""
+
+    folder: str
+    uid: str
+    description: str
+    files: List[str]
+    image: sitk.Image   # float32, on the series' own grid
+
+
+def is_series_folder(path: Optional[PathLike]) -> bool:
+    """Whether an input path names a folder (a DICOM series) rather than a volume file."""
+    return path is not None and os.path.isdir(os.fspath(path))
+
+
+def series_in(folder: PathLike) -> Dict[str, List[str]]:
+    """Series Instance UID -> files, of every DICOM series directly in ``folder``."""
+    f = os.fspath(folder)
+    if not os.path.isdir(f):
+        raise InputError(f, "folder not found")
+    found: Dict[str, List[str]] = {}
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(f):
+        found[uid] = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(f, uid))
+    return found
+
+
+def _info(path: str) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.LoadPrivateTagsOff()
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(path, "cannot be read as a DICOM image") from None
+    return reader
+
+
+def _tag(reader: sitk.ImageFileReader, key: str) -> str:
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def _describe(uid: str, files: List[str]) -> str:
+    description = _tag(_info(files[0]), _DESCRIPTION) or "(no description)"
+    return f"'{description}' UID {uid} ({len(files)} files)"
+
+
+def choose(folder: str, found: Mapping[str, List[str]], wanted: Sequence[str] = (), strict: bool = False) -> str:
+    """The UID of the series to read from ``folder``: the one of ``wanted`` it holds, else its only
+    series unless ``strict`` (UIDs asked for this folder alone, one of which must be here)."""
+    if not found:
+        raise InputError(folder, "holds no DICOM series (no readable DICOM image files directly in it)")
+    picked = [u for u in found if u in wanted]
+    if len(picked) == 1:
+        return picked[0]
+    if len(found) == 1 and not picked and not strict:
+        return next(iter(found))
+    listing = "; ".join(_describe(u, files) for u, files in found.items())
+    if picked:
+        raise InputError(folder, f"holds {len(picked)} of the series asked for with --series-uid: {listing}")
+    if wanted:
+        raise InputError(folder, f"holds none of the series asked for with --series-uid ({', '.join(wanted)}); "
+                                 f"it holds: {listing}")
+    raise InputError(folder, f"holds {len(found)} DICOM series; choose one with --series-uid UID (or ROLE=UID): {listing}")
+
+
+def _vector(reader: sitk.ImageFileReader, key: str, n: int, path: str, what: str) -> np.ndarray:
+    try:
+        values = np.array([float(v) for v in _tag(reader, key).split("\\")])
+    except ValueError:
+        values = np.array([])
+    if values.shape != (n,) or not np.isfinite(values).all():
+        raise InputError(path, f"has no valid {what}; the slices cannot be placed in space")
+    return values
+
+
+def slice_positions(folder: str, files: Sequence[str]) -> Tuple[List[str], float]:
+    """``files`` sorted along the slice normal and their spacing (mm), after checking the stack."""
+    if len(files) < 2:
+        raise InputError(folder, f"holds a series of {len(files)} file; one file per slice of a 3D volume is "
+                                 "expected (multi-frame files are not read)")
+    readers = [_info(p) for p in files]
+    cosines = [_vector(r, _ORIENTATION, 6, p, "Image Orientation (Patient)") for r, p in zip(readers, files)]
+    for c, p in zip(cosines, files):
+        if np.abs(c - cosines[0]).max() > 1e-4:
+            raise InputError(folder, f"mixes slice orientations ({os.path.basename(files[0])} and "
+                                     f"{os.path.basename(p)} differ); one series of parallel slices is expected")
+    for r, p in zip(readers, files):
+        if r.GetSize()[:2] != readers[0].GetSize()[:2] or (len(r.GetSize()) > 2 and r.GetSize()[2] > 1):
+            raise InputError(folder, f"mixes image sizes or holds multi-frame files ({os.path.basename(p)}: "
+                                     f"{'x'.join(map(str, r.GetSize()))}); one slice per file, one matrix is expected")
+    row, col = cosines[0][:3], cosines[0][3:]
+    normal = np.cross(row, col)
+    points = np.array([_vector(r, _POSITION, 3, p, "Image Position (Patient)") for r, p in zip(readers, files)])
+    order = np.argsort(points @ normal, kind="stable")
+    points = points[order]
+    depth = points @ normal
+    steps = np.diff(depth)
+    where = [f"{d:.2f}" for d in depth]
+    if (steps < 1e-3).any():
+        k = int(np.argmax(steps < 1e-3))
+        raise InputError(folder, f"has two slices at one position ({where[k]} mm along the slice normal); "
+                                 "one series of one echo and time point is expected")
+    spacing = float(np.median(steps))
+    tol = max(0.01, 0.01 * spacing)
+    _check_spacing(folder, steps, spacing, tol, where)
+    in_plane = np.abs((points - points[0]) @ np.stack([row, col]).T).max()
+    if in_plane > max(0.05, tol):
+        raise InputError(folder, f"slices are not stacked straight (shifted by up to {in_plane:.2f} mm in their "
+                                 "plane: gantry tilt?); a straight stack of slices is expected")
+    return [files[i] for i in order], spacing
+
+
+def _check_spacing(folder: str, steps: np.ndarray, spacing: float, tol: float, where: List[str]) -> None:
+    bad = np.flatnonzero(np.abs(steps - spacing) > tol)
+    if not bad.size:
+        return
+    k = int(bad[0])
+    gaps = steps[bad] / spacing
+    if np.allclose(gaps, np.round(gaps), atol=0.02) and (gaps > 1.5).all():
+        missing = int(np.round(gaps - 1).sum())
+        raise InputError(folder, f"has {missing} missing slice(s): a gap of {steps[k]:.2f} mm between the slices "
+                                 f"at {where[k]} and {where[k + 1]} mm where the spacing is {spacing:.2f} mm")
+    raise InputError(folder, f"has uneven slice spacing ({steps.min():.2f} to {steps.max():.2f} mm, first "
+                             f"irregular step after {where[k]} mm); evenly spaced slices are expected")
+
+
+def check_series(folder: PathLike, wanted: Sequence[str] = (), strict: bool = False) -> Tuple[str, List[str], float]:
+    """The series of ``folder`` (see :func:`choose`) checked from its files' headers alone, before
+    any pixel is read (quick: ``segment`` runs it before loading a model): its UID, its files in
+    slice order and its slice spacing. Every problem is an :class:`InputError` naming the folder."""
+    f = os.fspath(folder)
+    found = series_in(f)
+    uid = choose(f, found, wanted, strict)
+    files, spacing = slice_positions(f, found[uid])
+    return uid, files, spacing
+
+
+def read_series(folder: PathLike, wanted: Sequence[str] = (), strict: bool = False) -> Series:
+    """The series of ``folder`` (see :func:`choose`) as a float32 volume, after checking its
+    slices (:func:`check_series`). Every problem is an :class:`InputError` naming the folder."""
+    f = os.fspath(folder)
+    uid, files, spacing = check_series(f, wanted, strict)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        img = reader.Execute()
+    except RuntimeError:
+        raise InputError(f, f"the pixel data of series {uid} cannot be read") from None
+    arr = sitk.GetArrayViewFromImage(img)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(f, "contains NaN or Inf values")
+    if not arr.any():
+        raise InputError(f, "is all zero")
+    img = sitk.Cast(img, sitk.sitkFloat32)
+    img.SetSpacing(img.GetSpacing()[:2] + (spacing,))  # the checked spacing, not the reader's estimate
+    return Series(f, uid, _tag(_info(files[0]), _DESCRIPTION), files, img)
+
+
+def parse_series_uids(values: Optional[Sequence[str]], roles: Sequence[str]) -> Dict[str, Tuple[List[str], bool]]:
+    """``--series-uid`` values per role: (UIDs, strict). ``UID`` applies to every folder (one that
+    holds a single other series still reads it); ``ROLE=UID`` to that role's folder alone (strict)."""
+    anywhere: List[str] = []
+    own: Dict[str, List[str]] = {r: [] for r in roles}
+    for v in values or ():
+        role, sep, uid = v.partition("=")
+        if not sep:
+            anywhere.append(v.strip())
+        elif role.strip() in own:
+            own[role.strip()].append(uid.strip())
+        else:
+            raise InputError("--series-uid", f"{v!r}: the role before '=' must be one of {', '.join(roles)}")
+    return {r: (own[r], True) if own[r] else (anywhere, False) for r in roles}
+
+
+def read_inputs(inputs: Mapping[str, Optional[str]], series_uids: Optional[Sequence[str]] = None) -> Dict[str, Series]:
+    """The inputs given as folders, each read as its DICOM series (role -> :class:`Series`)."""
+    wanted = parse_series_uids(series_uids, list(inputs))
+    return {role: read_series(path, *wanted[role]) for role, path in inputs.items()
+            if path is not None and is_series_folder(path)}
+
+
+def sop_instance_uids(files: Sequence[str]) -> List[str]:
+    """The SOP Instance UID of each file."""
+    return [_tag(_info(p), _SOP_UID) for p in files]

@@ -1,0 +1,166 @@
+"""Reading volumes through SimpleITK, keeping geometry, and comparing grids.
+
+Formats: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd); a folder of DICOM
+files is read as one series (``dicom_series``). A file that cannot be read is one line naming it.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Any, Optional
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError, PathLike
+
+EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+# Formats that write a separate data file next to the header.
+_DETACHED = {".nhdr", ".mhd"}
+
+
+def image_extension(path: PathLike) -> Optional[str]:
+    """The supported extension of ``path`` (lower case), or None."""
+    name = os.fspath(path).lower()
+    for ext in EXTENSIONS:
+        if name.endswith(ext):
+            return ext
+    return None
+
+
+def strip_extension(name: str) -> str:
+    ext = image_extension(name)
+    return name[: -len(ext)] if ext else name
+
+
+def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
+    """Read a 3D scalar volume and check it.
+
+    ``kind='image'`` returns float32 and rejects all-zero volumes; ``kind='label'`` returns
+    the stored integer type and rejects non-integer values. Both reject NaN/Inf, 2D, 4D and
+    multi-component images with an :class:`InputError` naming the file.
+    """
+    p = os.fspath(path)
+    if os.path.isdir(p) and kind == "image":  # a folder is one DICOM series
+        from .dicom_series import read_series
+
+        return read_series(p).image
+    reader = check_image_file(p, "a label volume file" if kind == "label" else "a volume file")
+    if image_extension(p) in (".nii", ".nii.gz"):
+        _check_nifti_payload(p)
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(p, f"cannot be read as an image ({_short_itk_message(exc)})") from None
+    arr = sitk.GetArrayViewFromImage(img)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(p, "contains NaN or Inf values")
+    if kind == "image":
+        if not arr.any():
+            raise InputError(p, "is all zero")
+        return sitk.Cast(img, sitk.sitkFloat32)
+    if kind == "label":
+        if arr.dtype.kind == "f":
+            if not np.array_equal(arr, np.round(arr)):
+                raise InputError(p, "holds non-integer values; a label map is expected")
+            img = sitk.Cast(img, sitk.sitkInt32)
+        return img
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.ImageFileReader:
+    """Check, from its header only (quick: before anything slow), that ``path`` is a readable 3D
+    scalar volume of a supported type; returns the reader, ready to read the voxels."""
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise InputError(p, "file not found")
+    if os.path.isdir(p):
+        raise InputError(p, f"is a folder, {expected} is expected")
+    if image_extension(p) is None:
+        raise InputError(p, f"unsupported file type; expected one of {', '.join(EXTENSIONS)}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(p)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(p, f"cannot be read as an image ({_short_itk_message(exc)})") from None
+    dim, size, ncomp = reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents()
+    if dim != 3:
+        raise InputError(p, f"is a {dim}D image of size {'x'.join(map(str, size))}; a 3D volume is expected")
+    if ncomp != 1:
+        raise InputError(p, f"has {ncomp} components per voxel; a scalar 3D volume is expected")
+    if min(size) < 2:
+        raise InputError(p, f"has size {'x'.join(map(str, size))}; a 3D volume with at least 2 voxels per axis is expected")
+    return reader
+
+
+def _check_nifti_payload(path: str) -> None:
+    """ITK's NIfTI reader fills a truncated file with garbage and turns NaN/Inf into 0 without a
+    word: read the voxel data once through nibabel to check that it is whole and finite."""
+    try:
+        img: Any = nib.load(path)  # a NIfTI image (nibabel's stubs type it as any file-based image)
+        header = img.header
+        needed = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        if not path.lower().endswith(".gz") and os.path.getsize(path) < needed:
+            raise InputError(path, f"is truncated: {os.path.getsize(path)} bytes of the {needed} its header announces")
+        data = np.asanyarray(img.dataobj.get_unscaled())
+    except InputError:
+        raise
+    except (EOFError, OSError, ValueError, zlib.error):
+        raise InputError(path, "is truncated or corrupt (the voxel data end early)") from None
+    except Exception as exc:  # nibabel raises many types for bad headers
+        raise InputError(path, f"cannot be read as NIfTI ({str(exc).splitlines()[0][:120]})") from None
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise InputError(path, "contains NaN or Inf values")
+
+
+def _short_itk_message(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # ITK messages end with the useful description after 'Description:' or the last line.
+    for ln in lines:
+        if "Description:" in ln:
+            return ln.split("Description:", 1)[1].strip()[:160]
+    return (lines[-1] if lines else "unknown reader error")[:160]
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    """True if both images share size, spacing, origin and direction (within ``tol``)."""
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol, rtol=tol)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=max(tol, 1e-3))
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+
+
+def grid_difference(a: sitk.Image, b: sitk.Image) -> str:
+    """Human-readable list of what differs between the grids of ``a`` and ``b``."""
+    parts = []
+    for name, fa, fb in (("size", a.GetSize(), b.GetSize()), ("spacing", a.GetSpacing(), b.GetSpacing()),
+                         ("origin", a.GetOrigin(), b.GetOrigin()),
+                         ("direction", a.GetDirection(), b.GetDirection())):
+        ra = tuple(round(float(x), 3) for x in fa)
+        rb = tuple(round(float(x), 3) for x in fb)
+        if ra != rb:
+            parts.append(f"{name} {ra} vs {rb}")
+    return "; ".join(parts) or "sub-tolerance differences"
+
+
+def geometry(img: sitk.Image) -> dict:
+    """Geometry of ``img`` as plain JSON-friendly values."""
+    return {
+        "size": list(img.GetSize()),
+        "spacing": [round(float(s), 6) for s in img.GetSpacing()],
+        "origin": [round(float(o), 6) for o in img.GetOrigin()],
+        "direction": [round(float(d), 6) for d in img.GetDirection()],
+    }
+
+
+def orientation_code(img: sitk.Image) -> str:
+    """The three-letter orientation code (ITK's convention, e.g. LPS) closest to ``img``'s directions."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection())
+
+
+def voxel_volume_ml(img: sitk.Image) -> float:
+    return float(np.prod(img.GetSpacing())) / 1000.0

@@ -1,0 +1,351 @@
+"""The recipe of the real-data glioma model (``braintumorseg train-recipe brats-glioma``).
+
+Data: 24 expert-labelled BraTS 2018 training cases (skull-stripped, co-registered, 1 mm; labels
+0/1/2/4) read from a folder outside the repository. The split below is fixed before training and
+never changes: 5 validation cases from three institution prefixes (2013, CBICA, TCIA), the other
+19 for training. Validation figures are measured through the full ``segment`` path on the
+original 1 mm files, and the postprocessing defaults are chosen on those same validation cases
+(never on other data).
+
+Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) under one CPU budget:
+
+- ``2mm``: a 2 mm isotropic working grid; patches of 64^3 voxels see 128 mm, so the whole brain
+  crop (about 76 x 92 x 76 voxels) is eight windows at overlap 0.5, and probabilities are
+  interpolated back onto the 1 mm grid before labels are made (design (c) of the issue: cheaper to
+  train and to run on a CPU);
+- ``1mm``: the input's own 1 mm grid, same patch size in voxels, from random initialisation;
+- ``1mm-phantom``: as ``1mm``, initialised from the phantom-trained demo model;
+- ``2mm-phantom``: as ``2mm``, initialised from the demo model (tried: behind ``2mm``);
+- ``2mm-clinical``: ``2mm`` continued from the shipped ``brats-glioma-v1`` at half the learning
+  rate with clinical augmentation (``training.data``: sequences as if acquired in 3-7 mm slices
+  along an axis of their own, brain masks 1-2 voxels tighter), for scans that ``segment`` strips,
+  registers and resamples itself;
+- ``2mm-clinical-scratch``: ``2mm`` with clinical augmentation from the start, exported as
+  ``brats-glioma-clinaug-v1`` (shipped; the default ensemble averages it with ``brats-glioma-v1``);
+- ``2mm-cv``: ``2mm`` (now with class-balanced patch centres and partial-coverage augmentation),
+  trained with ``--fold K`` on four of the five stratified folds of all 32 shared cases
+  (``cross_validation.FOLDS``: high-grade, low-grade and non-enhancing, every institution) and
+  exported at its last epoch as ``brats-glioma-v2-foldK``, so that the held-out fold chooses
+  neither its weights nor its postprocessing: its figures are out of fold.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from ..errors import InputError
+from ..evaluation.cross_validation import FOLDS, GRADES, grade_summary
+from ..evaluation.real_validation import RawLabels, score_raw, segment_raw, validate_bundle
+from ..models import bundles
+from ..networks import build
+from ..postprocess.cleanup import PostprocessOptions
+from ..read.cases import Case, find_cases
+from ..training import TrainConfig, check_cases, load_checkpoint, run_manifest, train
+from .demo import DEMO_OPTIONS
+
+MODEL_ID = "brats-glioma-v1"
+VALIDATION = ("Brats18_2013_20_1", "Brats18_CBICA_AQO_1", "Brats18_CBICA_ASE_1",
+              "Brats18_TCIA01_231_1", "Brats18_TCIA02_370_1")
+SAMPLE_CASE = "Brats18_TCIA01_231_1"  # a validation case (CC BY 3.0) shipped as the quick start's sample
+
+CITATIONS = [
+    "Menze BH et al. The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS). "
+    "IEEE TMI 34(10):1993-2024, 2015. doi:10.1109/TMI.2014.2377694",
+    "Bakas S et al. Advancing The Cancer Genome Atlas glioma MRI collections with expert segmentation labels and "
+    "radiomic features. Sci Data 4:170117, 2017. doi:10.1038/sdata.2017.117",
+    "Bakas S et al. Identifying the Best Machine Learning Algorithms for Brain Tumor Segmentation, Progression "
+    "Assessment, and Overall Survival Prediction in the BRATS Challenge. arXiv:1811.02629, 2018",
+    "Bakas S et al. Segmentation Labels and Radiomic Features for the Pre-operative Scans of the TCGA-GBM collection. "
+    "The Cancer Imaging Archive, 2017. doi:10.7937/K9/TCIA.2017.KLXWJJ1Q",
+    "Bakas S et al. Segmentation Labels and Radiomic Features for the Pre-operative Scans of the TCGA-LGG collection. "
+    "The Cancer Imaging Archive, 2017. doi:10.7937/K9/TCIA.2017.GJQ7R0EF",
+]
+LICENCE = ("Research use only; not a medical device and not validated for clinical use. Trained on BraTS "
+           "2018 training data released for research under the BraTS data-use terms (TCGA-derived cases: "
+           "The Cancer Imaging Archive, CC BY 3.0); any use must cite the papers listed in 'citations'.")
+DESCRIPTION = ("Residual U-Net trained on 19 real, expert-labelled BraTS 2018 glioma cases (skull-stripped, "
+               "co-registered, 1 mm) on a 2-core CPU. Research use only, not for clinical use. Works on "
+               "BraTS-preprocessed input (segment prepares clinical scans so first); validation figures (5 "
+               "held-out BraTS cases) are in 'metrics'.")
+CLINICAL_AUGMENTATION = (" Trained with clinical augmentation: sequences as if acquired in thick slices, brain "
+                         "masks a little tighter.")
+
+FOLD_DESCRIPTION = ("Residual U-Net, cross-validation fold {fold} of the brats-glioma recipe: trained on {n} real, "
+                    "expert-labelled BraTS 2018 and 2021 glioma cases of every grade on a 2-core CPU; "
+                    "its held-out fold's figures ('metrics') are out of fold. Research use only, not "
+                    "for clinical use.")
+FOLD_NOTE = ("research model (one cross-validation fold) trained on real BraTS 2018 and 2021 cases of every grade, not "
+             "a medical device and not for clinical use; it was trained on skull-stripped, co-registered BraTS data "
+             "(segment strips and registers clinical scans first; check the brain mask)")
+NOTE = ("research model trained on 19 real BraTS 2018 cases, not a medical device and not for clinical "
+        "use; it was trained on skull-stripped, co-registered BraTS data (segment strips and registers "
+        "clinical scans first; check the brain mask)")
+
+
+@dataclass(frozen=True)
+class Variant:
+    spacing: Optional[float]
+    patch: Tuple[int, int, int]
+    window: Tuple[int, int, int]    # inference window (voxels of the working grid)
+    init_from: Optional[str] = None
+    lr: Optional[float] = None      # None: the network's own default
+    clinical_augmentation: bool = False
+    model_id: str = MODEL_ID
+    folds: bool = False             # trained per fold (--fold K), exported at the last epoch
+
+
+VARIANTS: Dict[str, Variant] = {
+    "2mm": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64)),
+    "1mm": Variant(spacing=None, patch=(64, 64, 64), window=(128, 128, 128)),
+    "1mm-phantom": Variant(spacing=None, patch=(64, 64, 64), window=(128, 128, 128),
+                           init_from="brats-synthetic-demo"),
+    # the next candidate: the shipped design with the phantom-pretrained start that helped at 1 mm
+    "2mm-phantom": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-synthetic-demo"),
+    "2mm-clinical": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from=MODEL_ID, lr=5e-4,
+                            clinical_augmentation=True),
+    "2mm-clinical-scratch": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), clinical_augmentation=True,
+                                    model_id="brats-glioma-clinaug-v1"),
+    "2mm-cv": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
+                      model_id="brats-glioma-v2", folds=True),
+}
+
+
+def split(data_dir: str, fold: Optional[int] = None) -> Tuple[List[Case], List[Case]]:
+    """The fixed training and validation cases found in ``data_dir``: the five validation cases, or
+    with ``fold`` the held-out fold of the five (all 32 shared cases must be there)."""
+    cases = check_cases(find_cases(data_dir))
+    ids = {c.case_id for c in cases}
+    held_out = VALIDATION if fold is None else FOLDS[fold]
+    needed = held_out if fold is None else list(GRADES)
+    missing = [v for v in needed if v not in ids]
+    if missing:
+        what = "validation case(s)" if fold is None else f"case(s) (all {len(GRADES)} for cross-validation)"
+        raise InputError(data_dir, f"lacks the recipe's {what} {', '.join(missing[:6])}" + (" ..." if len(missing) > 6 else ""))
+    if fold is not None:
+        cases = [c for c in cases if c.case_id in GRADES]
+    return [c for c in cases if c.case_id not in held_out], [c for c in cases if c.case_id in held_out]
+
+
+def _trained_on(model: str, part: bundles.Manifest) -> set:
+    if not part.training_cases:
+        raise InputError(model, "is not a model of this recipe: its manifest lists no training cases")
+    return part.training_cases
+
+
+def pooled_out_of_fold(models: Sequence[str], parts: Sequence[bundles.Manifest]) -> Optional[Dict]:
+    """When the members are the folds of one cross-validation (distinct folds of the same table),
+    each case scored by the fold model that held it out, pooled from their manifests; else None."""
+    found = [p.document.get("cross_validation") for p in parts]
+    cv: List[Dict] = [c for c in found if isinstance(c, dict)]
+    if len(cv) != len(found):
+        return None
+    if len({c["fold"] for c in cv}) != len(cv) or any(c["folds"] != cv[0]["folds"] for c in cv):
+        raise InputError(models[0], "the members are cross-validation folds, but not distinct folds of one table")
+    per_case = {cid: row for p in parts for cid, row in p.document["metrics"]["validation_segment"]["per_case"].items()}
+    by_grade = grade_summary(per_case)
+    mean = {k: v for k, v in by_grade["all"].items() if k != "cases"}
+    return {"cases": list(per_case), "per_case": per_case, "mean": mean, "by_grade": by_grade,
+            "folds": sorted(c["fold"] for c in cv), "through": "each case by the one fold model that held it out, "
+            "through the full segment path on the 1 mm grid, postprocessing off"}
+
+
+def _pooled_postprocessing(data_dir: str, models: Sequence[str], parts: Sequence[bundles.Manifest], log) -> Dict:
+    """Each fold's held-out cases segmented again by that fold's model (postprocessing off), pooled,
+    and the postprocessing setting with the best mean Dice over them chosen (nnU-Net's practice):
+    the setting and the pooled figures with it (optimistic: chosen on these same cases)."""
+    cases = {c.case_id: c for c in check_cases(find_cases(data_dir))}
+    raw: Optional[RawLabels] = None
+    for m, p in zip(models, parts):
+        held = list(FOLDS[p.document["cross_validation"]["fold"]])
+        missing = [cid for cid in held if cid not in cases]
+        if missing:
+            raise InputError(data_dir, f"lacks held-out case(s) {', '.join(missing)} of {p.id}")
+        part = segment_raw(m, [cases[cid] for cid in held], log=log)
+        raw = part if raw is None else raw.merged(part)
+    assert raw is not None
+    report, chosen = score_raw(raw)
+    return {"report": report, "postprocessing": asdict(chosen)}
+
+
+def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
+    """The manifest fields of an ensemble of this recipe's models (bundle folders): the members'
+    training data, licence and citations, and its figures. Fold models of one cross-validation get
+    their pooled out-of-fold figures (postprocessing off: nothing chosen on them), and the
+    ensemble's own postprocessing, chosen on those pooled held-out cases; other members are
+    validated through ``segment`` (with the first member's postprocessing, what ``segment``
+    applies) on every case of ``data_dir`` that none of them trained on, per grade."""
+    parts = [bundles.read_manifest(m) for m in models]
+    trained = [_trained_on(m, p) for m, p in zip(models, parts)]
+    train_ids = sorted(set().union(*trained))
+    pooled = pooled_out_of_fold(models, parts)
+    validation: Union[str, List[str]]
+    own: Dict = {}
+    if pooled is not None:
+        chosen = _pooled_postprocessing(data_dir, models, parts, log)
+        own["postprocessing"] = chosen["postprocessing"]
+        metrics = {"out_of_fold": pooled, "out_of_fold_postprocessed": chosen["report"]}
+        validation = "out of fold (each member's held-out fold)"
+    else:
+        held_out = [c for c in check_cases(find_cases(data_dir)) if c.case_id not in train_ids]
+        if not held_out:
+            raise InputError(data_dir, "holds no case that none of the members trained on")
+        try:
+            post = PostprocessOptions(**parts[0].postprocessing)
+        except TypeError:
+            raise InputError(models[0], f"has postprocessing settings this version does not know: "
+                                        f"{parts[0].postprocessing}") from None
+        report, _ = validate_bundle(list(models), held_out, log=log, postprocessing=post)
+        metrics, validation = {"validation_segment": report}, [c.case_id for c in held_out]
+    return {"metrics": metrics, **own, "licence": LICENCE, "citations": CITATIONS, "note": NOTE,
+            "demo": False, "clinical_use": False,
+            "training_data": {"source": "BraTS 2018 and 2021 training cases, BraTS 2021 file layout", "train": train_ids,
+                              "validation": validation}}
+
+
+@dataclass
+class Plan:
+    """Everything a variant's run is made of: settings, fixed split, the manifest's own fields."""
+    cfg: TrainConfig
+    train_cases: List[Case]
+    val_cases: List[Case]
+    init: Optional[bundles.Bundle]
+    extra: Dict
+    fold: Optional[int] = None
+
+
+def _variant(variant: str, fold: Optional[int]) -> Variant:
+    """The variant's settings, checked against ``fold`` (fold variants need one, the others take none)."""
+    if variant not in VARIANTS:
+        raise InputError(None, f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    v = VARIANTS[variant]
+    if v.folds and fold is None:
+        raise InputError(None, f"variant {variant} trains one cross-validation fold: give --fold 0-{len(FOLDS) - 1}")
+    if not v.folds and fold is not None:
+        folded = ", ".join(k for k, w in VARIANTS.items() if w.folds)
+        raise InputError(None, f"variant {variant} has a fixed split; --fold is for {folded}")
+    if fold is not None and not 0 <= fold < len(FOLDS):
+        raise InputError(None, f"--fold {fold} is out of range: choose 0-{len(FOLDS) - 1}")
+    return v
+
+
+def model_id(variant: str, fold: Optional[int] = None) -> str:
+    """The id a run of ``variant`` (and ``fold``) exports under."""
+    v = _variant(variant, fold)
+    return v.model_id if fold is None else f"{v.model_id}-fold{fold}"
+
+
+def export_folder(run_dir: str, variant: str, fold: Optional[int] = None) -> str:
+    """Where a run of ``variant`` writes its bundle by default: ``run_dir/<its model id>``."""
+    return os.path.join(run_dir, model_id(variant, fold))
+
+
+def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_from: Optional[str] = None,
+         fold: Optional[int] = None) -> Plan:
+    """The run of ``variant`` (on ``fold``'s training cases for a fold variant); ``init_from`` (a
+    bundle) replaces the variant's initial weights, e.g. to continue from the last exported model
+    when a run folder was lost."""
+    v = _variant(variant, fold)
+    train_cases, val_cases = split(data_dir, fold)
+    cfg = TrainConfig(network="resunet", options=DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
+                      patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
+                      clinical_augmentation=v.clinical_augmentation, select_best=not v.folds)
+    recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "
+              + (f"--fold {fold} " if fold is not None else "")
+              + f"--epochs {epochs} --iters {iters} --seed {seed}" + (f" --init-from {init_from}" if init_from else ""))
+    start = init_from or v.init_from
+    init = bundles.load(start) if start else None
+    description = DESCRIPTION + (CLINICAL_AUGMENTATION if v.clinical_augmentation else "")
+    extra = {"id": model_id(variant, fold), "demo": False, "clinical_use": False, "description": description,
+             "note": NOTE, "recipe": recipe, "variant": variant, "patch_size": list(v.window), "licence": LICENCE,
+             "citations": CITATIONS,
+             "training_data": {"source": "BraTS 2018 training cases, BraTS 2021 file layout",
+                               "train": [c.case_id for c in train_cases],
+                               "validation": [c.case_id for c in val_cases]}}
+    if fold is not None:
+        extra["description"] = FOLD_DESCRIPTION.format(fold=fold, n=len(train_cases))
+        extra["note"] = FOLD_NOTE
+        extra["cross_validation"] = {"fold": fold, "folds": [list(f) for f in FOLDS],
+                                     "grades": {c.case_id: GRADES[c.case_id] for c in train_cases + val_cases},
+                                     "exported": "last epoch (the held-out fold chooses nothing)"}
+    if init is not None:
+        extra["initialised_from"] = {"id": init.id, "weights_sha256": init.manifest.weights_sha256}
+    return Plan(cfg, train_cases, val_cases, init, extra, fold)
+
+
+def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print,
+           postprocessing: Optional[PostprocessOptions] = None) -> str:
+    """Validate the network through ``segment``, store the chosen postprocessing (or
+    ``postprocessing``, chosen elsewhere) and the figures in its manifest, and write the final
+    bundle to ``out`` (replacing an earlier one)."""
+    manifest = {k: v for k, v in manifest.items() if k != "weights_sha256"}
+    parent = os.path.dirname(os.path.abspath(out))
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=parent) as tmp:
+        staged = bundles.save(net, os.path.join(tmp, "bundle"), manifest)
+        report, post = validate_bundle(staged, val_cases, log=log, postprocessing=postprocessing)
+    manifest["postprocessing"] = asdict(post)
+    manifest.setdefault("metrics", {})["validation_segment"] = report
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    return bundles.save(net, out, manifest)
+
+
+def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 30, iters: int = 100,
+               seed: int = 0, resume: bool = True, export: Optional[str] = None, cache_dir: Optional[str] = None,
+               init_from: Optional[str] = None, fold: Optional[int] = None, log=print) -> str:
+    """Train (or resume) one variant, validate it through ``segment`` and export the bundle.
+
+    Args:
+        data_dir: folder holding the 24 real cases (``../shared/real-cases``).
+        run_dir: run folder: config, cache, checkpoints, log, the trained bundle.
+        variant: a key of ``VARIANTS``.
+        epochs, iters: training length (epochs of ``iters`` iterations of batch 2).
+        seed: the run's seed.
+        resume: continue from the run folder's last checkpoint when there is one.
+        export: where to write the final bundle (default ``run_dir/<the variant's model id>``).
+        cache_dir: preprocessed cases (default ``run_dir/cache``); variants can share one.
+        init_from: a bundle to start from instead of the variant's initialisation (a new run that
+            continues from exported weights; its schedule starts again).
+        fold: the cross-validation fold (0-4) a fold variant holds out.
+    """
+    p = plan(data_dir, variant, epochs, iters, seed, init_from, fold)
+    trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,
+                    bundle_manifest=p.extra, log=log, cache_dir=cache_dir)
+    b = bundles.load(trained)
+    return finish(b.network, b.manifest.to_json(), p.val_cases, export or export_folder(run_dir, variant, fold), log,
+                  _fold_postprocessing(p))
+
+
+def _fold_postprocessing(p: Plan) -> Optional[PostprocessOptions]:
+    """A fold's model is validated without postprocessing (none is chosen on its held-out fold:
+    the setting is chosen later on the pooled out-of-fold labels); other variants search it."""
+    return PostprocessOptions() if p.fold is not None else None
+
+
+def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, variant: str = "2mm",
+                      epochs: int = 30, iters: int = 100, seed: int = 0, fold: Optional[int] = None, log=print) -> str:
+    """A bundle from one checkpoint of a run (the best so far of a run still going, or a snapshot
+    at a fixed budget), validated through ``segment`` like a finished run's.
+
+    Args:
+        data_dir, variant, epochs, iters, seed, fold: as the run was started.
+        run_dir: the run folder (its id goes into the manifest).
+        checkpoint: ``checkpoint_best.pt``, ``checkpoint_last.pt`` or a copy of one.
+        out: where to write the bundle.
+    """
+    p = plan(data_dir, variant, epochs, iters, seed, fold=fold)
+    state = load_checkpoint(checkpoint)
+    net = build(p.cfg.network, **p.cfg.options)
+    net.load_state_dict(state["model"])
+    net.eval()
+    history = json.loads(state.get("history", "[]"))
+    data_used = {"train": [c.case_id for c in p.train_cases], "validation": [c.case_id for c in p.val_cases],
+                 "replay": []}
+    manifest = run_manifest(p.cfg, run_dir, data_used, history, float(state.get("best", -1.0)))
+    manifest.update(p.extra)
+    done = int(state["epoch"]) + 1
+    manifest["training"]["trained"] = {"epochs": done, "iterations": done * iters, "checkpoint": os.path.basename(checkpoint)}
+    return finish(net, manifest, p.val_cases, out, log, _fold_postprocessing(p))

@@ -1,0 +1,83 @@
+"""Writing volumes through SimpleITK, keeping geometry: atomic (a temporary file renamed into
+place), never over an input, the output's extension checked before any work.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Iterable
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError, PathLike
+from ..read.images import _DETACHED, EXTENSIONS, image_extension
+from .atomic import replacing
+
+
+def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """An image holding ``array`` (z, y, x) with exactly the geometry of ``reference``."""
+    ref_size = reference.GetSize()[::-1]
+    if tuple(array.shape) != tuple(ref_size):
+        raise ValueError(f"array shape {array.shape} does not match reference grid {ref_size}")
+    img = sitk.GetImageFromArray(array)
+    img.CopyInformation(reference)
+    return img
+
+
+def check_not_input(out_path: PathLike, inputs: Iterable[PathLike]) -> None:
+    """Raise if ``out_path`` is one of ``inputs`` (never overwrite an input file)."""
+    out = os.path.realpath(os.fspath(out_path))
+    for p in inputs:
+        if p is None:
+            continue
+        if os.path.realpath(os.fspath(p)) == out:
+            raise InputError(out_path, "is an input file; refusing to overwrite it")
+
+
+def check_output_path(path: PathLike, image: bool = True) -> str:
+    """Check that the output file can be written: a file name (not a folder), in an existing
+    folder, with a known extension when it is an ``image``."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        raise InputError(p, f"is a folder; give a file name, e.g. {os.path.join(p, 'labels.nii.gz' if image else 'report.json')}")
+    if image and image_extension(p) is None:
+        raise InputError(p, f"unsupported output type; end the file name with one of {', '.join(EXTENSIONS)}")
+    folder = os.path.dirname(os.path.abspath(p))
+    if not os.path.isdir(folder):
+        raise InputError(p, "output folder does not exist; create it first")
+    return p
+
+
+def write_image(image: sitk.Image, path: PathLike, inputs: Iterable[PathLike] = (),
+                compress: bool = True) -> str:
+    """Write ``image`` atomically in the format named by the extension of ``path``."""
+    p = check_output_path(path)
+    check_not_input(p, inputs)
+    ext = image_extension(p)
+    folder = os.path.dirname(os.path.abspath(p))
+    base = os.path.basename(p)
+    if ext in _DETACHED:
+        # The header names its data file, so write both under their final names in a private
+        # folder, move the data file first and the header last: the header is the commit.
+        tmpdir = tempfile.mkdtemp(prefix=".btseg-", dir=folder)
+        try:
+            sitk.WriteImage(image, os.path.join(tmpdir, base), compress)
+            header = os.path.join(tmpdir, base)
+            for name in sorted(os.listdir(tmpdir)):
+                if name != base:
+                    os.replace(os.path.join(tmpdir, name), os.path.join(folder, name))
+            os.replace(header, p)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        return p
+    with replacing(p, suffix=ext or ".tmp") as tmp:
+        sitk.WriteImage(image, tmp, compress)
+    return p
+
+
+def write_labels(labels: np.ndarray, reference: sitk.Image, path: PathLike,
+                 inputs: Iterable[PathLike] = ()) -> str:
+    """Write a uint8 label map on exactly the grid of ``reference``."""
+    return write_image(array_to_image(np.asarray(labels, np.uint8), reference), path, inputs)
