@@ -1,5 +1,6 @@
-"""BrainTumorSeg: segment a brain tumor from T1, T1ce, T2 and FLAIR into necrotic core, edema and
-enhancing tumor as editable Slicer segments; save corrected cases and fine-tune on them.
+"""BrainTumorSeg: segment a brain tumor from T1ce and FLAIR, with T1 and T2 where there are, into
+necrotic core, edema and enhancing tumor as editable Slicer segments; save corrected cases and
+fine-tune on them.
 
 The widget wires the UI: its sections are panels in ``BrainTumorSegWidgetLib`` (Qt), and it runs
 the segmentation itself. MRML work is in ``BrainTumorSegModuleLib`` (no Qt, tested in CI on real
@@ -25,7 +26,7 @@ from BrainTumorSegModuleLib.errors import ModuleError
 from BrainTumorSegModuleLib.installation import ensure_dependencies, ensure_pip_packages
 from BrainTumorSegModuleLib.logic import BrainTumorSegLogic
 from BrainTumorSegModuleLib.parameters import CHOICES, from_spin_box, help_text, spin_box_range, to_spin_box
-from BrainTumorSegModuleLib.roles import ROLES, segment_blocker
+from BrainTumorSegModuleLib.roles import ROLES, left_out, segment_blocker
 from BrainTumorSegWidgetLib.inputs_panel import InputsPanel
 from BrainTumorSegWidgetLib.model_panel import ModelPanel
 from BrainTumorSegWidgetLib.panel import guarded
@@ -44,7 +45,8 @@ class BrainTumorSeg(ScriptedLoadableModule):
         parent.dependencies = []
         parent.contributors = ["BrainTumorSeg developers"]
         parent.helpText = (
-            "Choose the T1, T1ce, T2 and FLAIR volumes (filled in from their names when possible), a model "
+            "Choose the T1ce and FLAIR volumes, and the T1 and T2 where the case has them (filled in from their "
+            "names when possible), a model "
             "and a device, and click Segment. The result is a segmentation with the segments Necrotic tumor "
             "core, Peritumoral edema and Enhancing tumor on the T1ce grid, and a table of volumes. Edit it "
             "in the Segment Editor, save it as a training case, and fine-tune a model on saved cases.<br><br>"
@@ -165,12 +167,14 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.training.cancel()
 
     def updateSegmentButton(self, *unused) -> None:
-        """Segment only with four different volumes; the tooltip says what is missing."""
+        """Segment only with a T1ce and a FLAIR and no volume twice; the tooltip says what is missing."""
         if self.run is not None:
             return  # the button is Cancel now
         blocker = segment_blocker(self.inputs.chosenIds())
+        without = left_out(self.inputs.volumes())
         self.ui.segmentButton.enabled = not blocker
-        self.ui.segmentButton.toolTip = blocker or "Segment the tumor; click again to cancel"
+        self.ui.segmentButton.toolTip = blocker or (
+            "Segment the tumor" + (f" without {' and '.join(without)}" if without else "") + "; click again to cancel")
 
     def ensureDependencies(self, extras: Sequence[str] = ()) -> bool:
         """torch through the PyTorch extension, the rest through pip; each on the user's confirmation."""

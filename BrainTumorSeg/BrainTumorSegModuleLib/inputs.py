@@ -6,9 +6,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ModuleError
 from .mrml import voxels, write_volume
-from .roles import ROLE_TITLES, ROLES, assign
+from .roles import REQUIRED_ROLES, ROLE_TITLES, ROLES, assign
 
-Volumes = Mapping[str, Optional[object]]  # role -> volume node, or None where none is chosen yet
+Volumes = Mapping[str, Optional[object]]  # role -> volume node, or None where none is chosen
 
 
 def given(volumes: Volumes) -> Dict[str, object]:
@@ -16,7 +16,7 @@ def given(volumes: Volumes) -> Dict[str, object]:
     return {r: volumes[r] for r in ROLES if volumes.get(r) is not None}
 
 
-def check_volumes(volumes: Volumes, needed: Sequence[str] = ROLES) -> Dict[str, object]:
+def check_volumes(volumes: Volumes, needed: Sequence[str] = REQUIRED_ROLES) -> Dict[str, object]:
     """The given volumes, once they can be used: every role in ``needed`` has one, no volume is
     chosen twice, each has voxels and none is under a transform. Else a one-line ModuleError."""
     missing = [ROLE_TITLES[r] for r in needed if volumes.get(r) is None]

@@ -19,6 +19,7 @@ from BrainTumorSegLib import terminology as _terms  # standard library only: imp
 
 from .errors import ModuleError
 from .mrml import ijk_to_ras, labelmap_node, node_ids, read_volume, remove_nodes_added_since, voxels
+from .roles import left_out
 
 if TYPE_CHECKING:
     from .segmentation import SegmentationRun
@@ -44,9 +45,11 @@ class SegmentationResult:
     brain_mask: Optional[object] = None                        # label map node, when asked for
 
     def status(self) -> str:
-        """One line for the status: time, device and model."""
+        """One line for the status: time, device, model, and the sequences left out."""
         models = self.report.get("model") or ", ".join(m.get("id", "?") for m in self.report.get("models", []))
-        return f"Segmented in {self.seconds:.1f} s on {self.report.get('device', '?')} with {models}"
+        missing = left_out(self.volumes) if self.volumes else []
+        return (f"Segmented in {self.seconds:.1f} s on {self.report.get('device', '?')} with {models}"
+                + (f" (without {' and '.join(missing)})" if missing else ""))
 
 
 def set_terminology(segment, entry: str) -> None:

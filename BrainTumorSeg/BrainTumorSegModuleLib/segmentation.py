@@ -26,7 +26,7 @@ class SegmentationRun:
 
     job: BackgroundJob
     workdir: str
-    volumes: Dict[str, object]        # the input volumes by role
+    volumes: Dict[str, object]        # the given volumes by role (T1 or T2 may be missing)
     name: str
     uncertainty: bool
     brain_mask: bool = False
@@ -62,10 +62,12 @@ class Segmentation:
 
     def start(self, volumes: Volumes, model: Optional[str] = None, name: Optional[str] = None,
               clinical: bool = True, output=None, **options) -> SegmentationRun:
-        """Write the four volumes to a private folder and start ``braintumorseg segment`` on them.
+        """Write the given volumes to a private folder and start ``braintumorseg segment`` on them.
 
-        ``options``: any of the library's segmentation options (``segment_options.SegmentOptions``:
-        device, tta, uncertainty, min_et_voxels, brain_mask...), checked before anything is written. ``clinical``: skull
+        ``volumes``: role -> node; the T1ce and the FLAIR are needed, a T1 or T2 that is None is
+        left out (the library leaves its channel empty). ``options``: any of the library's
+        segmentation options (``segment_options.SegmentOptions``: device, tta, uncertainty,
+        min_et_voxels, brain_mask...), checked before anything is written. ``clinical``: skull
         stripping, co-registration and working resolution decided by the library (its defaults);
         off treats the volumes as BraTS-preprocessed. ``brain_mask``: add the brain mask (HD-BET's
         when stripped) to the scene as a label map. ``output``: a segmentation node whose segments

@@ -19,7 +19,7 @@ from .jobs import BackgroundJob, JobStarter
 from .models import finetune_source
 from .mrml import labelmap_node, node_ids, remove_nodes_added_since, voxels, write_volume
 from .results import SEGMENTS
-from .roles import ROLES
+from .roles import ROLE_TITLES, ROLES
 
 
 def _check_case_folder(folder: str, case_id: str) -> str:
@@ -72,10 +72,14 @@ class TrainingCases:
                   label_scheme: str = "brats2021") -> str:
         """Write the four sequences and the (edited) segmentation as a BraTS-layout case folder
         ``folder/case_id`` in ``label_scheme`` (2021 names and labels 1/2/4, or 2023's -t1n... and
-        1/2/3). Written into a temporary folder and renamed into place: all or nothing."""
+        1/2/3). Training needs all four sequences. Written into a temporary folder and renamed
+        into place: all or nothing."""
         from BrainTumorSegLib.cases import case_file_name
         from BrainTumorSegLib.labels import get_scheme
 
+        missing = [ROLE_TITLES[r] for r in ROLES if volumes.get(r) is None]
+        if missing:
+            raise ModuleError(f"a training case needs all four sequences; it has no {', '.join(missing)}")
         chosen = check_volumes(volumes, ROLES)
         dest = _check_case_folder(folder, case_id)
         ids = _segment_ids(seg)

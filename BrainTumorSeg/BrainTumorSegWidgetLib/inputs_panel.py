@@ -5,13 +5,14 @@ from typing import Dict, Mapping, Optional
 
 import slicer
 
-from BrainTumorSegModuleLib.roles import ROLES
+from BrainTumorSegModuleLib.roles import OPTIONAL_ROLES, ROLES
 
 from .panel import Panel, guarded
 
 
 class InputsPanel(Panel):
-    """The sequence selectors; ``on_change`` runs whenever a chosen volume changes."""
+    """The sequence selectors (the .ui lets T1 and T2 stay empty: "None"); ``on_change`` runs
+    whenever a chosen volume changes."""
 
     def __init__(self, widget, on_change) -> None:
         super().__init__(widget)
@@ -39,9 +40,9 @@ class InputsPanel(Panel):
         self.ui.statusLabel.text = "; ".join(notes)
 
     def restore(self, volumes: Mapping[str, Optional[object]]) -> None:
-        """The volumes saved with the scene, where it has them."""
+        """The volumes saved with the scene; an optional sequence saved empty is emptied."""
         for r, node in volumes.items():
-            if node is not None:
+            if node is not None or r in OPTIONAL_ROLES:
                 self.selectors[r].setCurrentNode(node)
 
     def setEnabled(self, enabled: bool) -> None:

@@ -470,6 +470,35 @@ def test_model_tooltip_never_fails_on_hand_written_manifests():
         assert "Validation" not in text and text
 
 
+def test_a_case_without_t2_is_segmented_from_the_volumes_given(scene_with_case, logic, tmp_path):
+    """T1 and T2 may be left out (the library leaves their channel empty); T1ce and FLAIR may not.
+    Only the volumes given are written and named on the command line; such a case segments into
+    the usual three segments, but is no training case (training needs all four)."""
+    scene, nodes = scene_with_case
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(ModuleError, match="^choose a volume for T1ce, FLAIR$"):
+        logic.segmentation.start(dict(nodes, t1ce=None, flair=None), device="cpu")
+    with pytest.raises(ModuleError, match="^the same volume is chosen for two sequences$"):
+        logic.segmentation.start(dict(nodes, t2=None, t1=nodes["flair"]), device="cpu")
+    run = logic.segmentation.start(dict(nodes, t2=None), device="cpu", name="no T2")
+    command = run.job.command
+    assert "--t2" not in command and all(f"--{r}" in command for r in ("t1", "t1ce", "flair"))
+    assert not os.path.exists(os.path.join(run.workdir, "t2.nrrd"))
+    assert set(run.volumes) == {"t1", "t1ce", "flair"}
+    while run.poll() is None:
+        time.sleep(0.1)
+    res = logic.segmentation.finish(run)
+    assert res.report["preprocessing"]["sequences_missing"] == ["t2"]
+    assert res.segmentation.GetSegmentation().GetNumberOfSegments() == 3
+    labels = exported_labels(res.segmentation, nodes["t1ce"])
+    assert labels.shape == voxels(nodes["t1ce"]).shape and (labels > 0).sum() > 1000
+    assert res.status().endswith(" (without T2)")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1 and scene.GetNumberOfNodes() > before
+    with pytest.raises(ModuleError, match="^a training case needs all four sequences; it has no T2$"):
+        logic.training.save_case(res.volumes, res.segmentation, str(tmp_path), "NoT2_001")
+    assert os.listdir(tmp_path) == []
+
+
 def test_an_injected_job_s_result_goes_into_the_scene_all_or_nothing(scene_with_case, case_dir):
     """The segmentation job is behind a protocol: a job that ends at once gives the scene exactly
     the labels it wrote; one on another grid, or one that failed, leaves the scene as it was."""
