@@ -2,7 +2,8 @@
 
 Inference and fine-tuning run outside Slicer's process, so the GUI stays responsive, a cancel
 really stops the work, and a crash or out-of-memory in torch cannot take Slicer down. The widget
-polls :meth:`Job.poll` from a timer; nothing here uses Qt.
+polls :meth:`Job.poll` from a timer; nothing here uses Qt. The logic asks no more of a job than
+:class:`BackgroundJob` says, so tests can give it one of their own.
 
 ``PythonSlicer`` is a launcher: it starts the real interpreter as a child and hands it its pipes.
 Stopping the launcher alone would leave that child running and holding the pipes, so each job
@@ -18,7 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Protocol, Sequence
 
 from BrainTumorSegLib import progress  # the progress protocol (no torch; importable before dependencies)
 
@@ -73,6 +74,35 @@ def python_executable() -> str:
     """The Python that runs the library: ``$BRAINTUMORSEG_PYTHON``, Slicer's ``PythonSlicer``,
     or this interpreter."""
     return os.environ.get(PYTHON_ENV) or shutil.which("PythonSlicer") or sys.executable
+
+
+class BackgroundJob(Protocol):
+    """What the logic needs of a background ``braintumorseg`` run: :class:`Job`, or a test's own."""
+
+    stage: str            # the last progress stage reported
+    fraction: float       # its fraction done, 0 to 1
+    cancelled: bool
+    stdout: List[str]     # output lines (progress lines left out)
+    stderr: List[str]
+
+    def poll(self) -> Optional[int]:
+        """Exit code once finished, else None."""
+
+    def cancel(self) -> None:
+        """Stop the run; safe to call repeatedly and after it ended."""
+
+    @property
+    def error(self) -> str:
+        """The one-line reason a failed run gave."""
+
+
+# starts ``braintumorseg ARGS`` in the background
+JobStarter = Callable[[Sequence[str]], BackgroundJob]
+
+
+def job_starter(python: Optional[str] = None) -> JobStarter:
+    """Start each job as a :class:`Job` run by ``python`` (default: :func:`python_executable`)."""
+    return lambda args: Job(args, python)
 
 
 class Job:

@@ -6,6 +6,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 ROLES = ("t1", "t1ce", "t2", "flair")
 ROLE_TITLES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
+# a case may lack its T1 or T2 (their channel is then left empty); the library's own lists, copied
+# because this module loads before the library's dependencies are installed (a test keeps them equal)
+OPTIONAL_ROLES = ("t1", "t2")
+REQUIRED_ROLES = tuple(r for r in ROLES if r not in OPTIONAL_ROLES)
 
 _FLAIR = {"flair", "t2f", "t2flair"}
 _T1CE = {"t1ce", "t1c", "t1gd", "t1post", "t1wce", "t1gad", "t1contrast"}
@@ -51,20 +55,29 @@ def assign(names: Sequence[str]) -> Tuple[Dict[str, Optional[int]], List[str]]:
         if len(hits) > 1:
             notes.append(f"{ROLE_TITLES[r]}: several volumes fit ({', '.join(names[i] for i in hits)}); choose one")
         elif not hits:
-            notes.append(f"{ROLE_TITLES[r]}: no volume name fits; choose one")
+            leave = " or leave it empty" if r in OPTIONAL_ROLES else ""
+            notes.append(f"{ROLE_TITLES[r]}: no volume name fits; choose one{leave}")
     return out, notes
 
 
 def segment_blocker(chosen: Dict[str, Optional[str]]) -> str:
     """Why Segment cannot run yet for the chosen volumes ({role: node ID or None}), or "" when it
-    can: every sequence needs a volume, and four different ones (the button's tooltip says this)."""
-    missing = [ROLE_TITLES[r] for r in ROLES if not chosen.get(r)]
+    can: the T1ce and the FLAIR need a volume (T1 and T2 may be left out), and no volume may be
+    chosen for two sequences (the button's tooltip says this)."""
+    missing = [ROLE_TITLES[r] for r in REQUIRED_ROLES if not chosen.get(r)]
     if missing:
         return f"Choose a volume for {', '.join(missing)}."
     seen: Dict[str, str] = {}
     for r in ROLES:
+        if not chosen.get(r):
+            continue
         ident = str(chosen[r])
         if ident in seen:
-            return f"{ROLE_TITLES[seen[ident]]} and {ROLE_TITLES[r]} are the same volume; choose four different ones."
+            return f"{ROLE_TITLES[seen[ident]]} and {ROLE_TITLES[r]} are the same volume; choose a different one for each."
         seen[ident] = r
     return ""
+
+
+def left_out(chosen: Dict[str, Optional[object]]) -> List[str]:
+    """The titles of the optional sequences without a volume (their channel is left empty)."""
+    return [ROLE_TITLES[r] for r in OPTIONAL_ROLES if not chosen.get(r)]

@@ -14,7 +14,7 @@ from conftest import cli_main, one_line_error, run_cli, save_tiny_bundle
 
 import BrainTumorSegLib
 from BrainTumorSegLib.errors import Cancelled, InputError
-from BrainTumorSegLib.models import bundles, catalog, ensembles
+from BrainTumorSegLib.models import bundles, ensembles
 from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.pipeline import segment
 from BrainTumorSegLib.postprocess.on_reference import probabilities_to_labels
@@ -283,7 +283,7 @@ def test_default_model_is_the_real_data_model_and_says_what_it_is():
     the manifest, validation cases none of them trained on, weights under 25 MB each."""
     members = ensembles.load_models(bundles.DEFAULT_MODEL)
     assert [b.id for b in members] == ["brats-glioma-v1", "brats-glioma-clinaug-v1"]
-    docs = [catalog.describe(bundles.resolve(bundles.DEFAULT_MODEL))] + [b.manifest.to_json() for b in members]
+    docs = [ensembles.describe(bundles.resolve(bundles.DEFAULT_MODEL))] + [b.manifest.to_json() for b in members]
     assert docs[0]["network"] == "ensemble"
     for m in docs:
         assert m["demo"] is False and m["clinical_use"] is False

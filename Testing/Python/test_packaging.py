@@ -11,7 +11,7 @@ from conftest import run_cli
 
 from BrainTumorSegLib import __version__, extras
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.models import bundles, catalog, ensembles
+from BrainTumorSegLib.models import bundles, ensembles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,7 +49,7 @@ def test_wheel_holds_every_module_and_every_shipped_model(wheel):
         folder = os.path.join(bundles.shipped_models_dir(), model)
         if os.path.isdir(folder):
             assert f"BrainTumorSegLib/models/{model}/manifest.json" in names
-            if catalog.describe(folder)["format"] != bundles.ENSEMBLE_FORMAT:  # an ensemble is its manifest only
+            if ensembles.describe(folder)["format"] != bundles.ENSEMBLE_FORMAT:  # an ensemble is its manifest only
                 assert f"BrainTumorSegLib/models/{model}/weights.safetensors" in names
     assert f"-{__version__}-" in os.path.basename(wheel)
 

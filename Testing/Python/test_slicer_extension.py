@@ -25,7 +25,8 @@ def test_module_cmake_lists_every_file_and_only_existing_files():
     scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS")
     resources = cmake_list(text, "MODULE_PYTHON_RESOURCES")
     assert all(os.path.isfile(os.path.join(MODULE, f)) for f in scripts + resources)
-    assert set(scripts) == {"BrainTumorSeg.py"} | files_under(MODULE, "BrainTumorSegModuleLib", ".py")
+    assert set(scripts) == {"BrainTumorSeg.py"} | files_under(MODULE, "BrainTumorSegModuleLib", ".py") | \
+        files_under(MODULE, "BrainTumorSegWidgetLib", ".py")
     assert set(resources) == files_under(MODULE, "Resources")
     lib = cmake_list(text, "LIBRARY_PYTHON_SCRIPTS")
     lib_res = cmake_list(text, "LIBRARY_PYTHON_RESOURCES")
@@ -54,11 +55,15 @@ def test_logic_imports_no_qt_and_library_never_imports_slicer():
         assert not imports(os.path.join(MODULE, f)) & {"qt", "ctk", "PythonQt", "slicer.qt"}, f
     for f in files_under(ROOT, "BrainTumorSegLib", ".py"):
         assert not imports(os.path.join(ROOT, f)) & {"slicer", "qt", "vtk", "ctk"}, f
-    assert "qt" in imports(os.path.join(MODULE, "BrainTumorSeg.py"))  # the widget is where Qt lives
+    assert "qt" in imports(os.path.join(MODULE, "BrainTumorSeg.py"))  # the widget and its panels are where Qt lives
+    assert "qt" in imports(os.path.join(MODULE, "BrainTumorSegWidgetLib", "model_panel.py"))
 
 
 def test_ui_names_every_widget_the_module_uses():
     ui = open(os.path.join(MODULE, "Resources", "UI", "BrainTumorSeg.ui")).read()
     names = set(re.findall(r'name="(\w+)"', ui))
-    used = set(re.findall(r"self\.ui\.(\w+)", open(os.path.join(MODULE, "BrainTumorSeg.py")).read()))
+    sources = ["BrainTumorSeg.py"] + sorted(files_under(MODULE, "BrainTumorSegWidgetLib", ".py"))
+    used = set()
+    for f in sources:
+        used |= set(re.findall(r"self\.ui\.(\w+)", open(os.path.join(MODULE, f)).read()))
     assert used and used <= names, used - names

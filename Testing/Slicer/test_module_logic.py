@@ -1,5 +1,6 @@
 """The Slicer module's logic on real MRML nodes."""
 import glob
+import json
 import os
 import tempfile
 import time
@@ -11,21 +12,20 @@ import vtk
 from conftest import lib_python, run_lib
 from vtk.util import numpy_support
 
-from BrainTumorSegModuleLib import jobs
-from BrainTumorSegModuleLib.logic import (
+from BrainTumorSegModuleLib import jobs, results
+from BrainTumorSegModuleLib.errors import ModuleError
+from BrainTumorSegModuleLib.logic import BrainTumorSegLogic
+from BrainTumorSegModuleLib.models import finetune_source, model_note, model_tooltip, models, models_in
+from BrainTumorSegModuleLib.mrml import ijk_to_ras, voxels
+from BrainTumorSegModuleLib.parameters import (
     CHOICES,
     MODULE_OPTIONS,
     NOT_CLINICAL,
-    SEGMENTS,
-    BrainTumorSegLogic,
-    ModuleError,
     from_spin_box,
-    ijk_to_ras,
-    model_tooltip,
     spin_box_range,
     to_spin_box,
-    voxels,
 )
+from BrainTumorSegModuleLib.results import SEGMENTS
 from BrainTumorSegModuleLib.roles import assign, role_of
 
 ROLES = ("t1", "t1ce", "t2", "flair")
@@ -66,11 +66,45 @@ def exported_labels(seg, reference):
     return voxels(lab)
 
 
+def seg_file(case_dir):
+    return glob.glob(os.path.join(case_dir, "*_seg.nii.gz"))[0]
+
+
+class FinishedJob:
+    """A background job that has already ended (the logic's ``BackgroundJob`` protocol)."""
+
+    def __init__(self, code=0, error=""):
+        self.stage, self.fraction, self.cancelled = "done", 1.0, False
+        self.stdout, self.stderr = [], []
+        self.code, self.error = code, error
+
+    def poll(self):
+        return self.code
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def finished_segment(labels=None, code=0, error=""):
+    """A job starter whose ``segment`` ends at once: ``labels`` (a label map node) written where
+    ``-o`` says, and a report; with ``code`` other than 0 it fails with ``error`` instead."""
+    def start(args):
+        if code == 0:
+            storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+            storage.SetFileName(args[args.index("-o") + 1])
+            assert storage.WriteData(labels)
+            with open(args[args.index("--report") + 1], "w") as f:
+                json.dump({"label_scheme": "brats2021", "volumes_ml": {"WT": 12.5}, "device": "nowhere",
+                           "model": "injected"}, f)
+        return FinishedJob(code, error)
+    return start
+
+
 def test_segment_gives_named_segments_on_the_t1ce_grid_identical_to_the_cli(scene_with_case, logic, case_dir, tmp_path):
     scene, nodes = scene_with_case
     before = scene.GetNumberOfNodes()
     seen = []
-    res = logic.segment(nodes, device="cpu", progress=lambda s, f: seen.append(s))
+    res = logic.segmentation.segment(nodes, device="cpu", progress=lambda s, f: seen.append(s))
     seg = res.segmentation
     segmentation = seg.GetSegmentation()
     assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
@@ -104,7 +138,7 @@ def test_segment_gives_named_segments_on_the_t1ce_grid_identical_to_the_cli(scen
 
 def test_uncertainty_volume_when_asked(scene_with_case, logic):
     scene, nodes = scene_with_case
-    res = logic.segment(nodes, device="cpu", uncertainty=True, name="with uncertainty")
+    res = logic.segmentation.segment(nodes, device="cpu", uncertainty=True, name="with uncertainty")
     u = voxels(res.uncertainty)
     assert res.uncertainty.GetName() == "with uncertainty uncertainty"
     assert u.shape == voxels(nodes["t1ce"]).shape and 0 <= u.min() and u.max() <= 1 and u.max() > 0
@@ -114,8 +148,8 @@ def test_brain_mask_when_asked_and_clinical_handling_switch(scene_with_case, log
     """A BraTS-like case needs no skull stripping; the brain mask comes into the scene on the T1ce
     grid; with clinical handling off the library is told to treat the volumes as preprocessed."""
     scene, nodes = scene_with_case
-    assert logic.needs_skull_stripping(nodes) is False
-    res = logic.segment(nodes, device="cpu", brain_mask=True, name="masked")
+    assert logic.inputs.needs_skull_stripping(nodes) is False
+    res = logic.segmentation.segment(nodes, device="cpu", brain_mask=True, name="masked")
     mask = voxels(res.brain_mask)
     assert res.brain_mask.GetName() == "masked brain mask" and res.brain_mask.IsA("vtkMRMLLabelMapVolumeNode")
     assert mask.shape == voxels(nodes["t1ce"]).shape
@@ -123,12 +157,12 @@ def test_brain_mask_when_asked_and_clinical_handling_switch(scene_with_case, log
     dice = 2 * ((mask > 0) & brain).sum() / ((mask > 0).sum() + brain.sum())  # via the model's 2 mm grid
     assert dice > 0.95
     assert res.report["preprocessing"]["skull_strip"]["stripped"] is False
-    run = logic.start_segmentation(nodes, device="cpu", clinical=False)
+    run = logic.segmentation.start(nodes, device="cpu", clinical=False)
     try:
         cmd = " ".join(run.job.command)
         assert "--skull-strip never" in cmd and "--register never" in cmd and "--isotropic off" in cmd
     finally:
-        logic.cancel(run)
+        logic.segmentation.cancel(run)
     # a head (noise everywhere, no zero background) needs stripping
     head = slicer.vtkMRMLScalarVolumeNode()
     scene.AddNode(head)
@@ -138,25 +172,25 @@ def test_brain_mask_when_asked_and_clinical_handling_switch(scene_with_case, log
     img.SetDimensions(*noisy.shape[::-1])
     img.GetPointData().SetScalars(numpy_support.numpy_to_vtk(noisy.ravel(), deep=True))
     head.SetAndObserveImageData(img)
-    assert logic.needs_skull_stripping(dict(nodes, t2=head)) is True
+    assert logic.inputs.needs_skull_stripping(dict(nodes, t2=head)) is True
 
 
 def test_choices_are_kept_in_the_scene_parameter_node(scene_with_case, logic):
     scene, nodes = scene_with_case
-    choices, volumes, output = logic.load_choices()
+    choices, volumes, output = logic.parameters.load()
     assert choices["device"] == "auto" and choices["clinical"] is True and output is None  # defaults
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "previous")
-    logic.save_choices({"model": "brats-glioma-v1", "tta": True, "min_et_voxels": 50, "clinical": False},
+    logic.parameters.save({"model": "brats-glioma-v1", "tta": True, "min_et_voxels": 50, "clinical": False},
                        nodes, seg)
     # a second logic on the same scene (the module re-entered, or the scene reloaded) reads them back
     again = BrainTumorSegLogic(scene, python=lib_python())
-    choices, volumes, output = again.load_choices()
+    choices, volumes, output = again.parameters.load()
     assert choices["model"] == "brats-glioma-v1" and choices["tta"] is True and choices["min_et_voxels"] == 50
     assert choices["clinical"] is False and choices["device"] == "auto"
     assert all(volumes[r] is nodes[r] for r in ROLES) and output is seg
     assert scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
     with pytest.raises(ModuleError, match="unknown choice"):
-        logic.save_choices({"colour": "red"}, nodes)
+        logic.parameters.save({"colour": "red"}, nodes)
 
 
 def test_the_module_s_options_are_the_library_s_declaration(scene_with_case, logic):
@@ -174,44 +208,44 @@ def test_the_module_s_options_are_the_library_s_declaration(scene_with_case, log
         assert from_spin_box("min_et_voxels", to_spin_box("min_et_voxels", value)) == value
     workdirs = set(glob.glob(os.path.join(tempfile.gettempdir(), "BrainTumorSeg-*")))
     with pytest.raises(ModuleError, match=r"^--overlap: 1\.0 is not allowed; use a number from 0 to 0\.9$"):
-        logic.start_segmentation(nodes, device="cpu", overlap=1.0)
+        logic.segmentation.start(nodes, device="cpu", overlap=1.0)
     with pytest.raises(ModuleError, match="--min-et-voxels: -5 is not allowed"):
-        logic.start_segmentation(nodes, min_et_voxels=-5)
+        logic.segmentation.start(nodes, min_et_voxels=-5)
     with pytest.raises(ModuleError, match="unknown option 'colour'"):
-        logic.start_segmentation(nodes, colour="red")
+        logic.segmentation.start(nodes, colour="red")
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "BrainTumorSeg-*"))) == workdirs
     given = {"device": "cpu", "tta": True, "min_et_voxels": 50, "uncertainty": True, "overlap": 0.25}
-    run = logic.start_segmentation(nodes, clinical=False, **given)
+    run = logic.segmentation.start(nodes, clinical=False, **given)
     try:
         command = run.job.command
         args = build_parser().parse_args(command[command.index("BrainTumorSegLib") + 1:])
     finally:
-        logic.cancel(run)
+        logic.segmentation.cancel(run)
     assert SegmentOptions.from_args(args) == SegmentOptions(**given, **NOT_CLINICAL)
     assert args.uncertainty == os.path.join(run.workdir, "uncertainty.nrrd") and args.brain_mask is None
 
 
 def test_output_segmentation_is_overwritten_in_one_step(scene_with_case, logic):
     scene, nodes = scene_with_case
-    first = logic.segment(nodes, device="cpu").segmentation
+    first = logic.segmentation.segment(nodes, device="cpu").segmentation
     first.GetSegmentation().AddEmptySegment("old", "an old segment")
     count = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
-    res = logic.segment(nodes, device="cpu", output=first)
+    res = logic.segmentation.segment(nodes, device="cpu", output=first)
     assert res.segmentation is first and scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count
     segmentation = first.GetSegmentation()
     assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
         ["Necrotic tumor core", "Peritumoral edema", "Enhancing tumor"]
-    fresh = logic.segment(nodes, device="cpu").segmentation
+    fresh = logic.segmentation.segment(nodes, device="cpu").segmentation
     assert np.array_equal(exported_labels(first, nodes["t1ce"]), exported_labels(fresh, nodes["t1ce"]))
     # an output removed from the scene meanwhile: one line, the scene unchanged
     gone = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "gone")
-    run = logic.start_segmentation(nodes, device="cpu", output=gone)
+    run = logic.segmentation.start(nodes, device="cpu", output=gone)
     scene.RemoveNode(gone)
     before = scene.GetNumberOfNodes()
     while run.poll() is None:
         time.sleep(0.1)
     with pytest.raises(ModuleError, match="no longer in the scene"):
-        logic.finish_segmentation(run)
+        logic.segmentation.finish(run)
     assert scene.GetNumberOfNodes() == before
 
 
@@ -232,19 +266,19 @@ def test_volume_roles_from_names():
 
 def test_assign_volumes_on_scene_nodes(scene_with_case, logic):
     scene, nodes = scene_with_case
-    chosen, notes = logic.assign_volumes()
+    chosen, notes = logic.inputs.assign_volumes()
     assert chosen == nodes and not notes
 
 
 def test_save_as_training_case_round_trip(scene_with_case, logic, case_dir, tmp_path):
     scene, nodes = scene_with_case
-    res = logic.segment(nodes, device="cpu")
+    res = logic.segmentation.segment(nodes, device="cpu")
     seg = res.segmentation
     # an edit, as in the Segment Editor: a block of edema added away from the tumor
     labels = exported_labels(seg, nodes["t1ce"])
     edema = labels == 2
     edema[20:30, 40:50, 40:50] = True
-    logic.set_segment_mask(seg, "ED", edema.astype(np.uint8), nodes["t1ce"])
+    results.set_segment_mask(seg, "ED", edema.astype(np.uint8), nodes["t1ce"])
     expected = exported_labels(seg, nodes["t1ce"])
     assert (expected == 2).sum() >= (labels == 2).sum() + 1000 - (labels[20:30, 40:50, 40:50] > 0).sum()
     assert (expected[20:30, 40:50, 40:50] > 0).all()
@@ -253,7 +287,7 @@ def test_save_as_training_case_round_trip(scene_with_case, logic, case_dir, tmp_
         folder = tmp_path / scheme
         folder.mkdir()
         nodes_before = scene.GetNumberOfNodes()
-        path = logic.save_training_case(nodes, seg, str(folder), "Edited_001", scheme)
+        path = logic.training.save_case(nodes, seg, str(folder), "Edited_001", scheme)
         assert scene.GetNumberOfNodes() == nodes_before  # no stray colour table or label map in the user's scene
         assert sorted(os.listdir(path)) == sorted(f"Edited_001{n}.nii.gz" for n in names)
         assert os.listdir(folder) == ["Edited_001"]  # no temporary folder left behind
@@ -264,7 +298,7 @@ def test_save_as_training_case_round_trip(scene_with_case, logic, case_dir, tmp_
         t1 = load(slicer.vtkMRMLScene(), os.path.join(path, f"Edited_001{names[0]}.nii.gz"))
         assert np.array_equal(voxels(t1), voxels(nodes["t1"]))
         with pytest.raises(ModuleError, match="exists already"):
-            logic.save_training_case(nodes, seg, str(folder), "Edited_001", scheme)
+            logic.training.save_case(nodes, seg, str(folder), "Edited_001", scheme)
     # the saved case is a valid training case for the library
     run_lib("evaluate", "--pred", os.path.join(tmp_path / "brats2021", "Edited_001", "Edited_001_seg.nii.gz"),
             "--ref", glob.glob(os.path.join(case_dir, "*_seg.nii.gz"))[0], "--csv", str(tmp_path / "e.csv"),
@@ -273,7 +307,7 @@ def test_save_as_training_case_round_trip(scene_with_case, logic, case_dir, tmp_
 
 def test_seg_nrrd_keeps_segment_names(scene_with_case, logic, tmp_path):
     scene, nodes = scene_with_case
-    seg = logic.segment(nodes, device="cpu").segmentation
+    seg = logic.segmentation.segment(nodes, device="cpu").segmentation
     path = str(tmp_path / "tumor.seg.nrrd")
     st = slicer.vtkMRMLSegmentationStorageNode()
     st.SetFileName(path)
@@ -292,80 +326,81 @@ def test_seg_nrrd_keeps_segment_names(scene_with_case, logic, tmp_path):
 def test_cancel_leaves_the_scene_as_it_was(scene_with_case, logic):
     scene, nodes = scene_with_case
     before = scene.GetNumberOfNodes()
-    run = logic.start_segmentation(nodes, device="cpu")
+    run = logic.segmentation.start(nodes, device="cpu")
     assert run.poll() is None
-    logic.cancel(run)
+    logic.segmentation.cancel(run)
     assert run.job.proc.returncode is not None and run.job.cancelled
     assert not os.path.exists(run.workdir)
     with pytest.raises(ModuleError, match="cancelled"):
-        logic.finish_segmentation(run)
+        logic.segmentation.finish(run)
     assert scene.GetNumberOfNodes() == before
     with pytest.raises(ModuleError, match="cancelled"):
-        logic.segment(nodes, device="cpu", should_cancel=lambda: True)
+        logic.segmentation.segment(nodes, device="cpu", should_cancel=lambda: True)
     assert scene.GetNumberOfNodes() == before
 
 
-def test_errors_are_one_line_and_leave_no_half_made_node(scene_with_case, logic, monkeypatch):
+def test_errors_are_one_line_and_leave_no_half_made_node(scene_with_case, logic, case_dir, monkeypatch):
     scene, nodes = scene_with_case
     before = scene.GetNumberOfNodes()
     with pytest.raises(ModuleError, match="choose a volume for FLAIR"):
-        logic.segment(dict(nodes, flair=None), device="cpu")
+        logic.segmentation.segment(dict(nodes, flair=None), device="cpu")
     with pytest.raises(ModuleError, match="same volume"):
-        logic.segment(dict(nodes, t2=nodes["t1"]), device="cpu")
+        logic.segmentation.segment(dict(nodes, t2=nodes["t1"]), device="cpu")
     far = nodes["flair"]
     far.SetOrigin(far.GetOrigin()[0] + 900, far.GetOrigin()[1], far.GetOrigin()[2])
     with pytest.raises(ModuleError) as err:
-        logic.segment(nodes, device="cpu")
+        logic.segmentation.segment(nodes, device="cpu")
     assert "overlap" in str(err.value) and "\n" not in str(err.value)
     far.SetOrigin(far.GetOrigin()[0] - 900, far.GetOrigin()[1], far.GetOrigin()[2])
     with pytest.raises(ModuleError, match="CUDA"):
-        logic.segment(nodes, device="cuda")
+        logic.segmentation.segment(nodes, device="cuda")
     assert scene.GetNumberOfNodes() == before
 
     def broken(*a, **k):  # a failure while the result is being added
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(BrainTumorSegLogic, "_fill_volume_table", staticmethod(broken))
+    monkeypatch.setattr(results, "fill_volume_table", broken)
+    injected = BrainTumorSegLogic(scene, start_job=finished_segment(load(slicer.vtkMRMLScene(), seg_file(case_dir), label=True)))
     with pytest.raises(ModuleError) as err:  # one line for the user, not a traceback
-        logic.segment(nodes, device="cpu")
+        injected.segmentation.segment(nodes)
     assert str(err.value) == "the result could not be added to the scene (RuntimeError: disk full)"
     assert scene.GetNumberOfNodes() == before
 
 
 def test_finetune_on_saved_cases_registers_a_model(scene_with_case, logic, tmp_path, monkeypatch):
     scene, nodes = scene_with_case
-    seg = logic.segment(nodes, device="cpu").segmentation
+    seg = logic.segmentation.segment(nodes, device="cpu").segmentation
     data = tmp_path / "saved"
     data.mkdir()
-    logic.save_training_case(nodes, seg, str(data), "Corrected_001")
-    models = tmp_path / "models"
-    monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(models))
-    job = logic.start_finetune("brats-synthetic-demo", str(data), str(tmp_path / "run"), epochs=1, iters=2,
-                               device="cpu", extra=["--batch", "1", "--patch", "32", "32", "32"])
+    logic.training.save_case(nodes, seg, str(data), "Corrected_001")
+    models_dir = tmp_path / "models"
+    monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(models_dir))
+    job = logic.training.start_finetune("brats-synthetic-demo", str(data), str(tmp_path / "run"), epochs=1, iters=2,
+                                        device="cpu", extra=["--batch", "1", "--patch", "32", "32", "32"])
     assert job.wait(900) == 0, job.stderr
     assert job.fraction == 1.0 and job.stage == "training"
-    path = logic.finish_finetune(job, str(tmp_path / "run"), name="hospital-a")
-    assert path == str(models / "hospital-a")
-    listed = {m["name"]: m for m in logic.models()}
+    path = logic.training.finish_finetune(job, str(tmp_path / "run"), name="hospital-a")
+    assert path == str(models_dir / "hospital-a")
+    listed = {m["name"]: m for m in models()}
     assert listed["hospital-a"]["finetuned_from"]["id"] == "brats-synthetic-demo"
     # a folder loaded by hand and remembered: listed again while it exists, skipped once it is gone
-    by_hand = logic.models_in([path, str(tmp_path / "deleted-model")])
+    by_hand = models_in([path, str(tmp_path / "deleted-model")])
     assert [m["name"] for m in by_hand] == ["hospital-a"] and by_hand[0]["path"] == path
     assert "Label scheme: brats2021" in model_tooltip(by_hand[0])
     with pytest.raises(ModuleError, match="no-such-model"):
-        logic.start_finetune("no-such-model", str(data), str(tmp_path / "run2"), epochs=1, iters=1)
+        logic.training.start_finetune("no-such-model", str(data), str(tmp_path / "run2"), epochs=1, iters=1)
 
 
-def test_the_default_ensemble_is_listed_as_one_model_and_fine_tunes_from_its_first_member(logic):
-    models = logic.models()
-    assert models[0]["name"] == "brats-glioma-ensemble-v1"  # the default, selected first
-    ensemble = models[0]
+def test_the_default_ensemble_is_listed_as_one_model_and_fine_tunes_from_its_first_member():
+    listed = models()
+    assert listed[0]["name"] == "brats-glioma-ensemble-v1"  # the default, selected first
+    ensemble = listed[0]
     assert "error" not in ensemble
     tip = model_tooltip(ensemble)
     assert "ensemble of brats-glioma-v1, brats-glioma-clinaug-v1" in tip and "Validation (5 held-out cases)" in tip
-    assert [m["name"] for m in logic.models_in([ensemble["path"]])] == ["brats-glioma-ensemble-v1"]
-    assert os.path.basename(logic.finetune_source(ensemble["path"])) == "brats-glioma-v1"
-    assert logic.finetune_source("brats-synthetic-demo").endswith("brats-synthetic-demo")
+    assert [m["name"] for m in models_in([ensemble["path"]])] == ["brats-glioma-ensemble-v1"]
+    assert os.path.basename(finetune_source(ensemble["path"])) == "brats-glioma-v1"
+    assert finetune_source("brats-synthetic-demo").endswith("brats-synthetic-demo")
 
 
 def test_library_is_found_from_the_module_folder():
@@ -400,7 +435,7 @@ def test_dependency_list_matches_pyproject():
 def test_terminology_on_slicer_before_5_10_goes_through_the_tag():
     """Slicer 5.6 and 5.8 have no vtkSegment.SetTerminology: the same entry goes into the
     TerminologyEntry tag, which is where those versions (and GetTerminology later) read it."""
-    from BrainTumorSegModuleLib.logic import set_terminology
+    from BrainTumorSegModuleLib.results import set_terminology
 
     real = slicer.vtkSegment()
 
@@ -433,3 +468,115 @@ def test_model_tooltip_never_fails_on_hand_written_manifests():
                 {"members": [{"name": "a"}, 5, {}]}, {"members": "a, b"}):
         text = model_tooltip(odd)
         assert "Validation" not in text and text
+
+
+def test_a_case_without_t2_is_segmented_from_the_volumes_given(scene_with_case, logic, tmp_path):
+    """T1 and T2 may be left out (the library leaves their channel empty); T1ce and FLAIR may not.
+    Only the volumes given are written and named on the command line; such a case segments into
+    the usual three segments, but is no training case (training needs all four)."""
+    scene, nodes = scene_with_case
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(ModuleError, match="^choose a volume for T1ce, FLAIR$"):
+        logic.segmentation.start(dict(nodes, t1ce=None, flair=None), device="cpu")
+    with pytest.raises(ModuleError, match="^the same volume is chosen for two sequences$"):
+        logic.segmentation.start(dict(nodes, t2=None, t1=nodes["flair"]), device="cpu")
+    run = logic.segmentation.start(dict(nodes, t2=None), device="cpu", name="no T2")
+    command = run.job.command
+    assert "--t2" not in command and all(f"--{r}" in command for r in ("t1", "t1ce", "flair"))
+    assert not os.path.exists(os.path.join(run.workdir, "t2.nrrd"))
+    assert set(run.volumes) == {"t1", "t1ce", "flair"}
+    while run.poll() is None:
+        time.sleep(0.1)
+    res = logic.segmentation.finish(run)
+    assert res.report["preprocessing"]["sequences_missing"] == ["t2"]
+    assert res.segmentation.GetSegmentation().GetNumberOfSegments() == 3
+    labels = exported_labels(res.segmentation, nodes["t1ce"])
+    assert labels.shape == voxels(nodes["t1ce"]).shape and (labels > 0).sum() > 1000
+    assert res.status().endswith(" (without T2)")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1 and scene.GetNumberOfNodes() > before
+    with pytest.raises(ModuleError, match="^a training case needs all four sequences; it has no T2$"):
+        logic.training.save_case(res.volumes, res.segmentation, str(tmp_path), "NoT2_001")
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_injected_job_s_result_goes_into_the_scene_all_or_nothing(scene_with_case, case_dir):
+    """The segmentation job is behind a protocol: a job that ends at once gives the scene exactly
+    the labels it wrote; one on another grid, or one that failed, leaves the scene as it was."""
+    scene, nodes = scene_with_case
+    truth = load(slicer.vtkMRMLScene(), seg_file(case_dir), label=True)
+    logic = BrainTumorSegLogic(scene, start_job=finished_segment(truth))
+    run = logic.segmentation.start(nodes, name="injected")
+    res = logic.segmentation.finish(run)
+    expected = np.select([voxels(truth) == v for v in (1, 2, 4)], [1, 2, 3], 0)
+    assert np.array_equal(exported_labels(res.segmentation, nodes["t1ce"]), expected)
+    assert res.segmentation.GetName() == "injected" and res.table.GetCellText(0, 0).startswith("Whole tumor")
+    assert res.status().startswith("Segmented in ") and res.status().endswith(" s on nowhere with injected")
+    assert not os.path.exists(run.workdir)
+    shifted = load(slicer.vtkMRMLScene(), seg_file(case_dir), label=True)
+    shifted.SetOrigin(shifted.GetOrigin()[0] + 5, *shifted.GetOrigin()[1:])
+    for starter, message in ((finished_segment(shifted), "^the result is not on the T1ce grid$"),
+                             (finished_segment(code=1, error="CUDA out of memory"), "^CUDA out of memory$")):
+        count = scene.GetNumberOfNodes()
+        injected = BrainTumorSegLogic(scene, start_job=starter)
+        run = injected.segmentation.start(nodes)
+        with pytest.raises(ModuleError, match=message):
+            injected.segmentation.finish(run)
+        assert scene.GetNumberOfNodes() == count and not os.path.exists(run.workdir)
+
+
+def grade_figures_of(cases):
+    """``validation.by_grade`` as the library makes it, for made-up figures on real case ids."""
+    from BrainTumorSegLib.evaluation.cross_validation import grade_summary
+
+    def region(dice, ref_ml=10.0, error_ml=1.0):
+        return {"dice": dice, "hd95": 3.0, "volume_error_ml": error_ml, "volume_ref_ml": ref_ml}
+
+    per_case = {c: {"WT": region(wt), "TC": region(tc), "ET": region(et, et_ref, et_err)}
+                for c, (wt, tc, et, et_ref, et_err) in cases.items()}
+    return grade_summary(per_case)
+
+
+def test_the_model_note_comes_from_the_chosen_model_s_manifest():
+    """The note under the model list: the model's own note, its held-out figures, per grade where
+    its manifest has them (as the library's grade_summary writes them), and saying so where not."""
+    listed = {m["name"]: m for m in models()}
+    note = model_note(listed["brats-glioma-ensemble-v1"])
+    assert note.startswith("brats-glioma-ensemble-v1: Research model trained on 19 real BraTS 2018 cases")
+    assert "It averages brats-glioma-v1 and brats-glioma-clinaug-v1; fine-tuning starts from brats-glioma-v1." in note
+    assert "On 5 cases held out from its training: Dice 0.85 (whole tumor), 0.84 (tumor core), 0.83 (enhancing tumor)." \
+        in note
+    assert "no figures per tumor grade: how it does on low-grade gliomas is not known" in note
+    assert "Figures from so few cases are rough." in note and "not a medical device" in note
+    by_grade = grade_figures_of({"Brats18_CBICA_AQO_1": (0.9, 0.8, 0.7, 10.0, 1.0),
+                                 "Brats18_TCIA01_231_1": (0.8, 0.6, 0.5, 10.0, 1.0),
+                                 "Brats18_TCIA10_628_1": (0.7, 0.5, 0.0, 2.0, -2.0),     # LGG
+                                 "BraTS2021_01477": (0.6, 0.4, 0.0, 0.0, 0.5)})          # no enhancing tumor
+    graded = {"id": "graded", "description": "a fold.", "metrics": {"validation_segment": {
+        "cases": ["a", "b", "c", "d"], "mean": {"dice_WT": 0.75, "dice_TC": 0.575, "dice_ET": 0.3}, "by_grade": by_grade}}}
+    note = model_note(graded)
+    assert note.startswith("graded: A fold. On 4 cases held out from its training: Dice 0.75 (whole tumor), 0.57")
+    assert "By grade: high-grade (2 cases): Dice 0.85, 0.70, 0.60; low-grade (2 cases): Dice 0.65, 0.45, 0.00." in note
+    assert "In 1 of 1 case without enhancing tumor, some was predicted anyway." in note
+    assert "per tumor grade" not in note and "It averages" not in note
+    demo = model_note(listed["brats-synthetic-demo"])
+    assert "A demo: it has no figures on real scans." in demo and "held out" not in demo
+    assert model_note({"name": "broken", "error": "lacks weights_sha256"}) == "broken cannot be used: lacks weights_sha256"
+    for odd in ({"id": "x"}, {"metrics": []}, {"metrics": {"validation_segment": {"mean": {"dice_WT": 0.9}}}},
+                {"metrics": {"validation_segment": {"cases": ["a"], "mean": {"dice_WT": 1, "dice_TC": 1, "dice_ET": 1},
+                                                    "by_grade": {"HGG": {"cases": True}, "without_et": []}}}},
+                {"metrics": {"validation_segment": "n/a"}}, {"members": [{"name": "a"}, 5, {}]}, {"members": "a, b"}):
+        text = model_note(odd)
+        assert "By grade" not in text and "no model here is a medical device" in text, odd
+
+
+def test_pip_installs_are_pinned_to_the_packages_slicer_ships():
+    from importlib import metadata
+
+    from BrainTumorSegModuleLib.installation import slicer_constraints_file
+
+    path = slicer_constraints_file()
+    try:
+        pins = open(path).read().split()
+    finally:
+        os.remove(path)
+    assert f"numpy=={metadata.version('numpy')}" in pins and f"SimpleITK=={metadata.version('SimpleITK')}" in pins

@@ -1,0 +1,158 @@
+"""A finished segmentation's files into the scene, all or nothing: a segmentation node with three
+named segments, a volumes table, and the uncertainty volume and brain mask when asked for.
+
+Temporary nodes live in a scratch scene; the nodes made in the user's scene are removed again if
+anything fails half-way, and an output segmentation is overwritten only as the very last step.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Dict, Mapping, Optional
+
+import numpy as np
+import slicer
+import vtk
+
+from BrainTumorSegLib.write import terminology as _terms  # standard library only: importable before the dependencies
+
+from .errors import ModuleError
+from .mrml import ijk_to_ras, labelmap_node, node_ids, read_volume, remove_nodes_added_since, voxels
+from .roles import left_out
+
+if TYPE_CHECKING:
+    from .segmentation import SegmentationRun
+
+# key (segment ID), name shown, colour, standard terminology (Slicer's serialised entry): the library's
+# segments, so that the DICOM SEG and the QC pictures of the command line name and colour them alike
+SEGMENTS = tuple((s.key, s.title, s.colour, _terms.slicer_terminology_entry(s)) for s in _terms.SEGMENTS)
+REGION_ROWS = (("NCR", "Necrotic tumor core (label)"), ("ED", "Peritumoral edema (label)"),
+               ("ET", "Enhancing tumor (label, region)"), ("TC", "Tumor core = NCR + ET (region)"),
+               ("WT", "Whole tumor = NCR + ED + ET (region)"))
+
+
+@dataclass
+class SegmentationResult:
+    """What a run added to the scene, with the library's report."""
+
+    segmentation: object
+    table: object
+    uncertainty: Optional[object]
+    report: Dict
+    seconds: float
+    volumes: Dict[str, object] = field(default_factory=dict)  # the run's inputs (Edit uses its T1ce)
+    brain_mask: Optional[object] = None                        # label map node, when asked for
+
+    def status(self) -> str:
+        """One line for the status: time, device, model, and the sequences left out."""
+        models = self.report.get("model") or ", ".join(m.get("id", "?") for m in self.report.get("models", []))
+        missing = left_out(self.volumes) if self.volumes else []
+        return (f"Segmented in {self.seconds:.1f} s on {self.report.get('device', '?')} with {models}"
+                + (f" (without {' and '.join(missing)})" if missing else ""))
+
+
+def set_terminology(segment, entry: str) -> None:
+    """Tag ``segment`` with a serialised terminology entry: ``SetTerminology`` from Slicer 5.10,
+    the ``TerminologyEntry`` tag before (same string)."""
+    if hasattr(segment, "SetTerminology"):
+        segment.SetTerminology(entry)
+    else:
+        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), entry)
+
+
+def set_segment_mask(seg, key: str, mask: np.ndarray, geometry_node, scratch=None) -> None:
+    """Replace segment ``key``'s voxels by a (k, j, i) 0/1 mask on ``geometry_node``'s grid."""
+    tmp = labelmap_node(mask, geometry_node, scratch or slicer.vtkMRMLScene())
+    oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(tmp)
+    oriented.UnRegister(None)  # a new object the caller owns: Python's reference is then the only one
+    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(oriented, seg, key):
+        raise ModuleError(f"could not fill segment {key}")
+
+
+def fill_volume_table(table, volumes_ml: Mapping[str, float]) -> None:
+    """The report's volumes (mL) as the table's rows, in the order of REGION_ROWS."""
+    names, values = vtk.vtkStringArray(), vtk.vtkDoubleArray()
+    names.SetName("Structure")
+    values.SetName("Volume (mL)")
+    for key, title in REGION_ROWS:
+        if key in volumes_ml:
+            names.InsertNextValue(title)
+            values.InsertNextValue(round(float(volumes_ml[key]), 2))
+    table.AddColumn(names)
+    table.AddColumn(values)
+
+
+class ResultLoader:
+    """Adds a finished run's result to ``scene`` in one step (see the module's docstring)."""
+
+    def __init__(self, scene) -> None:
+        self.scene = scene
+
+    def load(self, run: "SegmentationRun", report: Dict) -> SegmentationResult:
+        """The run's files (``labels.nrrd`` and, when asked for, ``uncertainty.nrrd`` and
+        ``brainmask.nrrd`` in its folder) into the scene; nothing is left of them on failure."""
+        from BrainTumorSegLib.labels import get_scheme
+
+        scheme = get_scheme(report["label_scheme"])
+        reference = run.volumes["t1ce"]
+        scratch = slicer.vtkMRMLScene()  # temporary nodes never enter the user's scene
+        labels_node = slicer.vtkMRMLLabelMapVolumeNode()
+        scratch.AddNode(labels_node)
+        read_volume(os.path.join(run.workdir, "labels.nrrd"), labels_node)
+        if not np.allclose(ijk_to_ras(labels_node), ijk_to_ras(reference), atol=1e-3) or \
+                labels_node.GetImageData().GetDimensions() != reference.GetImageData().GetDimensions():
+            raise ModuleError("the result is not on the T1ce grid")  # the CLI guarantees it; never load a shifted result
+        labels = voxels(labels_node)
+        before = node_ids(self.scene)
+        self.scene.StartState(self.scene.BatchProcessState)
+        try:
+            seg = self._segmentation_with_result(run, reference, labels, scheme, labels_node, scratch)
+            table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{run.name} volumes")
+            fill_volume_table(table, report.get("volumes_ml", {}))
+            unc = self._volume(run, run.uncertainty, "vtkMRMLScalarVolumeNode", "uncertainty", "uncertainty.nrrd")
+            mask = self._volume(run, run.brain_mask, "vtkMRMLLabelMapVolumeNode", "brain mask", "brainmask.nrrd")
+            if run.output is not None:  # last: nothing after it can fail and leave the output half-changed
+                seg = self._overwrite(run.output, seg, reference)
+        except Exception:  # every node made here goes (display and storage nodes included)
+            remove_nodes_added_since(self.scene, before)
+            raise
+        finally:
+            self.scene.EndState(self.scene.BatchProcessState)
+            scratch.Clear(1)
+        return SegmentationResult(seg, table, unc, report, time.perf_counter() - run.started, dict(run.volumes), mask)
+
+    def _volume(self, run: "SegmentationRun", wanted: bool, node_class: str, what: str, file_name: str):
+        """A volume node ``<run name> <what>`` read from the run's ``file_name``, when ``wanted``."""
+        if not wanted:
+            return None
+        node = self.scene.AddNewNodeByClass(node_class, f"{run.name} {what}")
+        read_volume(os.path.join(run.workdir, file_name), node)
+        return node
+
+    def _segmentation_with_result(self, run: "SegmentationRun", reference, labels: np.ndarray, scheme,
+                                  labels_node, scratch):
+        """A segmentation node with the three segments: in the user's scene, or in the scratch scene
+        when it is to replace ``run.output``'s segments (see :meth:`_overwrite`)."""
+        target = run.output
+        if target is not None and self.scene.GetNodeByID(target.GetID()) is not target:
+            raise ModuleError("the output segmentation is no longer in the scene")
+        seg = (scratch if target is not None else self.scene).AddNewNodeByClass("vtkMRMLSegmentationNode", run.name)
+        if target is None:
+            seg.CreateDefaultDisplayNodes()
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        for key, title, colour, terminology in SEGMENTS:
+            segmentation = seg.GetSegmentation()
+            segmentation.AddEmptySegment(key, title, colour)
+            set_terminology(segmentation.GetSegment(key), terminology)
+            set_segment_mask(seg, key, (labels == scheme.class_value(key)).astype(np.uint8), labels_node, scratch)
+        return seg
+
+    @staticmethod
+    def _overwrite(target, seg, reference):
+        """``target``'s segments replaced by ``seg``'s in one copy: the last step of adding a result."""
+        target.GetSegmentation().DeepCopy(seg.GetSegmentation())
+        target.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+        if target.GetDisplayNode() is None:
+            target.CreateDefaultDisplayNodes()
+        return target
