@@ -72,7 +72,15 @@ def _cases(n: int) -> str:
 
 
 def _validation(manifest: Mapping) -> Mapping:
-    return _section(_section(manifest, "metrics"), "validation_segment")
+    """Held-out figures: a model's own validation, or an ensemble of cross-validation folds' pooled
+    out-of-fold figures (each case segmented by the member that did not train on it)."""
+    metrics = _section(manifest, "metrics")
+    return _section(metrics, "validation_segment") or _section(metrics, "out_of_fold")
+
+
+def _cross_validated(manifest: Mapping) -> bool:
+    metrics = _section(manifest, "metrics")
+    return not _section(metrics, "validation_segment") and bool(_section(metrics, "out_of_fold"))
 
 
 def _member_names(manifest: Mapping) -> List[str]:
@@ -135,7 +143,8 @@ def validation_note(manifest: Mapping) -> str:
     n = len(cases) if isinstance(cases, list) else 0
     if overall is None or not n:
         return "Its manifest gives no figures on held-out cases."
-    text = f"On {_cases(n)} held out from its training: {overall}."
+    text = (f"Cross-validated on {_cases(n)}, each segmented by the member that did not train on it: {overall}."
+            if _cross_validated(manifest) else f"On {_cases(n)} held out from its training: {overall}.")
     by_grade = _section(validation, "by_grade")
     phrases = grade_figures(by_grade)
     if phrases:

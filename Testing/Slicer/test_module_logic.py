@@ -558,6 +558,11 @@ def test_the_model_note_comes_from_the_chosen_model_s_manifest():
     assert "By grade: high-grade (2 cases): Dice 0.85, 0.70, 0.60; low-grade (2 cases): Dice 0.65, 0.45, 0.00." in note
     assert "In 1 of 1 case without enhancing tumor, some was predicted anyway." in note
     assert "per tumor grade" not in note and "It averages" not in note
+    folds = {"id": "folds", "description": "folds.", "members": [{"name": "f0"}, {"name": "f1"}],
+             "metrics": {"out_of_fold": graded["metrics"]["validation_segment"]}}
+    note = model_note(folds)
+    assert "Cross-validated on 4 cases, each segmented by the member that did not train on it: Dice 0.75" in note
+    assert "By grade: high-grade (2 cases)" in note and "It averages f0 and f1" in note
     demo = model_note(listed["brats-synthetic-demo"])
     assert "A demo: it has no figures on real scans." in demo and "held out" not in demo
     assert model_note({"name": "broken", "error": "lacks weights_sha256"}) == "broken cannot be used: lacks weights_sha256"
