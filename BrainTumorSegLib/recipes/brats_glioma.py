@@ -81,6 +81,9 @@ FOLD_DESCRIPTION = ("Residual U-Net, cross-validation fold {fold} of the brats-g
 FOLD_NOTE = ("research model (one cross-validation fold) trained on real BraTS 2018 and 2021 cases of every grade, not "
              "a medical device and not for clinical use; it was trained on skull-stripped, co-registered BraTS data "
              "(segment strips and registers clinical scans first; check the brain mask)")
+FOLDS_NOTE = ("research model (the fold models of a cross-validation averaged) trained on {n} real BraTS 2018 and 2021 "
+              "cases of every grade, not a medical device and not for clinical use; it was trained on skull-stripped, "
+              "co-registered BraTS data (segment strips and registers clinical scans first; check the brain mask)")
 NOTE = ("research model trained on 19 real BraTS 2018 cases, not a medical device and not for clinical "
         "use; it was trained on skull-stripped, co-registered BraTS data (segment strips and registers "
         "clinical scans first; check the brain mask)")
@@ -183,8 +186,9 @@ def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
     train_ids = sorted(set().union(*trained))
     pooled = pooled_out_of_fold(models, parts)
     validation: Union[str, List[str]]
-    own: Dict = {}
+    own: Dict = {"note": NOTE}
     if pooled is not None:
+        own["note"] = FOLDS_NOTE.format(n=len(train_ids))
         chosen = _pooled_postprocessing(data_dir, models, parts, log)
         own["postprocessing"] = chosen["postprocessing"]
         metrics = {"out_of_fold": pooled, "out_of_fold_postprocessed": chosen["report"]}
@@ -200,7 +204,7 @@ def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
                                         f"{parts[0].postprocessing}") from None
         report, _ = validate_bundle(list(models), held_out, log=log, postprocessing=post)
         metrics, validation = {"validation_segment": report}, [c.case_id for c in held_out]
-    return {"metrics": metrics, **own, "licence": LICENCE, "citations": CITATIONS, "note": NOTE,
+    return {"metrics": metrics, **own, "licence": LICENCE, "citations": CITATIONS,
             "demo": False, "clinical_use": False,
             "training_data": {"source": "BraTS 2018 and 2021 training cases, BraTS 2021 file layout", "train": train_ids,
                               "validation": validation}}

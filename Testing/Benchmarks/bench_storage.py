@@ -8,7 +8,11 @@ the smallest shares and the mean Dice change. The project's rule for adopting fp
 >= 99.9 % identical (of the image) on every case and mean Dice moved by less than 0.001.
 An ensemble is compared member by member converted, averaged as the ensemble does.
 
+With ``--held-out`` only the cases none of the members trained on are used (a cross-validation fold
+model: its held-out fold).
+
 Run: python Testing/Benchmarks/bench_storage.py [--data ../shared/real-cases] [--model brats-glioma-ensemble-v1]
+     [--held-out]
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "real-cases"))
     ap.add_argument("--model", default=bundles.DEFAULT_MODEL)
+    ap.add_argument("--held-out", action="store_true", help="only the cases none of the members trained on")
     args = ap.parse_args()
     full = ensembles.load_models(args.model)
     print(f"{args.model}: {len(full)} member(s); {platform.machine()}, torch {torch.__version__}, "
@@ -44,7 +49,8 @@ def main() -> None:
         sizes = [(catalog.size_on_disk(b.path), catalog.size_on_disk(h.path)) for b, h in zip(full, half)]
         print("weights on disk: " + ", ".join(f"{a / 1e6:.1f} MB -> {b / 1e6:.1f} MB" for a, b in sizes))
         same, deltas = [], []
-        for c in find_cases(args.data):
+        seen = set().union(*(b.manifest.training_cases for b in full)) if args.held_out else set()
+        for c in [c for c in find_cases(args.data) if c.case_id not in seen]:
             a = segment(c.sequences, full, "cpu")
             b = segment(c.sequences, half, "cpu")
             la, lb = sitk.GetArrayViewFromImage(a.labels), sitk.GetArrayViewFromImage(b.labels)

@@ -278,22 +278,29 @@ def test_cli_interrupt_leaves_no_output(tiny_bundle, phantom_case_dir, tmp_path)
 
 
 def test_default_model_is_the_real_data_model_and_says_what_it_is():
-    """The default, an ensemble of two models trained on the same real cases, says what it is (and
-    so does each member): not a demo, not for clinical use, the validation figures and citations in
-    the manifest, validation cases none of them trained on, weights under 25 MB each."""
+    """The default, the fold models of one cross-validation averaged, says what it is (and so does
+    each member): not a demo, not for clinical use; each member validated on the fold it did not
+    train on, the ensemble's figures those folds pooled; fp16 weights, 64 MB in all at most."""
     members = ensembles.load_models(bundles.DEFAULT_MODEL)
-    assert [b.id for b in members] == ["brats-glioma-v1", "brats-glioma-clinaug-v1"]
-    docs = [ensembles.describe(bundles.resolve(bundles.DEFAULT_MODEL))] + [b.manifest.to_json() for b in members]
-    assert docs[0]["network"] == "ensemble"
+    assert [b.id for b in members] == [f"brats-glioma-v2-fold{k}" for k in range(4)]
+    ensemble = ensembles.describe(bundles.resolve(bundles.DEFAULT_MODEL))
+    docs = [ensemble] + [b.manifest.to_json() for b in members]
+    assert ensemble["network"] == "ensemble" and set(ensemble["postprocessing"]) == set(NO_POSTPROCESSING)
     for m in docs:
         assert m["demo"] is False and m["clinical_use"] is False
         assert "not for clinical use" in m["description"].lower() and "not a medical device" in m["note"]
-        assert len(m["training_data"]["train"]) == 19 and len(m["training_data"]["validation"]) == 5
-        assert not set(m["training_data"]["train"]) & set(docs[0]["training_data"]["validation"])
         assert len(m["citations"]) >= 3 and "10.1109/TMI.2014.2377694" in " ".join(m["citations"])
-        assert set(m["metrics"]["validation_segment"]["per_case"]) == set(m["training_data"]["validation"])
-    for b in members:
-        assert os.path.getsize(os.path.join(b.path, "weights.safetensors")) < 25 * 2 ** 20
+    held_out = []
+    for m in docs[1:]:
+        validation = m["training_data"]["validation"]
+        assert not set(m["training_data"]["train"]) & set(validation)
+        assert set(m["metrics"]["validation_segment"]["per_case"]) == set(validation)
+        held_out += validation
+    oof = ensemble["metrics"]["out_of_fold"]
+    assert sorted(oof["cases"]) == sorted(held_out) and len(held_out) == len(set(held_out))
+    assert oof["by_grade"]["low-grade"]["cases"] >= 3
+    sizes = [os.path.getsize(os.path.join(b.path, "weights.safetensors")) for b in members]
+    assert all(b.manifest.document["weights_storage"] == "float16" for b in members) and sum(sizes) <= 64 * 2 ** 20
 
 
 def test_shipped_demo_model_segments_a_held_out_synthetic_case(tmp_path):

@@ -171,5 +171,6 @@ def test_an_ensemble_of_folds_records_their_pooled_out_of_fold_figures(all_stand
     assert sorted(search["cases"]) == sorted(oof["cases"]) and "postprocessing_search" in search
     best = max(search["postprocessing_search"]["mean_dice"], key=lambda pd: pd[1])[0]
     assert doc["postprocessing"] == best
+    assert doc["note"].startswith("research model (the fold models of a cross-validation averaged) trained on 32 real")
     with pytest.raises(InputError, match="not distinct folds"):
         ensemble_manifest(all_standins, [folds[0], folds[0]], log=lambda *a: None)

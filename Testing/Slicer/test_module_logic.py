@@ -393,13 +393,16 @@ def test_finetune_on_saved_cases_registers_a_model(scene_with_case, logic, tmp_p
 
 def test_the_default_ensemble_is_listed_as_one_model_and_fine_tunes_from_its_first_member():
     listed = models()
-    assert listed[0]["name"] == "brats-glioma-ensemble-v1"  # the default, selected first
+    assert listed[0]["name"] == "brats-glioma-ensemble-v2"  # the default, selected first
     ensemble = listed[0]
     assert "error" not in ensemble
     tip = model_tooltip(ensemble)
-    assert "ensemble of brats-glioma-v1, brats-glioma-clinaug-v1" in tip and "Validation (5 held-out cases)" in tip
-    assert [m["name"] for m in models_in([ensemble["path"]])] == ["brats-glioma-ensemble-v1"]
-    assert os.path.basename(finetune_source(ensemble["path"])) == "brats-glioma-v1"
+    assert "ensemble of brats-glioma-v2-fold0, brats-glioma-v2-fold1" in tip and "Validation (26 held-out cases)" in tip
+    assert [m["name"] for m in models_in([ensemble["path"]])] == ["brats-glioma-ensemble-v2"]
+    assert os.path.basename(finetune_source(ensemble["path"])) == "brats-glioma-v2-fold0"
+    note = model_note(ensemble)
+    assert "Cross-validated on 26 cases, each segmented by the member that did not train on it" in note
+    assert "low-grade (5 cases)" in note
     assert finetune_source("brats-synthetic-demo").endswith("brats-synthetic-demo")
 
 
