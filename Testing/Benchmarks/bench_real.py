@@ -13,6 +13,7 @@ enhancement, and how many cases without enhancing tumor got none (``cross_valida
 
 Run: python Testing/Benchmarks/bench_real.py [--data ../shared/real-cases]
      [--models brats-glioma-ensemble-v1 brats-synthetic-demo] [--pool NAME] [--device cpu]
+     python Testing/Benchmarks/bench_real.py --models brats-glioma-v2-fold0 ... brats-glioma-v2-fold3 --pool v2
 """
 from __future__ import annotations
 
@@ -88,6 +89,9 @@ def main() -> None:
         seen = trained_on(b)
         held_out = [c for c in cases if c.case_id not in seen]
         print(f"\n{name}: {len(held_out)} cases it did not train on")
+        if not held_out:
+            print("  nothing to score (an ensemble of all folds: score its members with --pool)")
+            continue
         rows, seconds = score(b, held_out, args.device)
         pooled_rows.update(rows)
         pooled_seconds.update(seconds)

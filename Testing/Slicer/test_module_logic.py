@@ -407,7 +407,7 @@ def test_the_default_ensemble_is_listed_as_one_model_and_fine_tunes_from_its_fir
 
 
 def test_library_is_found_from_the_module_folder():
-    assert os.path.exists(os.path.join(jobs.library_root(), "BrainTumorSegLib", "cli.py"))
+    assert os.path.exists(os.path.join(jobs.library_root(), "BrainTumorSegLib", "pipeline.py"))
 
 
 def test_device_query_lists_the_cpu(logic):
