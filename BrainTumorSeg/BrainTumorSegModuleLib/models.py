@@ -75,7 +75,8 @@ def _validation(manifest: Mapping) -> Mapping:
     """Held-out figures: a model's own validation, or an ensemble of cross-validation folds' pooled
     out-of-fold figures (each case segmented by the member that did not train on it)."""
     metrics = _section(manifest, "metrics")
-    return _section(metrics, "validation_segment") or _section(metrics, "out_of_fold")
+    return (_section(metrics, "validation_segment") or _section(metrics, "out_of_fold_postprocessed")
+            or _section(metrics, "out_of_fold"))
 
 
 def _cross_validated(manifest: Mapping) -> bool:
@@ -143,7 +144,9 @@ def validation_note(manifest: Mapping) -> str:
     n = len(cases) if isinstance(cases, list) else 0
     if overall is None or not n:
         return "Its manifest gives no figures on held-out cases."
-    text = (f"Cross-validated on {_cases(n)}, each segmented by the member that did not train on it: {overall}."
+    postprocessed = bool(_section(_section(manifest, "metrics"), "out_of_fold_postprocessed"))
+    text = (f"Cross-validated on {_cases(n)}, each segmented by the member that did not train on it"
+            + (" (with its postprocessing, chosen on these same cases)" if postprocessed else "") + f": {overall}."
             if _cross_validated(manifest) else f"On {_cases(n)} held out from its training: {overall}.")
     by_grade = _section(validation, "by_grade")
     phrases = grade_figures(by_grade)
@@ -173,7 +176,7 @@ def model_note(manifest: Mapping) -> str:
     parts = [f"{name}: {about[:1].upper()}{about[1:]}."]
     members = _member_names(manifest)
     if members:
-        parts.append(f"It averages {' and '.join(members)}; fine-tuning starts from {members[0]}.")
+        parts.append(f"It averages {', '.join(members[:-1])} and {members[-1]}; fine-tuning starts from {members[0]}.")
     parts.append("A demo: it has no figures on real scans." if manifest.get("demo") else validation_note(manifest))
     parts.append(GENERAL)
     return " ".join(parts)

@@ -401,8 +401,9 @@ def test_the_default_ensemble_is_listed_as_one_model_and_fine_tunes_from_its_fir
     assert [m["name"] for m in models_in([ensemble["path"]])] == ["brats-glioma-ensemble-v2"]
     assert os.path.basename(finetune_source(ensemble["path"])) == "brats-glioma-v2-fold0"
     note = model_note(ensemble)
-    assert "Cross-validated on 26 cases, each segmented by the member that did not train on it" in note
-    assert "low-grade (5 cases)" in note
+    assert "Cross-validated on 26 cases, each segmented by the member that did not train on it (with its " \
+        "postprocessing, chosen on these same cases): Dice 0.84" in note
+    assert "low-grade (5 cases)" in note and "In 1 of 3 cases without enhancing tumor" in note
     assert finetune_source("brats-synthetic-demo").endswith("brats-synthetic-demo")
 
 
@@ -546,10 +547,15 @@ def test_the_model_note_comes_from_the_chosen_model_s_manifest():
     note = model_note(listed["brats-glioma-ensemble-v1"])
     assert note.startswith("brats-glioma-ensemble-v1: Research model trained on 19 real BraTS 2018 cases")
     assert "It averages brats-glioma-v1 and brats-glioma-clinaug-v1; fine-tuning starts from brats-glioma-v1." in note
-    assert "On 5 cases held out from its training: Dice 0.85 (whole tumor), 0.84 (tumor core), 0.83 (enhancing tumor)." \
+    assert "On 13 cases held out from its training: Dice 0.71 (whole tumor), 0.52 (tumor core), 0.49 (enhancing tumor)." \
         in note
+    assert "high-grade (5 cases): Dice 0.85, 0.84, 0.83; low-grade (6 cases): Dice 0.54, 0.20, 0.31" in note
+    assert "In 2 of 3 cases without enhancing tumor, some was predicted anyway." in note and "not a medical device" in note
+    ungraded = {"id": "ungraded", "metrics": {"validation_segment": {
+        "cases": ["a", "b"], "mean": {"dice_WT": 0.9, "dice_TC": 0.8, "dice_ET": 0.7}}}}
+    note = model_note(ungraded)
     assert "no figures per tumor grade: how it does on low-grade gliomas is not known" in note
-    assert "Figures from so few cases are rough." in note and "not a medical device" in note
+    assert "Figures from so few cases are rough." in note
     by_grade = grade_figures_of({"Brats18_CBICA_AQO_1": (0.9, 0.8, 0.7, 10.0, 1.0),
                                  "Brats18_TCIA01_231_1": (0.8, 0.6, 0.5, 10.0, 1.0),
                                  "Brats18_TCIA10_628_1": (0.7, 0.5, 0.0, 2.0, -2.0),     # LGG
