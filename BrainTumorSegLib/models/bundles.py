@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 
 from ..errors import InputError, PathLike
 from ..labels import SCHEMES
-from ..predict import output_kinds as outputs
+from ..predict import output_kinds
 from ..read.cases import SEQUENCES  # the names a manifest's in_sequences normally holds
 
 if TYPE_CHECKING:  # torch loads only when a model does: listing bundles stays light (Slicer's model list)
@@ -119,8 +119,8 @@ class Manifest:
             raise bad("in_sequences", f"a list of sequence names ({', '.join(SEQUENCES)})")
         if not (isinstance(patch, list) and len(patch) == 3 and all(isinstance(v, int) and v > 0 for v in patch)):
             raise bad("patch_size", "three positive integers")
-        if data["output_kind"] not in outputs.KINDS:
-            raise bad("output_kind", " or ".join(outputs.KINDS))
+        if data["output_kind"] not in output_kinds.KINDS:
+            raise bad("output_kind", " or ".join(output_kinds.KINDS))
         if data["label_scheme"] not in SCHEMES:
             raise bad("label_scheme", " or ".join(SCHEMES))
         if not isinstance(data["options"], dict):
@@ -150,8 +150,8 @@ class Manifest:
         return set(map(str, ids)) if isinstance(ids, list) else set()
 
     @property
-    def output(self) -> outputs.OutputKind:
-        return outputs.kind(self.output_kind)
+    def output(self) -> output_kinds.OutputKind:
+        return output_kinds.kind(self.output_kind)
 
 
 @dataclass

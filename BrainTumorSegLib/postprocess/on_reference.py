@@ -10,19 +10,19 @@ from typing import Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from ..predict import output_kinds as outputs
+from ..predict import output_kinds
 from ..preprocess.transform import Preprocessed
 from ..read.images import same_grid
 from .cleanup import PostprocessOptions, postprocess
 
 
 def entropy_map(probs: np.ndarray, kind: str) -> np.ndarray:
-    """Voxel-wise uncertainty in [0, 1] (see :mod:`outputs`)."""
-    return outputs.kind(kind).entropy(probs)
+    """Voxel-wise uncertainty in [0, 1] (see :mod:`output_kinds`)."""
+    return output_kinds.kind(kind).entropy(probs)
 
 
 def probabilities_to_labels(probs: np.ndarray, kind: str, scheme: str) -> np.ndarray:
-    return outputs.kind(kind).to_labels(probs, scheme)
+    return output_kinds.kind(kind).to_labels(probs, scheme)
 
 
 def labels_on_reference(probs: np.ndarray, pre: Preprocessed, kind: str, scheme: str, post: PostprocessOptions,

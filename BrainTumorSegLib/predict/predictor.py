@@ -14,7 +14,7 @@ import torch
 from ..errors import InputError
 from ..models import bundles
 from ..progress import Progress
-from ..segment_options import SegmentOptions  # declared once there; the API's name stays here
+from ..segment_options import SegmentOptions
 from . import backends, devices
 from .sliding_window import sliding_window, tiles_cover
 
