@@ -11,9 +11,16 @@ predicted minus reference) per region, seconds per case; then the means over all
 high-grade ones, the low-grade ones (LGG and no enhancing tumor) and those with little
 enhancement, and how many cases without enhancing tumor got none (``cross_validation.grade_summary``).
 
+Every option of ``braintumorseg segment`` is accepted and applies to every model (``--tta``,
+``--min-et-voxels N``...): fold models pooled with ``--pool`` have no postprocessing of their own,
+so give their ensemble's to score the design as shipped. With ``--against OLD`` only the cases
+that OLD did not train on either are scored, and OLD is scored on the same cases with its own
+defaults: a comparison of two designs on common unseen cases.
+
 Run: python Testing/Benchmarks/bench_real.py [--data ../shared/real-cases]
-     [--models brats-glioma-ensemble-v1 brats-synthetic-demo] [--pool NAME] [--device cpu]
-     python Testing/Benchmarks/bench_real.py --models brats-glioma-v2-fold0 ... brats-glioma-v2-fold3 --pool v2
+     [--models brats-glioma-ensemble-v1 brats-synthetic-demo] [--pool NAME] [--against OLD] [--device cpu]
+     python Testing/Benchmarks/bench_real.py --models brats-glioma-v2-fold0 ... brats-glioma-v2-fold4 --pool v2 \
+         --min-et-voxels 500 --min-component-voxels 1000 [--tta] [--against brats-glioma-ensemble-v1]
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ from BrainTumorSegLib.labels import REGIONS
 from BrainTumorSegLib.models import bundles, ensembles
 from BrainTumorSegLib.pipeline import segment
 from BrainTumorSegLib.read.cases import Case, find_cases
+from BrainTumorSegLib.segment_options import SegmentOptions, add_arguments
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,10 +48,10 @@ def trained_on(models: List[bundles.Bundle]) -> set:
     return set().union(*(b.manifest.training_cases for b in models))
 
 
-def score(models: List[bundles.Bundle], cases: List[Case], device: str):
+def score(models: List[bundles.Bundle], cases: List[Case], options: SegmentOptions):
     rows, seconds = {}, {}
     for c in cases:
-        res = segment(c.sequences, models, device)
+        res = segment(c.sequences, models, options=options)
         rows[c.case_id] = score_against(res.labels, c.paths["seg"], res.label_scheme)
         seconds[c.case_id] = res.timings["total"]
         print(f"  {c.case_id}: {res.timings['total']:.1f} s", flush=True)
@@ -76,32 +84,42 @@ def main() -> None:
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "real-cases"))
     ap.add_argument("--models", nargs="+", default=[bundles.DEFAULT_MODEL, "brats-synthetic-demo"])
     ap.add_argument("--pool", metavar="NAME", help="the models are the folds of one design: pool their held-out cases")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--against", metavar="OLD", help="also score OLD (its own defaults) on the same cases, "
+                                                     "keeping only cases it did not train on either")
+    add_arguments(ap)  # every option of `braintumorseg segment`, --device and --tta among them
     args = ap.parse_args()
+    options = SegmentOptions.from_args(args)
     cases = find_cases(args.data)
     print(f"{len(cases)} cases in {args.data}; {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, options {options.to_argv() or 'defaults'}")
+    against = ensembles.load_models(args.against) if args.against else []
+    seen_by_against = trained_on(against) if against else set()
     pooled_rows: Dict = {}
     pooled_seconds: Dict = {}
     summary = []
     for name in dict.fromkeys(args.models):
         b = ensembles.load_models(name)  # one bundle, or an ensemble's members
-        seen = trained_on(b)
+        seen = trained_on(b) | seen_by_against
         held_out = [c for c in cases if c.case_id not in seen]
-        print(f"\n{name}: {len(held_out)} cases it did not train on")
+        print(f"\n{name}: {len(held_out)} cases it did not train on" + (f" (nor {args.against})" if against else ""))
         if not held_out:
             print("  nothing to score (an ensemble of all folds: score its members with --pool)")
             continue
-        rows, seconds = score(b, held_out, args.device)
+        rows, seconds = score(b, held_out, options)
         pooled_rows.update(rows)
         pooled_seconds.update(seconds)
         if not args.pool:
             per_case, mean = case_table(rows, seconds)
             summary.append((name, print_table(name + (" (demo)" if any(m.demo for m in b) else ""), per_case, mean)))
-    if args.pool:
+    if args.pool and pooled_rows:
         per_case, mean = case_table(pooled_rows, pooled_seconds)
         summary.append((args.pool, print_table(f"{args.pool}: out of fold, pooled over {len(args.models)} models",
                                                per_case, mean)))
+    if against and pooled_rows:
+        common = [c for c in cases if c.case_id in pooled_rows]
+        print(f"\n{args.against}: the same {len(common)} cases, its own defaults")
+        rows, seconds = score(against, common, SegmentOptions(device=options.device))
+        summary.append((args.against, print_table(args.against, *case_table(rows, seconds))))
     print("\nsummary (mean Dice WT / TC / ET over the cases each model did not train on)")
     for mid, g in summary:
         print(f"  {mid:<28}" + "  ".join(f"{k} ({g[k]['cases']}) {g[k]['dice_WT']:.3f} / {g[k]['dice_TC']:.3f} / "
