@@ -9,6 +9,7 @@ caller writes the returned images (``write``, atomically).
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -138,6 +139,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], model: Mod
     scheme = opts.label_scheme or first.label_scheme
     get_scheme(scheme)
     post = PostprocessOptions(**opts.postprocessing(models.postprocessing))
+    opts = dataclasses.replace(opts, window=_window(opts, models))
     if progress:
         progress("preprocess", 0.0)
     t = time.perf_counter()
@@ -163,6 +165,13 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], model: Mod
     return _result(out, unc, pre, pred, models, opts, scheme, timings, warnings)
 
 
+def _window(opts: SegmentOptions, models: Models) -> str:
+    """``patch`` or ``whole``: as asked, else the model's own (OpenVINO runs windows of one fixed shape)."""
+    if opts.window != "auto":
+        return opts.window
+    return "patch" if opts.backend == "openvino" else models.window
+
+
 def _result(labels: sitk.Image, unc: Optional[sitk.Image], pre: Preprocessed, pred: Prediction, models: Models,
             opts: SegmentOptions, scheme: str, timings: Dict[str, float], warnings: List[str]) -> SegmentationResult:
     ref_img = pre.inverse.reference
@@ -175,4 +184,5 @@ def _result(labels: sitk.Image, unc: Optional[sitk.Image], pre: Preprocessed, pr
         uncertainty=unc, probabilities=pred.probabilities, warnings=warnings, preprocessing=pre.decisions,
         brain_mask=brain_mask_on_reference(pre) if opts.brain_mask else None,
         input_geometry={"reference": REFERENCE, **geometry(ref_img),
-                        "windows": tiles_cover(pre.data.shape[1:], models.members[0].manifest.patch_size, opts.overlap)})
+                        "window": opts.window, "windows": 1 if opts.window == "whole" else
+                        tiles_cover(pre.data.shape[1:], models.members[0].manifest.patch_size, opts.overlap)})

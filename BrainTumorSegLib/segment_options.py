@@ -29,6 +29,7 @@ MODES = ("auto", "always", "never")
 LABEL_SCHEMES = ("brats2021", "brats2023")   # the names of labels.SCHEMES (a test keeps them equal)
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "torch", "openvino")
+WINDOWS = ("auto", "patch", "whole")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # every postprocessing step off, whatever the model's manifest says (its keys: the postprocessing options)
 NO_POSTPROCESSING: Dict[str, Any] = {"min_et_voxels": 0, "min_component_voxels": 0, "fill_core_holes": False}
@@ -100,6 +101,9 @@ class SegmentOptions:
     tta: bool = option(False, "flag", "mirror test-time augmentation: the 8 flips averaged (8 times the time)")
     overlap: float = option(0.5, "float", "sliding-window overlap; the windows per case grow about as "
                                           "(1 / (1 - overlap))^3", low=0.0, high=0.9)
+    window: str = option("auto", "choice", "where each network runs: patch = sliding windows of its training patch, "
+                                           "whole = one pass over the whole working volume (fewer voxels: faster on "
+                                           "a CPU, more memory), auto = the model's own choice", choices=WINDOWS)
     batch_size: int = option(1, "int", "windows per forward pass", low=1, high=64)
     label_scheme: Optional[str] = option(None, "choice", "label values written: brats2021 (ET 4) or brats2023 (ET 3)",
                                          choices=LABEL_SCHEMES, nullable=True)
@@ -174,6 +178,9 @@ CONTRADICTIONS = (
     Contradiction("precision", lambda o: o.backend == "openvino" and o.precision == "bf16",
                   "is not available with --backend openvino, which computes in fp32; use --precision auto or fp32",
                   {"backend": "openvino", "precision": "bf16"}),
+    Contradiction("backend", lambda o: o.backend == "openvino" and o.window == "whole",
+                  "runs windows of one fixed shape; use --window patch or --backend torch",
+                  {"backend": "openvino", "window": "whole"}),
     Contradiction("precision", lambda o: o.precision != "auto" and o.device not in ("auto", "cpu"),
                   "sets the CPU's arithmetic; on a GPU it has no effect (CUDA uses fp16 autocast): use --precision auto",
                   {"precision": "fp32", "device": "cuda:0"}),

@@ -59,13 +59,14 @@ class RawLabels(NamedTuple):
                          self.scheme)
 
 
-def segment_raw(models: Union[str, Sequence[str]], cases: Sequence[Case], device: str = "cpu", log=print) -> RawLabels:
-    """Segment ``cases`` through the full ``segment`` path with postprocessing off. ``models`` may be
-    a bundle, an ensemble, or a list of models (averaged)."""
+def segment_raw(models: Union[str, Sequence[str]], cases: Sequence[Case], device: str = "cpu", log=print,
+                window: str = "auto") -> RawLabels:
+    """Segment ``cases`` through the full ``segment`` path with postprocessing off (and ``window``,
+    :class:`SegmentOptions`'). ``models`` may be a bundle, an ensemble, or a list of models (averaged)."""
     b = [x for m in ([models] if isinstance(models, str) else models) for x in ensembles.load_models(m)]
     raw = RawLabels({}, {}, {}, {}, b[0].manifest.label_scheme)
     for c in cases:
-        res = segment(c.sequences, b, device, SegmentOptions(**NO_POSTPROCESSING))
+        res = segment(c.sequences, b, device, SegmentOptions(window=window, **NO_POSTPROCESSING))
         raw.labels[c.case_id] = res.labels
         raw.references[c.case_id] = read_image(c.paths["seg"], "label")
         raw.reference_paths[c.case_id] = c.paths["seg"]

@@ -30,6 +30,7 @@ from ..errors import InputError, PathLike
 from ..labels import SCHEMES
 from ..predict import output_kinds
 from ..read.cases import SEQUENCES  # the names a manifest's in_sequences normally holds
+from ..segment_options import WINDOWS
 
 if TYPE_CHECKING:  # torch loads only when a model does: listing bundles stays light (Slicer's model list)
     from ..networks import SegmentationNetwork
@@ -98,6 +99,7 @@ class Manifest:
     demo: bool = False
     spacing_mm: Optional[float] = None        # preprocessing.spacing_mm: the working grid it was trained on
     postprocessing: Dict[str, Any] = field(default_factory=dict)
+    window: str = "patch"                     # where it runs by default: its patch's sliding windows or "whole"
     note: Optional[str] = None
     document: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -127,6 +129,8 @@ class Manifest:
             raise bad("options", "an object of network options")
         if not (isinstance(data["weights_sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", data["weights_sha256"])):
             raise bad("weights_sha256", "64 hexadecimal digits")
+        if data.get("window", "patch") not in WINDOWS[1:]:
+            raise bad("window", " or ".join(WINDOWS[1:]))
         spacing = (data.get("preprocessing") or {}).get("spacing_mm")
         if spacing is not None and not (isinstance(spacing, (int, float)) and spacing > 0):
             raise InputError(src, f"field preprocessing.spacing_mm is {spacing!r}; expected a positive number or null")
@@ -135,7 +139,8 @@ class Manifest:
                    patch_size=(patch[0], patch[1], patch[2]), weights_sha256=data["weights_sha256"],
                    version=data.get("version"), demo=bool(data.get("demo", False)),
                    spacing_mm=float(spacing) if spacing is not None else None,
-                   postprocessing=dict(data.get("postprocessing") or {}), note=data.get("note"),
+                   postprocessing=dict(data.get("postprocessing") or {}), window=data.get("window", "patch"),
+                   note=data.get("note"),
                    document=dict(data))
 
     def to_json(self) -> Dict[str, Any]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..errors import InputError, PathLike
-from ..segment_options import NO_POSTPROCESSING
+from ..segment_options import NO_POSTPROCESSING, WINDOWS
 from .bundles import (
     ENSEMBLE_FORMAT,
     MANIFEST,
@@ -139,6 +139,7 @@ class ModelPart(NamedTuple):
     ensemble: bool
     note: Optional[str] = None   # an ensemble's own note (each member has its own too)
     postprocessing: Optional[Dict[str, Any]] = None  # an ensemble's own (chosen on its members' held-out cases)
+    window: Optional[str] = None                     # an ensemble's own, chosen the same way
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,13 @@ class Models:
         first = self.parts[0]
         return first.postprocessing if first.postprocessing is not None else first.bundles[0].manifest.postprocessing
 
+    @property
+    def window(self) -> str:
+        """Where the networks run unless asked otherwise (``patch`` or ``whole``): the first model's
+        own, an ensemble's or its first member's."""
+        first = self.parts[0]
+        return first.window or first.bundles[0].manifest.window
+
     def reused(self) -> "Models":
         """The same models for a later case: nothing is loaded again."""
         return dataclasses.replace(self, load_s=0.0)
@@ -195,8 +203,12 @@ def _load_part(model: Union[str, Bundle]) -> ModelPart:
     if own is not None and not (isinstance(own, dict) and set(own) <= set(NO_POSTPROCESSING)):
         raise InputError(os.path.join(folder, MANIFEST), f"field postprocessing is {own!r}; expected an object "
                                                          f"with keys among {', '.join(NO_POSTPROCESSING)}")
+    window = doc.get("window") if ensemble else None
+    if window is not None and window not in WINDOWS[1:]:
+        raise InputError(os.path.join(folder, MANIFEST), f"field window is {window!r}; expected "
+                                                         f"{' or '.join(WINDOWS[1:])}")
     return ModelPart(str(doc.get("id")), folder, load_models(folder), ensemble,
-                     doc.get("note") if ensemble else None, dict(own) if isinstance(own, dict) else None)
+                     doc.get("note") if ensemble else None, dict(own) if isinstance(own, dict) else None, window)
 
 
 def load_ensemble(model: ModelArg) -> Models:

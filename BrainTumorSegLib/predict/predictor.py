@@ -11,7 +11,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import Cancelled, InputError
 from ..models import bundles
 from ..progress import Progress
 from ..segment_options import SegmentOptions
@@ -70,6 +70,8 @@ class _Predictor:
 def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, opts: SegmentOptions,
              progress: Optional[Progress], cancel: Optional[threading.Event], out_device: torch.device,
              stage: str, used: List[str]) -> torch.Tensor:
+    """One network's probabilities over ``data``: sliding windows of its patch, or (``opts.window``
+    whole) one pass over the whole volume, which the network pads to its divisor itself."""
     bf16 = devices.cpu_has_fast_bf16() if opts.precision == "auto" else opts.precision == "bf16"
     window = tuple(bundle.manifest.patch_size)
     # a cascade's first stage may narrow where the windows go (networks.dmda_unet); elsewhere: everywhere
@@ -77,7 +79,8 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
     with torch.inference_mode():
         box = net.region_of_interest(data.to(device))
     region = tuple(data.shape[1:]) if box is None else tuple(b.stop - b.start for b in box)
-    pred = _Predictor(bundle, device, _flips(opts.tta), bf16, opts.backend, window,
+    whole = opts.window == "whole"
+    pred = _Predictor(bundle, device, _flips(opts.tta), bf16, "torch" if whole else opts.backend, window,
                       tiles_cover(region, window, opts.overlap))
     used.append(pred.backend)
     channels = pred.kind.channels
@@ -86,13 +89,19 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
         if progress:
             progress(stage, done / total)
 
+    sub = data if box is None else data[(slice(None),) + box]
+    if whole:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        probs = pred(sub[None])[0].float().to(out_device)
+        prog(1, 1)
+    else:
+        probs = sliding_window(sub, pred, window, channels, opts.overlap, opts.batch_size,
+                               progress=prog, cancel=cancel, out_device=out_device)
     if box is None:
-        return sliding_window(data, pred, window, channels, opts.overlap, opts.batch_size,
-                              progress=prog, cancel=cancel, out_device=out_device)
+        return probs
     out = torch.zeros((channels,) + tuple(data.shape[1:]), device=out_device)
-    sub = data[(slice(None),) + box]
-    out[(slice(None),) + box] = sliding_window(sub, pred, window, channels, opts.overlap, opts.batch_size,
-                                               progress=prog, cancel=cancel, out_device=out_device)
+    out[(slice(None),) + box] = probs
     return out
 
 

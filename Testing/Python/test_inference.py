@@ -509,3 +509,45 @@ def test_an_ensemble_declares_its_own_postprocessing(tiny_bundle, phantom_case_d
     one_line_error(cli_main("segment", "--case", phantom_case_dir, "--model", bad, "-o", str(tmp_path / "x.nii.gz")),
                    "bad/manifest.json", "field postprocessing", "min_et_voxels")
     assert not os.path.exists(tmp_path / "x.nii.gz")
+
+
+def _with_patch(bundle_dir, folder, patch, **fields):
+    """The same network saved with another training patch (and other manifest fields)."""
+    b = bundles.load(bundle_dir)
+    m = dict(b.manifest.to_json(), id="tiny-patch", patch_size=list(patch), **fields)
+    m.pop("weights_sha256")
+    return bundles.save(b.network, folder, m)
+
+
+def test_the_whole_volume_in_one_pass(tiny_bundle, phantom_case_dir, tmp_path):
+    """``window whole``: the network runs once over the whole working volume (what its own forward
+    gives on it), not in windows of its patch; a model may declare it as its default (an ensemble
+    for itself), the option overrides that, and a malformed declaration is one line."""
+    case = find_case(phantom_case_dir)
+    small = _with_patch(tiny_bundle, tmp_path / "small", (32, 32, 32))
+    fp32 = dict(precision="fp32", **NO_POSTPROCESSING)
+    patch = segment(case.sequences, small, "cpu", SegmentOptions(window="patch", **fp32))
+    whole = segment(case.sequences, small, "cpu", SegmentOptions(window="whole", **fp32))
+    assert patch.input_geometry["windows"] > 1 and patch.input_geometry["window"] == "patch"
+    assert (whole.input_geometry["window"], whole.input_geometry["windows"]) == ("whole", 1)
+    pre = preprocess(case.sequences, PreprocessOptions(isotropic=2.0))
+    net = bundles.load(small).network.eval()
+    with torch.inference_mode():
+        direct = torch.sigmoid(net(torch.from_numpy(pre.data)[None])[0]).numpy()
+    np.testing.assert_allclose(whole.probabilities, direct, atol=1e-5)
+    assert not np.allclose(patch.probabilities, direct, atol=1e-3)  # windows see other context
+    # declared by the model, or by an ensemble for itself; the option wins
+    declared = _with_patch(tiny_bundle, tmp_path / "declared", (32, 32, 32), window="whole")
+    assert segment(case.sequences, declared, "cpu").input_geometry["window"] == "whole"
+    assert segment(case.sequences, declared, "cpu", SegmentOptions(window="patch")).input_geometry["window"] == "patch"
+    pair = [small, _perturbed(small, tmp_path / "moved")]
+    ens = ensembles.save_ensemble(tmp_path / "ens", pair, {"window": "whole"})
+    assert ensembles.load_ensemble(ens).window == "whole" and ensembles.load_ensemble(small).window == "patch"
+    assert segment(case.sequences, ens, "cpu").input_geometry["window"] == "whole"
+    bad = ensembles.save_ensemble(tmp_path / "bad", pair, {"window": "all"})
+    one_line_error(cli_main("segment", "--case", phantom_case_dir, "--model", bad, "-o", str(tmp_path / "x.nii.gz")),
+                   "bad/manifest.json", "field window", "patch or whole")
+    b = bundles.load(small)
+    with pytest.raises(InputError, match="field window"):
+        bundles.Manifest.from_json(dict(b.manifest.to_json(), window="everything"))
+    assert not os.path.exists(tmp_path / "x.nii.gz")

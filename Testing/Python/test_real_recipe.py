@@ -15,6 +15,7 @@ from BrainTumorSegLib.recipes.brats_glioma import (
     CITATIONS,
     MODEL_ID,
     VALIDATION,
+    WINDOW_TOLERANCE,
     ensemble_manifest,
     export_checkpoint,
     split,
@@ -171,6 +172,12 @@ def test_an_ensemble_of_folds_records_their_pooled_out_of_fold_figures(all_stand
     assert sorted(search["cases"]) == sorted(oof["cases"]) and "postprocessing_search" in search
     best = max(search["postprocessing_search"]["mean_dice"], key=lambda pd: pd[1])[0]
     assert doc["postprocessing"] == best
+    # and its window: both tried on the same cases, the faster whole-volume pass unless clearly worse
+    w = search["window_search"]
+    assert doc["window"] == w["chosen"] and w["other"]["window"] != w["chosen"]
+    assert doc["window"] == ("whole" if w["mean_dice"]["whole"] >= w["mean_dice"]["patch"] - WINDOW_TOLERANCE else "patch")
+    here = np.mean([search["mean"][f"dice_{r}"] for r in ("WT", "TC", "ET")])
+    assert here == pytest.approx(w["mean_dice"][w["chosen"]])
     assert doc["note"].startswith("research model (the fold models of a cross-validation averaged) trained on 32 real")
     with pytest.raises(InputError, match="not distinct folds"):
         ensemble_manifest(all_standins, [folds[0], folds[0]], log=lambda *a: None)
