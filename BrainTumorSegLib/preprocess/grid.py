@@ -7,6 +7,7 @@ reorientation and returns an image with exactly the reference input's geometry.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -97,6 +98,40 @@ class InverseTransform:
 
     def to_reference_array(self, array: np.ndarray, labels: bool = True, fill: float = 0) -> np.ndarray:
         return sitk.GetArrayFromImage(self.to_reference(array, labels, fill))
+
+    def canonical_region(self, box: Tuple[slice, slice, slice], margin: int = 1) -> Tuple[slice, slice, slice]:
+        """The part of the canonical grid (array order) that linear interpolation from ``box`` of the
+        cropped working grid reaches (one working voxel around it), ``margin`` voxels wider."""
+        lo = [b.start + c.start - 1 for b, c in zip(box, self.bbox)]
+        hi = [b.stop + c.start for b, c in zip(box, self.bbox)]
+        corners = [self.canonical.TransformPhysicalPointToContinuousIndex(
+                   self.working.TransformContinuousIndexToPhysicalPoint([float(v) for v in corner[::-1]]))
+                   for corner in itertools.product(*zip(lo, hi))]
+        idx = np.array(corners)[:, ::-1]  # (z, y, x)
+        start = np.maximum(np.floor(idx.min(0)).astype(int) - margin, 0)
+        stop = np.minimum(np.ceil(idx.max(0)).astype(int) + 1 + margin, self.canonical.GetSize()[::-1])
+        return slice(int(start[0]), int(stop[0])), slice(int(start[1]), int(stop[1])), slice(int(start[2]), int(stop[2]))
+
+    def to_canonical_region(self, array: np.ndarray, region: Tuple[slice, slice, slice],
+                            labels: bool = True) -> np.ndarray:
+        """A 3D array on the cropped working grid resampled onto ``region`` of the canonical grid:
+        the same values :meth:`to_reference` gives there, computed for that part only."""
+        grid = sitk.Image([r.stop - r.start for r in region[::-1]], sitk.sitkUInt8)
+        grid.SetSpacing(self.canonical.GetSpacing())
+        grid.SetDirection(self.canonical.GetDirection())
+        grid.SetOrigin(self.canonical.TransformIndexToPhysicalPoint([r.start for r in region[::-1]]))
+        img = sitk.GetImageFromArray(self.uncrop(array))
+        img.CopyInformation(self.working)
+        interp = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+        return sitk.GetArrayFromImage(sitk.Resample(img, grid, sitk.Transform(), interp, 0, img.GetPixelID()))
+
+    def from_canonical(self, array: np.ndarray) -> sitk.Image:
+        """A whole array on the canonical grid, put back in the reference's orientation and geometry."""
+        img = sitk.GetImageFromArray(array)
+        img.CopyInformation(self.canonical)
+        img = sitk.DICOMOrient(img, self.orientation)
+        img.CopyInformation(self.reference)
+        return img
 
 
 def physical_bounds(img: sitk.Image) -> Tuple[np.ndarray, np.ndarray]:

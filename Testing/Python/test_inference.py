@@ -551,3 +551,17 @@ def test_the_whole_volume_in_one_pass(tiny_bundle, phantom_case_dir, tmp_path):
     with pytest.raises(InputError, match="field window"):
         bundles.Manifest.from_json(dict(b.manifest.to_json(), window="everything"))
     assert not os.path.exists(tmp_path / "x.nii.gz")
+
+
+def test_labels_made_near_the_tumor_equal_those_of_the_whole_grid(tiny_bundle, phantom_case_dir):
+    """From a coarser working grid, labels are made only around the tumor (fast); asking for the
+    uncertainty map takes every probability back to the whole reference grid instead. The labels
+    must be the same voxel for voxel, with clean-up steps on that look at components and holes."""
+    case = find_case(phantom_case_dir)
+    post = dict(min_component_voxels=200, fill_core_holes=True, min_et_voxels=50)
+    near = segment(case.sequences, tiny_bundle, "cpu", SegmentOptions(**post))
+    whole = segment(case.sequences, tiny_bundle, "cpu", SegmentOptions(uncertainty=True, **post))
+    a, b = labels_of(near), labels_of(whole)
+    assert a.shape == sitk.ReadImage(case.paths["t1ce"]).GetSize()[::-1] and same_grid(near.labels, whole.labels)
+    assert 0 < (a > 0).sum() < a.size // 2  # a tumor, and much of the grid outside the region
+    np.testing.assert_array_equal(a, b)
