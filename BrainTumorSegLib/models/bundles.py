@@ -49,7 +49,7 @@ MANIFEST = "manifest.json"
 
 
 # an ensemble of two models trained on real BraTS cases (real_recipe); the phantom demo stays as a named model
-DEFAULT_MODEL = "brats-glioma-ensemble-v2"
+DEFAULT_MODEL = "brats-glioma-ensemble-v3"
 
 
 _REQUIRED = ("format", "id", "network", "options", "in_sequences", "label_scheme", "output_kind",

@@ -4,7 +4,7 @@ Rows, each a fresh process, run in alternation for ``--rounds`` rounds on the sa
 
 * ``ours <model>``: ``braintumorseg segment --case CASE`` with default settings (reading,
   preprocessing, prediction, postprocessing, writing), for each ``--models`` entry (the first is
-  the default model);
+  the default model), each ``--backends`` and each ``--windows`` value;
 * ``monai recipe``: the MONAI BraTS bundle's inference (SegResNet, init_filters 16, blocks_down
   1-2-2-4, blocks_up 1-1-1; ``NormalizeIntensity(nonzero=True, channel_wise=True)``; one
   240 x 240 x 160 window; sigmoid > 0.5), reading the four NIfTI files and writing the labels.
@@ -16,7 +16,7 @@ row's, the label agreement of each of our rows with the default model's labels, 
 model's own split of the time (from its report).
 
 Run: python Testing/Benchmarks/bench_inference.py [--case ../shared/real-cases/Brats18_CBICA_AQO_1]
-     [--models brats-glioma-v1 brats-synthetic-demo] [--rounds 3]
+     [--models brats-glioma-v1 brats-synthetic-demo] [--backends auto openvino] [--windows auto patch] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--case", default=DEFAULT_CASE, help="a real 240x240x155 BraTS case folder")
     ap.add_argument("--models", nargs="+", default=None, help="models to time (first: the reference for agreement)")
     ap.add_argument("--backends", nargs="+", default=["auto"], help="segment --backend values to time per model")
+    ap.add_argument("--windows", nargs="+", default=["auto"], help="segment --window values to time per model")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--monai-one", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -115,7 +116,8 @@ def main() -> None:
     case = os.path.abspath(args.case)
     print(f"case {os.path.basename(case)}; {cpu_description()}; torch {torch.__version__}; "
           f"{torch.get_num_threads()} threads; {args.rounds} rounds, alternating")
-    rows = {f"ours {m} ({b})": (m, b) for m in models for b in args.backends}
+    rows = {f"ours {m} ({b}" + (f", {w})" if w != "auto" else ")"): (m, b, w) for m in models for b in args.backends
+            for w in args.windows if not (b == "openvino" and w == "whole")}
     rows["monai recipe"] = None
     times = {k: [] for k in rows}
     peaks = {k: [] for k in rows}
@@ -129,13 +131,13 @@ def main() -> None:
                 else:
                     rep = out + ".json"
                     cmd = [sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", case, "-o", out,
-                           "--model", spec[0], "--backend", spec[1], "--quiet", "--report", rep]
+                           "--model", spec[0], "--backend", spec[1], "--window", spec[2], "--quiet", "--report", rep]
                 secs, peak, _ = run_process(cmd)
                 times[name].append(secs)
                 peaks[name].append(peak)
                 if spec is not None:
                     reports[name] = (json.load(open(rep)), sitk.GetArrayFromImage(sitk.ReadImage(out)))
-        first = f"ours {models[0]} ({args.backends[0]})"
+        first = next(iter(rows))
         ref = reports[first][1]
         monai_t = statistics.median(times["monai recipe"])
         print(f"{'row':<44}{'s/case':>9}{'peak MB':>9}{'vs MONAI':>10}{'labels equal to first row':>27}  backend")
@@ -143,6 +145,8 @@ def main() -> None:
             t = statistics.median(times[name])
             agree = f"{(reports[name][1] == ref).mean():.5%}" if name in reports else "n/a (random weights)"
             used = reports[name][0].get("backend", "?") if name in reports else "torch"
+            if name in reports:
+                used += f", window {reports[name][0].get('input_geometry', {}).get('window', '?')}"
             print(f"{name:<44}{t:>9.1f}{max(peaks[name]):>9.0f}{monai_t / t:>9.2f}x{agree:>27}  {used}")
         rep = reports[first][0]
         split = ", ".join(f"{k} {v:.1f}" for k, v in rep["timings_s"].items())
