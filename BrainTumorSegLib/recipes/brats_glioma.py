@@ -26,7 +26,11 @@ Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) unde
   trained with ``--fold K`` on four of the five stratified folds of all 32 shared cases
   (``cross_validation.FOLDS``: high-grade, low-grade and non-enhancing, every institution) and
   exported at its last epoch as ``brats-glioma-v2-foldK``, so that the held-out fold chooses
-  neither its weights nor its postprocessing: its figures are out of fold.
+  neither its weights nor its postprocessing: its figures are out of fold;
+- ``2mm-cv-long``: each ``2mm-cv`` fold trained further from its own exported weights (so its held-out
+  fold stays unseen) at a third of the learning rate, with half the patches centred on tumor and the
+  eight low-grade, non-enhancing and little-enhancing cases drawn twice as often; exported as
+  ``brats-glioma-v4-foldK``.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InputError
-from ..evaluation.cross_validation import FOLDS, GRADES, grade_summary
+from ..evaluation.cross_validation import FOLDS, GRADES, HGG, grade_summary
 from ..evaluation.real_validation import RawLabels, score_raw, segment_raw, validate_bundle
 from ..labels import REGIONS
 from ..models import bundles
@@ -102,6 +106,8 @@ class Variant:
     clinical_augmentation: bool = False
     model_id: str = MODEL_ID
     folds: bool = False             # trained per fold (--fold K), exported at the last epoch
+    fg_fraction: float = 1 / 3      # share of patches centred on tumor
+    rare_weight: float = 1.0        # sampling weight of the low-grade, non-enhancing and little-ET cases
 
 
 VARIANTS: Dict[str, Variant] = {
@@ -117,6 +123,10 @@ VARIANTS: Dict[str, Variant] = {
                                     model_id="brats-glioma-clinaug-v1"),
     "2mm-cv": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
                       model_id="brats-glioma-v2", folds=True),
+    # each v2 fold trained on: its own fold's weights (so still out of fold), a third of the learning
+    # rate, half the patches on tumor and the rare tumors drawn twice as often
+    "2mm-cv-long": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v2-fold{fold}",
+                           lr=3e-4, model_id="brats-glioma-v4", folds=True, fg_fraction=0.5, rare_weight=2.0),
 }
 
 
@@ -279,11 +289,14 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
     train_cases, val_cases = split(data_dir, fold)
     cfg = TrainConfig(network="resunet", options=DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
                       patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
-                      clinical_augmentation=v.clinical_augmentation, select_best=not v.folds)
+                      clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
+                      fg_fraction=v.fg_fraction,
+                      case_weights={c.case_id: v.rare_weight for c in train_cases
+                                    if v.rare_weight != 1.0 and GRADES.get(c.case_id, HGG) != HGG})
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "
               + (f"--fold {fold} " if fold is not None else "")
               + f"--epochs {epochs} --iters {iters} --seed {seed}" + (f" --init-from {init_from}" if init_from else ""))
-    start = init_from or v.init_from
+    start = init_from or (v.init_from.format(fold=fold) if v.init_from else None)
     init = bundles.load(start) if start else None
     description = DESCRIPTION + (CLINICAL_AUGMENTATION if v.clinical_augmentation else "")
     extra = {"id": model_id(variant, fold), "demo": False, "clinical_use": False, "description": description,

@@ -29,3 +29,5 @@ class TrainConfig:
     select_best: bool = True  # export the best validation epoch; False: the last (cross-validation folds, whose
     #                           validation cases are the held-out fold and must not choose the weights)
     spacing: Optional[float] = None  # isotropic working spacing in mm (None: the reference grid's own)
+    case_weights: Dict[str, float] = field(default_factory=dict)  # relative sampling weight by case id (others 1),
+    #                                                                so that rare kinds of tumor are seen more often

@@ -232,8 +232,13 @@ def cover_partially(x: np.ndarray, channel: int, rng: np.random.Generator) -> np
 class PatchDataset(torch.utils.data.Dataset):
     def __init__(self, cache_files: Sequence[str], patch: Sequence[int], batches: int, seed: int,
                  fg_fraction: float, domain_randomization: bool, replay_files: Sequence[str] = (),
-                 replay_fraction: float = 0.0, clinical_augmentation: bool = False) -> None:
+                 replay_fraction: float = 0.0, clinical_augmentation: bool = False,
+                 weights: Optional[Sequence[float]] = None) -> None:
         self.files = list(cache_files)
+        if weights is not None and len(weights) != len(self.files):
+            raise ValueError(f"{len(weights)} case weights for {len(self.files)} cases")
+        # None keeps the uniform draw (and the random stream of runs made before weights existed)
+        self.p = None if weights is None else np.asarray(weights, float) / float(np.sum(weights))
         self.replay = list(replay_files)
         self.replay_fraction = replay_fraction if self.replay else 0.0
         self.patch = tuple(patch)
@@ -255,8 +260,12 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        pool = self.replay if rng.random() < self.replay_fraction else self.files
-        case = self._case(pool[int(rng.integers(len(pool)))])
+        if rng.random() < self.replay_fraction:
+            case = self._case(self.replay[int(rng.integers(len(self.replay)))])
+        elif self.p is None:
+            case = self._case(self.files[int(rng.integers(len(self.files)))])
+        else:
+            case = self._case(self.files[int(rng.choice(len(self.files), p=self.p))])
         if self.clinical and rng.random() < 0.3:
             case = CachedCase.like(case, vary_brain_mask(case.data, case.classes, rng))
         x, y = sample_patch(case, self.patch, rng, self.fg_fraction)

@@ -138,7 +138,8 @@ def _dataset(run: _Run):
     # each process draws its own share of the epoch's samples; `batch` is per process
     ds = PatchDataset(run.files["train"], tuple(cfg.patch or run.net.patch_size), cfg.iters_per_epoch * cfg.batch * dist.world,
                       cfg.seed, cfg.fg_fraction, cfg.domain_randomization, run.files["replay"], cfg.replay_fraction,
-                      cfg.clinical_augmentation)
+                      cfg.clinical_augmentation,
+                      [cfg.case_weights.get(c, 1.0) for c in run.data_used["train"]] if cfg.case_weights else None)
     sampler: Optional[torch.utils.data.distributed.DistributedSampler] = (
         torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
         if dist.world > 1 else None)
