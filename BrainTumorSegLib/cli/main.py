@@ -56,10 +56,11 @@ def _cmd_networks(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    shape = (1, 4) + (args.size,) * 3
-    print(f"{'network':<12}{'output':<10}{'params (M)':>12}{'GFLOPs':>10}{'CPU fwd (s)':>13}  patch (z,y,x)  paper")
+    size = (args.size,) * 3
+    print(f"{'network':<16}{'output':<10}{'params (M)':>12}{'GFLOPs':>10}{'CPU fwd (s)':>13}  patch (z,y,x)  paper")
     for name in NETWORKS:
         net = build(name).eval()
+        shape = (1, len(net.in_sequences) + net.guide_channels) + size  # a cascade's stage 2 also takes stage 1's
         params = count_parameters(net) / 1e6
         gflops = count_flops(net, shape) / 1e9
         if args.no_time:
@@ -70,11 +71,12 @@ def _cmd_networks(args: argparse.Namespace) -> int:
                 t0 = time.perf_counter()
                 net(x)
                 secs = f"{time.perf_counter() - t0:.2f}"
-        print(f"{name:<12}{net.output_kind:<10}{params:>12.3f}{gflops:>10.1f}{secs:>13}  "
+        print(f"{name:<16}{net.output_kind:<10}{params:>12.3f}{gflops:>10.1f}{secs:>13}  "
               f"{'x'.join(map(str, net.patch_size)):<14} {net.paper}")
-    print(f"GFLOPs and forward time for one {'x'.join(map(str, shape[1:]))} input, fp32, "
+    print(f"GFLOPs and forward time for one {'x'.join(map(str, size))} input, fp32, "
           f"{torch.get_num_threads()} threads; FLOPs counted as multiply-accumulates of convs and matrix products "
-          "(the CGA U-Net paper's convention); dmda_unet is timed on stage 2, which runs on 128^3 cubes.")
+          "(the CGA U-Net paper's convention); dmda_unet is timed on stage 2, which runs on 128^3 cubes, and "
+          "coarse_to_fine on stage 2 (stage 1 runs once per case, at 2 mm).")
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Dict, Type
 
 from .agse_vnet import AGSEVNet
 from .base import SegmentationNetwork, TrainingDefaults
+from .cascade import CoarseToFine
 from .cga_unet import CGAUNet
 from .dmda_unet import DMDACascade
 from .resunet import ResUNet
@@ -21,6 +22,7 @@ NETWORKS: Dict[str, Type[SegmentationNetwork]] = {
     "agse_vnet": AGSEVNet,
     "cga_unet": CGAUNet,
     "dmda_unet": DMDACascade,
+    "coarse_to_fine": CoarseToFine,
 }
 DEFAULT_NETWORK = "resunet"
 
@@ -47,4 +49,4 @@ def build(name: str, **options) -> SegmentationNetwork:
 
 
 __all__ = ["NETWORKS", "DEFAULT_NETWORK", "build", "network_class", "SegmentationNetwork", "TrainingDefaults",
-           "AGSEVNet", "CGAUNet", "DMDACascade", "ResUNet"]
+           "AGSEVNet", "CGAUNet", "CoarseToFine", "DMDACascade", "ResUNet"]

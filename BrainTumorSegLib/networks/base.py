@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Iterator, List, Optional, Tuple, Union
+from typing import ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -12,6 +12,25 @@ import torch.utils.checkpoint
 from ..read.cases import SEQUENCES
 
 Output = Union[torch.Tensor, Dict[str, torch.Tensor]]
+Box = Tuple[slice, slice, slice]
+
+
+def box_around(mask: torch.Tensor, margin: int, minimum: Sequence[int]) -> Optional[Box]:
+    """The bounding box of a (z, y, x) ``mask`` plus ``margin`` voxels, widened (centred) to at least
+    ``minimum`` where the volume allows; None when the mask is empty."""
+    if not bool(mask.any()):
+        return None
+    idx = torch.nonzero(mask)
+    lo, hi = idx.min(0).values.tolist(), (idx.max(0).values + 1).tolist()
+    box = []
+    for a, b, n, m in zip(lo, hi, mask.shape, minimum):
+        a, b = max(0, a - margin), min(n, b + margin)
+        if b - a < m:
+            c = (a + b) // 2
+            a = max(0, min(c - m // 2, n - m))
+            b = min(n, a + m)
+        box.append(slice(a, b))
+    return box[0], box[1], box[2]
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,7 @@ class SegmentationNetwork(nn.Module):
     patch_size: Tuple[int, int, int] = (128, 128, 128)  # z, y, x
     divisor: int = 16
     aux_outputs: Tuple[str, ...] = ()
+    guide_channels: int = 0  # input channels after the sequences that a first stage makes (a cascade's)
     paper: str = ""
     # Submodule names (dotted): the contracting path, frozen by fine-tuning's --freeze-encoder, and
     # the blocks whose activations are recomputed in backward under gradient checkpointing.
@@ -69,10 +89,19 @@ class SegmentationNetwork(nn.Module):
         (B, z, y, x) in 0..3 (background, NCR, ED, ET) at ``epoch`` (0-based)."""
         raise NotImplementedError  # pragma: no cover - every network defines its own
 
-    def region_of_interest(self, volume: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
+    def region_of_interest(self, volume: torch.Tensor) -> Optional[Box]:
         """Where in a (C, z, y, x) volume the sliding window runs; None means everywhere. A cascade
         narrows it with its first stage; every other network looks at the whole volume."""
         return None
+
+    def guide(self, volume: torch.Tensor) -> torch.Tensor:
+        """The (guide_channels, z, y, x) channels a first stage adds to a (C, z, y, x) volume."""
+        raise NotImplementedError(f"{type(self).__name__} has no first stage")  # pragma: no cover
+
+    def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:
+        """What the sliding window runs over, and where: the (C, z, y, x) volume with any
+        ``guide_channels`` appended (a cascade's first stage), and :meth:`region_of_interest`."""
+        return volume, self.region_of_interest(volume)
 
     def _named_blocks(self, names: Tuple[str, ...]) -> List[nn.Module]:
         blocks: List[nn.Module] = []

@@ -31,14 +31,14 @@ TTA by 3D rotations (section 3.6) belongs to inference and is replaced there by 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..predict.sliding_window import sliding_window
-from .base import SegmentationNetwork, TrainingDefaults, conv3d
+from .base import Box, SegmentationNetwork, TrainingDefaults, box_around, conv3d
 from .losses import onehot_of, regions_of, soft_dice_loss
 
 # ----------------------------------------------------------------------------- stage 1 (2D)
@@ -252,24 +252,12 @@ class DMDACascade(SegmentationNetwork):
             masks.append(self.stage1(slices).argmax(1) > 0)
         return torch.cat(masks, 0)
 
-    def roi(self, mask: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
+    def roi(self, mask: torch.Tensor) -> Optional[Box]:
         """Bounding box of the stage-1 mask plus the margin, at least one cube where possible."""
-        if not bool(mask.any()):
-            return None
-        idx = torch.nonzero(mask)
-        lo, hi = idx.min(0).values.tolist(), (idx.max(0).values + 1).tolist()
-        box: List[slice] = []
-        for a, b, n in zip(lo, hi, mask.shape):
-            a, b = max(0, a - self.margin), min(n, b + self.margin)
-            if b - a < self.cube:  # centre a full cube on the tumor when the volume allows
-                c = (a + b) // 2
-                a = max(0, min(c - self.cube // 2, n - self.cube))
-                b = min(n, a + self.cube)
-            box.append(slice(a, b))
-        return box[0], box[1], box[2]
+        return box_around(mask, self.margin, (self.cube,) * 3)
 
     @torch.no_grad()
-    def region_of_interest(self, volume: torch.Tensor) -> Optional[Tuple[slice, slice, slice]]:
+    def region_of_interest(self, volume: torch.Tensor) -> Optional[Box]:
         """Stage 1's box (see :meth:`roi`): what ``segment`` slides stage 2 over; None when stage 1
         finds nothing, and stage 2 then looks at the whole volume."""
         return self.roi(self.locate(volume).cpu())

@@ -40,7 +40,7 @@ class _Predictor:
         self._openvino: Optional[backends.Forward] = None
         sha = bundle.manifest.weights_sha256
         if backend != "torch" and sha and window:  # the exported network is cached by its weights' digest
-            shape = (1, len(bundle.manifest.in_sequences)) + tuple(window)
+            shape = (1, len(bundle.manifest.in_sequences) + self.net.guide_channels) + tuple(window)
             self.backend, self._openvino = backends.choose(backend, device, self.net, sha, shape,
                                                            self._torch_forward, windows * len(flips))
 
@@ -61,10 +61,14 @@ class _Predictor:
         return acc / len(self.flips)
 
     def _autocast(self):
-        dtype = devices.autocast_dtype(self.device, self.cpu_bf16)
-        if dtype is None:
-            return torch.autocast("cpu", enabled=False)
-        return torch.autocast(self.device.type, dtype=dtype)
+        return _autocast(self.device, self.cpu_bf16)
+
+
+def _autocast(device: torch.device, cpu_bf16: bool):
+    dtype = devices.autocast_dtype(device, cpu_bf16)
+    if dtype is None:
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, opts: SegmentOptions,
@@ -74,10 +78,11 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
     whole) one pass over the whole volume, which the network pads to its divisor itself."""
     bf16 = devices.cpu_has_fast_bf16() if opts.precision == "auto" else opts.precision == "bf16"
     window = tuple(bundle.manifest.patch_size)
-    # a cascade's first stage may narrow where the windows go (networks.dmda_unet); elsewhere: everywhere
+    # a cascade's first stage may add channels and narrow where the windows go; elsewhere: everywhere
     net = bundle.network.to(device).eval()
-    with torch.inference_mode():
-        box = net.region_of_interest(data.to(device))
+    with torch.inference_mode(), _autocast(device, bf16):
+        data, box = net.prepare(data.to(device))
+    data = data.float()
     region = tuple(data.shape[1:]) if box is None else tuple(b.stop - b.start for b in box)
     whole = opts.window == "whole"
     pred = _Predictor(bundle, device, _flips(opts.tta), bf16, "torch" if whole else opts.backend, window,

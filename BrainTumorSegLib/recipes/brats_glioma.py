@@ -30,7 +30,11 @@ Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) unde
 - ``2mm-cv-long``: each ``2mm-cv`` fold trained further from its own exported weights (so its held-out
   fold stays unseen) at a third of the learning rate, with half the patches centred on tumor and the
   eight low-grade, non-enhancing and little-enhancing cases drawn twice as often; exported as
-  ``brats-glioma-v4-foldK``.
+  ``brats-glioma-v4-foldK``;
+- ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
+  ``brats-glioma-v2-foldK`` (frozen), stage 2 a residual U-Net trained on 1 mm patches with stage 1's
+  probabilities as three more channels, each training case's from the 2 mm fold model that held it
+  out; exported as ``brats-glioma-cascade-v1-foldK``.
 """
 from __future__ import annotations
 
@@ -42,16 +46,18 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 
 from ..errors import InputError
 from ..evaluation.cross_validation import FOLDS, GRADES, HGG, grade_summary
 from ..evaluation.real_validation import RawLabels, score_raw, segment_raw, validate_bundle
 from ..labels import REGIONS
 from ..models import bundles
-from ..networks import build
+from ..networks import SegmentationNetwork, build
+from ..networks.cascade import CoarseToFine
 from ..postprocess.cleanup import PostprocessOptions
 from ..read.cases import Case, find_cases
-from ..training import TrainConfig, check_cases, load_checkpoint, run_manifest, train
+from ..training import Guide, TrainConfig, check_cases, load_checkpoint, run_manifest, train
 from .demo import DEMO_OPTIONS
 
 MODEL_ID = "brats-glioma-v1"
@@ -81,7 +87,7 @@ DESCRIPTION = ("Residual U-Net trained on 19 real, expert-labelled BraTS 2018 gl
 CLINICAL_AUGMENTATION = (" Trained with clinical augmentation: sequences as if acquired in thick slices, brain "
                          "masks a little tighter.")
 
-FOLD_DESCRIPTION = ("Residual U-Net, cross-validation fold {fold} of the brats-glioma recipe: trained on {n} real, "
+FOLD_DESCRIPTION = ("{kind}, cross-validation fold {fold} of the brats-glioma recipe: trained on {n} real, "
                     "expert-labelled BraTS 2018 and 2021 glioma cases of every grade on a 2-core CPU; "
                     "its held-out fold's figures ('metrics') are out of fold. Research use only, not "
                     "for clinical use.")
@@ -96,6 +102,10 @@ NOTE = ("research model trained on 19 real BraTS 2018 cases, not a medical devic
         "clinical scans first; check the brain mask)")
 
 
+CASCADE_OPTIONS = {"coarse": DEMO_OPTIONS, "fine": DEMO_OPTIONS, "factor": 2, "margin": 16, "coarse_window": 64,
+                   "patch": 64}
+
+
 @dataclass(frozen=True)
 class Variant:
     spacing: Optional[float]
@@ -108,6 +118,12 @@ class Variant:
     folds: bool = False             # trained per fold (--fold K), exported at the last epoch
     fg_fraction: float = 1 / 3      # share of patches centred on tumor
     rare_weight: float = 1.0        # sampling weight of the low-grade, non-enhancing and little-ET cases
+    network: str = "resunet"
+    options: Optional[Dict] = None  # None: DEMO_OPTIONS
+    # a cascade's stage 1: the 2 mm fold model of the same fold (for "{fold}"); every training case's
+    # guide channels come from the fold model that held that case out
+    coarse_from: Optional[str] = None
+    kind: str = "Residual U-Net"    # how the bundle's description names the network
 
 
 VARIANTS: Dict[str, Variant] = {
@@ -127,6 +143,10 @@ VARIANTS: Dict[str, Variant] = {
     # rate, half the patches on tumor and the rare tumors drawn twice as often
     "2mm-cv-long": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v2-fold{fold}",
                            lr=3e-4, model_id="brats-glioma-v4", folds=True, fg_fraction=0.5, rare_weight=2.0),
+    "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
+                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v2-fold{fold}",
+                              model_id="brats-glioma-cascade-v1", folds=True, fg_fraction=0.6, rare_weight=2.0,
+                              kind="Coarse-to-fine cascade (2 mm residual U-Net, then 1 mm around the tumor)"),
 }
 
 
@@ -252,6 +272,7 @@ class Plan:
     init: Optional[bundles.Bundle]
     extra: Dict
     fold: Optional[int] = None
+    guide: Optional[Guide] = None   # a cascade's training inputs beside the sequences
 
 
 def _variant(variant: str, fold: Optional[int]) -> Variant:
@@ -287,7 +308,7 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
     when a run folder was lost."""
     v = _variant(variant, fold)
     train_cases, val_cases = split(data_dir, fold)
-    cfg = TrainConfig(network="resunet", options=DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
+    cfg = TrainConfig(network=v.network, options=v.options or DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
                       patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
                       clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
                       fg_fraction=v.fg_fraction,
@@ -298,6 +319,14 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
               + f"--epochs {epochs} --iters {iters} --seed {seed}" + (f" --init-from {init_from}" if init_from else ""))
     start = init_from or (v.init_from.format(fold=fold) if v.init_from else None)
     init = bundles.load(start) if start else None
+    guide = None
+    if v.coarse_from:
+        cascade = CoarseToFine(**cfg.options)
+        if init is None:  # a new cascade: stage 1 is this fold's 2 mm model, stage 2 starts from scratch
+            stage1 = bundles.load(v.coarse_from.format(fold=fold))
+            cascade.coarse.load_state_dict(stage1.network.state_dict())
+            init = bundles.Bundle(stage1.path, stage1.manifest, cascade)
+        guide = _out_of_fold_guide(cascade, v.coarse_from)
     description = DESCRIPTION + (CLINICAL_AUGMENTATION if v.clinical_augmentation else "")
     extra = {"id": model_id(variant, fold), "demo": False, "clinical_use": False, "description": description,
              "note": NOTE, "recipe": recipe, "variant": variant, "patch_size": list(v.window), "licence": LICENCE,
@@ -306,14 +335,31 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
                                "train": [c.case_id for c in train_cases],
                                "validation": [c.case_id for c in val_cases]}}
     if fold is not None:
-        extra["description"] = FOLD_DESCRIPTION.format(fold=fold, n=len(train_cases))
+        extra["description"] = FOLD_DESCRIPTION.format(kind=v.kind, fold=fold, n=len(train_cases))
         extra["note"] = FOLD_NOTE
         extra["cross_validation"] = {"fold": fold, "folds": [list(f) for f in FOLDS],
                                      "grades": {c.case_id: GRADES[c.case_id] for c in train_cases + val_cases},
                                      "exported": "last epoch (the held-out fold chooses nothing)"}
     if init is not None:
         extra["initialised_from"] = {"id": init.id, "weights_sha256": init.manifest.weights_sha256}
-    return Plan(cfg, train_cases, val_cases, init, extra, fold)
+    return Plan(cfg, train_cases, val_cases, init, extra, fold, guide)
+
+
+def _out_of_fold_guide(cascade: CoarseToFine, coarse_from: str) -> Guide:
+    """Each training case's guide channels by the 2 mm fold model that held that case out: as
+    nnU-Net trains its cascade's second stage on the first stage's out-of-fold predictions, so that
+    it learns to correct the errors stage 1 makes on cases it has not seen."""
+    nets: Dict[int, SegmentationNetwork] = {}
+
+    def channels(case_id: str, volume: torch.Tensor) -> torch.Tensor:
+        k = next(i for i, f in enumerate(FOLDS) if case_id in f)
+        if k not in nets:
+            nets[k] = bundles.load(coarse_from.format(fold=k)).network
+        return cascade.guide(volume, nets[k])
+
+    digests = ",".join(bundles.read_manifest(bundles.resolve(coarse_from.format(fold=k))).weights_sha256[:12]
+                       for k in range(len(FOLDS)))
+    return Guide(f"out-of-fold:{digests}", channels)
 
 
 def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print,
@@ -353,7 +399,7 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
     """
     p = plan(data_dir, variant, epochs, iters, seed, init_from, fold)
     trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,
-                    bundle_manifest=p.extra, log=log, cache_dir=cache_dir)
+                    bundle_manifest=p.extra, log=log, cache_dir=cache_dir, guide=p.guide)
     b = bundles.load(trained)
     return finish(b.network, b.manifest.to_json(), p.val_cases, export or export_folder(run_dir, variant, fold), log,
                   _fold_postprocessing(p))

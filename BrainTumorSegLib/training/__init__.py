@@ -11,14 +11,14 @@
 """
 from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from .config import TrainConfig
-from .data import CachedCase, PatchDataset, augment, cache_case, check_cases, sample_patch
+from .data import CachedCase, Guide, PatchDataset, augment, cache_case, check_cases, sample_patch
 from .distributed import Distributed, init_distributed
 from .finetune import FINETUNE_LR_FACTOR, finetune
 from .loop import run_manifest, train
 from .optimisation import compute_loss, make_optimizer, make_scheduler
 from .validation import validate
 
-__all__ = ["TrainConfig", "CachedCase", "PatchDataset", "augment", "cache_case", "check_cases", "sample_patch",
+__all__ = ["TrainConfig", "CachedCase", "Guide", "PatchDataset", "augment", "cache_case", "check_cases", "sample_patch",
            "compute_loss", "make_optimizer", "make_scheduler", "validate", "load_checkpoint", "save_checkpoint",
            "weights_digest", "Distributed", "init_distributed", "train", "run_manifest", "finetune",
            "FINETUNE_LR_FACTOR"]

@@ -10,7 +10,8 @@ import io
 import math
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -55,13 +56,24 @@ def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
 _PREPARATION = "auto, stripped on each sequence's grid, foreground per class"
 
 
-def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None) -> str:
+@dataclass(frozen=True)
+class Guide:
+    """Input channels a cascade's later stage trains on beside the sequences, made once per case
+    when it is cached (:meth:`networks.cascade.CoarseToFine.guide`)."""
+
+    key: str  # says which guide: another key, another cache file
+    channels: Callable[[str, torch.Tensor], torch.Tensor]  # (case id, (C, z, y, x) sequences) -> (G, z, y, x)
+
+
+def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None, guide: Optional[Guide] = None) -> str:
     """Preprocess one case once (at ``spacing`` mm when given): (C, z, y, x) float16 data, class
-    labels, spacing. As ``segment`` does, a case saved straight from the scanner (a clinical case
-    corrected in Slicer) is skull-stripped and co-registered first; BraTS-preprocessed cases are
-    left as they are (the automatic checks find nothing to do)."""
+    labels, spacing; with ``guide``, its channels after the sequences. As ``segment`` does, a case
+    saved straight from the scanner (a clinical case corrected in Slicer) is skull-stripped and
+    co-registered first; BraTS-preprocessed cases are left as they are (the automatic checks find
+    nothing to do)."""
     key = hashlib.sha256(("|".join(f"{r}={os.path.abspath(p)}:{os.path.getmtime(p)}"
-                                   for r, p in sorted(case.paths.items())) + f"|spacing={spacing}|{_PREPARATION}").encode()
+                                   for r, p in sorted(case.paths.items())) + f"|spacing={spacing}|{_PREPARATION}"
+                          + (f"|guide={guide.key}" if guide else "")).encode()
                          ).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{case.case_id}-{key}.npz")
     if os.path.exists(path):
@@ -78,8 +90,11 @@ def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None) -> s
             idx = idx[np.random.default_rng(k).choice(len(idx), 20000, replace=False)]
         fg.append(idx)
         fg_class.append(np.full(len(idx), k, np.uint8))
+    data = pre.data
+    if guide is not None:
+        data = np.concatenate([data, guide.channels(case.case_id, torch.from_numpy(data)).cpu().numpy()])
     buf = io.BytesIO()
-    np.savez(buf, data=pre.data.astype(np.float16), classes=classes.astype(np.uint8),
+    np.savez(buf, data=data.astype(np.float16), classes=classes.astype(np.uint8),
              fg=np.concatenate(fg or [np.zeros((0, 3), np.int64)]).astype(np.int32),
              fg_class=np.concatenate(fg_class or [np.zeros(0, np.uint8)]), spacing=np.array(pre.spacing))
     with replacing(path) as tmp, open(tmp, "wb") as f:
@@ -134,14 +149,17 @@ def sample_patch(case: CachedCase, patch: Sequence[int], rng: np.random.Generato
     return _crop(case.data, start, patch).astype(np.float32), _crop(case.classes, start, patch)
 
 
-def vary_brain_mask(data: np.ndarray, classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def vary_brain_mask(data: np.ndarray, classes: np.ndarray, rng: np.random.Generator,
+                    guide_channels: int = 0) -> np.ndarray:
     """The case as if its brain mask were 1-2 voxels tighter (another skull stripping's
     convention, e.g. HD-BET's on a clinical scan): the rim outside the eroded mask set to zero and
     each sequence z-scored again inside it. Tumor voxels stay inside, as a brain extraction keeps
     them. The cached data is already z-scored; z-scoring is affine, so doing it again over the new
     mask gives what z-scoring the original intensities over that mask would."""
-    mask = ndimage.binary_erosion(data.any(0), iterations=int(rng.integers(1, 3))) | (classes > 0)
-    return np.stack([zscore(d.astype(np.float32), mask) for d in data])
+    n = data.shape[0] - guide_channels  # a first stage's probabilities (last) stay as they are
+    mask = ndimage.binary_erosion(data[:n].any(0), iterations=int(rng.integers(1, 3))) | (classes > 0)
+    return np.concatenate([np.stack([zscore(d.astype(np.float32), mask) for d in data[:n]]),
+                           data[n:].astype(np.float32)])
 
 
 def simulate_thick_slices(x: np.ndarray, rng: np.random.Generator, spacing: Sequence[float],
@@ -166,11 +184,12 @@ def simulate_thick_slices(x: np.ndarray, rng: np.random.Generator, spacing: Sequ
 
 
 def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
-            domain_randomization: bool = False, thick_slices_spacing: Optional[Sequence[float]] = None
-            ) -> Tuple[np.ndarray, np.ndarray]:
+            domain_randomization: bool = False, thick_slices_spacing: Optional[Sequence[float]] = None,
+            guide_channels: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Flips, rotation/scaling, intensity shift/scale, gamma, noise, blur, bias field,
     sequence dropping; all from ``rng``. With ``thick_slices_spacing`` (the data's spacing in mm),
-    half the samples also get :func:`simulate_thick_slices`."""
+    half the samples also get :func:`simulate_thick_slices`. The last ``guide_channels`` (a first
+    stage's probabilities) move with the sequences but keep their values."""
     for ax in (1, 2, 3):
         if rng.random() < 0.5:
             x = np.flip(x, ax)
@@ -185,6 +204,8 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
         x = F.grid_sample(torch.from_numpy(x)[None], grid, mode="bilinear", align_corners=False)[0].numpy()
         y = F.grid_sample(torch.from_numpy(y[None, None].astype(np.float32)), grid, mode="nearest",
                           align_corners=False)[0, 0].numpy().astype(np.uint8)
+    guide = x[x.shape[0] - guide_channels:] if guide_channels else None
+    x = x[:x.shape[0] - guide_channels]
     if thick_slices_spacing is not None and rng.random() < 0.5:
         x = simulate_thick_slices(x, rng, thick_slices_spacing)
     brain = x.any(0)
@@ -211,6 +232,8 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
         x[rng.integers(x.shape[0])] = 0
     elif rng.random() < 0.1:  # one sequence covering only a slab of the brain (a partial field of view)
         x = cover_partially(x, int(rng.integers(x.shape[0])), rng)
+    if guide is not None:
+        x = np.concatenate([x, guide])
     return x.astype(np.float32), y
 
 
@@ -233,7 +256,7 @@ class PatchDataset(torch.utils.data.Dataset):
     def __init__(self, cache_files: Sequence[str], patch: Sequence[int], batches: int, seed: int,
                  fg_fraction: float, domain_randomization: bool, replay_files: Sequence[str] = (),
                  replay_fraction: float = 0.0, clinical_augmentation: bool = False,
-                 weights: Optional[Sequence[float]] = None) -> None:
+                 weights: Optional[Sequence[float]] = None, guide_channels: int = 0) -> None:
         self.files = list(cache_files)
         if weights is not None and len(weights) != len(self.files):
             raise ValueError(f"{len(weights)} case weights for {len(self.files)} cases")
@@ -248,6 +271,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.fg_fraction = fg_fraction
         self.dr = domain_randomization
         self.clinical = clinical_augmentation
+        self.guide_channels = guide_channels
         self._cache: Dict[str, CachedCase] = {}
 
     def __len__(self) -> int:
@@ -267,7 +291,7 @@ class PatchDataset(torch.utils.data.Dataset):
         else:
             case = self._case(self.files[int(rng.choice(len(self.files), p=self.p))])
         if self.clinical and rng.random() < 0.3:
-            case = CachedCase.like(case, vary_brain_mask(case.data, case.classes, rng))
+            case = CachedCase.like(case, vary_brain_mask(case.data, case.classes, rng, self.guide_channels))
         x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
-        x, y = augment(x, y, rng, self.dr, case.spacing if self.clinical else None)
+        x, y = augment(x, y, rng, self.dr, case.spacing if self.clinical else None, self.guide_channels)
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))

@@ -25,7 +25,7 @@ from ..read.cases import Case
 from ..write.atomic import write_json
 from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from .config import TrainConfig
-from .data import PatchDataset, cache_case
+from .data import Guide, PatchDataset, cache_case
 from .distributed import Distributed, init_distributed
 from .optimisation import compute_loss, make_optimizer, make_scheduler
 from .runlog import write_log
@@ -80,18 +80,28 @@ def _network(cfg: TrainConfig, init_from: Optional[bundles.Bundle]) -> Segmentat
     return net
 
 
-def _cache(cases: Dict[str, Sequence[Case]], cache_dir: str, cfg: TrainConfig, dist: Distributed) -> Dict[str, List[str]]:
-    """Preprocess every case once; rank 0 fills the cache first, the others then find it full."""
+def _cache(cases: Dict[str, Sequence[Case]], cache_dir: str, cfg: TrainConfig, dist: Distributed,
+           guide: Optional[Guide]) -> Dict[str, List[str]]:
+    """Preprocess every case once; rank 0 fills the cache first, the others then find it full.
+    The patches' cases get ``guide``'s channels; validation cases are segmented as ``segment``
+    would, the network making its own."""
     if not dist.main:
         dist.barrier()
-    files = {k: [cache_case(c, cache_dir, cfg.spacing) for c in cs] for k, cs in cases.items()}
+    files = {k: [cache_case(c, cache_dir, cfg.spacing, guide if k != "val" else None) for c in cs]
+             for k, cs in cases.items()}
     if dist.main:
         dist.barrier()
     return files
 
 
+def _own_guide(net: SegmentationNetwork) -> Guide:
+    """A cascade's guide channels made by its own first stage, keyed by its starting weights (the
+    same again when a run resumes, whose checkpoint is loaded after caching)."""
+    return Guide(f"own:{weights_digest(net)[:16]}", lambda case_id, volume: net.guide(volume))
+
+
 def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[Case]], out_dir: str, init_from: Optional[bundles.Bundle],
-           log: Log, cache_dir: Optional[str]) -> _Run:
+           log: Log, cache_dir: Optional[str], guide: Optional[Guide] = None) -> _Run:
     dist, device = init_distributed(cfg.device)
     if not dist.main:
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job
@@ -106,7 +116,9 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[Case]], out_dir: str, ini
                                                            "world_size": dist.world, "device": str(device),
                                                            "cases": data_used})
         log(f"caching {sum(len(c) for c in cases.values())} cases in {cache_dir}")
-    files = _cache(cases, cache_dir, cfg, dist)
+    if guide is None and net.guide_channels:
+        guide = _own_guide(net)
+    files = _cache(cases, cache_dir, cfg, dist, guide)
     net.to(device)
     lr = cfg.lr or net.training_defaults.lr
     optimizer = make_optimizer(net, lr)
@@ -139,7 +151,8 @@ def _dataset(run: _Run):
     ds = PatchDataset(run.files["train"], tuple(cfg.patch or run.net.patch_size), cfg.iters_per_epoch * cfg.batch * dist.world,
                       cfg.seed, cfg.fg_fraction, cfg.domain_randomization, run.files["replay"], cfg.replay_fraction,
                       cfg.clinical_augmentation,
-                      [cfg.case_weights.get(c, 1.0) for c in run.data_used["train"]] if cfg.case_weights else None)
+                      [cfg.case_weights.get(c, 1.0) for c in run.data_used["train"]] if cfg.case_weights else None,
+                      run.net.guide_channels)
     sampler: Optional[torch.utils.data.distributed.DistributedSampler] = (
         torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
         if dist.world > 1 else None)
@@ -241,7 +254,8 @@ def _export(run: _Run, bundle_manifest: Optional[Dict]) -> str:
 def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir: str,
           resume: bool = False, init_from: Optional[bundles.Bundle] = None,
           bundle_manifest: Optional[Dict] = None, log: Log = print, cache_dir: Optional[str] = None,
-          replay_cases: Sequence[Case] = (), progress: Optional[Callable[[str, float], None]] = None) -> str:
+          replay_cases: Sequence[Case] = (), progress: Optional[Callable[[str, float], None]] = None,
+          guide: Optional[Guide] = None) -> str:
     """Run (or resume) a training run in ``out_dir``; returns the exported bundle folder.
 
     Under torchrun every process runs this; rank 0 alone logs, validates, checkpoints and exports.
@@ -258,10 +272,11 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
         replay_cases: earlier cases mixed in with probability ``cfg.replay_fraction``.
         progress: called as ``progress("training", fraction)`` after every iteration (as ``segment``
             does); by default a line on stderr, or ``progress`` lines for the Slicer module.
+        guide: a cascade's guide channels for the training cases (default: its own first stage's).
     """
     extras.require("train")
     run = _setup(cfg, {"train": train_cases, "val": val_cases, "replay": replay_cases}, out_dir, init_from, log,
-                 cache_dir)
+                 cache_dir, guide)
     run.progress = progress
     if resume and os.path.exists(run.last_checkpoint):
         _resume(run)

@@ -13,8 +13,13 @@ from BrainTumorSegLib.predict.sliding_window import sliding_window, window_start
 NAMES = list(NETWORKS)
 
 
+def _inputs(net) -> int:
+    """Input channels of a network's windows: its sequences and any first stage's guide channels."""
+    return len(net.in_sequences) + net.guide_channels
+
+
 def test_registry_and_declarations():
-    assert set(NAMES) == {"resunet", "agse_vnet", "cga_unet", "dmda_unet"}
+    assert set(NAMES) == {"resunet", "agse_vnet", "cga_unet", "dmda_unet", "coarse_to_fine"}
     for name in NAMES:
         net = build(name)
         spec = net.spec()
@@ -36,7 +41,7 @@ def test_registry_and_declarations():
 def test_forward_odd_sizes_and_declared_channels(name):
     torch.manual_seed(0)
     net = build(name).eval()
-    x = torch.randn(2, 4, 37, 41, 29)
+    x = torch.randn(2, _inputs(net), 37, 41, 29)
     with torch.no_grad():
         y = net(x)
     assert torch.is_tensor(y) and y.shape == (2, net.out_channels, 37, 41, 29)
@@ -47,7 +52,7 @@ def test_forward_odd_sizes_and_declared_channels(name):
 def test_eval_is_deterministic_and_train_returns_aux_outputs(name):
     torch.manual_seed(0)
     net = build(name).eval()
-    x = torch.randn(1, 4, 32, 32, 32)
+    x = torch.randn(1, _inputs(net), 32, 32, 32)
     with torch.no_grad():
         assert torch.equal(net(x), net(x))
     net.train()
@@ -59,7 +64,7 @@ def test_eval_is_deterministic_and_train_returns_aux_outputs(name):
 def test_gradients_reach_every_parameter(name):
     torch.manual_seed(0)
     net = build(name).train()
-    x = torch.randn(2, 4, 32, 32, 32)
+    x = torch.randn(2, _inputs(net), 32, 32, 32)
     out = net(x)
     g = torch.Generator().manual_seed(1)
     loss = (out["out"] * torch.randn(out["out"].shape, generator=g)).sum()
@@ -68,8 +73,9 @@ def test_gradients_reach_every_parameter(name):
         for v in vals:
             loss = loss + (v * torch.randn(v.shape, generator=g)).sum()
     loss.backward()
-    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
-    assert not missing, missing
+    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None or not torch.any(p.grad != 0)]
+    assert trainable and not missing, missing
 
 
 def test_cga_unet_counts_match_the_paper():
@@ -103,7 +109,7 @@ def test_box_sum_equals_clipped_window_sum_for_any_radius():
 def test_gradient_checkpointing_gives_the_same_gradients(name):
     torch.manual_seed(0)
     net = build(name).train()
-    x = torch.randn(1, 4, 32, 32, 32)
+    x = torch.randn(1, _inputs(net), 32, 32, 32)
 
     def grads():
         torch.manual_seed(1)  # same dropout masks in both passes

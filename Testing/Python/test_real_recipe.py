@@ -1,12 +1,14 @@
 """The real-data recipe's machinery (split, manifest, validation through segment, checkpoint
 export, resume) on small synthetic stand-ins named like the real cases: the real cases stay out
 of the default test run."""
+import glob
 import json
 import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.evaluation.cross_validation import FOLDS, GRADES, NO_ET
@@ -18,6 +20,7 @@ from BrainTumorSegLib.recipes.brats_glioma import (
     WINDOW_TOLERANCE,
     ensemble_manifest,
     export_checkpoint,
+    plan,
     split,
     train_real,
 )
@@ -127,6 +130,41 @@ def test_fold_and_variant_must_agree(all_standins, tmp_path, variant, fold, mess
     with pytest.raises(InputError, match=message):
         train_real(all_standins, str(tmp_path / "run"), variant=variant, fold=fold, epochs=1, iters=1)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_often(all_standins):
+    for k in (0, 2):
+        p = plan(all_standins, "2mm-cv-long", 1, 1, 0, fold=k)
+        assert p.extra["initialised_from"]["id"] == f"brats-glioma-v2-fold{k}"  # never a model that saw fold k
+        assert p.extra["id"] == f"brats-glioma-v4-fold{k}" and p.cfg.fg_fraction == 0.5
+        rare = {c.case_id for c in p.train_cases if GRADES[c.case_id] != "HGG"}
+        assert set(p.cfg.case_weights) == rare and len(rare) >= 5 and set(p.cfg.case_weights.values()) == {2.0}
+        assert not rare & set(FOLDS[k])
+    assert plan(all_standins, "2mm-cv", 1, 1, 0, fold=0).cfg.case_weights == {}
+
+
+def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):
+    """Fold 0 of the 1 mm cascade, one step: stage 1 is brats-glioma-v2-fold0 (frozen), every
+    training case's guide channels come from the 2 mm fold model that held that case out, and the
+    held-out fold is segmented through ``segment`` by the cascade itself."""
+    run = tmp_path / "cascade"
+    out = train_real(all_standins, str(run), variant="1mm-cascade-cv", fold=0, epochs=1, iters=1,
+                     cache_dir=str(tmp_path / "cache"), log=lambda *a: None)
+    b = bundles.load(out)
+    m = b.manifest.to_json()
+    assert m["id"] == "brats-glioma-cascade-v1-fold0" and m["network"] == "coarse_to_fine"
+    assert m["preprocessing"]["spacing_mm"] == 1.0 and m["initialised_from"]["id"] == "brats-glioma-v2-fold0"
+    stage1 = bundles.load("brats-glioma-v2-fold0").network.state_dict()
+    assert all(torch.equal(b.network.coarse.state_dict()[k], v) for k, v in stage1.items())  # frozen
+    assert sorted(m["metrics"]["validation_segment"]["per_case"]) == sorted(FOLDS[0])
+    cached = {os.path.basename(f).rsplit("-", 1)[0]: f for f in glob.glob(str(tmp_path / "cache" / "*.npz"))
+              if np.load(f)["data"].shape[0] == 7}
+    assert set(cached) == {c for fold in FOLDS[1:] for c in fold}  # the training cases, with their guides
+    case = FOLDS[3][0]
+    with np.load(cached[case]) as z:
+        sequences, guide = torch.from_numpy(z["data"][:4].astype(np.float32)), z["data"][4:].astype(np.float32)
+    expected = b.network.guide(sequences, bundles.load("brats-glioma-v2-fold3").network).numpy()
+    assert np.abs(guide - expected).max() < 2e-3  # by the model that never saw it (fp16 in the cache)
 
 
 @pytest.fixture(scope="module")

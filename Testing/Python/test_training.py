@@ -49,6 +49,20 @@ def test_patches_oversample_tumor_and_are_reproducible(small_cases, tmp_path, cl
     assert not torch.equal(ds[5][0], a[0])
 
 
+def test_case_weights_decide_how_often_a_case_is_drawn(small_cases, tmp_path):
+    files = [cache_case(c, str(tmp_path)) for c in find_cases(small_cases)][:2]
+    ds = PatchDataset(files, (32, 32, 32), 40, seed=0, fg_fraction=0.5, domain_randomization=False, weights=[0.0, 1.0])
+    for i in range(40):
+        ds[i]
+    assert set(ds._cache) == {files[1]}  # weight 0: never drawn
+    uniform = PatchDataset(files, (32, 32, 32), 40, seed=0, fg_fraction=0.5, domain_randomization=False)
+    for i in range(40):
+        uniform[i]
+    assert set(uniform._cache) == set(files)
+    with pytest.raises(ValueError, match="1 case weights for 2 cases"):
+        PatchDataset(files, (32, 32, 32), 1, seed=0, fg_fraction=0.5, domain_randomization=False, weights=[1.0])
+
+
 def test_cache_registers_a_moved_sequence_as_segment_would(small_cases, tmp_path):
     """A saved case whose FLAIR was never co-registered (here: the T1ce as every sequence, the
     FLAIR moved by 6 mm): the cache registers it, so the channels line up again."""

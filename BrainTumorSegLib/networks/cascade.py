@@ -1,0 +1,93 @@
+"""Coarse-to-fine cascade: a 2 mm region U-Net finds the tumor, a 1 mm one refines its labels.
+
+Follows the 3D U-Net cascade of nnU-Net (Isensee F, Jaeger PF, Kohl SAA, Petersen J, Maier-Hein KH.
+nnU-Net: a self-configuring method for deep learning-based biomedical image segmentation. Nature
+Methods 18:203-211, 2021, doi:10.1038/s41592-020-01008-z; Methods, the "3D U-Net cascade", one of
+its three configurations: a first U-Net on downsampled images, whose segmentation, upsampled to
+full resolution, enters a second U-Net as extra input channels) and the localise-then-refine
+stages of our DM-DA-Unet (:mod:`.dmda_unet`):
+
+- stage 1, ``coarse``: :class:`ResUNet` on the working volume averaged down by ``factor`` (1 mm to
+  2 mm), in sliding windows of ``coarse_window``; its sigmoid WT / TC / ET probabilities are
+  interpolated back onto the 1 mm grid (:meth:`CoarseToFine.guide`);
+- stage 2, ``fine``: :class:`ResUNet` on the 1 mm volume with the three probabilities as extra
+  channels, run only in the box around stage 1's whole tumor plus ``margin`` voxels (at least one
+  patch where the volume allows); where stage 1 finds nothing, over the whole volume, so the cascade
+  never looks at less than stage 2 alone would.
+
+In training only stage 2 learns (stage 1 is a trained 2 mm model, frozen); ``forward`` on a patch
+is stage 2, whose inputs are cached with the guide channels once per case (``training.data.Guide``).
+
+Departures, with reasons: nnU-Net feeds stage 1's one-hot segmentation; we feed its probabilities
+(no threshold baked in, and the uncertainty at the border stays visible to stage 2). nnU-Net
+preprocesses a second time at low resolution; we average the 1 mm working volume down (one
+preprocessing for both stages). nnU-Net runs stage 2 over the whole image; we run it around the
+tumor (the 1 mm brain is eight times the 2 mm one: on a CPU, the box is what makes 1 mm affordable).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..predict.sliding_window import sliding_window
+from .base import Box, SegmentationNetwork, box_around
+from .resunet import ResUNet
+
+_WIDTHS = {"channels": (16, 32, 64, 128, 128), "blocks": (1, 2, 2, 2, 2)}
+
+
+class CoarseToFine(SegmentationNetwork):
+    output_kind = "sigmoid"
+    out_channels = 3
+    patch_size = (64, 64, 64)
+    guide_channels = 3  # stage 1's WT, TC, ET probabilities, after the sequences
+    aux_outputs = ResUNet.aux_outputs
+    encoder_modules = ("fine.stem", "fine.stages")
+    checkpoint_modules = ("fine.stages", "fine.decoders")
+    paper = ("nnU-Net's 3D U-Net cascade (Isensee et al., Nature Methods 18:203-211, 2021) with the "
+             "BraTS 2021 winners' region-based residual U-Net as both stages")
+    training_defaults = ResUNet.training_defaults
+
+    def __init__(self, coarse: Optional[Dict] = None, fine: Optional[Dict] = None, factor: int = 2,
+                 margin: int = 16, coarse_window: int = 64, patch: int = 64) -> None:
+        super().__init__()
+        self.coarse = ResUNet(in_channels=len(self.in_sequences), **dict(coarse or _WIDTHS))
+        self.coarse.requires_grad_(False)
+        self.fine = ResUNet(in_channels=len(self.in_sequences) + self.guide_channels, **dict(fine or _WIDTHS))
+        self.factor, self.margin, self.coarse_window = int(factor), int(margin), int(coarse_window)
+        self.patch_size = (int(patch),) * 3
+        self.divisor = self.fine.divisor
+
+    def train(self, mode: bool = True) -> "CoarseToFine":
+        super().train(mode)
+        self.coarse.eval()  # frozen: it returns plain logits, never training outputs
+        return self
+
+    def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.fine._forward(x)
+
+    def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
+        return self.fine.loss(out, classes, epoch)
+
+    @torch.no_grad()
+    def guide(self, volume: torch.Tensor, coarse: Optional[SegmentationNetwork] = None) -> torch.Tensor:
+        """Stage 1's (3, z, y, x) WT, TC, ET probabilities on the grid of a (C, z, y, x) ``volume``:
+        by ``coarse`` when given (training: the fold model that did not see the case), else by this
+        cascade's own stage 1."""
+        net = (coarse or self.coarse).eval()
+        size = volume.shape[1:]
+        pad = [(-n) % self.factor for n in size]
+        v = F.pad(volume.float(), [p for ax in reversed(pad) for p in (0, ax)])
+        small = F.avg_pool3d(v[None], self.factor)[0]  # exact 2 x 2 x 2 means: the grids stay aligned
+        probs = sliding_window(small, lambda b: torch.sigmoid(net(b).float()), (self.coarse_window,) * 3,
+                               self.out_channels, 0.5)
+        up = F.interpolate(probs[None], scale_factor=self.factor, mode="trilinear", align_corners=False)[0]
+        return up[(slice(None),) + tuple(slice(0, n) for n in size)].to(volume.device)
+
+    def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:
+        """The sequences with stage 1's probabilities, and the box around its whole tumor."""
+        g = self.guide(volume)
+        box = box_around(g[0] > 0.5, self.margin, self.patch_size)
+        return torch.cat([volume, g.to(volume.dtype)], 0), box

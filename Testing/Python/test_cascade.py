@@ -1,0 +1,92 @@
+"""The coarse-to-fine cascade: stage 1 on the volume averaged to 2 mm, its probabilities back on the
+1 mm grid as stage 2's extra channels, stage 2 only around the tumor; through ``segment``."""
+import pytest
+import SimpleITK as sitk
+import torch
+
+from BrainTumorSegLib.models import bundles
+from BrainTumorSegLib.networks import build
+from BrainTumorSegLib.pipeline import segment
+from BrainTumorSegLib.read.cases import find_cases
+from BrainTumorSegLib.segment_options import SegmentOptions
+
+SMALL = {"channels": [4, 8, 16, 32], "blocks": [1, 1, 1, 1]}
+
+
+class FirstChannelsAsLogits(torch.nn.Module):
+    """A stand-in stage 1 whose region logits are its first three input channels, scaled: what it
+    'sees' is known voxel by voxel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 40 * (x[:, :3] - 0.5)
+
+
+def _cascade(margin: int = 4, patch: int = 16):
+    torch.manual_seed(0)
+    net = build("coarse_to_fine", coarse=SMALL, fine=SMALL, margin=margin, patch=patch, coarse_window=16).eval()
+    net.coarse = FirstChannelsAsLogits()
+    return net
+
+
+def test_the_guide_lies_on_the_fine_grid_and_the_box_holds_the_tumor():
+    net = _cascade()
+    vol = torch.zeros(4, 41, 46, 37)  # odd sizes: padded to whole 2 mm voxels, cropped back
+    vol[:3, 10:20, 12:24, 8:14] = 1.0  # a 'tumor' on 2 mm voxel boundaries
+    guide = net.guide(vol)
+    assert guide.shape == (3, 41, 46, 37)
+    inside, outside = guide[0, 11:19, 13:23, 9:13], guide[0, 25:, 30:, 20:]
+    assert inside.min() > 0.99 and outside.max() < 0.01
+    x, box = net.prepare(vol)
+    assert x.shape == (7, 41, 46, 37) and torch.equal(x[:4], vol) and torch.equal(x[4:], guide)
+    assert box is not None
+    for b, lo, hi, n in zip(box, (10, 12, 8), (20, 24, 14), vol.shape[1:]):
+        assert b.start <= lo - 3 and b.stop >= hi + 3 and b.stop - b.start >= 16  # margin, and a patch at least
+        assert b.stop - b.start < n  # but not the whole volume
+
+
+def test_where_stage1_finds_nothing_stage2_looks_everywhere():
+    net = _cascade()
+    x, box = net.prepare(torch.zeros(4, 30, 30, 30))
+    assert box is None and x.shape == (7, 30, 30, 30)
+
+
+def test_stage1_stays_frozen_and_in_eval_mode():
+    net = build("coarse_to_fine", coarse=SMALL, fine=SMALL)
+    net.train()
+    assert not net.coarse.training and net.fine.training
+    assert not any(p.requires_grad for p in net.coarse.parameters())
+    assert all(p.requires_grad for p in net.fine.parameters())
+
+
+def test_a_cascade_bundle_segments_a_case_through_the_same_path(phantom_dir, tmp_path):
+    torch.manual_seed(0)
+    net = build("coarse_to_fine", coarse=SMALL, fine=SMALL, patch=32, coarse_window=32).eval()
+    with torch.no_grad():
+        net.coarse.head.bias.fill_(5.0)   # stage 1 sees tumor everywhere: stage 2 runs over the whole box
+        net.fine.head.bias.fill_(-10.0)   # and stage 2 finds none of it
+    folder = bundles.save(net, str(tmp_path / "cascade"), {
+        "id": "tiny-cascade", "version": "0", "network": "coarse_to_fine",
+        "options": {"coarse": SMALL, "fine": SMALL, "patch": 32, "coarse_window": 32},
+        "label_scheme": "brats2021", "patch_size": [32, 32, 32], "demo": True, "preprocessing": {"spacing_mm": 3.0}})
+    case = find_cases(phantom_dir)[0]
+    res = segment(case.sequences, folder, options=SegmentOptions(overlap=0.25))
+    labels = sitk.GetArrayFromImage(res.labels)
+    assert labels.shape == sitk.GetArrayFromImage(sitk.ReadImage(case.paths["t1ce"])).shape
+    assert not labels.any()  # stage 2 decides the labels, not stage 1
+    assert res.probabilities is not None and res.probabilities.shape[0] == 3
+    assert res.probabilities.max() < 0.05
+
+
+@pytest.mark.parametrize("bias, expected", [(5.0, True), (-5.0, False)])
+def test_stage2_windows_see_stage1s_probabilities(bias, expected):
+    """Stage 2 gets seven channels whose last three are stage 1's output, at every window."""
+    torch.manual_seed(0)
+    net = build("coarse_to_fine", coarse=SMALL, fine=SMALL, patch=16, coarse_window=16).eval()
+    with torch.no_grad():
+        net.coarse.head.bias.fill_(bias)
+    seen = []
+    net.fine.stem.register_forward_pre_hook(lambda m, args: seen.append(args[0][:, 4:].mean().item()))
+    x, box = net.prepare(torch.randn(4, 24, 24, 24))
+    with torch.no_grad():
+        net(x[None])
+    assert (box is not None) == expected and seen and (seen[0] > 0.5) == expected
