@@ -68,9 +68,10 @@ def save_tiny_bundle(data: np.ndarray, folder, model_id: str = "tiny", spacing_m
 
 
 def run_cli(*args: str, cwd: Optional[str] = None) -> subprocess.CompletedProcess:
-    """Run the real CLI in a subprocess (``python -m BrainTumorSegLib``)."""
+    """Run the real CLI in a subprocess (``python -m BrainTumorSegLib``). The timeout only stops a
+    hung process: a clinical scan (HD-BET on the CPU, registration) takes minutes on 2 cores."""
     return subprocess.run([sys.executable, "-m", "BrainTumorSegLib", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+                          text=True, cwd=cwd, timeout=1800)
 
 
 def cli_main(*args: str) -> subprocess.CompletedProcess:
