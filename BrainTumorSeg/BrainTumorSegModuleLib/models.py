@@ -7,7 +7,7 @@ Manifests may be written by hand: a missing or odd field is left out, never an e
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .errors import ModuleError
 
@@ -71,17 +71,16 @@ def _cases(n: int) -> str:
     return f"{n} case{'' if n == 1 else 's'}"
 
 
-def _validation(manifest: Mapping) -> Mapping:
-    """Held-out figures: a model's own validation, or an ensemble of cross-validation folds' pooled
-    out-of-fold figures (each case segmented by the member that did not train on it)."""
+def _held_out(manifest: Mapping) -> Tuple[Mapping, bool]:
+    """Held-out figures, and whether they are cross-validated: a model's own validation, or an
+    ensemble of cross-validation folds' pooled out-of-fold figures (each case segmented by the
+    member that did not train on it; with the ensemble's postprocessing where it has them)."""
     metrics = _section(manifest, "metrics")
-    return (_section(metrics, "validation_segment") or _section(metrics, "out_of_fold_postprocessed")
-            or _section(metrics, "out_of_fold"))
-
-
-def _cross_validated(manifest: Mapping) -> bool:
-    metrics = _section(manifest, "metrics")
-    return not _section(metrics, "validation_segment") and bool(_section(metrics, "out_of_fold"))
+    own = _section(metrics, "validation_segment")
+    if own:
+        return own, False
+    return (_section(metrics, "out_of_fold_postprocessed") or _section(metrics, "out_of_fold"),
+            bool(_section(metrics, "out_of_fold")))
 
 
 def _member_names(manifest: Mapping) -> List[str]:
@@ -99,7 +98,7 @@ def model_tooltip(manifest: Mapping) -> str:
     """What the model list shows for a bundle: description, label scheme, validation figures."""
     lines = [str(manifest.get("description") or manifest.get("id", "?"))]
     lines.append(f"Label scheme: {manifest.get('label_scheme', '?')}; network: {_network(manifest)}")
-    validation = _validation(manifest)
+    validation, _ = _held_out(manifest)
     val = _section(validation, "mean")
     keys = ("dice_WT", "dice_TC", "dice_ET", "hd95_WT")
     if all(_number(val.get(k)) is not None for k in keys):
@@ -138,7 +137,7 @@ def grade_figures(by_grade: Mapping) -> List[str]:
 def validation_note(manifest: Mapping) -> str:
     """The held-out figures a manifest gives, per grade where it has them, in words; says so when
     it has none (or none per grade)."""
-    validation = _validation(manifest)
+    validation, cross_validated = _held_out(manifest)
     overall = dice_figures(_section(validation, "mean"))
     cases = validation.get("cases")
     n = len(cases) if isinstance(cases, list) else 0
@@ -147,7 +146,7 @@ def validation_note(manifest: Mapping) -> str:
     postprocessed = bool(_section(_section(manifest, "metrics"), "out_of_fold_postprocessed"))
     text = (f"Cross-validated on {_cases(n)}, each segmented by the member that did not train on it"
             + (" (with its postprocessing, chosen on these same cases)" if postprocessed else "") + f": {overall}."
-            if _cross_validated(manifest) else f"On {_cases(n)} held out from its training: {overall}.")
+            if cross_validated else f"On {_cases(n)} held out from its training: {overall}.")
     by_grade = _section(validation, "by_grade")
     phrases = grade_figures(by_grade)
     if phrases:

@@ -7,7 +7,8 @@ never changes: 5 validation cases from three institution prefixes (2013, CBICA, 
 original 1 mm files, and the postprocessing defaults are chosen on those same validation cases
 (never on other data).
 
-Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters) under one CPU budget:
+Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters; the cascade two of them)
+under one CPU budget:
 
 - ``2mm``: a 2 mm isotropic working grid; patches of 64^3 voxels see 128 mm, so the whole brain
   crop (about 76 x 92 x 76 voxels) is eight windows at overlap 0.5, and probabilities are
