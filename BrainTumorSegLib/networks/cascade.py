@@ -15,14 +15,17 @@ stages of our DM-DA-Unet (:mod:`.dmda_unet`):
   patch where the volume allows); where stage 1 finds nothing, over the whole volume, so the cascade
   never looks at less than stage 2 alone would.
 
-In training only stage 2 learns (stage 1 is a trained 2 mm model, frozen); ``forward`` on a patch
-is stage 2, whose inputs are cached with the guide channels once per case (``training.data.Guide``).
+In training only stage 2 learns (stage 1 is a trained 2 mm model, frozen; stage 2 starts from the
+same weights, :meth:`CoarseToFine.start_from`); ``forward`` on a patch is stage 2, whose inputs are
+cached with the guide channels once per case (``training.data.Guide``).
 
 Departures, with reasons: nnU-Net feeds stage 1's one-hot segmentation; we feed its probabilities
 (no threshold baked in, and the uncertainty at the border stays visible to stage 2). nnU-Net
 preprocesses a second time at low resolution; we average the 1 mm working volume down (one
 preprocessing for both stages). nnU-Net runs stage 2 over the whole image; we run it around the
 tumor (the 1 mm brain is eight times the 2 mm one: on a CPU, the box is what makes 1 mm affordable).
+nnU-Net trains stage 2 from scratch; ours starts from stage 1's weights (on a 2-core CPU a shorter
+training has to suffice).
 """
 from __future__ import annotations
 
@@ -59,6 +62,18 @@ class CoarseToFine(SegmentationNetwork):
         self.factor, self.margin, self.coarse_window = int(factor), int(margin), int(coarse_window)
         self.patch_size = (int(patch),) * 3
         self.divisor = self.fine.divisor
+
+    @torch.no_grad()
+    def start_from(self, stage1: SegmentationNetwork) -> None:
+        """Both stages from a trained 2 mm :class:`ResUNet` of the same widths: stage 1 as it is;
+        stage 2 with the same weights and zero weights on the guide channels, so that it starts as
+        the 2 mm network run at 1 mm and learns from there how far to follow stage 1."""
+        state = stage1.state_dict()
+        self.coarse.load_state_dict(state)
+        fine = dict(state)
+        stem = self.fine.state_dict()["stem.0.weight"]
+        fine["stem.0.weight"] = torch.cat([state["stem.0.weight"], torch.zeros_like(stem[:, len(self.in_sequences):])], 1)
+        self.fine.load_state_dict(fine)
 
     def train(self, mode: bool = True) -> "CoarseToFine":
         super().train(mode)

@@ -33,8 +33,8 @@ under one CPU budget:
   eight low-grade, non-enhancing and little-enhancing cases drawn twice as often; exported as
   ``brats-glioma-v4-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
-  ``brats-glioma-v2-foldK`` (frozen), stage 2 a residual U-Net trained on 1 mm patches with stage 1's
-  probabilities as three more channels, each training case's from the 2 mm fold model that held it
+  ``brats-glioma-v2-foldK`` (frozen), stage 2 a residual U-Net started from the same weights and
+  trained on 1 mm patches with stage 1's probabilities as three more channels, each training case's from the 2 mm fold model that held it
   out; exported as ``brats-glioma-cascade-v1-foldK``.
 """
 from __future__ import annotations
@@ -323,9 +323,9 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
     guide = None
     if v.coarse_from:
         cascade = CoarseToFine(**cfg.options)
-        if init is None:  # a new cascade: stage 1 is this fold's 2 mm model, stage 2 starts from scratch
+        if init is None:  # a new cascade: both stages start from this fold's 2 mm model
             stage1 = bundles.load(v.coarse_from.format(fold=fold))
-            cascade.coarse.load_state_dict(stage1.network.state_dict())
+            cascade.start_from(stage1.network)
             init = bundles.Bundle(stage1.path, stage1.manifest, cascade)
         guide = _out_of_fold_guide(cascade, v.coarse_from)
     description = DESCRIPTION + (CLINICAL_AUGMENTATION if v.clinical_augmentation else "")

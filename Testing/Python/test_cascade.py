@@ -58,6 +58,19 @@ def test_stage1_stays_frozen_and_in_eval_mode():
     assert all(p.requires_grad for p in net.fine.parameters())
 
 
+def test_stage2_starts_as_the_2mm_network_whatever_stage1_says():
+    torch.manual_seed(0)
+    stage1 = build("resunet", **SMALL).eval()
+    net = build("coarse_to_fine", coarse=SMALL, fine=SMALL).eval()
+    net.start_from(stage1)
+    x = torch.randn(1, 4, 32, 32, 32)
+    guide = torch.rand(1, 3, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net.coarse(x), stage1(x))
+        torch.testing.assert_close(net(torch.cat([x, guide], 1)), stage1(x))  # the guide's weights start at zero
+        assert not torch.equal(net.fine.stem[0].weight, torch.zeros_like(net.fine.stem[0].weight))
+
+
 def test_a_cascade_bundle_segments_a_case_through_the_same_path(phantom_dir, tmp_path):
     torch.manual_seed(0)
     net = build("coarse_to_fine", coarse=SMALL, fine=SMALL, patch=32, coarse_window=32).eval()

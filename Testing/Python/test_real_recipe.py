@@ -156,6 +156,9 @@ def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guide
     assert m["preprocessing"]["spacing_mm"] == 1.0 and m["initialised_from"]["id"] == "brats-glioma-v2-fold0"
     stage1 = bundles.load("brats-glioma-v2-fold0").network.state_dict()
     assert all(torch.equal(b.network.coarse.state_dict()[k], v) for k, v in stage1.items())  # frozen
+    fine = b.network.fine.state_dict()  # started from the same weights, and trained
+    assert fine["head.weight"].shape == stage1["head.weight"].shape and not torch.equal(fine["head.weight"],
+                                                                                      stage1["head.weight"])
     assert sorted(m["metrics"]["validation_segment"]["per_case"]) == sorted(FOLDS[0])
     cached = {os.path.basename(f).rsplit("-", 1)[0]: f for f in glob.glob(str(tmp_path / "cache" / "*.npz"))
               if np.load(f)["data"].shape[0] == 7}
