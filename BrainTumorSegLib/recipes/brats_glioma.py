@@ -17,12 +17,13 @@ under one CPU budget:
 - ``1mm``: the input's own 1 mm grid, same patch size in voxels, from random initialisation;
 - ``1mm-phantom``: as ``1mm``, initialised from the phantom-trained demo model;
 - ``2mm-phantom``: as ``2mm``, initialised from the demo model (tried: behind ``2mm``);
-- ``2mm-clinical``: ``2mm`` continued from the shipped ``brats-glioma-v1`` at half the learning
-  rate with clinical augmentation (``training.data``: sequences as if acquired in 3-7 mm slices
-  along an axis of their own, brain masks 1-2 voxels tighter), for scans that ``segment`` strips,
-  registers and resamples itself;
+- ``2mm-clinical``: ``2mm`` continued from ``brats-glioma-v1`` (no longer shipped: ``--init-from`` a
+  ``2mm`` run's bundle) at half the learning rate with clinical augmentation (``training.data``:
+  sequences as if acquired in 3-7 mm slices along an axis of their own, brain masks 1-2 voxels
+  tighter), for scans that ``segment`` strips, registers and resamples itself;
 - ``2mm-clinical-scratch``: ``2mm`` with clinical augmentation from the start, exported as
-  ``brats-glioma-clinaug-v1`` (shipped; the default ensemble averages it with ``brats-glioma-v1``);
+  ``brats-glioma-clinaug-v1`` (the earlier default ``brats-glioma-ensemble-v1`` averaged it with
+  ``brats-glioma-v1``; neither is shipped any more);
 - ``2mm-cv``: ``2mm`` (now with class-balanced patch centres and partial-coverage augmentation),
   trained with ``--fold K`` on four of the five stratified folds of all 32 shared cases
   (``cross_validation.FOLDS``: high-grade, low-grade and non-enhancing, every institution) and
@@ -34,8 +35,8 @@ under one CPU budget:
   ``brats-glioma-v4-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v2-foldK`` (frozen), stage 2 a residual U-Net started from the same weights and
-  trained on 1 mm patches with stage 1's probabilities as three more channels, each training case's from the 2 mm fold model that held it
-  out; exported as ``brats-glioma-cascade-v1-foldK``.
+  trained on 1 mm patches with stage 1's probabilities as three more channels, each training
+  case's from the 2 mm fold model that held it out; exported as ``brats-glioma-cascade-v1-foldK``.
 """
 from __future__ import annotations
 

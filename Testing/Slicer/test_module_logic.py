@@ -182,12 +182,12 @@ def test_choices_are_kept_in_the_scene_parameter_node(scene_with_case, logic):
     choices, volumes, output = logic.parameters.load()
     assert choices["device"] == "auto" and choices["clinical"] is True and output is None  # defaults
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "previous")
-    logic.parameters.save({"model": "brats-glioma-v1", "tta": True, "min_et_voxels": 50, "clinical": False},
+    logic.parameters.save({"model": "brats-synthetic-demo", "tta": True, "min_et_voxels": 50, "clinical": False},
                        nodes, seg)
     # a second logic on the same scene (the module re-entered, or the scene reloaded) reads them back
     again = BrainTumorSegLogic(scene, python=lib_python())
     choices, volumes, output = again.parameters.load()
-    assert choices["model"] == "brats-glioma-v1" and choices["tta"] is True and choices["min_et_voxels"] == 50
+    assert choices["model"] == "brats-synthetic-demo" and choices["tta"] is True and choices["min_et_voxels"] == 50
     assert choices["clinical"] is False and choices["device"] == "auto"
     assert all(volumes[r] is nodes[r] for r in ROLES) and output is seg
     assert scene.GetNumberOfNodesByClass("vtkMRMLScriptedModuleNode") == 1
@@ -546,13 +546,17 @@ def test_the_model_note_comes_from_the_chosen_model_s_manifest():
     """The note under the model list: the model's own note, its held-out figures, per grade where
     its manifest has them (as the library's grade_summary writes them), and saying so where not."""
     listed = {m["name"]: m for m in models()}
-    note = model_note(listed["brats-glioma-ensemble-v1"])
-    assert note.startswith("brats-glioma-ensemble-v1: Research model trained on 19 real BraTS 2018 cases")
-    assert "It averages brats-glioma-v1 and brats-glioma-clinaug-v1; fine-tuning starts from brats-glioma-v1." in note
-    assert "On 13 cases held out from its training: Dice 0.71 (whole tumor), 0.52 (tumor core), 0.49 (enhancing tumor)." \
-        in note
-    assert "high-grade (5 cases): Dice 0.85, 0.84, 0.83; low-grade (6 cases): Dice 0.54, 0.20, 0.31" in note
-    assert "In 2 of 3 cases without enhancing tumor, some was predicted anyway." in note and "not a medical device" in note
+    # a shipped fold model (the default ensemble's first member): its own held-out fold, per grade
+    first = models()[0]["members"][0]["name"]
+    fold = listed[first]
+    held_out = fold["metrics"]["validation_segment"]
+    note = model_note(fold)
+    assert note.startswith(f"{first}: Research model (one cross-validation fold) trained on real BraTS 2018 and 2021")
+    mean, hgg = held_out["mean"], held_out["by_grade"]["HGG"]
+    assert (f"On {len(held_out['cases'])} cases held out from its training: Dice {mean['dice_WT']:.2f} (whole tumor), "
+            f"{mean['dice_TC']:.2f} (tumor core), {mean['dice_ET']:.2f} (enhancing tumor).") in note
+    assert f"high-grade ({hgg['cases']} cases): Dice {hgg['dice_WT']:.2f}, {hgg['dice_TC']:.2f}" in note
+    assert "It averages" not in note and "not a medical device" in note
     ungraded = {"id": "ungraded", "metrics": {"validation_segment": {
         "cases": ["a", "b"], "mean": {"dice_WT": 0.9, "dice_TC": 0.8, "dice_ET": 0.7}}}}
     note = model_note(ungraded)
