@@ -48,8 +48,8 @@ WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 
 
-# an ensemble of two models trained on real BraTS cases (real_recipe); the phantom demo stays as a named model
-DEFAULT_MODEL = "brats-glioma-ensemble-v3"
+# the five folds of the all-grade cross-validation averaged (recipes.brats_glioma); the phantom demo stays as a named model
+DEFAULT_MODEL = "brats-glioma-ensemble-v4"
 
 
 _REQUIRED = ("format", "id", "network", "options", "in_sequences", "label_scheme", "output_kind",

@@ -30,11 +30,12 @@ under one CPU budget:
   exported at its last epoch as ``brats-glioma-v2-foldK``, so that the held-out fold chooses
   neither its weights nor its postprocessing: its figures are out of fold;
 - ``2mm-cv-long``: each ``2mm-cv`` fold trained further from its own exported weights (so its held-out
-  fold stays unseen) at a third of the learning rate, with half the patches centred on tumor and the
-  eight low-grade, non-enhancing and little-enhancing cases drawn twice as often; exported as
-  ``brats-glioma-v4-foldK``;
+  fold stays unseen; ``brats-glioma-v2-foldK``, found by name: no longer shipped, so register a
+  ``2mm-cv`` run's bundles in ``$BRAINTUMORSEG_MODELS``) at a third of the learning rate, with half
+  the patches centred on tumor and the eight low-grade, non-enhancing and little-enhancing cases
+  drawn twice as often; exported as ``brats-glioma-v4-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
-  ``brats-glioma-v2-foldK`` (frozen), stage 2 a residual U-Net started from the same weights and
+  ``brats-glioma-v4-foldK`` (frozen), stage 2 a residual U-Net started from the same weights and
   trained on 1 mm patches with stage 1's probabilities as three more channels, each training
   case's from the 2 mm fold model that held it out; exported as ``brats-glioma-cascade-v1-foldK``.
 """
@@ -146,7 +147,7 @@ VARIANTS: Dict[str, Variant] = {
     "2mm-cv-long": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v2-fold{fold}",
                            lr=3e-4, model_id="brats-glioma-v4", folds=True, fg_fraction=0.5, rare_weight=2.0),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
-                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v2-fold{fold}",
+                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v4-fold{fold}",
                               model_id="brats-glioma-cascade-v1", folds=True, fg_fraction=0.6, rare_weight=2.0,
                               kind="Coarse-to-fine cascade (2 mm residual U-Net, then 1 mm around the tumor)"),
 }

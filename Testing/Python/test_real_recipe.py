@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import save_tiny_bundle
 
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.evaluation.cross_validation import FOLDS, GRADES, NO_ET
@@ -132,7 +133,13 @@ def test_fold_and_variant_must_agree(all_standins, tmp_path, variant, fold, mess
     assert not (tmp_path / "run").exists()
 
 
-def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_often(all_standins):
+def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_often(all_standins, tmp_path,
+                                                                                  monkeypatch):
+    # the 2mm-cv folds it starts from, as a user who trained them registers them (they are not shipped)
+    for k in range(len(FOLDS)):
+        save_tiny_bundle(np.random.default_rng(k).random((4, 32, 32, 32), np.float32), tmp_path / f"brats-glioma-v2-fold{k}",
+                         model_id=f"brats-glioma-v2-fold{k}")
+    monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(tmp_path))
     for k in (0, 2):
         p = plan(all_standins, "2mm-cv-long", 1, 1, 0, fold=k)
         assert p.extra["initialised_from"]["id"] == f"brats-glioma-v2-fold{k}"  # never a model that saw fold k
@@ -144,7 +151,7 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):
-    """Fold 0 of the 1 mm cascade, one step: stage 1 is brats-glioma-v2-fold0 (frozen), every
+    """Fold 0 of the 1 mm cascade, one step: stage 1 is brats-glioma-v4-fold0 (frozen), every
     training case's guide channels come from the 2 mm fold model that held that case out, and the
     held-out fold is segmented through ``segment`` by the cascade itself."""
     run = tmp_path / "cascade"
@@ -153,8 +160,8 @@ def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guide
     b = bundles.load(out)
     m = b.manifest.to_json()
     assert m["id"] == "brats-glioma-cascade-v1-fold0" and m["network"] == "coarse_to_fine"
-    assert m["preprocessing"]["spacing_mm"] == 1.0 and m["initialised_from"]["id"] == "brats-glioma-v2-fold0"
-    stage1 = bundles.load("brats-glioma-v2-fold0").network.state_dict()
+    assert m["preprocessing"]["spacing_mm"] == 1.0 and m["initialised_from"]["id"] == "brats-glioma-v4-fold0"
+    stage1 = bundles.load("brats-glioma-v4-fold0").network.state_dict()
     assert all(torch.equal(b.network.coarse.state_dict()[k], v) for k, v in stage1.items())  # frozen
     fine = b.network.fine.state_dict()  # started from the same weights, and trained
     assert fine["head.weight"].shape == stage1["head.weight"].shape and not torch.equal(fine["head.weight"],
@@ -166,7 +173,7 @@ def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guide
     case = FOLDS[3][0]
     with np.load(cached[case]) as z:
         sequences, guide = torch.from_numpy(z["data"][:4].astype(np.float32)), z["data"][4:].astype(np.float32)
-    expected = b.network.guide(sequences, bundles.load("brats-glioma-v2-fold3").network).numpy()
+    expected = b.network.guide(sequences, bundles.load("brats-glioma-v4-fold3").network).numpy()
     assert np.abs(guide - expected).max() < 2e-3  # by the model that never saw it (fp16 in the cache)
 
 
