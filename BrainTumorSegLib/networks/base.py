@@ -89,19 +89,15 @@ class SegmentationNetwork(nn.Module):
         (B, z, y, x) in 0..3 (background, NCR, ED, ET) at ``epoch`` (0-based)."""
         raise NotImplementedError  # pragma: no cover - every network defines its own
 
-    def region_of_interest(self, volume: torch.Tensor) -> Optional[Box]:
-        """Where in a (C, z, y, x) volume the sliding window runs; None means everywhere. A cascade
-        narrows it with its first stage; every other network looks at the whole volume."""
-        return None
-
     def guide(self, volume: torch.Tensor) -> torch.Tensor:
         """The (guide_channels, z, y, x) channels a first stage adds to a (C, z, y, x) volume."""
         raise NotImplementedError(f"{type(self).__name__} has no first stage")  # pragma: no cover
 
     def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:
         """What the sliding window runs over, and where: the (C, z, y, x) volume with any
-        ``guide_channels`` appended (a cascade's first stage), and :meth:`region_of_interest`."""
-        return volume, self.region_of_interest(volume)
+        ``guide_channels`` appended, and the box the windows go to (None: everywhere). A cascade
+        makes both with its first stage; every other network looks at the whole volume as given."""
+        return volume, None
 
     def _named_blocks(self, names: Tuple[str, ...]) -> List[nn.Module]:
         blocks: List[nn.Module] = []

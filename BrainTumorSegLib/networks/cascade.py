@@ -99,7 +99,7 @@ class CoarseToFine(SegmentationNetwork):
         probs = sliding_window(small, lambda b: torch.sigmoid(net(b).float()), (self.coarse_window,) * 3,
                                self.out_channels, 0.5)
         up = F.interpolate(probs[None], scale_factor=self.factor, mode="trilinear", align_corners=False)[0]
-        return up[(slice(None),) + tuple(slice(0, n) for n in size)].to(volume.device)
+        return up[(slice(None),) + tuple(slice(0, n) for n in size)]
 
     def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:
         """The sequences with stage 1's probabilities, and the box around its whole tumor."""

@@ -31,7 +31,7 @@ TTA by 3D rotations (section 3.6) belongs to inference and is replaced there by 
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -261,6 +261,10 @@ class DMDACascade(SegmentationNetwork):
         """Stage 1's box (see :meth:`roi`): what ``segment`` slides stage 2 over; None when stage 1
         finds nothing, and stage 2 then looks at the whole volume."""
         return self.roi(self.locate(volume).cpu())
+
+    def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:
+        """The volume as given (no extra channels) and stage 1's box (:meth:`region_of_interest`)."""
+        return volume, self.region_of_interest(volume)
 
     @torch.no_grad()
     def predict(self, volume: torch.Tensor, overlap: float = 0.5) -> Dict[str, object]:

@@ -45,7 +45,7 @@ class _Predictor:
                                                            self._torch_forward, windows * len(flips))
 
     def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), _autocast(self.device, self.cpu_bf16):
             return self.net(x).float()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -59,9 +59,6 @@ class _Predictor:
             acc = p if acc is None else acc + p
         assert acc is not None  # at least the identity flip
         return acc / len(self.flips)
-
-    def _autocast(self):
-        return _autocast(self.device, self.cpu_bf16)
 
 
 def _autocast(device: torch.device, cpu_bf16: bool):
