@@ -37,7 +37,8 @@ under one CPU budget:
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v4-foldK`` (frozen), stage 2 a residual U-Net started from the same weights and
   trained on 1 mm patches with stage 1's probabilities as three more channels, each training
-  case's from the 2 mm fold model that held it out; exported as ``brats-glioma-cascade-v1-foldK``.
+  case's from the 2 mm fold model that held it out, at 3e-4 (stage 2 starts trained: the network's
+  1e-3 undid too much of it in a first 300-iteration run); exported as ``brats-glioma-cascade-v1-foldK``.
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ VARIANTS: Dict[str, Variant] = {
                            lr=3e-4, model_id="brats-glioma-v4", folds=True, fg_fraction=0.5, rare_weight=2.0),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from="brats-glioma-v4-fold{fold}",
-                              model_id="brats-glioma-cascade-v1", folds=True, fg_fraction=0.6, rare_weight=2.0,
+                              lr=3e-4, model_id="brats-glioma-cascade-v1", folds=True, fg_fraction=0.6, rare_weight=2.0,
                               kind="Coarse-to-fine cascade (2 mm residual U-Net, then 1 mm around the tumor)"),
 }
 
