@@ -11,9 +11,11 @@ stages of our DM-DA-Unet (:mod:`.dmda_unet`):
   2 mm), in sliding windows of ``coarse_window``; its sigmoid WT / TC / ET probabilities are
   interpolated back onto the 1 mm grid (:meth:`CoarseToFine.guide`);
 - stage 2, ``fine``: :class:`ResUNet` on the 1 mm volume with the three probabilities as extra
-  channels, run only in the box around stage 1's whole tumor plus ``margin`` voxels (at least one
-  patch where the volume allows); where stage 1 finds nothing, over the whole volume, so the cascade
-  never looks at less than stage 2 alone would.
+  channels, which corrects stage 1: its output is added to stage 1's logits (the probabilities'
+  logits), so the cascade's labels are stage 1's wherever stage 2 adds nothing. It runs only in the
+  box around stage 1's whole tumor plus ``margin`` voxels (at least one patch where the volume
+  allows); where stage 1 finds nothing, over the whole volume, so the cascade never looks at less
+  than stage 2 alone would.
 
 In training only stage 2 learns (stage 1 is a trained 2 mm model, frozen; stage 2 starts from the
 same weights, :meth:`CoarseToFine.start_from`); ``forward`` on a patch is stage 2, whose inputs are
@@ -24,8 +26,10 @@ Departures, with reasons: nnU-Net feeds stage 1's one-hot segmentation; we feed 
 preprocesses a second time at low resolution; we average the 1 mm working volume down (one
 preprocessing for both stages). nnU-Net runs stage 2 over the whole image; we run it around the
 tumor (the 1 mm brain is eight times the 2 mm one: on a CPU, the box is what makes 1 mm affordable).
-nnU-Net trains stage 2 from scratch; ours starts from stage 1's weights (on a 2-core CPU a shorter
-training has to suffice).
+nnU-Net trains stage 2 from scratch to predict the labels; ours predicts a correction to stage 1's
+logits and starts from stage 1's weights with zero output heads, i.e. from stage 1's own labels (on
+a 2-core CPU a shorter training has to suffice: a first run whose stage 2 predicted the labels
+itself, at the network's learning rate, fell below stage 1 after 300 iterations).
 """
 from __future__ import annotations
 
@@ -66,13 +70,16 @@ class CoarseToFine(SegmentationNetwork):
     @torch.no_grad()
     def start_from(self, stage1: SegmentationNetwork) -> None:
         """Both stages from a trained 2 mm :class:`ResUNet` of the same widths: stage 1 as it is;
-        stage 2 with the same weights and zero weights on the guide channels, so that it starts as
-        the 2 mm network run at 1 mm and learns from there how far to follow stage 1."""
+        stage 2 with the same features, zero weights on the guide channels and zero output heads,
+        so that the cascade starts as stage 1's own labels on the 1 mm grid and learns corrections."""
         state = stage1.state_dict()
         self.coarse.load_state_dict(state)
         fine = dict(state)
         stem = self.fine.state_dict()["stem.0.weight"]
         fine["stem.0.weight"] = torch.cat([state["stem.0.weight"], torch.zeros_like(stem[:, len(self.in_sequences):])], 1)
+        for name in fine:
+            if name.startswith(("head.", "ds_heads.")):
+                fine[name] = torch.zeros_like(fine[name])
         self.fine.load_state_dict(fine)
 
     def train(self, mode: bool = True) -> "CoarseToFine":
@@ -81,7 +88,13 @@ class CoarseToFine(SegmentationNetwork):
         return self
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return self.fine._forward(x)
+        out = self.fine._forward(x)
+        guide = x[:, -self.guide_channels:].float()
+        out["out"] = out["out"] + _logit(guide)
+        if "deep_supervision" in out:
+            out["deep_supervision"] = [d + _logit(F.avg_pool3d(guide, guide.shape[-1] // d.shape[-1]))
+                                       for d in out["deep_supervision"]]
+        return out
 
     def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
         return self.fine.loss(out, classes, epoch)
@@ -106,3 +119,8 @@ class CoarseToFine(SegmentationNetwork):
         g = self.guide(volume)
         box = box_around(g[0] > 0.5, self.margin, self.patch_size)
         return torch.cat([volume, g.to(volume.dtype)], 0), box
+
+
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    """Stage 1's logits back from its probabilities (clamped: a certain 0 or 1 stays finite)."""
+    return torch.logit(p.clamp(1e-4, 1 - 1e-4))

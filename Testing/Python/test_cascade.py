@@ -3,6 +3,7 @@
 import pytest
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 
 from BrainTumorSegLib.models import bundles
 from BrainTumorSegLib.networks import build
@@ -58,17 +59,27 @@ def test_stage1_stays_frozen_and_in_eval_mode():
     assert all(p.requires_grad for p in net.fine.parameters())
 
 
-def test_stage2_starts_as_the_2mm_network_whatever_stage1_says():
+def test_the_cascade_starts_as_stage1s_own_labels_and_stage2_learns_corrections():
     torch.manual_seed(0)
     stage1 = build("resunet", **SMALL).eval()
     net = build("coarse_to_fine", coarse=SMALL, fine=SMALL).eval()
     net.start_from(stage1)
     x = torch.randn(1, 4, 32, 32, 32)
     guide = torch.rand(1, 3, 32, 32, 32)
+    prior = torch.logit(guide.clamp(1e-4, 1 - 1e-4))
     with torch.no_grad():
         assert torch.equal(net.coarse(x), stage1(x))
-        torch.testing.assert_close(net(torch.cat([x, guide], 1)), stage1(x))  # the guide's weights start at zero
+        # zero heads: the output is stage 1's logits, whatever the sequences say
+        torch.testing.assert_close(net(torch.cat([x, guide], 1)), prior)
         assert not torch.equal(net.fine.stem[0].weight, torch.zeros_like(net.fine.stem[0].weight))
+    net.train()
+    out = net(torch.cat([x, guide], 1))
+    for d in out["deep_supervision"]:  # the coarser heads correct the guide averaged to their grid
+        k = 32 // d.shape[-1]
+        torch.testing.assert_close(d, torch.logit(F.avg_pool3d(guide, k).clamp(1e-4, 1 - 1e-4)))
+    target = torch.zeros(1, 32, 32, 32, dtype=torch.long)
+    net.loss(out, target, 0).backward()
+    assert net.fine.head.weight.grad.abs().sum() > 0  # stage 2 learns from the first step
 
 
 def test_a_cascade_bundle_segments_a_case_through_the_same_path(phantom_dir, tmp_path):
@@ -76,7 +87,7 @@ def test_a_cascade_bundle_segments_a_case_through_the_same_path(phantom_dir, tmp
     net = build("coarse_to_fine", coarse=SMALL, fine=SMALL, patch=32, coarse_window=32).eval()
     with torch.no_grad():
         net.coarse.head.bias.fill_(5.0)   # stage 1 sees tumor everywhere: stage 2 runs over the whole box
-        net.fine.head.bias.fill_(-10.0)   # and stage 2 finds none of it
+        net.fine.head.bias.fill_(-20.0)   # and stage 2 overrules it everywhere
     folder = bundles.save(net, str(tmp_path / "cascade"), {
         "id": "tiny-cascade", "version": "0", "network": "coarse_to_fine",
         "options": {"coarse": SMALL, "fine": SMALL, "patch": 32, "coarse_window": 32},
@@ -85,7 +96,7 @@ def test_a_cascade_bundle_segments_a_case_through_the_same_path(phantom_dir, tmp
     res = segment(case.sequences, folder, options=SegmentOptions(overlap=0.25))
     labels = sitk.GetArrayFromImage(res.labels)
     assert labels.shape == sitk.GetArrayFromImage(sitk.ReadImage(case.paths["t1ce"])).shape
-    assert not labels.any()  # stage 2 decides the labels, not stage 1
+    assert not labels.any()  # stage 2 corrects stage 1, here to nothing
     assert res.probabilities is not None and res.probabilities.shape[0] == 3
     assert res.probabilities.max() < 0.05
 
