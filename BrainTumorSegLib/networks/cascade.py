@@ -88,7 +88,7 @@ class CoarseToFine(SegmentationNetwork):
         return self
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out = self.fine._forward(x)
+        out: Dict = self.fine._forward(x)  # in training also a list of deep supervision logits
         guide = x[:, -self.guide_channels:].float()
         out["out"] = out["out"] + _logit(guide)
         if "deep_supervision" in out:
