@@ -34,6 +34,9 @@ under one CPU budget:
   ``2mm-cv`` run's bundles in ``$BRAINTUMORSEG_MODELS``) at a third of the learning rate, with half
   the patches centred on tumor and the eight low-grade, non-enhancing and little-enhancing cases
   drawn twice as often; exported as ``brats-glioma-v4-foldK``;
+- ``2mm-cv-longer``: each ``brats-glioma-v4-foldK`` trained on in the same way (a new cosine
+  schedule from 3e-4), the eight rare tumors drawn three times as often; exported as
+  ``brats-glioma-v5-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v4-foldK`` (frozen), stage 2 a residual U-Net started from the same weights and
   trained on 1 mm patches with stage 1's probabilities as three more channels, each training
@@ -147,6 +150,9 @@ VARIANTS: Dict[str, Variant] = {
     # rate, half the patches on tumor and the rare tumors drawn twice as often
     "2mm-cv-long": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v2-fold{fold}",
                            lr=3e-4, model_id="brats-glioma-v4", folds=True, fg_fraction=0.5, rare_weight=2.0),
+    # each v4 fold trained on again in the same way, the rare tumors drawn three times as often
+    "2mm-cv-longer": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v4-fold{fold}",
+                             lr=3e-4, model_id="brats-glioma-v5", folds=True, fg_fraction=0.5, rare_weight=3.0),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from="brats-glioma-v4-fold{fold}",
                               lr=3e-4, model_id="brats-glioma-cascade-v1", folds=True, fg_fraction=0.6, rare_weight=2.0,

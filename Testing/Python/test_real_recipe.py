@@ -140,13 +140,14 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
         save_tiny_bundle(np.random.default_rng(k).random((4, 32, 32, 32), np.float32), tmp_path / f"brats-glioma-v2-fold{k}",
                          model_id=f"brats-glioma-v2-fold{k}")
     monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(tmp_path))
-    for k in (0, 2):
-        p = plan(all_standins, "2mm-cv-long", 1, 1, 0, fold=k)
-        assert p.extra["initialised_from"]["id"] == f"brats-glioma-v2-fold{k}"  # never a model that saw fold k
-        assert p.extra["id"] == f"brats-glioma-v4-fold{k}" and p.cfg.fg_fraction == 0.5
-        rare = {c.case_id for c in p.train_cases if GRADES[c.case_id] != "HGG"}
-        assert set(p.cfg.case_weights) == rare and len(rare) >= 5 and set(p.cfg.case_weights.values()) == {2.0}
-        assert not rare & set(FOLDS[k])
+    for variant, start, made, weight in (("2mm-cv-long", "v2", "v4", 2.0), ("2mm-cv-longer", "v4", "v5", 3.0)):
+        for k in (0, 2):
+            p = plan(all_standins, variant, 1, 1, 0, fold=k)
+            assert p.extra["initialised_from"]["id"] == f"brats-glioma-{start}-fold{k}"  # never a model that saw fold k
+            assert p.extra["id"] == f"brats-glioma-{made}-fold{k}" and p.cfg.fg_fraction == 0.5
+            rare = {c.case_id for c in p.train_cases if GRADES[c.case_id] != "HGG"}
+            assert set(p.cfg.case_weights) == rare and len(rare) >= 5 and set(p.cfg.case_weights.values()) == {weight}
+            assert not rare & set(FOLDS[k])
     assert plan(all_standins, "2mm-cv", 1, 1, 0, fold=0).cfg.case_weights == {}
 
 
