@@ -62,6 +62,7 @@ class SegmentationNetwork(nn.Module):
     divisor: int = 16
     aux_outputs: Tuple[str, ...] = ()
     guide_channels: int = 0  # input channels after the sequences that a first stage makes (a cascade's)
+    guide_method: str = ""   # names how guide() makes them: in a training cache's key, so a change remakes it
     paper: str = ""
     # Submodule names (dotted): the contracting path, frozen by fine-tuning's --freeze-encoder, and
     # the blocks whose activations are recomputed in backward under gradient checkpointing.

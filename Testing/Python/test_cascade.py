@@ -1,5 +1,6 @@
 """The coarse-to-fine cascade: stage 1 on the volume averaged to 2 mm, its probabilities back on the
 1 mm grid as stage 2's extra channels, stage 2 only around the tumor; through ``segment``."""
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from BrainTumorSegLib.models import bundles
 from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.pipeline import segment
+from BrainTumorSegLib.preprocess.normalise import zscore
 from BrainTumorSegLib.read.cases import find_cases
 from BrainTumorSegLib.segment_options import SegmentOptions
 
@@ -32,6 +34,7 @@ def _cascade(margin: int = 4, patch: int = 16):
 def test_the_guide_lies_on_the_fine_grid_and_the_box_holds_the_tumor():
     net = _cascade()
     vol = torch.zeros(4, 41, 46, 37)  # odd sizes: padded to whole 2 mm voxels, cropped back
+    vol[3] = 1.0  # the brain
     vol[:3, 10:20, 12:24, 8:14] = 1.0  # a 'tumor' on 2 mm voxel boundaries
     guide = net.guide(vol)
     assert guide.shape == (3, 41, 46, 37)
@@ -43,6 +46,21 @@ def test_the_guide_lies_on_the_fine_grid_and_the_box_holds_the_tumor():
     for b, lo, hi, n in zip(box, (10, 12, 8), (20, 24, 14), vol.shape[1:]):
         assert b.start <= lo - 3 and b.stop >= hi + 3 and b.stop - b.start >= 16  # margin, and a patch at least
         assert b.stop - b.start < n  # but not the whole volume
+
+
+def test_stage1_sees_the_volume_as_its_own_2mm_preprocessing_makes_it():
+    """Resampled to 2 mm, then z-scored over the brain there (what a 2 mm model is given), not the
+    z-scores of 1 mm averaged: the two differ most at the brain's edge."""
+    g = torch.Generator().manual_seed(0)
+    zz, yy, xx = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in (40, 44, 36)), indexing="ij")
+    brain = ((zz - 20) / 16) ** 2 + ((yy - 22) / 19) ** 2 + ((xx - 18) / 15) ** 2 < 1
+    raw = torch.stack([torch.rand(brain.shape, generator=g) * s + 0.01 for s in (100, 300, 50, 200)]) * brain
+    at_1mm = torch.from_numpy(np.stack([zscore(c.numpy(), brain.numpy()) for c in raw]))
+    small = F.avg_pool3d(raw[None], 2)[0]  # linear resampling to the centres of 2 x 2 x 2 blocks
+    expected = torch.from_numpy(np.stack([zscore(c.numpy(), (small != 0).any(0).numpy()) for c in small]))
+    got = _cascade().coarse_volume(at_1mm)
+    torch.testing.assert_close(got, expected, atol=0.01, rtol=0)
+    assert (F.avg_pool3d(at_1mm[None], 2)[0] - expected).abs().max() > 0.5  # plain averaging would not do
 
 
 def test_where_stage1_finds_nothing_stage2_looks_everywhere():
