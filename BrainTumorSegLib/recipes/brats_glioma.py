@@ -38,10 +38,10 @@ under one CPU budget:
   schedule from 3e-4), the eight rare tumors drawn three times as often; exported as
   ``brats-glioma-v5-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
-  ``brats-glioma-v4-foldK`` (frozen), stage 2 a residual U-Net started from the same weights and
-  trained on 1 mm patches with stage 1's probabilities as three more channels, each training
-  case's from the 2 mm fold model that held it out, at 3e-4 (stage 2 starts trained: the network's
-  1e-3 undid too much of it in a first 300-iteration run); exported as ``brats-glioma-cascade-v1-foldK``.
+  ``brats-glioma-v4-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
+  started from the same weights with zero output heads (so from stage 1's own labels) and trained
+  on 1 mm patches with stage 1's probabilities as three more channels, each training case's from
+  the 2 mm fold model that held it out, at 3e-4; exported as ``brats-glioma-cascade-v1-foldK``.
 """
 from __future__ import annotations
 
