@@ -35,10 +35,10 @@ under one CPU budget:
   the patches centred on tumor and the eight low-grade, non-enhancing and little-enhancing cases
   drawn twice as often; exported as ``brats-glioma-v4-foldK``;
 - ``2mm-cv-longer``: each ``brats-glioma-v4-foldK`` trained on in the same way (a new cosine
-  schedule from 3e-4), the eight rare tumors drawn three times as often; exported as
-  ``brats-glioma-v5-foldK``;
+  schedule from 3e-4), the eight rare tumors drawn three times as often (no longer shipped: found
+  by name in ``$BRAINTUMORSEG_MODELS`` as above); exported as ``brats-glioma-v5-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
-  ``brats-glioma-v4-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
+  ``brats-glioma-v5-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
   on 1 mm patches with stage 1's probabilities as three more channels, each training case's from
   the 2 mm fold model that held it out, at 3e-4; exported as ``brats-glioma-cascade-v1-foldK``.
@@ -154,7 +154,7 @@ VARIANTS: Dict[str, Variant] = {
     "2mm-cv-longer": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v4-fold{fold}",
                              lr=3e-4, model_id="brats-glioma-v5", folds=True, fg_fraction=0.5, rare_weight=3.0),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
-                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v4-fold{fold}",
+                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v5-fold{fold}",
                               lr=3e-4, model_id="brats-glioma-cascade-v1", folds=True, fg_fraction=0.6, rare_weight=2.0,
                               kind="Coarse-to-fine cascade (2 mm residual U-Net, then 1 mm around the tumor)"),
 }
