@@ -94,6 +94,11 @@ class SegmentationNetwork(nn.Module):
         """The (guide_channels, z, y, x) channels a first stage adds to a (C, z, y, x) volume."""
         raise NotImplementedError(f"{type(self).__name__} has no first stage")  # pragma: no cover
 
+    def outside_box(self, data: torch.Tensor) -> torch.Tensor:
+        """The (out_channels, z, y, x) probabilities where :meth:`prepare`'s box keeps the windows
+        away, for the (C, z, y, x) volume it returned: none (a first stage may know better)."""
+        return torch.zeros((self.out_channels,) + tuple(data.shape[1:]), device=data.device)
+
     def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:
         """What the sliding window runs over, and where: the (C, z, y, x) volume with any
         ``guide_channels`` appended, and the box the windows go to (None: everywhere). A cascade

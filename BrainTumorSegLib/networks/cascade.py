@@ -15,8 +15,8 @@ stages of our DM-DA-Unet (:mod:`.dmda_unet`):
   channels, which corrects stage 1: its output is added to stage 1's logits (the probabilities'
   logits), so the cascade's labels are stage 1's wherever stage 2 adds nothing. It runs only in the
   box around stage 1's whole tumor plus ``margin`` voxels (at least one patch where the volume
-  allows); where stage 1 finds nothing, over the whole volume, so the cascade never looks at less
-  than stage 2 alone would.
+  allows), and outside it the cascade's probabilities are stage 1's; where stage 1 finds nothing,
+  stage 2 runs over the whole volume, so the cascade never looks at less than stage 2 alone would.
 
 In training only stage 2 learns (stage 1 is a trained 2 mm model, frozen; stage 2 starts from the
 same weights, :meth:`CoarseToFine.start_from`); ``forward`` on a patch is stage 2, whose inputs are
@@ -51,7 +51,6 @@ class CoarseToFine(SegmentationNetwork):
     out_channels = 3
     patch_size = (64, 64, 64)
     guide_channels = 3  # stage 1's WT, TC, ET probabilities, after the sequences
-    guide_method = "coarse-renormalised"  # stage 1 on the volume resampled, then z-scored (coarse_volume)
     aux_outputs = ResUNet.aux_outputs
     encoder_modules = ("fine.stem", "fine.stages")
     checkpoint_modules = ("fine.stages", "fine.decoders")
@@ -66,6 +65,8 @@ class CoarseToFine(SegmentationNetwork):
         self.coarse.requires_grad_(False)
         self.fine = ResUNet(in_channels=len(self.in_sequences) + self.guide_channels, **dict(fine or _WIDTHS))
         self.factor, self.margin, self.coarse_window = int(factor), int(margin), int(coarse_window)
+        # stage 1 on the volume resampled, then z-scored (coarse_volume), at this factor and window
+        self.guide_method = f"coarse-renormalised:{self.factor}:{self.coarse_window}"
         self.patch_size = (int(patch),) * 3
         self.divisor = self.fine.divisor
 
@@ -94,7 +95,7 @@ class CoarseToFine(SegmentationNetwork):
         guide = x[:, -self.guide_channels:].float()
         out["out"] = out["out"] + _logit(guide)
         if "deep_supervision" in out:
-            out["deep_supervision"] = [d + _logit(F.avg_pool3d(guide, guide.shape[-1] // d.shape[-1]))
+            out["deep_supervision"] = [d + _logit(F.adaptive_avg_pool3d(guide, d.shape[2:]))
                                        for d in out["deep_supervision"]]
         return out
 
@@ -139,6 +140,10 @@ class CoarseToFine(SegmentationNetwork):
         out[:, inside] = (vals - mean) / torch.where(std > 1e-8, std, torch.ones_like(std))
         return out
 
+    def outside_box(self, data: torch.Tensor) -> torch.Tensor:
+        """Stage 1's probabilities: the cascade's own wherever stage 2 did not look."""
+        return data[-self.guide_channels:].float()
+
     def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:
         """The sequences with stage 1's probabilities, and the box around its whole tumor."""
         g = self.guide(volume)
@@ -147,5 +152,7 @@ class CoarseToFine(SegmentationNetwork):
 
 
 def _logit(p: torch.Tensor) -> torch.Tensor:
-    """Stage 1's logits back from its probabilities (clamped: a certain 0 or 1 stays finite)."""
-    return torch.logit(p.clamp(1e-4, 1 - 1e-4))
+    """Stage 1's logits back from its probabilities (clamped: a certain 0 or 1 stays finite);
+    written with log and log1p, which OpenVINO converts (it has no ``aten::logit``)."""
+    p = p.clamp(1e-4, 1 - 1e-4)
+    return torch.log(p) - torch.log1p(-p)

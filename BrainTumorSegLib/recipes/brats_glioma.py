@@ -41,7 +41,7 @@ under one CPU budget:
   ``brats-glioma-v5-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
   on 1 mm patches with stage 1's probabilities as three more channels, each training case's from
-  the 2 mm fold model that held it out, at 3e-4; exported as ``brats-glioma-cascade-v1-foldK``.
+  the 2 mm fold model that held it out, at 3e-4; exported as ``brats-glioma-cascade-v2-foldK``.
 """
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ VARIANTS: Dict[str, Variant] = {
                              lr=3e-4, model_id="brats-glioma-v5", folds=True, fg_fraction=0.5, rare_weight=3.0),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from="brats-glioma-v5-fold{fold}",
-                              lr=3e-4, model_id="brats-glioma-cascade-v1", folds=True, fg_fraction=0.6, rare_weight=2.0,
+                              lr=3e-4, model_id="brats-glioma-cascade-v2", folds=True, fg_fraction=0.6, rare_weight=2.0,
                               kind="Coarse-to-fine cascade (2 mm residual U-Net, then 1 mm around the tumor)"),
 }
 

@@ -1,5 +1,6 @@
-"""The coarse-to-fine cascade: stage 1 on the volume averaged to 2 mm, its probabilities back on the
-1 mm grid as stage 2's extra channels, stage 2 only around the tumor; through ``segment``."""
+"""The coarse-to-fine cascade: stage 1 on the volume as a 2 mm preprocessing makes it, its
+probabilities back on the 1 mm grid as stage 2's extra channels, stage 2 correcting them only
+around the tumor; through ``segment``."""
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -55,12 +56,30 @@ def test_stage1_sees_the_volume_as_its_own_2mm_preprocessing_makes_it():
     zz, yy, xx = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in (40, 44, 36)), indexing="ij")
     brain = ((zz - 20) / 16) ** 2 + ((yy - 22) / 19) ** 2 + ((xx - 18) / 15) ** 2 < 1
     raw = torch.stack([torch.rand(brain.shape, generator=g) * s + 0.01 for s in (100, 300, 50, 200)]) * brain
+    raw[1] = 0  # a sequence not given: an empty channel
+    raw[2, 25:] = 0  # one covering only part of the brain
     at_1mm = torch.from_numpy(np.stack([zscore(c.numpy(), brain.numpy()) for c in raw]))
     small = F.avg_pool3d(raw[None], 2)[0]  # linear resampling to the centres of 2 x 2 x 2 blocks
     expected = torch.from_numpy(np.stack([zscore(c.numpy(), (small != 0).any(0).numpy()) for c in small]))
     got = _cascade().coarse_volume(at_1mm)
     torch.testing.assert_close(got, expected, atol=0.01, rtol=0)
     assert (F.avg_pool3d(at_1mm[None], 2)[0] - expected).abs().max() > 0.5  # plain averaging would not do
+
+
+def test_outside_the_box_the_cascade_gives_stage1s_probabilities(phantom_dir):
+    """Stage 2 runs only around the tumor; elsewhere the cascade's probabilities are its stage 1's,
+    not zero (they are averaged in ensembles and shown as uncertainty)."""
+    net = _cascade(margin=2, patch=16)
+    vol = torch.zeros(4, 48, 48, 48)
+    vol[3] = 1.0
+    vol[:3, 4:12, 4:12, 4:12] = 1.0
+    x, box = net.prepare(vol)
+    assert box is not None
+    outside = torch.ones(48, 48, 48, dtype=torch.bool)
+    outside[box] = False
+    guide = x[4:]
+    torch.testing.assert_close(net.outside_box(x)[:, outside], guide[:, outside])
+    assert guide[:, outside].max() > 0  # stage 1's small probabilities, kept
 
 
 def test_where_stage1_finds_nothing_stage2_looks_everywhere():

@@ -161,7 +161,7 @@ def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guide
                      cache_dir=str(tmp_path / "cache"), log=lambda *a: None)
     b = bundles.load(out)
     m = b.manifest.to_json()
-    assert m["id"] == "brats-glioma-cascade-v1-fold0" and m["network"] == "coarse_to_fine"
+    assert m["id"] == "brats-glioma-cascade-v2-fold0" and m["network"] == "coarse_to_fine"
     assert m["preprocessing"]["spacing_mm"] == 1.0 and m["initialised_from"]["id"] == "brats-glioma-v5-fold0"
     stage1 = bundles.load("brats-glioma-v5-fold0").network.state_dict()
     assert all(torch.equal(b.network.coarse.state_dict()[k], v) for k, v in stage1.items())  # frozen
