@@ -96,7 +96,8 @@ class SegmentationNetwork(nn.Module):
 
     def outside_box(self, data: torch.Tensor) -> torch.Tensor:
         """The (out_channels, z, y, x) probabilities where :meth:`prepare`'s box keeps the windows
-        away, for the (C, z, y, x) volume it returned: none (a first stage may know better)."""
+        away, for the (C, z, y, x) volume it returned: none (a first stage may know better). A new
+        tensor each time: the caller fills the box in."""
         return torch.zeros((self.out_channels,) + tuple(data.shape[1:]), device=data.device)
 
     def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:

@@ -142,7 +142,7 @@ class CoarseToFine(SegmentationNetwork):
 
     def outside_box(self, data: torch.Tensor) -> torch.Tensor:
         """Stage 1's probabilities: the cascade's own wherever stage 2 did not look."""
-        return data[-self.guide_channels:].float()
+        return data[-self.guide_channels:].float().clone()  # a new tensor, filled in by the caller
 
     def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:
         """The sequences with stage 1's probabilities, and the box around its whole tumor."""

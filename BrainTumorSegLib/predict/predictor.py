@@ -102,7 +102,7 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
                                progress=prog, cancel=cancel, out_device=out_device)
     if box is None:
         return probs
-    out = net.outside_box(data).to(out_device).clone()  # a new tensor: neither data nor an inference tensor
+    out = net.outside_box(data).to(out_device)
     out[(slice(None),) + box] = probs
     return out
 
