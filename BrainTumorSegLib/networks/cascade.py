@@ -36,10 +36,12 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..predict.sliding_window import sliding_window
+from ..preprocess.normalise import zscore
 from .base import Box, SegmentationNetwork, box_around
 from .resunet import ResUNet
 
@@ -126,7 +128,8 @@ class CoarseToFine(SegmentationNetwork):
         of 0.3-0.6 z at the edge, and stage 1's WT Dice 0.638 there fell to 0.565). Each sequence is
         taken back to a scale whose zero is the background's, with the brain's lowest value standing
         for zero (its true offset is not kept in the z-scores), averaged over ``factor``^3 blocks
-        (as linear resampling to the block centres does) and z-scored again."""
+        (as linear resampling to the block centres does) and z-scored again by preprocessing's own
+        :func:`~BrainTumorSegLib.preprocess.normalise.zscore`."""
         brain = (volume != 0).any(0)
         if not brain.any():
             return F.avg_pool3d(volume[None], self.factor)[0]
@@ -134,11 +137,8 @@ class CoarseToFine(SegmentationNetwork):
         raw = torch.where(brain, volume - low, torch.zeros((), dtype=volume.dtype))
         small = F.avg_pool3d(raw[None], self.factor)[0]
         inside = F.avg_pool3d(brain[None, None].float(), self.factor)[0, 0] > 0
-        vals = small[:, inside]
-        mean, std = vals.mean(1, keepdim=True), vals.std(1, unbiased=False, keepdim=True)
-        out = torch.zeros_like(small)
-        out[:, inside] = (vals - mean) / torch.where(std > 1e-8, std, torch.ones_like(std))
-        return out
+        mask = inside.cpu().numpy()
+        return torch.from_numpy(np.stack([zscore(c, mask) for c in small.cpu().numpy()])).to(volume.device)
 
     def outside_box(self, data: torch.Tensor) -> torch.Tensor:
         """Stage 1's probabilities: the cascade's own wherever stage 2 did not look."""

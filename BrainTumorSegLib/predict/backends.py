@@ -1,7 +1,7 @@
 """Inference backends for a network's windows on the CPU: torch, or OpenVINO (optional extra).
 
-OpenVINO runs the same network, exported once per weights (sha256), window and batch size, as an
-OpenVINO IR (``.xml`` graph and ``.bin`` weights: data, no code) in a cache folder
+OpenVINO runs the same network, exported once per weights (sha256), network code, window and batch
+size, as an OpenVINO IR (``.xml`` graph and ``.bin`` weights: data, no code) in a cache folder
 (``$BRAINTUMORSEG_CACHE`` or ``~/.braintumorseg/cache``), compiled for the CPU in fp32. ``auto``
 uses OpenVINO only on the CPU, only when it is installed, and only when it was measured faster
 than torch for that model, window, CPU and thread count, counting its start-up (reading and
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import platform
@@ -35,10 +36,23 @@ def cache_root() -> str:
     return os.environ.get("BRAINTUMORSEG_CACHE") or os.path.join(os.path.expanduser("~"), ".braintumorseg", "cache")
 
 
-def _key(weights_sha256: str, shape: Sequence[int]) -> str:
+def _code_digest(net: torch.nn.Module) -> str:
+    """The sha256 of the source files of this package's classes that ``net`` is made of: an exported
+    graph is the code's as much as the weights' (a cascade whose forward changed keeps its weights)."""
+    package = __name__.split(".")[0]
+    files = sorted({inspect.getsourcefile(cls) or "" for m in net.modules() for cls in type(m).__mro__
+                    if cls.__module__.split(".")[0] == package})
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def _key(net: torch.nn.Module, weights_sha256: str, shape: Sequence[int]) -> str:
     import openvino
 
-    text = f"{weights_sha256}|{'x'.join(map(str, shape))}|openvino {openvino.__version__}"
+    text = f"{weights_sha256}|{_code_digest(net)}|{'x'.join(map(str, shape))}|openvino {openvino.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -65,7 +79,7 @@ def openvino_forward(net: torch.nn.Module, weights_sha256: str, shape: Tuple[int
 
     folder = os.path.join(cache_root(), "openvino")
     os.makedirs(folder, exist_ok=True)
-    xml = os.path.join(folder, f"{_key(weights_sha256, shape)}.xml")
+    xml = os.path.join(folder, f"{_key(net, weights_sha256, shape)}.xml")
     if not (os.path.exists(xml) and os.path.exists(xml[:-4] + ".bin")):
         _export(net, shape, xml)
     core = ov.Core()
@@ -85,9 +99,9 @@ def openvino_forward(net: torch.nn.Module, weights_sha256: str, shape: Tuple[int
     return forward
 
 
-def _decision_file(weights_sha256: str, shape: Sequence[int]) -> str:
+def _decision_file(net: torch.nn.Module, weights_sha256: str, shape: Sequence[int]) -> str:
     cpu = platform.processor() or platform.machine()
-    text = f"{_key(weights_sha256, shape)}|{cpu}|{torch.get_num_threads()} threads|torch {torch.__version__}"
+    text = f"{_key(net, weights_sha256, shape)}|{cpu}|{torch.get_num_threads()} threads|torch {torch.__version__}"
     name = hashlib.sha256(text.encode()).hexdigest()[:24]
     return os.path.join(cache_root(), "openvino", f"{name}.decision.json")
 
@@ -112,7 +126,7 @@ def choose(backend: str, device: torch.device, net: torch.nn.Module, weights_sha
         raise InputError("openvino", 'is not installed; install it with pip install "BrainTumorSegLib[openvino]"')
     if backend == "openvino":
         return "openvino", openvino_forward(net, weights_sha256, shape)
-    decision = _decision_file(weights_sha256, shape)
+    decision = _decision_file(net, weights_sha256, shape)
     measured: Dict = {}
     if os.path.exists(decision):
         with open(decision, encoding="utf-8") as f:

@@ -369,7 +369,7 @@ def _out_of_fold_guide(cascade: CoarseToFine, coarse_from: str) -> Guide:
 
     digests = ",".join(bundles.read_manifest(bundles.resolve(coarse_from.format(fold=k))).weights_sha256[:12]
                        for k in range(len(FOLDS)))
-    return Guide(f"out-of-fold:{cascade.guide_method}:{digests}", channels)
+    return Guide.made("out-of-fold", cascade, digests, channels)
 
 
 def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print,

@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..labels import detect_scheme, labels_to_classes
+from ..networks.base import SegmentationNetwork
 from ..preprocess.grid import labels_to_working
 from ..preprocess.normalise import zscore
 from ..preprocess.transform import PreprocessOptions, preprocess
@@ -63,6 +64,13 @@ class Guide:
 
     key: str  # says which guide: another key, another cache file
     channels: Callable[[str, torch.Tensor], torch.Tensor]  # (case id, (C, z, y, x) sequences) -> (G, z, y, x)
+
+    @classmethod
+    def made(cls, source: str, net: SegmentationNetwork, weights: str,
+             channels: Callable[[str, torch.Tensor], torch.Tensor]) -> "Guide":
+        """A guide keyed by where its channels come from (``source``: "own", "out-of-fold"), how
+        ``net`` makes them (its ``guide_method``) and the digest of the ``weights`` that make them."""
+        return cls(f"{source}:{net.guide_method}:{weights}", channels)
 
 
 def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None, guide: Optional[Guide] = None) -> str:

@@ -97,7 +97,7 @@ def _cache(cases: Dict[str, Sequence[Case]], cache_dir: str, cfg: TrainConfig, d
 def _own_guide(net: SegmentationNetwork) -> Guide:
     """A cascade's guide channels made by its own first stage, keyed by its starting weights (the
     same again when a run resumes, whose checkpoint is loaded after caching)."""
-    return Guide(f"own:{net.guide_method}:{weights_digest(net)[:16]}", lambda case_id, volume: net.guide(volume))
+    return Guide.made("own", net, weights_digest(net)[:16], lambda case_id, volume: net.guide(volume))
 
 
 def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[Case]], out_dir: str, init_from: Optional[bundles.Bundle],

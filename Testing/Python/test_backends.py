@@ -46,6 +46,21 @@ def test_a_missing_openvino_is_one_line_naming_the_extra(monkeypatch):
     assert backends.choose("auto", torch.device("cpu"), net, "0" * 64, (1, 4, 32, 32, 32), net)[0] == "torch"
 
 
+def test_an_exported_graph_is_keyed_by_the_networks_code_as_well_as_its_weights(tmp_path, monkeypatch):
+    """Same weights under other code (a cascade whose forward changed) must not reuse an old graph."""
+    import BrainTumorSegLib.networks.resunet as resunet
+
+    net = build("resunet", **TINY)
+    before = backends._code_digest(net)
+    assert before != backends._code_digest(build("coarse_to_fine"))  # its own file counts too
+    edited = tmp_path / "resunet.py"
+    edited.write_text(open(resunet.__file__, encoding="utf-8").read() + "\n# edited\n", encoding="utf-8")
+    real = backends.inspect.getsourcefile
+    monkeypatch.setattr(backends.inspect, "getsourcefile",
+                        lambda obj: str(edited) if real(obj) == resunet.__file__ else real(obj))
+    assert backends._code_digest(net) != before
+
+
 @pytest.mark.slow
 def test_openvino_gives_the_labels_of_torch_fp32(phantom_case_dir, tmp_path, cache):
     import openvino  # noqa: F401 - fails loudly, never skips, when it is missing
