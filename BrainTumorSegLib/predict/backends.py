@@ -40,10 +40,9 @@ def _code_digest(net: torch.nn.Module) -> str:
     """The sha256 of the source files of this package's classes that ``net`` is made of: an exported
     graph is the code's as much as the weights' (a cascade whose forward changed keeps its weights)."""
     package = __name__.split(".")[0]
-    files = sorted({inspect.getsourcefile(cls) or "" for m in net.modules() for cls in type(m).__mro__
-                    if cls.__module__.split(".")[0] == package})
+    classes = {cls for m in net.modules() for cls in type(m).__mro__ if cls.__module__.split(".")[0] == package}
     digest = hashlib.sha256()
-    for path in files:
+    for path in sorted({f for f in (inspect.getsourcefile(cls) for cls in classes) if f}):
         with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()
