@@ -22,6 +22,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from ..errors import InputError
+from ..models.bundles import sha256_of
 from ..segment_options import BACKENDS
 from ..write.atomic import write_json
 
@@ -37,15 +38,11 @@ def cache_root() -> str:
 
 
 def _code_digest(net: torch.nn.Module) -> str:
-    """The sha256 of the source files of this package's classes that ``net`` is made of: an exported
+    """The sha256 of each source file of this package's classes that ``net`` is made of: an exported
     graph is the code's as much as the weights' (a cascade whose forward changed keeps its weights)."""
     package = __name__.split(".")[0]
     classes = {cls for m in net.modules() for cls in type(m).__mro__ if cls.__module__.split(".")[0] == package}
-    digest = hashlib.sha256()
-    for path in sorted({f for f in (inspect.getsourcefile(cls) for cls in classes) if f}):
-        with open(path, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()
+    return ",".join(sha256_of(f) for f in sorted({f for f in map(inspect.getsourcefile, classes) if f}))
 
 
 def _key(net: torch.nn.Module, weights_sha256: str, shape: Sequence[int]) -> str:
