@@ -43,6 +43,12 @@ def softmax_dice_ce(logits: torch.Tensor, classes: torch.Tensor,
     return soft_dice_loss(torch.softmax(logits, 1), onehot, weights) + F.cross_entropy(logits, classes.long())
 
 
-def sigmoid_dice_bce(logits: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """``regions``: (B, 3, ...) float masks WT, TC, ET."""
-    return soft_dice_loss(torch.sigmoid(logits), regions) + F.binary_cross_entropy_with_logits(logits, regions)
+def sigmoid_dice_bce(logits: torch.Tensor, regions: torch.Tensor,
+                     weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """``regions``: (B, 3, ...) float masks WT, TC, ET; ``weights`` (one per region, normalised to
+    sum 1 in both terms) make some regions count more than others."""
+    if weights is None:
+        return soft_dice_loss(torch.sigmoid(logits), regions) + F.binary_cross_entropy_with_logits(logits, regions)
+    w = torch.as_tensor(weights, dtype=logits.dtype, device=logits.device)
+    bce = F.binary_cross_entropy_with_logits(logits, regions, reduction="none").mean([0] + list(range(2, logits.dim())))
+    return soft_dice_loss(torch.sigmoid(logits), regions, weights) + (bce * w).sum() / w.sum()

@@ -16,7 +16,7 @@ dice or large-batch tricks, which belong to training.
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -57,6 +57,8 @@ class ResUNet(SegmentationNetwork):
     training_defaults = TrainingDefaults("adamw", 1e-3, 1e-4, "cosine",
                                          loss="region Dice + BCE, deep supervision weights 1, 0.5, 0.25")
     deep_supervision_weights = (0.5, 0.25)  # for the 1/2 and 1/4 resolution heads; the full one weighs 1
+    # WT, TC, ET weights of the loss's terms; a training run may set its own (TrainConfig.region_weights)
+    region_weights: Optional[Tuple[float, float, float]] = None
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3,
                  channels: Sequence[int] = (16, 32, 64, 128, 256),
@@ -82,9 +84,10 @@ class ResUNet(SegmentationNetwork):
 
     def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
         regions = regions_of(classes)
-        loss = sigmoid_dice_bce(out["out"], regions)
+        loss = sigmoid_dice_bce(out["out"], regions, self.region_weights)
         for weight, ds in zip(self.deep_supervision_weights, out.get("deep_supervision", [])):
-            loss = loss + weight * sigmoid_dice_bce(ds, F.interpolate(regions, size=ds.shape[2:], mode="nearest"))
+            small = F.interpolate(regions, size=ds.shape[2:], mode="nearest")
+            loss = loss + weight * sigmoid_dice_bce(ds, small, self.region_weights)
         return loss / (1 + sum(self.deep_supervision_weights))
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

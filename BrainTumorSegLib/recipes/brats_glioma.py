@@ -37,6 +37,9 @@ under one CPU budget:
 - ``2mm-cv-longer``: each ``brats-glioma-v4-foldK`` trained on in the same way (a new cosine
   schedule from 3e-4), the eight rare tumors drawn three times as often (no longer shipped: found
   by name in ``$BRAINTUMORSEG_MODELS`` as above); exported as ``brats-glioma-v5-foldK``;
+- ``2mm-cv-tc``: each ``brats-glioma-v5-foldK`` trained on as ``2mm-cv-longer`` trained it, the tumor
+  core's terms weighing twice the others in the loss (the non-enhancing core of low-grade tumors
+  was labelled edema); exported as ``brats-glioma-v6-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v5-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -125,6 +128,7 @@ class Variant:
     folds: bool = False             # trained per fold (--fold K), exported at the last epoch
     fg_fraction: float = 1 / 3      # share of patches centred on tumor
     rare_weight: float = 1.0        # sampling weight of the low-grade, non-enhancing and little-ET cases
+    region_weights: Optional[Tuple[float, float, float]] = None  # WT, TC, ET loss weights (None: the network's)
     network: str = "resunet"
     options: Optional[Dict] = None  # None: DEMO_OPTIONS
     # a cascade's stage 1: the 2 mm fold model of the same fold (for "{fold}"); every training case's
@@ -153,6 +157,10 @@ VARIANTS: Dict[str, Variant] = {
     # each v4 fold trained on again in the same way, the rare tumors drawn three times as often
     "2mm-cv-longer": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v4-fold{fold}",
                              lr=3e-4, model_id="brats-glioma-v5", folds=True, fg_fraction=0.5, rare_weight=3.0),
+    # each v5 fold trained on as v5 was, the tumor core counting twice in the loss (Dice and BCE)
+    "2mm-cv-tc": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v5-fold{fold}",
+                         lr=3e-4, model_id="brats-glioma-v6", folds=True, fg_fraction=0.5, rare_weight=3.0,
+                         region_weights=(1.0, 2.0, 1.0)),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from="brats-glioma-v5-fold{fold}",
                               lr=3e-4, model_id="brats-glioma-cascade-v2", folds=True, fg_fraction=0.6, rare_weight=2.0,
@@ -321,7 +329,7 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
     cfg = TrainConfig(network=v.network, options=v.options or DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
                       patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
                       clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
-                      fg_fraction=v.fg_fraction,
+                      fg_fraction=v.fg_fraction, region_weights=v.region_weights,
                       case_weights={c.case_id: v.rare_weight for c in train_cases
                                     if v.rare_weight != 1.0 and GRADES.get(c.case_id, HGG) != HGG})
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "

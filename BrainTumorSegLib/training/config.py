@@ -31,3 +31,6 @@ class TrainConfig:
     spacing: Optional[float] = None  # isotropic working spacing in mm (None: the reference grid's own)
     case_weights: Dict[str, float] = field(default_factory=dict)  # relative sampling weight by case id (others 1),
     #                                                                so that rare kinds of tumor are seen more often
+    # WT, TC, ET weights of a region-based loss (None: the network's own); only for networks that declare
+    # ``region_weights``
+    region_weights: Optional[Tuple[float, float, float]] = None

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .. import extras, progress
+from ..errors import InputError
 from ..models import bundles
 from ..networks import SegmentationNetwork, build, network_class
 from ..predict import devices
@@ -72,6 +73,10 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device, log: Log) -> Optional[tor
 def _network(cfg: TrainConfig, init_from: Optional[bundles.Bundle]) -> SegmentationNetwork:
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
     net = init_from.network if init_from is not None else build(cfg.network, **cfg.options)
+    if cfg.region_weights is not None:
+        if not hasattr(net, "region_weights"):
+            raise InputError(None, f"{type(net).__name__}'s loss has no region weights to set (region_weights)")
+        setattr(net, "region_weights", tuple(float(w) for w in cfg.region_weights))
     if cfg.freeze_encoder:
         for prm in net.encoder_parameters():
             prm.requires_grad_(False)
