@@ -76,7 +76,7 @@ def _network(cfg: TrainConfig, init_from: Optional[bundles.Bundle]) -> Segmentat
     if cfg.region_weights is not None:
         if not hasattr(net, "region_weights"):
             raise InputError(None, f"{type(net).__name__}'s loss has no region weights to set (region_weights)")
-        setattr(net, "region_weights", tuple(float(w) for w in cfg.region_weights))
+        setattr(net, "region_weights", tuple(float(w) for w in cfg.region_weights))  # noqa: B010 - typed nn.Module.__setattr__ takes tensors and modules
     if cfg.freeze_encoder:
         for prm in net.encoder_parameters():
             prm.requires_grad_(False)
