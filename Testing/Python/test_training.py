@@ -11,6 +11,7 @@ from conftest import run_cli
 
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.networks import build
+from BrainTumorSegLib.networks.losses import sigmoid_dice_bce
 from BrainTumorSegLib.read.cases import find_cases
 from BrainTumorSegLib.training import PatchDataset, TrainConfig, cache_case, check_cases, compute_loss, train
 from BrainTumorSegLib.training.data import CachedCase, cover_partially, sample_patch, simulate_thick_slices, vary_brain_mask
@@ -142,6 +143,29 @@ def test_a_few_steps_lower_the_loss(name, small_cases, tmp_path):
         opt.step()
         losses.append(loss.item())
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+
+
+def test_region_weights_make_one_region_count_more(small_cases, tmp_path):
+    regions = torch.zeros(1, 3, 8, 8, 8)
+    regions[:, :, 2:6, 2:6, 2:6] = 1
+    logits = (regions * 2 - 1) * 4
+    logits[:, 1] = -logits[:, 1]  # right on WT and ET, wrong on the tumor core
+    plain = sigmoid_dice_bce(logits, regions)
+    assert sigmoid_dice_bce(logits, regions, (1, 1, 1)) == pytest.approx(plain.item())
+    assert sigmoid_dice_bce(logits, regions, (1, 2, 1)) > plain * 1.2
+
+    cases = find_cases(small_cases)
+    losses = []
+    for weights in (None, (1.0, 2.0, 1.0)):
+        cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=1, iters_per_epoch=1, batch=1,
+                          patch=(32, 32, 32), seed=1, val_every=1, region_weights=weights)
+        train(cfg, cases[:1], cases[1:], str(tmp_path / str(weights)), log=lambda *a: None)
+        history = torch.load(tmp_path / str(weights) / "checkpoint_last.pt", weights_only=True)["history"]
+        losses.append(json.loads(history)[0]["train_loss"])
+    assert losses[0] != losses[1]  # same seed, same patch: only the weighting differs
+    cfg = TrainConfig(network="agse_vnet", epochs=1, iters_per_epoch=1, patch=(32, 32, 32), region_weights=(1, 2, 1))
+    with pytest.raises(InputError, match="region weights"):
+        train(cfg, cases[:1], cases[1:], str(tmp_path / "agse"), log=lambda *a: None)
 
 
 def test_resumed_run_ends_with_the_same_weights(small_cases, tmp_path):
