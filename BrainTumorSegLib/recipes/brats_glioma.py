@@ -129,6 +129,7 @@ class Variant:
     fg_fraction: float = 1 / 3      # share of patches centred on tumor
     rare_weight: float = 1.0        # sampling weight of the low-grade, non-enhancing and little-ET cases
     region_weights: Optional[Tuple[float, float, float]] = None  # WT, TC, ET loss weights (None: the network's)
+    augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS
     network: str = "resunet"
     options: Optional[Dict] = None  # None: DEMO_OPTIONS
     # a cascade's stage 1: the 2 mm fold model of the same fold (for "{fold}"); every training case's
@@ -329,7 +330,7 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
     cfg = TrainConfig(network=v.network, options=v.options or DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
                       patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
                       clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
-                      fg_fraction=v.fg_fraction, region_weights=v.region_weights,
+                      fg_fraction=v.fg_fraction, region_weights=v.region_weights, augmentation=v.augmentation,
                       case_weights={c.case_id: v.rare_weight for c in train_cases
                                     if v.rare_weight != 1.0 and GRADES.get(c.case_id, HGG) != HGG})
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "

@@ -34,3 +34,4 @@ class TrainConfig:
     # WT, TC, ET weights of a region-based loss (None: the network's own); only for networks that declare
     # ``region_weights``
     region_weights: Optional[Tuple[float, float, float]] = None
+    augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS

@@ -1,4 +1,4 @@
-"""Training data: case checks, the preprocessed cache, patch sampling and augmentation.
+"""Training data: case checks, the preprocessed cache, patch sampling (augmented by ``augmentation``).
 
 Determinism: every random choice of sample ``i`` in epoch ``e`` comes from a generator seeded
 with ``(seed, e, i)``, so a resumed run draws exactly the patches an uninterrupted one would.
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -16,18 +15,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
-from scipy import ndimage
 
 from ..errors import InputError
 from ..labels import detect_scheme, labels_to_classes
 from ..networks.base import SegmentationNetwork
 from ..preprocess.grid import labels_to_working
-from ..preprocess.normalise import zscore
 from ..preprocess.transform import PreprocessOptions, preprocess
 from ..read.cases import SEQUENCES, Case
 from ..read.images import read_image, same_grid
 from ..write.atomic import replacing
+from .augmentation import AUGMENTATIONS, augment, vary_brain_mask
 
 
 def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
@@ -157,114 +154,15 @@ def sample_patch(case: CachedCase, patch: Sequence[int], rng: np.random.Generato
     return _crop(case.data, start, patch).astype(np.float32), _crop(case.classes, start, patch)
 
 
-def vary_brain_mask(data: np.ndarray, classes: np.ndarray, rng: np.random.Generator,
-                    guide_channels: int = 0) -> np.ndarray:
-    """The case as if its brain mask were 1-2 voxels tighter (another skull stripping's
-    convention, e.g. HD-BET's on a clinical scan): the rim outside the eroded mask set to zero and
-    each sequence z-scored again inside it. Tumor voxels stay inside, as a brain extraction keeps
-    them. The cached data is already z-scored; z-scoring is affine, so doing it again over the new
-    mask gives what z-scoring the original intensities over that mask would."""
-    n = data.shape[0] - guide_channels  # a first stage's probabilities (last) stay as they are
-    mask = ndimage.binary_erosion(data[:n].any(0), iterations=int(rng.integers(1, 3))) | (classes > 0)
-    return np.concatenate([np.stack([zscore(d.astype(np.float32), mask) for d in data[:n]]),
-                           data[n:].astype(np.float32)])
-
-
-def simulate_thick_slices(x: np.ndarray, rng: np.random.Generator, spacing: Sequence[float],
-                          thickness_mm: Tuple[float, float] = (3.0, 7.0)) -> np.ndarray:
-    """Each sequence, with probability 0.6, as if acquired in thick slices along a random axis of
-    its own (as clinical sequences are, each on its own grid) and resampled back: averaged over
-    slabs of 3-7 mm, interpolated linearly, zeroed outside the brain again."""
-    brain = x.any(0)
-    for c in range(x.shape[0]):
-        if rng.random() >= 0.6:
-            continue
-        axis = int(rng.integers(3))
-        factor = rng.uniform(*thickness_mm) / spacing[axis]
-        if factor < 1.2:
-            continue
-        small = list(x.shape[1:])
-        small[axis] = max(2, int(round(small[axis] / factor)))
-        t = torch.from_numpy(np.ascontiguousarray(x[c]))[None, None]
-        low = F.interpolate(t, size=small, mode="area")
-        x[c] = F.interpolate(low, size=list(x.shape[1:]), mode="trilinear", align_corners=False)[0, 0].numpy() * brain
-    return x
-
-
-def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
-            domain_randomization: bool = False, thick_slices_spacing: Optional[Sequence[float]] = None,
-            guide_channels: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """Flips, rotation/scaling, intensity shift/scale, gamma, noise, blur, bias field,
-    sequence dropping; all from ``rng``. With ``thick_slices_spacing`` (the data's spacing in mm),
-    half the samples also get :func:`simulate_thick_slices`. The last ``guide_channels`` (a first
-    stage's probabilities) move with the sequences but keep their values."""
-    for ax in (1, 2, 3):
-        if rng.random() < 0.5:
-            x = np.flip(x, ax)
-            y = np.flip(y, ax - 1)
-    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
-    if rng.random() < 0.2:  # rotation about the axial axis and isotropic scaling
-        angle = rng.uniform(-0.5, 0.5)
-        scale = rng.uniform(0.85, 1.15)
-        c, s = math.cos(angle) / scale, math.sin(angle) / scale
-        theta = torch.tensor([[[1 / scale, 0, 0, 0], [0, c, -s, 0], [0, s, c, 0]]], dtype=torch.float32)
-        grid = F.affine_grid(theta, [1, 1, *y.shape], align_corners=False)
-        x = F.grid_sample(torch.from_numpy(x)[None], grid, mode="bilinear", align_corners=False)[0].numpy()
-        y = F.grid_sample(torch.from_numpy(y[None, None].astype(np.float32)), grid, mode="nearest",
-                          align_corners=False)[0, 0].numpy().astype(np.uint8)
-    guide = x[x.shape[0] - guide_channels:] if guide_channels else None
-    x = x[:x.shape[0] - guide_channels]
-    if thick_slices_spacing is not None and rng.random() < 0.5:
-        x = simulate_thick_slices(x, rng, thick_slices_spacing)
-    brain = x.any(0)
-    for c in range(x.shape[0]):
-        x[c] = x[c] * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
-        if rng.random() < 0.15:  # gamma on the channel's own range
-            lo, hi = x[c].min(), x[c].max()
-            if hi > lo:
-                x[c] = lo + (hi - lo) * ((x[c] - lo) / (hi - lo)) ** rng.uniform(0.7, 1.5)
-    if rng.random() < 0.15:
-        x = x + rng.normal(0, rng.uniform(0, 0.1), x.shape).astype(np.float32)
-    if rng.random() < 0.1:
-        from scipy.ndimage import gaussian_filter
-        x = gaussian_filter(x, (0,) + (rng.uniform(0.5, 1.0),) * 3).astype(np.float32)
-    if rng.random() < 0.15:  # smooth multiplicative bias field
-        zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in y.shape], indexing="ij")
-        a = rng.uniform(-0.3, 0.3, 3)
-        x = x * np.exp(a[0] * zz + a[1] * yy + a[2] * xx)[None]
-    if domain_randomization:  # random contrast per channel: rescaled, sometimes inverted, inside the brain
-        for c in range(x.shape[0]):
-            if rng.random() < 0.3:
-                x[c] = np.where(brain, (1 if rng.random() < 0.7 else -1) * x[c] * rng.uniform(0.5, 1.5), x[c])
-    if rng.random() < 0.1:  # drop one sequence, as if it were missing
-        x[rng.integers(x.shape[0])] = 0
-    elif rng.random() < 0.1:  # one sequence covering only a slab of the brain (a partial field of view)
-        x = cover_partially(x, int(rng.integers(x.shape[0])), rng)
-    if guide is not None:
-        x = np.concatenate([x, guide])
-    return x.astype(np.float32), y
-
-
-def cover_partially(x: np.ndarray, channel: int, rng: np.random.Generator) -> np.ndarray:
-    """``channel`` zeroed outside a random slab (30-80 % of the patch along a random axis), as a
-    sequence whose field of view misses part of the brain."""
-    axis = int(rng.integers(3))
-    n = x.shape[axis + 1]
-    width = int(round(n * rng.uniform(0.3, 0.8)))
-    start = int(rng.integers(0, n - width + 1))
-    keep = np.zeros(n, bool)
-    keep[start:start + width] = True
-    shape = [1, 1, 1]
-    shape[axis] = n
-    x[channel] = x[channel] * keep.reshape(shape)
-    return x
-
-
 class PatchDataset(torch.utils.data.Dataset):
     def __init__(self, cache_files: Sequence[str], patch: Sequence[int], batches: int, seed: int,
                  fg_fraction: float, domain_randomization: bool, replay_files: Sequence[str] = (),
                  replay_fraction: float = 0.0, clinical_augmentation: bool = False,
-                 weights: Optional[Sequence[float]] = None, guide_channels: int = 0) -> None:
+                 weights: Optional[Sequence[float]] = None, guide_channels: int = 0,
+                 augmentation: str = "standard") -> None:
+        if augmentation not in AUGMENTATIONS:
+            raise InputError(None, f"unknown augmentation {augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}")
+        self.augmentation = augmentation
         self.files = list(cache_files)
         if weights is not None and len(weights) != len(self.files):
             raise ValueError(f"{len(weights)} case weights for {len(self.files)} cases")
@@ -301,5 +199,6 @@ class PatchDataset(torch.utils.data.Dataset):
         if self.clinical and rng.random() < 0.3:
             case = CachedCase.like(case, vary_brain_mask(case.data, case.classes, rng, self.guide_channels))
         x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
-        x, y = augment(x, y, rng, self.dr, case.spacing if self.clinical else None, self.guide_channels)
+        x, y = augment(x, y, rng, self.dr, case.spacing if self.clinical else None, self.guide_channels,
+                       self.augmentation)
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))

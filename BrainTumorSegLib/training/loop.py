@@ -157,7 +157,7 @@ def _dataset(run: _Run):
                       cfg.seed, cfg.fg_fraction, cfg.domain_randomization, run.files["replay"], cfg.replay_fraction,
                       cfg.clinical_augmentation,
                       [cfg.case_weights.get(c, 1.0) for c in run.data_used["train"]] if cfg.case_weights else None,
-                      run.net.guide_channels)
+                      run.net.guide_channels, cfg.augmentation)
     sampler: Optional[torch.utils.data.distributed.DistributedSampler] = (
         torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
         if dist.world > 1 else None)

@@ -14,7 +14,15 @@ from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.networks.losses import sigmoid_dice_bce
 from BrainTumorSegLib.read.cases import find_cases
 from BrainTumorSegLib.training import PatchDataset, TrainConfig, cache_case, check_cases, compute_loss, train
-from BrainTumorSegLib.training.data import CachedCase, cover_partially, sample_patch, simulate_thick_slices, vary_brain_mask
+from BrainTumorSegLib.training.augmentation import (
+    AUGMENTATIONS,
+    Augmentation,
+    _spatial,
+    cover_partially,
+    simulate_thick_slices,
+    vary_brain_mask,
+)
+from BrainTumorSegLib.training.data import CachedCase, sample_patch
 
 SMALL = {"resunet": {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]},
          "agse_vnet": {"dropout": 0.0}}  # its 0.5 dropout makes 10 steps too noisy to compare
@@ -366,3 +374,32 @@ def test_partial_coverage_zeroes_one_sequence_outside_a_slab():
     # the kept part is one slab: along some axis every plane is either all kept or all zeroed
     others = [tuple(a for a in range(3) if a != ax) for ax in range(3)]
     assert any(np.all(kept.all(axis=o) | ~kept.any(axis=o)) for o in others)
+
+
+def test_rotation_about_every_axis_scaling_and_elastic_move_labels_with_the_sequences():
+    """The nnU-Net set's spatial step, forced on: a sphere off centre moves out of its place along
+    every axis (not only in the standard set's one plane), and the labels move with the sequences."""
+    zz, yy, xx = np.meshgrid(*[np.arange(32)] * 3, indexing="ij")
+    y = (((zz - 12) ** 2 + (yy - 14) ** 2 + (xx - 19) ** 2) < 49).astype(np.uint8) * 2
+    x = np.repeat((y > 0).astype(np.float32)[None], 4, 0)
+    forced = Augmentation(rotate_p=1.0, all_axes=True, max_angle=0.5, scale=(0.8, 1.2), scale_p=1.0, elastic_p=1.0)
+    moved_along = np.zeros(3, bool)
+    for seed in range(6):
+        xo, yo = _spatial(x.copy(), y.copy(), np.random.default_rng(seed), forced)
+        assert set(np.unique(yo)) <= {0, 2}
+        assert ((xo[0] > 0.5) == (yo > 0)).mean() > 0.98  # labels where the sequences put the tumor
+        centre, centre0 = np.argwhere(yo > 0).mean(0), np.argwhere(y > 0).mean(0)
+        moved_along |= np.abs(centre - centre0) > 1.0
+    assert moved_along.all(), moved_along
+    assert AUGMENTATIONS["nnunet"].all_axes and AUGMENTATIONS["nnunet"].elastic_p > 0
+    assert not AUGMENTATIONS["standard"].all_axes
+
+
+def test_augmentation_set_is_chosen_by_name(small_cases, tmp_path):
+    files = [cache_case(c, str(tmp_path)) for c in find_cases(small_cases)]
+    standard = PatchDataset(files, (32, 32, 32), 8, seed=0, fg_fraction=0.5, domain_randomization=False)
+    nnunet = PatchDataset(files, (32, 32, 32), 8, seed=0, fg_fraction=0.5, domain_randomization=False,
+                          augmentation="nnunet")
+    assert any(not torch.equal(standard[i][0], nnunet[i][0]) for i in range(8))
+    with pytest.raises(InputError, match="unknown augmentation 'heavy'"):
+        PatchDataset(files, (32, 32, 32), 1, seed=0, fg_fraction=0.5, domain_randomization=False, augmentation="heavy")

@@ -1,0 +1,215 @@
+"""Augmentation of training patches: the named sets of spatial and intensity changes, and the
+clinical ones (thick slices, tighter brain masks, partial fields of view).
+
+``standard`` is the set every model so far was trained with. ``nnunet`` follows nnU-Net's default
+3D set (Isensee F et al., nnU-Net, Nature Methods 18:203-211, 2021, Supplementary Note 4, Table 4:
+rotation about every axis and scaling, each with probability 0.2; Gaussian noise 0.1; blur 0.2;
+contrast 0.15; simulated low resolution 0.25; gamma 0.3, inverted gamma 0.1; mirroring on every
+axis), with an elastic deformation (probability 0.2), which nnU-Net has but leaves off for 3D.
+Departures: brightness stays ours (every channel scaled by 0.9-1.1 and shifted by +-0.1, where
+nnU-Net scales by 0.75-1.25 with probability 0.15); the smooth bias field and the sequence
+dropping of ``standard`` stay on; upsampling after the low-resolution step is trilinear (nnU-Net:
+cubic).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ..preprocess.normalise import zscore
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Probabilities (per patch) and ranges of one augmentation set."""
+    rotate_p: float = 0.2
+    all_axes: bool = False                       # rotate about every axis (else the axial axis only)
+    max_angle: float = 0.5                       # radians
+    scale: Tuple[float, float] = (0.85, 1.15)
+    scale_p: float = 0.0                         # > 0: scaling drawn apart from rotation, with this probability
+    elastic_p: float = 0.0
+    gamma_p: float = 0.15
+    inverted_gamma_p: float = 0.0
+    contrast_p: float = 0.0
+    low_resolution_p: float = 0.0
+    noise_p: float = 0.15
+    blur_p: float = 0.1
+
+
+AUGMENTATIONS: Dict[str, Augmentation] = {
+    "standard": Augmentation(),
+    "nnunet": Augmentation(all_axes=True, max_angle=math.radians(30), scale=(0.7, 1.4), scale_p=0.2, elastic_p=0.2,
+                           gamma_p=0.3, inverted_gamma_p=0.1, contrast_p=0.15, low_resolution_p=0.25, noise_p=0.1,
+                           blur_p=0.2),
+}
+
+
+def vary_brain_mask(data: np.ndarray, classes: np.ndarray, rng: np.random.Generator,
+                    guide_channels: int = 0) -> np.ndarray:
+    """The case as if its brain mask were 1-2 voxels tighter (another skull stripping's
+    convention, e.g. HD-BET's on a clinical scan): the rim outside the eroded mask set to zero and
+    each sequence z-scored again inside it. Tumor voxels stay inside, as a brain extraction keeps
+    them. The cached data is already z-scored; z-scoring is affine, so doing it again over the new
+    mask gives what z-scoring the original intensities over that mask would."""
+    n = data.shape[0] - guide_channels  # a first stage's probabilities (last) stay as they are
+    mask = ndimage.binary_erosion(data[:n].any(0), iterations=int(rng.integers(1, 3))) | (classes > 0)
+    return np.concatenate([np.stack([zscore(d.astype(np.float32), mask) for d in data[:n]]),
+                           data[n:].astype(np.float32)])
+
+
+def simulate_thick_slices(x: np.ndarray, rng: np.random.Generator, spacing: Sequence[float],
+                          thickness_mm: Tuple[float, float] = (3.0, 7.0)) -> np.ndarray:
+    """Each sequence, with probability 0.6, as if acquired in thick slices along a random axis of
+    its own (as clinical sequences are, each on its own grid) and resampled back: averaged over
+    slabs of 3-7 mm, interpolated linearly, zeroed outside the brain again."""
+    brain = x.any(0)
+    for c in range(x.shape[0]):
+        if rng.random() >= 0.6:
+            continue
+        axis = int(rng.integers(3))
+        factor = rng.uniform(*thickness_mm) / spacing[axis]
+        if factor < 1.2:
+            continue
+        small = list(x.shape[1:])
+        small[axis] = max(2, int(round(small[axis] / factor)))
+        t = torch.from_numpy(np.ascontiguousarray(x[c]))[None, None]
+        low = F.interpolate(t, size=small, mode="area")
+        x[c] = F.interpolate(low, size=list(x.shape[1:]), mode="trilinear", align_corners=False)[0, 0].numpy() * brain
+    return x
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    """The 3 x 3 rotation about the three axes by ``angles`` in turn."""
+    m = np.eye(3)
+    for axis, angle in enumerate(angles):
+        c, s = math.cos(angle), math.sin(angle)
+        r = np.eye(3)
+        i, j = [k for k in range(3) if k != axis]
+        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+        m = r @ m
+    return m
+
+
+def _spatial(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, aug: Augmentation) -> Tuple[np.ndarray, np.ndarray]:
+    """Rotation, scaling and elastic deformation, one resampling for all of them (linear for the
+    channels, nearest for the classes)."""
+    theta = None
+    if not aug.all_axes:  # the standard set's draws, in its order
+        if rng.random() < aug.rotate_p:
+            angle = rng.uniform(-aug.max_angle, aug.max_angle)
+            scale = rng.uniform(*aug.scale)
+            c, s = math.cos(angle) / scale, math.sin(angle) / scale
+            theta = np.array([[1 / scale, 0, 0], [0, c, -s], [0, s, c]])
+    else:
+        rotate, rescale = rng.random() < aug.rotate_p, rng.random() < aug.scale_p
+        if rotate or rescale:
+            m = _rotation(rng.uniform(-aug.max_angle, aug.max_angle, 3)) if rotate else np.eye(3)
+            theta = m / (rng.uniform(*aug.scale) if rescale else 1.0)
+    elastic = aug.elastic_p > 0 and rng.random() < aug.elastic_p
+    if theta is None and not elastic:
+        return x, y
+    full = torch.zeros(1, 3, 4, dtype=torch.float32)  # affine_grid's (x, y, z) order: the standard set's axis is x
+    full[0, :, :3] = torch.from_numpy(theta if theta is not None else np.eye(3))
+    grid = F.affine_grid(full, [1, 1, *y.shape], align_corners=False)
+    if elastic:  # a smooth displacement: noise on a coarse lattice, upsampled, up to about 2 voxels
+        coarse = torch.from_numpy(rng.normal(0, 1, (1, 3) + tuple(max(2, n // 16) for n in y.shape)).astype(np.float32))
+        field = F.interpolate(coarse, size=list(y.shape), mode="trilinear", align_corners=False)[0]
+        amplitude = rng.uniform(0.5, 2.0) * 2 / torch.tensor(list(y.shape)[::-1], dtype=torch.float32)
+        grid = grid + field.permute(1, 2, 3, 0) * amplitude
+    x = F.grid_sample(torch.from_numpy(x)[None], grid, mode="bilinear", align_corners=False)[0].numpy()
+    y = F.grid_sample(torch.from_numpy(y[None, None].astype(np.float32)), grid, mode="nearest",
+                      align_corners=False)[0, 0].numpy().astype(np.uint8)
+    return x, y
+
+
+def _low_resolution(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each channel, with probability 0.5, taken to 0.5-1 times its resolution (nearest) and back (linear)."""
+    for c in range(x.shape[0]):
+        if rng.random() < 0.5:
+            zoom = rng.uniform(0.5, 1.0)
+            t = torch.from_numpy(np.ascontiguousarray(x[c]))[None, None]
+            low = F.interpolate(t, size=[max(2, int(round(n * zoom))) for n in x.shape[1:]], mode="nearest")
+            x[c] = F.interpolate(low, size=list(x.shape[1:]), mode="trilinear", align_corners=False)[0, 0].numpy()
+    return x
+
+
+def _gamma(v: np.ndarray, rng: np.random.Generator, inverted: bool) -> np.ndarray:
+    """Gamma 0.7-1.5 on the channel's own range; ``inverted``: on the negated channel."""
+    v = -v if inverted else v
+    lo, hi = v.min(), v.max()
+    if hi > lo:
+        v = lo + (hi - lo) * ((v - lo) / (hi - lo)) ** rng.uniform(0.7, 1.5)
+    return -v if inverted else v
+
+
+def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+            domain_randomization: bool = False, thick_slices_spacing: Optional[Sequence[float]] = None,
+            guide_channels: int = 0, augmentation: str = "standard") -> Tuple[np.ndarray, np.ndarray]:
+    """Flips, rotation/scaling (and elastic deformation), intensity shift/scale, contrast, gamma,
+    noise, blur, low resolution, bias field, sequence dropping, as ``augmentation`` (a key of
+    ``AUGMENTATIONS``) draws them from ``rng``. With ``thick_slices_spacing`` (the data's spacing
+    in mm), half the samples also get :func:`simulate_thick_slices`. The last ``guide_channels``
+    (a first stage's probabilities) move with the sequences but keep their values."""
+    aug = AUGMENTATIONS[augmentation]
+    for ax in (1, 2, 3):
+        if rng.random() < 0.5:
+            x = np.flip(x, ax)
+            y = np.flip(y, ax - 1)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    x, y = _spatial(x, y, rng, aug)
+    guide = x[x.shape[0] - guide_channels:] if guide_channels else None
+    x = x[:x.shape[0] - guide_channels]
+    if thick_slices_spacing is not None and rng.random() < 0.5:
+        x = simulate_thick_slices(x, rng, thick_slices_spacing)
+    brain = x.any(0)
+    for c in range(x.shape[0]):
+        x[c] = x[c] * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+        if aug.contrast_p and rng.random() < aug.contrast_p:  # contrast about the mean, within the old range
+            lo, hi, mean = x[c].min(), x[c].max(), x[c].mean()
+            x[c] = np.clip((x[c] - mean) * rng.uniform(0.75, 1.25) + mean, lo, hi)
+        if aug.inverted_gamma_p and rng.random() < aug.inverted_gamma_p:
+            x[c] = _gamma(x[c], rng, inverted=True)
+        if rng.random() < aug.gamma_p:
+            x[c] = _gamma(x[c], rng, inverted=False)
+    if rng.random() < aug.noise_p:
+        x = x + rng.normal(0, rng.uniform(0, 0.1), x.shape).astype(np.float32)
+    if rng.random() < aug.blur_p:
+        x = ndimage.gaussian_filter(x, (0,) + (rng.uniform(0.5, 1.0),) * 3).astype(np.float32)
+    if aug.low_resolution_p and rng.random() < aug.low_resolution_p:
+        x = _low_resolution(x, rng)
+    if rng.random() < 0.15:  # smooth multiplicative bias field
+        zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in y.shape], indexing="ij")
+        a = rng.uniform(-0.3, 0.3, 3)
+        x = x * np.exp(a[0] * zz + a[1] * yy + a[2] * xx)[None]
+    if domain_randomization:  # random contrast per channel: rescaled, sometimes inverted, inside the brain
+        for c in range(x.shape[0]):
+            if rng.random() < 0.3:
+                x[c] = np.where(brain, (1 if rng.random() < 0.7 else -1) * x[c] * rng.uniform(0.5, 1.5), x[c])
+    if rng.random() < 0.1:  # drop one sequence, as if it were missing
+        x[rng.integers(x.shape[0])] = 0
+    elif rng.random() < 0.1:  # one sequence covering only a slab of the brain (a partial field of view)
+        x = cover_partially(x, int(rng.integers(x.shape[0])), rng)
+    if guide is not None:
+        x = np.concatenate([x, guide])
+    return x.astype(np.float32), y
+
+
+def cover_partially(x: np.ndarray, channel: int, rng: np.random.Generator) -> np.ndarray:
+    """``channel`` zeroed outside a random slab (30-80 % of the patch along a random axis), as a
+    sequence whose field of view misses part of the brain."""
+    axis = int(rng.integers(3))
+    n = x.shape[axis + 1]
+    width = int(round(n * rng.uniform(0.3, 0.8)))
+    start = int(rng.integers(0, n - width + 1))
+    keep = np.zeros(n, bool)
+    keep[start:start + width] = True
+    shape = [1, 1, 1]
+    shape[axis] = n
+    x[channel] = x[channel] * keep.reshape(shape)
+    return x
