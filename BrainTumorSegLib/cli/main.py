@@ -89,7 +89,8 @@ def _train_config(args: argparse.Namespace, network: str = "resunet", options: O
                        seed=args.seed, val_every=args.val_every, workers=args.workers, amp=args.amp,
                        domain_randomization=args.domain_randomization, device=args.device,
                        gradient_checkpointing=args.gradient_checkpointing,
-                       clinical_augmentation=args.clinical_augmentation)
+                       clinical_augmentation=args.clinical_augmentation, augmentation=args.augmentation,
+                       region_weights=tuple(args.region_weights) if args.region_weights else None)
 
 
 def _split(args: argparse.Namespace):
@@ -312,6 +313,11 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
     t.add_argument("--domain-randomization", action="store_true", help="random contrast per sequence (synthetic data)")
     t.add_argument("--clinical-augmentation", action="store_true",
                    help="thick slices along an axis per sequence and tighter brain masks (for clinical scans)")
+    t.add_argument("--augmentation", default="standard",
+                   help="augmentation set: standard, or nnunet (rotation about every axis, scaling, elastic, "
+                        "contrast, low resolution; docs/training.md)")
+    t.add_argument("--region-weights", type=float, nargs=3, metavar=("WT", "TC", "ET"),
+                   help="weights of the WT, TC and ET terms of a region-based loss (resunet), e.g. 1 2 1")
 
 
 def _add_training_commands(sub) -> None:

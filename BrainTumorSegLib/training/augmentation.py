@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..errors import InputError
 from ..preprocess.normalise import zscore
 
 
@@ -82,6 +83,13 @@ def simulate_thick_slices(x: np.ndarray, rng: np.random.Generator, spacing: Sequ
         low = F.interpolate(t, size=small, mode="area")
         x[c] = F.interpolate(low, size=list(x.shape[1:]), mode="trilinear", align_corners=False)[0, 0].numpy() * brain
     return x
+
+
+def augmentation_set(name: str) -> Augmentation:
+    """The set called ``name``; a one-line error for an unknown one."""
+    if name not in AUGMENTATIONS:
+        raise InputError(None, f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    return AUGMENTATIONS[name]
 
 
 def _rotation(angles: np.ndarray) -> np.ndarray:
@@ -156,7 +164,7 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
     ``AUGMENTATIONS``) draws them from ``rng``. With ``thick_slices_spacing`` (the data's spacing
     in mm), half the samples also get :func:`simulate_thick_slices`. The last ``guide_channels``
     (a first stage's probabilities) move with the sequences but keep their values."""
-    aug = AUGMENTATIONS[augmentation]
+    aug = augmentation_set(augmentation)
     for ax in (1, 2, 3):
         if rng.random() < 0.5:
             x = np.flip(x, ax)

@@ -24,7 +24,7 @@ from ..preprocess.transform import PreprocessOptions, preprocess
 from ..read.cases import SEQUENCES, Case
 from ..read.images import read_image, same_grid
 from ..write.atomic import replacing
-from .augmentation import AUGMENTATIONS, augment, vary_brain_mask
+from .augmentation import augment, augmentation_set, vary_brain_mask
 
 
 def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
@@ -160,8 +160,7 @@ class PatchDataset(torch.utils.data.Dataset):
                  replay_fraction: float = 0.0, clinical_augmentation: bool = False,
                  weights: Optional[Sequence[float]] = None, guide_channels: int = 0,
                  augmentation: str = "standard") -> None:
-        if augmentation not in AUGMENTATIONS:
-            raise InputError(None, f"unknown augmentation {augmentation!r}; choose one of {', '.join(AUGMENTATIONS)}")
+        augmentation_set(augmentation)  # an unknown name fails here, not at the first patch
         self.augmentation = augmentation
         self.files = list(cache_files)
         if weights is not None and len(weights) != len(self.files):

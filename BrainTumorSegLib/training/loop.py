@@ -24,6 +24,7 @@ from ..networks import SegmentationNetwork, build, network_class
 from ..predict import devices
 from ..read.cases import Case
 from ..write.atomic import write_json
+from .augmentation import augmentation_set
 from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
 from .config import TrainConfig
 from .data import Guide, PatchDataset, cache_case
@@ -107,6 +108,7 @@ def _own_guide(net: SegmentationNetwork) -> Guide:
 
 def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[Case]], out_dir: str, init_from: Optional[bundles.Bundle],
            log: Log, cache_dir: Optional[str], guide: Optional[Guide] = None) -> _Run:
+    augmentation_set(cfg.augmentation)  # an unknown name fails before caching
     dist, device = init_distributed(cfg.device)
     if not dist.main:
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job

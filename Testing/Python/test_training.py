@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import run_cli
+from conftest import cli_main, run_cli
 
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.networks import build
@@ -403,3 +403,6 @@ def test_augmentation_set_is_chosen_by_name(small_cases, tmp_path):
     assert any(not torch.equal(standard[i][0], nnunet[i][0]) for i in range(8))
     with pytest.raises(InputError, match="unknown augmentation 'heavy'"):
         PatchDataset(files, (32, 32, 32), 1, seed=0, fg_fraction=0.5, domain_randomization=False, augmentation="heavy")
+    r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run"), "--augmentation", "heavy")
+    assert r.returncode == 2 and "unknown augmentation 'heavy'; choose one of standard, nnunet" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()  # fails before caching
