@@ -40,6 +40,9 @@ under one CPU budget:
 - ``2mm-cv-tc``: each ``brats-glioma-v5-foldK`` trained on as ``2mm-cv-longer`` trained it, the tumor
   core's terms weighing twice the others in the loss (the non-enhancing core of low-grade tumors
   was labelled edema); exported as ``brats-glioma-v6-foldK``;
+- ``2mm-cv-nnaug``: each ``brats-glioma-v5-foldK`` trained on as ``2mm-cv-longer`` trained it, with
+  nnU-Net's augmentation set (``training.augmentation``) instead of ours; exported as
+  ``brats-glioma-v7-foldK`` (an augmentation arm beside ``2mm-cv-tc``: both add 400 iterations to v5);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v5-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -162,6 +165,10 @@ VARIANTS: Dict[str, Variant] = {
     "2mm-cv-tc": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v5-fold{fold}",
                          lr=3e-4, model_id="brats-glioma-v6", folds=True, fg_fraction=0.5, rare_weight=3.0,
                          region_weights=(1.0, 2.0, 1.0)),
+    # each v5 fold trained on as v5 was, with nnU-Net's augmentation set instead of ours
+    "2mm-cv-nnaug": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v5-fold{fold}",
+                            lr=3e-4, model_id="brats-glioma-v7", folds=True, fg_fraction=0.5, rare_weight=3.0,
+                            augmentation="nnunet"),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from="brats-glioma-v5-fold{fold}",
                               lr=3e-4, model_id="brats-glioma-cascade-v2", folds=True, fg_fraction=0.6, rare_weight=2.0,
