@@ -36,6 +36,7 @@ _SPECIAL = {"Brats18_TCIA10_628_1": LGG, "Brats18_TCIA10_637_1": LGG, "Brats18_T
             "BraTS2021_01477": NO_ET, "BraTS2021_01480": NO_ET, "BraTS2021_01484": NO_ET,
             "BraTS2021_01476": LITTLE_ET, "BraTS2021_01478": LITTLE_ET}
 GRADES: Dict[str, str] = {c: _SPECIAL.get(c, HGG) for fold in FOLDS for c in fold}
+FOLD_OF: Dict[str, int] = {c: k for k, fold in enumerate(FOLDS) for c in fold}  # the fold that holds a case out
 
 
 def institution(case_id: str) -> str:

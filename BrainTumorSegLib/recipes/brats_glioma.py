@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..evaluation.cross_validation import FOLDS, GRADES, HGG, grade_summary
+from ..evaluation.cross_validation import FOLD_OF, FOLDS, GRADES, HGG, grade_summary
 from ..evaluation.real_validation import RawLabels, score_raw, segment_raw, validate_bundle
 from ..labels import REGIONS
 from ..models import bundles
@@ -378,7 +378,7 @@ def _out_of_fold_guide(cascade: CoarseToFine, coarse_from: str) -> Guide:
     nets: Dict[int, SegmentationNetwork] = {}
 
     def channels(case_id: str, volume: torch.Tensor) -> torch.Tensor:
-        k = next(i for i, f in enumerate(FOLDS) if case_id in f)
+        k = FOLD_OF[case_id]
         if k not in nets:
             nets[k] = bundles.load(coarse_from.format(fold=k)).network
         return cascade.guide(volume, nets[k])
