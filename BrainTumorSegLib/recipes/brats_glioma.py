@@ -36,18 +36,21 @@ under one CPU budget:
   drawn twice as often; exported as ``brats-glioma-v4-foldK``;
 - ``2mm-cv-longer``: each ``brats-glioma-v4-foldK`` trained on in the same way (a new cosine
   schedule from 3e-4), the eight rare tumors drawn three times as often (no longer shipped: found
-  by name in ``$BRAINTUMORSEG_MODELS`` as above); exported as ``brats-glioma-v5-foldK``;
+  by name in ``$BRAINTUMORSEG_MODELS`` as above); exported as ``brats-glioma-v5-foldK`` (no longer
+  shipped either);
 - ``2mm-cv-tc``: each ``brats-glioma-v5-foldK`` trained on as ``2mm-cv-longer`` trained it, the tumor
   core's terms weighing twice the others in the loss (the non-enhancing core of low-grade tumors
-  was labelled edema); exported as ``brats-glioma-v6-foldK``;
+  was labelled edema); the ``brats-glioma-v5-foldK`` found by name as above; exported as
+  ``brats-glioma-v6-foldK``, the default's members;
 - ``2mm-cv-nnaug``: each ``brats-glioma-v5-foldK`` trained on as ``2mm-cv-longer`` trained it, with
   nnU-Net's augmentation set (``training.augmentation``) instead of ours; exported as
   ``brats-glioma-v7-foldK`` (an augmentation arm beside ``2mm-cv-tc``: both add 400 iterations to v5);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
-  ``brats-glioma-v5-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
+  ``brats-glioma-v6-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
   on 1 mm patches with stage 1's probabilities as three more channels, each training case's from
-  the 2 mm fold model that held it out, at 3e-4; exported as ``brats-glioma-cascade-v2-foldK``.
+  the 2 mm fold model that held it out, at 3e-4; exported as ``brats-glioma-cascade-v3-foldK``
+  (``-v2-``: the five measured in docs/training.md, on ``brats-glioma-v5-foldK``).
 """
 from __future__ import annotations
 
@@ -170,8 +173,8 @@ VARIANTS: Dict[str, Variant] = {
                             lr=3e-4, model_id="brats-glioma-v7", folds=True, fg_fraction=0.5, rare_weight=3.0,
                             augmentation="nnunet"),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
-                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v5-fold{fold}",
-                              lr=3e-4, model_id="brats-glioma-cascade-v2", folds=True, fg_fraction=0.6, rare_weight=2.0,
+                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v6-fold{fold}",
+                              lr=3e-4, model_id="brats-glioma-cascade-v3", folds=True, fg_fraction=0.6, rare_weight=2.0,
                               kind="Coarse-to-fine cascade (2 mm residual U-Net, then 1 mm around the tumor)"),
 }
 

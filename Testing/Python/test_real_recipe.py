@@ -137,13 +137,16 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
                                                                                   monkeypatch):
     # the folds they start from, as a user who trained them registers them (they are not shipped)
     for k in range(len(FOLDS)):
-        for version in ("v2", "v4"):
+        for version in ("v2", "v4", "v5"):
             save_tiny_bundle(np.random.default_rng(k).random((4, 32, 32, 32), np.float32),
                              tmp_path / f"brats-glioma-{version}-fold{k}", model_id=f"brats-glioma-{version}-fold{k}")
     monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(tmp_path))
-    for variant, start, made, weight in (("2mm-cv-long", "v2", "v4", 2.0), ("2mm-cv-longer", "v4", "v5", 3.0)):
+    for variant, start, made, weight in (("2mm-cv-long", "v2", "v4", 2.0), ("2mm-cv-longer", "v4", "v5", 3.0),
+                                         ("2mm-cv-tc", "v5", "v6", 3.0), ("2mm-cv-nnaug", "v5", "v7", 3.0)):
         for k in (0, 2):
             p = plan(all_standins, variant, 1, 1, 0, fold=k)
+            assert p.cfg.region_weights == ((1.0, 2.0, 1.0) if variant == "2mm-cv-tc" else None)
+            assert p.cfg.augmentation == ("nnunet" if variant == "2mm-cv-nnaug" else "standard")
             assert p.extra["initialised_from"]["id"] == f"brats-glioma-{start}-fold{k}"  # never a model that saw fold k
             assert p.extra["id"] == f"brats-glioma-{made}-fold{k}" and p.cfg.fg_fraction == 0.5
             rare = {c.case_id for c in p.train_cases if GRADES[c.case_id] != "HGG"}
@@ -153,7 +156,7 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):
-    """Fold 0 of the 1 mm cascade, one step: stage 1 is brats-glioma-v5-fold0 (frozen), every
+    """Fold 0 of the 1 mm cascade, one step: stage 1 is brats-glioma-v6-fold0 (frozen), every
     training case's guide channels come from the 2 mm fold model that held that case out, and the
     held-out fold is segmented through ``segment`` by the cascade itself."""
     run = tmp_path / "cascade"
@@ -161,9 +164,9 @@ def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guide
                      cache_dir=str(tmp_path / "cache"), log=lambda *a: None)
     b = bundles.load(out)
     m = b.manifest.to_json()
-    assert m["id"] == "brats-glioma-cascade-v2-fold0" and m["network"] == "coarse_to_fine"
-    assert m["preprocessing"]["spacing_mm"] == 1.0 and m["initialised_from"]["id"] == "brats-glioma-v5-fold0"
-    stage1 = bundles.load("brats-glioma-v5-fold0").network.state_dict()
+    assert m["id"] == "brats-glioma-cascade-v3-fold0" and m["network"] == "coarse_to_fine"
+    assert m["preprocessing"]["spacing_mm"] == 1.0 and m["initialised_from"]["id"] == "brats-glioma-v6-fold0"
+    stage1 = bundles.load("brats-glioma-v6-fold0").network.state_dict()
     assert all(torch.equal(b.network.coarse.state_dict()[k], v) for k, v in stage1.items())  # frozen
     fine = b.network.fine.state_dict()  # started from the same weights, and trained
     assert fine["head.weight"].shape == stage1["head.weight"].shape and not torch.equal(fine["head.weight"],
@@ -175,7 +178,7 @@ def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guide
     case = FOLDS[3][0]
     with np.load(cached[case]) as z:
         sequences, guide = torch.from_numpy(z["data"][:4].astype(np.float32)), z["data"][4:].astype(np.float32)
-    expected = b.network.guide(sequences, bundles.load("brats-glioma-v5-fold3").network).numpy()
+    expected = b.network.guide(sequences, bundles.load("brats-glioma-v6-fold3").network).numpy()
     assert np.abs(guide - expected).max() < 2e-3  # by the model that never saw it (fp16 in the cache)
 
 
