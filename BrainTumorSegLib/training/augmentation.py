@@ -2,10 +2,13 @@
 clinical ones (thick slices, tighter brain masks, partial fields of view).
 
 ``standard`` is the set every model so far was trained with. ``nnunet`` follows nnU-Net's default
-3D set (Isensee F et al., nnU-Net, Nature Methods 18:203-211, 2021, Supplementary Note 4, Table 4:
-rotation about every axis and scaling, each with probability 0.2; Gaussian noise 0.1; blur 0.2;
-contrast 0.15; simulated low resolution 0.25; gamma 0.3, inverted gamma 0.1; mirroring on every
-axis), with an elastic deformation (probability 0.2), which nnU-Net has but leaves off for 3D.
+3D set as its paper's supplementary information on data augmentation and its trainer's defaults
+(nnUNetTrainerV2, batchgenerators) give it (Isensee F et al., nnU-Net: a self-configuring method
+for deep learning-based biomedical image segmentation, Nature Methods 18:203-211, 2021,
+doi:10.1038/s41592-020-01008-z): rotation about every axis (+-30 degrees) and scaling (0.7-1.4),
+each with probability 0.2; Gaussian noise 0.1; blur 0.2; contrast 0.15; simulated low resolution
+0.25; gamma 0.3, inverted gamma 0.1; mirroring on every axis; plus an elastic deformation
+(probability 0.2), which nnU-Net has but leaves off for 3D.
 Departures: brightness stays ours (every channel scaled by 0.9-1.1 and shifted by +-0.1, where
 nnU-Net scales by 0.75-1.25 with probability 0.15); the smooth bias field and the sequence
 dropping of ``standard`` stay on; upsampling after the low-resolution step is trilinear (nnU-Net:
