@@ -112,10 +112,10 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[Case]], out_dir: str, ini
     dist, device = init_distributed(cfg.device)
     if not dist.main:
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job
+    net = _network(cfg, init_from)  # before any folder is made: a setting the network refuses leaves none
     os.makedirs(out_dir, exist_ok=True)
     cache_dir = cache_dir or os.path.join(out_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
-    net = _network(cfg, init_from)
     data_used = {"train": [c.case_id for c in cases["train"]], "validation": [c.case_id for c in cases["val"]],
                  "replay": [c.case_id for c in cases["replay"]]}
     if dist.main:
