@@ -172,6 +172,11 @@ VARIANTS: Dict[str, Variant] = {
     "2mm-cv-nnaug": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v5-fold{fold}",
                             lr=3e-4, model_id="brats-glioma-v7", folds=True, fg_fraction=0.5, rare_weight=3.0,
                             augmentation="nnunet"),
+    # from scratch, both changes from the first iteration: the tumor core weighted twice, nnU-Net's
+    # augmentation set, half the patches on tumor, the rare tumors drawn three times as often
+    "2mm-cv-tc-nnaug": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), model_id="brats-glioma-v8",
+                               folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
+                               augmentation="nnunet"),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from="brats-glioma-v6-fold{fold}",
                               lr=3e-4, model_id="brats-glioma-cascade-v3", folds=True, fg_fraction=0.6, rare_weight=2.0,

@@ -153,6 +153,10 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
             assert set(p.cfg.case_weights) == rare and len(rare) >= 5 and set(p.cfg.case_weights.values()) == {weight}
             assert not rare & set(FOLDS[k])
     assert plan(all_standins, "2mm-cv", 1, 1, 0, fold=0).cfg.case_weights == {}
+    scratch = plan(all_standins, "2mm-cv-tc-nnaug", 1, 1, 0, fold=3)  # both changes from the first iteration
+    assert "initialised_from" not in scratch.extra and scratch.extra["id"] == "brats-glioma-v8-fold3"
+    assert scratch.cfg.region_weights == (1.0, 2.0, 1.0) and scratch.cfg.augmentation == "nnunet"
+    assert set(scratch.cfg.case_weights.values()) == {3.0} and scratch.cfg.fg_fraction == 0.5
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):
