@@ -16,6 +16,7 @@ from ..models import bundles
 from ..progress import Progress
 from ..segment_options import SegmentOptions
 from . import backends, devices
+from .onednn import onednn_convolutions
 from .sliding_window import sliding_window, tiles_cover
 
 
@@ -45,7 +46,7 @@ class _Predictor:
                                                            self._torch_forward, windows * len(flips))
 
     def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), _autocast(self.device, self.cpu_bf16):
+        with torch.inference_mode(), _autocast(self.device, self.cpu_bf16), _onednn(self.device, self.cpu_bf16):
             return self.net(x).float()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -68,6 +69,10 @@ def _autocast(device: torch.device, cpu_bf16: bool):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def _onednn(device: torch.device, cpu_bf16: bool):
+    return onednn_convolutions(device, devices.autocast_dtype(device, cpu_bf16))
+
+
 def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, opts: SegmentOptions,
              progress: Optional[Progress], cancel: Optional[threading.Event], out_device: torch.device,
              stage: str, used: List[str]) -> torch.Tensor:
@@ -77,7 +82,7 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
     window = tuple(bundle.manifest.patch_size)
     # a cascade's first stage may add channels and narrow where the windows go; elsewhere: everywhere
     net = bundle.network.to(device).eval()
-    with torch.inference_mode(), _autocast(device, bf16):
+    with torch.inference_mode(), _autocast(device, bf16), _onednn(device, bf16):
         data, box = net.prepare(data.to(device))
     data = data.float()
     region = tuple(data.shape[1:]) if box is None else tuple(b.stop - b.start for b in box)
