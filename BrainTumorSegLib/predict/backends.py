@@ -10,6 +10,7 @@ each, and the start-up, and records them beside the IR, so later runs just read 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -42,7 +43,14 @@ def _code_digest(net: torch.nn.Module) -> str:
     graph is the code's as much as the weights' (a cascade whose forward changed keeps its weights)."""
     package = __name__.split(".")[0]
     classes = {cls for m in net.modules() for cls in type(m).__mro__ if cls.__module__.split(".")[0] == package}
-    return ",".join(sha256_of(f) for f in sorted({f for f in map(inspect.getsourcefile, classes) if f}))
+    files = sorted({f for f in map(inspect.getsourcefile, classes) if f})
+    return ",".join(_file_digest(f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    """A source file's sha256, read again only when its time or size changed (an ensemble asks per member)."""
+    return sha256_of(path)
 
 
 def _key(net: torch.nn.Module, weights_sha256: str, shape: Sequence[int]) -> str:
