@@ -58,7 +58,10 @@ def test_an_exported_graph_is_keyed_by_the_networks_code_as_well_as_its_weights(
     real = backends.inspect.getsourcefile
     monkeypatch.setattr(backends.inspect, "getsourcefile",
                         lambda obj: str(edited) if real(obj) == resunet.__file__ else real(obj))
-    assert backends._code_digest(net) != before
+    after = backends._code_digest(net)
+    assert after != before
+    edited.write_text(edited.read_text(encoding="utf-8") + "# edited again\n", encoding="utf-8")
+    assert backends._code_digest(net) != after  # the same file changed: read again, not the cached digest
 
 
 @pytest.mark.slow
