@@ -44,7 +44,7 @@ def _code_digest(net: torch.nn.Module) -> str:
     package = __name__.split(".")[0]
     classes = {cls for m in net.modules() for cls in type(m).__mro__ if cls.__module__.split(".")[0] == package}
     files = sorted({f for f in map(inspect.getsourcefile, classes) if f})
-    return ",".join(_file_digest(f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in files)
+    return ",".join(_file_digest(f, (st := os.stat(f)).st_mtime_ns, st.st_size) for f in files)
 
 
 @functools.lru_cache(maxsize=256)
