@@ -4,9 +4,10 @@ averaged; on the backend and device chosen, with bf16 on CPUs that have it when 
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ class _Predictor:
                                                            self._torch_forward, windows * len(flips))
 
     def _torch_forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), _autocast(self.device, self.cpu_bf16), _onednn(self.device, self.cpu_bf16):
+        with _inference(self.device, self.cpu_bf16):
             return self.net(x).float()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -62,15 +63,13 @@ class _Predictor:
         return acc / len(self.flips)
 
 
-def _autocast(device: torch.device, cpu_bf16: bool):
+@contextlib.contextmanager
+def _inference(device: torch.device, cpu_bf16: bool) -> Iterator[None]:
+    """No gradients, the device's mixed precision (none: fp32) and, for fp32 on a CPU, oneDNN convolutions."""
     dtype = devices.autocast_dtype(device, cpu_bf16)
-    if dtype is None:
-        return torch.autocast("cpu", enabled=False)
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def _onednn(device: torch.device, cpu_bf16: bool):
-    return onednn_convolutions(device, devices.autocast_dtype(device, cpu_bf16))
+    amp = torch.autocast("cpu", enabled=False) if dtype is None else torch.autocast(device.type, dtype=dtype)
+    with torch.inference_mode(), amp, onednn_convolutions(device, dtype):
+        yield
 
 
 def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, opts: SegmentOptions,
@@ -82,7 +81,7 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
     window = tuple(bundle.manifest.patch_size)
     # a cascade's first stage may add channels and narrow where the windows go; elsewhere: everywhere
     net = bundle.network.to(device).eval()
-    with torch.inference_mode(), _autocast(device, bf16), _onednn(device, bf16):
+    with _inference(device, bf16):
         data, box = net.prepare(data.to(device))
     data = data.float()
     region = tuple(data.shape[1:]) if box is None else tuple(b.stop - b.start for b in box)
