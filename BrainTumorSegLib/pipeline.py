@@ -23,6 +23,7 @@ from .errors import Cancelled, InputError
 from .labels import get_scheme
 from .models import bundles
 from .models.ensembles import ModelArg, Models, load_ensemble, model_spacing
+from .postprocess import reliability
 from .postprocess.cleanup import PostprocessOptions
 from .postprocess.on_reference import brain_mask_on_reference, labels_on_reference
 from .postprocess.volumes import volumes
@@ -175,13 +176,15 @@ def _window(opts: SegmentOptions, models: Models) -> str:
 def _result(labels: sitk.Image, unc: Optional[sitk.Image], pre: Preprocessed, pred: Prediction, models: Models,
             opts: SegmentOptions, scheme: str, timings: Dict[str, float], warnings: List[str]) -> SegmentationResult:
     ref_img = pre.inverse.reference
+    measured = volumes(sitk.GetArrayViewFromImage(labels), scheme, voxel_volume_ml(ref_img))
+    pattern = reliability.warning(measured, models.name, models.held_out)
     return SegmentationResult(
         labels=labels, label_scheme=scheme, timings=timings, device=pred.device, backend=pred.backend,
-        volumes_ml=volumes(sitk.GetArrayViewFromImage(labels), scheme, voxel_volume_ml(ref_img)),
+        volumes_ml=measured, warnings=warnings + ([pattern] if pattern else []),
         model=models.name, ensembles=models.ensembles,
         models=[{"id": m.id, "version": m.manifest.version, "network": m.manifest.network,
                  "weights_sha256": m.manifest.weights_sha256, "demo": m.demo, "path": m.path} for m in models.members],
-        uncertainty=unc, probabilities=pred.probabilities, warnings=warnings, preprocessing=pre.decisions,
+        uncertainty=unc, probabilities=pred.probabilities, preprocessing=pre.decisions,
         brain_mask=brain_mask_on_reference(pre) if opts.brain_mask else None,
         input_geometry={"reference": REFERENCE, **geometry(ref_img),
                         "window": opts.window, "windows": 1 if opts.window == "whole" else

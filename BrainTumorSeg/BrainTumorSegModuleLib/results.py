@@ -45,11 +45,13 @@ class SegmentationResult:
     brain_mask: Optional[object] = None                        # label map node, when asked for
 
     def status(self) -> str:
-        """One line for the status: time, device, model, and the sequences left out."""
+        """The status: a line with time, device, model and the sequences left out, then a line for
+        each warning of the report (partial coverage, a missing sequence, a tumor without enhancement...)."""
         models = self.report.get("model") or ", ".join(m.get("id", "?") for m in self.report.get("models", []))
         missing = left_out(self.volumes) if self.volumes else []
-        return (f"Segmented in {self.seconds:.1f} s on {self.report.get('device', '?')} with {models}"
-                + (f" (without {' and '.join(missing)})" if missing else ""))
+        first = (f"Segmented in {self.seconds:.1f} s on {self.report.get('device', '?')} with {models}"
+                 + (f" (without {' and '.join(missing)})" if missing else ""))
+        return "\n".join([first] + [f"Warning: {w}" for w in self.report.get("warnings", [])])
 
 
 def set_terminology(segment, entry: str) -> None:

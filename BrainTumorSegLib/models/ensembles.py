@@ -140,6 +140,7 @@ class ModelPart(NamedTuple):
     note: Optional[str] = None   # an ensemble's own note (each member has its own too)
     postprocessing: Optional[Dict[str, Any]] = None  # an ensemble's own (chosen on its members' held-out cases)
     window: Optional[str] = None                     # an ensemble's own, chosen the same way
+    held_out: Optional[Dict[str, Any]] = None        # per-case figures on cases it never trained on
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,12 @@ class Models:
         first = self.parts[0]
         return first.window or first.bundles[0].manifest.window
 
+    @property
+    def held_out(self) -> Optional[Dict[str, Any]]:
+        """Per-case figures (Dice, volumes) on real cases the model asked for never trained on, as its
+        manifest records them; None for a list of models (no figures describe their combination)."""
+        return self.parts[0].held_out if len(self.parts) == 1 else None
+
     def reused(self) -> "Models":
         """The same models for a later case: nothing is loaded again."""
         return dataclasses.replace(self, load_s=0.0)
@@ -192,10 +199,25 @@ class Models:
 
 ModelArg = Union[str, Bundle, Sequence[Union[str, Bundle]], Models]
 
+# where manifests keep per-case figures on real cases their model never trained on, best first: an
+# ensemble's pooled out-of-fold cases as it runs (its own postprocessing) or raw, a recipe bundle's
+# held-out fold
+HELD_OUT_TABLES = ("out_of_fold_postprocessed", "out_of_fold", "validation_segment")
+
+
+def held_out_table(document: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The per-case held-out figures of a manifest (:data:`HELD_OUT_TABLES`), or None."""
+    metrics = document.get("metrics")
+    for key in HELD_OUT_TABLES:
+        table = metrics.get(key) if isinstance(metrics, dict) else None
+        if isinstance(table, dict) and isinstance(table.get("per_case"), dict) and table["per_case"]:
+            return table["per_case"]
+    return None
+
 
 def _load_part(model: Union[str, Bundle]) -> ModelPart:
     if isinstance(model, Bundle):
-        return ModelPart(model.id, model.path, [model], False)
+        return ModelPart(model.id, model.path, [model], False, held_out=held_out_table(model.manifest.document))
     folder = resolve(model)
     doc = describe(folder)
     ensemble = doc.get("format") == ENSEMBLE_FORMAT
@@ -207,8 +229,10 @@ def _load_part(model: Union[str, Bundle]) -> ModelPart:
     if window is not None and window not in WINDOWS[1:]:
         raise InputError(os.path.join(folder, MANIFEST), f"field window is {window!r}; expected "
                                                          f"{' or '.join(WINDOWS[1:])}")
-    return ModelPart(str(doc.get("id")), folder, load_models(folder), ensemble,
-                     doc.get("note") if ensemble else None, dict(own) if isinstance(own, dict) else None, window)
+    loaded = load_models(folder)
+    return ModelPart(str(doc.get("id")), folder, loaded, ensemble,
+                     doc.get("note") if ensemble else None, dict(own) if isinstance(own, dict) else None, window,
+                     held_out_table(doc if ensemble else loaded[0].manifest.document))
 
 
 def load_ensemble(model: ModelArg) -> Models:

@@ -565,3 +565,29 @@ def test_labels_made_near_the_tumor_equal_those_of_the_whole_grid(tiny_bundle, p
     assert a.shape == sitk.ReadImage(case.paths["t1ce"]).GetSize()[::-1] and same_grid(near.labels, whole.labels)
     assert 0 < (a > 0).sum() < a.size // 2  # a tumor, and much of the grid outside the region
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_tumor_without_enhancement_is_flagged_with_the_models_held_out_figures(tiny_bundle, small_case_dir, tmp_path):
+    """Little or no enhancing tumor in the labels: a warning in the report naming the pattern and
+    quoting the model's own held-out cases (from its manifest); none where the tumor enhances."""
+    b = bundles.load(tiny_bundle)
+    with torch.no_grad():
+        b.network.head.bias[b.manifest.output.channels - 1] -= 100.0  # the last channel is ET in either kind
+    held = {c: {r: {"dice": d, "volume_ref_ml": v, "volume_error_ml": 0.0} for r, d, v in
+                (("WT", 0.7, 90.0), ("TC", 0.4, 30.0), ("ET", 1.0, et))} for c, et in (("lgg", 0.0), ("gbm", 20.0))}
+    m = dict(b.manifest.to_json(), id="tiny-no-et", metrics={"validation_segment": {"per_case": held}})
+    m.pop("weights_sha256")
+    no_et = bundles.save(b.network, tmp_path / "no-et", m)
+    case = find_case(small_case_dir)
+    res = segment(case.sequences, no_et, "cpu")
+    assert res.volumes_ml["WT"] > 1.0 and res.volumes_ml["ET"] == 0.0
+    flagged = [w for w in res.warnings if w.startswith("little or no enhancing tumor (ET 0.0 mL")]
+    assert len(flagged) == 1 and "tiny-no-et on held-out cases, 1 like this: Dice WT 0.70, TC 0.40" in flagged[0]
+    assert res.report()["warnings"] == res.warnings
+    # two models listed: no figures describe their average, the pattern is still named
+    both = segment(case.sequences, [no_et, no_et], "cpu")
+    assert [w for w in both.warnings if w.startswith("little or no enhancing")] and \
+        not any("held-out" in w for w in both.warnings)
+    plain = segment(case.sequences, tiny_bundle, "cpu")
+    assert plain.volumes_ml["ET"] >= 0.02 * plain.volumes_ml["WT"] > 0
+    assert not any(w.startswith("little or no enhancing") for w in plain.warnings)

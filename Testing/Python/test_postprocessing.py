@@ -1,5 +1,7 @@
 import numpy as np
 
+from BrainTumorSegLib.models.ensembles import held_out_table
+from BrainTumorSegLib.postprocess import reliability
 from BrainTumorSegLib.postprocess.cleanup import PostprocessOptions, postprocess, remove_small_components
 
 
@@ -48,3 +50,46 @@ def test_holes_in_core_filled():
     assert (out[9:11, 9:11, 9:11] == 1).all()
     assert np.array_equal(out[lab != 2], lab[lab != 2])
     assert (out == 2).sum() == (lab == 2).sum() - 8
+
+
+def _row(wt_pred, et_pred, dice_wt, dice_tc, wt_ref=None):
+    """One held-out case as the validation tables record it (predicted = reference + error)."""
+    wt_ref = wt_pred if wt_ref is None else wt_ref
+    return {"WT": {"dice": dice_wt, "volume_ref_ml": wt_ref, "volume_error_ml": wt_pred - wt_ref},
+            "TC": {"dice": dice_tc, "volume_ref_ml": 1.0, "volume_error_ml": 0.0},
+            "ET": {"dice": 0.5, "volume_ref_ml": 2.0, "volume_error_ml": et_pred - 2.0}}
+
+
+def test_the_non_enhancing_pattern_is_little_et_in_a_real_tumor():
+    assert reliability.non_enhancing({"WT": 100.0, "ET": 1.9})
+    assert not reliability.non_enhancing({"WT": 100.0, "ET": 2.0})   # 2 %: not below
+    assert reliability.non_enhancing({"WT": 1.0, "ET": 0.0})
+    assert not reliability.non_enhancing({"WT": 0.9, "ET": 0.0})     # no tumor to speak of
+    assert reliability.warning({"WT": 80.0, "ET": 20.0}, "m", None) is None
+
+
+def test_the_warning_quotes_the_models_held_out_cases_split_by_the_pattern():
+    table = {"a": _row(100.0, 0.0, 0.8, 0.4, wt_ref=140.0), "b": _row(50.0, 0.5, 0.6, 0.2, wt_ref=50.0),
+             "c": _row(60.0, 10.0, 0.9, 0.9)}
+    s = reliability.pattern_summary(table)
+    assert s["pattern"]["cases"] == 2 and s["others"]["cases"] == 1
+    assert np.isclose(s["pattern"]["dice_TC"], 0.3) and np.isclose(s["pattern"]["volume_error_ml_WT"], -20.0)
+    w = reliability.warning({"WT": 208.0, "ET": 0.4}, "model-x", table)
+    assert w.startswith("little or no enhancing tumor (ET 0.4 mL of a 208.0 mL whole tumor)")
+    assert "model-x on held-out cases, 2 like this: Dice WT 0.70, TC 0.30, whole tumor 20 mL too small" in w
+    assert "1 others: WT 0.90, TC 0.90" in w and "\n" not in w
+    # no table, or one of another form: the pattern is still named, without figures
+    for held_out in (None, {}, {"a": {"WT": 0.8}}):
+        w = reliability.warning({"WT": 208.0, "ET": 0.4}, "model-x", held_out)
+        assert w.startswith("little or no enhancing tumor") and "model-x" not in w
+
+
+def test_the_held_out_table_a_manifest_records_best_first():
+    rows = {"a": _row(1.0, 0.0, 0.5, 0.5)}
+    other = {"b": _row(1.0, 0.0, 0.5, 0.5)}
+    assert held_out_table({"metrics": {"validation_segment": {"per_case": rows}}}) == rows
+    assert held_out_table({"metrics": {"out_of_fold": {"per_case": other},
+                                       "out_of_fold_postprocessed": {"per_case": rows}}}) == rows
+    for doc in ({}, {"metrics": []}, {"metrics": {"held_out_synthetic": {"per_case": rows}}},
+                {"metrics": {"out_of_fold": {"per_case": {}}}}):
+        assert held_out_table(doc) is None
