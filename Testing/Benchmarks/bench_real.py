@@ -9,7 +9,9 @@ files with the model's own default settings and scored against the expert labels
 max of the directed 95th percentiles; 373.13 when exactly one mask is empty) and volume error (mL,
 predicted minus reference) per region, seconds per case; then the means over all cases, the
 high-grade ones, the low-grade ones (LGG and no enhancing tumor) and those with little
-enhancement, and how many cases without enhancing tumor got none (``cross_validation.grade_summary``).
+enhancement, and how many cases without enhancing tumor got none (``cross_validation.grade_summary``);
+and the cases whose result had little or no enhancing tumor against the others, as ``segment``'s
+warning quotes them (``postprocess.reliability``).
 
 Every option of ``braintumorseg segment`` is accepted and applies to every model (``--tta``,
 ``--min-et-voxels N``...): fold models pooled with ``--pool`` have no postprocessing of their own,
@@ -37,6 +39,7 @@ from BrainTumorSegLib.evaluation.scoring import score_against
 from BrainTumorSegLib.labels import REGIONS
 from BrainTumorSegLib.models import bundles, ensembles
 from BrainTumorSegLib.pipeline import segment
+from BrainTumorSegLib.postprocess import reliability
 from BrainTumorSegLib.read.cases import Case, find_cases
 from BrainTumorSegLib.segment_options import SegmentOptions, add_arguments
 
@@ -76,6 +79,10 @@ def print_table(title: str, per_case: Dict, mean: Dict) -> Dict:
     w = groups["without_et"]
     print(f"cases without enhancing tumor given none: {w['none_predicted']} of {w['cases']}; "
           f"{mean['seconds']:.1f} s per case")
+    for g, m in reliability.pattern_summary(per_case).items():  # what segment's warning quotes
+        if m["cases"]:
+            print(f"{'little or no ET predicted' if g == 'pattern' else 'the others'} ({m['cases']}): Dice "
+                  + " / ".join(f"{m['dice_' + r]:.3f}" for r in REGIONS) + f", WT volume error {m['volume_error_ml_WT']:.1f} mL")
     return groups
 
 
