@@ -90,7 +90,8 @@ def _train_config(args: argparse.Namespace, network: str = "resunet", options: O
                        domain_randomization=args.domain_randomization, device=args.device,
                        gradient_checkpointing=args.gradient_checkpointing,
                        clinical_augmentation=args.clinical_augmentation, augmentation=args.augmentation,
-                       region_weights=tuple(args.region_weights) if args.region_weights else None)
+                       region_weights=tuple(args.region_weights) if args.region_weights else None,
+                       without_enhancement=args.without_enhancement)
 
 
 def _split(args: argparse.Namespace):
@@ -318,6 +319,9 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
                         "contrast, low resolution; docs/training.md)")
     t.add_argument("--region-weights", type=float, nargs=3, metavar=("WT", "TC", "ET"),
                    help="weights of the WT, TC and ET terms of a region-based loss (resunet), e.g. 1 2 1")
+    t.add_argument("--without-enhancement", type=float, default=0.0, metavar="P",
+                   help="share (0-1) of patches shown as if their tumor did not enhance: T1ce from T1 there, "
+                        "enhancing tumor labelled non-enhancing core (docs/training.md)")
 
 
 def _add_training_commands(sub) -> None:

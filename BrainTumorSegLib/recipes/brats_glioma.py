@@ -45,6 +45,10 @@ under one CPU budget:
 - ``2mm-cv-nnaug``: each ``brats-glioma-v5-foldK`` trained on as ``2mm-cv-longer`` trained it, with
   nnU-Net's augmentation set (``training.augmentation``) instead of ours; exported as
   ``brats-glioma-v7-foldK`` (an augmentation arm beside ``2mm-cv-tc``: both add 400 iterations to v5);
+- ``2mm-cv-tc-noenh``: each ``brats-glioma-v6-foldK`` (shipped) trained on as ``2mm-cv-tc`` trained
+  it, a fifth of the patches that have enhancing tumor shown as if it did not enhance (the T1ce
+  there taken from the T1, the labels non-enhancing core: ``augmentation.remove_enhancement``);
+  exported as ``brats-glioma-v9-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v6-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -136,6 +140,7 @@ class Variant:
     rare_weight: float = 1.0        # sampling weight of the low-grade, non-enhancing and little-ET cases
     region_weights: Optional[Tuple[float, float, float]] = None  # WT, TC, ET loss weights (None: the network's)
     augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS
+    without_enhancement: float = 0.0  # share of patches shown as if their tumor did not enhance
     network: str = "resunet"
     options: Optional[Dict] = None  # None: DEMO_OPTIONS
     # a cascade's stage 1: the 2 mm fold model of the same fold (for "{fold}"); every training case's
@@ -177,6 +182,11 @@ VARIANTS: Dict[str, Variant] = {
     "2mm-cv-tc-nnaug": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), model_id="brats-glioma-v8",
                                folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
                                augmentation="nnunet"),
+    # each v6 fold trained on as v6 was, a fifth of the patches with enhancing tumor shown without it
+    # (T1ce from T1 there, labelled non-enhancing core), for the low-grade cores labelled edema
+    "2mm-cv-tc-noenh": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
+                               init_from="brats-glioma-v6-fold{fold}", lr=3e-4, model_id="brats-glioma-v9", folds=True,
+                               fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0), without_enhancement=0.2),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from="brats-glioma-v6-fold{fold}",
                               lr=3e-4, model_id="brats-glioma-cascade-v3", folds=True, fg_fraction=0.6, rare_weight=2.0,
@@ -346,6 +356,7 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
                       patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
                       clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
                       fg_fraction=v.fg_fraction, region_weights=v.region_weights, augmentation=v.augmentation,
+                      without_enhancement=v.without_enhancement,
                       case_weights={c.case_id: v.rare_weight for c in train_cases
                                     if v.rare_weight != 1.0 and GRADES.get(c.case_id, HGG) != HGG})
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "

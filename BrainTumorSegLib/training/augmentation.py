@@ -9,6 +9,8 @@ doi:10.1038/s41592-020-01008-z): rotation about every axis (+-30 degrees) and sc
 each with probability 0.2; Gaussian noise 0.1; blur 0.2; contrast 0.15; simulated low resolution
 0.25; gamma 0.3, inverted gamma 0.1; mirroring on every axis; plus an elastic deformation
 (probability 0.2), which nnU-Net has but leaves off for 3D.
+Apart from either set, :func:`remove_enhancement` (``TrainConfig.without_enhancement``) turns a
+patch's enhancing tumor into non-enhancing core, in image and labels.
 Departures: brightness stays ours (every channel scaled by 0.9-1.1 and shifted by +-0.1, where
 nnU-Net scales by 0.75-1.25 with probability 0.15); the smooth bias field and the sequence
 dropping of ``standard`` stay on; upsampling after the low-resolution step is trilinear (nnU-Net:
@@ -209,6 +211,23 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
     if guide is not None:
         x = np.concatenate([x, guide])
     return x.astype(np.float32), y
+
+
+def remove_enhancement(x: np.ndarray, y: np.ndarray, t1: int, t1ce: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The patch as if its tumor did not take up contrast: the T1ce inside the enhancing tumor
+    replaced by the T1 there (shifted by the difference of their medians over the brain outside the
+    tumor; both are z-scored over the brain), and the enhancing tumor labelled non-enhancing core
+    (class 1), which is what BraTS labels a core that does not enhance. It shows the network cores
+    without enhancement, which high-grade cases rarely do and low-grade ones mostly are. A patch
+    without enhancing tumor, or whose T1 is missing (zero), comes back as it is."""
+    et = y == 3
+    if not et.any() or not x[t1].any():
+        return x, y
+    outside = (y == 0) & (x[t1ce] != 0) & (x[t1] != 0)
+    shift = float(np.median(x[t1ce][outside]) - np.median(x[t1][outside])) if outside.any() else 0.0
+    x = x.copy()
+    x[t1ce][et] = x[t1][et] + shift
+    return x, np.where(et, 1, y).astype(y.dtype)
 
 
 def cover_partially(x: np.ndarray, channel: int, rng: np.random.Generator) -> np.ndarray:

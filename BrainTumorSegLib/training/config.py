@@ -35,3 +35,4 @@ class TrainConfig:
     # ``region_weights``
     region_weights: Optional[Tuple[float, float, float]] = None
     augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS
+    without_enhancement: float = 0.0  # share of patches with enhancing tumor shown without it (augmentation.remove_enhancement)

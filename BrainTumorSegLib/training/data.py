@@ -24,7 +24,7 @@ from ..preprocess.transform import PreprocessOptions, preprocess
 from ..read.cases import SEQUENCES, Case
 from ..read.images import read_image, same_grid
 from ..write.atomic import replacing
-from .augmentation import augment, augmentation_set, vary_brain_mask
+from .augmentation import augment, augmentation_set, remove_enhancement, vary_brain_mask
 
 
 def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
@@ -159,7 +159,7 @@ class PatchDataset(torch.utils.data.Dataset):
                  fg_fraction: float, domain_randomization: bool, replay_files: Sequence[str] = (),
                  replay_fraction: float = 0.0, clinical_augmentation: bool = False,
                  weights: Optional[Sequence[float]] = None, guide_channels: int = 0,
-                 augmentation: str = "standard") -> None:
+                 augmentation: str = "standard", without_enhancement: float = 0.0) -> None:
         augmentation_set(augmentation)  # an unknown name fails here, not at the first patch
         self.augmentation = augmentation
         self.files = list(cache_files)
@@ -177,6 +177,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.dr = domain_randomization
         self.clinical = clinical_augmentation
         self.guide_channels = guide_channels
+        self.without_enhancement = without_enhancement
         self._cache: Dict[str, CachedCase] = {}
 
     def __len__(self) -> int:
@@ -198,6 +199,9 @@ class PatchDataset(torch.utils.data.Dataset):
         if self.clinical and rng.random() < 0.3:
             case = CachedCase.like(case, vary_brain_mask(case.data, case.classes, rng, self.guide_channels))
         x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
+        # drawn only when asked for, so that runs without it keep their random stream
+        if self.without_enhancement and rng.random() < self.without_enhancement:
+            x, y = remove_enhancement(x, y, SEQUENCES.index("t1"), SEQUENCES.index("t1ce"))
         x, y = augment(x, y, rng, self.dr, case.spacing if self.clinical else None, self.guide_channels,
                        self.augmentation)
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))

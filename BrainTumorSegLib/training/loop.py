@@ -109,6 +109,8 @@ def _own_guide(net: SegmentationNetwork) -> Guide:
 def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[Case]], out_dir: str, init_from: Optional[bundles.Bundle],
            log: Log, cache_dir: Optional[str], guide: Optional[Guide] = None) -> _Run:
     augmentation_set(cfg.augmentation)  # an unknown name fails before caching
+    if not 0.0 <= cfg.without_enhancement <= 1.0:
+        raise InputError(None, f"--without-enhancement {cfg.without_enhancement}: a share of patches, from 0 to 1")
     dist, device = init_distributed(cfg.device)
     if not dist.main:
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job
@@ -159,7 +161,7 @@ def _dataset(run: _Run):
                       cfg.seed, cfg.fg_fraction, cfg.domain_randomization, run.files["replay"], cfg.replay_fraction,
                       cfg.clinical_augmentation,
                       [cfg.case_weights.get(c, 1.0) for c in run.data_used["train"]] if cfg.case_weights else None,
-                      run.net.guide_channels, cfg.augmentation)
+                      run.net.guide_channels, cfg.augmentation, cfg.without_enhancement)
     sampler: Optional[torch.utils.data.distributed.DistributedSampler] = (
         torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
         if dist.world > 1 else None)

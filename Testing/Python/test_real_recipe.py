@@ -157,6 +157,10 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
     assert "initialised_from" not in scratch.extra and scratch.extra["id"] == "brats-glioma-v8-fold3"
     assert scratch.cfg.region_weights == (1.0, 2.0, 1.0) and scratch.cfg.augmentation == "nnunet"
     assert set(scratch.cfg.case_weights.values()) == {3.0} and scratch.cfg.fg_fraction == 0.5
+    noenh = plan(all_standins, "2mm-cv-tc-noenh", 1, 1, 0, fold=1)  # the shipped v6 fold trained on
+    assert noenh.extra["initialised_from"]["id"] == "brats-glioma-v6-fold1" and noenh.extra["id"] == "brats-glioma-v9-fold1"
+    assert noenh.cfg.without_enhancement == 0.2 and noenh.cfg.region_weights == (1.0, 2.0, 1.0)
+    assert set(noenh.cfg.case_weights.values()) == {3.0} and scratch.cfg.without_enhancement == 0.0
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):

@@ -19,6 +19,7 @@ from BrainTumorSegLib.training.augmentation import (
     Augmentation,
     _spatial,
     cover_partially,
+    remove_enhancement,
     simulate_thick_slices,
     vary_brain_mask,
 )
@@ -406,3 +407,39 @@ def test_augmentation_set_is_chosen_by_name(small_cases, tmp_path):
     r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run"), "--augmentation", "heavy")
     assert r.returncode == 2 and "unknown augmentation 'heavy'; choose one of standard, nnunet" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()  # fails before caching
+
+
+def test_a_patch_without_enhancement_has_t1_where_t1ce_enhanced_and_a_non_enhancing_core():
+    """remove_enhancement: inside the enhancing tumor the T1ce takes the T1's values (shifted by the
+    difference of their medians outside the tumor) and the class becomes non-enhancing core; every
+    other voxel and sequence is unchanged, and so is a patch without enhancing tumor or without T1."""
+    rng = np.random.default_rng(0)
+    y = np.zeros((16, 16, 16), np.uint8)
+    y[3:13, 3:13, 3:13] = 2
+    y[5:11, 5:11, 5:11] = 3
+    y[7:9, 7:9, 7:9] = 1
+    x = rng.normal(0, 1, (4,) + y.shape).astype(np.float32)
+    x[1] += 0.5              # the T1ce brighter than the T1 outside the tumor, by about 0.5
+    x[1][y == 3] += 3.0      # and enhancing
+    xo, yo = remove_enhancement(x, y, 0, 1)
+    et = y == 3
+    assert not (yo == 3).any() and np.array_equal(yo == 1, (y == 1) | et) and np.array_equal(yo[~et], y[~et])
+    shift = xo[1][et] - x[0][et]
+    assert np.allclose(shift, shift[0]) and abs(shift[0] - 0.5) < 0.1
+    assert np.array_equal(xo[1][~et], x[1][~et]) and np.array_equal(xo[[0, 2, 3]], x[[0, 2, 3]])
+    assert x[1][et].mean() > 3.0  # the input is untouched
+    for xi, yi in ((x, np.where(et, 2, y).astype(np.uint8)), (np.concatenate([0 * x[:1], x[1:]]), y)):
+        xs, ys = remove_enhancement(xi, yi, 0, 1)
+        assert xs is xi and ys is yi
+
+
+def test_the_share_without_enhancement_reaches_the_patches_and_is_checked(small_cases, tmp_path):
+    files = [cache_case(c, str(tmp_path)) for c in find_cases(small_cases)]
+    kw = dict(patch=(32, 32, 32), batches=24, seed=0, fg_fraction=1.0, domain_randomization=False)
+    plain = [PatchDataset(files, **kw)[i][1] for i in range(24)]
+    always = [PatchDataset(files, **kw, without_enhancement=1.0)[i][1] for i in range(24)]
+    assert sum(int((y == 3).any()) for y in plain) >= 6
+    assert not any((y == 3).any() for y in always)
+    r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run"), "--without-enhancement", "1.5")
+    assert r.returncode == 2 and "--without-enhancement 1.5: a share of patches, from 0 to 1" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
