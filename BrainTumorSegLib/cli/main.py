@@ -362,7 +362,7 @@ def _add_training_commands(sub) -> None:
     tr2.add_argument("--iters", type=int, default=100, help="iterations per epoch")
     tr2.add_argument("--seed", type=int, default=0)
     tr2.add_argument("--export", help="where to write the bundle (default RUNDIR/ID, the variant's model id: "
-                                      "brats-glioma-v1, brats-glioma-v6-fold0...)")
+                                      "brats-glioma-v1, brats-glioma-v9-fold0...)")
     tr2.add_argument("--cache", help="folder of preprocessed cases (default RUNDIR/cache); variants may share one")
     tr2.add_argument("--init-from", metavar="MODEL", help="start from this bundle's weights (e.g. the last "
                                                           "exported model, when the run folder was lost)")

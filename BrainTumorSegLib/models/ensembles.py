@@ -163,12 +163,12 @@ class Models:
 
     @property
     def name(self) -> str:
-        """What runs, as asked for: ``brats-glioma-ensemble-v6``, or ``a + b`` for models listed."""
+        """What runs, as asked for: ``brats-glioma-ensemble-v9``, or ``a + b`` for models listed."""
         return " + ".join(p.id for p in self.parts)
 
     @property
     def description(self) -> str:
-        """:attr:`name` with each ensemble's members: ``brats-glioma-ensemble-v6 (brats-glioma-v6-fold0 + ...)``."""
+        """:attr:`name` with each ensemble's members: ``brats-glioma-ensemble-v9 (brats-glioma-v9-fold0 + ...)``."""
         return " + ".join(p.id + (f" ({' + '.join(b.id for b in p.bundles)})" if p.ensemble else "")
                           for p in self.parts)
 

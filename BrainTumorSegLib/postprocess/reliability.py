@@ -3,8 +3,9 @@
 Low-grade and non-enhancing gliomas are where the real-data models are weakest (their large
 non-enhancing cores labelled edema or missed, large tumors under-segmented: docs/models.md). A
 prediction whose enhancing tumor is under 2 % of its whole tumor has that pattern: out of fold over
-the 32 shared cases with the default v6, all eight low-grade, non-enhancing and little-enhancing
-cases had it, and one high-grade case whose enhancing rim the model missed; the next case had 4 %.
+the 32 shared cases with v6 and with the default v9, all eight low-grade, non-enhancing and
+little-enhancing cases had it, and one high-grade case whose enhancing rim the model missed; with v6
+the next case had 4 %.
 The warning quotes the model's own held-out figures for the cases with and without the pattern.
 """
 from __future__ import annotations

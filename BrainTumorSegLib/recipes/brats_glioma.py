@@ -41,19 +41,19 @@ under one CPU budget:
 - ``2mm-cv-tc``: each ``brats-glioma-v5-foldK`` trained on as ``2mm-cv-longer`` trained it, the tumor
   core's terms weighing twice the others in the loss (the non-enhancing core of low-grade tumors
   was labelled edema); the ``brats-glioma-v5-foldK`` found by name as above; exported as
-  ``brats-glioma-v6-foldK``, the default's members;
+  ``brats-glioma-v6-foldK`` (the previous default's members; no longer shipped);
 - ``2mm-cv-nnaug``: each ``brats-glioma-v5-foldK`` trained on as ``2mm-cv-longer`` trained it, with
   nnU-Net's augmentation set (``training.augmentation``) instead of ours; exported as
   ``brats-glioma-v7-foldK`` (an augmentation arm beside ``2mm-cv-tc``: both add 400 iterations to v5);
-- ``2mm-cv-tc-noenh``: each ``brats-glioma-v6-foldK`` (shipped) trained on as ``2mm-cv-tc`` trained
-  it, a fifth of the patches that have enhancing tumor shown as if it did not enhance (the T1ce
-  there taken from the T1, the labels non-enhancing core: ``augmentation.remove_enhancement``);
-  exported as ``brats-glioma-v9-foldK``;
+- ``2mm-cv-tc-noenh``: each ``brats-glioma-v6-foldK`` (found by name as above) trained on as
+  ``2mm-cv-tc`` trained it, a fifth of the patches that have enhancing tumor shown as if it did not
+  enhance (the T1ce there taken from the T1, the labels non-enhancing core:
+  ``augmentation.remove_enhancement``); exported as ``brats-glioma-v9-foldK``, the default's members;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
-  ``brats-glioma-v6-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
+  ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
   on 1 mm patches with stage 1's probabilities as three more channels, each training case's from
-  the 2 mm fold model that held it out, at 3e-4; exported as ``brats-glioma-cascade-v3-foldK``
+  the 2 mm fold model that held it out, at 3e-4; exported as ``brats-glioma-cascade-v4-foldK``
   (``-v2-``: the five measured in docs/training.md, on ``brats-glioma-v5-foldK``).
 """
 from __future__ import annotations
@@ -188,8 +188,8 @@ VARIANTS: Dict[str, Variant] = {
                                init_from="brats-glioma-v6-fold{fold}", lr=3e-4, model_id="brats-glioma-v9", folds=True,
                                fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0), without_enhancement=0.2),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
-                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v6-fold{fold}",
-                              lr=3e-4, model_id="brats-glioma-cascade-v3", folds=True, fg_fraction=0.6, rare_weight=2.0,
+                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v9-fold{fold}",
+                              lr=3e-4, model_id="brats-glioma-cascade-v4", folds=True, fg_fraction=0.6, rare_weight=2.0,
                               kind="Coarse-to-fine cascade (2 mm residual U-Net, then 1 mm around the tumor)"),
 }
 

@@ -16,7 +16,7 @@ row's, the label agreement of each of our rows with the default model's labels, 
 model's own split of the time (from its report).
 
 Run: python Testing/Benchmarks/bench_inference.py [--case ../shared/real-cases/Brats18_CBICA_AQO_1]
-     [--models brats-glioma-v6-fold0 brats-synthetic-demo] [--backends auto openvino] [--windows auto patch] [--rounds 3]
+     [--models brats-glioma-v9-fold0 brats-synthetic-demo] [--backends auto openvino] [--windows auto patch] [--rounds 3]
 """
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ shipped). Printed: mean Dice WT / TC / ET per condition over all cases, high-gra
 and the change from four sequences.
 
 Run: python Testing/Benchmarks/bench_missing.py [--data ../shared/real-cases] [--models MODEL ...]
-     python Testing/Benchmarks/bench_missing.py --models brats-glioma-v6-fold0 ... brats-glioma-v6-fold4 \
-         --pool v6 --min-component-voxels 1000
+     python Testing/Benchmarks/bench_missing.py --models brats-glioma-v9-fold0 ... brats-glioma-v9-fold4 \
+         --pool v9 --min-et-voxels 500 --min-component-voxels 1000
 """
 from __future__ import annotations
 

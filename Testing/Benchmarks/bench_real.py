@@ -20,9 +20,9 @@ that OLD did not train on either are scored, and OLD is scored on the same cases
 defaults: a comparison of two designs on common unseen cases.
 
 Run: python Testing/Benchmarks/bench_real.py [--data ../shared/real-cases]
-     [--models brats-glioma-ensemble-v6 brats-synthetic-demo] [--pool NAME] [--against OLD] [--device cpu]
-     python Testing/Benchmarks/bench_real.py --models brats-glioma-v6-fold0 ... brats-glioma-v6-fold4 --pool v6 \
-         --min-component-voxels 1000 [--tta] [--against OLD]
+     [--models brats-glioma-ensemble-v9 brats-synthetic-demo] [--pool NAME] [--against OLD] [--device cpu]
+     python Testing/Benchmarks/bench_real.py --models brats-glioma-v9-fold0 ... brats-glioma-v9-fold4 --pool v9 \
+         --min-et-voxels 500 --min-component-voxels 1000 [--tta] [--against OLD]
 """
 from __future__ import annotations
 

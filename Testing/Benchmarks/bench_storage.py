@@ -11,7 +11,7 @@ An ensemble is compared member by member converted, averaged as the ensemble doe
 With ``--held-out`` only the cases none of the members trained on are used (a cross-validation fold
 model: its held-out fold).
 
-Run: python Testing/Benchmarks/bench_storage.py [--data ../shared/real-cases] [--model brats-glioma-ensemble-v6]
+Run: python Testing/Benchmarks/bench_storage.py [--data ../shared/real-cases] [--model brats-glioma-ensemble-v9]
      [--held-out]
 """
 from __future__ import annotations

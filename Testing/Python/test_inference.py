@@ -282,7 +282,7 @@ def test_default_model_is_the_real_data_model_and_says_what_it_is():
     each member): not a demo, not for clinical use; each member validated on the fold it did not
     train on, the ensemble's figures those folds pooled; fp16 weights, 64 MB in all at most."""
     members = ensembles.load_models(bundles.DEFAULT_MODEL)
-    assert [b.id for b in members] == [f"brats-glioma-v6-fold{k}" for k in range(5)]
+    assert [b.id for b in members] == [f"brats-glioma-v9-fold{k}" for k in range(5)]
     ensemble = ensembles.describe(bundles.resolve(bundles.DEFAULT_MODEL))
     docs = [ensemble] + [b.manifest.to_json() for b in members]
     assert ensemble["network"] == "ensemble" and set(ensemble["postprocessing"]) == set(NO_POSTPROCESSING)

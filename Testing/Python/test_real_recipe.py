@@ -137,7 +137,7 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
                                                                                   monkeypatch):
     # the folds they start from, as a user who trained them registers them (they are not shipped)
     for k in range(len(FOLDS)):
-        for version in ("v2", "v4", "v5"):
+        for version in ("v2", "v4", "v5", "v6"):
             save_tiny_bundle(np.random.default_rng(k).random((4, 32, 32, 32), np.float32),
                              tmp_path / f"brats-glioma-{version}-fold{k}", model_id=f"brats-glioma-{version}-fold{k}")
     monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(tmp_path))
@@ -157,14 +157,14 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
     assert "initialised_from" not in scratch.extra and scratch.extra["id"] == "brats-glioma-v8-fold3"
     assert scratch.cfg.region_weights == (1.0, 2.0, 1.0) and scratch.cfg.augmentation == "nnunet"
     assert set(scratch.cfg.case_weights.values()) == {3.0} and scratch.cfg.fg_fraction == 0.5
-    noenh = plan(all_standins, "2mm-cv-tc-noenh", 1, 1, 0, fold=1)  # the shipped v6 fold trained on
+    noenh = plan(all_standins, "2mm-cv-tc-noenh", 1, 1, 0, fold=1)  # the v6 fold trained on
     assert noenh.extra["initialised_from"]["id"] == "brats-glioma-v6-fold1" and noenh.extra["id"] == "brats-glioma-v9-fold1"
     assert noenh.cfg.without_enhancement == 0.2 and noenh.cfg.region_weights == (1.0, 2.0, 1.0)
     assert set(noenh.cfg.case_weights.values()) == {3.0} and scratch.cfg.without_enhancement == 0.0
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):
-    """Fold 0 of the 1 mm cascade, one step: stage 1 is brats-glioma-v6-fold0 (frozen), every
+    """Fold 0 of the 1 mm cascade, one step: stage 1 is brats-glioma-v9-fold0 (frozen), every
     training case's guide channels come from the 2 mm fold model that held that case out, and the
     held-out fold is segmented through ``segment`` by the cascade itself."""
     run = tmp_path / "cascade"
@@ -172,9 +172,9 @@ def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guide
                      cache_dir=str(tmp_path / "cache"), log=lambda *a: None)
     b = bundles.load(out)
     m = b.manifest.to_json()
-    assert m["id"] == "brats-glioma-cascade-v3-fold0" and m["network"] == "coarse_to_fine"
-    assert m["preprocessing"]["spacing_mm"] == 1.0 and m["initialised_from"]["id"] == "brats-glioma-v6-fold0"
-    stage1 = bundles.load("brats-glioma-v6-fold0").network.state_dict()
+    assert m["id"] == "brats-glioma-cascade-v4-fold0" and m["network"] == "coarse_to_fine"
+    assert m["preprocessing"]["spacing_mm"] == 1.0 and m["initialised_from"]["id"] == "brats-glioma-v9-fold0"
+    stage1 = bundles.load("brats-glioma-v9-fold0").network.state_dict()
     assert all(torch.equal(b.network.coarse.state_dict()[k], v) for k, v in stage1.items())  # frozen
     fine = b.network.fine.state_dict()  # started from the same weights, and trained
     assert fine["head.weight"].shape == stage1["head.weight"].shape and not torch.equal(fine["head.weight"],
@@ -186,7 +186,7 @@ def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guide
     case = FOLDS[3][0]
     with np.load(cached[case]) as z:
         sequences, guide = torch.from_numpy(z["data"][:4].astype(np.float32)), z["data"][4:].astype(np.float32)
-    expected = b.network.guide(sequences, bundles.load("brats-glioma-v6-fold3").network).numpy()
+    expected = b.network.guide(sequences, bundles.load("brats-glioma-v9-fold3").network).numpy()
     assert np.abs(guide - expected).max() < 2e-3  # by the model that never saw it (fp16 in the cache)
 
 

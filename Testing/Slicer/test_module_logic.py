@@ -395,13 +395,13 @@ def test_finetune_on_saved_cases_registers_a_model(scene_with_case, logic, tmp_p
 
 def test_the_default_ensemble_is_listed_as_one_model_and_fine_tunes_from_its_first_member():
     listed = models()
-    assert listed[0]["name"] == "brats-glioma-ensemble-v6"  # the default, selected first
+    assert listed[0]["name"] == "brats-glioma-ensemble-v9"  # the default, selected first
     ensemble = listed[0]
     assert "error" not in ensemble
     tip = model_tooltip(ensemble)
-    assert "ensemble of brats-glioma-v6-fold0, brats-glioma-v6-fold1" in tip and "Validation (32 held-out cases)" in tip
-    assert [m["name"] for m in models_in([ensemble["path"]])] == ["brats-glioma-ensemble-v6"]
-    assert os.path.basename(finetune_source(ensemble["path"])) == "brats-glioma-v6-fold0"
+    assert "ensemble of brats-glioma-v9-fold0, brats-glioma-v9-fold1" in tip and "Validation (32 held-out cases)" in tip
+    assert [m["name"] for m in models_in([ensemble["path"]])] == ["brats-glioma-ensemble-v9"]
+    assert os.path.basename(finetune_source(ensemble["path"])) == "brats-glioma-v9-fold0"
     note = model_note(ensemble)
     assert "Cross-validated on 32 cases, each segmented by the member that did not train on it (with its " \
         "postprocessing, chosen on these same cases): Dice 0.85" in note
