@@ -156,14 +156,18 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], model: Mod
     if progress:
         progress("postprocess", 0.0)
     out, unc = labels_on_reference(pred.probabilities, pre, first.output_kind, scheme, post, opts.uncertainty)
+    measured = volumes(sitk.GetArrayViewFromImage(out), scheme, voxel_volume_ml(pre.inverse.reference))
     timings["postprocess"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - start
     warnings = list(pre.warnings) + pred.notes
     if extra:
         warnings.append(f"ignored sequences the model does not use: {', '.join(extra)}")
+    pattern = reliability.warning(measured, models.name, models.held_out)
+    if pattern:
+        warnings.append(pattern)
     if progress:
         progress("done", 1.0)
-    return _result(out, unc, pre, pred, models, opts, scheme, timings, warnings)
+    return _result(out, unc, pre, pred, models, opts, scheme, measured, timings, warnings)
 
 
 def _window(opts: SegmentOptions, models: Models) -> str:
@@ -174,13 +178,12 @@ def _window(opts: SegmentOptions, models: Models) -> str:
 
 
 def _result(labels: sitk.Image, unc: Optional[sitk.Image], pre: Preprocessed, pred: Prediction, models: Models,
-            opts: SegmentOptions, scheme: str, timings: Dict[str, float], warnings: List[str]) -> SegmentationResult:
+            opts: SegmentOptions, scheme: str, measured: Dict[str, float], timings: Dict[str, float],
+            warnings: List[str]) -> SegmentationResult:
     ref_img = pre.inverse.reference
-    measured = volumes(sitk.GetArrayViewFromImage(labels), scheme, voxel_volume_ml(ref_img))
-    pattern = reliability.warning(measured, models.name, models.held_out)
     return SegmentationResult(
         labels=labels, label_scheme=scheme, timings=timings, device=pred.device, backend=pred.backend,
-        volumes_ml=measured, warnings=warnings + ([pattern] if pattern else []),
+        volumes_ml=measured, warnings=warnings,
         model=models.name, ensembles=models.ensembles,
         models=[{"id": m.id, "version": m.manifest.version, "network": m.manifest.network,
                  "weights_sha256": m.manifest.weights_sha256, "demo": m.demo, "path": m.path} for m in models.members],

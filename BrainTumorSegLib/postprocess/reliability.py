@@ -41,10 +41,14 @@ def pattern_summary(per_case: Mapping[str, Mapping[str, Mapping[str, float]]]) -
     groups: Dict[str, List[Mapping]] = {"pattern": [], "others": []}
     for row in per_case.values():
         groups["pattern" if non_enhancing(_predicted(row)) else "others"].append(row)
-    return {g: {"cases": len(rows), **({f"dice_{r}": float(np.mean([x[r]["dice"] for x in rows])) for r in REGIONS}
-                                      if rows else {}),
-                **({"volume_error_ml_WT": float(np.mean([x["WT"]["volume_error_ml"] for x in rows]))} if rows else {})}
-            for g, rows in groups.items()}
+
+    def summary(rows: List[Mapping]) -> Dict[str, float]:
+        if not rows:
+            return {"cases": 0}
+        out = {f"dice_{r}": float(np.mean([x[r]["dice"] for x in rows])) for r in REGIONS}
+        return {"cases": len(rows), **out, "volume_error_ml_WT": float(np.mean([x["WT"]["volume_error_ml"] for x in rows]))}
+
+    return {g: summary(rows) for g, rows in groups.items()}
 
 
 def warning(volumes_ml: Mapping[str, float], model: str,
