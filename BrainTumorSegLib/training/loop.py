@@ -115,6 +115,10 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[Case]], out_dir: str, ini
     if not dist.main:
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job
     net = _network(cfg, init_from)  # before any folder is made: a setting the network refuses leaves none
+    if cfg.without_enhancement and net.guide_channels:
+        # the guide channels would still show the first stage's enhancing tumor the labels no longer have
+        raise InputError(None, f"--without-enhancement is for networks without guide channels; {cfg.network} "
+                               f"takes {net.guide_channels}")
     os.makedirs(out_dir, exist_ok=True)
     cache_dir = cache_dir or os.path.join(out_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)

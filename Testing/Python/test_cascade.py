@@ -7,12 +7,15 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.models import bundles
 from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.pipeline import segment
 from BrainTumorSegLib.preprocess.normalise import zscore
 from BrainTumorSegLib.read.cases import find_cases
 from BrainTumorSegLib.segment_options import SegmentOptions
+from BrainTumorSegLib.training.config import TrainConfig
+from BrainTumorSegLib.training.loop import train
 
 SMALL = {"channels": [4, 8, 16, 32], "blocks": [1, 1, 1, 1]}
 
@@ -151,3 +154,14 @@ def test_stage2_windows_see_stage1s_probabilities(bias, expected):
     with torch.no_grad():
         net(x[None])
     assert (box is not None) == expected and seen and (seen[0] > 0.5) == expected
+
+
+def test_enhancement_is_not_removed_under_guide_channels_that_still_show_it(phantom_dir, tmp_path):
+    """A cascade's guide channels carry stage 1's enhancing tumor: patches relabelled as not
+    enhancing would contradict them, so training refuses the pair before making anything."""
+    cases = find_cases(phantom_dir)
+    cfg = TrainConfig(network="coarse_to_fine", options={"coarse": SMALL, "fine": SMALL}, epochs=1, iters_per_epoch=1,
+                      patch=(16, 16, 16), without_enhancement=0.5)
+    with pytest.raises(InputError, match="--without-enhancement is for networks without guide channels"):
+        train(cfg, cases[:1], cases[1:], str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
