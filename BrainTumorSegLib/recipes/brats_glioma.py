@@ -5,7 +5,8 @@ Data: 24 expert-labelled BraTS 2018 training cases (skull-stripped, co-registere
 never changes: 5 validation cases from three institution prefixes (2013, CBICA, TCIA), the other
 19 for training. Validation figures are measured through the full ``segment`` path on the
 original 1 mm files, and the postprocessing defaults are chosen on those same validation cases
-(never on other data).
+(never on other data); for the cross-validation folds (``2mm-cv*``) ``ensemble --validate-on``
+chooses them on the pooled out-of-fold cases.
 
 Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters; the cascade two of them)
 under one CPU budget:

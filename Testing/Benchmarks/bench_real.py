@@ -1,9 +1,10 @@
 """Accuracy and time on real cases each model did not train on, through the full ``segment`` path.
 
 Each model (a bundle or an ensemble, by name or folder) is scored on the cases of ``--data`` that
-none of its members trained on (their manifests' ``training_data.train``): for the shipped models
-the recipe's validation cases and every case added since; for a cross-validation fold model its
-held-out fold. With ``--pool NAME`` the listed models are the folds of one design and their
+none of its members trained on (their manifests' ``training_data.train``): for a single-split
+model the recipe's validation cases and every case added since; for a cross-validation fold model
+its held-out fold (the shipped ensemble's five folds together saw every shared case: score them
+with ``--pool``). With ``--pool NAME`` the listed models are the folds of one design and their
 held-out cases are pooled into one out-of-fold table. Every case is segmented from its original
 files with the model's own default settings and scored against the expert labels: Dice, HD95 (mm,
 max of the directed 95th percentiles; 373.13 when exactly one mask is empty) and volume error (mL,
