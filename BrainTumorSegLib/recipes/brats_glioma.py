@@ -50,6 +50,9 @@ under one CPU budget:
   ``2mm-cv-tc`` trained it, a fifth of the patches that have enhancing tumor shown as if it did not
   enhance (the T1ce there taken from the T1, the labels non-enhancing core:
   ``augmentation.remove_enhancement``); exported as ``brats-glioma-v9-foldK``, the default's members;
+- ``2mm-cv-tc-noenh2``: each shipped ``brats-glioma-v9-foldK`` trained on again, two fifths of those
+  patches without enhancement and the tumor core weighing three times; exported as
+  ``brats-glioma-v10-foldK`` (measured out of fold in docs/training.md: not adopted);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -189,7 +192,7 @@ VARIANTS: Dict[str, Variant] = {
                                init_from="brats-glioma-v6-fold{fold}", lr=3e-4, model_id="brats-glioma-v9", folds=True,
                                fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0), without_enhancement=0.2),
     # each v9 fold trained on again: two fifths of the ET patches shown without enhancement and the
-    # tumor core counting three times, for the low-grade cores still labelled edema
+    # tumor core counting three times, for the low-grade cores still labelled edema (measured: not adopted)
     "2mm-cv-tc-noenh2": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
                                 init_from="brats-glioma-v9-fold{fold}", lr=3e-4, model_id="brats-glioma-v10",
                                 folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 3.0, 1.0),
