@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from .. import __version__
 from ..errors import Cancelled, InputError
@@ -141,6 +141,16 @@ def _cmd_train_demo(args: argparse.Namespace) -> int:
                      epochs=args.epochs, iters=args.iters)
     print(f"demo model bundle: {out}")
     return 0
+
+
+def _recipe_fold(text: str) -> Union[int, str]:
+    """--fold of train-recipe: a fold number or ``all``."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a fold number nor 'all'") from None
 
 
 def _cmd_train_recipe(args: argparse.Namespace) -> int:
@@ -356,8 +366,9 @@ def _add_training_commands(sub) -> None:
     tr2.add_argument("--data", required=True, help="folder with the real BraTS cases (e.g. ../shared/real-cases)")
     tr2.add_argument("--out", required=True, help="run folder; an existing one is resumed")
     tr2.add_argument("--variant", default="2mm", help="a variant of real_recipe.VARIANTS: 2mm (default), 1mm, 2mm-cv, ...")
-    tr2.add_argument("--fold", type=int, help="for 2mm-cv: the cross-validation fold to hold out (0-4; "
-                                              "cross_validation.FOLDS, stratified by grade and institution)")
+    tr2.add_argument("--fold", type=_recipe_fold, help="for the 2mm-cv... variants: the cross-validation fold to "
+                                                     "hold out (0-4; cross_validation.FOLDS, stratified by grade and "
+                                                     "institution), or 'all': every case, none held out")
     tr2.add_argument("--epochs", type=int, default=30)
     tr2.add_argument("--iters", type=int, default=100, help="iterations per epoch")
     tr2.add_argument("--seed", type=int, default=0)

@@ -115,6 +115,13 @@ FOLD_DESCRIPTION = ("{kind}, cross-validation fold {fold} of the brats-glioma re
                     "expert-labelled BraTS 2018 and 2021 glioma cases of every grade on a 2-core CPU; "
                     "its held-out fold's figures ('metrics') are out of fold. Research use only, not "
                     "for clinical use.")
+ALL_DESCRIPTION = ("{kind} of the brats-glioma recipe trained on all {n} real, expert-labelled BraTS 2018 and "
+                   "2021 glioma cases of the cross-validation (every grade) on a 2-core CPU, as each fold model "
+                   "of its design was: the pooled out-of-fold figures of those fold models describe it. "
+                   "Research use only, not for clinical use.")
+ALL_NOTE = ("research model trained on {n} real BraTS 2018 and 2021 cases of every grade, not a medical device and "
+            "not for clinical use; it was trained on skull-stripped, co-registered BraTS data (segment strips and "
+            "registers clinical scans first; check the brain mask)")
 FOLD_NOTE = ("research model (one cross-validation fold) trained on real BraTS 2018 and 2021 cases of every grade, not "
              "a medical device and not for clinical use; it was trained on skull-stripped, co-registered BraTS data "
              "(segment strips and registers clinical scans first; check the brain mask)")
@@ -168,17 +175,17 @@ VARIANTS: Dict[str, Variant] = {
                       model_id="brats-glioma-v2", folds=True),
     # each v2 fold trained on: its own fold's weights (so still out of fold), a third of the learning
     # rate, half the patches on tumor and the rare tumors drawn twice as often
-    "2mm-cv-long": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v2-fold{fold}",
+    "2mm-cv-long": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v2-{member}",
                            lr=3e-4, model_id="brats-glioma-v4", folds=True, fg_fraction=0.5, rare_weight=2.0),
     # each v4 fold trained on again in the same way, the rare tumors drawn three times as often
-    "2mm-cv-longer": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v4-fold{fold}",
+    "2mm-cv-longer": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v4-{member}",
                              lr=3e-4, model_id="brats-glioma-v5", folds=True, fg_fraction=0.5, rare_weight=3.0),
     # each v5 fold trained on as v5 was, the tumor core counting twice in the loss (Dice and BCE)
-    "2mm-cv-tc": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v5-fold{fold}",
+    "2mm-cv-tc": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v5-{member}",
                          lr=3e-4, model_id="brats-glioma-v6", folds=True, fg_fraction=0.5, rare_weight=3.0,
                          region_weights=(1.0, 2.0, 1.0)),
     # each v5 fold trained on as v5 was, with nnU-Net's augmentation set instead of ours
-    "2mm-cv-nnaug": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v5-fold{fold}",
+    "2mm-cv-nnaug": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v5-{member}",
                             lr=3e-4, model_id="brats-glioma-v7", folds=True, fg_fraction=0.5, rare_weight=3.0,
                             augmentation="nnunet"),
     # from scratch, both changes from the first iteration: the tumor core weighted twice, nnU-Net's
@@ -189,27 +196,37 @@ VARIANTS: Dict[str, Variant] = {
     # each v6 fold trained on as v6 was, a fifth of the patches with enhancing tumor shown without it
     # (T1ce from T1 there, labelled non-enhancing core), for the low-grade cores labelled edema
     "2mm-cv-tc-noenh": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
-                               init_from="brats-glioma-v6-fold{fold}", lr=3e-4, model_id="brats-glioma-v9", folds=True,
+                               init_from="brats-glioma-v6-{member}", lr=3e-4, model_id="brats-glioma-v9", folds=True,
                                fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0), without_enhancement=0.2),
     # each v9 fold trained on again: two fifths of the ET patches shown without enhancement and the
     # tumor core counting three times, for the low-grade cores still labelled edema (measured: not adopted)
     "2mm-cv-tc-noenh2": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
-                                init_from="brats-glioma-v9-fold{fold}", lr=3e-4, model_id="brats-glioma-v10",
+                                init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v10",
                                 folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 3.0, 1.0),
                                 without_enhancement=0.4),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
-                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v9-fold{fold}",
+                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v9-{member}",
                               lr=3e-4, model_id="brats-glioma-cascade-v4", folds=True, fg_fraction=0.6, rare_weight=2.0,
                               kind="Coarse-to-fine cascade (2 mm residual U-Net, then 1 mm around the tumor)"),
 }
 
 
-def split(data_dir: str, fold: Optional[int] = None) -> Tuple[List[Case], List[Case]]:
-    """The fixed training and validation cases found in ``data_dir``: the five validation cases, or
-    with ``fold`` the held-out fold of the five (all 32 shared cases must be there)."""
+ALL = "all"  # --fold all: a fold variant's design trained on every case of the folds, none held out
+Fold = Union[int, str, None]  # a fold (0-4), ALL, or None for the variants with a fixed split
+
+
+def member(fold: Fold) -> str:
+    """How a fold variant's model of ``fold`` is named after its variant's id: ``fold3``, ``all``."""
+    return ALL if fold == ALL else f"fold{fold}"
+
+
+def split(data_dir: str, fold: Fold = None) -> Tuple[List[Case], List[Case]]:
+    """The fixed training and validation cases found in ``data_dir``: the five validation cases,
+    with ``fold`` the held-out fold of the five, with ``fold="all"`` every case of the folds and
+    none held out (all 32 shared cases must be there for either)."""
     cases = check_cases(find_cases(data_dir))
     ids = {c.case_id for c in cases}
-    held_out = VALIDATION if fold is None else FOLDS[fold]
+    held_out = VALIDATION if fold is None else (() if fold == ALL else FOLDS[int(fold)])
     needed = held_out if fold is None else list(GRADES)
     missing = [v for v in needed if v not in ids]
     if missing:
@@ -280,6 +297,19 @@ def _pooled_inference(data_dir: str, models: Sequence[str], parts: Sequence[bund
     return {"report": report, "postprocessing": asdict(chosen), "window": window}
 
 
+def out_of_fold_fields(data_dir: str, models: Sequence[str], parts: Sequence[bundles.Manifest],
+                       log=print) -> Optional[Dict]:
+    """For the fold models of one cross-validation: their pooled out-of-fold figures (postprocessing
+    off) and the postprocessing and window chosen on those pooled held-out cases, as manifest fields
+    (``metrics``, ``postprocessing``, ``window``) of a model of their design; None for other models."""
+    pooled = pooled_out_of_fold(models, parts)
+    if pooled is None:
+        return None
+    chosen = _pooled_inference(data_dir, models, parts, log)
+    return {"metrics": {"out_of_fold": pooled, "out_of_fold_postprocessed": chosen["report"]},
+            "postprocessing": chosen["postprocessing"], "window": chosen["window"]}
+
+
 def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
     """The manifest fields of an ensemble of this recipe's models (bundle folders): the members'
     training data, licence and citations, and its figures. Fold models of one cross-validation get
@@ -290,15 +320,12 @@ def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
     parts = [bundles.read_manifest(m) for m in models]
     trained = [_trained_on(m, p) for m, p in zip(models, parts)]
     train_ids = sorted(set().union(*trained))
-    pooled = pooled_out_of_fold(models, parts)
     validation: Union[str, List[str]]
     own: Dict = {"note": NOTE}
-    if pooled is not None:
-        own["note"] = FOLDS_NOTE.format(n=len(train_ids))
-        chosen = _pooled_inference(data_dir, models, parts, log)
-        own["postprocessing"] = chosen["postprocessing"]
-        own["window"] = chosen["window"]
-        metrics = {"out_of_fold": pooled, "out_of_fold_postprocessed": chosen["report"]}
+    found = out_of_fold_fields(data_dir, models, parts, log)
+    if found is not None:
+        own = {"note": FOLDS_NOTE.format(n=len(train_ids)), **found}
+        metrics = own.pop("metrics")
         validation = "out of fold (each member's held-out fold)"
     else:
         held_out = [c for c in check_cases(find_cases(data_dir)) if c.case_id not in train_ids]
@@ -325,38 +352,40 @@ class Plan:
     val_cases: List[Case]
     init: Optional[bundles.Bundle]
     extra: Dict
-    fold: Optional[int] = None
+    fold: Fold = None
     guide: Optional[Guide] = None   # a cascade's training inputs beside the sequences
 
 
-def _variant(variant: str, fold: Optional[int]) -> Variant:
-    """The variant's settings, checked against ``fold`` (fold variants need one, the others take none)."""
+def _variant(variant: str, fold: Fold) -> Variant:
+    """The variant's settings, checked against ``fold`` (fold variants need one or ``all``, the
+    others take none)."""
     if variant not in VARIANTS:
         raise InputError(None, f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     v = VARIANTS[variant]
     if v.folds and fold is None:
-        raise InputError(None, f"variant {variant} trains one cross-validation fold: give --fold 0-{len(FOLDS) - 1}")
+        raise InputError(None, f"variant {variant} trains one cross-validation fold: give --fold 0-{len(FOLDS) - 1} "
+                               f"(or --fold {ALL}: every case)")
     if not v.folds and fold is not None:
         folded = ", ".join(k for k, w in VARIANTS.items() if w.folds)
         raise InputError(None, f"variant {variant} has a fixed split; --fold is for {folded}")
-    if fold is not None and not 0 <= fold < len(FOLDS):
-        raise InputError(None, f"--fold {fold} is out of range: choose 0-{len(FOLDS) - 1}")
+    if fold is not None and fold != ALL and not (isinstance(fold, int) and 0 <= fold < len(FOLDS)):
+        raise InputError(None, f"--fold {fold} is out of range: choose 0-{len(FOLDS) - 1} or {ALL}")
     return v
 
 
-def model_id(variant: str, fold: Optional[int] = None) -> str:
+def model_id(variant: str, fold: Fold = None) -> str:
     """The id a run of ``variant`` (and ``fold``) exports under."""
     v = _variant(variant, fold)
-    return v.model_id if fold is None else f"{v.model_id}-fold{fold}"
+    return v.model_id if fold is None else f"{v.model_id}-{member(fold)}"
 
 
-def export_folder(run_dir: str, variant: str, fold: Optional[int] = None) -> str:
+def export_folder(run_dir: str, variant: str, fold: Fold = None) -> str:
     """Where a run of ``variant`` writes its bundle by default: ``run_dir/<its model id>``."""
     return os.path.join(run_dir, model_id(variant, fold))
 
 
 def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_from: Optional[str] = None,
-         fold: Optional[int] = None) -> Plan:
+         fold: Fold = None) -> Plan:
     """The run of ``variant`` (on ``fold``'s training cases for a fold variant); ``init_from`` (a
     bundle) replaces the variant's initial weights, e.g. to continue from the last exported model
     when a run folder was lost."""
@@ -372,13 +401,13 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "
               + (f"--fold {fold} " if fold is not None else "")
               + f"--epochs {epochs} --iters {iters} --seed {seed}" + (f" --init-from {init_from}" if init_from else ""))
-    start = init_from or (v.init_from.format(fold=fold) if v.init_from else None)
+    start = init_from or (v.init_from.format(member=member(fold)) if v.init_from else None)
     init = bundles.load(start) if start else None
     guide = None
     if v.coarse_from:
         cascade = CoarseToFine(**cfg.options)
         if init is None:  # a new cascade: both stages start from this fold's 2 mm model
-            stage1 = bundles.load(v.coarse_from.format(fold=fold))
+            stage1 = bundles.load(v.coarse_from.format(member=member(fold)))
             cascade.start_from(stage1.network)
             init = bundles.Bundle(stage1.path, stage1.manifest, cascade)
         guide = _out_of_fold_guide(cascade, v.coarse_from)
@@ -389,11 +418,18 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
              "training_data": {"source": "BraTS 2018 training cases, BraTS 2021 file layout",
                                "train": [c.case_id for c in train_cases],
                                "validation": [c.case_id for c in val_cases]}}
-    if fold is not None:
+    grades = {c.case_id: GRADES[c.case_id] for c in train_cases + val_cases}
+    if fold == ALL:
+        extra["description"] = ALL_DESCRIPTION.format(kind=v.kind, n=len(train_cases))
+        extra["note"] = ALL_NOTE.format(n=len(train_cases))
+        # not "cross_validation": it holds no fold out, so no figures of its own
+        extra["all_folds"] = {"folds": [list(f) for f in FOLDS], "grades": grades,
+                              "design_folds": [model_id(variant, k) for k in range(len(FOLDS))],
+                              "exported": "last epoch (no case held out)"}
+    elif fold is not None:
         extra["description"] = FOLD_DESCRIPTION.format(kind=v.kind, fold=fold, n=len(train_cases))
         extra["note"] = FOLD_NOTE
-        extra["cross_validation"] = {"fold": fold, "folds": [list(f) for f in FOLDS],
-                                     "grades": {c.case_id: GRADES[c.case_id] for c in train_cases + val_cases},
+        extra["cross_validation"] = {"fold": fold, "folds": [list(f) for f in FOLDS], "grades": grades,
                                      "exported": "last epoch (the held-out fold chooses nothing)"}
     if init is not None:
         extra["initialised_from"] = {"id": init.id, "weights_sha256": init.manifest.weights_sha256}
@@ -409,34 +445,54 @@ def _out_of_fold_guide(cascade: CoarseToFine, coarse_from: str) -> Guide:
     def channels(case_id: str, volume: torch.Tensor) -> torch.Tensor:
         k = FOLD_OF[case_id]
         if k not in nets:
-            nets[k] = bundles.load(coarse_from.format(fold=k)).network
+            nets[k] = bundles.load(coarse_from.format(member=member(k))).network
         return cascade.guide(volume, nets[k])
 
-    digests = ",".join(bundles.read_manifest(bundles.resolve(coarse_from.format(fold=k))).weights_sha256[:12]
+    digests = ",".join(bundles.read_manifest(bundles.resolve(coarse_from.format(member=member(k)))).weights_sha256[:12]
                        for k in range(len(FOLDS)))
     return Guide.made("out-of-fold", cascade, digests, channels)
 
 
 def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print,
-           postprocessing: Optional[PostprocessOptions] = None) -> str:
+           postprocessing: Optional[PostprocessOptions] = None, data_dir: Optional[str] = None) -> str:
     """Validate the network through ``segment``, store the chosen postprocessing (or
     ``postprocessing``, chosen elsewhere) and the figures in its manifest, and write the final
-    bundle to ``out`` (replacing an earlier one)."""
+    bundle to ``out`` (replacing an earlier one). A model that held no case out (``--fold all``)
+    takes its design's figures, postprocessing and window from the fold models of that design
+    when they are installed (``data_dir`` for their held-out cases), else none and no postprocessing."""
     manifest = {k: v for k, v in manifest.items() if k != "weights_sha256"}
-    parent = os.path.dirname(os.path.abspath(out))
-    with tempfile.TemporaryDirectory(prefix=".staging-", dir=parent) as tmp:
-        staged = bundles.save(net, os.path.join(tmp, "bundle"), manifest)
-        report, post = validate_bundle(staged, val_cases, log=log, postprocessing=postprocessing)
-    manifest["postprocessing"] = asdict(post)
-    manifest.setdefault("metrics", {})["validation_segment"] = report
+    if val_cases:
+        parent = os.path.dirname(os.path.abspath(out))
+        with tempfile.TemporaryDirectory(prefix=".staging-", dir=parent) as tmp:
+            staged = bundles.save(net, os.path.join(tmp, "bundle"), manifest)
+            report, post = validate_bundle(staged, val_cases, log=log, postprocessing=postprocessing)
+        manifest["postprocessing"] = asdict(post)
+        manifest.setdefault("metrics", {})["validation_segment"] = report
+    else:
+        manifest.update(_design_fields(manifest, data_dir, log))
     if os.path.exists(out):
         shutil.rmtree(out)
     return bundles.save(net, out, manifest)
 
 
+def _design_fields(manifest: Dict, data_dir: Optional[str], log) -> Dict:
+    """The out-of-fold fields of a model trained on every case, from its design's fold models."""
+    design = manifest.get("all_folds", {}).get("design_folds", [])
+    try:
+        paths = [bundles.resolve(m) for m in design]
+    except InputError:
+        paths = []
+    found = out_of_fold_fields(data_dir, paths, [bundles.read_manifest(p) for p in paths], log) \
+        if paths and data_dir else None
+    if found is None:
+        log(f"no out-of-fold figures: the fold models {', '.join(design) or '(none)'} are not all installed")
+        return {"postprocessing": asdict(PostprocessOptions()), "metrics": {}}
+    return found
+
+
 def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 30, iters: int = 100,
                seed: int = 0, resume: bool = True, export: Optional[str] = None, cache_dir: Optional[str] = None,
-               init_from: Optional[str] = None, fold: Optional[int] = None, log=print) -> str:
+               init_from: Optional[str] = None, fold: Fold = None, log=print) -> str:
     """Train (or resume) one variant, validate it through ``segment`` and export the bundle.
 
     Args:
@@ -450,14 +506,15 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
         cache_dir: preprocessed cases (default ``run_dir/cache``); variants can share one.
         init_from: a bundle to start from instead of the variant's initialisation (a new run that
             continues from exported weights; its schedule starts again).
-        fold: the cross-validation fold (0-4) a fold variant holds out.
+        fold: the cross-validation fold (0-4) a fold variant holds out, or ``"all"`` to train its
+            design on every case of the folds (nnU-Net's ``all``), holding none out.
     """
     p = plan(data_dir, variant, epochs, iters, seed, init_from, fold)
     trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,
                     bundle_manifest=p.extra, log=log, cache_dir=cache_dir, guide=p.guide)
     b = bundles.load(trained)
     return finish(b.network, b.manifest.to_json(), p.val_cases, export or export_folder(run_dir, variant, fold), log,
-                  _fold_postprocessing(p))
+                  _fold_postprocessing(p), data_dir)
 
 
 def _fold_postprocessing(p: Plan) -> Optional[PostprocessOptions]:
@@ -467,7 +524,7 @@ def _fold_postprocessing(p: Plan) -> Optional[PostprocessOptions]:
 
 
 def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, variant: str = "2mm",
-                      epochs: int = 30, iters: int = 100, seed: int = 0, fold: Optional[int] = None, log=print) -> str:
+                      epochs: int = 30, iters: int = 100, seed: int = 0, fold: Fold = None, log=print) -> str:
     """A bundle from one checkpoint of a run (the best so far of a run still going, or a snapshot
     at a fixed budget), validated through ``segment`` like a finished run's.
 
@@ -489,4 +546,4 @@ def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, va
     manifest.update(p.extra)
     done = int(state["epoch"]) + 1
     manifest["training"]["trained"] = {"epochs": done, "iterations": done * iters, "checkpoint": os.path.basename(checkpoint)}
-    return finish(net, manifest, p.val_cases, out, log, _fold_postprocessing(p))
+    return finish(net, manifest, p.val_cases, out, log, _fold_postprocessing(p), data_dir)

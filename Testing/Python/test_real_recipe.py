@@ -245,3 +245,54 @@ def test_an_ensemble_of_folds_records_their_pooled_out_of_fold_figures(all_stand
     assert doc["note"].startswith("research model (the fold models of a cross-validation averaged) trained on 32 real")
     with pytest.raises(InputError, match="not distinct folds"):
         ensemble_manifest(all_standins, [folds[0], folds[0]], log=lambda *a: None)
+
+
+def test_fold_all_trains_the_design_on_every_case_and_takes_its_folds_figures(all_standins, fold_runs, tmp_path,
+                                                                               monkeypatch):
+    """``--fold all`` (nnU-Net's ``all``): a fold variant's design on all 32 cases, none held out;
+    its figures, postprocessing and window are those its five fold models give out of fold."""
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(models))
+    first = plan(all_standins, "2mm-cv", 1, 1, 0, fold="all")
+    assert sorted(c.case_id for c in first.train_cases) == sorted(GRADES) and first.val_cases == []
+    assert first.extra["id"] == "brats-glioma-v2-all" and "cross_validation" not in first.extra
+    assert first.extra["all_folds"]["design_folds"] == [f"brats-glioma-v2-fold{k}" for k in range(len(FOLDS))]
+    save_tiny_bundle(np.random.default_rng(0).random((4, 32, 32, 32), np.float32), models / "brats-glioma-v5-all",
+                     model_id="brats-glioma-v5-all")
+    p = plan(all_standins, "2mm-cv-tc", 1, 1, 0, fold="all")  # the chain goes on from its own "all" model
+    assert p.extra["initialised_from"]["id"] == "brats-glioma-v5-all" and p.extra["id"] == "brats-glioma-v6-all"
+    assert set(p.cfg.case_weights) == {c for c in GRADES if GRADES[c] != "HGG"}  # every rare case, none held out
+    with pytest.raises(InputError, match="or all"):
+        plan(all_standins, "2mm-cv", 1, 1, 0, fold="al")
+
+    # with only two of the design's five folds installed: no figures and no postprocessing of its own
+    for k in (0, 1):
+        os.symlink(fold_runs / f"fold{k}" / f"brats-glioma-v2-fold{k}", models / f"brats-glioma-v2-fold{k}")
+    out = train_real(all_standins, str(tmp_path / "all"), variant="2mm-cv", fold="all", epochs=1, iters=1,
+                     cache_dir=str(fold_runs / "cache"), log=lambda *a: None)
+    m = bundles.read_manifest(out).to_json()
+    assert m["metrics"] == {} and m["postprocessing"]["min_component_voxels"] == 0
+    assert sorted(m["training_data"]["train"]) == sorted(GRADES) and m["training_data"]["validation"] == []
+    assert m["all_folds"]["exported"] == "last epoch (no case held out)"
+
+
+@pytest.mark.slow
+def test_fold_all_takes_the_pooled_figures_of_its_five_fold_models(all_standins, fold_runs, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(models))
+    for k in range(len(FOLDS)):
+        if k > 1:  # the fixture trained folds 0 and 1
+            train_real(all_standins, str(fold_runs / f"fold{k}"), variant="2mm-cv", fold=k, epochs=1, iters=1,
+                       cache_dir=str(fold_runs / "cache"), log=lambda *a: None)
+        os.symlink(fold_runs / f"fold{k}" / f"brats-glioma-v2-fold{k}", models / f"brats-glioma-v2-fold{k}")
+    out = train_real(all_standins, str(tmp_path / "all"), variant="2mm-cv", fold="all", epochs=1, iters=1,
+                     cache_dir=str(fold_runs / "cache"), log=lambda *a: None)
+    m = bundles.read_manifest(out).to_json()
+    oof = m["metrics"]["out_of_fold"]
+    assert sorted(oof["cases"]) == sorted(GRADES) and oof["folds"] == list(range(len(FOLDS)))
+    assert m["postprocessing"] == max(m["metrics"]["out_of_fold_postprocessed"]["postprocessing_search"]["mean_dice"],
+                                      key=lambda pd: pd[1])[0]
+    assert m["window"] == m["metrics"]["out_of_fold_postprocessed"]["window_search"]["chosen"]
+    assert bundles.load(out).manifest.window == m["window"]
