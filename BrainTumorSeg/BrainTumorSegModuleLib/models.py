@@ -98,12 +98,13 @@ def model_tooltip(manifest: Mapping) -> str:
     """What the model list shows for a bundle: description, label scheme, validation figures."""
     lines = [str(manifest.get("description") or manifest.get("id", "?"))]
     lines.append(f"Label scheme: {manifest.get('label_scheme', '?')}; network: {_network(manifest)}")
-    validation, _ = _held_out(manifest)
+    validation, cross_validated = _held_out(manifest)
     val = _section(validation, "mean")
     keys = ("dice_WT", "dice_TC", "dice_ET", "hd95_WT")
     if all(_number(val.get(k)) is not None for k in keys):
         n = len(validation.get("cases") or [])
-        lines.append(f"Validation ({n} held-out cases): Dice WT {val['dice_WT']:.2f}, TC {val['dice_TC']:.2f}, "
+        what = "Out of fold" if cross_validated else "Validation"
+        lines.append(f"{what} ({n} held-out cases): Dice WT {val['dice_WT']:.2f}, TC {val['dice_TC']:.2f}, "
                      f"ET {val['dice_ET']:.2f}; HD95 WT {val['hd95_WT']:.1f} mm")
     if manifest.get("demo"):
         lines.append("A demo trained on synthetic phantoms: not for real patients.")
@@ -144,7 +145,10 @@ def validation_note(manifest: Mapping) -> str:
     if overall is None or not n:
         return "Its manifest gives no figures on held-out cases."
     postprocessed = bool(_section(_section(manifest, "metrics"), "out_of_fold_postprocessed"))
-    text = (f"Cross-validated on {_cases(n)}, each segmented by the member that did not train on it"
+    # a model trained on every case (--fold all) has no held-out case: its design's fold models' figures
+    who = ("a network trained as this one was but without that case's fold" if _section(manifest, "all_folds")
+           else "the member that did not train on it")
+    text = (f"Cross-validated on {_cases(n)}, each segmented by {who}"
             + (" (with its postprocessing, chosen on these same cases)" if postprocessed else "") + f": {overall}."
             if cross_validated else f"On {_cases(n)} held out from its training: {overall}.")
     by_grade = _section(validation, "by_grade")

@@ -185,9 +185,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
             tag = "DEFAULT; " + tag
         metrics = m.get("metrics") or {}
         full = (metrics.get("validation_segment") or {}).get("mean")
+        pooled = metrics.get("out_of_fold_postprocessed") or metrics.get("out_of_fold") or {}
         if full:  # held-out cases through the whole segment path
             n = len(metrics["validation_segment"].get("cases", []))
             where, scores = f"{n} held-out cases", full
+        elif pooled.get("mean"):  # a cross-validation's folds, each case by the fold that held it out
+            where, scores = f"{len(pooled.get('cases', []))} cases out of fold", pooled["mean"]
         elif metrics.get("held_out_synthetic"):
             where, scores = "held-out phantoms", metrics["held_out_synthetic"]
         else:

@@ -49,7 +49,7 @@ MANIFEST = "manifest.json"
 
 
 # the five folds of the all-grade cross-validation averaged (recipes.brats_glioma); the phantom demo stays as a named model
-DEFAULT_MODEL = "brats-glioma-ensemble-v9"
+DEFAULT_MODEL = "brats-glioma-v9-all"
 
 
 _REQUIRED = ("format", "id", "network", "options", "in_sequences", "label_scheme", "output_kind",

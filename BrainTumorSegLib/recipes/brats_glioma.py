@@ -49,7 +49,8 @@ under one CPU budget:
 - ``2mm-cv-tc-noenh``: each ``brats-glioma-v6-foldK`` (found by name as above) trained on as
   ``2mm-cv-tc`` trained it, a fifth of the patches that have enhancing tumor shown as if it did not
   enhance (the T1ce there taken from the T1, the labels non-enhancing core:
-  ``augmentation.remove_enhancement``); exported as ``brats-glioma-v9-foldK``, the default's members;
+  ``augmentation.remove_enhancement``); exported as ``brats-glioma-v9-foldK``, the members of the
+  shipped ensemble ``brats-glioma-ensemble-v9``;
 - ``2mm-cv-tc-noenh2``: each shipped ``brats-glioma-v9-foldK`` trained on again, two fifths of those
   patches without enhancement and the tumor core weighing three times; exported as
   ``brats-glioma-v10-foldK`` (measured out of fold in docs/training.md: not adopted);
@@ -59,6 +60,11 @@ under one CPU budget:
   on 1 mm patches with stage 1's probabilities as three more channels, each training case's from
   the 2 mm fold model that held it out, at 3e-4; exported as ``brats-glioma-cascade-v4-foldK``
   (``-v2-``: the five measured in docs/training.md, on ``brats-glioma-v5-foldK``).
+
+Every fold variant also trains with ``--fold all``: its design on all 32 cases, none held out,
+each step from the previous step's ``-all`` model (``brats-glioma-v6-all`` for ``2mm-cv-tc-noenh``);
+exported as ``<id>-all`` with the pooled out-of-fold figures of the design's five fold models.
+The default ``brats-glioma-v9-all`` is ``2mm-cv-tc-noenh`` so, after the four steps before it.
 """
 from __future__ import annotations
 

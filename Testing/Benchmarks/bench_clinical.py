@@ -1,8 +1,8 @@
 """The clinical path on real brains: accuracy and time against the BraTS-preprocessed version.
 
 Each real validation case (``recipes.brats_glioma.VALIDATION``: never trained on by the
-single-split models such as v1; four of the five members of a cross-validated ensemble trained on
-each, so its figures here are not held out) is made clinical
+single-split models such as v1; the default, trained on all 32 cases, and four of the five members
+of a cross-validated ensemble trained on each, so their figures here are not held out) is made clinical
 (``synthetic.clinical.clinical_like``: the SRI24 T1 head with skull and scalp around the
 patient's brain, each sequence on its own thick-slice tilted grid, FLAIR moved by 3 degrees and
 3 mm) and segmented with default options, as a user would; the BraTS-preprocessed files are

@@ -130,9 +130,9 @@ def check_training(work: str, log: List[Dict]) -> Dict:
               "--batch", "2", "--amp", "--device", DEVICE]
     runs = [(n, ["train", "--network", n], []) for n in ("resunet", "agse_vnet", "cga_unet", "dmda_unet")]
     runs.append(("resunet-checkpointing", ["train", "--network", "resunet", "--gradient-checkpointing"], []))
-    # what the Slicer module fine-tunes from the default ensemble: its first member
-    from BrainTumorSegLib.models import bundles
-    first = bundles.member_names(bundles.read_document(bundles.resolve(bundles.DEFAULT_MODEL)))[0]
+    # what the Slicer module fine-tunes from the default: the model itself, or an ensemble's first member
+    from BrainTumorSegLib.models import bundles, ensembles
+    first = ensembles.members(bundles.DEFAULT_MODEL)[0]
     runs.append(("finetune-default", ["finetune", "--from", first], []))
     for name, head, _ in runs:
         run_dir = os.path.join(work, f"run-{name}")

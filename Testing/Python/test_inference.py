@@ -14,6 +14,7 @@ from conftest import cli_main, one_line_error, run_cli, save_tiny_bundle
 
 import BrainTumorSegLib
 from BrainTumorSegLib.errors import Cancelled, InputError
+from BrainTumorSegLib.evaluation.cross_validation import GRADES
 from BrainTumorSegLib.models import bundles, ensembles
 from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.pipeline import segment
@@ -278,27 +279,48 @@ def test_cli_interrupt_leaves_no_output(tiny_bundle, phantom_case_dir, tmp_path)
 
 
 def test_default_model_is_the_real_data_model_and_says_what_it_is():
-    """The default, the fold models of one cross-validation averaged, says what it is (and so does
-    each member): not a demo, not for clinical use; each member validated on the fold it did not
-    train on, the ensemble's figures those folds pooled; fp16 weights, 64 MB in all at most."""
-    members = ensembles.load_models(bundles.DEFAULT_MODEL)
-    assert [b.id for b in members] == [f"brats-glioma-v9-fold{k}" for k in range(5)]
-    ensemble = ensembles.describe(bundles.resolve(bundles.DEFAULT_MODEL))
-    docs = [ensemble] + [b.manifest.to_json() for b in members]
-    assert ensemble["network"] == "ensemble" and set(ensemble["postprocessing"]) == set(NO_POSTPROCESSING)
-    for m in docs:
-        assert m["demo"] is False and m["clinical_use"] is False
-        assert "not for clinical use" in m["description"].lower() and "not a medical device" in m["note"]
-        assert len(m["citations"]) >= 3 and "10.1109/TMI.2014.2377694" in " ".join(m["citations"])
-    held_out = []
-    for m in docs[1:]:
-        validation = m["training_data"]["validation"]
-        assert not set(m["training_data"]["train"]) & set(validation)
-        assert set(m["metrics"]["validation_segment"]["per_case"]) == set(validation)
-        held_out += validation
-    oof = ensemble["metrics"]["out_of_fold"]
+    """The default, one network of the cross-validated design trained on all 32 cases, says what
+    it is: not a demo, not for clinical use; its figures are those of its design's five shipped
+    fold models, each on the fold it did not train on, pooled (the same as the five-fold ensemble
+    shipped beside it records), with the postprocessing and window chosen on them; fp16, <= 64 MB."""
+    default = bundles.load(bundles.DEFAULT_MODEL)
+    m = default.manifest.to_json()
+    assert ensembles.members(bundles.DEFAULT_MODEL) == [default.path]  # one network, not an ensemble
+    assert m["id"] == "brats-glioma-v9-all" and sorted(m["training_data"]["train"]) == sorted(GRADES)
+    folds = m["all_folds"]["design_folds"]
+    assert folds == [f"brats-glioma-v9-fold{k}" for k in range(5)]
+    fold_docs = [bundles.load(f).manifest.to_json() for f in folds]
+    ensemble = ensembles.describe(bundles.resolve("brats-glioma-ensemble-v9"))
+    for doc in [m, ensemble] + fold_docs:
+        assert doc["demo"] is False and doc["clinical_use"] is False
+        assert "not for clinical use" in doc["description"].lower() and "not a medical device" in doc["note"]
+        assert len(doc["citations"]) >= 3 and "10.1109/TMI.2014.2377694" in " ".join(doc["citations"])
+    held_out = [c for doc in fold_docs for c in doc["training_data"]["validation"]]
+    oof = m["metrics"]["out_of_fold"]
     assert sorted(oof["cases"]) == sorted(held_out) and len(held_out) == len(set(held_out)) == 32
+    assert oof["per_case"] == ensemble["metrics"]["out_of_fold"]["per_case"]
     assert oof["by_grade"]["low-grade"]["cases"] == 6
+    chosen = m["metrics"]["out_of_fold_postprocessed"]
+    assert m["postprocessing"] == max(chosen["postprocessing_search"]["mean_dice"], key=lambda pd: pd[1])[0]
+    assert default.manifest.window == m["window"] == chosen["window_search"]["chosen"]
+    assert m["weights_storage"] == "float16"
+    assert os.path.getsize(os.path.join(default.path, "weights.safetensors")) <= 64 * 2 ** 20
+    p = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "models"], capture_output=True, text=True)
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith(bundles.DEFAULT_MODEL + " "))
+    mean = chosen["mean"]
+    assert f"DEFAULT; research use, not clinical; Dice WT {mean['dice_WT']:.2f} TC {mean['dice_TC']:.2f}" in line
+    assert line.endswith("(32 cases out of fold)")
+
+
+def test_the_five_fold_ensemble_stays_shipped_with_its_members():
+    members = ensembles.load_models("brats-glioma-ensemble-v9")
+    assert [b.id for b in members] == [f"brats-glioma-v9-fold{k}" for k in range(5)]
+    ensemble = ensembles.describe(bundles.resolve("brats-glioma-ensemble-v9"))
+    assert ensemble["network"] == "ensemble" and set(ensemble["postprocessing"]) == set(NO_POSTPROCESSING)
+    for b in members:
+        doc = b.manifest.to_json()
+        assert not set(doc["training_data"]["train"]) & set(doc["training_data"]["validation"])
+        assert set(doc["metrics"]["validation_segment"]["per_case"]) == set(doc["training_data"]["validation"])
     sizes = [os.path.getsize(os.path.join(b.path, "weights.safetensors")) for b in members]
     assert all(b.manifest.document["weights_storage"] == "float16" for b in members) and sum(sizes) <= 64 * 2 ** 20
 
