@@ -162,7 +162,8 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], model: Mod
     warnings = list(pre.warnings) + pred.notes
     if extra:
         warnings.append(f"ignored sequences the model does not use: {', '.join(extra)}")
-    pattern = reliability.warning(measured, models.name, models.held_out)
+    whose = models.name + (f" ({models.held_out_by})" if models.held_out_by else "")
+    pattern = reliability.warning(measured, whose, models.held_out)
     if pattern:
         warnings.append(pattern)
     if progress:

@@ -141,6 +141,7 @@ class ModelPart(NamedTuple):
     postprocessing: Optional[Dict[str, Any]] = None  # an ensemble's own (chosen on its members' held-out cases)
     window: Optional[str] = None                     # an ensemble's own, chosen the same way
     held_out: Optional[Dict[str, Any]] = None        # per-case figures on cases it never trained on
+    held_out_by: str = ""                            # whose those are, when not its own networks'
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,12 @@ class Models:
         manifest records them; None for a list of models (no figures describe their combination)."""
         return self.parts[0].held_out if len(self.parts) == 1 else None
 
+    @property
+    def held_out_by(self) -> str:
+        """Whose figures :attr:`held_out` are when not the model's own networks': for a model trained
+        on every case (``train-recipe --fold all``), ``its design's fold models``; else empty."""
+        return self.parts[0].held_out_by if len(self.parts) == 1 else ""
+
     def reused(self) -> "Models":
         """The same models for a later case: nothing is loaded again."""
         return dataclasses.replace(self, load_s=0.0)
@@ -206,7 +213,8 @@ HELD_OUT_TABLES = ("out_of_fold_postprocessed", "out_of_fold", "validation_segme
 
 
 def held_out_table(document: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
-    """The per-case held-out figures of a manifest (:data:`HELD_OUT_TABLES`), or None."""
+    """The per-case held-out figures of a manifest (:data:`HELD_OUT_TABLES`), or None (for a model
+    trained on every case, its design's fold models' pooled table: :func:`held_out_by`)."""
     metrics = document.get("metrics")
     for key in HELD_OUT_TABLES:
         table = metrics.get(key) if isinstance(metrics, dict) else None
@@ -215,9 +223,15 @@ def held_out_table(document: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     return None
 
 
+def held_out_by(document: Mapping[str, Any]) -> str:
+    """Whose held-out figures a manifest holds when they are not its own networks' ('' when they are)."""
+    return "its design's fold models" if isinstance(document.get("all_folds"), dict) else ""
+
+
 def _load_part(model: Union[str, Bundle]) -> ModelPart:
     if isinstance(model, Bundle):
-        return ModelPart(model.id, model.path, [model], False, held_out=held_out_table(model.manifest.document))
+        doc = model.manifest.document
+        return ModelPart(model.id, model.path, [model], False, held_out=held_out_table(doc), held_out_by=held_out_by(doc))
     folder = resolve(model)
     doc = describe(folder)
     ensemble = doc.get("format") == ENSEMBLE_FORMAT
@@ -230,9 +244,10 @@ def _load_part(model: Union[str, Bundle]) -> ModelPart:
         raise InputError(os.path.join(folder, MANIFEST), f"field window is {window!r}; expected "
                                                          f"{' or '.join(WINDOWS[1:])}")
     loaded = load_models(folder)
+    figures = doc if ensemble else loaded[0].manifest.document
     return ModelPart(str(doc.get("id")), folder, loaded, ensemble,
                      doc.get("note") if ensemble else None, dict(own) if isinstance(own, dict) else None, window,
-                     held_out_table(doc if ensemble else loaded[0].manifest.document))
+                     held_out_table(figures), held_out_by(figures))
 
 
 def load_ensemble(model: ModelArg) -> Models:

@@ -606,6 +606,10 @@ def test_a_tumor_without_enhancement_is_flagged_with_the_models_held_out_figures
     flagged = [w for w in res.warnings if w.startswith("little or no enhancing tumor (ET 0.0 mL")]
     assert len(flagged) == 1 and "tiny-no-et on held-out cases, 1 like this: Dice WT 0.70, TC 0.40" in flagged[0]
     assert res.report()["warnings"] == res.warnings
+    # a model trained on every case (--fold all): the figures are its design's fold models', and it says so
+    m = dict(m, id="tiny-all", all_folds={"design_folds": ["tiny-fold0", "tiny-fold1"]})
+    every = segment(case.sequences, bundles.save(b.network, tmp_path / "all", m), "cpu")
+    assert any("tiny-all (its design's fold models) on held-out cases, 1 like this" in w for w in every.warnings)
     # two models listed: no figures describe their average, the pattern is still named
     both = segment(case.sequences, [no_et, no_et], "cpu")
     assert [w for w in both.warnings if w.startswith("little or no enhancing")] and \
