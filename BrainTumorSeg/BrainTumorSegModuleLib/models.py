@@ -145,8 +145,10 @@ def validation_note(manifest: Mapping) -> str:
     if overall is None or not n:
         return "Its manifest gives no figures on held-out cases."
     postprocessed = bool(_section(_section(manifest, "metrics"), "out_of_fold_postprocessed"))
+    from BrainTumorSegLib.models.ensembles import held_out_by
+
     # a model trained on every case (--fold all) has no held-out case: its design's fold models' figures
-    who = ("a network trained as this one was but without that case's fold" if _section(manifest, "all_folds")
+    who = ("a network trained as this one was but without that case's fold" if held_out_by(manifest)
            else "the member that did not train on it")
     text = (f"Cross-validated on {_cases(n)}, each segmented by {who}"
             + (" (with its postprocessing, chosen on these same cases)" if postprocessed else "") + f": {overall}."
