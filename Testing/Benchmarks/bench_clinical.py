@@ -104,7 +104,9 @@ def main() -> None:
     args = ap.parse_args()
     head, head_brain = clinical_phantom.sri24_head()
     _, val = split(args.data)
-    models = {m: [b for part in m.split(",") for b in ensembles.load_models(part)]
+    # loaded once, as segment loads them: an ensemble keeps its own postprocessing and window (its
+    # members' list would not); the load time is counted in no case's total
+    models = {m: ensembles.load_ensemble(m.split(",") if "," in m else m).reused()
               for m in (args.model or [bundles.DEFAULT_MODEL])}
     print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows: dict = {m: [] for m in models}
