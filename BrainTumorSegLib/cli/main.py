@@ -91,7 +91,7 @@ def _train_config(args: argparse.Namespace, network: str = "resunet", options: O
                        gradient_checkpointing=args.gradient_checkpointing,
                        clinical_augmentation=args.clinical_augmentation, augmentation=args.augmentation,
                        region_weights=tuple(args.region_weights) if args.region_weights else None,
-                       without_enhancement=args.without_enhancement)
+                       without_enhancement=args.without_enhancement, fluid_cores=args.fluid_cores)
 
 
 def _split(args: argparse.Namespace):
@@ -335,6 +335,9 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
     t.add_argument("--without-enhancement", type=float, default=0.0, metavar="P",
                    help="share (0-1) of patches shown as if their tumor did not enhance: T1ce from T1 there, "
                         "enhancing tumor labelled non-enhancing core (docs/training.md)")
+    t.add_argument("--fluid-cores", type=float, default=0.0, metavar="P",
+                   help="share (0-1) of patches whose tumor core is shown filled with fluid, as a cyst: the case's "
+                        "cerebrospinal fluid intensities there, labels unchanged (docs/training.md)")
 
 
 def _add_training_commands(sub) -> None:

@@ -10,7 +10,8 @@ each with probability 0.2; Gaussian noise 0.1; blur 0.2; contrast 0.15; simulate
 0.25; gamma 0.3, inverted gamma 0.1; mirroring on every axis; plus an elastic deformation
 (probability 0.2), which nnU-Net has but leaves off for 3D.
 Apart from either set, :func:`remove_enhancement` (``TrainConfig.without_enhancement``) turns a
-patch's enhancing tumor into non-enhancing core, in image and labels.
+patch's enhancing tumor into non-enhancing core, in image and labels, and :func:`fill_with_fluid`
+(``TrainConfig.fluid_cores``) fills a patch's core with the case's cerebrospinal fluid, as a cyst.
 Departures: brightness stays ours (every channel scaled by 0.9-1.1 and shifted by +-0.1, where
 nnU-Net scales by 0.75-1.25 with probability 0.15); the smooth bias field and the sequence
 dropping of ``standard`` stay on; upsampling after the low-resolution step is trilinear (nnU-Net:
@@ -228,6 +229,41 @@ def remove_enhancement(x: np.ndarray, y: np.ndarray, t1: int, t1ce: int) -> Tupl
     x = x.copy()
     x[t1ce][et] = x[t1][et] + shift
     return x, np.where(et, 1, y).astype(y.dtype)
+
+
+def fluid_intensity(data: np.ndarray, classes: np.ndarray, t2: int, flair: int) -> Optional[np.ndarray]:
+    """Per channel, the median of the case's cerebrospinal fluid: brain voxels outside the tumor
+    among the brightest 2 % on T2 and darker than the brain's median on FLAIR (ventricles, sulci).
+    None when fewer than 100 are found (a sequence missing, a brain without visible fluid)."""
+    brain = data.any(0) & (classes == 0)
+    if brain.sum() < 1000:
+        return None
+    t2v, flv = data[t2][brain].astype(np.float32), data[flair][brain].astype(np.float32)
+    fluid = (t2v > np.percentile(t2v, 98)) & (flv < np.median(flv))
+    if fluid.sum() < 100 or not t2v.any() or not flv.any():
+        return None
+    return np.median(data[:, brain][:, fluid].astype(np.float32), 1)
+
+
+def fill_with_fluid(x: np.ndarray, y: np.ndarray, fluid: Optional[np.ndarray],
+                    rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """The patch as if its tumor core were a fluid-filled cyst: the necrotic / non-enhancing core
+    (class 1; half the time without its outer voxel, left as a solid rim) takes the intensity of
+    ``fluid`` (:func:`fluid_intensity`: the case's own fluid, bright on T2 and dark on FLAIR),
+    shifted by up to about 0.2 per channel (a cyst's protein content) with a little noise, blended
+    into its surroundings over about a voxel. The labels stay: BraTS labels a cyst inside a tumor
+    as core. Cystic cores are rare among the training cases (their necroses are bright on FLAIR)
+    and a case's cyst was left outside the tumor. A patch with fewer than 50 core voxels, or no
+    ``fluid``, comes back as it is."""
+    core = y == 1
+    if rng.integers(2):
+        core = ndimage.binary_erosion(core)
+    if core.sum() < 50 or fluid is None:
+        return x, y
+    value = (fluid + rng.normal(0, 0.2, len(fluid))).astype(np.float32)[:, None, None, None]
+    filled = value + rng.normal(0, 0.1, x.shape).astype(np.float32)
+    weight = np.maximum(ndimage.gaussian_filter(core.astype(np.float32), 0.6), core)
+    return (x * (1 - weight) + filled * weight).astype(np.float32), y
 
 
 def cover_partially(x: np.ndarray, channel: int, rng: np.random.Generator) -> np.ndarray:

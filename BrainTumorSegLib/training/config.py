@@ -36,3 +36,4 @@ class TrainConfig:
     region_weights: Optional[Tuple[float, float, float]] = None
     augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS
     without_enhancement: float = 0.0  # share of patches with enhancing tumor shown without it (augmentation.remove_enhancement)
+    fluid_cores: float = 0.0  # share of patches whose tumor core is shown filled with fluid (augmentation.fill_with_fluid)

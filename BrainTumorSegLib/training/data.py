@@ -24,7 +24,7 @@ from ..preprocess.transform import PreprocessOptions, preprocess
 from ..read.cases import SEQUENCES, Case
 from ..read.images import read_image, same_grid
 from ..write.atomic import replacing
-from .augmentation import augment, augmentation_set, remove_enhancement, vary_brain_mask
+from .augmentation import augment, augmentation_set, fill_with_fluid, fluid_intensity, remove_enhancement, vary_brain_mask
 
 
 def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
@@ -159,7 +159,7 @@ class PatchDataset(torch.utils.data.Dataset):
                  fg_fraction: float, domain_randomization: bool, replay_files: Sequence[str] = (),
                  replay_fraction: float = 0.0, clinical_augmentation: bool = False,
                  weights: Optional[Sequence[float]] = None, guide_channels: int = 0,
-                 augmentation: str = "standard", without_enhancement: float = 0.0) -> None:
+                 augmentation: str = "standard", without_enhancement: float = 0.0, fluid_cores: float = 0.0) -> None:
         augmentation_set(augmentation)  # an unknown name fails here, not at the first patch
         self.augmentation = augmentation
         self.files = list(cache_files)
@@ -178,7 +178,9 @@ class PatchDataset(torch.utils.data.Dataset):
         self.clinical = clinical_augmentation
         self.guide_channels = guide_channels
         self.without_enhancement = without_enhancement
+        self.fluid_cores = fluid_cores
         self._cache: Dict[str, CachedCase] = {}
+        self._fluid: Dict[str, Optional[np.ndarray]] = {}
 
     def __len__(self) -> int:
         return self.n
@@ -187,6 +189,12 @@ class PatchDataset(torch.utils.data.Dataset):
         if f not in self._cache:
             self._cache[f] = CachedCase(f)
         return self._cache[f]
+
+    def _fluid_of(self, case: CachedCase) -> Optional[np.ndarray]:
+        if case.case_id not in self._fluid:
+            self._fluid[case.case_id] = fluid_intensity(case.data, case.classes, SEQUENCES.index("t2"),
+                                                        SEQUENCES.index("flair"))
+        return self._fluid[case.case_id]
 
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
@@ -198,8 +206,11 @@ class PatchDataset(torch.utils.data.Dataset):
             case = self._case(self.files[int(rng.choice(len(self.files), p=self.p))])
         if self.clinical and rng.random() < 0.3:
             case = CachedCase.like(case, vary_brain_mask(case.data, case.classes, rng, self.guide_channels))
+        fluid = self._fluid_of(case) if self.fluid_cores else None
         x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
-        # drawn only when asked for, so that runs without it keep their random stream
+        # drawn only when asked for, so that runs without them keep their random stream
+        if self.fluid_cores and rng.random() < self.fluid_cores:
+            x, y = fill_with_fluid(x, y, fluid, rng)
         if self.without_enhancement and rng.random() < self.without_enhancement:
             x, y = remove_enhancement(x, y, SEQUENCES.index("t1"), SEQUENCES.index("t1ce"))
         x, y = augment(x, y, rng, self.dr, case.spacing if self.clinical else None, self.guide_channels,

@@ -109,16 +109,19 @@ def _own_guide(net: SegmentationNetwork) -> Guide:
 def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[Case]], out_dir: str, init_from: Optional[bundles.Bundle],
            log: Log, cache_dir: Optional[str], guide: Optional[Guide] = None) -> _Run:
     augmentation_set(cfg.augmentation)  # an unknown name fails before caching
-    if not 0.0 <= cfg.without_enhancement <= 1.0:
-        raise InputError(None, f"--without-enhancement {cfg.without_enhancement}: a share of patches, from 0 to 1")
+    shares = (("--without-enhancement", cfg.without_enhancement), ("--fluid-cores", cfg.fluid_cores))
+    for flag, share in shares:
+        if not 0.0 <= share <= 1.0:
+            raise InputError(None, f"{flag} {share}: a share of patches, from 0 to 1")
     dist, device = init_distributed(cfg.device)
     if not dist.main:
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job
     net = _network(cfg, init_from)  # before any folder is made: a setting the network refuses leaves none
-    if cfg.without_enhancement and net.guide_channels:
-        # the guide channels would still show the first stage's enhancing tumor the labels no longer have
-        raise InputError(None, f"--without-enhancement is for networks without guide channels; {cfg.network} "
-                               f"takes {net.guide_channels}")
+    for flag, share in shares:
+        if share and net.guide_channels:
+            # the guide channels would still show the first stage's view of the unchanged images
+            raise InputError(None, f"{flag} is for networks without guide channels; {cfg.network} "
+                                   f"takes {net.guide_channels}")
     os.makedirs(out_dir, exist_ok=True)
     cache_dir = cache_dir or os.path.join(out_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
@@ -165,7 +168,7 @@ def _dataset(run: _Run):
                       cfg.seed, cfg.fg_fraction, cfg.domain_randomization, run.files["replay"], cfg.replay_fraction,
                       cfg.clinical_augmentation,
                       [cfg.case_weights.get(c, 1.0) for c in run.data_used["train"]] if cfg.case_weights else None,
-                      run.net.guide_channels, cfg.augmentation, cfg.without_enhancement)
+                      run.net.guide_channels, cfg.augmentation, cfg.without_enhancement, cfg.fluid_cores)
     sampler: Optional[torch.utils.data.distributed.DistributedSampler] = (
         torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
         if dist.world > 1 else None)
