@@ -156,12 +156,14 @@ def test_stage2_windows_see_stage1s_probabilities(bias, expected):
     assert (box is not None) == expected and seen and (seen[0] > 0.5) == expected
 
 
-def test_enhancement_is_not_removed_under_guide_channels_that_still_show_it(phantom_dir, tmp_path):
-    """A cascade's guide channels carry stage 1's enhancing tumor: patches relabelled as not
-    enhancing would contradict them, so training refuses the pair before making anything."""
+@pytest.mark.parametrize("flag", ["without_enhancement", "fluid_cores"])
+def test_patches_are_not_changed_under_guide_channels_that_still_show_them_unchanged(phantom_dir, tmp_path, flag):
+    """A cascade's guide channels carry stage 1's view of the unchanged images (its enhancing tumor,
+    its core): patches relabelled as not enhancing or with their core filled with fluid would
+    contradict them, so training refuses the pair before making anything."""
     cases = find_cases(phantom_dir)
     cfg = TrainConfig(network="coarse_to_fine", options={"coarse": SMALL, "fine": SMALL}, epochs=1, iters_per_epoch=1,
-                      patch=(16, 16, 16), without_enhancement=0.5)
-    with pytest.raises(InputError, match="--without-enhancement is for networks without guide channels"):
+                      patch=(16, 16, 16), **{flag: 0.5})
+    with pytest.raises(InputError, match=f"--{flag.replace('_', '-')} is for networks without guide channels"):
         train(cfg, cases[:1], cases[1:], str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

@@ -164,6 +164,9 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
     noenh2 = plan(all_standins, "2mm-cv-tc-noenh2", 1, 1, 0, fold=4)  # the shipped v9 fold trained on
     assert noenh2.extra["initialised_from"]["id"] == "brats-glioma-v9-fold4" and noenh2.extra["id"] == "brats-glioma-v10-fold4"
     assert noenh2.cfg.without_enhancement == 0.4 and noenh2.cfg.region_weights == (1.0, 3.0, 1.0)
+    fluid = plan(all_standins, "2mm-cv-tc-noenh-fluid", 1, 1, 0, fold=2)  # v9 trained on, with cystic cores
+    assert fluid.extra["initialised_from"]["id"] == "brats-glioma-v9-fold2" and fluid.extra["id"] == "brats-glioma-v11-fold2"
+    assert fluid.cfg.fluid_cores == 0.25 and fluid.cfg.without_enhancement == 0.2 and noenh2.cfg.fluid_cores == 0.0
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):

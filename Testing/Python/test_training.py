@@ -12,13 +12,15 @@ from conftest import cli_main, run_cli
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.networks.losses import sigmoid_dice_bce
-from BrainTumorSegLib.read.cases import find_cases
+from BrainTumorSegLib.read.cases import SEQUENCES, find_cases
 from BrainTumorSegLib.training import PatchDataset, TrainConfig, cache_case, check_cases, compute_loss, train
 from BrainTumorSegLib.training.augmentation import (
     AUGMENTATIONS,
     Augmentation,
     _spatial,
     cover_partially,
+    fill_with_fluid,
+    fluid_intensity,
     remove_enhancement,
     simulate_thick_slices,
     vary_brain_mask,
@@ -431,6 +433,56 @@ def test_a_patch_without_enhancement_has_t1_where_t1ce_enhanced_and_a_non_enhanc
     for xi, yi in ((x, np.where(et, 2, y).astype(np.uint8)), (np.concatenate([0 * x[:1], x[1:]]), y)):
         xs, ys = remove_enhancement(xi, yi, 0, 1)
         assert xs is xi and ys is yi
+
+
+def test_a_fluid_filled_core_takes_the_cases_own_fluid_and_keeps_its_labels():
+    """fluid_intensity finds the case's fluid (bright T2, dark FLAIR, outside the tumor);
+    fill_with_fluid gives the core that intensity (give or take a cyst's protein and noise), leaves
+    the labels and everything a few voxels from the core as they were, and leaves alone a patch
+    with a core too small or a case without fluid."""
+    rng = np.random.default_rng(1)
+    y = np.zeros((24, 24, 24), np.uint8)
+    y[4:20, 4:20, 4:20] = 2
+    y[7:17, 7:17, 7:17] = 1
+    x = rng.normal(0, 0.3, (4,) + y.shape).astype(np.float32)
+    x[:, y == 1] += np.array([0.0, 0.0, 1.5, 1.5], np.float32)[:, None]  # a necrosis bright on T2 and FLAIR
+    x[:, 22:, :3, :] = np.array([-1.5, -1.5, 3.0, -2.0], np.float32)[:, None, None, None]  # fluid outside the tumor
+    fluid = fluid_intensity(x, y, 2, 3)
+    assert fluid is not None and np.allclose(fluid, [-1.5, -1.5, 3.0, -2.0], atol=0.05)
+    inner = np.zeros(y.shape, bool)
+    inner[8:16, 8:16, 8:16] = True
+    means = []
+    for seed in range(6):
+        xo, yo = fill_with_fluid(x, y, fluid, np.random.default_rng(seed))
+        assert yo is y and not np.shares_memory(xo, x)
+        means.append(xo[:, inner].mean(1))
+        assert np.array_equal(xo[:, y == 0][:, :100], x[:, y == 0][:, :100])  # the slab of fluid, far from the core
+        assert np.array_equal(xo[:, :3], x[:, :3])
+    assert np.allclose(np.mean(means, 0), fluid, atol=0.25) and np.std(means, 0).max() > 0.01  # drawn per patch
+    small = np.where(y == 1, 2, y).astype(np.uint8)
+    small[10:13, 10:13, 10:13] = 1  # 27 voxels
+    for xi, yi, fl in ((x, small, fluid), (x, y, None)):
+        xs, ys = fill_with_fluid(xi, yi, fl, np.random.default_rng(0))
+        assert xs is xi and ys is yi
+    assert fluid_intensity(np.concatenate([x[:3], 0 * x[3:]]), y, 2, 3) is None  # FLAIR missing
+
+
+def test_the_share_of_fluid_filled_cores_reaches_the_patches_and_is_checked(small_cases, tmp_path):
+    """On the phantoms (necroses brighter than the brain on FLAIR), every patch with a core shows it
+    dark on FLAIR when asked to; none does otherwise. A share outside 0-1 is one line, exit 2."""
+    files = [cache_case(c, str(tmp_path)) for c in find_cases(small_cases)]
+    kw = dict(patch=(32, 32, 32), batches=16, seed=0, fg_fraction=1.0, domain_randomization=False)
+    flair = SEQUENCES.index("flair")
+
+    def core_flair(ds):
+        return [float(x[flair][y == 1].mean()) for x, y in (ds[i] for i in range(16)) if int((y == 1).sum()) >= 200]
+
+    plain, always = core_flair(PatchDataset(files, **kw)), core_flair(PatchDataset(files, **kw, fluid_cores=1.0))
+    assert len(plain) >= 4 and len(always) >= 4
+    assert np.mean(plain) > 0.5 and max(always) < min(plain) and np.mean(always) < -1.0
+    r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run"), "--fluid-cores", "-0.1")
+    assert r.returncode == 2 and "--fluid-cores -0.1: a share of patches, from 0 to 1" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 def test_the_share_without_enhancement_reaches_the_patches_and_is_checked(small_cases, tmp_path):
