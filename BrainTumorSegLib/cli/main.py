@@ -91,7 +91,8 @@ def _train_config(args: argparse.Namespace, network: str = "resunet", options: O
                        gradient_checkpointing=args.gradient_checkpointing,
                        clinical_augmentation=args.clinical_augmentation, augmentation=args.augmentation,
                        region_weights=tuple(args.region_weights) if args.region_weights else None,
-                       without_enhancement=args.without_enhancement, fluid_cores=args.fluid_cores)
+                       without_enhancement=args.without_enhancement, fluid_cores=args.fluid_cores,
+                       fluid_without_enhancement=args.fluid_without_enhancement)
 
 
 def _split(args: argparse.Namespace):
@@ -338,6 +339,9 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
     t.add_argument("--fluid-cores", type=float, default=0.0, metavar="P",
                    help="share (0-1) of patches whose tumor core is shown filled with fluid, as a cyst: the case's "
                         "cerebrospinal fluid intensities there, labels unchanged (docs/training.md)")
+    t.add_argument("--fluid-without-enhancement", type=float, default=0.0, metavar="P",
+                   help="share (0-1) of those patches also shown without enhancement, a cyst whose wall does not "
+                        "enhance (at least --without-enhancement)")
 
 
 def _add_training_commands(sub) -> None:

@@ -57,7 +57,9 @@ under one CPU budget:
 - ``2mm-cv-tc-noenh-fluid``: each shipped ``brats-glioma-v9-foldK`` trained on as ``2mm-cv-tc-noenh``
   trained it, a quarter of the patches with a tumor core shown with that core filled with fluid
   (the case's cerebrospinal fluid intensities, as a cyst: ``augmentation.fill_with_fluid``);
-  exported as ``brats-glioma-v11-foldK``;
+  exported as ``brats-glioma-v11-foldK`` (measured out of fold in docs/training.md: not adopted);
+- ``2mm-cv-tc-noenh-fluid2``: as ``2mm-cv-tc-noenh-fluid``, half the fluid-filled cores also shown
+  without enhancement (a cyst whose wall does not enhance); exported as ``brats-glioma-v12-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -163,6 +165,7 @@ class Variant:
     augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS
     without_enhancement: float = 0.0  # share of patches shown as if their tumor did not enhance
     fluid_cores: float = 0.0        # share of patches whose tumor core is shown filled with fluid (a cyst)
+    fluid_without_enhancement: float = 0.0  # share of those also shown without enhancement (a wall that does not enhance)
     network: str = "resunet"
     options: Optional[Dict] = None  # None: DEMO_OPTIONS
     # a cascade's stage 1: the 2 mm fold model of the same fold (for "{fold}"); every training case's
@@ -221,6 +224,12 @@ VARIANTS: Dict[str, Variant] = {
                                      init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v11",
                                      folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
                                      without_enhancement=0.2, fluid_cores=0.25),
+    # as 2mm-cv-tc-noenh-fluid, half the fluid-filled cores with a wall that does not enhance either
+    # (v11 gave a cystic tumor without enhancement an enhancing spot on its wall)
+    "2mm-cv-tc-noenh-fluid2": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
+                                      init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v12",
+                                      folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
+                                      without_enhancement=0.2, fluid_cores=0.25, fluid_without_enhancement=0.5),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from="brats-glioma-v9-{member}",
                               lr=3e-4, model_id="brats-glioma-cascade-v4", folds=True, fg_fraction=0.6, rare_weight=2.0,
@@ -413,6 +422,7 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
                       clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
                       fg_fraction=v.fg_fraction, region_weights=v.region_weights, augmentation=v.augmentation,
                       without_enhancement=v.without_enhancement, fluid_cores=v.fluid_cores,
+                      fluid_without_enhancement=v.fluid_without_enhancement,
                       case_weights={c.case_id: v.rare_weight for c in train_cases
                                     if v.rare_weight != 1.0 and GRADES.get(c.case_id, HGG) != HGG})
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "

@@ -37,3 +37,5 @@ class TrainConfig:
     augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS
     without_enhancement: float = 0.0  # share of patches with enhancing tumor shown without it (augmentation.remove_enhancement)
     fluid_cores: float = 0.0  # share of patches whose tumor core is shown filled with fluid (augmentation.fill_with_fluid)
+    # share of those shown without enhancement as well (a cyst whose wall does not enhance); at least without_enhancement
+    fluid_without_enhancement: float = 0.0

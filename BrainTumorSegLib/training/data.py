@@ -159,7 +159,8 @@ class PatchDataset(torch.utils.data.Dataset):
                  fg_fraction: float, domain_randomization: bool, replay_files: Sequence[str] = (),
                  replay_fraction: float = 0.0, clinical_augmentation: bool = False,
                  weights: Optional[Sequence[float]] = None, guide_channels: int = 0,
-                 augmentation: str = "standard", without_enhancement: float = 0.0, fluid_cores: float = 0.0) -> None:
+                 augmentation: str = "standard", without_enhancement: float = 0.0, fluid_cores: float = 0.0,
+                 fluid_without_enhancement: float = 0.0) -> None:
         augmentation_set(augmentation)  # an unknown name fails here, not at the first patch
         self.augmentation = augmentation
         self.files = list(cache_files)
@@ -179,6 +180,7 @@ class PatchDataset(torch.utils.data.Dataset):
         self.guide_channels = guide_channels
         self.without_enhancement = without_enhancement
         self.fluid_cores = fluid_cores
+        self.fluid_without_enhancement = fluid_without_enhancement
         self._cache: Dict[str, CachedCase] = {}
         self._fluid: Dict[str, Optional[np.ndarray]] = {}
 
@@ -209,9 +211,11 @@ class PatchDataset(torch.utils.data.Dataset):
         fluid = self._fluid_of(case) if self.fluid_cores else None
         x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
         # drawn only when asked for, so that runs without them keep their random stream
+        without = self.without_enhancement
         if self.fluid_cores and rng.random() < self.fluid_cores:
             x, y = fill_with_fluid(x, y, fluid, rng)
-        if self.without_enhancement and rng.random() < self.without_enhancement:
+            without = max(without, self.fluid_without_enhancement)  # a cyst whose wall does not enhance
+        if without and rng.random() < without:
             x, y = remove_enhancement(x, y, SEQUENCES.index("t1"), SEQUENCES.index("t1ce"))
         x, y = augment(x, y, rng, self.dr, case.spacing if self.clinical else None, self.guide_channels,
                        self.augmentation)

@@ -109,7 +109,8 @@ def _own_guide(net: SegmentationNetwork) -> Guide:
 def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[Case]], out_dir: str, init_from: Optional[bundles.Bundle],
            log: Log, cache_dir: Optional[str], guide: Optional[Guide] = None) -> _Run:
     augmentation_set(cfg.augmentation)  # an unknown name fails before caching
-    shares = (("--without-enhancement", cfg.without_enhancement), ("--fluid-cores", cfg.fluid_cores))
+    shares = (("--without-enhancement", cfg.without_enhancement), ("--fluid-cores", cfg.fluid_cores),
+              ("--fluid-without-enhancement", cfg.fluid_without_enhancement))
     for flag, share in shares:
         if not 0.0 <= share <= 1.0:
             raise InputError(None, f"{flag} {share}: a share of patches, from 0 to 1")
@@ -168,7 +169,8 @@ def _dataset(run: _Run):
                       cfg.seed, cfg.fg_fraction, cfg.domain_randomization, run.files["replay"], cfg.replay_fraction,
                       cfg.clinical_augmentation,
                       [cfg.case_weights.get(c, 1.0) for c in run.data_used["train"]] if cfg.case_weights else None,
-                      run.net.guide_channels, cfg.augmentation, cfg.without_enhancement, cfg.fluid_cores)
+                      run.net.guide_channels, cfg.augmentation, cfg.without_enhancement, cfg.fluid_cores,
+                      cfg.fluid_without_enhancement)
     sampler: Optional[torch.utils.data.distributed.DistributedSampler] = (
         torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
         if dist.world > 1 else None)

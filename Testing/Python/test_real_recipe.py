@@ -167,6 +167,9 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
     fluid = plan(all_standins, "2mm-cv-tc-noenh-fluid", 1, 1, 0, fold=2)  # v9 trained on, with cystic cores
     assert fluid.extra["initialised_from"]["id"] == "brats-glioma-v9-fold2" and fluid.extra["id"] == "brats-glioma-v11-fold2"
     assert fluid.cfg.fluid_cores == 0.25 and fluid.cfg.without_enhancement == 0.2 and noenh2.cfg.fluid_cores == 0.0
+    walls = plan(all_standins, "2mm-cv-tc-noenh-fluid2", 1, 1, 0, fold=0)
+    assert walls.extra["initialised_from"]["id"] == "brats-glioma-v9-fold0" and walls.extra["id"] == "brats-glioma-v12-fold0"
+    assert walls.cfg.fluid_without_enhancement == 0.5 and fluid.cfg.fluid_without_enhancement == 0.0
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):

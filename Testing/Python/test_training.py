@@ -480,6 +480,9 @@ def test_the_share_of_fluid_filled_cores_reaches_the_patches_and_is_checked(smal
     plain, always = core_flair(PatchDataset(files, **kw)), core_flair(PatchDataset(files, **kw, fluid_cores=1.0))
     assert len(plain) >= 4 and len(always) >= 4
     assert np.mean(plain) > 0.5 and max(always) < min(plain) and np.mean(always) < -1.0
+    # a fluid-filled core's wall loses its enhancement with the share asked for, here always
+    walls = PatchDataset(files, **kw, fluid_cores=1.0, fluid_without_enhancement=1.0)
+    assert not any((walls[i][1] == 3).any() for i in range(16))
     r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run"), "--fluid-cores", "-0.1")
     assert r.returncode == 2 and "--fluid-cores -0.1: a share of patches, from 0 to 1" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
