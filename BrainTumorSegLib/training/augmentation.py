@@ -250,11 +250,11 @@ def fill_with_fluid(x: np.ndarray, y: np.ndarray, fluid: Optional[np.ndarray],
     """The patch as if its tumor core were a fluid-filled cyst: the necrotic / non-enhancing core
     (class 1; half the time without its outer voxel, left as a solid rim) takes the intensity of
     ``fluid`` (:func:`fluid_intensity`: the case's own fluid, bright on T2 and dark on FLAIR),
-    shifted by up to about 0.2 per channel (a cyst's protein content) with a little noise, blended
-    into its surroundings over about a voxel. The labels stay: BraTS labels a cyst inside a tumor
-    as core. Cystic cores are rare among the training cases (their necroses are bright on FLAIR)
-    and a case's cyst was left outside the tumor. A patch with fewer than 50 core voxels, or no
-    ``fluid``, comes back as it is."""
+    shifted per channel by a normal draw of sd 0.2 (a cyst's protein content), with noise of sd
+    0.1, blended into its surroundings over about a voxel. The labels stay: BraTS labels a cyst
+    inside a tumor as core. The training cases' necroses are bright on FLAIR, and networks trained
+    on them took a cyst for cerebrospinal fluid, outside the tumor. A patch with fewer than 50 core
+    voxels, or no ``fluid``, comes back as it is."""
     core = y == 1
     if rng.integers(2):
         core = ndimage.binary_erosion(core)

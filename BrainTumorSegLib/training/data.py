@@ -206,9 +206,9 @@ class PatchDataset(torch.utils.data.Dataset):
             case = self._case(self.files[int(rng.integers(len(self.files)))])
         else:
             case = self._case(self.files[int(rng.choice(len(self.files), p=self.p))])
+        fluid = self._fluid_of(case) if self.fluid_cores else None  # of the cached case, before any new mask
         if self.clinical and rng.random() < 0.3:
             case = CachedCase.like(case, vary_brain_mask(case.data, case.classes, rng, self.guide_channels))
-        fluid = self._fluid_of(case) if self.fluid_cores else None
         x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
         # drawn only when asked for, so that runs without them keep their random stream
         without = self.without_enhancement
