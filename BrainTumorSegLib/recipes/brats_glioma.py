@@ -59,7 +59,8 @@ under one CPU budget:
   (the case's cerebrospinal fluid intensities, as a cyst: ``augmentation.fill_with_fluid``);
   exported as ``brats-glioma-v11-foldK`` (measured out of fold in docs/training.md: not adopted);
 - ``2mm-cv-tc-noenh-fluid2``: as ``2mm-cv-tc-noenh-fluid``, half the fluid-filled cores also shown
-  without enhancement (a cyst whose wall does not enhance); exported as ``brats-glioma-v12-foldK``;
+  without enhancement (a cyst whose wall does not enhance); exported as ``brats-glioma-v12-foldK``
+  (measured out of fold in docs/training.md: not adopted);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
