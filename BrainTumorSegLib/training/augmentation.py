@@ -239,8 +239,10 @@ def fluid_intensity(data: np.ndarray, classes: np.ndarray, t2: int, flair: int) 
     if brain.sum() < 1000:
         return None
     t2v, flv = data[t2][brain].astype(np.float32), data[flair][brain].astype(np.float32)
+    if not t2v.any() or not flv.any():
+        return None
     fluid = (t2v > np.percentile(t2v, 98)) & (flv < np.median(flv))
-    if fluid.sum() < 100 or not t2v.any() or not flv.any():
+    if fluid.sum() < 100:
         return None
     return np.median(data[:, brain][:, fluid].astype(np.float32), 1)
 
