@@ -226,7 +226,7 @@ VARIANTS: Dict[str, Variant] = {
                                      folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
                                      without_enhancement=0.2, fluid_cores=0.25),
     # as 2mm-cv-tc-noenh-fluid, half the fluid-filled cores with a wall that does not enhance either
-    # (v11 gave a cystic tumor without enhancement an enhancing spot on its wall)
+    # (v11 gave a cystic tumor without enhancement an enhancing spot beside its core)
     "2mm-cv-tc-noenh-fluid2": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
                                       init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v12",
                                       folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
