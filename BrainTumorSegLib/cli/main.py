@@ -48,6 +48,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ..evaluation.comparison import compare_sources, format_comparison
+    from ..write.atomic import write_json
+
+    result = compare_sources([args.a, args.b], args.resamples, args.seed)
+    print(format_comparison(result, args.a, args.b))
+    if args.json:
+        write_json(args.json, {"a": args.a, "b": args.b, **result}, inputs=[args.a, args.b])
+    return 0
+
+
 def _cmd_networks(args: argparse.Namespace) -> int:
     import torch
 
@@ -267,6 +278,15 @@ def _add_data_commands(sub) -> None:
     ev.add_argument("--pred-scheme", choices=("brats2021", "brats2023"), help="default: detected")
     ev.add_argument("--ref-scheme", choices=("brats2021", "brats2023"), help="default: detected")
     ev.set_defaults(func=_cmd_evaluate)
+    cp = sub.add_parser("compare", help="two models' held-out Dice compared case by case: differences per region "
+                                        "and grade with 95%% intervals, cases better and worse")
+    cp.add_argument("a", metavar="A", help="a model (name or folder) or a JSON file: a manifest, or a report with "
+                                           "per_case")
+    cp.add_argument("b", metavar="B", help="the same for the design compared against A")
+    cp.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples of the cases (default 10000)")
+    cp.add_argument("--seed", type=int, default=0, help="the resampling's seed (default 0)")
+    cp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    cp.set_defaults(func=_cmd_compare)
     nw = sub.add_parser("networks", help="list the networks with parameters, GFLOPs and CPU forward time")
     nw.add_argument("--size", type=int, default=128, help="cube edge of the input (default 128)")
     nw.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
