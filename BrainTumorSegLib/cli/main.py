@@ -49,13 +49,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from ..evaluation.comparison import compare_sources, format_comparison
+    from ..evaluation.comparison import compare_sources, format_comparison, format_intervals
     from ..write.atomic import write_json
 
-    result = compare_sources([args.a, args.b], args.resamples, args.seed)
-    print(format_comparison(result, args.a, args.b))
+    sources = [args.a] + ([args.b] if args.b else [])
+    result = compare_sources(sources, args.resamples, args.seed)
+    print(format_comparison(result, args.a, args.b) if args.b else format_intervals(result, args.a))
     if args.json:
-        write_json(args.json, {"a": args.a, "b": args.b, **result}, inputs=[args.a, args.b])
+        write_json(args.json, {"a": args.a, **({"b": args.b} if args.b else {}), **result}, inputs=sources)
     return 0
 
 
@@ -279,10 +280,12 @@ def _add_data_commands(sub) -> None:
     ev.add_argument("--ref-scheme", choices=("brats2021", "brats2023"), help="default: detected")
     ev.set_defaults(func=_cmd_evaluate)
     cp = sub.add_parser("compare", help="two models' held-out Dice compared case by case: differences per region "
-                                        "and grade with 95%% intervals, cases better and worse")
+                                        "and grade with 95%% intervals, cases better and worse (one model: "
+                                        "its means with their intervals)")
     cp.add_argument("a", metavar="A", help="a model (name or folder) or a JSON file: a manifest, or a report with "
                                            "per_case")
-    cp.add_argument("b", metavar="B", help="the same for the design compared against A")
+    cp.add_argument("b", metavar="B", nargs="?", help="the same for the design compared against A; left out: A's "
+                                                      "means with their 95%% intervals")
     cp.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples of the cases (default 10000)")
     cp.add_argument("--seed", type=int, default=0, help="the resampling's seed (default 0)")
     cp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")

@@ -1,4 +1,5 @@
-"""Two designs' held-out figures compared case by case (paired), per region and per grade.
+"""Two designs' held-out figures compared case by case (paired), per region and per grade; or one
+design's figures with their intervals.
 
 On 32 cases a design decision can turn on one case (a 1 mL enhancing spot turns an ET Dice of 1
 into 0, 0.031 of the mean). So besides the difference of the means this gives what a reader needs
@@ -42,6 +43,30 @@ def _interval(diff: np.ndarray, resamples: int, rng: np.random.Generator) -> Tup
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def _groups(case_ids: Sequence[str]) -> Dict[str, list]:
+    found = {g: [c for c in sorted(case_ids) if _in_group(c, g)] for g in GROUPS}
+    return {g: ids for g, ids in found.items() if ids}
+
+
+def mean_intervals(a: PerCase, resamples: int = 10000, seed: int = 0) -> Dict[str, Any]:
+    """One table's mean Dice per region and grade, each with its 95 % interval by resampling the
+    cases: how far the figures of so few cases can be trusted.
+
+    Returns:
+        ``cases``, and ``groups``: group -> column (WT, TC, ET, mean) -> n, mean, interval.
+    """
+    if not a:
+        raise InputError(None, "the table holds no case")
+    rng = np.random.default_rng(seed)
+    groups: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for group, ids in _groups(list(a)).items():
+        groups[group] = {}
+        for column in COLUMNS:
+            d = np.array([_dice(a[c], column) for c in ids])
+            groups[group][column] = {"n": len(ids), "mean": float(d.mean()), "interval": list(_interval(d, resamples, rng))}
+    return {"cases": sorted(a), "resamples": resamples, "seed": seed, "groups": groups}
+
+
 def compare(a: PerCase, b: PerCase, resamples: int = 10000, seed: int = 0) -> Dict[str, Any]:
     """B against A on the cases both tables hold.
 
@@ -62,10 +87,7 @@ def compare(a: PerCase, b: PerCase, resamples: int = 10000, seed: int = 0) -> Di
         raise InputError(None, "the two tables have no case in common")
     rng = np.random.default_rng(seed)
     groups: Dict[str, Dict[str, Dict[str, Any]]] = {}
-    for group in GROUPS:
-        ids = [c for c in common if _in_group(c, group)]
-        if not ids:
-            continue
+    for group, ids in _groups(common).items():
         groups[group] = {}
         for column in COLUMNS:
             da = np.array([_dice(a[c], column) for c in ids])
@@ -90,6 +112,7 @@ def format_comparison(result: Mapping[str, Any], name_a: str, name_b: str) -> st
     lines = [f"{name_b} against {name_a}: Dice, {len(result['cases'])} cases both hold; difference B - A with its "
              f"95 % interval ({result['resamples']} resamples of the cases), cases better / worse by over "
              f"{result['tie']}"]
+    lines += [f"  {name}'s figures are those of {by}" for name, by in zip((name_a, name_b), result.get("held_out_by", ())) if by]
     for side, name in (("only_in_a", name_a), ("only_in_b", name_b)):
         if result[side]:
             lines.append(f"  left out, only in {name}: {', '.join(result[side])}")
@@ -105,9 +128,22 @@ def format_comparison(result: Mapping[str, Any], name_a: str, name_b: str) -> st
     return "\n".join(lines)
 
 
-def held_out_cases(source: str) -> Dict[str, Any]:
+def format_intervals(result: Mapping[str, Any], name: str) -> str:
+    """A plain-text table of :func:`mean_intervals`' result."""
+    by = (result.get("held_out_by") or [""])[0]
+    lines = [f"{name}: mean Dice of {len(result['cases'])} held-out cases{' (by ' + by + ')' if by else ''} with "
+             f"its 95 % interval ({result['resamples']} resamples of the cases)"]
+    for group, columns in result["groups"].items():
+        lines.append(f"{group} ({columns['mean']['n']} cases)")
+        lines += [f"  {column:<4} {e['mean']:.3f} [{e['interval'][0]:.3f}, {e['interval'][1]:.3f}]"
+                  for column, e in columns.items()]
+    return "\n".join(lines)
+
+
+def held_out_cases(source: str) -> Tuple[Dict[str, Any], str]:
     """The per-case held-out table of a model (name or folder: its manifest's, as ``models`` shows
-    it) or of a JSON file (a manifest, or a report with ``per_case``)."""
+    it) or of a JSON file (a manifest, or a report with ``per_case``), and whose figures they are
+    when not the model's own ('' when they are)."""
     from ..models import bundles, ensembles
 
     if os.path.isfile(source):
@@ -128,14 +164,18 @@ def held_out_cases(source: str) -> Dict[str, Any]:
         if not (isinstance(row, dict) and all(isinstance(row.get(r), dict) and isinstance(row[r].get("dice"), (int, float))
                                                for r in REGIONS)):
             raise InputError(source, f"case {case_id} lacks a Dice for each of {', '.join(REGIONS)}")
-    return table
+    return table, ensembles.held_out_by(document)
 
 
 def compare_sources(sources: Sequence[str], resamples: int = 10000, seed: int = 0) -> Dict[str, Any]:
-    """:func:`compare` on two models or JSON files (A, B), checked before any figure."""
-    if len(sources) != 2:
-        raise InputError(None, f"compare takes two models or tables, not {len(sources)}")
+    """Two models or JSON files (A, B): :func:`compare`; one: :func:`mean_intervals`; every table
+    checked before any figure."""
+    if len(sources) not in (1, 2):
+        raise InputError(None, f"compare takes one or two models or tables, not {len(sources)}")
     if resamples < 100:
         raise InputError(None, f"--resamples must be at least 100, not {resamples}")
-    a, b = (held_out_cases(s) for s in sources)
-    return compare(a, b, resamples, seed)
+    found = [held_out_cases(s) for s in sources]
+    tables = [table for table, _ in found]
+    result = mean_intervals(tables[0], resamples, seed) if len(tables) == 1 else \
+        compare(tables[0], tables[1], resamples, seed)
+    return {**result, "held_out_by": [by for _, by in found]}

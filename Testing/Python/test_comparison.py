@@ -6,7 +6,7 @@ import pytest
 from conftest import cli_main, one_line_error
 
 from BrainTumorSegLib.errors import InputError
-from BrainTumorSegLib.evaluation.comparison import compare
+from BrainTumorSegLib.evaluation.comparison import compare, mean_intervals
 from BrainTumorSegLib.evaluation.cross_validation import GRADES
 from BrainTumorSegLib.models import bundles
 
@@ -76,11 +76,36 @@ def test_cli_compares_a_shipped_model_with_a_report_and_writes_json(tmp_path):
     r = cli_main("compare", "brats-glioma-v9-all", str(report), "--json", str(out), "--resamples", "500")
     assert r.returncode == 0, r.stderr
     assert f"without {lost}" in r.stdout and "all (32 cases)" in r.stdout
+    assert "brats-glioma-v9-all's figures are those of its design's fold models" in r.stdout
     doc = json.loads(out.read_text())
     assert doc["a"] == "brats-glioma-v9-all" and doc["resamples"] == 500
     et = doc["groups"]["all"]["ET"]
     assert et["difference"] == pytest.approx(-shipped[lost]["ET"]["dice"] / 32) and et["worse"] == 1
     assert doc["groups"]["all"]["WT"]["difference"] == 0
+
+
+def test_one_table_gets_its_means_with_intervals_that_widen_with_the_spread():
+    spread = table(**{c: (0.8, 0.2 + 0.02 * i, 0.6) for i, c in enumerate(CASES)})
+    r = mean_intervals(spread)
+    tc, wt = r["groups"]["all"]["TC"], r["groups"]["all"]["WT"]
+    assert tc["mean"] == pytest.approx(0.2 + 0.02 * 15.5) and tc["interval"][0] < tc["mean"] < tc["interval"][1]
+    assert wt["interval"] == pytest.approx([0.8, 0.8])  # every case alike: nothing to resample
+    low = r["groups"]["low-grade"]["TC"]
+    assert low["n"] == 6 and low["interval"][1] - low["interval"][0] > 0
+    with pytest.raises(InputError, match="holds no case"):
+        mean_intervals({})
+
+
+def test_cli_with_one_model_prints_its_means_and_whose_they_are(tmp_path):
+    out = tmp_path / "v9.json"
+    r = cli_main("compare", "brats-glioma-v9-all", "--json", str(out), "--resamples", "200")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("brats-glioma-v9-all: mean Dice of 32 held-out cases (by its design's fold models)")
+    doc = json.loads(out.read_text())
+    assert "b" not in doc and doc["held_out_by"] == ["its design's fold models"]
+    low, tc = doc["groups"]["low-grade"]["TC"], doc["groups"]["all"]["TC"]
+    assert low["n"] == 6 and low["interval"][0] < low["mean"] < low["interval"][1]
+    assert tc["interval"][1] - tc["interval"][0] < low["interval"][1] - low["interval"][0]  # 32 cases against 6
 
 
 @pytest.mark.parametrize("content, problem", [
