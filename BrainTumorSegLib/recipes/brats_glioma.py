@@ -1,11 +1,13 @@
 """The recipe of the real-data glioma model (``braintumorseg train-recipe brats-glioma``).
 
-Data: 24 expert-labelled BraTS 2018 training cases (skull-stripped, co-registered, 1 mm; labels
-0/1/2/4) read from a folder outside the repository. The split below is fixed before training and
-never changes: 5 validation cases from three institution prefixes (2013, CBICA, TCIA), the other
-19 for training. Validation figures are measured through the full ``segment`` path on the
-original 1 mm files, and the postprocessing defaults are chosen on those same validation cases
-(never on other data); for the cross-validation folds (``2mm-cv*``) ``ensemble --validate-on``
+Data: 32 expert-labelled BraTS 2018 and 2021 training cases (skull-stripped, co-registered, 1 mm;
+labels 0/1/2/4) read from a folder outside the repository. The variants without folds hold out 5
+fixed validation cases from three institution prefixes (2013, CBICA, TCIA) and train on every
+other case of the folder (19 when it held only the 24 high-grade BraTS 2018 cases, as when
+``brats-glioma-v1`` was trained); the fold variants (``2mm-cv*``) use the five stratified folds of
+all 32 (``cross_validation.FOLDS``). Validation figures are measured through the full ``segment``
+path on the original 1 mm files, and the postprocessing defaults are chosen on those same
+validation cases (never on other data); for the cross-validation folds (``2mm-cv*``) ``ensemble --validate-on``
 chooses them on the pooled out-of-fold cases.
 
 Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters; the cascade two of them)
@@ -42,10 +44,14 @@ under one CPU budget:
 - ``2mm-cv-tc``: each ``brats-glioma-v5-foldK`` trained on as ``2mm-cv-longer`` trained it, the tumor
   core's terms weighing twice the others in the loss (the non-enhancing core of low-grade tumors
   was labelled edema); the ``brats-glioma-v5-foldK`` found by name as above; exported as
-  ``brats-glioma-v6-foldK`` (the previous default's members; no longer shipped);
+  ``brats-glioma-v6-foldK`` (an earlier default's members; no longer shipped);
 - ``2mm-cv-nnaug``: each ``brats-glioma-v5-foldK`` trained on as ``2mm-cv-longer`` trained it, with
   nnU-Net's augmentation set (``training.augmentation``) instead of ours; exported as
   ``brats-glioma-v7-foldK`` (an augmentation arm beside ``2mm-cv-tc``: both add 400 iterations to v5);
+- ``2mm-cv-tc-nnaug``: both of those from random weights, from the first iteration (the tumor core
+  weighing twice, nnU-Net's augmentation set, half the patches on tumor, the rare tumors drawn three
+  times as often), 2,800 iterations in one cosine schedule; exported as ``brats-glioma-v8-foldK``
+  (being measured out of fold: docs/training.md);
 - ``2mm-cv-tc-noenh``: each ``brats-glioma-v6-foldK`` (found by name as above) trained on as
   ``2mm-cv-tc`` trained it, a fifth of the patches that have enhancing tumor shown as if it did not
   enhance (the T1ce there taken from the T1, the labels non-enhancing core:
@@ -80,7 +86,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -114,9 +120,21 @@ CITATIONS = [
     "Bakas S et al. Segmentation Labels and Radiomic Features for the Pre-operative Scans of the TCGA-LGG collection. "
     "The Cancer Imaging Archive, 2017. doi:10.7937/K9/TCIA.2017.GJQ7R0EF",
 ]
+BRATS_2021_CITATION = ("Baid U et al. The RSNA-ASNR-MICCAI BraTS 2021 Benchmark on Brain Tumor Segmentation and "
+                       "Radiogenomic Classification. arXiv:2107.02314, 2021")
 LICENCE = ("Research use only; not a medical device and not validated for clinical use. Trained on BraTS "
-           "2018 training data released for research under the BraTS data-use terms (TCGA-derived cases: "
+           "{releases} training data released for research under the BraTS data-use terms (TCGA-derived cases: "
            "The Cancer Imaging Archive, CC BY 3.0); any use must cite the papers listed in 'citations'.")
+
+
+def data_credits(case_ids: Sequence[str]) -> Dict[str, Any]:
+    """The manifest's licence, citations and data source for a model trained on ``case_ids``: the
+    BraTS 2021 cases bring their release's paper (the data's terms ask for it)."""
+    with_2021 = any(c.startswith("BraTS2021") for c in case_ids)
+    releases = "2018 and 2021" if with_2021 else "2018"
+    return {"licence": LICENCE.format(releases=releases),
+            "citations": CITATIONS + ([BRATS_2021_CITATION] if with_2021 else []),
+            "source": f"BraTS {releases} training cases, BraTS 2021 file layout"}
 DESCRIPTION = ("Residual U-Net trained on 19 real, expert-labelled BraTS 2018 glioma cases (skull-stripped, "
                "co-registered, 1 mm) on a 2-core CPU. Research use only, not for clinical use. Works on "
                "BraTS-preprocessed input (segment prepares clinical scans so first); validation figures (5 "
@@ -180,7 +198,7 @@ VARIANTS: Dict[str, Variant] = {
     "1mm": Variant(spacing=None, patch=(64, 64, 64), window=(128, 128, 128)),
     "1mm-phantom": Variant(spacing=None, patch=(64, 64, 64), window=(128, 128, 128),
                            init_from="brats-synthetic-demo"),
-    # the next candidate: the shipped design with the phantom-pretrained start that helped at 1 mm
+    # the 2 mm design from the phantom-pretrained start that helped at 1 mm (tried: behind 2mm)
     "2mm-phantom": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-synthetic-demo"),
     "2mm-clinical": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from=MODEL_ID, lr=5e-4,
                             clinical_augmentation=True),
@@ -365,10 +383,10 @@ def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
                                         f"{parts[0].postprocessing}") from None
         report, _ = validate_bundle(list(models), held_out, log=log, postprocessing=post)
         metrics, validation = {"validation_segment": report}, [c.case_id for c in held_out]
-    return {"metrics": metrics, **own, "licence": LICENCE, "citations": CITATIONS,
+    credits = data_credits(train_ids)
+    return {"metrics": metrics, **own, "licence": credits["licence"], "citations": credits["citations"],
             "demo": False, "clinical_use": False,
-            "training_data": {"source": "BraTS 2018 and 2021 training cases, BraTS 2021 file layout", "train": train_ids,
-                              "validation": validation}}
+            "training_data": {"source": credits["source"], "train": train_ids, "validation": validation}}
 
 
 @dataclass
@@ -440,10 +458,11 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
             init = bundles.Bundle(stage1.path, stage1.manifest, cascade)
         guide = _out_of_fold_guide(cascade, v.coarse_from)
     description = DESCRIPTION + (CLINICAL_AUGMENTATION if v.clinical_augmentation else "")
+    credits = data_credits([c.case_id for c in train_cases + val_cases])
     extra = {"id": model_id(variant, fold), "demo": False, "clinical_use": False, "description": description,
-             "note": NOTE, "recipe": recipe, "variant": variant, "patch_size": list(v.window), "licence": LICENCE,
-             "citations": CITATIONS,
-             "training_data": {"source": "BraTS 2018 training cases, BraTS 2021 file layout",
+             "note": NOTE, "recipe": recipe, "variant": variant, "patch_size": list(v.window),
+             "licence": credits["licence"], "citations": credits["citations"],
+             "training_data": {"source": credits["source"],
                                "train": [c.case_id for c in train_cases],
                                "validation": [c.case_id for c in val_cases]}}
     grades = {c.case_id: GRADES[c.case_id] for c in train_cases + val_cases}

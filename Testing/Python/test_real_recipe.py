@@ -19,6 +19,7 @@ from BrainTumorSegLib.recipes.brats_glioma import (
     MODEL_ID,
     VALIDATION,
     WINDOW_TOLERANCE,
+    data_credits,
     ensemble_manifest,
     export_checkpoint,
     plan,
@@ -302,3 +303,24 @@ def test_fold_all_takes_the_pooled_figures_of_its_five_fold_models(all_standins,
                                       key=lambda pd: pd[1])[0]
     assert m["window"] == m["metrics"]["out_of_fold_postprocessed"]["window_search"]["chosen"]
     assert bundles.load(out).manifest.window == m["window"]
+
+
+def test_a_model_trained_on_brats_2021_cases_cites_that_release():
+    only_2018 = data_credits(["Brats18_CBICA_ABM_1", "Brats18_TCIA10_628_1"])
+    assert only_2018["citations"] == CITATIONS and "BraTS 2018 training data" in only_2018["licence"]
+    assert only_2018["source"].startswith("BraTS 2018 training cases")
+    mixed = data_credits(["Brats18_CBICA_ABM_1", "BraTS2021_01484"])
+    assert mixed["citations"][:len(CITATIONS)] == CITATIONS and "arXiv:2107.02314" in mixed["citations"][-1]
+    assert "BraTS 2018 and 2021 training data" in mixed["licence"] and mixed["source"].startswith("BraTS 2018 and 2021")
+
+
+def test_every_shipped_real_model_credits_the_releases_it_was_trained_on():
+    # the BraTS data-use terms ask a model trained on BraTS 2021 cases to cite that release's paper
+    shipped = glob.glob(os.path.join(bundles.shipped_models_dir(), "brats-glioma-*"))
+    assert shipped
+    for folder in shipped:
+        doc = bundles.read_document(folder)
+        ids = doc["training_data"]["train"]
+        assert any(c.startswith("BraTS2021") for c in ids), folder  # all of today's were
+        assert doc["citations"] == data_credits(ids)["citations"], folder
+        assert "2018 and 2021" in doc["licence"] and "2018 and 2021" in doc["training_data"]["source"], folder
