@@ -10,8 +10,9 @@ how many worse, and the case that moves the difference most with the difference 
 from __future__ import annotations
 
 import json
+import math
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +24,7 @@ PerCase = Mapping[str, Mapping[str, Any]]
 COLUMNS = (*REGIONS, "mean")
 GROUPS = ("all", "HGG", "low-grade", "little-ET")
 TIE = 0.005  # a case whose Dice moves less than this counts as neither better nor worse
+MIN_CASES = 5  # fewer cases give no interval: a bootstrap of two or three cases says nothing
 
 
 def _in_group(case_id: str, group: str) -> bool:
@@ -36,11 +38,19 @@ def _dice(row: Mapping[str, Any], column: str) -> float:
     return float(row[column]["dice"])
 
 
-def _interval(diff: np.ndarray, resamples: int, rng: np.random.Generator) -> Tuple[float, float]:
-    if len(diff) < 2:
-        return float(diff.mean()), float(diff.mean())
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def _interval(values: np.ndarray, resamples: int, rng: np.random.Generator) -> Optional[List[float]]:
+    """The 95 % percentile-bootstrap interval of the mean; None under :data:`MIN_CASES` cases."""
+    if len(values) < MIN_CASES:
+        return None
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def _span(interval: Optional[List[float]], signed: bool) -> str:
+    if interval is None:
+        return "[no interval: too few cases]"
+    f = "{:+.4f}" if signed else "{:.3f}"
+    return f"[{f.format(interval[0])}, {f.format(interval[1])}]"
 
 
 def _groups(case_ids: Sequence[str]) -> Dict[str, list]:
@@ -63,7 +73,7 @@ def mean_intervals(a: PerCase, resamples: int = 10000, seed: int = 0) -> Dict[st
         groups[group] = {}
         for column in COLUMNS:
             d = np.array([_dice(a[c], column) for c in ids])
-            groups[group][column] = {"n": len(ids), "mean": float(d.mean()), "interval": list(_interval(d, resamples, rng))}
+            groups[group][column] = {"n": len(ids), "mean": float(d.mean()), "interval": _interval(d, resamples, rng)}
     return {"cases": sorted(a), "resamples": resamples, "seed": seed, "groups": groups}
 
 
@@ -93,9 +103,8 @@ def compare(a: PerCase, b: PerCase, resamples: int = 10000, seed: int = 0) -> Di
             da = np.array([_dice(a[c], column) for c in ids])
             db = np.array([_dice(b[c], column) for c in ids])
             diff = db - da
-            low, high = _interval(diff, resamples, rng)
             entry: Dict[str, Any] = {"n": len(ids), "mean_a": float(da.mean()), "mean_b": float(db.mean()),
-                                     "difference": float(diff.mean()), "interval": [low, high],
+                                     "difference": float(diff.mean()), "interval": _interval(diff, resamples, rng),
                                      "better": int((diff > TIE).sum()), "worse": int((diff < -TIE).sum())}
             if len(ids) > 1:
                 without = (diff.sum() - diff) / (len(ids) - 1)
@@ -120,7 +129,7 @@ def format_comparison(result: Mapping[str, Any], name_a: str, name_b: str) -> st
         lines.append(f"{group} ({columns['mean']['n']} cases)")
         for column, e in columns.items():
             line = (f"  {column:<4} {e['mean_a']:.3f} -> {e['mean_b']:.3f}  {e['difference']:+.4f} "
-                    f"[{e['interval'][0]:+.4f}, {e['interval'][1]:+.4f}]  better {e['better']}, worse {e['worse']}")
+                    f"{_span(e['interval'], True)}  better {e['better']}, worse {e['worse']}")
             d = e.get("decided_by")
             if d and abs(d["its_difference"]) > result["tie"]:
                 line += f"; without {d['case']} ({d['its_difference']:+.3f}): {d['difference_without_it']:+.4f}"
@@ -135,9 +144,12 @@ def format_intervals(result: Mapping[str, Any], name: str) -> str:
              f"its 95 % interval ({result['resamples']} resamples of the cases)"]
     for group, columns in result["groups"].items():
         lines.append(f"{group} ({columns['mean']['n']} cases)")
-        lines += [f"  {column:<4} {e['mean']:.3f} [{e['interval'][0]:.3f}, {e['interval'][1]:.3f}]"
-                  for column, e in columns.items()]
+        lines += [f"  {column:<4} {e['mean']:.3f} {_span(e['interval'], False)}" for column, e in columns.items()]
     return "\n".join(lines)
+
+
+def _is_dice(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
 
 
 def held_out_cases(source: str) -> Tuple[Dict[str, Any], str]:
@@ -161,9 +173,9 @@ def held_out_cases(source: str) -> Tuple[Dict[str, Any], str]:
     if not table:
         raise InputError(source, "holds no per-case figures on held-out cases")
     for case_id, row in table.items():
-        if not (isinstance(row, dict) and all(isinstance(row.get(r), dict) and isinstance(row[r].get("dice"), (int, float))
+        if not (isinstance(row, dict) and all(isinstance(row.get(r), dict) and _is_dice(row[r].get("dice"))
                                                for r in REGIONS)):
-            raise InputError(source, f"case {case_id} lacks a Dice for each of {', '.join(REGIONS)}")
+            raise InputError(source, f"case {case_id} lacks a Dice from 0 to 1 for each of {', '.join(REGIONS)}")
     return table, ensembles.held_out_by(document)
 
 
@@ -174,8 +186,12 @@ def compare_sources(sources: Sequence[str], resamples: int = 10000, seed: int = 
         raise InputError(None, f"compare takes one or two models or tables, not {len(sources)}")
     if resamples < 100:
         raise InputError(None, f"--resamples must be at least 100, not {resamples}")
+    if seed < 0:
+        raise InputError(None, f"--seed must be 0 or more, not {seed}")
     found = [held_out_cases(s) for s in sources]
     tables = [table for table, _ in found]
+    if len(tables) == 2 and not set(tables[0]) & set(tables[1]):
+        raise InputError(sources[1], f"has no case in common with {sources[0]}")
     result = mean_intervals(tables[0], resamples, seed) if len(tables) == 1 else \
         compare(tables[0], tables[1], resamples, seed)
     return {**result, "held_out_by": [by for _, by in found]}

@@ -458,7 +458,7 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
             init = bundles.Bundle(stage1.path, stage1.manifest, cascade)
         guide = _out_of_fold_guide(cascade, v.coarse_from)
     description = DESCRIPTION + (CLINICAL_AUGMENTATION if v.clinical_augmentation else "")
-    credits = data_credits([c.case_id for c in train_cases + val_cases])
+    credits = data_credits([c.case_id for c in train_cases])
     extra = {"id": model_id(variant, fold), "demo": False, "clinical_use": False, "description": description,
              "note": NOTE, "recipe": recipe, "variant": variant, "patch_size": list(v.window),
              "licence": credits["licence"], "citations": credits["citations"],

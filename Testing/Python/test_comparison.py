@@ -92,6 +92,7 @@ def test_one_table_gets_its_means_with_intervals_that_widen_with_the_spread():
     assert wt["interval"] == pytest.approx([0.8, 0.8])  # every case alike: nothing to resample
     low = r["groups"]["low-grade"]["TC"]
     assert low["n"] == 6 and low["interval"][1] - low["interval"][0] > 0
+    assert r["groups"]["little-ET"]["TC"]["n"] == 2 and r["groups"]["little-ET"]["TC"]["interval"] is None
     with pytest.raises(InputError, match="holds no case"):
         mean_intervals({})
 
@@ -108,9 +109,18 @@ def test_cli_with_one_model_prints_its_means_and_whose_they_are(tmp_path):
     assert tc["interval"][1] - tc["interval"][0] < low["interval"][1] - low["interval"][0]  # 32 cases against 6
 
 
+def bad_row(dice):
+    return {"per_case": {CYST: {"WT": {"dice": 0.9}, "TC": {"dice": 0.8}, "ET": {"dice": dice}}}}
+
+
 @pytest.mark.parametrize("content, problem", [
     ({"metrics": {}}, "holds no per-case figures"),
-    ({"per_case": {CYST: {"WT": {"dice": 0.9}, "TC": {"dice": 0.8}}}}, f"case {CYST} lacks a Dice"),
+    ([1, 2], "holds no per-case figures"),
+    ({"per_case": {CYST: {"WT": {"dice": 0.9}, "TC": {"dice": 0.8}}}}, f"case {CYST} lacks a Dice from 0 to 1"),
+    (bad_row(True), f"case {CYST} lacks a Dice"),
+    (bad_row(1.5), f"case {CYST} lacks a Dice"),
+    ('{"per_case": {"%s": {"WT": {"dice": 0.9}, "TC": {"dice": 0.8}, "ET": {"dice": NaN}}}}' % CYST,
+     f"case {CYST} lacks a Dice"),
     ("{not json", "is not valid JSON"),
 ])
 def test_cli_refuses_a_table_it_cannot_read_in_one_line(tmp_path, content, problem):
@@ -118,7 +128,16 @@ def test_cli_refuses_a_table_it_cannot_read_in_one_line(tmp_path, content, probl
     bad.write_text(content if isinstance(content, str) else json.dumps(content))
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"per_case": table()}))
-    one_line_error(cli_main("compare", str(good), str(bad)), str(bad), problem)
+    out = tmp_path / "out.json"
+    one_line_error(cli_main("compare", str(good), str(bad), "--json", str(out)), str(bad), problem)
     one_line_error(cli_main("compare", str(good), "no-such-model"), "no-such-model", "no such model")
     one_line_error(cli_main("compare", str(good), str(good), "--resamples", "10"), "--resamples")
-    assert not list(tmp_path.glob("*.tmp*"))
+    one_line_error(cli_main("compare", str(good), "--seed", "-1"), "--seed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "good.json"]  # nothing written
+
+
+def test_cli_names_both_tables_when_they_share_no_case(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"per_case": {c: v for c, v in table().items() if c == CYST}}))
+    b.write_text(json.dumps({"per_case": {c: v for c, v in table().items() if c != CYST}}))
+    one_line_error(cli_main("compare", str(a), str(b)), str(a), str(b), "no case in common")

@@ -155,6 +155,9 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
             assert not rare & set(FOLDS[k])
     assert plan(all_standins, "2mm-cv", 1, 1, 0, fold=0).cfg.case_weights == {}
     scratch = plan(all_standins, "2mm-cv-tc-nnaug", 1, 1, 0, fold=3)  # both changes from the first iteration
+    # its training cases hold BraTS 2021 ones: the manifest it will write cites that release
+    assert scratch.extra["citations"] == data_credits([c.case_id for c in scratch.train_cases])["citations"]
+    assert "arXiv:2107.02314" in scratch.extra["citations"][-1] and "2018 and 2021" in scratch.extra["licence"]
     assert "initialised_from" not in scratch.extra and scratch.extra["id"] == "brats-glioma-v8-fold3"
     assert scratch.cfg.region_weights == (1.0, 2.0, 1.0) and scratch.cfg.augmentation == "nnunet"
     assert set(scratch.cfg.case_weights.values()) == {3.0} and scratch.cfg.fg_fraction == 0.5
@@ -323,4 +326,5 @@ def test_every_shipped_real_model_credits_the_releases_it_was_trained_on():
         ids = doc["training_data"]["train"]
         assert any(c.startswith("BraTS2021") for c in ids), folder  # all of today's were
         assert doc["citations"] == data_credits(ids)["citations"], folder
-        assert "2018 and 2021" in doc["licence"] and "2018 and 2021" in doc["training_data"]["source"], folder
+        assert doc["licence"] == data_credits(ids)["licence"], folder
+        assert doc["training_data"]["source"] == data_credits(ids)["source"], folder
