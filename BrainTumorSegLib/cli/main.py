@@ -286,7 +286,8 @@ def _add_data_commands(sub) -> None:
                                            "per_case")
     cp.add_argument("b", metavar="B", nargs="?", help="the same for the design compared against A; left out: A's "
                                                       "means with their 95%% intervals")
-    cp.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples of the cases (default 10000)")
+    cp.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples of the cases, 100-100000 "
+                                                                 "(default 10000)")
     cp.add_argument("--seed", type=int, default=0, help="the resampling's seed (default 0)")
     cp.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
     cp.set_defaults(func=_cmd_compare)

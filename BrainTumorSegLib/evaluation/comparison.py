@@ -164,6 +164,8 @@ def held_out_cases(source: str) -> Tuple[Dict[str, Any], str]:
                 document = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(source, f"is not valid JSON ({getattr(exc, 'msg', exc)})") from None
+        except OSError as exc:
+            raise InputError(source, f"cannot be read ({exc.strerror or exc})") from None
     else:
         document = bundles.read_document(bundles.resolve(source))
     table: Optional[Dict[str, Any]] = None
@@ -184,8 +186,8 @@ def compare_sources(sources: Sequence[str], resamples: int = 10000, seed: int = 
     checked before any figure."""
     if len(sources) not in (1, 2):
         raise InputError(None, f"compare takes one or two models or tables, not {len(sources)}")
-    if resamples < 100:
-        raise InputError(None, f"--resamples must be at least 100, not {resamples}")
+    if not 100 <= resamples <= 100000:
+        raise InputError(None, f"--resamples must be from 100 to 100000, not {resamples}")
     if seed < 0:
         raise InputError(None, f"--seed must be 0 or more, not {seed}")
     found = [held_out_cases(s) for s in sources]

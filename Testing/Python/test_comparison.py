@@ -132,6 +132,7 @@ def test_cli_refuses_a_table_it_cannot_read_in_one_line(tmp_path, content, probl
     one_line_error(cli_main("compare", str(good), str(bad), "--json", str(out)), str(bad), problem)
     one_line_error(cli_main("compare", str(good), "no-such-model"), "no-such-model", "no such model")
     one_line_error(cli_main("compare", str(good), str(good), "--resamples", "10"), "--resamples")
+    one_line_error(cli_main("compare", str(good), "--resamples", "100000000"), "--resamples")
     one_line_error(cli_main("compare", str(good), "--seed", "-1"), "--seed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "good.json"]  # nothing written
 
