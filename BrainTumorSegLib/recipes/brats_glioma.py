@@ -7,8 +7,8 @@ other case of the folder (19 when it held only the 24 high-grade BraTS 2018 case
 ``brats-glioma-v1`` was trained); the fold variants (``2mm-cv*``) use the five stratified folds of
 all 32 (``cross_validation.FOLDS``). Validation figures are measured through the full ``segment``
 path on the original 1 mm files, and the postprocessing defaults are chosen on those same
-validation cases (never on other data); for the cross-validation folds (``2mm-cv*``) ``ensemble --validate-on``
-chooses them on the pooled out-of-fold cases.
+validation cases (never on other data); for the cross-validation folds (``2mm-cv*``)
+``ensemble --validate-on`` chooses them on the pooled out-of-fold cases.
 
 Variants train the same residual U-Net (16-32-64-128-128, 5.2 M parameters; the cascade two of them)
 under one CPU budget:
@@ -135,6 +135,8 @@ def data_credits(case_ids: Sequence[str]) -> Dict[str, Any]:
     return {"licence": LICENCE.format(releases=releases),
             "citations": CITATIONS + ([BRATS_2021_CITATION] if with_2021 else []),
             "source": f"BraTS {releases} training cases, BraTS 2021 file layout"}
+
+
 DESCRIPTION = ("Residual U-Net trained on 19 real, expert-labelled BraTS 2018 glioma cases (skull-stripped, "
                "co-registered, 1 mm) on a 2-core CPU. Research use only, not for clinical use. Works on "
                "BraTS-preprocessed input (segment prepares clinical scans so first); validation figures (5 "
