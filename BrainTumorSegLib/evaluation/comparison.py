@@ -9,7 +9,6 @@ how many worse, and the case that moves the difference most with the difference 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -18,18 +17,12 @@ import numpy as np
 
 from ..errors import InputError
 from ..labels import REGIONS
-from .cross_validation import GRADES, HGG, LITTLE_ET, LOW_GRADE
+from .cross_validation import grade_groups
 
 PerCase = Mapping[str, Mapping[str, Any]]
 COLUMNS = (*REGIONS, "mean")
-GROUPS = ("all", "HGG", "low-grade", "little-ET")
 TIE = 0.005  # a case whose Dice moves less than this counts as neither better nor worse
 MIN_CASES = 5  # fewer cases give no interval: a bootstrap of two or three cases says nothing
-
-
-def _in_group(case_id: str, group: str) -> bool:
-    grade = GRADES.get(case_id)
-    return {"all": True, "HGG": grade == HGG, "low-grade": grade in LOW_GRADE, "little-ET": grade == LITTLE_ET}[group]
 
 
 def _dice(row: Mapping[str, Any], column: str) -> float:
@@ -53,9 +46,9 @@ def _span(interval: Optional[List[float]], signed: bool) -> str:
     return f"[{f.format(interval[0])}, {f.format(interval[1])}]"
 
 
-def _groups(case_ids: Sequence[str]) -> Dict[str, list]:
-    found = {g: [c for c in sorted(case_ids) if _in_group(c, g)] for g in GROUPS}
-    return {g: ids for g, ids in found.items() if ids}
+def _groups(case_ids: Sequence[str]) -> Dict[str, List[str]]:
+    """:func:`cross_validation.grade_groups` of the sorted cases, the empty groups left out."""
+    return {g: ids for g, ids in grade_groups(sorted(case_ids)).items() if ids}
 
 
 def mean_intervals(a: PerCase, resamples: int = 10000, seed: int = 0) -> Dict[str, Any]:
@@ -159,13 +152,7 @@ def held_out_cases(source: str) -> Tuple[Dict[str, Any], str]:
     from ..models import bundles, ensembles
 
     if os.path.isfile(source):
-        try:
-            with open(source, encoding="utf-8") as f:
-                document = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(source, f"is not valid JSON ({getattr(exc, 'msg', exc)})") from None
-        except OSError as exc:
-            raise InputError(source, f"cannot be read ({exc.strerror or exc})") from None
+        document = bundles.read_json(source)
     else:
         document = bundles.read_document(bundles.resolve(source))
     table: Optional[Dict[str, Any]] = None

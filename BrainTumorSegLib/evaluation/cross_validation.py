@@ -54,6 +54,14 @@ def _means(rows: Sequence[Mapping]) -> Dict[str, float]:
             for r in REGIONS}
 
 
+def grade_groups(case_ids: Sequence[str]) -> Dict[str, List[str]]:
+    """The groups every table reports, in order: all cases, the high-grade ones, the low-grade ones
+    (LGG and no enhancing tumor) and those with little enhancement (a group may be empty)."""
+    return {"all": list(case_ids), "HGG": [c for c in case_ids if GRADES.get(c) == HGG],
+            "low-grade": [c for c in case_ids if GRADES.get(c) in LOW_GRADE],
+            "little-ET": [c for c in case_ids if GRADES.get(c) == LITTLE_ET]}
+
+
 def grade_summary(per_case: Mapping[str, Mapping]) -> Dict:
     """Mean Dice, HD95 and volume error per region over all cases, the high-grade ones, the low-grade
     ones (LGG and no enhancing tumor) and those with little enhancement, with their case counts; and,
@@ -63,9 +71,7 @@ def grade_summary(per_case: Mapping[str, Mapping]) -> Dict:
         per_case: case id -> region -> {dice, hd95, volume_error_ml (predicted minus reference),
             volume_ref_ml}, as ``real_recipe.case_table`` makes them.
     """
-    groups = {"all": list(per_case), "HGG": [c for c in per_case if GRADES.get(c) == HGG],
-              "low-grade": [c for c in per_case if GRADES.get(c) in LOW_GRADE],
-              "little-ET": [c for c in per_case if GRADES.get(c) == LITTLE_ET]}
+    groups = grade_groups(list(per_case))
     out: Dict = {g: {"cases": len(ids), **(_means([per_case[c] for c in ids]) if ids else {})} for g, ids in groups.items()}
     no_et = [c for c in per_case if per_case[c]["ET"]["volume_ref_ml"] == 0.0]
     out["without_et"] = {"cases": len(no_et),

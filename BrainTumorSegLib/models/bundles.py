@@ -189,16 +189,23 @@ def resolve(model: PathLike) -> str:
     raise InputError(m, "no such model (looked in: " + ", ".join(search_dirs()) + ")")
 
 
+def read_json(path: PathLike) -> Any:
+    """A JSON file's content; a file that cannot be read or is not JSON is an error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+
+
 def read_document(folder: PathLike) -> Dict[str, Any]:
     """A model folder's ``manifest.json`` as a JSON object (bundle or ensemble)."""
     path = os.path.join(os.fspath(folder), MANIFEST)
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except FileNotFoundError:
-        raise InputError(folder, f"is not a model bundle (no {MANIFEST})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    if not os.path.isfile(path):
+        raise InputError(folder, f"is not a model bundle (no {MANIFEST})")
+    manifest = read_json(path)
     if not isinstance(manifest, dict):
         raise InputError(path, "is not a JSON object")
     return manifest
