@@ -168,8 +168,13 @@ def _recipe_fold(text: str) -> Union[int, str]:
 
 def _cmd_train_recipe(args: argparse.Namespace) -> int:
     """A named real-data recipe: fixed split, training (resumable), validation through segment."""
-    from ..recipes.brats_glioma import export_checkpoint, export_folder, train_real
+    from ..recipes.brats_glioma import export_checkpoint, export_folder, pack, train_real
 
+    if args.pack_to:
+        print(f"pack: {pack(args.data, args.variant, args.pack_to, args.cache)}")
+        return 0
+    if args.out is None:
+        raise InputError(None, "--out RUNDIR is needed to train (or --pack-to OUT to pack the cases)")
     if args.from_checkpoint:
         out = export_checkpoint(args.data, args.out, args.from_checkpoint,
                                 args.export or export_folder(args.out, args.variant, args.fold), variant=args.variant,
@@ -177,8 +182,8 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
     else:
         out = train_real(args.data, args.out, variant=args.variant, epochs=args.epochs, iters=args.iters,
                          seed=args.seed, resume=True, export=args.export, cache_dir=args.cache,
-                         init_from=args.init_from, fold=args.fold)
-    print(f"model bundle: {out}")
+                         init_from=args.init_from, fold=args.fold, workers=args.workers, amp=args.amp)
+    print(f"{'checkpoint' if out.endswith('.pt') else 'model bundle'}: {out}")
     return 0
 
 
@@ -326,6 +331,24 @@ def _add_segment_command(sub) -> None:
     dv.set_defaults(func=_cmd_devices)
 
 
+def _processes(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of processes, 0 or more")
+    return n
+
+
+def _add_resource_args(t: argparse.ArgumentParser) -> None:
+    """How every training command uses the machine."""
+    t.add_argument("--amp", action="store_true",
+                   help="mixed precision: fp16 on CUDA, bf16 on CPUs that run it natively")
+    t.add_argument("--workers", type=_processes, default=0,
+                   help="processes preparing patches beside the training one (default 0: none)")
+
+
 def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
     """The options train and finetune share."""
     t.add_argument("--data", required=True, help="folder of training cases (BraTS 2021 or 2023 layout)")
@@ -338,13 +361,11 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
     t.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"))
     t.add_argument("--batch", type=int, default=2)
     t.add_argument("--lr", type=float, help="learning rate (default: the network's, a tenth of it for finetune)")
-    t.add_argument("--amp", action="store_true",
-                   help="mixed precision: fp16 on CUDA, bf16 on CPUs that run it natively")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (under torchrun: "
                                                     "one GPU per process by LOCAL_RANK, or CPUs with gloo)")
     t.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in backward: less GPU memory, about a third more time")
-    t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    _add_resource_args(t)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--val-every", type=int, default=5)
     t.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -397,8 +418,9 @@ def _add_training_commands(sub) -> None:
     tr2 = sub.add_parser("train-recipe", help="a named real-data recipe (fixed split, settings, validation "
                                               "through segment); resumes a run folder")
     tr2.add_argument("recipe", choices=["brats-glioma"])
-    tr2.add_argument("--data", required=True, help="folder with the real BraTS cases (e.g. ../shared/real-cases)")
-    tr2.add_argument("--out", required=True, help="run folder; an existing one is resumed")
+    tr2.add_argument("--data", required=True, help="folder with the real BraTS cases (e.g. ../shared/real-cases), "
+                                                   "or a pack of them (--pack-to)")
+    tr2.add_argument("--out", help="run folder; an existing one is resumed")
     tr2.add_argument("--variant", default="2mm", help="a variant of real_recipe.VARIANTS: 2mm (default), 1mm, 2mm-cv, ...")
     tr2.add_argument("--fold", type=_recipe_fold, help="for the 2mm-cv... variants: the cross-validation fold to "
                                                      "hold out (0-4; cross_validation.FOLDS, stratified by grade and "
@@ -413,6 +435,10 @@ def _add_training_commands(sub) -> None:
                                                           "exported model, when the run folder was lost)")
     tr2.add_argument("--from-checkpoint", metavar="PT", help="no training: export and validate this checkpoint of "
                                                             "the run (e.g. the best so far of a run still going)")
+    tr2.add_argument("--pack-to", metavar="OUT", help="no training: cache every case on the variant's grid and "
+                                                       "write them, compressed, to the new folder OUT, to train where "
+                                                       "the raw cases are not (a GPU machine; docs/training.md)")
+    _add_resource_args(tr2)
     tr2.set_defaults(func=_cmd_train_recipe)
 
 

@@ -125,7 +125,7 @@ def _given(args: argparse.Namespace) -> Dict[str, str]:
 def _case_job(args: argparse.Namespace, given: Dict[str, str]) -> _Job:
     """``--case`` or the sequences one by one: one case, its outputs where the command line says."""
     from ..read.cases import find_case
-    from ..read.images import strip_extension
+    from ..read.formats import strip_extension
     from ..write.extra_outputs import CaseFiles
 
     case_id, inputs, example = strip_extension(os.path.basename(args.output)), given, "case"

@@ -14,7 +14,8 @@ import SimpleITK as sitk
 from ..errors import InputError, PathLike
 from ..labels import REGIONS, check_scheme, detect_scheme
 from ..read.cases import parse_name
-from ..read.images import grid_difference, image_extension, read_image, same_grid, strip_extension
+from ..read.formats import image_extension, strip_extension
+from ..read.images import grid_difference, read_image, same_grid
 from ..write.atomic import write_json, write_text
 from .metrics import METRICS, case_metrics, summarize
 

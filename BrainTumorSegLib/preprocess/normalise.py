@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 
 
 def brain_bbox(mask: np.ndarray, margin: int) -> Tuple[slice, slice, slice]:
@@ -30,6 +29,8 @@ def zscore(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def bias_correct(vol: np.ndarray, brain: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     """N4 bias-field correction inside ``brain``, fitted on a grid of about 4 mm, applied at full size."""
+    import SimpleITK as sitk  # here alone: training on cached arrays imports this module without it
+
     img = sitk.GetImageFromArray(vol.astype(np.float32))
     img.SetSpacing(tuple(float(s) for s in spacing[::-1]))
     mask = sitk.GetImageFromArray(brain.astype(np.uint8))

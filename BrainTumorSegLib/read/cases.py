@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import InputError, PathLike
-from .images import image_extension, strip_extension
+from .formats import image_extension, strip_extension
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
 # Sequences a case may lack (clinics often skip one): their channel is left empty, as in training's

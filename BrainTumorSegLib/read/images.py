@@ -7,33 +7,14 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Any, Optional
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
-
-EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-# Formats that write a separate data file next to the header.
-_DETACHED = {".nhdr", ".mhd"}
-
-
-def image_extension(path: PathLike) -> Optional[str]:
-    """The supported extension of ``path`` (lower case), or None."""
-    name = os.fspath(path).lower()
-    for ext in EXTENSIONS:
-        if name.endswith(ext):
-            return ext
-    return None
-
-
-def strip_extension(name: str) -> str:
-    ext = image_extension(name)
-    return name[: -len(ext)] if ext else name
+from .formats import EXTENSIONS, image_extension
 
 
 def read_image(path: PathLike, kind: str = "image") -> sitk.Image:

@@ -86,22 +86,37 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..evaluation.cross_validation import FOLD_OF, FOLDS, GRADES, HGG, grade_summary
-from ..evaluation.real_validation import RawLabels, score_raw, segment_raw, validate_bundle
 from ..labels import REGIONS
 from ..models import bundles
 from ..networks import SegmentationNetwork, build
 from ..networks.cascade import CoarseToFine
 from ..postprocess.cleanup import PostprocessOptions
 from ..read.cases import Case, find_cases
-from ..training import Guide, TrainConfig, check_cases, load_checkpoint, run_manifest, train
+from ..training import (
+    Guide,
+    TrainConfig,
+    cache_case,
+    check_cases,
+    compact_checkpoint,
+    is_pack,
+    load_checkpoint,
+    read_pack,
+    run_manifest,
+    train,
+    write_pack,
+)
+from ..training.pack import TrainingCase
 from .demo import DEMO_OPTIONS
+
+if TYPE_CHECKING:
+    from ..evaluation.real_validation import RawLabels
 
 MODEL_ID = "brats-glioma-v1"
 VALIDATION = ("Brats18_2013_20_1", "Brats18_CBICA_AQO_1", "Brats18_CBICA_ASE_1",
@@ -267,11 +282,28 @@ def member(fold: Fold) -> str:
     return ALL if fold == ALL else f"fold{fold}"
 
 
-def split(data_dir: str, fold: Fold = None) -> Tuple[List[Case], List[Case]]:
+def _found(data_dir: str, spacing: Optional[float]) -> List[TrainingCase]:
+    """The cases of a folder of cases, or of a pack (``--pack-to``) made at ``spacing``."""
+    if not is_pack(data_dir):
+        return list(check_cases(find_cases(data_dir)))
+    pack = read_pack(data_dir)
+    if pack.spacing != spacing:
+        raise InputError(data_dir, f"is a pack of cases on a {_grid(pack.spacing)}; this variant trains on a "
+                                   f"{_grid(spacing)}")
+    return list(pack.cases)
+
+
+def _grid(spacing: Optional[float]) -> str:
+    return "each case's own grid" if spacing is None else f"{spacing:g} mm grid"
+
+
+def split(data_dir: str, fold: Fold = None, spacing: Optional[float] = None) -> Tuple[List[TrainingCase],
+                                                                                        List[TrainingCase]]:
     """The fixed training and validation cases found in ``data_dir``: the five validation cases,
     with ``fold`` the held-out fold of the five, with ``fold="all"`` every case of the folds and
-    none held out (all 32 shared cases must be there for either)."""
-    cases = check_cases(find_cases(data_dir))
+    none held out (all 32 shared cases must be there for either). ``data_dir`` may be a pack of
+    the cases, cached at ``spacing``."""
+    cases = _found(data_dir, spacing)
     ids = {c.case_id for c in cases}
     held_out = VALIDATION if fold is None else (() if fold == ALL else FOLDS[int(fold)])
     needed = held_out if fold is None else list(GRADES)
@@ -317,6 +349,8 @@ def _pooled_inference(data_dir: str, models: Sequence[str], parts: Sequence[bund
     The whole-volume pass (about three times faster on a CPU) is chosen unless patch windows are
     better by more than :data:`WINDOW_TOLERANCE` mean Dice. Returns the window, the setting and the
     pooled figures with them (optimistic: chosen on these same cases), the other window's recorded."""
+    from ..evaluation.real_validation import score_raw, segment_raw
+
     cases = {c.case_id: c for c in check_cases(find_cases(data_dir))}
     held = {}
     for m, p in zip(models, parts):
@@ -383,6 +417,8 @@ def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
         except TypeError:
             raise InputError(models[0], f"has postprocessing settings this version does not know: "
                                         f"{parts[0].postprocessing}") from None
+        from ..evaluation.real_validation import validate_bundle
+
         report, _ = validate_bundle(list(models), held_out, log=log, postprocessing=post)
         metrics, validation = {"validation_segment": report}, [c.case_id for c in held_out]
     credits = data_credits(train_ids)
@@ -395,20 +431,24 @@ def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
 class Plan:
     """Everything a variant's run is made of: settings, fixed split, the manifest's own fields."""
     cfg: TrainConfig
-    train_cases: List[Case]
-    val_cases: List[Case]
+    train_cases: List[TrainingCase]
+    val_cases: List[TrainingCase]
     init: Optional[bundles.Bundle]
     extra: Dict
     fold: Fold = None
     guide: Optional[Guide] = None   # a cascade's training inputs beside the sequences
 
 
+def _settings(variant: str) -> Variant:
+    if variant not in VARIANTS:
+        raise InputError(None, f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[variant]
+
+
 def _variant(variant: str, fold: Fold) -> Variant:
     """The variant's settings, checked against ``fold`` (fold variants need one or ``all``, the
     others take none)."""
-    if variant not in VARIANTS:
-        raise InputError(None, f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    v = VARIANTS[variant]
+    v = _settings(variant)
     if v.folds and fold is None:
         raise InputError(None, f"variant {variant} trains one cross-validation fold: give --fold 0-{len(FOLDS) - 1} "
                                f"(or --fold {ALL}: every case)")
@@ -437,7 +477,7 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
     bundle) replaces the variant's initial weights, e.g. to continue from the last exported model
     when a run folder was lost."""
     v = _variant(variant, fold)
-    train_cases, val_cases = split(data_dir, fold)
+    train_cases, val_cases = split(data_dir, fold, v.spacing)
     cfg = TrainConfig(network=v.network, options=v.options or DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
                       patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
                       clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
@@ -509,6 +549,8 @@ def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print,
     bundle to ``out`` (replacing an earlier one). A model that held no case out (``--fold all``)
     takes its design's figures, postprocessing and window from the fold models of that design
     when they are installed (``data_dir`` for their held-out cases), else none and no postprocessing."""
+    from ..evaluation.real_validation import validate_bundle
+
     manifest = {k: v for k, v in manifest.items() if k != "weights_sha256"}
     if val_cases:
         parent = os.path.dirname(os.path.abspath(out))
@@ -541,8 +583,11 @@ def _design_fields(manifest: Dict, data_dir: Optional[str], log) -> Dict:
 
 def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 30, iters: int = 100,
                seed: int = 0, resume: bool = True, export: Optional[str] = None, cache_dir: Optional[str] = None,
-               init_from: Optional[str] = None, fold: Fold = None, log=print) -> str:
-    """Train (or resume) one variant, validate it through ``segment`` and export the bundle.
+               init_from: Optional[str] = None, fold: Fold = None, workers: int = 0, amp: bool = False,
+               log=print) -> str:
+    """Train (or resume) one variant, validate it through ``segment`` and export the bundle. From a
+    pack (no raw cases to validate on) it returns the run's last weights as a compact checkpoint
+    instead, to be validated and exported with :func:`export_checkpoint` where the cases are.
 
     Args:
         data_dir: folder holding the 24 real cases (``../shared/real-cases``).
@@ -557,13 +602,57 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
             continues from exported weights; its schedule starts again).
         fold: the cross-validation fold (0-4) a fold variant holds out, or ``"all"`` to train its
             design on every case of the folds (nnU-Net's ``all``), holding none out.
+        workers: processes preparing patches beside the training one (0: none).
+        amp: mixed precision (``TrainConfig.amp``).
     """
     p = plan(data_dir, variant, epochs, iters, seed, init_from, fold)
+    p.cfg.workers, p.cfg.amp = workers, amp
     trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,
                     bundle_manifest=p.extra, log=log, cache_dir=cache_dir, guide=p.guide)
+    if is_pack(data_dir):
+        # no raw cases here to segment: the run's result travels back small, to be validated there
+        out = compact_checkpoint(os.path.join(run_dir, "checkpoint_last.pt"), os.path.join(run_dir, COMPACT))
+        log(f"validate and export it where the raw cases are: train-recipe brats-glioma --data CASES --out {run_dir} "
+            f"--variant {variant}" + (f" --fold {fold}" if fold is not None else "")
+            + f" --epochs {epochs} --iters {iters} --seed {seed} --from-checkpoint {out}")
+        return out
     b = bundles.load(trained)
-    return finish(b.network, b.manifest.to_json(), p.val_cases, export or export_folder(run_dir, variant, fold), log,
-                  _fold_postprocessing(p), data_dir)
+    return finish(b.network, b.manifest.to_json(), _raw(p.val_cases), export or export_folder(run_dir, variant, fold),
+                  log, _fold_postprocessing(p), data_dir)
+
+
+COMPACT = "checkpoint_last_fp16.pt"  # a run from a pack: its last weights, brought back to be validated
+
+
+def pack(data_dir: str, variant: str, out: str, cache_dir: Optional[str] = None, log=print) -> str:
+    """Cache every case of the cross-validation on ``variant``'s grid and write them as a pack.
+
+    Args:
+        data_dir: the folder of the 32 shared cases.
+        variant: any variant training on that grid from the sequences alone (no cascade).
+        out: the pack's folder (new).
+        cache_dir: preprocessed cases to reuse or fill (default: a temporary folder).
+    """
+    v = _settings(variant)
+    if v.coarse_from or v.network == "coarse_to_fine":
+        raise InputError(None, f"variant {variant} trains on guide channels its first stage makes; a pack holds "
+                               "the sequences alone")
+    if is_pack(data_dir):
+        raise InputError(data_dir, "is a pack already")
+    cases, _ = split(data_dir, ALL)
+    with tempfile.TemporaryDirectory(prefix="btseg-cache-") as tmp:
+        files = {c.case_id: cache_case(c, cache_dir or tmp, v.spacing) for c in cases if isinstance(c, Case)}
+        log(f"packing {len(files)} cases cached on a {_grid(v.spacing)} into {out}")
+        return write_pack(files, out, v.spacing, {"recipe": "brats-glioma", "made_for_variant": variant,
+                                                  "made_by": f"braintumorseg train-recipe brats-glioma --data DATA "
+                                                             f"--variant {variant} --pack-to OUT"})
+
+
+def _raw(cases: Sequence[TrainingCase]) -> List[Case]:
+    """Cases to segment: never a pack's (callers refuse a pack before)."""
+    raw = [c for c in cases if isinstance(c, Case)]
+    assert len(raw) == len(cases), "a pack's cases cannot be segmented"
+    return raw
 
 
 def _fold_postprocessing(p: Plan) -> Optional[PostprocessOptions]:
@@ -583,8 +672,12 @@ def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, va
         checkpoint: ``checkpoint_best.pt``, ``checkpoint_last.pt`` or a copy of one.
         out: where to write the bundle.
     """
+    if is_pack(data_dir):
+        raise InputError(data_dir, "is a pack: a checkpoint is validated through segment on the raw cases "
+                                   "(--data their folder)")
     p = plan(data_dir, variant, epochs, iters, seed, fold=fold)
     state = load_checkpoint(checkpoint)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # a run folder that lives elsewhere
     net = build(p.cfg.network, **p.cfg.options)
     net.load_state_dict(state["model"])
     net.eval()
@@ -595,4 +688,4 @@ def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, va
     manifest.update(p.extra)
     done = int(state["epoch"]) + 1
     manifest["training"]["trained"] = {"epochs": done, "iterations": done * iters, "checkpoint": os.path.basename(checkpoint)}
-    return finish(net, manifest, p.val_cases, out, log, _fold_postprocessing(p), data_dir)
+    return finish(net, manifest, _raw(p.val_cases), out, log, _fold_postprocessing(p), data_dir)

@@ -14,11 +14,8 @@ from typing import Dict
 
 import numpy as np
 
-from ..evaluation.scoring import score_against
 from ..models import bundles
-from ..pipeline import segment
 from ..read.cases import find_cases
-from ..synthetic import phantom
 from ..training import TrainConfig, train
 
 DEMO_OPTIONS = {"channels": [16, 32, 64, 128, 128], "blocks": [1, 2, 2, 2, 2]}
@@ -27,6 +24,9 @@ DEMO_NOTE = ("DEMO MODEL trained only on synthetic phantoms (MNI template with s
 
 
 def held_out_scores(bundle_dir: str, cases_dir: str) -> Dict[str, float]:
+    from ..evaluation.scoring import score_against  # SimpleITK: not needed by the real recipe's pack runs
+    from ..pipeline import segment
+
     b = bundles.load(bundle_dir)
     rows = []
     for case in find_cases(cases_dir):
@@ -38,6 +38,8 @@ def held_out_scores(bundle_dir: str, cases_dir: str) -> Dict[str, float]:
 
 def train_demo(workdir: str, out: str, n_train: int = 40, n_val: int = 3, n_test: int = 5,
                epochs: int = 15, iters: int = 45) -> str:
+    from ..synthetic import phantom
+
     os.makedirs(workdir, exist_ok=True)
     dirs = {k: os.path.join(workdir, k) for k in ("train", "val", "test")}
     for key, seed, n in (("train", 1000, n_train), ("val", 2000, n_val), ("test", 3000, n_test)):

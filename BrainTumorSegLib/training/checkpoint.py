@@ -25,3 +25,14 @@ def weights_digest(net: torch.nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def compact_checkpoint(src: str, dst: str) -> str:
+    """A checkpoint's weights in fp16 with its epoch, best score and history, without the optimiser's
+    state: a sixth of its size, to bring a run's result back from another machine (loading casts
+    the weights back to the network's fp32, as the shipped fp16 bundles are loaded)."""
+    state = load_checkpoint(src)
+    small = {k: state[k] for k in ("epoch", "best", "history") if k in state}
+    small["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    save_checkpoint(dst, small)
+    return dst

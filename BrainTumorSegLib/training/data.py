@@ -1,5 +1,8 @@
 """Training data: case checks, the preprocessed cache, patch sampling (augmented by ``augmentation``).
 
+SimpleITK (and the readers and preprocessing built on it) is imported only where raw cases are
+read: training from a pack of cached cases (``pack``) needs numpy, scipy and torch alone.
+
 Determinism: every random choice of sample ``i`` in epoch ``e`` comes from a generator seeded
 with ``(seed, e, i)``, so a resumed run draws exactly the patches an uninterrupted one would.
 """
@@ -13,22 +16,22 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from ..errors import InputError
 from ..labels import detect_scheme, labels_to_classes
 from ..networks.base import SegmentationNetwork
-from ..preprocess.grid import labels_to_working
-from ..preprocess.transform import PreprocessOptions, preprocess
 from ..read.cases import SEQUENCES, Case
-from ..read.images import read_image, same_grid
 from ..write.atomic import replacing
 from .augmentation import augment, augmentation_set, fill_with_fluid, fluid_intensity, remove_enhancement, vary_brain_mask
 
 
 def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
     """Keep cases with four readable sequences and a seg on the T1ce grid with BraTS labels."""
+    import SimpleITK as sitk
+
+    from ..read.images import read_image, same_grid
+
     good, bad = [], []
     for c in cases:
         try:
@@ -76,6 +79,10 @@ def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None, guid
     saved straight from the scanner (a clinical case corrected in Slicer) is skull-stripped and
     co-registered first; BraTS-preprocessed cases are left as they are (the automatic checks find
     nothing to do)."""
+    from ..preprocess.grid import labels_to_working
+    from ..preprocess.transform import PreprocessOptions, preprocess
+    from ..read.images import read_image
+
     key = hashlib.sha256(("|".join(f"{r}={os.path.abspath(p)}:{os.path.getmtime(p)}"
                                    for r, p in sorted(case.paths.items())) + f"|spacing={spacing}|{_PREPARATION}"
                           + (f"|guide={guide.key}" if guide else "")).encode()

@@ -22,7 +22,6 @@ from ..errors import InputError
 from ..models import bundles
 from ..networks import SegmentationNetwork, build, network_class
 from ..predict import devices
-from ..read.cases import Case
 from ..write.atomic import write_json
 from .augmentation import augmentation_set
 from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
@@ -30,6 +29,7 @@ from .config import TrainConfig
 from .data import Guide, PatchDataset, cache_case
 from .distributed import Distributed, init_distributed
 from .optimisation import compute_loss, make_optimizer, make_scheduler
+from .pack import PackedCase, TrainingCase
 from .runlog import write_log
 from .validation import validate
 
@@ -86,15 +86,22 @@ def _network(cfg: TrainConfig, init_from: Optional[bundles.Bundle]) -> Segmentat
     return net
 
 
-def _cache(cases: Dict[str, Sequence[Case]], cache_dir: str, cfg: TrainConfig, dist: Distributed,
+def _cached(case: TrainingCase, cache_dir: str, cfg: TrainConfig, guide: Optional[Guide]) -> str:
+    if not isinstance(case, PackedCase):
+        return cache_case(case, cache_dir, cfg.spacing, guide)
+    if guide is not None:
+        raise InputError(case.path, "is a packed case: a pack holds no guide channels for a cascade's later stage")
+    return case.path
+
+
+def _cache(cases: Dict[str, Sequence[TrainingCase]], cache_dir: str, cfg: TrainConfig, dist: Distributed,
            guide: Optional[Guide]) -> Dict[str, List[str]]:
-    """Preprocess every case once; rank 0 fills the cache first, the others then find it full.
-    The patches' cases get ``guide``'s channels; validation cases are segmented as ``segment``
-    would, the network making its own."""
+    """Preprocess every case once (a packed case is already); rank 0 fills the cache first, the
+    others then find it full. The patches' cases get ``guide``'s channels; validation cases are
+    segmented as ``segment`` would, the network making its own."""
     if not dist.main:
         dist.barrier()
-    files = {k: [cache_case(c, cache_dir, cfg.spacing, guide if k != "val" else None) for c in cs]
-             for k, cs in cases.items()}
+    files = {k: [_cached(c, cache_dir, cfg, guide if k != "val" else None) for c in cs] for k, cs in cases.items()}
     if dist.main:
         dist.barrier()
     return files
@@ -106,7 +113,7 @@ def _own_guide(net: SegmentationNetwork) -> Guide:
     return Guide.made("own", net, weights_digest(net)[:16], lambda case_id, volume: net.guide(volume))
 
 
-def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[Case]], out_dir: str, init_from: Optional[bundles.Bundle],
+def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: str, init_from: Optional[bundles.Bundle],
            log: Log, cache_dir: Optional[str], guide: Optional[Guide] = None) -> _Run:
     augmentation_set(cfg.augmentation)  # an unknown name fails before caching
     shares = (("--without-enhancement", cfg.without_enhancement), ("--fluid-cores", cfg.fluid_cores),
@@ -269,10 +276,10 @@ def _export(run: _Run, bundle_manifest: Optional[Dict]) -> str:
     return export
 
 
-def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Case], out_dir: str,
+def train(cfg: TrainConfig, train_cases: Sequence[TrainingCase], val_cases: Sequence[TrainingCase], out_dir: str,
           resume: bool = False, init_from: Optional[bundles.Bundle] = None,
           bundle_manifest: Optional[Dict] = None, log: Log = print, cache_dir: Optional[str] = None,
-          replay_cases: Sequence[Case] = (), progress: Optional[Callable[[str, float], None]] = None,
+          replay_cases: Sequence[TrainingCase] = (), progress: Optional[Callable[[str, float], None]] = None,
           guide: Optional[Guide] = None) -> str:
     """Run (or resume) a training run in ``out_dir``; returns the exported bundle folder.
 
@@ -280,7 +287,8 @@ def train(cfg: TrainConfig, train_cases: Sequence[Case], val_cases: Sequence[Cas
 
     Args:
         cfg: network, options, schedule length, batch, patch, seed, device, precision...
-        train_cases, val_cases: cases with four sequences and a seg (see :func:`check_cases`).
+        train_cases, val_cases: cases with four sequences and a seg (see :func:`check_cases`), or
+            the cases of a pack (``pack.read_pack``), cached already.
         out_dir: the run folder (config, checkpoints, log.csv, curves.png, the bundle in ``model``).
         resume: continue from ``out_dir/checkpoint_last.pt`` when it exists.
         init_from: start from this bundle's weights (fine-tuning) instead of a seeded initialisation.

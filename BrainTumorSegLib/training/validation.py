@@ -9,7 +9,7 @@ import torch
 from ..evaluation.metrics import case_metrics
 from ..labels import classes_to_labels, get_scheme
 from ..models import bundles
-from ..postprocess.on_reference import probabilities_to_labels
+from ..predict import output_kinds
 from ..predict.predictor import predict_probabilities
 from ..segment_options import SegmentOptions
 from .data import CachedCase
@@ -30,7 +30,7 @@ def validate(net, name: str, val_files: Sequence[str], patch, device: torch.devi
         c = CachedCase(f)
         probs = predict_probabilities(c.data.astype(np.float32), [bundle], device,
                                       SegmentOptions(overlap=0.25, backend="torch")).probabilities
-        pred = probabilities_to_labels(probs, net.output_kind, "brats2021")
+        pred = output_kinds.kind(net.output_kind).to_labels(probs, "brats2021")
         m = case_metrics(pred, classes_to_labels(c.classes, scheme), c.spacing, scheme, scheme)
         for r in dices:
             dices[r].append(m[r]["dice"])

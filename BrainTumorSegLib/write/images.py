@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
-from ..read.images import _DETACHED, EXTENSIONS, image_extension
+from ..read.formats import DETACHED, EXTENSIONS, image_extension
 from .atomic import replacing
 
 
@@ -58,7 +58,7 @@ def write_image(image: sitk.Image, path: PathLike, inputs: Iterable[PathLike] = 
     ext = image_extension(p)
     folder = os.path.dirname(os.path.abspath(p))
     base = os.path.basename(p)
-    if ext in _DETACHED:
+    if ext in DETACHED:
         # The header names its data file, so write both under their final names in a private
         # folder, move the data file first and the header last: the header is the commit.
         tmpdir = tempfile.mkdtemp(prefix=".btseg-", dir=folder)

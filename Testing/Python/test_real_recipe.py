@@ -4,12 +4,15 @@ of the default test run."""
 import glob
 import json
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import save_tiny_bundle
+from conftest import cli_main, one_line_error, save_tiny_bundle
 
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.evaluation.cross_validation import FOLDS, GRADES, NO_ET
@@ -26,7 +29,9 @@ from BrainTumorSegLib.recipes.brats_glioma import (
     split,
     train_real,
 )
-from BrainTumorSegLib.training import load_checkpoint
+from BrainTumorSegLib.training import load_checkpoint, read_pack
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def write_case(root, case_id: str, seed: int, enhancing: bool = True) -> None:
@@ -328,3 +333,112 @@ def test_every_shipped_real_model_credits_the_releases_it_was_trained_on():
         assert doc["citations"] == data_credits(ids)["citations"], folder
         assert doc["licence"] == data_credits(ids)["licence"], folder
         assert doc["training_data"]["source"] == data_credits(ids)["source"], folder
+
+
+# Run as a pack is run on a GPU machine without SimpleITK (nor nibabel, pydicom): importing any of
+# them fails there, so it fails here too.
+_WITHOUT_IMAGE_LIBRARIES = """
+import importlib.abc, runpy, sys
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("SimpleITK", "nibabel", "pydicom"):
+            raise ImportError(f"{name} is not installed on this machine")
+sys.meta_path.insert(0, Absent())
+sys.argv = ["braintumorseg"] + sys.argv[1:]
+runpy.run_module("BrainTumorSegLib", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def packed(all_standins, fold_runs, tmp_path_factory):
+    """The 32 stand-ins packed on the 2 mm grid (from the folds' cache)."""
+    out = str(tmp_path_factory.mktemp("pack") / "pack")
+    r = cli_main("train-recipe", "brats-glioma", "--data", all_standins, "--variant", "2mm-cv", "--pack-to", out,
+                 "--cache", str(fold_runs / "cache"))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_a_pack_holds_every_case_losslessly_and_checks_its_files(packed, fold_runs, tmp_path, all_standins):
+    p = read_pack(packed)
+    assert sorted(c.case_id for c in p.cases) == sorted(GRADES) and p.spacing == 2.0
+    abm = next(c for c in p.cases if c.case_id == "Brats18_CBICA_ABM_1")
+    cached = glob.glob(str(fold_runs / "cache" / "Brats18_CBICA_ABM_1-*.npz"))
+    assert len(cached) == 1 and os.path.getsize(abm.path) < os.path.getsize(cached[0])  # compressed
+    with np.load(abm.path) as a, np.load(cached[0]) as b:
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    # the same pack on a 1 mm-native variant, a cascade, into an existing folder, of a pack: refused
+    with pytest.raises(InputError, match="pack of cases on a 2 mm grid; this variant trains on a each case's own"):
+        split(packed, None, None)
+    one_line_error(cli_main("train-recipe", "brats-glioma", "--data", all_standins, "--variant", "1mm-cascade-cv",
+                            "--pack-to", str(tmp_path / "c")), "guide channels")
+    one_line_error(cli_main("train-recipe", "brats-glioma", "--data", all_standins, "--variant", "2mm-cv",
+                            "--pack-to", packed), packed, "exists")
+    one_line_error(cli_main("train-recipe", "brats-glioma", "--data", packed, "--variant", "2mm-cv",
+                            "--pack-to", str(tmp_path / "again")), "is a pack already")
+    r = cli_main("train-recipe", "brats-glioma", "--data", packed, "--out", str(tmp_path / "r"), "--workers", "-1")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("--workers: '-1': a number of processes, "
+                                                                           "0 or more")
+    # a changed file is found before any training
+    broken = tmp_path / "broken"
+    shutil.copytree(packed, broken)
+    with open(os.path.join(broken, os.path.basename(abm.path)), "r+b") as f:
+        f.seek(100)
+        f.write(b"\0\0\0")
+    one_line_error(cli_main("train-recipe", "brats-glioma", "--data", str(broken), "--variant", "2mm-cv", "--fold",
+                            "0", "--out", str(tmp_path / "run")), os.path.basename(abm.path), "sha256")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_fold_trained_from_a_pack_without_simpleitk_is_the_fold_trained_from_the_cases(packed, fold_runs,
+                                                                                           all_standins, tmp_path):
+    run = tmp_path / "fold0"
+    r = subprocess.run([sys.executable, "-c", _WITHOUT_IMAGE_LIBRARIES, "train-recipe", "brats-glioma", "--data",
+                        packed, "--variant", "2mm-cv", "--fold", "0", "--epochs", "2", "--iters", "1", "--out",
+                        str(run), "--workers", "1"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    compact = run / "checkpoint_last_fp16.pt"
+    assert f"checkpoint: {compact}" in r.stdout and "--from-checkpoint" in r.stdout
+    # the same patches, the same steps: the weights of fold 0 trained from the raw cases (the fixture)
+    ours, theirs = load_checkpoint(str(run / "checkpoint_last.pt")), load_checkpoint(
+        str(fold_runs / "fold0" / "checkpoint_last.pt"))
+    assert ours["model"].keys() == theirs["model"].keys()
+    assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in ours["model"])
+    small = load_checkpoint(str(compact))
+    assert "optimizer" not in small and small["epoch"] == 1
+    assert all(v.dtype == torch.float16 for v in small["model"].values() if v.is_floating_point())
+    assert os.path.getsize(compact) < os.path.getsize(run / "checkpoint_last.pt") / 4
+    # brought back: validated through segment on the raw cases and exported as the fold's bundle
+    with pytest.raises(InputError, match="is a pack"):
+        export_checkpoint(packed, str(run), str(compact), str(tmp_path / "x"), variant="2mm-cv", epochs=2, iters=1,
+                          fold=0)
+    out = export_checkpoint(all_standins, str(run), str(compact), str(tmp_path / "brats-glioma-v2-fold0"),
+                            variant="2mm-cv", epochs=2, iters=1, fold=0, log=lambda *a: None)
+    m = bundles.read_manifest(out).to_json()
+    assert sorted(m["metrics"]["validation_segment"]["per_case"]) == sorted(FOLDS[0])
+    assert m["training"]["trained"]["checkpoint"] == "checkpoint_last_fp16.pt"
+    net = bundles.load(out).network.state_dict()
+    assert all(torch.equal(net[k], v.half().float()) for k, v in theirs["model"].items() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_the_gpu_script_trains_folds_from_a_pack_into_what_a_device_call_brings_back(packed, tmp_path):
+    out = tmp_path / "OUT"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "Testing", "Device", "train_folds.py"), "--pack", packed,
+                        "--variant", "2mm-cv", "--epochs", "1", "--iters", "1", "--folds", "0", "3", "--workers", "0",
+                        "--out", str(out)], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(os.listdir(out)) == ["fold0.pt", "fold3.pt", "folds.log"]  # at most 8 files come back
+    assert all(os.path.getsize(out / f) < 16 * 2 ** 20 for f in os.listdir(out))
+    log = (out / "folds.log").read_text()
+    assert log.startswith("2 folds in") and "failed: none" in log and "== fold 3: rc 0" in log
+    assert load_checkpoint(str(out / "fold3.pt"))["epoch"] == 0
+    # a fold still running at the deadline: stopped, its last finished epoch comes back, said so
+    late = tmp_path / "late"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "Testing", "Device", "train_folds.py"), "--pack", packed,
+                        "--variant", "2mm-cv", "--epochs", "5000", "--iters", "1", "--folds", "1", "--workers", "0",
+                        "--deadline", "90", "--out", str(late)], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 1 and "0 of 1 folds trained to the end, 1 stopped early" in r.stdout, r.stdout + r.stderr
+    done = load_checkpoint(str(late / "fold1.pt"))["epoch"] + 1
+    assert 1 <= done < 5000 and f"stopped at the deadline: fold 1 after epoch {done} of 5000" in \
+        (late / "folds.log").read_text()
