@@ -286,11 +286,11 @@ def _found(data_dir: str, spacing: Optional[float]) -> List[TrainingCase]:
     """The cases of a folder of cases, or of a pack (``--pack-to``) made at ``spacing``."""
     if not is_pack(data_dir):
         return list(check_cases(find_cases(data_dir)))
-    pack = read_pack(data_dir)
-    if pack.spacing != spacing:
-        raise InputError(data_dir, f"is a pack of cases on a {_grid(pack.spacing)}; this variant trains on a "
+    packed = read_pack(data_dir)
+    if packed.spacing != spacing:
+        raise InputError(data_dir, f"is a pack of cases on a {_grid(packed.spacing)}; this variant trains on a "
                                    f"{_grid(spacing)}")
-    return list(pack.cases)
+    return list(packed.cases)
 
 
 def _grid(spacing: Optional[float]) -> str:
@@ -590,7 +590,7 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
     instead, to be validated and exported with :func:`export_checkpoint` where the cases are.
 
     Args:
-        data_dir: folder holding the 24 real cases (``../shared/real-cases``).
+        data_dir: folder holding the 32 real cases (``../shared/real-cases``), or a pack of them.
         run_dir: run folder: config, cache, checkpoints, log, the trained bundle.
         variant: a key of ``VARIANTS``.
         epochs, iters: training length (epochs of ``iters`` iterations of batch 2).
@@ -605,6 +605,8 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
         workers: processes preparing patches beside the training one (0: none).
         amp: mixed precision (``TrainConfig.amp``).
     """
+    if export and is_pack(data_dir):
+        raise InputError(data_dir, "is a pack: a run from it exports no bundle (--export), only its last weights")
     p = plan(data_dir, variant, epochs, iters, seed, init_from, fold)
     p.cfg.workers, p.cfg.amp = workers, amp
     trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,

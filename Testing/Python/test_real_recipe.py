@@ -376,6 +376,8 @@ def test_a_pack_holds_every_case_losslessly_and_checks_its_files(packed, fold_ru
                             "--pack-to", packed), packed, "exists")
     one_line_error(cli_main("train-recipe", "brats-glioma", "--data", packed, "--variant", "2mm-cv",
                             "--pack-to", str(tmp_path / "again")), "is a pack already")
+    one_line_error(cli_main("train-recipe", "brats-glioma", "--data", packed, "--variant", "2mm-cv", "--fold", "0",
+                            "--out", str(tmp_path / "r"), "--export", str(tmp_path / "b")), "exports no bundle")
     r = cli_main("train-recipe", "brats-glioma", "--data", packed, "--out", str(tmp_path / "r"), "--workers", "-1")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("--workers: '-1': a number of processes, "
                                                                            "0 or more")
