@@ -169,12 +169,18 @@ def _recipe_fold(text: str) -> Union[int, str]:
 def _cmd_train_recipe(args: argparse.Namespace) -> int:
     """A named real-data recipe: fixed split, training (resumable), validation through segment."""
     from ..recipes.brats_glioma import export_checkpoint, export_folder, pack, train_real
+    from ..training import is_pack
 
     if args.pack_to:
+        given = [f for f, v in (("--out", args.out), ("--fold", args.fold), ("--export", args.export),
+                                ("--init-from", args.init_from), ("--from-checkpoint", args.from_checkpoint))
+                 if v is not None]
+        if given:
+            raise InputError(None, f"--pack-to only packs the cases; {', '.join(given)} belong to a run")
         print(f"pack: {pack(args.data, args.variant, args.pack_to, args.cache)}")
         return 0
     if args.out is None:
-        raise InputError(None, "--out RUNDIR is needed to train (or --pack-to OUT to pack the cases)")
+        raise InputError(None, "--out RUNDIR (the run folder) is needed, or --pack-to OUT to pack the cases")
     if args.from_checkpoint:
         out = export_checkpoint(args.data, args.out, args.from_checkpoint,
                                 args.export or export_folder(args.out, args.variant, args.fold), variant=args.variant,
@@ -183,7 +189,7 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
         out = train_real(args.data, args.out, variant=args.variant, epochs=args.epochs, iters=args.iters,
                          seed=args.seed, resume=True, export=args.export, cache_dir=args.cache,
                          init_from=args.init_from, fold=args.fold, workers=args.workers, amp=args.amp)
-    print(f"{'checkpoint' if out.endswith('.pt') else 'model bundle'}: {out}")
+    print(f"{'checkpoint' if is_pack(args.data) and not args.from_checkpoint else 'model bundle'}: {out}")
     return 0
 
 

@@ -24,5 +24,6 @@ def image_extension(path: PathLike) -> Optional[str]:
 
 
 def strip_extension(name: str) -> str:
+    """``name`` without its supported extension (unchanged without one)."""
     ext = image_extension(name)
     return name[: -len(ext)] if ext else name

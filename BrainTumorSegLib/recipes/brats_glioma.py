@@ -95,7 +95,7 @@ from ..errors import InputError
 from ..evaluation.cross_validation import FOLD_OF, FOLDS, GRADES, HGG, grade_summary
 from ..labels import REGIONS
 from ..models import bundles
-from ..networks import SegmentationNetwork, build
+from ..networks import SegmentationNetwork, build, network_class
 from ..networks.cascade import CoarseToFine
 from ..postprocess.cleanup import PostprocessOptions
 from ..read.cases import Case, find_cases
@@ -112,7 +112,8 @@ from ..training import (
     train,
     write_pack,
 )
-from ..training.pack import TrainingCase
+from ..training.checkpoint import BEST, COMPACT, LAST
+from ..training.pack import TrainingCase, check_new_folder
 from .demo import DEMO_OPTIONS
 
 if TYPE_CHECKING:
@@ -288,13 +289,13 @@ def _found(data_dir: str, spacing: Optional[float]) -> List[TrainingCase]:
         return list(check_cases(find_cases(data_dir)))
     packed = read_pack(data_dir)
     if packed.spacing != spacing:
-        raise InputError(data_dir, f"is a pack of cases on a {_grid(packed.spacing)}; this variant trains on a "
+        raise InputError(data_dir, f"is a pack of cases on {_grid(packed.spacing)}; this variant trains on "
                                    f"{_grid(spacing)}")
     return list(packed.cases)
 
 
 def _grid(spacing: Optional[float]) -> str:
-    return "each case's own grid" if spacing is None else f"{spacing:g} mm grid"
+    return "each case's own grid" if spacing is None else f"a {spacing:g} mm grid"
 
 
 def split(data_dir: str, fold: Fold = None, spacing: Optional[float] = None) -> Tuple[List[TrainingCase],
@@ -612,8 +613,11 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
     trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,
                     bundle_manifest=p.extra, log=log, cache_dir=cache_dir, guide=p.guide)
     if is_pack(data_dir):
-        # no raw cases here to segment: the run's result travels back small, to be validated there
-        out = compact_checkpoint(os.path.join(run_dir, "checkpoint_last.pt"), os.path.join(run_dir, COMPACT))
+        # no raw cases here to segment: the weights a run from the cases would export travel back
+        # small (a fold's last epoch, another variant's best), to be validated there
+        best = os.path.join(run_dir, BEST)
+        chosen = best if p.cfg.select_best and os.path.exists(best) else os.path.join(run_dir, LAST)
+        out = compact_checkpoint(chosen, os.path.join(run_dir, COMPACT), {"amp": amp})
         log(f"validate and export it where the raw cases are: train-recipe brats-glioma --data CASES --out {run_dir} "
             f"--variant {variant}" + (f" --fold {fold}" if fold is not None else "")
             + f" --epochs {epochs} --iters {iters} --seed {seed} --from-checkpoint {out}")
@@ -621,9 +625,6 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
     b = bundles.load(trained)
     return finish(b.network, b.manifest.to_json(), _raw(p.val_cases), export or export_folder(run_dir, variant, fold),
                   log, _fold_postprocessing(p), data_dir)
-
-
-COMPACT = "checkpoint_last_fp16.pt"  # a run from a pack: its last weights, brought back to be validated
 
 
 def pack(data_dir: str, variant: str, out: str, cache_dir: Optional[str] = None, log=print) -> str:
@@ -636,15 +637,16 @@ def pack(data_dir: str, variant: str, out: str, cache_dir: Optional[str] = None,
         cache_dir: preprocessed cases to reuse or fill (default: a temporary folder).
     """
     v = _settings(variant)
-    if v.coarse_from or v.network == "coarse_to_fine":
+    if v.coarse_from or network_class(v.network).guide_channels:
         raise InputError(None, f"variant {variant} trains on guide channels its first stage makes; a pack holds "
                                "the sequences alone")
     if is_pack(data_dir):
         raise InputError(data_dir, "is a pack already")
+    check_new_folder(out)  # before minutes of caching
     cases, _ = split(data_dir, ALL)
     with tempfile.TemporaryDirectory(prefix="btseg-cache-") as tmp:
         files = {c.case_id: cache_case(c, cache_dir or tmp, v.spacing) for c in cases if isinstance(c, Case)}
-        log(f"packing {len(files)} cases cached on a {_grid(v.spacing)} into {out}")
+        log(f"packing {len(files)} cases cached on {_grid(v.spacing)} into {out}")
         return write_pack(files, out, v.spacing, {"recipe": "brats-glioma", "made_for_variant": variant,
                                                   "made_by": f"braintumorseg train-recipe brats-glioma --data DATA "
                                                              f"--variant {variant} --pack-to OUT"})
@@ -671,7 +673,8 @@ def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, va
     Args:
         data_dir, variant, epochs, iters, seed, fold: as the run was started.
         run_dir: the run folder (its id goes into the manifest).
-        checkpoint: ``checkpoint_best.pt``, ``checkpoint_last.pt`` or a copy of one.
+        checkpoint: ``checkpoint_best.pt``, ``checkpoint_last.pt``, a copy of one, or the compact
+            checkpoint a run from a pack ends with (``checkpoint_fp16.pt``).
         out: where to write the bundle.
     """
     if is_pack(data_dir):
@@ -679,6 +682,7 @@ def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, va
                                    "(--data their folder)")
     p = plan(data_dir, variant, epochs, iters, seed, fold=fold)
     state = load_checkpoint(checkpoint)
+    p.cfg.amp = bool(state.get("settings", {}).get("amp", False))  # a compact checkpoint keeps how it was trained
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # a run folder that lives elsewhere
     net = build(p.cfg.network, **p.cfg.options)
     net.load_state_dict(state["model"])

@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Dict
+from typing import Any, Dict, Optional
 
 import torch
 
 from ..write.atomic import replacing
+
+# A run folder's checkpoints: its last epoch, its best validated epoch, and the compact copy a run
+# brings back from another machine (``compact_checkpoint``).
+LAST = "checkpoint_last.pt"
+BEST = "checkpoint_best.pt"
+COMPACT = "checkpoint_fp16.pt"
 
 
 def save_checkpoint(path: str, state: Dict) -> None:
@@ -27,12 +33,15 @@ def weights_digest(net: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def compact_checkpoint(src: str, dst: str) -> str:
-    """A checkpoint's weights in fp16 with its epoch, best score and history, without the optimiser's
-    state: a sixth of its size, to bring a run's result back from another machine (loading casts
-    the weights back to the network's fp32, as the shipped fp16 bundles are loaded)."""
+def compact_checkpoint(src: str, dst: str, settings: Optional[Dict[str, Any]] = None) -> str:
+    """A checkpoint's weights in fp16 with its epoch, best score and history (and ``settings``, plain
+    values the run was trained with), without the optimiser's state: a sixth of its size, to bring a
+    run's result back from another machine (loading casts the weights back to the network's fp32, as
+    the shipped fp16 bundles are loaded)."""
     state = load_checkpoint(src)
     small = {k: state[k] for k in ("epoch", "best", "history") if k in state}
+    if settings:
+        small["settings"] = dict(settings)
     small["model"] = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
     save_checkpoint(dst, small)
     return dst

@@ -1,7 +1,8 @@
 """Training data: case checks, the preprocessed cache, patch sampling (augmented by ``augmentation``).
 
 SimpleITK (and the readers and preprocessing built on it) is imported only where raw cases are
-read: training from a pack of cached cases (``pack``) needs numpy, scipy and torch alone.
+read: training from a pack of cached cases (``pack``) needs numpy, scipy, matplotlib (the curves)
+and torch alone.
 
 Determinism: every random choice of sample ``i`` in epoch ``e`` comes from a generator seeded
 with ``(seed, e, i)``, so a resumed run draws exactly the patches an uninterrupted one would.
@@ -54,7 +55,7 @@ def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
 
 
 # How cached cases are prepared; part of the cache key, so a change here rebuilds old caches.
-_PREPARATION = "auto, stripped on each sequence's grid, foreground per class"
+PREPARATION = "auto, stripped on each sequence's grid, foreground per class"
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None, guid
     from ..read.images import read_image
 
     key = hashlib.sha256(("|".join(f"{r}={os.path.abspath(p)}:{os.path.getmtime(p)}"
-                                   for r, p in sorted(case.paths.items())) + f"|spacing={spacing}|{_PREPARATION}"
+                                   for r, p in sorted(case.paths.items())) + f"|spacing={spacing}|{PREPARATION}"
                           + (f"|guide={guide.key}" if guide else "")).encode()
                          ).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{case.case_id}-{key}.npz")

@@ -24,7 +24,7 @@ from ..networks import SegmentationNetwork, build, network_class
 from ..predict import devices
 from ..write.atomic import write_json
 from .augmentation import augmentation_set
-from .checkpoint import load_checkpoint, save_checkpoint, weights_digest
+from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, weights_digest
 from .config import TrainConfig
 from .data import Guide, PatchDataset, cache_case
 from .distributed import Distributed, init_distributed
@@ -59,7 +59,7 @@ class _Run:
 
     @property
     def last_checkpoint(self) -> str:
-        return os.path.join(self.out_dir, "checkpoint_last.pt")
+        return os.path.join(self.out_dir, LAST)
 
 
 def _amp_dtype(cfg: TrainConfig, device: torch.device, log: Log) -> Optional[torch.dtype]:
@@ -234,7 +234,7 @@ def _end_epoch(run: _Run, epoch: int, losses: List[float], seconds: float) -> No
             score = np.mean([row[f"dice_{r}"] for r in ("WT", "TC", "ET")])
             if score > run.best:
                 run.best = float(score)
-                save_checkpoint(os.path.join(run.out_dir, "checkpoint_best.pt"), {"model": run.net.state_dict(), "epoch": epoch})
+                save_checkpoint(os.path.join(run.out_dir, BEST), {"model": run.net.state_dict(), "epoch": epoch})
         history.append(row)
         save_checkpoint(run.last_checkpoint, {"model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
                                               "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
@@ -263,7 +263,7 @@ def _export(run: _Run, bundle_manifest: Optional[Dict]) -> str:
     if run.dist.world > 1:
         _check_ranks_agree(run)
     if run.dist.main:
-        best_path = os.path.join(run.out_dir, "checkpoint_best.pt")
+        best_path = os.path.join(run.out_dir, BEST)
         if run.cfg.select_best and os.path.exists(best_path):
             run.net.load_state_dict(load_checkpoint(best_path)["model"])
         manifest = run_manifest(run.cfg, run.out_dir, run.data_used, run.history or [], run.best, run.dist.world)

@@ -7,7 +7,7 @@ along (docs/training.md, "On a lent GPU machine"):
 
 Each fold is its own ``train-recipe`` process (the GPU holds all five; ``--workers`` processes each
 prepare its patches). What is written to ``--out`` fits what a device call brings back (at most
-eight files of 16 MiB): ``foldK.pt``, each fold's last weights in fp16 with its history, and one
+eight files of 16 MiB): ``foldK.pt``, each fold's weights in fp16 with its history, and one
 ``folds.log``. A fold still running at ``--deadline`` is stopped and its last finished epoch comes
 back instead (``folds.log`` says which). Back here, each is validated and exported with
 ``train-recipe brats-glioma --data CASES --variant V --fold K --epochs E --iters I --out RUN
@@ -40,6 +40,10 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=540, help="seconds after which running folds are stopped and "
                                                                 "their last finished epoch is kept (default 540)")
     args = ap.parse_args()
+    from BrainTumorSegLib.training.checkpoint import COMPACT, LAST, compact_checkpoint, load_checkpoint
+
+    args.folds = sorted(set(args.folds))
+    args.pack = os.path.abspath(args.pack)  # the folds run from the repository root
     os.makedirs(args.out, exist_ok=True)
     runs = args.runs or tempfile.mkdtemp(prefix="folds-")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1",
@@ -60,14 +64,16 @@ def main() -> int:
         procs[k][0].terminate()
     failed, partial = [], []
     for k, (p, log, _) in procs.items():
-        p.wait()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
         log.close()
         run = os.path.join(runs, f"fold{k}")
-        src = os.path.join(run, "checkpoint_last_fp16.pt")
-        if k in stopped and os.path.exists(os.path.join(run, "checkpoint_last.pt")):
-            from BrainTumorSegLib.training.checkpoint import compact_checkpoint, load_checkpoint
-
-            compact_checkpoint(os.path.join(run, "checkpoint_last.pt"), src)
+        src = os.path.join(run, COMPACT)
+        if k in stopped and os.path.exists(os.path.join(run, LAST)):
+            compact_checkpoint(os.path.join(run, LAST), src, {"amp": args.amp})
             partial.append(f"fold {k} after epoch {load_checkpoint(src)['epoch'] + 1} of {args.epochs}")
         if (p.returncode == 0 or k in stopped) and os.path.exists(src):
             shutil.copy(src, os.path.join(args.out, f"fold{k}.pt"))

@@ -349,6 +349,12 @@ runpy.run_module("BrainTumorSegLib", run_name="__main__")
 """
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @pytest.fixture(scope="module")
 def packed(all_standins, fold_runs, tmp_path_factory):
     """The 32 stand-ins packed on the 2 mm grid (from the folds' cache)."""
@@ -362,14 +368,17 @@ def packed(all_standins, fold_runs, tmp_path_factory):
 def test_a_pack_holds_every_case_losslessly_and_checks_its_files(packed, fold_runs, tmp_path, all_standins):
     p = read_pack(packed)
     assert sorted(c.case_id for c in p.cases) == sorted(GRADES) and p.spacing == 2.0
+    assert os.stat(packed).st_mode & 0o777 == 0o777 & ~_umask()  # a folder like any other, not owner-only
     abm = next(c for c in p.cases if c.case_id == "Brats18_CBICA_ABM_1")
     cached = glob.glob(str(fold_runs / "cache" / "Brats18_CBICA_ABM_1-*.npz"))
     assert len(cached) == 1 and os.path.getsize(abm.path) < os.path.getsize(cached[0])  # compressed
     with np.load(abm.path) as a, np.load(cached[0]) as b:
         assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
     # the same pack on a 1 mm-native variant, a cascade, into an existing folder, of a pack: refused
-    with pytest.raises(InputError, match="pack of cases on a 2 mm grid; this variant trains on a each case's own"):
+    with pytest.raises(InputError, match="pack of cases on a 2 mm grid; this variant trains on each case's own grid"):
         split(packed, None, None)
+    one_line_error(cli_main("train-recipe", "brats-glioma", "--data", all_standins, "--variant", "2mm-cv",
+                            "--pack-to", str(tmp_path / "p"), "--fold", "0", "--out", "r"), "--out, --fold belong to a run")
     one_line_error(cli_main("train-recipe", "brats-glioma", "--data", all_standins, "--variant", "1mm-cascade-cv",
                             "--pack-to", str(tmp_path / "c")), "guide channels")
     one_line_error(cli_main("train-recipe", "brats-glioma", "--data", all_standins, "--variant", "2mm-cv",
@@ -381,7 +390,13 @@ def test_a_pack_holds_every_case_losslessly_and_checks_its_files(packed, fold_ru
     r = cli_main("train-recipe", "brats-glioma", "--data", packed, "--out", str(tmp_path / "r"), "--workers", "-1")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("--workers: '-1': a number of processes, "
                                                                            "0 or more")
-    # a changed file is found before any training
+    # cases prepared otherwise than this version prepares them, or a changed file: found before any training
+    stale = tmp_path / "stale"
+    shutil.copytree(packed, stale)
+    doc = json.loads((stale / "pack.json").read_text())
+    (stale / "pack.json").write_text(json.dumps({**doc, "preparation": "an older way"}))
+    one_line_error(cli_main("train-recipe", "brats-glioma", "--data", str(stale), "--variant", "2mm-cv", "--fold",
+                            "0", "--out", str(tmp_path / "run")), "an older way", "pack them again")
     broken = tmp_path / "broken"
     shutil.copytree(packed, broken)
     with open(os.path.join(broken, os.path.basename(abm.path)), "r+b") as f:
@@ -399,7 +414,7 @@ def test_a_fold_trained_from_a_pack_without_simpleitk_is_the_fold_trained_from_t
                         packed, "--variant", "2mm-cv", "--fold", "0", "--epochs", "2", "--iters", "1", "--out",
                         str(run), "--workers", "1"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    compact = run / "checkpoint_last_fp16.pt"
+    compact = run / "checkpoint_fp16.pt"
     assert f"checkpoint: {compact}" in r.stdout and "--from-checkpoint" in r.stdout
     # the same patches, the same steps: the weights of fold 0 trained from the raw cases (the fixture)
     ours, theirs = load_checkpoint(str(run / "checkpoint_last.pt")), load_checkpoint(
@@ -418,7 +433,7 @@ def test_a_fold_trained_from_a_pack_without_simpleitk_is_the_fold_trained_from_t
                             variant="2mm-cv", epochs=2, iters=1, fold=0, log=lambda *a: None)
     m = bundles.read_manifest(out).to_json()
     assert sorted(m["metrics"]["validation_segment"]["per_case"]) == sorted(FOLDS[0])
-    assert m["training"]["trained"]["checkpoint"] == "checkpoint_last_fp16.pt"
+    assert m["training"]["trained"]["checkpoint"] == "checkpoint_fp16.pt"
     net = bundles.load(out).network.state_dict()
     assert all(torch.equal(net[k], v.half().float()) for k, v in theirs["model"].items() if v.is_floating_point())
 
@@ -439,8 +454,17 @@ def test_the_gpu_script_trains_folds_from_a_pack_into_what_a_device_call_brings_
     late = tmp_path / "late"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "Testing", "Device", "train_folds.py"), "--pack", packed,
                         "--variant", "2mm-cv", "--epochs", "5000", "--iters", "1", "--folds", "1", "--workers", "0",
-                        "--deadline", "90", "--out", str(late)], capture_output=True, text=True, timeout=1200)
+                        "--deadline", "120", "--out", str(late)], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 1 and "0 of 1 folds trained to the end, 1 stopped early" in r.stdout, r.stdout + r.stderr
     done = load_checkpoint(str(late / "fold1.pt"))["epoch"] + 1
     assert 1 <= done < 5000 and f"stopped at the deadline: fold 1 after epoch {done} of 5000" in \
         (late / "folds.log").read_text()
+
+
+def test_a_variant_that_keeps_its_best_epoch_brings_that_one_back_from_a_pack(packed, tmp_path):
+    out = train_real(packed, str(tmp_path / "run"), variant="2mm", epochs=2, iters=1, log=lambda *a: None)
+    assert out == str(tmp_path / "run" / "checkpoint_fp16.pt")
+    best = load_checkpoint(str(tmp_path / "run" / "checkpoint_best.pt"))["model"]
+    small = load_checkpoint(out)
+    assert small["settings"] == {"amp": False} and small["epoch"] == 1
+    assert all(torch.equal(small["model"][k], v.half() if v.is_floating_point() else v) for k, v in best.items())
