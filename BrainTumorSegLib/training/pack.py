@@ -104,8 +104,8 @@ def read_pack(pack_dir: str) -> Pack:
     spacing = doc.get("spacing_mm") if isinstance(doc, dict) else None
     if not isinstance(entries, dict) or doc.get("format") != FORMAT or not entries or \
             not (spacing is None or isinstance(spacing, (int, float))) or \
-            not all(isinstance(e, dict) and e.get("file") == f"{c}-packed.npz" and "sha256" in e
-                    for c, e in entries.items()):
+            not all(isinstance(e, dict) and e.get("file") == os.path.basename(f"{c}-packed.npz") == f"{c}-packed.npz"
+                    and "sha256" in e for c, e in entries.items()):
         raise InputError(where, f"is not a pack of format {FORMAT} with cases")
     if doc.get("preparation") != PREPARATION:
         raise InputError(where, f"holds cases prepared as {doc.get('preparation')!r}, not as this version "
