@@ -51,7 +51,7 @@ under one CPU budget:
 - ``2mm-cv-tc-nnaug``: both of those from random weights, from the first iteration (the tumor core
   weighing twice, nnU-Net's augmentation set, half the patches on tumor, the rare tumors drawn three
   times as often), 2,800 iterations in one cosine schedule; exported as ``brats-glioma-v8-foldK``
-  (being measured out of fold: docs/training.md);
+  (measured on five folds: behind v9, not adopted; docs/training.md);
 - ``2mm-cv-tc-noenh``: each ``brats-glioma-v6-foldK`` (found by name as above) trained on as
   ``2mm-cv-tc`` trained it, a fifth of the patches that have enhancing tumor shown as if it did not
   enhance (the T1ce there taken from the T1, the labels non-enhancing core:
