@@ -7,7 +7,6 @@ from the raw cases draws. ``pack.json`` gives each file's sha256, checked before
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -17,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import numpy as np
 
 from ..errors import InputError
-from ..models.bundles import read_json
+from ..models.bundles import read_json, sha256_of
 from ..read.cases import Case
 from ..write.atomic import write_json
 from .data import PREPARATION
@@ -49,14 +48,6 @@ def is_pack(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, PACK_FILE))
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_new_folder(out_dir: str) -> None:
     """A pack goes to a new folder in an existing one."""
     if os.path.exists(out_dir):
@@ -83,7 +74,7 @@ def write_pack(cached: Mapping[str, str], out_dir: str, spacing: Optional[float]
                 arrays = {k: z[k] for k in z.files}
             name = f"{case_id}-packed.npz"  # "<id>-<anything>.npz", as cache files are named
             np.savez_compressed(os.path.join(staging, name), **arrays)
-            cases[case_id] = {"file": name, "sha256": _sha256(os.path.join(staging, name))}
+            cases[case_id] = {"file": name, "sha256": sha256_of(os.path.join(staging, name))}
         write_json(os.path.join(staging, PACK_FILE), {"format": FORMAT, "spacing_mm": spacing,
                                                       "preparation": PREPARATION, **about, "cases": cases})
         umask = os.umask(0)  # mkdtemp makes an owner-only folder; give it the usual mode
@@ -104,7 +95,7 @@ def read_pack(pack_dir: str) -> Pack:
     spacing = doc.get("spacing_mm") if isinstance(doc, dict) else None
     if not isinstance(entries, dict) or doc.get("format") != FORMAT or not entries or \
             not (spacing is None or isinstance(spacing, (int, float))) or \
-            not all(isinstance(e, dict) and e.get("file") == os.path.basename(f"{c}-packed.npz") == f"{c}-packed.npz"
+            not all(os.path.basename(c) == c and isinstance(e, dict) and e.get("file") == f"{c}-packed.npz"
                     and "sha256" in e for c, e in entries.items()):
         raise InputError(where, f"is not a pack of format {FORMAT} with cases")
     if doc.get("preparation") != PREPARATION:
@@ -115,7 +106,7 @@ def read_pack(pack_dir: str) -> Pack:
         path = os.path.join(pack_dir, entry["file"])
         if not os.path.isfile(path):
             raise InputError(path, "is missing from the pack")
-        if _sha256(path) != entry["sha256"]:
+        if sha256_of(path) != entry["sha256"]:
             raise InputError(path, "does not match the sha256 the pack records (changed or truncated)")
         cases.append(PackedCase(case_id, path))
     return Pack(cases, None if spacing is None else float(spacing), doc)
