@@ -67,6 +67,11 @@ under one CPU budget:
 - ``2mm-cv-tc-noenh-fluid2``: as ``2mm-cv-tc-noenh-fluid``, half the fluid-filled cores also shown
   without enhancement (a cyst whose wall does not enhance); exported as ``brats-glioma-v12-foldK``
   (measured out of fold in docs/training.md: not adopted);
+- ``2mm-cv-tc-noenh-swa``: each shipped ``brats-glioma-v9-foldK`` trained on as v9 was for 400 more
+  iterations at a constant 1e-4, the weights at the end of every 100 iterations averaged and the
+  average exported (stochastic weight averaging: Izmailov et al., "Averaging weights leads to
+  wider optima and better generalization", UAI 2018, arXiv:1803.05407; one average over four
+  snapshots, not their cyclical schedule); exported as ``brats-glioma-v13-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -112,7 +117,7 @@ from ..training import (
     train,
     write_pack,
 )
-from ..training.checkpoint import BEST, COMPACT, LAST
+from ..training.checkpoint import COMPACT, exported_checkpoint, exported_weights
 from ..training.pack import TrainingCase, check_new_folder
 from .demo import DEMO_OPTIONS
 
@@ -203,6 +208,8 @@ class Variant:
     without_enhancement: float = 0.0  # share of patches shown as if their tumor did not enhance
     fluid_cores: float = 0.0        # share of patches whose tumor core is shown filled with fluid (a cyst)
     fluid_without_enhancement: float = 0.0  # share of those also shown without enhancement (a wall that does not enhance)
+    schedule: Optional[str] = None  # the learning-rate schedule (None: the network's)
+    average_from: Optional[int] = None  # epoch from which the epoch-end weights are averaged (TrainConfig)
     network: str = "resunet"
     options: Optional[Dict] = None  # None: DEMO_OPTIONS
     # a cascade's stage 1: the 2 mm fold model of the same fold (for "{fold}"); every training case's
@@ -267,6 +274,12 @@ VARIANTS: Dict[str, Variant] = {
                                       init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v12",
                                       folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
                                       without_enhancement=0.2, fluid_cores=0.25, fluid_without_enhancement=0.5),
+    # each v9 fold trained on as v9 was for 400 more iterations at a constant third of v9's learning
+    # rate, the weights at the end of each 100 averaged (stochastic weight averaging)
+    "2mm-cv-tc-noenh-swa": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
+                                   init_from="brats-glioma-v9-{member}", lr=1e-4, schedule="constant", average_from=1,
+                                   model_id="brats-glioma-v13", folds=True, fg_fraction=0.5, rare_weight=3.0,
+                                   region_weights=(1.0, 2.0, 1.0), without_enhancement=0.2),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from="brats-glioma-v9-{member}",
                               lr=3e-4, model_id="brats-glioma-cascade-v4", folds=True, fg_fraction=0.6, rare_weight=2.0,
@@ -484,7 +497,8 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
                       clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
                       fg_fraction=v.fg_fraction, region_weights=v.region_weights, augmentation=v.augmentation,
                       without_enhancement=v.without_enhancement, fluid_cores=v.fluid_cores,
-                      fluid_without_enhancement=v.fluid_without_enhancement,
+                      fluid_without_enhancement=v.fluid_without_enhancement, schedule=v.schedule,
+                      average_from=v.average_from,
                       case_weights={c.case_id: v.rare_weight for c in train_cases
                                     if v.rare_weight != 1.0 and GRADES.get(c.case_id, HGG) != HGG})
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "
@@ -615,9 +629,7 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
     if is_pack(data_dir):
         # no raw cases here to segment: the weights a run from the cases would export travel back
         # small (a fold's last epoch, another variant's best), to be validated there
-        best = os.path.join(run_dir, BEST)
-        chosen = best if p.cfg.select_best and os.path.exists(best) else os.path.join(run_dir, LAST)
-        out = compact_checkpoint(chosen, os.path.join(run_dir, COMPACT), {"amp": amp})
+        out = compact_checkpoint(exported_checkpoint(p.cfg, run_dir), os.path.join(run_dir, COMPACT), {"amp": amp})
         log(f"validate and export it where the raw cases are: train-recipe brats-glioma --data CASES --out {run_dir} "
             f"--variant {variant}" + (f" --fold {fold}" if fold is not None else "")
             + f" --epochs {epochs} --iters {iters} --seed {seed} --from-checkpoint {out}")
@@ -685,7 +697,7 @@ def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, va
     p.cfg.amp = bool(state.get("settings", {}).get("amp", False))  # a compact checkpoint keeps how it was trained
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # a run folder that lives elsewhere
     net = build(p.cfg.network, **p.cfg.options)
-    net.load_state_dict(state["model"])
+    net.load_state_dict(exported_weights(state))  # a run averaging its weights: their average so far
     net.eval()
     history = json.loads(state.get("history", "[]"))
     data_used = {"train": [c.case_id for c in p.train_cases], "validation": [c.case_id for c in p.val_cases],

@@ -24,11 +24,11 @@ from ..networks import SegmentationNetwork, build, network_class
 from ..predict import devices
 from ..write.atomic import write_json
 from .augmentation import augmentation_set
-from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, weights_digest
+from .checkpoint import BEST, LAST, exported_checkpoint, exported_weights, load_checkpoint, save_checkpoint, weights_digest
 from .config import TrainConfig
 from .data import Guide, PatchDataset, cache_case
 from .distributed import Distributed, init_distributed
-from .optimisation import compute_loss, make_optimizer, make_scheduler
+from .optimisation import compute_loss, make_optimizer, make_scheduler, schedule_of
 from .pack import PackedCase, TrainingCase
 from .runlog import write_log
 from .validation import validate
@@ -56,6 +56,8 @@ class _Run:
     start_epoch: int = 0
     best: float = -1.0
     history: Optional[List[Dict]] = None
+    average: Optional[Dict[str, torch.Tensor]] = None  # the epoch-end weights averaged so far (cfg.average_from)
+    averaged: int = 0                                  # how many
 
     @property
     def last_checkpoint(self) -> str:
@@ -116,6 +118,8 @@ def _own_guide(net: SegmentationNetwork) -> Guide:
 def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: str, init_from: Optional[bundles.Bundle],
            log: Log, cache_dir: Optional[str], guide: Optional[Guide] = None) -> _Run:
     augmentation_set(cfg.augmentation)  # an unknown name fails before caching
+    if cfg.average_from is not None and not 1 <= cfg.average_from <= cfg.epochs:
+        raise InputError(None, f"--average-from {cfg.average_from}: an epoch of the run's 1-{cfg.epochs}")
     shares = (("--without-enhancement", cfg.without_enhancement), ("--fluid-cores", cfg.fluid_cores),
               ("--fluid-without-enhancement", cfg.fluid_without_enhancement))
     for flag, share in shares:
@@ -125,6 +129,11 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: 
     if not dist.main:
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job
     net = _network(cfg, init_from)  # before any folder is made: a setting the network refuses leaves none
+    if cfg.average_from is not None and any(getattr(m, "track_running_stats", False) for m in net.modules()):
+        # averaged weights would need their batch-norm statistics measured again (SWA's update_bn)
+        raise InputError(None, f"weight averaging is for networks without batch-norm statistics; {cfg.network} "
+                               "keeps them")
+    schedule_of(net.training_defaults, cfg.schedule)
     for flag, share in shares:
         if share and net.guide_channels:
             # the guide channels would still show the first stage's view of the unchanged images
@@ -153,9 +162,9 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: 
     model: torch.nn.Module = net
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
-    return _Run(cfg, out_dir, dist, device, net, model, optimizer, make_scheduler(optimizer, net.training_defaults,
-                                                                                    cfg.epochs, lr),
-                scaler, amp_dtype, files, data_used, log, history=[])
+    scheduler = make_scheduler(optimizer, net.training_defaults, cfg.epochs, lr, cfg.schedule)
+    return _Run(cfg, out_dir, dist, device, net, model, optimizer, scheduler, scaler, amp_dtype, files, data_used,
+                log, history=[])
 
 
 def _resume(run: _Run) -> None:
@@ -166,6 +175,7 @@ def _resume(run: _Run) -> None:
     if "scaler" in st:
         run.scaler.load_state_dict(st["scaler"])
     run.start_epoch, run.best, run.history = st["epoch"] + 1, st["best"], json.loads(st["history"])
+    run.average, run.averaged = st.get("average"), int(st.get("averaged", 0))
     run.log(f"resumed after epoch {st['epoch']}")
 
 
@@ -217,9 +227,27 @@ def _train_epoch(run: _Run, epoch: int, ds: PatchDataset, sampler) -> List[float
     return losses
 
 
+def _add_to_average(run: _Run) -> None:
+    """The running mean of the epoch-end weights (integer buffers: the latest)."""
+    weights = run.net.state_dict()
+    run.averaged += 1
+    if run.average is None:
+        run.average = {k: v.detach().clone() for k, v in weights.items()}
+        return
+    for k, v in weights.items():
+        avg = run.average[k]
+        if avg.is_floating_point():
+            avg += (v.detach() - avg) / run.averaged
+        else:
+            avg.copy_(v)
+
+
 def _end_epoch(run: _Run, epoch: int, losses: List[float], seconds: float) -> None:
-    """Mean loss over the job, validation when due, checkpoints, log and curves."""
+    """Mean loss over the job, the weights' average when due, validation when due, checkpoints,
+    log and curves."""
     run.scheduler.step()
+    if run.cfg.average_from is not None and epoch + 1 >= run.cfg.average_from:
+        _add_to_average(run)
     mean_loss = torch.tensor(float(np.mean(losses)), device=run.device)  # NCCL reduces GPU tensors only
     if run.dist.world > 1:
         torch.distributed.all_reduce(mean_loss)
@@ -236,10 +264,12 @@ def _end_epoch(run: _Run, epoch: int, losses: List[float], seconds: float) -> No
                 run.best = float(score)
                 save_checkpoint(os.path.join(run.out_dir, BEST), {"model": run.net.state_dict(), "epoch": epoch})
         history.append(row)
-        save_checkpoint(run.last_checkpoint, {"model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
-                                              "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-                                              "rng": torch.get_rng_state(), "epoch": epoch, "best": run.best,
-                                              "history": json.dumps(history)})
+        state = {"model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+                 "rng": torch.get_rng_state(), "epoch": epoch, "best": run.best, "history": json.dumps(history)}
+        if run.average is not None:
+            state.update(average=run.average, averaged=run.averaged)
+        save_checkpoint(run.last_checkpoint, state)
         write_log(history, run.out_dir)
         run.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     run.dist.barrier()
@@ -258,14 +288,15 @@ def _check_ranks_agree(run: _Run) -> None:
 
 
 def _export(run: _Run, bundle_manifest: Optional[Dict]) -> str:
-    """The best checkpoint's weights (else the last) as a bundle in ``out_dir/model``."""
+    """The averaged weights (``cfg.average_from``), else the best checkpoint's, else the last, as a
+    bundle in ``out_dir/model``."""
     export = os.path.join(run.out_dir, "model")
     if run.dist.world > 1:
         _check_ranks_agree(run)
     if run.dist.main:
-        best_path = os.path.join(run.out_dir, BEST)
-        if run.cfg.select_best and os.path.exists(best_path):
-            run.net.load_state_dict(load_checkpoint(best_path)["model"])
+        chosen = exported_checkpoint(run.cfg, run.out_dir)
+        if chosen != run.last_checkpoint or run.average is not None:
+            run.net.load_state_dict(exported_weights(load_checkpoint(chosen)))
         manifest = run_manifest(run.cfg, run.out_dir, run.data_used, run.history or [], run.best, run.dist.world)
         manifest.update(bundle_manifest or {})
         run.net.eval()

@@ -1,10 +1,11 @@
 """Each network's loss, optimiser and learning-rate schedule, as the network declares them."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
+from ..errors import InputError
 from ..networks import SegmentationNetwork, TrainingDefaults
 
 
@@ -22,12 +23,27 @@ def make_optimizer(net: SegmentationNetwork, lr: float) -> torch.optim.Optimizer
     return opt_class(params, lr=lr, weight_decay=d.weight_decay)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, defaults: TrainingDefaults, total_epochs: int, lr: float):
-    """The network's learning-rate schedule over ``total_epochs``."""
-    if defaults.schedule == "cosine":
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def schedule_of(defaults: TrainingDefaults, schedule: Optional[str] = None) -> str:
+    """``schedule`` checked against the network's defaults, else the network's own."""
+    schedule = schedule or defaults.schedule
+    if schedule not in SCHEDULES:
+        raise InputError(None, f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if schedule == "step" and defaults.step_lr is None:
+        raise InputError(None, "a step schedule needs the network's own step learning rate; this network has none")
+    return schedule
+
+
+def make_scheduler(opt: torch.optim.Optimizer, defaults: TrainingDefaults, total_epochs: int, lr: float,
+                   schedule: Optional[str] = None):
+    """The learning-rate schedule over ``total_epochs``: ``schedule``, else the network's own."""
+    schedule = schedule_of(defaults, schedule)
+    if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_epochs), eta_min=lr * 0.01)
-    if defaults.schedule == "step":
-        assert defaults.step_lr is not None
+    if schedule == "step":
+        assert defaults.step_lr is not None  # schedule_of checked it
         return torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, int(total_epochs * 0.7))],
                                                     gamma=defaults.step_lr / defaults.lr)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)

@@ -10,6 +10,7 @@ import torch
 from conftest import cli_main, run_cli
 
 from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.models import bundles
 from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.networks.losses import sigmoid_dice_bce
 from BrainTumorSegLib.read.cases import SEQUENCES, find_cases
@@ -202,6 +203,66 @@ def test_resumed_run_ends_with_the_same_weights(small_cases, tmp_path):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [r["train_loss"] for r in json.loads(a["history"])] == [r["train_loss"] for r in json.loads(b["history"])]
+
+
+def test_averaged_weights_are_the_mean_of_the_epoch_ends_and_survive_a_resume(small_cases, tmp_path):
+    """SWA: from --average-from on, the bundle holds the mean of the weights at each epoch's end."""
+    cases = find_cases(small_cases)
+    cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=3, iters_per_epoch=2, batch=1,
+                      patch=(32, 32, 32), seed=2, val_every=5, lr=1e-2, schedule="constant", average_from=2)
+    ends = {}
+
+    class Killed(Exception):
+        pass
+
+    def stop_after(n):
+        def log(msg):
+            if msg.startswith(f"epoch={n} "):
+                ends[n] = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=True)["model"]
+                raise Killed
+        return log
+
+    for n in (1, 2):  # killed after each epoch, resumed: the epoch-end weights on the way
+        with pytest.raises(Killed):
+            train(cfg, cases[:1], cases[1:], str(tmp_path / "b"), resume=True, log=stop_after(n))
+    exported = train(cfg, cases[:1], cases[1:], str(tmp_path / "b"), resume=True, log=lambda *a: None)
+    last = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=True)
+    assert last["averaged"] == 2
+    ends[3] = last["model"]
+    got = bundles.load(exported).network.state_dict()
+    moved = 0
+    for k, v in got.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, (ends[2][k] + ends[3][k]) / 2, atol=1e-6), k
+            moved += not torch.allclose(ends[2][k], ends[3][k])
+    assert moved > 0  # the two snapshots differ, so the mean is neither
+    whole = train(cfg, cases[:1], cases[1:], str(tmp_path / "a"), log=lambda *a: None)  # uninterrupted: the same
+    for k, v in bundles.load(whole).network.state_dict().items():
+        assert torch.equal(v, got[k]), k
+    assert json.load(open(os.path.join(exported, "manifest.json")))["training"]["config"]["average_from"] == 2
+
+
+@pytest.mark.parametrize("change, message", [({"average_from": 4}, "--average-from 4: an epoch of the run's 1-3"),
+                                             ({"average_from": 0}, "--average-from 0"),
+                                             ({"schedule": "warmup"}, "unknown learning-rate schedule 'warmup'"),
+                                             ({"schedule": "step"}, "step learning rate")])
+def test_averaging_and_schedule_settings_are_checked_before_any_folder(small_cases, tmp_path, change, message):
+    cases = find_cases(small_cases)
+    cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=3, iters_per_epoch=1, batch=1,
+                      patch=(32, 32, 32), **change)
+    with pytest.raises(InputError, match=message):
+        train(cfg, cases[:1], cases[1:], str(tmp_path / "run"), log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_norm_statistics_refuse_weight_averaging(small_cases, tmp_path):
+    assert any(getattr(m, "track_running_stats", False) for m in build("agse_vnet", norm="batch").modules())
+    cfg = TrainConfig(network="agse_vnet", options={"norm": "batch"}, epochs=1, iters_per_epoch=1, patch=(32, 32, 32),
+                      average_from=1)
+    cases = find_cases(small_cases)
+    with pytest.raises(InputError, match="batch-norm statistics; agse_vnet keeps them"):
+        train(cfg, cases[:1], cases[1:], str(tmp_path / "run"), log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_training_data_is_listed(small_cases, tmp_path):
