@@ -296,12 +296,18 @@ def test_bad_training_data_is_listed(small_cases, tmp_path):
 def test_cli_train_exports_a_bundle_that_segments(small_cases, tmp_path):
     r = run_cli("train", "--data", small_cases, "--folds", "2", "--fold", "0", "--out", str(tmp_path / "run"),
                 "--epochs", "1", "--iters", "2", "--batch", "1", "--patch", "32", "32", "32",
-                "--options", json.dumps(SMALL["resunet"]), "--clinical-augmentation")
+                "--options", json.dumps(SMALL["resunet"]), "--clinical-augmentation", "--schedule", "constant",
+                "--average-from", "1")
     assert r.returncode == 0, r.stderr
     bundle = tmp_path / "run" / "model"
     m = json.load(open(bundle / "manifest.json"))
     assert m["training"]["epochs"] == 1 and "dice_WT" in m["metrics"]["validation"]
-    assert m["training"]["config"]["clinical_augmentation"]  # the run's settings travel with the model
+    config = m["training"]["config"]  # the run's settings travel with the model
+    assert config["clinical_augmentation"] and config["schedule"] == "constant" and config["average_from"] == 1
+    r = run_cli("train", "--data", small_cases, "--folds", "2", "--fold", "0", "--out", str(tmp_path / "bad"),
+                "--epochs", "1", "--schedule", "warmup")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "schedule 'warmup'" in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()
     assert os.path.exists(tmp_path / "run" / "log.csv") and os.path.exists(tmp_path / "run" / "config.json")
     with open(tmp_path / "run" / "curves.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
