@@ -103,3 +103,30 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
     with pytest.raises(InputError) as exc:
         extras.require("phantoms")
     assert 'pip install "BrainTumorSegLib[phantoms]"' in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_device_kit_packs_wheels_into_an_importable_site_folder(tmp_path):
+    """Testing/Device/kit.py: wheels unpacked and packed again with xz import from the extracted tree
+    (the download from PyPI is not run here: no network in tests)."""
+    import importlib.util
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("kit", os.path.join(ROOT, "Testing", "Device", "kit.py"))
+    kit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kit)
+    wheel = tmp_path / "tinypkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("tinypkg/__init__.py", "VALUE = 42\n")
+        z.writestr("tinypkg/data/table.txt", "x" * 100000)  # compresses: the kit must be smaller than that
+        z.writestr("tinypkg-1.0.dist-info/METADATA", "Name: tinypkg\nVersion: 1.0\n")
+    out = tmp_path / "kit"
+    out.mkdir()
+    record = kit.pack([str(wheel)], str(out))
+    assert sorted(os.listdir(out)) == ["packages.tar.xz"] and record["bytes"] < 2000
+    assert record["wheels"][0]["file"] == wheel.name and len(record["wheels"][0]["sha256"]) == 64
+    site = tmp_path / "site"
+    with tarfile.open(out / "packages.tar.xz") as tar:
+        tar.extractall(site, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    r = subprocess.run([sys.executable, "-c", "import tinypkg; print(tinypkg.VALUE)"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(site)), cwd=str(tmp_path))
+    assert r.returncode == 0 and r.stdout.strip() == "42", r.stderr
