@@ -228,16 +228,17 @@ def _train_epoch(run: _Run, epoch: int, ds: PatchDataset, sampler) -> List[float
 
 
 def _add_to_average(run: _Run) -> None:
-    """The running mean of the epoch-end weights (integer buffers: the latest)."""
-    weights = run.net.state_dict()
+    """The running mean of the epoch-end weights (integer buffers: the latest), kept on the CPU as
+    checkpoints are loaded."""
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in run.net.state_dict().items()}
     run.averaged += 1
     if run.average is None:
-        run.average = {k: v.detach().clone() for k, v in weights.items()}
+        run.average = weights
         return
     for k, v in weights.items():
         avg = run.average[k]
         if avg.is_floating_point():
-            avg += (v.detach() - avg) / run.averaged
+            avg += (v - avg) / run.averaged
         else:
             avg.copy_(v)
 
