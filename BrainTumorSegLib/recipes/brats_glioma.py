@@ -200,7 +200,7 @@ class Variant:
     lr: Optional[float] = None      # None: the network's own default
     clinical_augmentation: bool = False
     model_id: str = MODEL_ID
-    folds: bool = False             # trained per fold (--fold K), exported at the last epoch
+    folds: bool = False             # trained per fold (--fold K), exported at the last epoch (or the average)
     fg_fraction: float = 1 / 3      # share of patches centred on tumor
     rare_weight: float = 1.0        # sampling weight of the low-grade, non-enhancing and little-ET cases
     region_weights: Optional[Tuple[float, float, float]] = None  # WT, TC, ET loss weights (None: the network's)
@@ -529,15 +529,22 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
         # not "cross_validation": it holds no fold out, so no figures of its own
         extra["all_folds"] = {"folds": [list(f) for f in FOLDS], "grades": grades,
                               "design_folds": [model_id(variant, k) for k in range(len(FOLDS))],
-                              "exported": "last epoch (no case held out)"}
+                              "exported": f"{_exported(cfg)} (no case held out)"}
     elif fold is not None:
         extra["description"] = FOLD_DESCRIPTION.format(kind=v.kind, fold=fold, n=len(train_cases))
         extra["note"] = FOLD_NOTE
         extra["cross_validation"] = {"fold": fold, "folds": [list(f) for f in FOLDS], "grades": grades,
-                                     "exported": "last epoch (the held-out fold chooses nothing)"}
+                                     "exported": f"{_exported(cfg)} (the held-out fold chooses nothing)"}
     if init is not None:
         extra["initialised_from"] = {"id": init.id, "weights_sha256": init.manifest.weights_sha256}
     return Plan(cfg, train_cases, val_cases, init, extra, fold, guide)
+
+
+def _exported(cfg: TrainConfig) -> str:
+    """Which weights a fold variant's run exports, in words for its manifest."""
+    if cfg.average_from is None:
+        return "last epoch"
+    return f"the weights at the ends of epochs {cfg.average_from}-{cfg.epochs} averaged"
 
 
 def _out_of_fold_guide(cascade: CoarseToFine, coarse_from: str) -> Guide:
@@ -601,7 +608,7 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
                init_from: Optional[str] = None, fold: Fold = None, workers: int = 0, amp: bool = False,
                log=print) -> str:
     """Train (or resume) one variant, validate it through ``segment`` and export the bundle. From a
-    pack (no raw cases to validate on) it returns the run's last weights as a compact checkpoint
+    pack (no raw cases to validate on) it returns the weights it would export as a compact checkpoint
     instead, to be validated and exported with :func:`export_checkpoint` where the cases are.
 
     Args:
@@ -621,14 +628,16 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
         amp: mixed precision (``TrainConfig.amp``).
     """
     if export and is_pack(data_dir):
-        raise InputError(data_dir, "is a pack: a run from it exports no bundle (--export), only its last weights")
+        raise InputError(data_dir, "is a pack: a run from it exports no bundle (--export), only its weights")
     p = plan(data_dir, variant, epochs, iters, seed, init_from, fold)
+    if export:  # its folder made now: a run must not end, after hours, on a folder that is not there
+        os.makedirs(os.path.dirname(os.path.abspath(export)), exist_ok=True)
     p.cfg.workers, p.cfg.amp = workers, amp
     trained = train(p.cfg, p.train_cases, p.val_cases, run_dir, resume=resume, init_from=p.init,
                     bundle_manifest=p.extra, log=log, cache_dir=cache_dir, guide=p.guide)
     if is_pack(data_dir):
         # no raw cases here to segment: the weights a run from the cases would export travel back
-        # small (a fold's last epoch, another variant's best), to be validated there
+        # small (a fold's last epoch or average, another variant's best), to be validated there
         out = compact_checkpoint(exported_checkpoint(p.cfg, run_dir), os.path.join(run_dir, COMPACT), {"amp": amp})
         log(f"validate and export it where the raw cases are: train-recipe brats-glioma --data CASES --out {run_dir} "
             f"--variant {variant}" + (f" --fold {fold}" if fold is not None else "")

@@ -27,8 +27,9 @@ def load_checkpoint(path: str) -> Dict:
 
 
 def exported_checkpoint(cfg: TrainConfig, out_dir: str) -> str:
-    """The checkpoint whose weights a run exports: its last (which holds the weights' average when
-    the run averages them), or its best validated one when ``cfg.select_best`` and there is one."""
+    """The checkpoint whose weights a run exports: its last, which holds the weights' average when
+    the run averages them (``cfg.average_from``, whatever ``cfg.select_best``); otherwise its best
+    validated one when ``cfg.select_best`` and there is one."""
     best = os.path.join(out_dir, BEST)
     if cfg.select_best and cfg.average_from is None and os.path.exists(best):
         return best
@@ -50,8 +51,9 @@ def weights_digest(net: torch.nn.Module) -> str:
 
 
 def compact_checkpoint(src: str, dst: str, settings: Optional[Dict[str, Any]] = None) -> str:
-    """A checkpoint's (exported) weights in fp16 with its epoch, best score and history (and ``settings``, plain
-    values the run was trained with), without the optimiser's state: a sixth of its size, to bring a
+    """A checkpoint's exported weights (:func:`exported_weights`) in fp16 with its epoch, best score
+    and history (and ``settings``, plain values the run was trained with), without the optimiser's
+    state or a second copy of the weights (a sixth of a last checkpoint's size or less), to bring a
     run's result back from another machine (loading casts the weights back to the network's fp32, as
     the shipped fp16 bundles are loaded)."""
     state = load_checkpoint(src)

@@ -27,7 +27,8 @@ class TrainConfig:
     freeze_encoder: bool = False
     replay_fraction: float = 0.0  # share of samples drawn from the replay cases (fine-tuning)
     select_best: bool = True  # export the best validation epoch; False: the last (cross-validation folds, whose
-    #                           validation cases are the held-out fold and must not choose the weights)
+    #                           validation cases are the held-out fold and must not choose the weights);
+    #                           a run that averages its weights (average_from) exports the average either way
     spacing: Optional[float] = None  # isotropic working spacing in mm (None: the reference grid's own)
     case_weights: Dict[str, float] = field(default_factory=dict)  # relative sampling weight by case id (others 1),
     #                                                                so that rare kinds of tumor are seen more often

@@ -167,15 +167,25 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: 
                 log, history=[])
 
 
+def _averaging(run: _Run) -> Dict[str, Any]:
+    """What a checkpoint records of how its weights are averaged and its schedule, for a resume to check."""
+    return {"schedule": schedule_of(run.net.training_defaults, run.cfg.schedule), "average_from": run.cfg.average_from}
+
+
 def _resume(run: _Run) -> None:
     st = load_checkpoint(run.last_checkpoint)
+    for key, now in _averaging(run).items():
+        if key in st and st[key] != now:  # a schedule's state or an average means nothing under other settings
+            raise InputError(run.last_checkpoint, f"was made with {key} {st[key]}; this run has {now}: resume it with "
+                                                  "the same settings, or start a new run folder")
     run.net.load_state_dict(st["model"])
     run.optimizer.load_state_dict(st["optimizer"])
     run.scheduler.load_state_dict(st["scheduler"])
     if "scaler" in st:
         run.scaler.load_state_dict(st["scaler"])
     run.start_epoch, run.best, run.history = st["epoch"] + 1, st["best"], json.loads(st["history"])
-    run.average, run.averaged = st.get("average"), int(st.get("averaged", 0))
+    if run.dist.main:
+        run.average, run.averaged = st.get("average"), int(st.get("averaged", 0))
     run.log(f"resumed after epoch {st['epoch']}")
 
 
@@ -247,7 +257,7 @@ def _end_epoch(run: _Run, epoch: int, losses: List[float], seconds: float) -> No
     """Mean loss over the job, the weights' average when due, validation when due, checkpoints,
     log and curves."""
     run.scheduler.step()
-    if run.cfg.average_from is not None and epoch + 1 >= run.cfg.average_from:
+    if run.dist.main and run.cfg.average_from is not None and epoch + 1 >= run.cfg.average_from:
         _add_to_average(run)
     mean_loss = torch.tensor(float(np.mean(losses)), device=run.device)  # NCCL reduces GPU tensors only
     if run.dist.world > 1:
@@ -261,13 +271,14 @@ def _end_epoch(run: _Run, epoch: int, losses: List[float], seconds: float) -> No
         if run.files["val"] and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
             row.update(validate(run.net, cfg.network, run.files["val"], tuple(cfg.patch or run.net.patch_size), run.device))
             score = np.mean([row[f"dice_{r}"] for r in ("WT", "TC", "ET")])
-            if score > run.best:
+            if score > run.best and cfg.average_from is None:  # an averaging run exports its average
                 run.best = float(score)
                 save_checkpoint(os.path.join(run.out_dir, BEST), {"model": run.net.state_dict(), "epoch": epoch})
         history.append(row)
         state = {"model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
                  "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-                 "rng": torch.get_rng_state(), "epoch": epoch, "best": run.best, "history": json.dumps(history)}
+                 "rng": torch.get_rng_state(), "epoch": epoch, "best": run.best, "history": json.dumps(history),
+                 **_averaging(run)}
         if run.average is not None:
             state.update(average=run.average, averaged=run.averaged)
         save_checkpoint(run.last_checkpoint, state)
@@ -296,9 +307,15 @@ def _export(run: _Run, bundle_manifest: Optional[Dict]) -> str:
         _check_ranks_agree(run)
     if run.dist.main:
         chosen = exported_checkpoint(run.cfg, run.out_dir)
-        if chosen != run.last_checkpoint or run.average is not None:
+        if os.path.exists(chosen):
             run.net.load_state_dict(exported_weights(load_checkpoint(chosen)))
-        manifest = run_manifest(run.cfg, run.out_dir, run.data_used, run.history or [], run.best, run.dist.world)
+        averaged = None
+        if run.cfg.average_from is not None and run.files["val"]:
+            averaged = validate(run.net, run.cfg.network, run.files["val"],
+                                tuple(run.cfg.patch or run.net.patch_size), run.device)
+            run.log("the averaged weights: " + " ".join(f"{k}={v:.4g}" for k, v in averaged.items()))
+        manifest = run_manifest(run.cfg, run.out_dir, run.data_used, run.history or [], run.best, run.dist.world,
+                                averaged)
         manifest.update(bundle_manifest or {})
         run.net.eval()
         if os.path.isdir(export):  # an earlier export of this same run (e.g. before --resume)
@@ -350,10 +367,15 @@ def train(cfg: TrainConfig, train_cases: Sequence[TrainingCase], val_cases: Sequ
 
 
 def run_manifest(cfg: TrainConfig, out_dir: str, data_used: Dict[str, List[str]], history: List[Dict],
-                 best: float, world_size: int = 1) -> Dict:
+                 best: float, world_size: int = 1, averaged: Optional[Dict] = None) -> Dict:
     """The manifest of a run's bundle: architecture, preprocessing, training settings and data,
-    the last validation Dice (callers add their own fields)."""
+    the last validation Dice (callers add their own fields). For a run that averages its weights
+    (``cfg.average_from``) the epochs validated other weights than it exports: ``averaged`` is the
+    validation of the average (empty: none)."""
     last_val: Dict = next((r for r in reversed(history) if "dice_WT" in r), {})
+    if cfg.average_from is not None:
+        last_val = averaged or {}
+        best = float(np.mean([last_val[f"dice_{r}"] for r in ("WT", "TC", "ET")])) if last_val else -1.0
     return {
         "id": os.path.basename(os.path.abspath(out_dir)), "version": "1", "network": cfg.network,
         "options": cfg.options, "label_scheme": cfg.label_scheme, "normalization": "z-score over brain voxels",

@@ -28,7 +28,7 @@ SCHEDULES = ("cosine", "step", "constant")
 
 def schedule_of(defaults: TrainingDefaults, schedule: Optional[str] = None) -> str:
     """``schedule`` checked against the network's defaults, else the network's own."""
-    schedule = schedule or defaults.schedule
+    schedule = defaults.schedule if schedule is None else schedule
     if schedule not in SCHEDULES:
         raise InputError(None, f"unknown learning-rate schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if schedule == "step" and defaults.step_lr is None:
@@ -37,7 +37,7 @@ def schedule_of(defaults: TrainingDefaults, schedule: Optional[str] = None) -> s
 
 
 def make_scheduler(opt: torch.optim.Optimizer, defaults: TrainingDefaults, total_epochs: int, lr: float,
-                   schedule: Optional[str] = None):
+                   schedule: Optional[str] = None) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning-rate schedule over ``total_epochs``: ``schedule``, else the network's own."""
     schedule = schedule_of(defaults, schedule)
     if schedule == "cosine":

@@ -2,17 +2,18 @@
 
 That machine has torch, numpy, scipy, safetensors and matplotlib, but not SimpleITK or nibabel,
 and nothing can be fetched there; at most 64 MiB of the working tree travel with a call.
-SimpleITK's wheel alone is 52.8 MB (zip); unpacked and packed again with xz it is about 28 MB,
-so that ``check_cuda.py`` with the default model fits in one call. Run here, once (it downloads
+SimpleITK's wheel alone is 52.8 MB (zip), nibabel's 3.3 MB; unpacked and packed again with xz the
+two are 30.8 MB, so that ``check_cuda.py`` with the default model fits in one call. Run here, once (it downloads
 the wheels from PyPI for the device's Python, pinned to the versions installed here):
 
     echo /.kit/ >> .git/info/exclude
     python Testing/Device/kit.py --out .kit
-    # device run: carry [".kit"], the committed models other than the default removed for the call:
+    # device run: carry [".kit"], the models other than the default moved aside for the call
+    # (docs/training.md, "On a lent GPU machine"):
     #   mkdir -p /tmp/site && tar xJf .kit/packages.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site &&
     #   python3 Testing/Device/check_cuda.py --work /tmp/cc --json $OUT/check_cuda.json
 
-``.kit/packages.json`` lists each package, its version and its wheel's sha256.
+``.kit/packages.json`` lists each package, its version, its wheel and the wheel's sha256.
 """
 import argparse
 import hashlib
@@ -46,10 +47,12 @@ def pack(wheels: Sequence[str], out: str) -> Dict:
     record: Dict = {"extract": "tar xJf packages.tar.xz -C SITE; PYTHONPATH=SITE", "wheels": []}
     with tempfile.TemporaryDirectory() as tree:
         for w in wheels:
+            name, version = os.path.basename(w).split("-")[:2]  # a wheel's file name starts NAME-VERSION-
             with zipfile.ZipFile(w) as z:
                 z.extractall(tree)
             with open(w, "rb") as f:
-                record["wheels"].append({"file": os.path.basename(w), "sha256": hashlib.sha256(f.read()).hexdigest()})
+                record["wheels"].append({"name": name, "version": version, "file": os.path.basename(w),
+                                         "sha256": hashlib.sha256(f.read()).hexdigest()})
         part = os.path.join(out, "packages.tar.xz.part")
         with tarfile.open(part, "w:xz", preset=9) as tar:
             for name in sorted(os.listdir(tree)):
@@ -72,11 +75,11 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as wheels:
             record = pack(download(a.packages, a.python, wheels), a.out)
+        with open(os.path.join(a.out, "packages.json"), "w") as f:
+            json.dump(record, f, indent=1)
     except BaseException:
-        shutil.rmtree(a.out, ignore_errors=True)  # no half-made kit
+        shutil.rmtree(a.out, ignore_errors=True)  # no half-made kit: the folder is new, so all of it goes
         raise
-    with open(os.path.join(a.out, "packages.json"), "w") as f:
-        json.dump(record, f, indent=1)
     print(f"{a.out}/packages.tar.xz: {record['bytes'] / 1e6:.1f} MB, "
           + ", ".join(w["file"] for w in record["wheels"]))
     return 0

@@ -8,8 +8,9 @@ along (docs/training.md, "On a lent GPU machine"):
 Each fold is its own ``train-recipe`` process (the GPU holds all five; ``--workers`` processes each
 prepare its patches). What is written to ``--out`` fits what a device call brings back (at most
 eight files of 16 MiB): ``foldK.pt``, each fold's weights in fp16 with its history, and one
-``folds.log``. A fold still running at ``--deadline`` is stopped and its last finished epoch comes
-back instead (``folds.log`` says which). Back here, each is validated and exported with
+``folds.log``. A fold still running at ``--deadline`` is stopped and its last finished epoch (for
+a variant that averages its weights, their average so far) comes back instead (``folds.log`` says
+which). Back here, each is validated and exported with
 ``train-recipe brats-glioma --data CASES --variant V --fold K --epochs E --iters I --out RUN
 --from-checkpoint foldK.pt``.
 """

@@ -179,6 +179,12 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
     walls = plan(all_standins, "2mm-cv-tc-noenh-fluid2", 1, 1, 0, fold=0)
     assert walls.extra["initialised_from"]["id"] == "brats-glioma-v9-fold0" and walls.extra["id"] == "brats-glioma-v12-fold0"
     assert walls.cfg.fluid_without_enhancement == 0.5 and fluid.cfg.fluid_without_enhancement == 0.0
+    swa = plan(all_standins, "2mm-cv-tc-noenh-swa", 4, 100, 0, fold=3)  # v9 trained on, its epoch ends averaged
+    assert swa.extra["initialised_from"]["id"] == "brats-glioma-v9-fold3" and swa.extra["id"] == "brats-glioma-v13-fold3"
+    assert (swa.cfg.schedule, swa.cfg.average_from, swa.cfg.lr, swa.cfg.select_best) == ("constant", 1, 1e-4, False)
+    assert swa.cfg.without_enhancement == 0.2 and swa.cfg.region_weights == (1.0, 2.0, 1.0)
+    assert swa.extra["cross_validation"]["exported"].startswith("the weights at the ends of epochs 1-4 averaged")
+    assert walls.extra["cross_validation"]["exported"].startswith("last epoch")
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):
@@ -213,8 +219,10 @@ def fold_runs(all_standins, tmp_path_factory):
     """Folds 0 and 1 of the cross-validation, trained for two short epochs: their run folders."""
     root = tmp_path_factory.mktemp("folds")
     for k in (0, 1):
+        # fold 1 exports into a folder that does not exist yet (--export): made, not an error after training
         train_real(all_standins, str(root / f"fold{k}"), variant="2mm-cv", fold=k, epochs=2, iters=1,
-                   cache_dir=str(root / "cache"), log=lambda *a: None)
+                   cache_dir=str(root / "cache"), log=lambda *a: None,
+                   export=str(root / "models" / "brats-glioma-v2-fold1") if k == 1 else None)
     return root
 
 
@@ -238,7 +246,7 @@ def test_a_fold_exports_its_last_epoch_with_out_of_fold_figures_per_grade(fold_r
 
 
 def test_an_ensemble_of_folds_records_their_pooled_out_of_fold_figures(all_standins, fold_runs):
-    folds = [str(fold_runs / f"fold{k}" / f"brats-glioma-v2-fold{k}") for k in (0, 1)]
+    folds = [str(fold_runs / "fold0" / "brats-glioma-v2-fold0"), str(fold_runs / "models" / "brats-glioma-v2-fold1")]
     doc = ensemble_manifest(all_standins, folds, log=lambda *a: None)
     oof = doc["metrics"]["out_of_fold"]
     assert sorted(oof["cases"]) == sorted(FOLDS[0] + FOLDS[1]) and oof["folds"] == [0, 1]

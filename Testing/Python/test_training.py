@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,15 @@ from BrainTumorSegLib.models import bundles
 from BrainTumorSegLib.networks import build
 from BrainTumorSegLib.networks.losses import sigmoid_dice_bce
 from BrainTumorSegLib.read.cases import SEQUENCES, find_cases
-from BrainTumorSegLib.training import PatchDataset, TrainConfig, cache_case, check_cases, compute_loss, train
+from BrainTumorSegLib.training import (
+    PatchDataset,
+    TrainConfig,
+    cache_case,
+    check_cases,
+    compact_checkpoint,
+    compute_loss,
+    train,
+)
 from BrainTumorSegLib.training.augmentation import (
     AUGMENTATIONS,
     Augmentation,
@@ -236,10 +245,48 @@ def test_averaged_weights_are_the_mean_of_the_epoch_ends_and_survive_a_resume(sm
             assert torch.allclose(v, (ends[2][k] + ends[3][k]) / 2, atol=1e-6), k
             moved += not torch.allclose(ends[2][k], ends[3][k])
     assert moved > 0  # the two snapshots differ, so the mean is neither
-    whole = train(cfg, cases[:1], cases[1:], str(tmp_path / "a"), log=lambda *a: None)  # uninterrupted: the same
+    said = []
+    whole = train(cfg, cases[:1], cases[1:], str(tmp_path / "a"), log=said.append)  # uninterrupted: the same
     for k, v in bundles.load(whole).network.state_dict().items():
         assert torch.equal(v, got[k]), k
-    assert json.load(open(os.path.join(exported, "manifest.json")))["training"]["config"]["average_from"] == 2
+    m = json.load(open(os.path.join(exported, "manifest.json")))
+    assert m["training"]["config"]["average_from"] == 2 and not (tmp_path / "a" / "checkpoint_best.pt").exists()
+    # the manifest's figures are the average's, validated at export, not those of the last epoch's weights
+    line = next(s for s in said if s.startswith("the averaged weights: "))
+    assert line.split(": ")[1] == " ".join(f"{k}={v:.4g}" for k, v in m["metrics"]["validation"].items())
+    last_epoch = json.loads(last["history"])[-1]
+    assert any(abs(m["metrics"]["validation"][k] - last_epoch[k]) > 1e-9 for k in ("dice_WT", "dice_TC", "dice_ET"))
+
+
+def test_a_run_resumed_with_other_averaging_or_schedule_is_refused(small_cases, tmp_path):
+    cases = find_cases(small_cases)
+    cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=2, iters_per_epoch=1, batch=1,
+                      patch=(32, 32, 32), schedule="constant", average_from=1)
+
+    class Killed(Exception):
+        pass
+
+    def stop(msg):
+        if msg.startswith("epoch=1 "):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, cases[:1], cases[1:], str(tmp_path / "run"), log=stop)
+    for change, message in (({"average_from": None}, "average_from 1; this run has None"),
+                            ({"schedule": None}, "schedule constant; this run has cosine")):
+        with pytest.raises(InputError, match=message):
+            train(replace(cfg, **change), cases[:1], cases[1:], str(tmp_path / "run"), resume=True, log=lambda *a: None)
+    train(cfg, cases[:1], cases[1:], str(tmp_path / "run"), resume=True, log=lambda *a: None)  # the same: resumes
+
+
+def test_a_compact_checkpoint_holds_the_average_where_the_run_kept_one(tmp_path):
+    raw, avg = {"w": torch.zeros(3), "n": torch.tensor(7)}, {"w": torch.full((3,), 0.5), "n": torch.tensor(7)}
+    torch.save({"model": raw, "average": avg, "averaged": 2, "epoch": 3}, tmp_path / "last.pt")
+    torch.save({"model": raw, "epoch": 3}, tmp_path / "plain.pt")
+    for name, want in (("last.pt", 0.5), ("plain.pt", 0.0)):
+        small = torch.load(compact_checkpoint(str(tmp_path / name), str(tmp_path / f"small-{name}")), weights_only=True)
+        assert small["model"]["w"].dtype == torch.float16 and torch.all(small["model"]["w"] == want)
+        assert "average" not in small and small["epoch"] == 3
 
 
 @pytest.mark.parametrize("change, message", [({"average_from": 4}, "--average-from 4: an epoch of the run's 1-3"),
