@@ -71,7 +71,8 @@ under one CPU budget:
   iterations at a constant 1e-4, the weights at the end of every 100 iterations averaged and the
   average exported (stochastic weight averaging: Izmailov et al., "Averaging weights leads to
   wider optima and better generalization", UAI 2018, arXiv:1803.05407; one average over four
-  snapshots, not their cyclical schedule); exported as ``brats-glioma-v13-foldK``;
+  snapshots, not their cyclical schedule); exported as ``brats-glioma-v13-foldK`` (measured out of
+  fold in docs/training.md: not adopted);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -275,7 +276,7 @@ VARIANTS: Dict[str, Variant] = {
                                       folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
                                       without_enhancement=0.2, fluid_cores=0.25, fluid_without_enhancement=0.5),
     # each v9 fold trained on as v9 was for 400 more iterations at a constant third of v9's learning
-    # rate, the weights at the end of each 100 averaged (stochastic weight averaging)
+    # rate, the weights at the end of each 100 averaged (stochastic weight averaging; measured: not adopted)
     "2mm-cv-tc-noenh-swa": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
                                    init_from="brats-glioma-v9-{member}", lr=1e-4, schedule="constant", average_from=1,
                                    model_id="brats-glioma-v13", folds=True, fg_fraction=0.5, rare_weight=3.0,

