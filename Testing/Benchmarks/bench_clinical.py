@@ -10,7 +10,7 @@ segmented too. Both are scored against the expert labels on the clinical T1ce gr
 resampled there, nearest neighbour). Prints per case: WT/TC/ET Dice of both, WT volume against
 the reference, and the time split (registration, skull stripping, prediction, total).
 
-``--bias-field`` also segments both versions with N4 bias-field correction (first model) and
+``--compare-n4`` also segments both versions with N4 bias-field correction (first model) and
 prints the mean Dice with and without it. ``--hdbet-peer`` also times HD-BET with its own
 default settings (all five folds, 8 mirrorings) on the first case's T1ce, against the settings
 used here (one fold, no mirroring), and the Dice between their masks.
@@ -28,12 +28,13 @@ segment`` apply to both (fold models have no postprocessing of their own: pass t
 e.g. ``--min-et-voxels 500 --min-component-voxels 1000 --window patch``).
 
 Run: python Testing/Benchmarks/bench_clinical.py [--data ../shared/real-cases] [--cases N] [--model M ...]
-     [--bias-field] [--hdbet-peer] [--pool NAME] [segment's options]
+     [--compare-n4] [--hdbet-peer] [--pool NAME] [segment's options, e.g. --min-et-voxels N]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import os
 import sys
@@ -49,6 +50,7 @@ from bench_inference import cpu_description  # noqa: E402
 from bench_real import trained_on  # noqa: E402
 
 from BrainTumorSegLib.evaluation.cross_validation import GRADES, grade_summary  # noqa: E402
+from BrainTumorSegLib.evaluation.real_validation import case_table  # noqa: E402
 from BrainTumorSegLib.evaluation.scoring import score_images  # noqa: E402
 from BrainTumorSegLib.models import bundles, ensembles  # noqa: E402
 from BrainTumorSegLib.pipeline import segment  # noqa: E402
@@ -104,7 +106,8 @@ def report(name: str, rows: list) -> np.ndarray:
 def pooled(name: str, folds: list, data: str, options: SegmentOptions, head, head_brain, limit=None) -> None:
     """Each fold model on the cases it did not train on, BraTS-preprocessed and made clinical; the
     pooled figures per grade of both."""
-    per_case: dict = {"BraTS-preprocessed": {}, "clinical": {}}
+    rows: dict = {"BraTS-preprocessed": {}, "clinical": {}}
+    seconds: dict = {}
     cases = find_cases(data)[:limit]
     for fold in folds:
         model, seen = ensembles.load_ensemble(fold), trained_on(ensembles.load_models(fold))
@@ -115,16 +118,19 @@ def pooled(name: str, folds: list, data: str, options: SegmentOptions, head, hea
             res = segment(clin, model.reused(), options=options)
             brats = segment(imgs, model.reused(), options=options)
             grid = res.labels
-            per_case["BraTS-preprocessed"][c.case_id] = score_images(on_grid(brats.labels, grid), on_grid(ref, grid))
-            per_case["clinical"][c.case_id] = score_images(res.labels, on_grid(ref, grid))
-            b, k = per_case["BraTS-preprocessed"][c.case_id], per_case["clinical"][c.case_id]
+            rows["BraTS-preprocessed"][c.case_id] = score_images(on_grid(brats.labels, grid), on_grid(ref, grid))
+            rows["clinical"][c.case_id] = score_images(res.labels, on_grid(ref, grid))
+            seconds[c.case_id] = res.timings["total"]
+            b, k = rows["BraTS-preprocessed"][c.case_id], rows["clinical"][c.case_id]
             print(f"  {c.case_id:<22} {GRADES.get(c.case_id, '?'):<10} {fold}: "
                   + "  ".join(f"{r} {b[r]['dice']:.3f} / {k[r]['dice']:.3f}" for r in ("WT", "TC", "ET"))
                   + f"  (BraTS / clinical; {res.timings['total']:.1f} s)", flush=True)
     print(f"{name}: out of fold, pooled over {len(folds)} models, Dice WT / TC / ET (options "
           f"{options.to_argv() or 'defaults'})")
-    summaries = {version: grade_summary(rows) for version, rows in per_case.items()}
+    summaries = {version: grade_summary(case_table(r, seconds)[0]) for version, r in rows.items()}
     for group in ("all", "HGG", "low-grade", "little-ET"):
+        if not summaries["clinical"][group]["cases"]:
+            continue
         line = []
         for version, g in summaries.items():
             if g[group]["cases"]:
@@ -142,16 +148,17 @@ def main() -> None:
     ap.add_argument("--model", action="append", help="a model (name or folder; A,B for their ensemble); repeat to "
                     "compare, case by case in the same run (default: the default model)")
     ap.add_argument("--hdbet-peer", action="store_true")
-    ap.add_argument("--bias-field", action="store_true", help="also segment both versions with N4 on, and compare")
+    ap.add_argument("--compare-n4", action="store_true", help="also segment both versions with N4 bias-field "
+                                                              "correction on, and compare")
     ap.add_argument("--pool", metavar="NAME", help="the models are the folds of one design: each segments the cases "
                                                    "it did not train on, pooled into figures per grade")
     add_arguments(ap)  # every option of `braintumorseg segment`
     args = ap.parse_args()
     head, head_brain = clinical_phantom.sri24_head()
+    options = SegmentOptions.from_args(args)
     if args.pool:
         print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-        pooled(args.pool, args.model or [], args.data, SegmentOptions.from_args(args), head, head_brain,
-               args.cases)
+        pooled(args.pool, args.model or [], args.data, options, head, head_brain, args.cases)
         return
     _, val = split(args.data)
     # loaded once, as segment loads them: an ensemble keeps its own postprocessing and window (its
@@ -168,7 +175,7 @@ def main() -> None:
         clin = clinical_phantom.clinical_like(imgs, 0, head, head_brain)
         grid = None  # the clinical T1ce grid, as segment returns it
         for name, model in models.items():
-            brats, res = segment(imgs, model), segment(clin, model)
+            brats, res = segment(imgs, model, options=options), segment(clin, model, options=options)
             grid = res.labels
             sb = score_images(on_grid(brats.labels, grid), on_grid(ref, grid))
             sc = score_images(res.labels, on_grid(ref, grid))
@@ -178,8 +185,8 @@ def main() -> None:
                                             t.get("register", 0), t.get("skull_strip", 0), t["predict"], t["total"])))
             print(f"  {c.case_id} {name}: WT {sb['WT']['dice']:.3f} / {sc['WT']['dice']:.3f} (BraTS / clinical)",
                   flush=True)
-        if args.bias_field:  # with the first model, whose rows are the "without" figures
-            on, first = SegmentOptions(bias_field=True), next(iter(models.values()))
+        if args.compare_n4:  # with the first model, whose rows are the "without" figures
+            on, first = dataclasses.replace(options, bias_field=True), next(iter(models.values()))
             n4.append([score_images(on_grid(r.labels, grid), on_grid(ref, grid))[k]["dice"]
                        for r in (segment(imgs, first, options=on), segment(clin, first, options=on))
                        for k in ("WT", "TC", "ET")])
