@@ -137,8 +137,11 @@ def pooled(name: str, folds: list, data: str, options: SegmentOptions, head, hea
                 line.append(f"{version} " + " / ".join(f"{g[group][f'dice_{r}']:.3f}" for r in ("WT", "TC", "ET")))
         print(f"  {group} ({summaries['clinical'][group]['cases']}): " + "; ".join(line))
     for version, g in summaries.items():
+        errors = [abs(m["WT"]["volume_pred_ml"] - m["WT"]["volume_ref_ml"]) / m["WT"]["volume_ref_ml"]
+                  for m in rows[version].values()]
         print(f"  {version}: no enhancing tumor predicted on {g['without_et']['none_predicted']} of the "
-              f"{g['without_et']['cases']} tumors without it")
+              f"{g['without_et']['cases']} tumors without it; WT volume within 20 % of the expert's on "
+              f"{sum(e <= 0.2 for e in errors)} of {len(errors)} cases (mean error {np.mean(errors):.1%})")
 
 
 def main() -> None:
