@@ -226,6 +226,11 @@ def fold_runs(all_standins, tmp_path_factory):
     return root
 
 
+def fold_bundle(fold_runs, k: int):
+    """Where the fixture's fold k exported its bundle (fold 1 with --export, into a folder made for it)."""
+    return fold_runs / "models" / "brats-glioma-v2-fold1" if k == 1 else fold_runs / f"fold{k}" / f"brats-glioma-v2-fold{k}"
+
+
 def test_a_fold_exports_its_last_epoch_with_out_of_fold_figures_per_grade(fold_runs):
     run = fold_runs / "fold0"
     out = str(run / "brats-glioma-v2-fold0")
@@ -246,7 +251,7 @@ def test_a_fold_exports_its_last_epoch_with_out_of_fold_figures_per_grade(fold_r
 
 
 def test_an_ensemble_of_folds_records_their_pooled_out_of_fold_figures(all_standins, fold_runs):
-    folds = [str(fold_runs / "fold0" / "brats-glioma-v2-fold0"), str(fold_runs / "models" / "brats-glioma-v2-fold1")]
+    folds = [str(fold_bundle(fold_runs, k)) for k in (0, 1)]
     doc = ensemble_manifest(all_standins, folds, log=lambda *a: None)
     oof = doc["metrics"]["out_of_fold"]
     assert sorted(oof["cases"]) == sorted(FOLDS[0] + FOLDS[1]) and oof["folds"] == [0, 1]
@@ -291,7 +296,7 @@ def test_fold_all_trains_the_design_on_every_case_and_takes_its_folds_figures(al
 
     # with only two of the design's five folds installed: no figures and no postprocessing of its own
     for k in (0, 1):
-        os.symlink(fold_runs / f"fold{k}" / f"brats-glioma-v2-fold{k}", models / f"brats-glioma-v2-fold{k}")
+        os.symlink(fold_bundle(fold_runs, k), models / f"brats-glioma-v2-fold{k}")
     out = train_real(all_standins, str(tmp_path / "all"), variant="2mm-cv", fold="all", epochs=1, iters=1,
                      cache_dir=str(fold_runs / "cache"), log=lambda *a: None)
     m = bundles.read_manifest(out).to_json()
@@ -309,7 +314,7 @@ def test_fold_all_takes_the_pooled_figures_of_its_five_fold_models(all_standins,
         if k > 1:  # the fixture trained folds 0 and 1
             train_real(all_standins, str(fold_runs / f"fold{k}"), variant="2mm-cv", fold=k, epochs=1, iters=1,
                        cache_dir=str(fold_runs / "cache"), log=lambda *a: None)
-        os.symlink(fold_runs / f"fold{k}" / f"brats-glioma-v2-fold{k}", models / f"brats-glioma-v2-fold{k}")
+        os.symlink(fold_bundle(fold_runs, k), models / f"brats-glioma-v2-fold{k}")
     out = train_real(all_standins, str(tmp_path / "all"), variant="2mm-cv", fold="all", epochs=1, iters=1,
                      cache_dir=str(fold_runs / "cache"), log=lambda *a: None)
     m = bundles.read_manifest(out).to_json()
