@@ -160,6 +160,8 @@ def main() -> None:
     head, head_brain = clinical_phantom.sri24_head()
     options = SegmentOptions.from_args(args)
     if args.pool:
+        if not args.model:
+            ap.error("--pool needs the design's fold models: --model FOLD0 --model FOLD1 ...")
         print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
         pooled(args.pool, args.model or [], args.data, options, head, head_brain, args.cases)
         return
