@@ -407,7 +407,8 @@ def test_finetune_from_a_bundle_with_frozen_encoder_and_replay(small_cases, smal
 
 def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(small_cases, tmp_path):
     """torchrun with two CPU processes: DistributedDataParallel keeps the ranks in step, although each
-    rank draws different patches and dropout seeds (without the all-reduce their weights would part)."""
+    rank draws different patches and dropout seeds (without the all-reduce their weights would part);
+    rank 0 keeps the average of the epoch ends (--average-from) and exports it."""
     import subprocess
     import sys
 
@@ -418,7 +419,7 @@ def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(small_ca
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "BrainTumorSegLib", "train", "--data", small_cases, "--out", str(run), "--epochs", "2",
            "--iters", "2", "--batch", "1", "--patch", "32", "32", "32", "--device", "cpu",
-           "--options", json.dumps(SMALL["resunet"])]
+           "--options", json.dumps(SMALL["resunet"]), "--schedule", "constant", "--average-from", "1"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     d = json.load(open(run / "distributed.json"))
@@ -426,7 +427,13 @@ def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(small_ca
     a, b = d["weights_sha256_per_rank"]
     assert a == b
     exported = bundles.load(str(run / "model"))
-    assert weights_digest(exported.network) == a
+    last = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    assert last["averaged"] == 2
+    net = build("resunet", **SMALL["resunet"])
+    net.load_state_dict(last["model"])
+    assert weights_digest(net) == a  # the ranks' weights at the end: what the average's last snapshot was
+    net.load_state_dict(last["average"])
+    assert weights_digest(exported.network) == weights_digest(net) != a  # the bundle holds the average
     assert exported.manifest.to_json()["training"]["world_size"] == 2
     assert r.stdout.count("model bundle:") == 2  # both ranks finish; rank 0 alone wrote the log
     assert len(open(run / "log.csv").read().splitlines()) == 3
