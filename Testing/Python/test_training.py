@@ -249,7 +249,7 @@ def test_averaged_weights_are_the_mean_of_the_epoch_ends_and_survive_a_resume(sm
     whole = train(cfg, cases[:1], cases[1:], str(tmp_path / "a"), log=said.append)  # uninterrupted: the same
     for k, v in bundles.load(whole).network.state_dict().items():
         assert torch.equal(v, got[k]), k
-    m = json.load(open(os.path.join(exported, "manifest.json")))
+    m = json.load(open(os.path.join(whole, "manifest.json")))
     assert m["training"]["config"]["average_from"] == 2 and not (tmp_path / "a" / "checkpoint_best.pt").exists()
     # the manifest's figures are the average's, validated at export, not those of the last epoch's weights
     line = next(s for s in said if s.startswith("the averaged weights: "))
