@@ -189,21 +189,28 @@ def test_region_weights_make_one_region_count_more(small_cases, tmp_path):
         train(cfg, cases[:1], cases[1:], str(tmp_path / "agse"), log=lambda *a: None)
 
 
+class Killed(Exception):
+    """Raised from a run's log line to stop it after an epoch, as a kill would."""
+
+
+def killed_after(epoch: int, cfg: TrainConfig, cases, out: str, then=lambda: None) -> None:
+    """Run (or resume) training in ``out`` and stop it once epoch ``epoch`` (1-based) has been logged,
+    its checkpoint written; ``then`` runs just before."""
+    def log(msg: str) -> None:
+        if msg.startswith(f"epoch={epoch} "):
+            then()
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, cases[:1], cases[1:], out, resume=True, log=log)
+
+
 def test_resumed_run_ends_with_the_same_weights(small_cases, tmp_path):
     cases = find_cases(small_cases)
     cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=2, iters_per_epoch=2, batch=1,
                       patch=(32, 32, 32), seed=1, val_every=1)
     train(cfg, cases[:1], cases[1:], str(tmp_path / "a"), log=lambda *a: None)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_first_epoch(msg):
-        if msg.startswith("epoch=1 "):
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(cfg, cases[:1], cases[1:], str(tmp_path / "b"), log=kill_after_first_epoch)
+    killed_after(1, cfg, cases, str(tmp_path / "b"))
     assert torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=True)["epoch"] == 0
     train(cfg, cases[:1], cases[1:], str(tmp_path / "b"), resume=True, log=lambda *a: None)
     a = torch.load(tmp_path / "a" / "checkpoint_last.pt", weights_only=True)
@@ -221,19 +228,11 @@ def test_averaged_weights_are_the_mean_of_the_epoch_ends_and_survive_a_resume(sm
                       patch=(32, 32, 32), seed=2, val_every=5, lr=1e-2, schedule="constant", average_from=2)
     ends = {}
 
-    class Killed(Exception):
-        pass
-
-    def stop_after(n):
-        def log(msg):
-            if msg.startswith(f"epoch={n} "):
-                ends[n] = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=True)["model"]
-                raise Killed
-        return log
+    def keep(n):
+        return lambda: ends.__setitem__(n, torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=True)["model"])
 
     for n in (1, 2):  # killed after each epoch, resumed: the epoch-end weights on the way
-        with pytest.raises(Killed):
-            train(cfg, cases[:1], cases[1:], str(tmp_path / "b"), resume=True, log=stop_after(n))
+        killed_after(n, cfg, cases, str(tmp_path / "b"), then=keep(n))
     exported = train(cfg, cases[:1], cases[1:], str(tmp_path / "b"), resume=True, log=lambda *a: None)
     last = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=True)
     assert last["averaged"] == 2
@@ -262,16 +261,7 @@ def test_a_run_resumed_with_other_averaging_or_schedule_is_refused(small_cases, 
     cases = find_cases(small_cases)
     cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=2, iters_per_epoch=1, batch=1,
                       patch=(32, 32, 32), schedule="constant", average_from=1)
-
-    class Killed(Exception):
-        pass
-
-    def stop(msg):
-        if msg.startswith("epoch=1 "):
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(cfg, cases[:1], cases[1:], str(tmp_path / "run"), log=stop)
+    killed_after(1, cfg, cases, str(tmp_path / "run"))
     for change, message in (({"average_from": None}, "average_from 1; this run has None"),
                             ({"schedule": None}, "schedule constant; this run has cosine")):
         with pytest.raises(InputError, match=message):
