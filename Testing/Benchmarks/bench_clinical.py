@@ -103,6 +103,20 @@ def report(name: str, rows: list) -> np.ndarray:
     return m
 
 
+def versions(c, head, head_brain):
+    """A case's four sequences as read, its expert labels, and the sequences made clinical."""
+    imgs = {r: sitk.ReadImage(c.sequences[r], sitk.sitkFloat32) for r in SEQUENCES}
+    return imgs, sitk.ReadImage(c.paths["seg"]), clinical_phantom.clinical_like(imgs, 0, head, head_brain)
+
+
+def score_both(imgs, clin, ref, model, options: SegmentOptions):
+    """One model on both versions of a case, each scored against the expert labels on the clinical
+    T1ce grid: (BraTS-preprocessed scores, clinical scores, the clinical result)."""
+    brats, res = segment(imgs, model, options=options), segment(clin, model, options=options)
+    grid = res.labels
+    return score_images(on_grid(brats.labels, grid), on_grid(ref, grid)), score_images(res.labels, on_grid(ref, grid)), res
+
+
 def pooled(name: str, folds: list, data: str, options: SegmentOptions, head, head_brain, limit=None) -> None:
     """Each fold model on the cases it did not train on, BraTS-preprocessed and made clinical; the
     pooled figures per grade of both."""
@@ -112,19 +126,16 @@ def pooled(name: str, folds: list, data: str, options: SegmentOptions, head, hea
     for fold in folds:
         model, seen = ensembles.load_ensemble(fold), trained_on(ensembles.load_models(fold))
         for c in [c for c in cases if c.case_id not in seen]:
-            imgs = {r: sitk.ReadImage(c.sequences[r], sitk.sitkFloat32) for r in SEQUENCES}
-            ref = sitk.ReadImage(c.paths["seg"])
-            clin = clinical_phantom.clinical_like(imgs, 0, head, head_brain)
-            res = segment(clin, model.reused(), options=options)
-            brats = segment(imgs, model.reused(), options=options)
-            grid = res.labels
-            rows["BraTS-preprocessed"][c.case_id] = score_images(on_grid(brats.labels, grid), on_grid(ref, grid))
-            rows["clinical"][c.case_id] = score_images(res.labels, on_grid(ref, grid))
+            imgs, ref, clin = versions(c, head, head_brain)
+            b, k, res = score_both(imgs, clin, ref, model.reused(), options)
+            rows["BraTS-preprocessed"][c.case_id], rows["clinical"][c.case_id] = b, k
             seconds[c.case_id] = res.timings["total"]
-            b, k = rows["BraTS-preprocessed"][c.case_id], rows["clinical"][c.case_id]
             print(f"  {c.case_id:<22} {GRADES.get(c.case_id, '?'):<10} {fold}: "
                   + "  ".join(f"{r} {b[r]['dice']:.3f} / {k[r]['dice']:.3f}" for r in ("WT", "TC", "ET"))
                   + f"  (BraTS / clinical; {res.timings['total']:.1f} s)", flush=True)
+    if not seconds:
+        print(f"{name}: no case that these models did not train on")
+        return
     print(f"{name}: out of fold, pooled over {len(folds)} models, Dice WT / TC / ET (options "
           f"{options.to_argv() or 'defaults'})")
     summaries = {version: grade_summary(case_table(r, seconds)[0]) for version, r in rows.items()}
@@ -174,16 +185,12 @@ def main() -> None:
     rows: dict = {m: [] for m in models}
     n4 = []
     for c in val[:args.cases or 5]:
-        imgs = {r: sitk.ReadImage(c.sequences[r], sitk.sitkFloat32) for r in SEQUENCES}
-        ref = sitk.ReadImage(c.paths["seg"])
+        imgs, ref, clin = versions(c, head, head_brain)
         ref_ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(ref))) / 1000.0
-        clin = clinical_phantom.clinical_like(imgs, 0, head, head_brain)
         grid = None  # the clinical T1ce grid, as segment returns it
         for name, model in models.items():
-            brats, res = segment(imgs, model, options=options), segment(clin, model, options=options)
+            sb, sc, res = score_both(imgs, clin, ref, model, options)
             grid = res.labels
-            sb = score_images(on_grid(brats.labels, grid), on_grid(ref, grid))
-            sc = score_images(res.labels, on_grid(ref, grid))
             t = res.timings
             rows[name].append((c.case_id, (sb["WT"]["dice"], sc["WT"]["dice"], sb["TC"]["dice"], sc["TC"]["dice"],
                                             sb["ET"]["dice"], sc["ET"]["dice"], ref_ml, res.volumes_ml["WT"],
@@ -204,8 +211,7 @@ def main() -> None:
               f"(without {m[1]:.3f}/{m[3]:.3f}/{m[5]:.3f})")
     if args.hdbet_peer:
         print("skull stripping of the first case's clinical T1ce:")
-        hdbet_peer(clinical_phantom.clinical_like(
-            {r: sitk.ReadImage(val[0].sequences[r], sitk.sitkFloat32) for r in SEQUENCES}, 0, head, head_brain)["t1ce"])
+        hdbet_peer(versions(val[0], head, head_brain)[2]["t1ce"])
 
 
 if __name__ == "__main__":
