@@ -104,7 +104,8 @@ def _train_config(args: argparse.Namespace, network: str = "resunet", options: O
                        clinical_augmentation=args.clinical_augmentation, augmentation=args.augmentation,
                        region_weights=tuple(args.region_weights) if args.region_weights else None,
                        without_enhancement=args.without_enhancement, fluid_cores=args.fluid_cores,
-                       fluid_without_enhancement=args.fluid_without_enhancement, schedule=args.schedule,
+                       fluid_without_enhancement=args.fluid_without_enhancement, solid_cores=args.solid_cores,
+                       schedule=args.schedule,
                        average_from=args.average_from)
 
 
@@ -394,6 +395,10 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
     t.add_argument("--fluid-without-enhancement", type=float, default=0.0, metavar="P",
                    help="share (0-1) of those patches also shown without enhancement, a cyst whose wall does not "
                         "enhance (at least --without-enhancement)")
+    t.add_argument("--solid-cores", type=float, default=0.0, metavar="P",
+                   help="share (0-1) of patches whose tumor core is shown as a solid core that does not enhance, as "
+                        "a low-grade glioma's: darker than its edema on T1, labelled non-enhancing core "
+                        "(docs/training.md)")
     t.add_argument("--schedule", help="learning-rate schedule: cosine, step or constant (default: the network's "
                                       "own; step needs the network's step learning rate)")
     t.add_argument("--average-from", type=int, metavar="EPOCH",

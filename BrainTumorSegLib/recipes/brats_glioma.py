@@ -73,6 +73,10 @@ under one CPU budget:
   wider optima and better generalization", UAI 2018, arXiv:1803.05407; one average over four
   snapshots, not their cyclical schedule); exported as ``brats-glioma-v13-foldK`` (measured out of
   fold in docs/training.md: not adopted);
+- ``2mm-cv-tc-noenh-solid``: each shipped ``brats-glioma-v9-foldK`` trained on as ``2mm-cv-tc-noenh``
+  trained it, a quarter of the patches with a tumor core shown with that core as a solid mass that
+  does not enhance (the case's edema intensities moved as low-grade cores differ from their edema:
+  ``augmentation.make_core_solid``); exported as ``brats-glioma-v14-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -209,6 +213,7 @@ class Variant:
     without_enhancement: float = 0.0  # share of patches shown as if their tumor did not enhance
     fluid_cores: float = 0.0        # share of patches whose tumor core is shown filled with fluid (a cyst)
     fluid_without_enhancement: float = 0.0  # share of those also shown without enhancement (a wall that does not enhance)
+    solid_cores: float = 0.0        # share of patches whose tumor core is shown as a solid core that does not enhance
     schedule: Optional[str] = None  # the learning-rate schedule (None: the network's)
     average_from: Optional[int] = None  # epoch from which the epoch-end weights are averaged (TrainConfig)
     network: str = "resunet"
@@ -281,6 +286,12 @@ VARIANTS: Dict[str, Variant] = {
                                    init_from="brats-glioma-v9-{member}", lr=1e-4, schedule="constant", average_from=1,
                                    model_id="brats-glioma-v13", folds=True, fg_fraction=0.5, rare_weight=3.0,
                                    region_weights=(1.0, 2.0, 1.0), without_enhancement=0.2),
+    # each v9 fold trained on as v9 was, a quarter of the patches with a core shown as a solid core
+    # that does not enhance (T1-dark, edema-like on T2 and FLAIR), as low-grade gliomas' cores are
+    "2mm-cv-tc-noenh-solid": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
+                                     init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v14",
+                                     folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
+                                     without_enhancement=0.2, solid_cores=0.25),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from="brats-glioma-v9-{member}",
                               lr=3e-4, model_id="brats-glioma-cascade-v4", folds=True, fg_fraction=0.6, rare_weight=2.0,
@@ -498,7 +509,8 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
                       clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
                       fg_fraction=v.fg_fraction, region_weights=v.region_weights, augmentation=v.augmentation,
                       without_enhancement=v.without_enhancement, fluid_cores=v.fluid_cores,
-                      fluid_without_enhancement=v.fluid_without_enhancement, schedule=v.schedule,
+                      fluid_without_enhancement=v.fluid_without_enhancement, solid_cores=v.solid_cores,
+                      schedule=v.schedule,
                       average_from=v.average_from,
                       case_weights={c.case_id: v.rare_weight for c in train_cases
                                     if v.rare_weight != 1.0 and GRADES.get(c.case_id, HGG) != HGG})

@@ -11,7 +11,9 @@ each with probability 0.2; Gaussian noise 0.1; blur 0.2; contrast 0.15; simulate
 (probability 0.2), which nnU-Net has but leaves off for 3D.
 Apart from either set, :func:`remove_enhancement` (``TrainConfig.without_enhancement``) turns a
 patch's enhancing tumor into non-enhancing core, in image and labels, and :func:`fill_with_fluid`
-(``TrainConfig.fluid_cores``) fills a patch's core with the case's cerebrospinal fluid, as a cyst.
+(``TrainConfig.fluid_cores``) fills a patch's core with the case's cerebrospinal fluid, as a cyst,
+and :func:`make_core_solid` (``TrainConfig.solid_cores``) makes it a solid core that does not
+enhance, as a low-grade glioma's.
 Departures: brightness stays ours (every channel scaled by 0.9-1.1 and shifted by +-0.1, where
 nnU-Net scales by 0.75-1.25 with probability 0.15); the smooth bias field and the sequence
 dropping of ``standard`` stay on; upsampling after the low-resolution step is trilinear (nnU-Net:
@@ -266,6 +268,46 @@ def fill_with_fluid(x: np.ndarray, y: np.ndarray, fluid: Optional[np.ndarray],
     filled = value + rng.normal(0, 0.1, x.shape).astype(np.float32)
     weight = np.maximum(ndimage.gaussian_filter(core.astype(np.float32), 0.6), core)
     return (x * (1 - weight) + filled * weight).astype(np.float32), y
+
+
+def edema_intensity(data: np.ndarray, classes: np.ndarray) -> Optional[np.ndarray]:
+    """Per channel, the median of the case's edema (class 2). None when it has fewer than 100
+    edema voxels."""
+    edema = classes == 2
+    if edema.sum() < 100:
+        return None
+    return np.median(data[:, edema].astype(np.float32), 1)
+
+
+def make_core_solid(x: np.ndarray, y: np.ndarray, edema: Optional[np.ndarray], rng: np.random.Generator,
+                    t1: int, t1ce: int, t2: int, flair: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The patch as if its tumor core were a solid mass that does not enhance, as a low-grade
+    glioma's: the whole core (necrosis and enhancing tumor) takes the case's ``edema`` intensity
+    (:func:`edema_intensity`) moved as the low-grade and non-enhancing cores of the shared cases
+    differ from their edema (darker on T1 and T1ce by 0.3-1.4, brighter on T2 by 0-1.2, on FLAIR
+    within -0.7 to +0.5; a high-grade necrosis is brighter than its edema on T2 and FLAIR alike),
+    with a smooth texture and noise, blended into its surroundings over about a voxel; the core is
+    labelled non-enhancing core (class 1). Networks trained on high-grade cores labelled such
+    cores edema. A patch with fewer than 50 core voxels, or no ``edema``, comes back as it is; a
+    missing sequence (zero) stays missing."""
+    core = (y == 1) | (y == 3)
+    if core.sum() < 50 or edema is None:
+        return x, y
+    darker = rng.uniform(0.3, 1.4)
+    shift = np.zeros(len(edema), np.float32)
+    shift[[t1, t1ce, t2, flair]] = [-darker, -darker + rng.normal(0, 0.1), rng.uniform(0.0, 1.2),
+                                    rng.uniform(-0.7, 0.5)]
+    sign = np.zeros(len(edema), np.float32)
+    sign[[t1, t1ce, t2, flair]] = [-1, -1, 1, 1]  # darker on T1 where brighter on T2
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, y.shape).astype(np.float32), 1.5)
+    texture /= max(float(texture.std()), 1e-6)
+    amplitude = (sign * rng.uniform(0.1, 0.3, len(edema))).astype(np.float32)
+    solid = ((edema + shift)[:, None, None, None] + amplitude[:, None, None, None] * texture[None]
+             + rng.normal(0, 0.1, x.shape).astype(np.float32))
+    weight = np.maximum(ndimage.gaussian_filter(core.astype(np.float32), 0.6), core)
+    present = np.array([bool(c.any()) for c in x])[:, None, None, None]
+    out = np.where(present, x * (1 - weight) + solid * weight, x)
+    return out.astype(np.float32), np.where(core, 1, y).astype(y.dtype)
 
 
 def cover_partially(x: np.ndarray, channel: int, rng: np.random.Generator) -> np.ndarray:

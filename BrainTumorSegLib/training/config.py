@@ -40,6 +40,8 @@ class TrainConfig:
     fluid_cores: float = 0.0  # share of patches whose tumor core is shown filled with fluid (augmentation.fill_with_fluid)
     # share of those shown without enhancement as well (a cyst whose wall does not enhance); at least without_enhancement
     fluid_without_enhancement: float = 0.0
+    # share of patches whose tumor core is shown as a solid core that does not enhance (augmentation.make_core_solid)
+    solid_cores: float = 0.0
     schedule: Optional[str] = None  # the learning-rate schedule ("cosine", "step", "constant"; None: the network's)
     # stochastic weight averaging (Izmailov et al., UAI 2018, arXiv:1803.05407): from this epoch on
     # (1-based), the weights at each epoch's end are averaged, and the average is what the run exports

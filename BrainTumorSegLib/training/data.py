@@ -24,7 +24,16 @@ from ..labels import detect_scheme, labels_to_classes
 from ..networks.base import SegmentationNetwork
 from ..read.cases import SEQUENCES, Case
 from ..write.atomic import replacing
-from .augmentation import augment, augmentation_set, fill_with_fluid, fluid_intensity, remove_enhancement, vary_brain_mask
+from .augmentation import (
+    augment,
+    augmentation_set,
+    edema_intensity,
+    fill_with_fluid,
+    fluid_intensity,
+    make_core_solid,
+    remove_enhancement,
+    vary_brain_mask,
+)
 
 
 def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
@@ -168,7 +177,7 @@ class PatchDataset(torch.utils.data.Dataset):
                  replay_fraction: float = 0.0, clinical_augmentation: bool = False,
                  weights: Optional[Sequence[float]] = None, guide_channels: int = 0,
                  augmentation: str = "standard", without_enhancement: float = 0.0, fluid_cores: float = 0.0,
-                 fluid_without_enhancement: float = 0.0) -> None:
+                 fluid_without_enhancement: float = 0.0, solid_cores: float = 0.0) -> None:
         augmentation_set(augmentation)  # an unknown name fails here, not at the first patch
         self.augmentation = augmentation
         self.files = list(cache_files)
@@ -189,8 +198,10 @@ class PatchDataset(torch.utils.data.Dataset):
         self.without_enhancement = without_enhancement
         self.fluid_cores = fluid_cores
         self.fluid_without_enhancement = fluid_without_enhancement
+        self.solid_cores = solid_cores
         self._cache: Dict[str, CachedCase] = {}
         self._fluid: Dict[str, Optional[np.ndarray]] = {}
+        self._edema: Dict[str, Optional[np.ndarray]] = {}
 
     def __len__(self) -> int:
         return self.n
@@ -206,6 +217,11 @@ class PatchDataset(torch.utils.data.Dataset):
                                                         SEQUENCES.index("flair"))
         return self._fluid[case.case_id]
 
+    def _edema_of(self, case: CachedCase) -> Optional[np.ndarray]:
+        if case.case_id not in self._edema:
+            self._edema[case.case_id] = edema_intensity(case.data, case.classes)
+        return self._edema[case.case_id]
+
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         if rng.random() < self.replay_fraction:
@@ -215,6 +231,7 @@ class PatchDataset(torch.utils.data.Dataset):
         else:
             case = self._case(self.files[int(rng.choice(len(self.files), p=self.p))])
         fluid = self._fluid_of(case) if self.fluid_cores else None  # of the cached case, before any new mask
+        edema = self._edema_of(case) if self.solid_cores else None
         if self.clinical and rng.random() < 0.3:
             case = CachedCase.like(case, vary_brain_mask(case.data, case.classes, rng, self.guide_channels))
         x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
@@ -223,6 +240,8 @@ class PatchDataset(torch.utils.data.Dataset):
         if self.fluid_cores and rng.random() < self.fluid_cores:
             x, y = fill_with_fluid(x, y, fluid, rng)
             without = max(without, self.fluid_without_enhancement)  # a cyst whose wall does not enhance
+        elif self.solid_cores and rng.random() < self.solid_cores:
+            x, y = make_core_solid(x, y, edema, rng, *(SEQUENCES.index(s) for s in ("t1", "t1ce", "t2", "flair")))
         if without and rng.random() < without:
             x, y = remove_enhancement(x, y, SEQUENCES.index("t1"), SEQUENCES.index("t1ce"))
         x, y = augment(x, y, rng, self.dr, case.spacing if self.clinical else None, self.guide_channels,

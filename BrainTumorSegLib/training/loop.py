@@ -121,7 +121,7 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: 
     if cfg.average_from is not None and not 1 <= cfg.average_from <= cfg.epochs:
         raise InputError(None, f"--average-from {cfg.average_from}: an epoch of the run's 1-{cfg.epochs}")
     shares = (("--without-enhancement", cfg.without_enhancement), ("--fluid-cores", cfg.fluid_cores),
-              ("--fluid-without-enhancement", cfg.fluid_without_enhancement))
+              ("--fluid-without-enhancement", cfg.fluid_without_enhancement), ("--solid-cores", cfg.solid_cores))
     for flag, share in shares:
         if not 0.0 <= share <= 1.0:
             raise InputError(None, f"{flag} {share}: a share of patches, from 0 to 1")
@@ -197,7 +197,7 @@ def _dataset(run: _Run):
                       cfg.clinical_augmentation,
                       [cfg.case_weights.get(c, 1.0) for c in run.data_used["train"]] if cfg.case_weights else None,
                       run.net.guide_channels, cfg.augmentation, cfg.without_enhancement, cfg.fluid_cores,
-                      cfg.fluid_without_enhancement)
+                      cfg.fluid_without_enhancement, cfg.solid_cores)
     sampler: Optional[torch.utils.data.distributed.DistributedSampler] = (
         torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
         if dist.world > 1 else None)
