@@ -156,7 +156,7 @@ def test_stage2_windows_see_stage1s_probabilities(bias, expected):
     assert (box is not None) == expected and seen and (seen[0] > 0.5) == expected
 
 
-@pytest.mark.parametrize("flag", ["without_enhancement", "fluid_cores"])
+@pytest.mark.parametrize("flag", ["without_enhancement", "fluid_cores", "solid_cores"])
 def test_patches_are_not_changed_under_guide_channels_that_still_show_them_unchanged(phantom_dir, tmp_path, flag):
     """A cascade's guide channels carry stage 1's view of the unchanged images (its enhancing tumor,
     its core): patches relabelled as not enhancing or with their core filled with fluid would

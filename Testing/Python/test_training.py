@@ -29,8 +29,10 @@ from BrainTumorSegLib.training.augmentation import (
     Augmentation,
     _spatial,
     cover_partially,
+    edema_intensity,
     fill_with_fluid,
     fluid_intensity,
+    make_core_solid,
     remove_enhancement,
     simulate_thick_slices,
     vary_brain_mask,
@@ -596,6 +598,64 @@ def test_the_share_of_fluid_filled_cores_reaches_the_patches_and_is_checked(smal
     assert not any((walls[i][1] == 3).any() for i in range(16))
     r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run"), "--fluid-cores", "-0.1")
     assert r.returncode == 2 and "--fluid-cores -0.1: a share of patches, from 0 to 1" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_solid_core_is_darker_than_its_edema_on_t1_does_not_enhance_and_is_non_enhancing_core():
+    """make_core_solid turns a high-grade core (necrosis bright on T2 and FLAIR, an enhancing rim)
+    into a low-grade one: darker than the case's edema on T1 and T1ce, near it on FLAIR, no
+    enhancement, all labelled non-enhancing core; the edema and everything a few voxels from the
+    core stay as they were, a missing sequence stays missing, and a patch with a core too small or a
+    case without edema comes back as it is."""
+    rng = np.random.default_rng(2)
+    y = np.zeros((24, 24, 24), np.uint8)
+    y[3:21, 3:21, 3:21] = 2
+    y[7:17, 7:17, 7:17] = 3
+    y[9:15, 9:15, 9:15] = 1
+    x = rng.normal(0, 0.2, (4,) + y.shape).astype(np.float32)
+    x[:, y == 2] += np.array([0.4, 0.2, 1.0, 1.8], np.float32)[:, None]  # edema
+    x[:, y == 3] += np.array([0.3, 2.5, 1.2, 2.0], np.float32)[:, None]  # an enhancing rim
+    x[:, y == 1] += np.array([-0.8, -0.6, 3.0, 3.5], np.float32)[:, None]  # necrosis, bright on T2 and FLAIR
+    edema = edema_intensity(x, y)
+    assert edema is not None and np.allclose(edema, [0.4, 0.2, 1.0, 1.8], atol=0.05)
+    core = (y == 1) | (y == 3)
+    inner = np.zeros(y.shape, bool)
+    inner[8:16, 8:16, 8:16] = True
+    means = []
+    for seed in range(8):
+        xo, yo = make_core_solid(x, y, edema, np.random.default_rng(seed), 0, 1, 2, 3)
+        assert not np.shares_memory(xo, x) and x[1][y == 3].mean() > 2.3  # the input is untouched
+        assert np.array_equal(yo, np.where(core, 1, y)) and not (yo == 3).any()
+        m = xo[:, inner].mean(1)
+        means.append(m)
+        assert m[0] < edema[0] - 0.2 and m[1] < edema[1] - 0.1  # darker on T1, and the T1ce does not enhance
+        assert edema[3] - 0.8 < m[3] < edema[3] + 0.6  # near the edema on FLAIR, not 1.7 above it
+        assert np.array_equal(xo[:, :2], x[:, :2]) and np.array_equal(xo[:, y == 2][:, :50], x[:, y == 2][:, :50])
+    assert np.std(means, 0).min() > 0.01  # drawn per patch
+    missing = np.concatenate([x[:3], 0 * x[3:]])
+    assert not make_core_solid(missing, y, edema, np.random.default_rng(0), 0, 1, 2, 3)[0][3].any()
+    small = np.where(core, 2, y).astype(np.uint8)
+    small[10:13, 10:13, 10:13] = 1  # 27 voxels
+    for yi, ed in ((small, edema), (y, None)):
+        xs, ys = make_core_solid(x, yi, ed, np.random.default_rng(0), 0, 1, 2, 3)
+        assert xs is x and ys is yi
+    assert edema_intensity(x, np.where(y == 2, 0, y).astype(np.uint8)) is None  # no edema
+
+
+def test_the_share_of_solid_cores_reaches_the_patches_and_is_checked(small_cases, tmp_path):
+    """Asked for always, no patch keeps enhancing tumor and every core large enough is darker on
+    T1 than the edema around it; otherwise patches with enhancing tumor are drawn. A share outside
+    0-1 is one line, exit 2."""
+    files = [cache_case(c, str(tmp_path)) for c in find_cases(small_cases)]
+    kw = dict(patch=(32, 32, 32), batches=16, seed=0, fg_fraction=1.0, domain_randomization=False)
+    t1 = SEQUENCES.index("t1")
+    plain = [PatchDataset(files, **kw)[i] for i in range(16)]
+    always = [PatchDataset(files, **kw, solid_cores=1.0)[i] for i in range(16)]
+    assert sum(int((y == 3).any()) for _, y in plain) >= 4 and not any((y == 3).any() for _, y in always)
+    both = [(x, y) for x, y in always if int((y == 1).sum()) >= 200 and int((y == 2).sum()) >= 200]
+    assert len(both) >= 4 and all(x[t1][y == 1].mean() < x[t1][y == 2].mean() - 0.2 for x, y in both)
+    r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run"), "--solid-cores", "2")
+    assert r.returncode == 2 and "--solid-cores 2.0: a share of patches, from 0 to 1" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
