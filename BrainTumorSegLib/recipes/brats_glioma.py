@@ -76,7 +76,8 @@ under one CPU budget:
 - ``2mm-cv-tc-noenh-solid``: each shipped ``brats-glioma-v9-foldK`` trained on as ``2mm-cv-tc-noenh``
   trained it, a quarter of the patches with a tumor core shown with that core as a solid mass that
   does not enhance (the case's edema intensities moved as low-grade cores differ from their edema:
-  ``augmentation.make_core_solid``); exported as ``brats-glioma-v14-foldK``;
+  ``augmentation.make_core_solid``); exported as ``brats-glioma-v14-foldK`` (measured out of fold
+  in docs/training.md: not adopted, it loses more than v9 without T1);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -288,6 +289,7 @@ VARIANTS: Dict[str, Variant] = {
                                    region_weights=(1.0, 2.0, 1.0), without_enhancement=0.2),
     # each v9 fold trained on as v9 was, a quarter of the patches with a core shown as a solid core
     # that does not enhance (T1-dark, edema-like on T2 and FLAIR), as low-grade gliomas' cores are
+    # (measured: not adopted)
     "2mm-cv-tc-noenh-solid": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
                                      init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v14",
                                      folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
