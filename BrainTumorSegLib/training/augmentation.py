@@ -284,12 +284,12 @@ def make_core_solid(x: np.ndarray, y: np.ndarray, edema: Optional[np.ndarray], r
     """The patch as if its tumor core were a solid mass that does not enhance, as a low-grade
     glioma's: the whole core (necrosis and enhancing tumor) takes the case's ``edema`` intensity
     (:func:`edema_intensity`) moved as the low-grade and non-enhancing cores of the shared cases
-    differ from their edema (darker on T1 and T1ce by 0.3-1.4, brighter on T2 by 0-1.2, on FLAIR
-    within -0.7 to +0.5; a high-grade necrosis is brighter than its edema on T2 and FLAIR alike),
-    with a smooth texture and noise, blended into its surroundings over about a voxel; the core is
-    labelled non-enhancing core (class 1). Networks trained on high-grade cores labelled such
-    cores edema. A patch with fewer than 50 core voxels, or no ``edema``, comes back as it is; a
-    missing sequence (zero) stays missing."""
+    differ from their edema (darker on T1 by 0.3-1.4 and on T1ce about as much, brighter on T2 by
+    0-1.2, on FLAIR within -0.7 to +0.5; a high-grade necrosis is brighter than its edema on T2 and
+    FLAIR alike), with a smooth texture and noise, blended into its surroundings over about a
+    voxel; the core is labelled non-enhancing core (class 1). Networks trained on high-grade cores
+    labelled such cores edema. A patch with fewer than 50 core voxels, or no ``edema``, comes back as it is; a
+    missing sequence (zero) stays missing, and channels other than the four are left alone."""
     core = (y == 1) | (y == 3)
     if core.sum() < 50 or edema is None:
         return x, y
@@ -305,7 +305,9 @@ def make_core_solid(x: np.ndarray, y: np.ndarray, edema: Optional[np.ndarray], r
     solid = ((edema + shift)[:, None, None, None] + amplitude[:, None, None, None] * texture[None]
              + rng.normal(0, 0.1, x.shape).astype(np.float32))
     weight = np.maximum(ndimage.gaussian_filter(core.astype(np.float32), 0.6), core)
-    present = np.array([bool(c.any()) for c in x])[:, None, None, None]
+    changed = np.zeros(len(x), bool)
+    changed[[t1, t1ce, t2, flair]] = True
+    present = np.array([bool(c.any()) and m for c, m in zip(x, changed)])[:, None, None, None]
     out = np.where(present, x * (1 - weight) + solid * weight, x)
     return out.astype(np.float32), np.where(core, 1, y).astype(y.dtype)
 

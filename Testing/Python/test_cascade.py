@@ -159,8 +159,8 @@ def test_stage2_windows_see_stage1s_probabilities(bias, expected):
 @pytest.mark.parametrize("flag", ["without_enhancement", "fluid_cores", "solid_cores"])
 def test_patches_are_not_changed_under_guide_channels_that_still_show_them_unchanged(phantom_dir, tmp_path, flag):
     """A cascade's guide channels carry stage 1's view of the unchanged images (its enhancing tumor,
-    its core): patches relabelled as not enhancing or with their core filled with fluid would
-    contradict them, so training refuses the pair before making anything."""
+    its core): patches relabelled as not enhancing, or with their core filled with fluid or made
+    solid, would contradict them, so training refuses the pair before making anything."""
     cases = find_cases(phantom_dir)
     cfg = TrainConfig(network="coarse_to_fine", options={"coarse": SMALL, "fine": SMALL}, epochs=1, iters_per_epoch=1,
                       patch=(16, 16, 16), **{flag: 0.5})

@@ -614,8 +614,8 @@ def test_a_solid_core_is_darker_than_its_edema_on_t1_does_not_enhance_and_is_non
     y[9:15, 9:15, 9:15] = 1
     x = rng.normal(0, 0.2, (4,) + y.shape).astype(np.float32)
     x[:, y == 2] += np.array([0.4, 0.2, 1.0, 1.8], np.float32)[:, None]  # edema
-    x[:, y == 3] += np.array([0.3, 2.5, 1.2, 2.0], np.float32)[:, None]  # an enhancing rim
-    x[:, y == 1] += np.array([-0.8, -0.6, 3.0, 3.5], np.float32)[:, None]  # necrosis, bright on T2 and FLAIR
+    x[:, y == 3] += np.array([0.9, 2.5, 1.2, 2.0], np.float32)[:, None]  # an enhancing rim, brighter than edema on T1
+    x[:, y == 1] += np.array([0.8, 0.6, 3.0, 3.5], np.float32)[:, None]  # necrosis, bright on T2 and FLAIR
     edema = edema_intensity(x, y)
     assert edema is not None and np.allclose(edema, [0.4, 0.2, 1.0, 1.8], atol=0.05)
     core = (y == 1) | (y == 3)
@@ -628,12 +628,16 @@ def test_a_solid_core_is_darker_than_its_edema_on_t1_does_not_enhance_and_is_non
         assert np.array_equal(yo, np.where(core, 1, y)) and not (yo == 3).any()
         m = xo[:, inner].mean(1)
         means.append(m)
-        assert m[0] < edema[0] - 0.2 and m[1] < edema[1] - 0.1  # darker on T1, and the T1ce does not enhance
-        assert edema[3] - 0.8 < m[3] < edema[3] + 0.6  # near the edema on FLAIR, not 1.7 above it
+        assert m[0] < edema[0] - 0.1 and m[1] < edema[1] - 0.1  # darker on T1 (it was brighter), T1ce not enhancing
+        assert edema[2] - 0.4 < m[2] < edema[2] + 1.5  # near or above the edema on T2, not 2 above it
+        assert edema[3] - 1.0 < m[3] < edema[3] + 0.8  # near the edema on FLAIR, not 1.7 above it
         assert np.array_equal(xo[:, :2], x[:, :2]) and np.array_equal(xo[:, y == 2][:, :50], x[:, y == 2][:, :50])
     assert np.std(means, 0).min() > 0.01  # drawn per patch
     missing = np.concatenate([x[:3], 0 * x[3:]])
     assert not make_core_solid(missing, y, edema, np.random.default_rng(0), 0, 1, 2, 3)[0][3].any()
+    guided = np.concatenate([x, np.full((3,) + y.shape, 0.5, np.float32)])  # a cascade's guide channels
+    assert np.array_equal(make_core_solid(guided, y, np.concatenate([edema, [0, 0, 0]]), np.random.default_rng(0),
+                                          0, 1, 2, 3)[0][4:], guided[4:])
     small = np.where(core, 2, y).astype(np.uint8)
     small[10:13, 10:13, 10:13] = 1  # 27 voxels
     for yi, ed in ((small, edema), (y, None)):
@@ -643,20 +647,25 @@ def test_a_solid_core_is_darker_than_its_edema_on_t1_does_not_enhance_and_is_non
 
 
 def test_the_share_of_solid_cores_reaches_the_patches_and_is_checked(small_cases, tmp_path):
-    """Asked for always, no patch keeps enhancing tumor and every core large enough is darker on
-    T1 than the edema around it; otherwise patches with enhancing tumor are drawn. A share outside
-    0-1 is one line, exit 2."""
+    """Asked for always, no patch with a core of 50 voxels or more keeps enhancing tumor, and every
+    core large enough is darker on T1 than the edema around it; otherwise patches with enhancing
+    tumor are drawn. A share outside 0-1, or with fluid-filled cores too, is one line, exit 2."""
     files = [cache_case(c, str(tmp_path)) for c in find_cases(small_cases)]
     kw = dict(patch=(32, 32, 32), batches=16, seed=0, fg_fraction=1.0, domain_randomization=False)
     t1 = SEQUENCES.index("t1")
     plain = [PatchDataset(files, **kw)[i] for i in range(16)]
     always = [PatchDataset(files, **kw, solid_cores=1.0)[i] for i in range(16)]
-    assert sum(int((y == 3).any()) for _, y in plain) >= 4 and not any((y == 3).any() for _, y in always)
-    both = [(x, y) for x, y in always if int((y == 1).sum()) >= 200 and int((y == 2).sum()) >= 200]
-    assert len(both) >= 4 and all(x[t1][y == 1].mean() < x[t1][y == 2].mean() - 0.2 for x, y in both)
-    r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run"), "--solid-cores", "2")
-    assert r.returncode == 2 and "--solid-cores 2.0: a share of patches, from 0 to 1" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert sum(int((y == 3).any()) for _, y in plain) >= 4
+    assert not any((y == 3).any() for _, y in always if int(((y == 1) | (y == 3)).sum()) >= 50)
+    both = [(x[t1], y) for x, y in always if int((y == 1).sum()) >= 200 and int((y == 2).sum()) >= 200]
+    seen = [(v[(y == 1) & (v != 0)], v[(y == 2) & (v != 0)]) for v, y in both]  # a T1 dropped or cut: its zeros out
+    seen = [(c, e) for c, e in seen if len(c) >= 100 and len(e) >= 100]
+    assert len(seen) >= 4 and all(c.mean() < e.mean() - 0.2 for c, e in seen)
+    for flags, message in ((["--solid-cores", "2"], "--solid-cores 2.0: a share of patches, from 0 to 1"),
+                           (["--solid-cores", "0.2", "--fluid-cores", "0.2"], "one kind of core at a time")):
+        r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run"), *flags)
+        assert r.returncode == 2 and message in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 def test_the_share_without_enhancement_reaches_the_patches_and_is_checked(small_cases, tmp_path):
