@@ -288,8 +288,9 @@ def make_core_solid(x: np.ndarray, y: np.ndarray, edema: Optional[np.ndarray], r
     0-1.2, on FLAIR within -0.7 to +0.5; a high-grade necrosis is brighter than its edema on T2 and
     FLAIR alike), with a smooth texture and noise, blended into its surroundings over about a
     voxel; the core is labelled non-enhancing core (class 1). Networks trained on high-grade cores
-    labelled such cores edema. A patch with fewer than 50 core voxels, or no ``edema``, comes back as it is; a
-    missing sequence (zero) stays missing, and channels other than the four are left alone."""
+    labelled such cores edema. A patch with fewer than 50 core voxels, or no ``edema``, comes back
+    as it is; a missing sequence (zero) stays missing, and channels other than the four are left
+    alone."""
     core = (y == 1) | (y == 3)
     if core.sum() < 50 or edema is None:
         return x, y

@@ -126,7 +126,7 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: 
         if not 0.0 <= share <= 1.0:
             raise InputError(None, f"{flag} {share}: a share of patches, from 0 to 1")
     if cfg.fluid_cores and cfg.solid_cores:
-        raise InputError(None, "--fluid-cores and --solid-cores: one kind of core at a time (a patch's core is either)")
+        raise InputError(None, "--fluid-cores and --solid-cores: one kind of core at a time, not both")
     dist, device = init_distributed(cfg.device)
     if not dist.main:
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job
