@@ -308,8 +308,8 @@ def make_core_solid(x: np.ndarray, y: np.ndarray, edema: Optional[np.ndarray], r
     weight = np.maximum(ndimage.gaussian_filter(core.astype(np.float32), 0.6), core)
     changed = np.zeros(len(x), bool)
     changed[[t1, t1ce, t2, flair]] = True
-    present = np.array([bool(c.any()) and m for c, m in zip(x, changed)])[:, None, None, None]
-    out = np.where(present, x * (1 - weight) + solid * weight, x)
+    changed &= x.reshape(len(x), -1).any(1)  # a missing sequence (all zero) stays missing
+    out = np.where(changed[:, None, None, None], x * (1 - weight) + solid * weight, x)
     return out.astype(np.float32), np.where(core, 1, y).astype(y.dtype)
 
 

@@ -174,7 +174,7 @@ def main() -> None:
         if not args.model:
             ap.error("--pool needs the design's fold models: --model FOLD0 --model FOLD1 ...")
         print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-        pooled(args.pool, args.model or [], args.data, options, head, head_brain, args.cases)
+        pooled(args.pool, args.model, args.data, options, head, head_brain, args.cases)
         return
     _, val = split(args.data)
     # loaded once, as segment loads them: an ensemble keeps its own postprocessing and window (its

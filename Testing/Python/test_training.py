@@ -524,15 +524,21 @@ def test_augmentation_set_is_chosen_by_name(small_cases, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()  # fails before caching
 
 
+def nested_tumor(size: int, *layers) -> np.ndarray:
+    """A label cube of ``size`` voxels a side holding nested cubes: each layer (class, start, stop)
+    drawn over the ones before it, e.g. edema, then enhancing tumor, then necrosis."""
+    y = np.zeros((size,) * 3, np.uint8)
+    for cls, start, stop in layers:
+        y[start:stop, start:stop, start:stop] = cls
+    return y
+
+
 def test_a_patch_without_enhancement_has_t1_where_t1ce_enhanced_and_a_non_enhancing_core():
     """remove_enhancement: inside the enhancing tumor the T1ce takes the T1's values (shifted by the
     difference of their medians outside the tumor) and the class becomes non-enhancing core; every
     other voxel and sequence is unchanged, and so is a patch without enhancing tumor or without T1."""
     rng = np.random.default_rng(0)
-    y = np.zeros((16, 16, 16), np.uint8)
-    y[3:13, 3:13, 3:13] = 2
-    y[5:11, 5:11, 5:11] = 3
-    y[7:9, 7:9, 7:9] = 1
+    y = nested_tumor(16, (2, 3, 13), (3, 5, 11), (1, 7, 9))
     x = rng.normal(0, 1, (4,) + y.shape).astype(np.float32)
     x[1] += 0.5              # the T1ce brighter than the T1 outside the tumor, by about 0.5
     x[1][y == 3] += 3.0      # and enhancing
@@ -554,9 +560,7 @@ def test_a_fluid_filled_core_takes_the_cases_own_fluid_and_keeps_its_labels():
     the labels and everything a few voxels from the core as they were, and leaves alone a patch
     with a core too small or a case without fluid."""
     rng = np.random.default_rng(1)
-    y = np.zeros((24, 24, 24), np.uint8)
-    y[4:20, 4:20, 4:20] = 2
-    y[7:17, 7:17, 7:17] = 1
+    y = nested_tumor(24, (2, 4, 20), (1, 7, 17))
     x = rng.normal(0, 0.3, (4,) + y.shape).astype(np.float32)
     x[:, y == 1] += np.array([0.0, 0.0, 1.5, 1.5], np.float32)[:, None]  # a necrosis bright on T2 and FLAIR
     x[:, 22:, :3, :] = np.array([-1.5, -1.5, 3.0, -2.0], np.float32)[:, None, None, None]  # fluid outside the tumor
@@ -608,10 +612,7 @@ def test_a_solid_core_is_darker_than_its_edema_on_t1_does_not_enhance_and_is_non
     core stay as they were, a missing sequence stays missing, and a patch with a core too small or a
     case without edema comes back as it is."""
     rng = np.random.default_rng(2)
-    y = np.zeros((24, 24, 24), np.uint8)
-    y[3:21, 3:21, 3:21] = 2
-    y[7:17, 7:17, 7:17] = 3
-    y[9:15, 9:15, 9:15] = 1
+    y = nested_tumor(24, (2, 3, 21), (3, 7, 17), (1, 9, 15))
     x = rng.normal(0, 0.2, (4,) + y.shape).astype(np.float32)
     x[:, y == 2] += np.array([0.4, 0.2, 1.0, 1.8], np.float32)[:, None]  # edema
     x[:, y == 3] += np.array([0.9, 2.5, 1.2, 2.0], np.float32)[:, None]  # an enhancing rim, brighter than edema on T1
