@@ -112,11 +112,12 @@ def region_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
 
 def case_metrics(pred_labels: np.ndarray, ref_labels: np.ndarray, spacing: Sequence[float],
                  pred_scheme: LabelScheme, ref_scheme: LabelScheme,
-                 hd95_definition: str = "max") -> Dict[str, Dict[str, float]]:
-    """Metrics for WT, TC and ET of one case given label maps of either scheme."""
+                 hd95_definition: str = "max", dice_only: bool = False) -> Dict[str, Dict[str, float]]:
+    """Metrics for WT, TC and ET of one case given label maps of either scheme (only Dice with
+    ``dice_only``: what a search over settings needs, without the surface distances)."""
     pr = labels_to_regions(pred_labels, pred_scheme)
     rr = labels_to_regions(ref_labels, ref_scheme)
-    return {name: region_metrics(pr[i], rr[i], spacing, hd95_definition)
+    return {name: {"dice": dice(pr[i], rr[i])} if dice_only else region_metrics(pr[i], rr[i], spacing, hd95_definition)
             for i, name in enumerate(REGIONS)}
 
 

@@ -69,9 +69,11 @@ class CaseResult:
 
 def score_images(pred_img: sitk.Image, ref_img: sitk.Image, hd95_definition: str = "max",
                  pred_scheme: Optional[str] = None, ref_scheme: Optional[str] = None,
-                 pred_name: Optional[str] = None, ref_name: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+                 pred_name: Optional[str] = None, ref_name: Optional[str] = None,
+                 dice_only: bool = False) -> Dict[str, Dict[str, float]]:
     """The metrics of every region for two label images on the same grid (schemes detected unless
-    given; the names appear in errors). The one place where a predicted case is scored."""
+    given; the names appear in errors; only Dice with ``dice_only``). The one place where a
+    predicted case is scored."""
     if not same_grid(pred_img, ref_img):
         raise InputError(pred_name, f"is not on the grid of the reference {ref_name} "
                                     f"({grid_difference(pred_img, ref_img)})")
@@ -79,7 +81,7 @@ def score_images(pred_img: sitk.Image, ref_img: sitk.Image, hd95_definition: str
     ref = np.asarray(sitk.GetArrayViewFromImage(ref_img))
     ps = check_scheme(pred, pred_scheme, pred_name) if pred_scheme else detect_scheme(pred, pred_name)
     rs = check_scheme(ref, ref_scheme, ref_name) if ref_scheme else detect_scheme(ref, ref_name)
-    return case_metrics(pred, ref, ref_img.GetSpacing()[::-1], ps, rs, hd95_definition)
+    return case_metrics(pred, ref, ref_img.GetSpacing()[::-1], ps, rs, hd95_definition, dice_only)
 
 
 def score_against(pred_img: sitk.Image, ref_path: str, pred_scheme: Optional[str] = None,

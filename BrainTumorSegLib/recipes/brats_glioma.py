@@ -99,12 +99,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 
 from ..errors import InputError
 from ..evaluation.cross_validation import FOLD_OF, FOLDS, GRADES, HGG, grade_summary
-from ..labels import REGIONS
 from ..models import bundles
 from ..networks import SegmentationNetwork, build, network_class
 from ..networks.cascade import CoarseToFine
@@ -372,12 +370,15 @@ WINDOW_TOLERANCE = 0.005  # mean Dice the faster whole-volume pass may give up a
 
 def _pooled_inference(data_dir: str, models: Sequence[str], parts: Sequence[bundles.Manifest], log) -> Dict:
     """Each fold's held-out cases segmented again by that fold's model (postprocessing off), pooled,
-    once with sliding windows of the training patch and once in one pass over the whole volume;
-    for each, the postprocessing setting with the best mean Dice over them (nnU-Net's practice).
-    The whole-volume pass (about three times faster on a CPU) is chosen unless patch windows are
-    better by more than :data:`WINDOW_TOLERANCE` mean Dice. Returns the window, the setting and the
-    pooled figures with them (optimistic: chosen on these same cases), the other window's recorded."""
-    from ..evaluation.real_validation import score_raw, segment_raw
+    once with sliding windows of the training patch and once in one pass over the whole volume,
+    each with all four sequences and again with T1 and with T2 left out
+    (``real_validation.MISSING_CONDITIONS``); for each window, the postprocessing setting with the best
+    mean Dice over those three conditions (nnU-Net's practice, made to hold when a clinic lacks a
+    sequence). The whole-volume pass (about three times faster on a CPU) is chosen unless patch
+    windows are better by more than :data:`WINDOW_TOLERANCE` on that mean. Returns the window, the
+    setting and the pooled figures with them (optimistic: chosen on these same cases), the other
+    window's recorded."""
+    from ..evaluation.real_validation import ALL_FOUR, MISSING_CONDITIONS, score_raw, segment_raw
 
     cases = {c.case_id: c for c in check_cases(find_cases(data_dir))}
     held = {}
@@ -386,19 +387,20 @@ def _pooled_inference(data_dir: str, models: Sequence[str], parts: Sequence[bund
         missing = [cid for cid in held[m] if cid not in cases]
         if missing:
             raise InputError(data_dir, f"lacks held-out case(s) {', '.join(missing)} of {p.id}")
+    conditions = {ALL_FOUR: None, **MISSING_CONDITIONS}
     found: Dict[str, Tuple[Dict, PostprocessOptions]] = {}
     for window in ("patch", "whole"):
-        raw: Optional[RawLabels] = None
-        for m in models:
-            part = segment_raw(m, [cases[cid] for cid in held[m]], log=log, window=window)
-            raw = part if raw is None else raw.merged(part)
-        assert raw is not None
-        found[window] = score_raw(raw)
-    dice = {w: float(np.mean([found[w][0]["mean"][f"dice_{r}"] for r in REGIONS])) for w in found}
+        raw: Dict[str, RawLabels] = {}
+        for name, without in conditions.items():
+            for m in models:
+                part = segment_raw(m, [cases[cid] for cid in held[m]], log=log, window=window, without=without)
+                raw[name] = raw[name].merged(part) if name in raw else part
+        found[window] = score_raw(raw.pop(ALL_FOUR), missing=raw)
+    dice = {w: max(d for _, d in found[w][0]["postprocessing_search"]["mean_dice"]) for w in found}
     window = "whole" if dice["whole"] >= dice["patch"] - WINDOW_TOLERANCE else "patch"
     report, chosen = found[window]
     report["window_search"] = {"rule": f"whole unless patch windows are better by more than {WINDOW_TOLERANCE} "
-                                       "mean Dice (each with its best postprocessing)",
+                                       "mean Dice over the conditions (each with its best postprocessing)",
                                "mean_dice": dice, "chosen": window,
                                "other": {"window": (other := "patch" if window == "whole" else "whole"),
                                          "mean": found[other][0]["mean"], "by_grade": found[other][0]["by_grade"],

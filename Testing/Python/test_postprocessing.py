@@ -1,5 +1,8 @@
 import numpy as np
+import pytest
+import SimpleITK as sitk
 
+from BrainTumorSegLib.evaluation.real_validation import RawLabels, score_raw
 from BrainTumorSegLib.models.ensembles import held_out_table
 from BrainTumorSegLib.postprocess import reliability
 from BrainTumorSegLib.postprocess.cleanup import PostprocessOptions, postprocess, remove_small_components
@@ -93,3 +96,45 @@ def test_the_held_out_table_a_manifest_records_best_first():
     for doc in ({}, {"metrics": []}, {"metrics": {"held_out_synthetic": {"per_case": rows}}},
                 {"metrics": {"out_of_fold": {"per_case": {}}}}):
         assert held_out_table(doc) is None
+
+
+def raw_labels(arrays, references):
+    """RawLabels of label arrays (brats2021 scheme, 1 mm voxels) against reference arrays, by case id."""
+    def image(a):
+        return sitk.GetImageFromArray(np.asarray(a, np.uint8))
+
+    return RawLabels({c: image(a) for c, a in arrays.items()}, {c: image(a) for c, a in references.items()},
+                     {c: f"{c}_seg.nii.gz" for c in arrays}, {c: 1.0 for c in arrays}, "brats2021")
+
+
+def test_the_chosen_setting_holds_without_a_sequence_too():
+    """A setting that only the missing-sequence condition tells apart is chosen once that condition
+    takes part: a tumor without enhancement given a 400-voxel enhancing spot without T1 (as v14's
+    folds did) is cleared by the 500-voxel rule, which the four-sequence labels alone cannot prefer."""
+    enhancing = np.zeros((40, 40, 40), np.uint8)
+    enhancing[5:35, 5:35, 5:35] = 2
+    enhancing[10:30, 10:30, 10:30] = 4        # 8000 voxels: kept by every rule
+    enhancing[15:25, 15:25, 15:25] = 1
+    without_et = np.zeros_like(enhancing)
+    without_et[5:35, 5:35, 5:35] = 2
+    without_et[12:28, 12:28, 12:28] = 1
+    spot = without_et.copy()
+    spot[14:21, 14:21, 14:22] = 4             # 392 voxels of enhancing tumor the reference does not have
+    refs = {"A": enhancing, "B": without_et}
+    four = raw_labels(refs, refs)
+    no_t1 = raw_labels({"A": enhancing, "B": spot}, refs)
+
+    report, chosen = score_raw(four)
+    assert chosen.min_et_voxels == 0 and report["mean"]["dice_ET"] == 1.0   # all settings tie: the first
+    assert "missing_sequences" not in report and report["postprocessing_search"]["conditions"] == ["all four"]
+
+    report, chosen = score_raw(four, missing={"no T1": no_t1})
+    assert chosen.min_et_voxels == 500 and chosen.min_component_voxels == 0
+    search = report["postprocessing_search"]
+    assert search["conditions"] == ["all four", "no T1"]
+    for (setting, criterion), a, b in zip(search["mean_dice"], *search["by_condition"].values()):
+        assert criterion == pytest.approx((a + b) / 2)
+        assert b < 1.0 if setting["min_et_voxels"] < 500 else b == 1.0
+    missing = report["missing_sequences"]["no T1"]
+    assert missing["mean"]["dice_ET"] == 1.0 and missing["by_grade"]["without_et"]["none_predicted"] == 1
+    assert report["mean"]["dice_ET"] == 1.0  # the four-sequence figures, with the chosen setting

@@ -262,17 +262,28 @@ def test_an_ensemble_of_folds_records_their_pooled_out_of_fold_figures(all_stand
     assert oof["per_case"]["BraTS2021_01477"] == fold1["BraTS2021_01477"]
     assert oof["by_grade"]["all"]["cases"] == 14 and oof["by_grade"]["without_et"]["cases"] == 2
     assert sorted(doc["training_data"]["train"]) == sorted(GRADES)
-    # the ensemble's own postprocessing: chosen on the pooled held-out cases, each segmented again by its fold
+    # the ensemble's own postprocessing: chosen on the pooled held-out cases, each segmented again by its
+    # fold with all four sequences, without T1 and without T2, for the mean over those three
     search = doc["metrics"]["out_of_fold_postprocessed"]
     assert sorted(search["cases"]) == sorted(oof["cases"]) and "postprocessing_search" in search
-    best = max(search["postprocessing_search"]["mean_dice"], key=lambda pd: pd[1])[0]
+    s = search["postprocessing_search"]
+    assert s["conditions"] == ["all four", "no T1", "no T2"]
+    best = max(s["mean_dice"], key=lambda pd: pd[1])[0]
     assert doc["postprocessing"] == best
+    for (_, criterion), *each in zip(s["mean_dice"], *s["by_condition"].values()):
+        assert criterion == pytest.approx(np.mean(each))
+    chosen = [d for p, d in zip(s["mean_dice"], s["by_condition"]["all four"]) if p[0] == best][0]
+    assert np.mean([search["mean"][f"dice_{r}"] for r in ("WT", "TC", "ET")]) == pytest.approx(chosen)
+    for name in ("no T1", "no T2"):  # their figures with the chosen setting, per grade
+        missing = search["missing_sequences"][name]
+        assert missing["by_grade"]["all"]["cases"] == 14
+        here = [d for p, d in zip(s["mean_dice"], s["by_condition"][name]) if p[0] == best][0]
+        assert np.mean([missing["mean"][f"dice_{r}"] for r in ("WT", "TC", "ET")]) == pytest.approx(here)
     # and its window: both tried on the same cases, the faster whole-volume pass unless clearly worse
     w = search["window_search"]
     assert doc["window"] == w["chosen"] and w["other"]["window"] != w["chosen"]
     assert doc["window"] == ("whole" if w["mean_dice"]["whole"] >= w["mean_dice"]["patch"] - WINDOW_TOLERANCE else "patch")
-    here = np.mean([search["mean"][f"dice_{r}"] for r in ("WT", "TC", "ET")])
-    assert here == pytest.approx(w["mean_dice"][w["chosen"]])
+    assert w["mean_dice"][w["chosen"]] == pytest.approx(max(d for _, d in s["mean_dice"]))
     assert doc["note"].startswith("research model (the fold models of a cross-validation averaged) trained on 32 real")
     with pytest.raises(InputError, match="not distinct folds"):
         ensemble_manifest(all_standins, [folds[0], folds[0]], log=lambda *a: None)
