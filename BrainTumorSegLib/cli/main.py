@@ -175,7 +175,8 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
 
     if args.pack_to:
         given = [f for f, v in (("--out", args.out), ("--fold", args.fold), ("--export", args.export),
-                                ("--init-from", args.init_from), ("--from-checkpoint", args.from_checkpoint))
+                                ("--init-from", args.init_from), ("--from-checkpoint", args.from_checkpoint),
+                                ("--figures-from", args.figures_from))
                  if v is not None]
         if given:
             raise InputError(None, f"--pack-to only packs the cases; {', '.join(given)} belong to a run")
@@ -186,11 +187,13 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
     if args.from_checkpoint:
         out = export_checkpoint(args.data, args.out, args.from_checkpoint,
                                 args.export or export_folder(args.out, args.variant, args.fold), variant=args.variant,
-                                epochs=args.epochs, iters=args.iters, seed=args.seed, fold=args.fold)
+                                epochs=args.epochs, iters=args.iters, seed=args.seed, fold=args.fold,
+                                figures_from=args.figures_from)
     else:
         out = train_real(args.data, args.out, variant=args.variant, epochs=args.epochs, iters=args.iters,
                          seed=args.seed, resume=True, export=args.export, cache_dir=args.cache,
-                         init_from=args.init_from, fold=args.fold, workers=args.workers, amp=args.amp)
+                         init_from=args.init_from, fold=args.fold, workers=args.workers, amp=args.amp,
+                         figures_from=args.figures_from)
     print(f"{'checkpoint' if is_pack(args.data) and not args.from_checkpoint else 'model bundle'}: {out}")
     return 0
 
@@ -450,6 +453,10 @@ def _add_training_commands(sub) -> None:
     tr2.add_argument("--cache", help="folder of preprocessed cases (default RUNDIR/cache); variants may share one")
     tr2.add_argument("--init-from", metavar="MODEL", help="start from this bundle's weights (e.g. the last "
                                                           "exported model, when the run folder was lost)")
+    tr2.add_argument("--figures-from", metavar="ENSEMBLE", help="with --fold all: take the design's out-of-fold "
+                                                               "figures, postprocessing and window from this ensemble "
+                                                               "of its fold models (ensemble --validate-on) instead of "
+                                                               "segmenting their held-out cases again")
     tr2.add_argument("--from-checkpoint", metavar="PT", help="no training: export and validate this checkpoint of "
                                                             "the run (e.g. the best so far of a run still going)")
     tr2.add_argument("--pack-to", metavar="OUT", help="no training: cache every case on the variant's grid and "

@@ -103,7 +103,7 @@ import torch
 
 from ..errors import InputError
 from ..evaluation.cross_validation import FOLD_OF, FOLDS, GRADES, HGG, grade_summary
-from ..models import bundles
+from ..models import bundles, ensembles
 from ..networks import SegmentationNetwork, build, network_class
 from ..networks.cascade import CoarseToFine
 from ..postprocess.cleanup import PostprocessOptions
@@ -582,12 +582,14 @@ def _out_of_fold_guide(cascade: CoarseToFine, coarse_from: str) -> Guide:
 
 
 def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print,
-           postprocessing: Optional[PostprocessOptions] = None, data_dir: Optional[str] = None) -> str:
+           postprocessing: Optional[PostprocessOptions] = None, data_dir: Optional[str] = None,
+           design: Optional[Dict] = None) -> str:
     """Validate the network through ``segment``, store the chosen postprocessing (or
     ``postprocessing``, chosen elsewhere) and the figures in its manifest, and write the final
     bundle to ``out`` (replacing an earlier one). A model that held no case out (``--fold all``)
-    takes its design's figures, postprocessing and window from the fold models of that design
-    when they are installed (``data_dir`` for their held-out cases), else none and no postprocessing."""
+    takes its design's figures, postprocessing and window: ``design`` when given
+    (:func:`design_fields_from`), else from the fold models of that design when they are installed
+    (``data_dir`` for their held-out cases), else none and no postprocessing."""
     from ..evaluation.real_validation import validate_bundle
 
     manifest = {k: v for k, v in manifest.items() if k != "weights_sha256"}
@@ -599,7 +601,7 @@ def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print,
         manifest["postprocessing"] = asdict(post)
         manifest.setdefault("metrics", {})["validation_segment"] = report
     else:
-        manifest.update(_design_fields(manifest, data_dir, log))
+        manifest.update(design if design is not None else _design_fields(manifest, data_dir, log))
     if os.path.exists(out):
         shutil.rmtree(out)
     return bundles.save(net, out, manifest)
@@ -620,10 +622,40 @@ def _design_fields(manifest: Dict, data_dir: Optional[str], log) -> Dict:
     return found
 
 
+def design_fields_from(ensemble: str, design_folds: Sequence[str]) -> Dict:
+    """The out-of-fold fields of a model trained on every case, taken from an ensemble that
+    ``ensemble --validate-on`` made of exactly its design's fold models (the same weights, by
+    sha256) with today's protocol: the figures, postprocessing and window that segmenting the
+    pooled held-out cases again would give, without doing it twice."""
+    from ..evaluation.real_validation import ALL_FOUR, MISSING_CONDITIONS
+
+    doc = ensembles.describe(bundles.resolve(ensemble))  # refuses members of other weights than it was made of
+    names = [e["name"] for e in doc.get("members", [])]
+    if names != list(design_folds):
+        raise InputError(ensemble, f"is not an ensemble of this design's folds ({', '.join(design_folds)}): "
+                                   f"its members are {', '.join(names) or 'none'}")
+    chosen = doc.get("metrics", {}).get("out_of_fold_postprocessed", {})
+    conditions = chosen.get("postprocessing_search", {}).get("conditions")
+    if conditions != [ALL_FOUR, *MISSING_CONDITIONS]:
+        raise InputError(ensemble, "has no postprocessing chosen on its pooled held-out cases with all four "
+                                   "sequences, without T1 and without T2 (made without --validate-on, or by an "
+                                   "earlier version): make it again with ensemble --validate-on")
+    return {"metrics": {k: doc["metrics"][k] for k in ("out_of_fold", "out_of_fold_postprocessed")},
+            "postprocessing": doc["postprocessing"], "window": doc["window"], "design_figures_from": doc["id"]}
+
+
+def _design_from(figures_from: Optional[str], p: Plan) -> Optional[Dict]:
+    if not figures_from:
+        return None
+    if p.fold != ALL:
+        raise InputError(None, "--figures-from is for --fold all: a fold model is scored on its own held-out fold")
+    return design_fields_from(figures_from, p.extra["all_folds"]["design_folds"])
+
+
 def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 30, iters: int = 100,
                seed: int = 0, resume: bool = True, export: Optional[str] = None, cache_dir: Optional[str] = None,
                init_from: Optional[str] = None, fold: Fold = None, workers: int = 0, amp: bool = False,
-               log=print) -> str:
+               figures_from: Optional[str] = None, log=print) -> str:
     """Train (or resume) one variant, validate it through ``segment`` and export the bundle. From a
     pack (no raw cases to validate on) it returns the weights it would export as a compact checkpoint
     instead, to be validated and exported with :func:`export_checkpoint` where the cases are.
@@ -643,10 +675,15 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
             design on every case of the folds (nnU-Net's ``all``), holding none out.
         workers: processes preparing patches beside the training one (0: none).
         amp: mixed precision (``TrainConfig.amp``).
+        figures_from: with ``fold="all"``: an ensemble of the design's fold models, made by
+            ``ensemble --validate-on``, to take the out-of-fold figures, postprocessing and window
+            from (:func:`design_fields_from`; checked before training) instead of segmenting the
+            pooled held-out cases again.
     """
     if export and is_pack(data_dir):
         raise InputError(data_dir, "is a pack: a run from it exports no bundle (--export), only its weights")
     p = plan(data_dir, variant, epochs, iters, seed, init_from, fold)
+    design = _design_from(figures_from, p)
     if export:  # its folder made now: a run must not end, after hours, on a folder that is not there
         os.makedirs(os.path.dirname(os.path.abspath(export)), exist_ok=True)
     p.cfg.workers, p.cfg.amp = workers, amp
@@ -662,7 +699,7 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
         return out
     b = bundles.load(trained)
     return finish(b.network, b.manifest.to_json(), _raw(p.val_cases), export or export_folder(run_dir, variant, fold),
-                  log, _fold_postprocessing(p), data_dir)
+                  log, _fold_postprocessing(p), data_dir, design)
 
 
 def pack(data_dir: str, variant: str, out: str, cache_dir: Optional[str] = None, log=print) -> str:
@@ -704,7 +741,8 @@ def _fold_postprocessing(p: Plan) -> Optional[PostprocessOptions]:
 
 
 def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, variant: str = "2mm",
-                      epochs: int = 30, iters: int = 100, seed: int = 0, fold: Fold = None, log=print) -> str:
+                      epochs: int = 30, iters: int = 100, seed: int = 0, fold: Fold = None,
+                      figures_from: Optional[str] = None, log=print) -> str:
     """A bundle from one checkpoint of a run (the best so far of a run still going, or a snapshot
     at a fixed budget), validated through ``segment`` like a finished run's.
 
@@ -714,11 +752,13 @@ def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, va
         checkpoint: ``checkpoint_best.pt``, ``checkpoint_last.pt``, a copy of one, or the compact
             checkpoint a run from a pack ends with (``checkpoint_fp16.pt``).
         out: where to write the bundle.
+        figures_from: as for :func:`train_real`.
     """
     if is_pack(data_dir):
         raise InputError(data_dir, "is a pack: a checkpoint is validated through segment on the raw cases "
                                    "(--data their folder)")
     p = plan(data_dir, variant, epochs, iters, seed, fold=fold)
+    design = _design_from(figures_from, p)
     state = load_checkpoint(checkpoint)
     p.cfg.amp = bool(state.get("settings", {}).get("amp", False))  # a compact checkpoint keeps how it was trained
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # a run folder that lives elsewhere
@@ -732,4 +772,4 @@ def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, va
     manifest.update(p.extra)
     done = int(state["epoch"]) + 1
     manifest["training"]["trained"] = {"epochs": done, "iterations": done * iters, "checkpoint": os.path.basename(checkpoint)}
-    return finish(net, manifest, _raw(p.val_cases), out, log, _fold_postprocessing(p), data_dir)
+    return finish(net, manifest, _raw(p.val_cases), out, log, _fold_postprocessing(p), data_dir, design)

@@ -16,7 +16,7 @@ from conftest import cli_main, one_line_error, save_tiny_bundle
 
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.evaluation.cross_validation import FOLDS, GRADES, NO_ET
-from BrainTumorSegLib.models import bundles
+from BrainTumorSegLib.models import bundles, ensembles
 from BrainTumorSegLib.recipes.brats_glioma import (
     CITATIONS,
     MODEL_ID,
@@ -317,6 +317,50 @@ def test_fold_all_trains_the_design_on_every_case_and_takes_its_folds_figures(al
     assert m["metrics"] == {} and m["postprocessing"]["min_component_voxels"] == 0
     assert sorted(m["training_data"]["train"]) == sorted(GRADES) and m["training_data"]["validation"] == []
     assert m["all_folds"]["exported"] == "last epoch (no case held out)"
+
+
+def test_fold_all_takes_its_figures_from_an_ensemble_of_exactly_its_fold_models(all_standins, fold_runs, tmp_path,
+                                                                               monkeypatch):
+    """``--figures-from ENSEMBLE``: the ensemble ``ensemble --validate-on`` made of the design's five
+    fold models gives the ``all`` model its figures, postprocessing and window, without segmenting
+    the pooled held-out cases again; an ensemble of other weights, or chosen with four sequences
+    only (an earlier protocol), or used with a fold model, is refused before any training."""
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(models))
+    for k in range(len(FOLDS)):  # the fixture trained folds 0 and 1: they stand in for all five
+        os.symlink(fold_bundle(fold_runs, k % 2), models / f"brats-glioma-v2-fold{k}")
+    folds = [str(models / f"brats-glioma-v2-fold{k}") for k in range(len(FOLDS))]
+    search = {"conditions": ["all four", "no T1", "no T2"], "mean_dice": [[{"min_et_voxels": 500}, 0.7]]}
+    fields = {"metrics": {"out_of_fold": {"cases": ["a"]},
+                          "out_of_fold_postprocessed": {"cases": ["a"], "postprocessing_search": search}},
+              "postprocessing": {"min_et_voxels": 500, "min_component_voxels": 1000, "fill_core_holes": False},
+              "window": "patch"}
+    ensembles.save_ensemble(models / "design", folds, fields)
+    run = tmp_path / "all"
+    common = dict(variant="2mm-cv", epochs=1, iters=1, cache_dir=str(fold_runs / "cache"), log=lambda *a: None)
+    out = train_real(all_standins, str(run), fold="all", figures_from="design", **common)
+    m = bundles.read_manifest(out).to_json()
+    assert m["metrics"] == fields["metrics"] and m["design_figures_from"] == "design"
+    assert m["postprocessing"] == fields["postprocessing"] and bundles.load(out).manifest.window == "patch"
+
+    older = dict(fields, metrics={"out_of_fold": {}, "out_of_fold_postprocessed": {
+        "postprocessing_search": dict(search, conditions=["all four"])}})
+    ensembles.save_ensemble(models / "older", folds, older)
+    ensembles.save_ensemble(models / "other", folds[:4] + [str(fold_bundle(fold_runs, 1))], fields)
+
+    def refused(name, fold, why):
+        fresh = tmp_path / f"refused-{name}-{fold}"
+        with pytest.raises(InputError, match=why):
+            train_real(all_standins, str(fresh), fold=fold, figures_from=name, **common)
+        assert not fresh.exists()  # refused before the run folder is made
+
+    refused("older", "all", "without T1 and without T2")
+    refused("other", "all", "not an ensemble of this design's folds")
+    refused("design", 0, "for --fold all")
+    (models / "brats-glioma-v2-fold4").unlink()
+    os.symlink(fold_bundle(fold_runs, 1), models / "brats-glioma-v2-fold4")  # fold 4 (fold 0's) now of other weights
+    refused("design", "all", "other weights than the ensemble was made with")
 
 
 @pytest.mark.slow
