@@ -135,6 +135,18 @@ def grade_figures(by_grade: Mapping) -> List[str]:
     return phrases
 
 
+def missing_note(missing: Mapping) -> str:
+    """`` With T1 left out: Dice 0.84, 0.76, 0.65; with T2 left out: ...`` from a held-out table's
+    ``missing_sequences`` (the same cases segmented with that sequence left empty), or ''."""
+    phrases = []
+    for name, figures in missing.items():
+        dice = dice_figures(_section(figures, "mean"), named=False)
+        if dice and isinstance(name, str) and name.startswith("no "):
+            phrases.append(f"with {name[3:]} left out: {dice}")
+    text = "; ".join(phrases)
+    return f" {text[:1].upper()}{text[1:]}." if text else ""
+
+
 def validation_note(manifest: Mapping) -> str:
     """The held-out figures a manifest gives, per grade where it has them, in words; says so when
     it has none (or none per grade)."""
@@ -164,6 +176,7 @@ def validation_note(manifest: Mapping) -> str:
                      "some was predicted anyway.")
     else:
         text += " Its manifest gives no figures per tumor grade: how it does on low-grade gliomas is not known."
+    text += missing_note(_section(validation, "missing_sequences"))
     if n < FEW_CASES:
         text += " Figures from so few cases are rough."
     return text

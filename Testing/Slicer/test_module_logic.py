@@ -415,6 +415,13 @@ def test_the_five_fold_ensemble_is_listed_as_one_model_and_fine_tunes_from_its_f
     note = model_note(ensemble)
     assert "Cross-validated on 32 cases, each segmented by the member that did not train on it (with its " \
         "postprocessing, chosen on these same cases): Dice 0.85" in note
+    # and what to expect with a sequence left out, as the module allows for T1 and T2
+    missing = ensemble["metrics"]["out_of_fold_postprocessed"]["missing_sequences"]
+    expected = "; ".join(f"{name.replace('no ', 'with ')} left out: Dice " + ", ".join(
+        f"{missing[name]['mean'][f'dice_{r}']:.2f}" for r in ("WT", "TC", "ET")) for name in ("no T1", "no T2"))
+    assert f" W{expected[1:]}." in note and "With T1 left out: Dice 0.84, 0.76, 0.65" in note
+    assert "left out" not in model_note({"id": "x", "metrics": {"validation_segment": {
+        "cases": ["a"], "mean": {"dice_WT": 1, "dice_TC": 1, "dice_ET": 1}, "missing_sequences": {"no T1": []}}}})
     assert finetune_source("brats-synthetic-demo").endswith("brats-synthetic-demo")
 
 
