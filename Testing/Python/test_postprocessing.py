@@ -109,7 +109,7 @@ def raw_labels(arrays, references):
 
 def test_the_chosen_setting_holds_without_a_sequence_too():
     """A setting that only the missing-sequence condition tells apart is chosen once that condition
-    takes part: a tumor without enhancement given a 400-voxel enhancing spot without T1 (as v14's
+    takes part: a tumor without enhancement given a 392-voxel enhancing spot without T1 (as v14's
     folds did) is cleared by the 500-voxel rule, which the four-sequence labels alone cannot prefer."""
     enhancing = np.zeros((40, 40, 40), np.uint8)
     enhancing[5:35, 5:35, 5:35] = 2

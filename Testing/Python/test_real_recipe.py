@@ -363,7 +363,7 @@ def test_fold_all_takes_its_figures_from_an_ensemble_of_exactly_its_fold_models(
     one_line_error(cli_main("train-recipe", "brats-glioma", "--data", all_standins, "--variant", "2mm-cv",
                             "--pack-to", str(tmp_path / "p"), "--figures-from", "design"), "--figures-from belong to a run")
     (models / "brats-glioma-v2-fold4").unlink()
-    os.symlink(fold_bundle(fold_runs, 1), models / "brats-glioma-v2-fold4")  # fold 4 (fold 0's) now of other weights
+    os.symlink(fold_bundle(fold_runs, 1), models / "brats-glioma-v2-fold4")  # other weights than made of
     refused("design", "all", "other weights than the ensemble was made with")
 
 
