@@ -163,6 +163,8 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], model: Mod
     if extra:
         warnings.append(f"ignored sequences the model does not use: {', '.join(extra)}")
     whose = models.name + (f" ({models.held_out_by})" if models.held_out_by else "")
+    warnings += [reliability.without_warning(role, whose, models.without)
+                 for role in pre.decisions["sequences_missing"] if f"no {role.upper()}" in models.without]
     pattern = reliability.warning(measured, whose, models.held_out)
     if pattern:
         warnings.append(pattern)

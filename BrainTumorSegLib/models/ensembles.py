@@ -142,6 +142,7 @@ class ModelPart(NamedTuple):
     window: Optional[str] = None                     # an ensemble's own, chosen the same way
     held_out: Optional[Dict[str, Any]] = None        # per-case figures on cases it never trained on
     held_out_by: str = ""                            # whose those are, when not its own networks'
+    without: Optional[Dict[str, Any]] = None         # the same cases' figures with a sequence left out
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,11 @@ class Models:
         on every case (``train-recipe --fold all``), ``its design's fold models``; else empty."""
         return self.parts[0].held_out_by if len(self.parts) == 1 else ""
 
+    @property
+    def without(self) -> Dict[str, Any]:
+        """:func:`held_out_without` of the model asked for ({} for a list of models)."""
+        return (self.parts[0].without or {}) if len(self.parts) == 1 else {}
+
     def reused(self) -> "Models":
         """The same models for a later case: nothing is loaded again."""
         return dataclasses.replace(self, load_s=0.0)
@@ -223,6 +229,25 @@ def held_out_table(document: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     return None
 
 
+def held_out_without(document: Mapping[str, Any]) -> Dict[str, Any]:
+    """The held-out cases' figures with a sequence left out, as ``ensemble --validate-on`` records
+    them (``missing_sequences``: ``{"no T1": {"mean": ..., "by_grade": ...}, ...}``), with the
+    four-sequence means and the number of cases under ``"all four"``; {} when the manifest has none."""
+    metrics = document.get("metrics")
+    for key in HELD_OUT_TABLES:
+        table = metrics.get(key) if isinstance(metrics, dict) else None
+        if isinstance(table, dict) and isinstance(table.get("missing_sequences"), dict):
+            found = {k: v["mean"] for k, v in table["missing_sequences"].items()
+                     if isinstance(v, dict) and _dice_means(v.get("mean"))}
+            if found and _dice_means(table.get("mean")) and isinstance(table.get("cases"), list):
+                return {"all four": table["mean"], "cases": len(table["cases"]), **found}
+    return {}
+
+
+def _dice_means(mean: Any) -> bool:
+    return isinstance(mean, dict) and all(isinstance(mean.get(f"dice_{r}"), (int, float)) for r in ("WT", "TC", "ET"))
+
+
 def held_out_by(document: Mapping[str, Any]) -> str:
     """Whose held-out figures a manifest holds when they are not its own networks' ('' when they are)."""
     return "its design's fold models" if isinstance(document.get("all_folds"), dict) else ""
@@ -231,7 +256,8 @@ def held_out_by(document: Mapping[str, Any]) -> str:
 def _load_part(model: Union[str, Bundle]) -> ModelPart:
     if isinstance(model, Bundle):
         doc = model.manifest.document
-        return ModelPart(model.id, model.path, [model], False, held_out=held_out_table(doc), held_out_by=held_out_by(doc))
+        return ModelPart(model.id, model.path, [model], False, held_out=held_out_table(doc), held_out_by=held_out_by(doc),
+                         without=held_out_without(doc))
     folder = resolve(model)
     doc = describe(folder)
     ensemble = doc.get("format") == ENSEMBLE_FORMAT
@@ -247,7 +273,7 @@ def _load_part(model: Union[str, Bundle]) -> ModelPart:
     figures = doc if ensemble else loaded[0].manifest.document
     return ModelPart(str(doc.get("id")), folder, loaded, ensemble,
                      doc.get("note") if ensemble else None, dict(own) if isinstance(own, dict) else None, window,
-                     held_out_table(figures), held_out_by(figures))
+                     held_out_table(figures), held_out_by(figures), held_out_without(figures))
 
 
 def load_ensemble(model: ModelArg) -> Models:

@@ -7,6 +7,8 @@ the 32 shared cases with v6 and with the default v9, all eight low-grade, non-en
 little-enhancing cases had it, and one high-grade case whose enhancing rim the model missed; with v6
 the next case had 4 %.
 The warning quotes the model's own held-out figures for the cases with and without the pattern.
+A case without T1 or T2 gets the model's held-out figures with that sequence left out, where its
+manifest has them (:func:`without_warning`).
 """
 from __future__ import annotations
 
@@ -74,3 +76,13 @@ def warning(volumes_ml: Mapping[str, float], model: str,
     if o["cases"]:
         figures += f"; {o['cases']} others: WT {o['dice_WT']:.2f}, TC {o['dice_TC']:.2f}"
     return head + f" ({figures})" + tail
+
+
+def without_warning(role: str, model: str, without: Mapping[str, Mapping]) -> str:
+    """What ``model`` did on its held-out cases with ``role`` left out against all four sequences
+    (``without``: :func:`ensembles.held_out_without`'s figures, holding ``no <ROLE>``)."""
+    def dice(m: Mapping) -> str:
+        return ", ".join(f"{r} {m[f'dice_{r}']:.2f}" for r in REGIONS)
+
+    return (f"{model} on {without['cases']} held-out cases with {role} left out: Dice {dice(without[f'no {role.upper()}'])} "
+            f"(all four sequences: {dice(without['all four'])})")

@@ -5,6 +5,7 @@ import SimpleITK as sitk
 from test_inference import small_case_dir, tiny_bundle  # noqa: F401 - fixtures
 
 from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.models import ensembles
 from BrainTumorSegLib.pipeline import segment
 from BrainTumorSegLib.read.cases import find_case
 
@@ -27,6 +28,26 @@ def test_a_case_without_t1_or_t2_is_segmented_with_that_channel_empty(bundle, sm
     full = segment(seqs, bundle, "cpu")
     assert res.probabilities.shape == full.probabilities.shape
     assert not np.array_equal(res.probabilities, full.probabilities)
+
+
+def test_a_case_without_t1_is_told_what_the_model_did_without_it(bundle, small_case_dir, tmp_path):  # noqa: F811
+    """Where the model's manifest holds its held-out figures with T1 left out (``ensemble
+    --validate-on`` records them), a case without T1 gets them beside the four-sequence ones; a
+    model without them, or a case with every sequence, gets no such line."""
+    def means(wt, tc, et):
+        return {"dice_WT": wt, "dice_TC": tc, "dice_ET": et}
+
+    table = {"cases": ["a", "b", "c"], "mean": means(0.85, 0.77, 0.70),
+             "missing_sequences": {"no T1": {"mean": means(0.84, 0.76, 0.65)}, "no T2": {"mean": {"dice_WT": "?"}}}}
+    measured = str(ensembles.save_ensemble(tmp_path / "measured", [bundle, bundle],
+                                           {"metrics": {"out_of_fold_postprocessed": table}}))
+    seqs = find_case(small_case_dir).sequences
+    line = ("measured on 3 held-out cases with t1 left out: Dice WT 0.84, TC 0.76, ET 0.65 "
+            "(all four sequences: WT 0.85, TC 0.77, ET 0.70)")
+    assert line in segment({r: p for r, p in seqs.items() if r != "t1"}, measured, "cpu").warnings
+    for inputs, model in (({r: p for r, p in seqs.items() if r != "t2"}, measured),  # its no-T2 figures unreadable
+                          (seqs, measured), ({r: p for r, p in seqs.items() if r != "t1"}, bundle)):
+        assert not any("left out" in w for w in segment(inputs, model, "cpu").warnings)
 
 
 @pytest.mark.parametrize("left_out", ["t1ce", "flair"])
