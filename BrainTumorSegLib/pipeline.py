@@ -32,7 +32,7 @@ from .predict.predictor import Prediction, predict_probabilities
 from .predict.sliding_window import tiles_cover
 from .preprocess.transform import Preprocessed, PreprocessOptions, preprocess
 from .progress import Progress
-from .read.cases import OPTIONAL_SEQUENCES, sequences_needed
+from .read.cases import OPTIONAL_SEQUENCES, sequences_needed, without_condition
 from .read.images import geometry, voxel_volume_ml
 from .segment_options import SegmentOptions  # declared once there; the API's name stays here
 
@@ -164,7 +164,7 @@ def segment(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], model: Mod
         warnings.append(f"ignored sequences the model does not use: {', '.join(extra)}")
     whose = models.name + (f" ({models.held_out_by})" if models.held_out_by else "")
     warnings += [reliability.without_warning(role, whose, models.without)
-                 for role in pre.decisions["sequences_missing"] if f"no {role.upper()}" in models.without]
+                 for role in pre.decisions["sequences_missing"] if without_condition(role) in models.without]
     pattern = reliability.warning(measured, whose, models.held_out)
     if pattern:
         warnings.append(pattern)

@@ -17,6 +17,7 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 
 from ..labels import REGIONS
+from ..read.cases import without_condition
 
 ET_SHARE = 0.02      # enhancing tumor under this share of the whole tumor: the pattern
 MIN_WT_ML = 1.0      # below this there is no tumor to speak of
@@ -80,9 +81,9 @@ def warning(volumes_ml: Mapping[str, float], model: str,
 
 def without_warning(role: str, model: str, without: Mapping[str, Mapping]) -> str:
     """What ``model`` did on its held-out cases with ``role`` left out against all four sequences
-    (``without``: :func:`ensembles.held_out_without`'s figures, holding ``no <ROLE>``)."""
+    (``without``: :func:`ensembles.held_out_without`'s figures, holding ``without_condition(role)``)."""
     def dice(m: Mapping) -> str:
         return ", ".join(f"{r} {m[f'dice_{r}']:.2f}" for r in REGIONS)
 
-    return (f"{model} on {without['cases']} held-out cases with {role} left out: Dice {dice(without[f'no {role.upper()}'])} "
+    return (f"{model} on {without['cases']} held-out cases with {role} left out: Dice {dice(without[without_condition(role)])} "
             f"(all four sequences: {dice(without['all four'])})")
