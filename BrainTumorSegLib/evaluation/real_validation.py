@@ -21,14 +21,13 @@ from ..labels import REGIONS
 from ..models import ensembles
 from ..pipeline import segment
 from ..postprocess.cleanup import PostprocessOptions, postprocess
-from ..read.cases import OPTIONAL_SEQUENCES, Case, without_condition
+from ..read.cases import ALL_FOUR, OPTIONAL_SEQUENCES, Case, without_condition
 from ..read.images import read_image
 from ..segment_options import NO_POSTPROCESSING, SegmentOptions
 from .cross_validation import grade_summary
 from .scoring import score_images
 
 POSTPROCESS_GRID = {"min_et_voxels": (0, 200, 500), "min_component_voxels": (0, 200, 1000)}
-ALL_FOUR = "all four"
 # the conditions a shipped setting must hold in beside all four sequences (issue 22, item 7): the
 # sequence each leaves out, the two that ``segment`` accepts missing
 MISSING_CONDITIONS = {without_condition(role): role for role in OPTIONAL_SEQUENCES}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..errors import InputError, PathLike
+from ..read.cases import ALL_FOUR
 from ..segment_options import NO_POSTPROCESSING, WINDOWS
 from .bundles import (
     ENSEMBLE_FORMAT,
@@ -218,13 +219,18 @@ ModelArg = Union[str, Bundle, Sequence[Union[str, Bundle]], Models]
 HELD_OUT_TABLES = ("out_of_fold_postprocessed", "out_of_fold", "validation_segment")
 
 
+def _held_out_tables(document: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """A manifest's held-out tables, in the order of :data:`HELD_OUT_TABLES`."""
+    metrics = document.get("metrics")
+    found = [metrics.get(key) for key in HELD_OUT_TABLES] if isinstance(metrics, dict) else []
+    return [t for t in found if isinstance(t, dict)]
+
+
 def held_out_table(document: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """The per-case held-out figures of a manifest (:data:`HELD_OUT_TABLES`), or None (for a model
     trained on every case, its design's fold models' pooled table: :func:`held_out_by`)."""
-    metrics = document.get("metrics")
-    for key in HELD_OUT_TABLES:
-        table = metrics.get(key) if isinstance(metrics, dict) else None
-        if isinstance(table, dict) and isinstance(table.get("per_case"), dict) and table["per_case"]:
+    for table in _held_out_tables(document):
+        if isinstance(table.get("per_case"), dict) and table["per_case"]:
             return table["per_case"]
     return None
 
@@ -232,15 +238,13 @@ def held_out_table(document: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
 def held_out_without(document: Mapping[str, Any]) -> Dict[str, Any]:
     """The held-out cases' figures with a sequence left out, as ``ensemble --validate-on`` records
     them (``missing_sequences``: ``{"no T1": {"mean": ..., "by_grade": ...}, ...}``), with the
-    four-sequence means and the number of cases under ``"all four"``; {} when the manifest has none."""
-    metrics = document.get("metrics")
-    for key in HELD_OUT_TABLES:
-        table = metrics.get(key) if isinstance(metrics, dict) else None
-        if isinstance(table, dict) and isinstance(table.get("missing_sequences"), dict):
+    four-sequence means under :data:`ALL_FOUR` and the number of cases; {} when the manifest has none."""
+    for table in _held_out_tables(document):
+        if isinstance(table.get("missing_sequences"), dict):
             found = {k: v["mean"] for k, v in table["missing_sequences"].items()
                      if isinstance(v, dict) and _dice_means(v.get("mean"))}
             if found and _dice_means(table.get("mean")) and isinstance(table.get("cases"), list):
-                return {"all four": table["mean"], "cases": len(table["cases"]), **found}
+                return {ALL_FOUR: table["mean"], "cases": len(table["cases"]), **found}
     return {}
 
 

@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Optional
 import numpy as np
 
 from ..labels import REGIONS
-from ..read.cases import without_condition
+from ..read.cases import ALL_FOUR, without_condition
 
 ET_SHARE = 0.02      # enhancing tumor under this share of the whole tumor: the pattern
 MIN_WT_ML = 1.0      # below this there is no tumor to speak of
@@ -86,4 +86,4 @@ def without_warning(role: str, model: str, without: Mapping[str, Mapping]) -> st
         return ", ".join(f"{r} {m[f'dice_{r}']:.2f}" for r in REGIONS)
 
     return (f"{model} on {without['cases']} held-out cases with {role} left out: Dice {dice(without[without_condition(role)])} "
-            f"(all four sequences: {dice(without['all four'])})")
+            f"(all four sequences: {dice(without[ALL_FOUR])})")

@@ -34,6 +34,9 @@ SEQUENCES = ("t1", "t1ce", "t2", "flair")
 OPTIONAL_SEQUENCES = ("t1", "t2")
 
 
+ALL_FOUR = "all four"  # the name a held-out table gives its cases segmented with every sequence
+
+
 def without_condition(role: str) -> str:
     """The name a held-out table gives its cases segmented with ``role`` left out (``no T1``)."""
     return f"no {role.upper()}"
