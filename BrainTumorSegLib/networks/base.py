@@ -13,6 +13,7 @@ from ..read.cases import SEQUENCES
 
 Output = Union[torch.Tensor, Dict[str, torch.Tensor]]
 Box = Tuple[slice, slice, slice]
+NOWHERE: Box = (slice(0, 0), slice(0, 0), slice(0, 0))  # a box no window goes to
 
 
 def box_around(mask: torch.Tensor, margin: int, minimum: Sequence[int]) -> Optional[Box]:
@@ -102,8 +103,9 @@ class SegmentationNetwork(nn.Module):
 
     def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:
         """What the sliding window runs over, and where: the (C, z, y, x) volume with any
-        ``guide_channels`` appended, and the box the windows go to (None: everywhere). A cascade
-        makes both with its first stage; every other network looks at the whole volume as given."""
+        ``guide_channels`` appended, and the box the windows go to (None: everywhere; ``NOWHERE``:
+        no window at all, the probabilities are :meth:`outside_box`'s). A cascade makes both with
+        its first stage; every other network looks at the whole volume as given."""
         return volume, None
 
     def _named_blocks(self, names: Tuple[str, ...]) -> List[nn.Module]:

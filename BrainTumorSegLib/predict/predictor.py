@@ -14,6 +14,7 @@ import torch
 
 from ..errors import Cancelled, InputError
 from ..models import bundles
+from ..networks.base import NOWHERE
 from ..progress import Progress
 from ..segment_options import SegmentOptions
 from . import backends, devices
@@ -81,20 +82,23 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
     window = tuple(bundle.manifest.patch_size)
     # a cascade's first stage may add channels and narrow where the windows go; elsewhere: everywhere
     net = bundle.network.to(device).eval()
+
+    def prog(done: int, total: int) -> None:
+        if progress:
+            progress(stage, done / total)
+
     with _inference(device, bf16):
         data, box = net.prepare(data.to(device))
     data = data.float()
+    if box == NOWHERE:
+        prog(1, 1)
+        return net.outside_box(data).to(out_device)
     region = tuple(data.shape[1:]) if box is None else tuple(b.stop - b.start for b in box)
     whole = opts.window == "whole"
     pred = _Predictor(bundle, device, _flips(opts.tta), bf16, "torch" if whole else opts.backend, window,
                       tiles_cover(region, window, opts.overlap))
     used.append(pred.backend)
     channels = pred.kind.channels
-
-    def prog(done: int, total: int) -> None:
-        if progress:
-            progress(stage, done / total)
-
     sub = data if box is None else data[(slice(None),) + box]
     if whole:
         if cancel is not None and cancel.is_set():

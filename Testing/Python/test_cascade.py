@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.models import bundles
 from BrainTumorSegLib.networks import build
+from BrainTumorSegLib.networks.base import NOWHERE
 from BrainTumorSegLib.pipeline import segment
 from BrainTumorSegLib.preprocess.normalise import zscore
 from BrainTumorSegLib.read.cases import find_cases
@@ -167,3 +168,69 @@ def test_patches_are_not_changed_under_guide_channels_that_still_show_them_uncha
     with pytest.raises(InputError, match=f"--{flag.replace('_', '-')} is for networks without guide channels"):
         train(cfg, cases[:1], cases[1:], str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def _et_cascade(patch: int = 16):
+    torch.manual_seed(0)
+    net = build("coarse_to_fine", coarse=SMALL, fine=SMALL, margin=2, patch=patch, coarse_window=16, refine="et").eval()
+    net.coarse = FirstChannelsAsLogits()
+    return net
+
+
+def test_refining_the_enhancing_tumor_leaves_stage1s_whole_tumor_and_core_and_adds_only_next_to_its_et():
+    """``refine="et"``: whatever stage 2 says, the whole tumor and the core are stage 1's; the enhancing
+    tumor changes only within two voxels of stage 1's (the full cascade widened whole tumors and gave
+    enhancing spots to tumors without any)."""
+    net = _et_cascade()
+    with torch.no_grad():
+        net.fine.head.bias.copy_(torch.tensor([-30.0, 30.0, 30.0]))  # stage 2 says: no tumor, core and ET everywhere
+    guide = torch.full((1, 3, 24, 24, 24), 1e-4)
+    guide[:, :2, 4:20, 4:20, 4:20] = 0.9          # a tumor with a core
+    guide[:, 2, 10:14, 10:14, 10:14] = 0.9        # and enhancing tumor in its middle
+    x = torch.cat([torch.randn(1, 4, 24, 24, 24), guide], 1)
+    with torch.no_grad():
+        out = net(x)
+    prior = torch.logit(guide.clamp(1e-4, 1 - 1e-4))
+    torch.testing.assert_close(out[:, :2], prior[:, :2])
+    et = out[0, 2] > 0
+    assert et[8:16, 8:16, 8:16].all()             # grown by the two voxels stage 2 may add
+    assert not et[:7].any() and not et[17:].any() and not et[:, :7].any() and not et[:, :, 17:].any()
+    net.train()
+    for d in net(x)["deep_supervision"]:          # the coarser heads: WT and TC stage 1's there too
+        k = 24 // d.shape[-1]
+        torch.testing.assert_close(d[:, :2], torch.logit(F.avg_pool3d(guide, k).clamp(1e-4, 1 - 1e-4))[:, :2])
+
+
+def test_where_stage1_finds_no_enhancing_tumor_the_et_cascade_looks_nowhere(phantom_dir, tmp_path):
+    """Stage 1 finds a tumor without enhancing tumor: no window runs (``NOWHERE``), and ``segment``
+    gives stage 1's probabilities and labels, however stage 2 would overrule them."""
+    net = _et_cascade()
+    vol = torch.zeros(4, 48, 48, 48)
+    vol[3] = 1.0
+    vol[:2, 8:40, 8:40, 8:40] = 1.0  # whole tumor and core, no ET
+    x, box = net.prepare(vol)
+    assert box == NOWHERE and x.shape == (7, 48, 48, 48)
+    vol[2, 22:26, 22:26, 22:26] = 1.0  # with ET: a box around it (reach, margin, a patch at least)
+    x, box = net.prepare(vol)
+    assert box is not None and box != NOWHERE
+    assert all(b.start <= 22 - 2 and b.stop >= 26 + 2 and b.stop - b.start == 16 for b in box)  # not the tumor's 8:40
+
+    torch.manual_seed(0)
+    real = build("coarse_to_fine", coarse=SMALL, fine=SMALL, patch=32, coarse_window=32, refine="et").eval()
+    with torch.no_grad():
+        real.coarse.head.bias.copy_(torch.tensor([8.0, -8.0, -8.0]))  # stage 1: whole tumor everywhere, no ET
+        real.fine.head.bias.fill_(40.0)                                # stage 2 would add ET everywhere
+    folder = bundles.save(real, str(tmp_path / "et-cascade"), {
+        "id": "tiny-et-cascade", "version": "0", "network": "coarse_to_fine",
+        "options": {"coarse": SMALL, "fine": SMALL, "patch": 32, "coarse_window": 32, "refine": "et"},
+        "label_scheme": "brats2021", "patch_size": [32, 32, 32], "demo": True, "preprocessing": {"spacing_mm": 3.0}})
+    case = find_cases(phantom_dir)[0]
+    res = segment(case.sequences, folder, options=SegmentOptions(overlap=0.25))
+    labels = sitk.GetArrayFromImage(res.labels)
+    assert (labels == 2).any() and not np.isin(labels, (1, 4)).any()  # edema only: stage 1's labels
+    assert res.probabilities is not None and res.probabilities[2].max() < 0.01
+
+
+def test_a_cascade_refines_all_regions_or_the_enhancing_tumor_nothing_else():
+    with pytest.raises(ValueError, match="refine must be one of all, et"):
+        build("coarse_to_fine", coarse=SMALL, fine=SMALL, refine="tc")
