@@ -168,7 +168,8 @@ class CoarseToFine(SegmentationNetwork):
         return data[-self.guide_channels:].float().clone()  # a new tensor, filled in by the caller
 
     def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:
-        """The sequences with stage 1's probabilities, and the box around its whole tumor."""
+        """The sequences with stage 1's probabilities, and the box around its whole tumor (with
+        ``refine="et"``: around where its enhancing tumor may change, ``NOWHERE`` without any)."""
         g = self.guide(volume)
         x = torch.cat([volume, g.to(volume.dtype)], 0)
         if self.refine == "et":
