@@ -105,6 +105,7 @@ def _preprocess_for(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], mo
     pre = preprocess(images, PreprocessOptions(
         reference=REFERENCE, isotropic=opts.isotropic, model_spacing=model_spacing(models.members),
         register=opts.register, skull_strip=opts.skull_strip, bias_field=opts.bias_field,
+        crop_multiple=max(m.network.crop_multiple for m in models.members),
         device=str(dev) if dev.type == "cuda" else "cpu"), roles=roles)
     return pre, [r for r in inputs if inputs[r] is not None and r not in roles]
 

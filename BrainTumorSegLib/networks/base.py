@@ -101,6 +101,10 @@ class SegmentationNetwork(nn.Module):
         tensor each time: the caller fills the box in."""
         return torch.zeros((self.out_channels,) + tuple(data.shape[1:]), device=data.device)
 
+    # the working grid's brain crop starts at a multiple of this many voxels: a cascade whose first
+    # stage averages blocks of that size sees the blocks a coarser grid's voxels are (its own grid)
+    crop_multiple = 1
+
     def prepare(self, volume: torch.Tensor) -> Tuple[torch.Tensor, Optional[Box]]:
         """What the sliding window runs over, and where: the (C, z, y, x) volume with any
         ``guide_channels`` appended, and the box the windows go to (None: everywhere; ``NOWHERE``:

@@ -9,7 +9,9 @@ stages of our DM-DA-Unet (:mod:`.dmda_unet`):
 
 - stage 1, ``coarse``: :class:`ResUNet` on the working volume averaged down by ``factor`` (1 mm to
   2 mm) and z-scored again there, as its own preprocessing gives it a 2 mm volume
-  (:meth:`CoarseToFine.coarse_volume`), in sliding windows of ``coarse_window``; its sigmoid WT /
+  (:meth:`CoarseToFine.coarse_volume`; ``segment`` crops the 1 mm volume from a multiple of
+  ``factor``, ``crop_multiple``, so the blocks averaged are that 2 mm grid's voxels), in sliding
+  windows of ``coarse_window``; its sigmoid WT /
   TC / ET probabilities are interpolated back onto the 1 mm grid (:meth:`CoarseToFine.guide`);
 - stage 2, ``fine``: :class:`ResUNet` on the 1 mm volume with the three probabilities as extra
   channels, which corrects stage 1: its output is added to stage 1's logits (the probabilities'
@@ -78,8 +80,10 @@ class CoarseToFine(SegmentationNetwork):
         self.coarse.requires_grad_(False)
         self.fine = ResUNet(in_channels=len(self.in_sequences) + self.guide_channels, **dict(fine or _WIDTHS))
         self.factor, self.margin, self.coarse_window = int(factor), int(margin), int(coarse_window)
-        # stage 1 on the volume resampled, then z-scored (coarse_volume), at this factor and window
-        self.guide_method = f"coarse-renormalised:{self.factor}:{self.coarse_window}"
+        self.crop_multiple = self.factor
+        # stage 1 on the volume resampled, then z-scored (coarse_volume), at this factor and window,
+        # on blocks that start where the coarse grid's voxels do (crop_multiple)
+        self.guide_method = f"coarse-renormalised:{self.factor}:{self.coarse_window}:aligned"
         self.patch_size = (int(patch),) * 3
         self.divisor = self.fine.divisor
 

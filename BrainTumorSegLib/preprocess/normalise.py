@@ -8,11 +8,13 @@ from typing import Sequence, Tuple
 import numpy as np
 
 
-def brain_bbox(mask: np.ndarray, margin: int) -> Tuple[slice, slice, slice]:
+def brain_bbox(mask: np.ndarray, margin: int, multiple: int = 1) -> Tuple[slice, slice, slice]:
+    """The box around ``mask`` plus ``margin`` voxels, each start moved down to a multiple of
+    ``multiple`` (so that blocks of that many voxels from the start are the whole grid's blocks)."""
     if not mask.any():
         box = [slice(0, n) for n in mask.shape]
     else:
-        box = [slice(max(0, int(i.min()) - margin), min(n, int(i.max()) + 1 + margin))
+        box = [slice(max(0, int(i.min()) - margin) // multiple * multiple, min(n, int(i.max()) + 1 + margin))
                for i, n in zip(np.nonzero(mask), mask.shape)]
     return box[0], box[1], box[2]
 

@@ -59,6 +59,7 @@ class PreprocessOptions:
     bias_field: bool = False              # N4 inside the brain, after stripping
     device: str = "cpu"                   # where HD-BET runs
     crop_margin: int = 4                  # voxels kept around the brain bounding box
+    crop_multiple: int = 1                # the crop starts at a multiple of this many voxels (a cascade's coarse blocks)
     normalize: bool = True
 
     def __post_init__(self) -> None:
@@ -208,7 +209,7 @@ def preprocess(images: Mapping[str, Optional[ImageLike]], options: Optional[Prep
         sz, sy, sx = (float(v) for v in working_grid.GetSpacing()[::-1])
         arrays = [bias_correct(a, brain_full, (sz, sy, sx)) for a in arrays]
         timings["bias_field"] = time.perf_counter() - t
-    bbox = brain_bbox(brain_full, opt.crop_margin)
+    bbox = brain_bbox(brain_full, opt.crop_margin, opt.crop_multiple)
     brain = brain_full[bbox]
     data = np.stack([a[bbox] for a in arrays]).astype(np.float32)
     if opt.normalize:

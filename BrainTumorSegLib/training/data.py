@@ -74,13 +74,14 @@ class Guide:
 
     key: str  # says which guide: another key, another cache file
     channels: Callable[[str, torch.Tensor], torch.Tensor]  # (case id, (C, z, y, x) sequences) -> (G, z, y, x)
+    crop_multiple: int = 1  # the network's: the cached crop starts where segment's would
 
     @classmethod
     def made(cls, source: str, net: SegmentationNetwork, weights: str,
              channels: Callable[[str, torch.Tensor], torch.Tensor]) -> "Guide":
         """A guide keyed by where its channels come from (``source``: "own", "out-of-fold"), how
         ``net`` makes them (its ``guide_method``) and the digest of the ``weights`` that make them."""
-        return cls(f"{source}:{net.guide_method}:{weights}", channels)
+        return cls(f"{source}:{net.guide_method}:{weights}", channels, net.crop_multiple)
 
 
 def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None, guide: Optional[Guide] = None) -> str:
@@ -100,7 +101,8 @@ def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None, guid
     path = os.path.join(cache_dir, f"{case.case_id}-{key}.npz")
     if os.path.exists(path):
         return path
-    pre = preprocess(case.sequences, PreprocessOptions(isotropic=spacing, register="auto", skull_strip="auto"))
+    pre = preprocess(case.sequences, PreprocessOptions(isotropic=spacing, register="auto", skull_strip="auto",
+                                                       crop_multiple=guide.crop_multiple if guide else 1))
     seg_img = read_image(case.paths["seg"], "label")
     seg = labels_to_working(seg_img, pre.inverse)
     scheme = detect_scheme(seg, case.paths["seg"])
