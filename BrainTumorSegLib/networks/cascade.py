@@ -81,9 +81,8 @@ class CoarseToFine(SegmentationNetwork):
         self.fine = ResUNet(in_channels=len(self.in_sequences) + self.guide_channels, **dict(fine or _WIDTHS))
         self.factor, self.margin, self.coarse_window = int(factor), int(margin), int(coarse_window)
         self.crop_multiple = self.factor
-        # stage 1 on the volume resampled, then z-scored (coarse_volume), at this factor and window,
-        # on blocks that start where the coarse grid's voxels do (crop_multiple)
-        self.guide_method = f"coarse-renormalised:{self.factor}:{self.coarse_window}:aligned"
+        # stage 1 on the volume resampled, then z-scored (coarse_volume), at this factor and window
+        self.guide_method = f"coarse-renormalised:{self.factor}:{self.coarse_window}"
         self.patch_size = (int(patch),) * 3
         self.divisor = self.fine.divisor
 

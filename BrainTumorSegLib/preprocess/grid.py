@@ -179,6 +179,12 @@ def geometry_only(img: sitk.Image) -> sitk.Image:
     return g
 
 
+def share_on_working(mask: sitk.Image, inverse: InverseTransform) -> np.ndarray:
+    """The share of each voxel of the whole (uncropped) working grid that a float mask on the
+    canonical grid covers (linear interpolation)."""
+    return sitk.GetArrayFromImage(sitk.Resample(mask, inverse.working, sitk.Transform(), sitk.sitkLinear, 0.0))
+
+
 def labels_to_working(labels: sitk.Image, inverse: InverseTransform) -> np.ndarray:
     """Bring a label map on the reference grid onto the cropped working grid (for training).
 
@@ -196,7 +202,7 @@ def labels_to_working(labels: sitk.Image, inverse: InverseTransform) -> np.ndarr
     for v in values:
         mask = sitk.GetImageFromArray((arr == v).astype(np.float32))
         mask.CopyInformation(img)
-        share = sitk.GetArrayFromImage(sitk.Resample(mask, inverse.working, sitk.Transform(), sitk.sitkLinear, 0.0))
+        share = share_on_working(mask, inverse)
         take = share > best
         out[take], best[take] = v, share[take]
     return out[inverse.bbox]

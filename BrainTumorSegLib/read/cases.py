@@ -32,16 +32,15 @@ SEQUENCES = ("t1", "t1ce", "t2", "flair")
 # Sequences a case may lack (clinics often skip one): their channel is left empty, as in training's
 # sequence dropout. The T1ce (the reference grid) and the FLAIR (the edema) are always needed.
 OPTIONAL_SEQUENCES = ("t1", "t2")
-
-
+REQUIRED_SEQUENCES = tuple(r for r in SEQUENCES if r not in OPTIONAL_SEQUENCES)
+ROLES = SEQUENCES + ("seg",)
 ALL_FOUR = "all four"  # the name a held-out table gives its cases segmented with every sequence
 
 
 def without_condition(role: str) -> str:
     """The name a held-out table gives its cases segmented with ``role`` left out (``no T1``)."""
     return f"no {role.upper()}"
-REQUIRED_SEQUENCES = tuple(r for r in SEQUENCES if r not in OPTIONAL_SEQUENCES)
-ROLES = SEQUENCES + ("seg",)
+
 
 _SUFFIXES = {
     "t1": "t1", "t1n": "t1",

@@ -94,15 +94,17 @@ def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None, guid
     from ..preprocess.transform import PreprocessOptions, preprocess
     from ..read.images import read_image
 
+    multiple = guide.crop_multiple if guide else 1
     key = hashlib.sha256(("|".join(f"{r}={os.path.abspath(p)}:{os.path.getmtime(p)}"
                                    for r, p in sorted(case.paths.items())) + f"|spacing={spacing}|{PREPARATION}"
-                          + (f"|guide={guide.key}" if guide else "")).encode()
+                          + (f"|guide={guide.key}" if guide else "")
+                          + (f"|crop_multiple={multiple}" if multiple > 1 else "")).encode()
                          ).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{case.case_id}-{key}.npz")
     if os.path.exists(path):
         return path
     pre = preprocess(case.sequences, PreprocessOptions(isotropic=spacing, register="auto", skull_strip="auto",
-                                                       crop_multiple=guide.crop_multiple if guide else 1))
+                                                       crop_multiple=multiple))
     seg_img = read_image(case.paths["seg"], "label")
     seg = labels_to_working(seg_img, pre.inverse)
     scheme = detect_scheme(seg, case.paths["seg"])

@@ -31,7 +31,8 @@ import SimpleITK as sitk
 from BrainTumorSegLib.evaluation.cross_validation import GRADES, grade_groups
 from BrainTumorSegLib.evaluation.metrics import dice
 from BrainTumorSegLib.labels import REGIONS, detect_scheme, labels_to_regions
-from BrainTumorSegLib.preprocess.grid import CANONICAL
+from BrainTumorSegLib.preprocess.grid import CANONICAL, share_on_working
+from BrainTumorSegLib.preprocess.normalise import zscore
 from BrainTumorSegLib.preprocess.transform import PreprocessOptions, preprocess
 from BrainTumorSegLib.read.cases import find_cases
 from BrainTumorSegLib.read.images import read_image
@@ -47,16 +48,14 @@ def round_trip(regions: np.ndarray, reference: sitk.Image, pre) -> np.ndarray:
     for mask in regions:
         img = sitk.GetImageFromArray(mask.astype(np.float32))
         img.CopyInformation(reference)
-        img = sitk.DICOMOrient(img, CANONICAL)
-        share = sitk.GetArrayFromImage(sitk.Resample(img, inv.working, sitk.Transform(), sitk.sitkLinear, 0.0))
+        share = share_on_working(sitk.DICOMOrient(img, CANONICAL), inv)
         out.append(inv.to_reference_array(share[inv.bbox], labels=False) > 0.5)
     return np.stack(out)
 
 
 def zscored(path: str) -> np.ndarray:
     a = sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(np.float32)
-    brain = a != 0
-    return (a - a[brain].mean()) / a[brain].std()
+    return zscore(a, a != 0)
 
 
 def main() -> None:
@@ -78,7 +77,7 @@ def main() -> None:
         row = {r: dice(back[i], regions[i]) for i, r in enumerate(REGIONS)}
         et = regions[2]
         t1ce, t1 = zscored(case.paths["t1ce"]), zscored(case.paths["t1"])
-        outside = (t1ce != t1ce.flat[0]) & ~regions[0]
+        outside = (t1ce != 0) & ~regions[0]  # the brain outside the tumor (zscore leaves 0 outside the brain)
         enh = (f"{np.median(t1ce[et]):+.2f}, {np.median(t1ce[et] - t1[et]):+.2f}" if et.any() else "  (none)   ")
         ml = float(et.sum() * np.prod(reference.GetSpacing())) / 1000
         rows[case.case_id] = row
