@@ -86,7 +86,8 @@ under one CPU budget:
   (``-v2-``: the five measured in docs/training.md, on ``brats-glioma-v5-foldK``);
 - ``1mm-cascade-et-cv``: that cascade with stage 2 correcting only the enhancing tumor, near stage 1's
   (``refine="et"``: the whole tumor and the core stay stage 1's); exported as
-  ``brats-glioma-cascade-et-v1-foldK``.
+  ``brats-glioma-cascade-et-v2-foldK`` (``-v1-``: the five of stop 42, whose guides were made on
+  crops not yet aligned to the 2 mm grid).
 
 Every fold variant also trains with ``--fold all``: its design on all 32 cases, none held out,
 each step from the previous step's ``-all`` model (``brats-glioma-v6-all`` for ``2mm-cv-tc-noenh``);
@@ -303,7 +304,7 @@ VARIANTS: Dict[str, Variant] = {
     # bettered high-grade enhancing tumor but widened whole tumors and added spots (docs/training.md)
     "1mm-cascade-et-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                                  options={**CASCADE_OPTIONS, "refine": "et"}, coarse_from="brats-glioma-v9-{member}",
-                                 lr=3e-4, model_id="brats-glioma-cascade-et-v1", folds=True, fg_fraction=0.6,
+                                 lr=3e-4, model_id="brats-glioma-cascade-et-v2", folds=True, fg_fraction=0.6,
                                  rare_weight=2.0, kind="Coarse-to-fine cascade (2 mm residual U-Net, its enhancing "
                                  "tumor refined at 1 mm)"),
 }

@@ -189,7 +189,7 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
     assert solid.extra["initialised_from"]["id"] == "brats-glioma-v9-fold1" and solid.extra["id"] == "brats-glioma-v14-fold1"
     assert solid.cfg.solid_cores == 0.25 and solid.cfg.without_enhancement == 0.2 and swa.cfg.solid_cores == 0.0
     et = plan(all_standins, "1mm-cascade-et-cv", 1, 1, 0, fold=2)  # the cascade, refining the enhancing tumor only
-    assert et.extra["id"] == "brats-glioma-cascade-et-v1-fold2" and et.cfg.network == "coarse_to_fine"
+    assert et.extra["id"] == "brats-glioma-cascade-et-v2-fold2" and et.cfg.network == "coarse_to_fine"
     assert et.cfg.options["refine"] == "et" and et.extra["initialised_from"]["id"] == "brats-glioma-v9-fold2"
 
 
