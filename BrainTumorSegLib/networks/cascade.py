@@ -124,8 +124,14 @@ class CoarseToFine(SegmentationNetwork):
 
     @staticmethod
     def _et_gate(guide: torch.Tensor) -> torch.Tensor:
-        """Stage 1's ET probability, its largest within two voxels: where ET may change."""
-        return F.max_pool3d(guide[:, 2:3], 2 * _ET_REACH + 1, stride=1, padding=_ET_REACH)
+        """Stage 1's ET probability, its largest within two voxels: where ET may change (one axis at
+        a time: the same maximum, in half the time of a cubic window)."""
+        gate = guide[:, 2:3]
+        for axis in range(3):
+            size = [1, 1, 1]
+            size[axis] = 2 * _ET_REACH + 1
+            gate = F.max_pool3d(gate, size, stride=1, padding=[n // 2 for n in size])
+        return gate
 
     def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
         return self.fine.loss(out, classes, epoch)
@@ -175,8 +181,8 @@ class CoarseToFine(SegmentationNetwork):
         ``refine="et"``: around where its enhancing tumor may change, ``NOWHERE`` without any)."""
         g = self.guide(volume)
         x = torch.cat([volume, g.to(volume.dtype)], 0)
-        if self.refine == "et":
-            box = box_around(self._et_gate(g[None])[0, 0] > 0.5, self.margin, self.patch_size)
+        if self.refine == "et":  # the box of _et_gate > 0.5: stage 1's ET widened by the gate's reach
+            box = box_around(g[2] > 0.5, self.margin + _ET_REACH, self.patch_size)
             return x, box if box is not None else NOWHERE
         return x, box_around(g[0] > 0.5, self.margin, self.patch_size)
 

@@ -11,7 +11,7 @@ from scipy import ndimage
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.models import bundles
 from BrainTumorSegLib.networks import build
-from BrainTumorSegLib.networks.base import NOWHERE
+from BrainTumorSegLib.networks.base import NOWHERE, box_around
 from BrainTumorSegLib.pipeline import segment
 from BrainTumorSegLib.preprocess.normalise import zscore
 from BrainTumorSegLib.preprocess.transform import PreprocessOptions, preprocess
@@ -231,6 +231,23 @@ def test_where_stage1_finds_no_enhancing_tumor_the_et_cascade_looks_nowhere(phan
     labels = sitk.GetArrayFromImage(res.labels)
     assert (labels == 2).any() and not np.isin(labels, (1, 4)).any()  # edema only: stage 1's labels
     assert res.probabilities is not None and res.probabilities[2].max() < 0.01
+
+
+def test_the_et_box_is_the_box_where_the_gate_lets_stage2_change_the_enhancing_tumor():
+    """The box is found from stage 1's ET widened by the gate's reach, without pooling the whole
+    1 mm volume: the same box as the gate's own, and the gate the cube's maximum."""
+    net = _et_cascade()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        guide = torch.rand(1, 3, 30, 34, 28, generator=g) * 0.5
+        spots = [torch.randint(0, n, (2,), generator=g) for n in (30, 34, 28)]
+        guide[0, 2, spots[0], spots[1], spots[2]] = 0.9  # two enhancing voxels, anywhere (edges too)
+        cube = F.max_pool3d(guide[:, 2:3], 5, stride=1, padding=2)
+        torch.testing.assert_close(net._et_gate(guide), cube, atol=0, rtol=0)
+        vol = torch.zeros(4, 30, 34, 28)
+        net.guide = lambda v, coarse=None, _g=guide: _g[0]
+        _, box = net.prepare(vol)
+        assert box == box_around(cube[0, 0] > 0.5, net.margin, net.patch_size)
 
 
 def test_a_cascade_refines_all_regions_or_the_enhancing_tumor_nothing_else():
