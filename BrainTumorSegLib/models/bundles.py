@@ -48,8 +48,8 @@ WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 
 
-# the five folds of the all-grade cross-validation averaged (recipes.brats_glioma); the phantom demo stays as a named model
-DEFAULT_MODEL = "brats-glioma-v9-all"
+# the 2 mm all-grade design trained on every case, its enhancing tumor refined at 1 mm (recipes.brats_glioma)
+DEFAULT_MODEL = "brats-glioma-cascade-et-v2-all"
 
 
 _REQUIRED = ("format", "id", "network", "options", "in_sequences", "label_scheme", "output_kind",

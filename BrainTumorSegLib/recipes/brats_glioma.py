@@ -92,7 +92,8 @@ under one CPU budget:
 Every fold variant also trains with ``--fold all``: its design on all 32 cases, none held out,
 each step from the previous step's ``-all`` model (``brats-glioma-v6-all`` for ``2mm-cv-tc-noenh``);
 exported as ``<id>-all`` with the pooled out-of-fold figures of the design's five fold models.
-The default ``brats-glioma-v9-all`` is ``2mm-cv-tc-noenh`` so, after the four steps before it.
+``brats-glioma-v9-all`` is ``2mm-cv-tc-noenh`` so, after the four steps before it; the default
+``brats-glioma-cascade-et-v2-all`` is ``1mm-cascade-et-cv`` so, on ``brats-glioma-v9-all``.
 """
 from __future__ import annotations
 

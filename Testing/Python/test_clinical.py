@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from conftest import analytic_image, make_image, one_line_error, run_cli
 
 from BrainTumorSegLib.errors import InputError
+from BrainTumorSegLib.models import bundles
 from BrainTumorSegLib.preprocess import skullstrip
 from BrainTumorSegLib.preprocess.grid import choose_spacing
 from BrainTumorSegLib.preprocess.registration import Aligner
@@ -161,7 +162,8 @@ def test_clinical_scans_without_stripping_are_registered_and_warned(clinical_cas
     assert moved["registered"]
     assert moved["mattes_mi_after"] < moved["mattes_mi_before"]
     assert np.linalg.norm(moved["translation_mm"]) > 1.0  # the simulated head motion was found
-    assert pre["working_spacing_mm"] == [2.0, 2.0, 2.0] and "model works at 2 mm" in pre["working_spacing_reason"]
+    spacing = bundles.load(bundles.DEFAULT_MODEL).manifest.document["preprocessing"]["spacing_mm"]  # the default's grid
+    assert pre["working_spacing_mm"] == [spacing] * 3 and f"model works at {spacing:g} mm" in pre["working_spacing_reason"]
     labels = sitk.ReadImage(str(out))
     assert labels.GetSize() == sitk.ReadImage(clinical_case["t1ce"]).GetSize()  # back on the T1ce's own grid
     assert {"register", "predict"} <= set(report["timings_s"])

@@ -394,15 +394,15 @@ def test_finetune_on_saved_cases_registers_a_model(scene_with_case, logic, tmp_p
 
 def test_the_default_is_listed_first_and_says_its_figures_are_its_designs():
     listed = models()
-    default = listed[0]  # the default, selected first: one network trained on all 32 cases
-    assert default["name"] == "brats-glioma-v9-all" and "error" not in default
+    default = listed[0]  # the default, selected first: a cascade trained on all 32 cases
+    assert default["name"] == "brats-glioma-cascade-et-v2-all" and "error" not in default
     tip = model_tooltip(default)
-    assert "network: resunet" in tip and "Out of fold (32 held-out cases)" in tip
+    assert "network: coarse_to_fine" in tip and "Out of fold (32 held-out cases)" in tip
     assert finetune_source(default["path"]) == default["path"]  # fine-tuning starts from the default itself
     note = model_note(default)
     assert "Cross-validated on 32 cases, each segmented by a network trained as this one was but without that " \
         "case's fold (with its postprocessing, chosen on these same cases): Dice 0.85" in note
-    assert "low-grade (6 cases)" in note and "In 0 of 3 cases without enhancing tumor" in note
+    assert "low-grade (6 cases)" in note and "In 1 of 3 cases without enhancing tumor" in note
 
 
 def test_the_five_fold_ensemble_is_listed_as_one_model_and_fine_tunes_from_its_first_member():
