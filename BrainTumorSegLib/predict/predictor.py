@@ -87,6 +87,7 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
         if progress:
             progress(stage, done / total)
 
+    prog(0, 1)  # shown while a cascade's first stage runs (one pass: nothing else is reported before the end)
     with _inference(device, bf16):
         data, box = net.prepare(data.to(device))
     data = data.float()
