@@ -85,7 +85,7 @@ under one CPU budget:
   the 2 mm fold model that held it out, at 3e-4; exported as ``brats-glioma-cascade-v4-foldK``
   (``-v2-``: the five measured in docs/training.md, on ``brats-glioma-v5-foldK``);
 - ``1mm-cascade-et-cv``: that cascade with stage 2 correcting only the enhancing tumor, near stage 1's
-  (``refine="et"``: the whole tumor and the core stay stage 1's); exported as
+  (``refine="et"``: the whole-tumor and core probabilities stay stage 1's); exported as
   ``brats-glioma-cascade-et-v2-foldK`` (``-v1-``: the five of stop 42, whose guides were made on
   crops not yet aligned to the 2 mm grid).
 

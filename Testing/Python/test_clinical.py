@@ -162,7 +162,7 @@ def test_clinical_scans_without_stripping_are_registered_and_warned(clinical_cas
     assert moved["registered"]
     assert moved["mattes_mi_after"] < moved["mattes_mi_before"]
     assert np.linalg.norm(moved["translation_mm"]) > 1.0  # the simulated head motion was found
-    spacing = bundles.load(bundles.DEFAULT_MODEL).manifest.document["preprocessing"]["spacing_mm"]  # the default's grid
+    spacing = bundles.read_document(bundles.resolve(bundles.DEFAULT_MODEL))["preprocessing"]["spacing_mm"]  # the default's grid
     assert pre["working_spacing_mm"] == [spacing] * 3 and f"model works at {spacing:g} mm" in pre["working_spacing_reason"]
     labels = sitk.ReadImage(str(out))
     assert labels.GetSize() == sitk.ReadImage(clinical_case["t1ce"]).GetSize()  # back on the T1ce's own grid

@@ -284,7 +284,7 @@ def _says_what_it_is(doc: dict) -> None:
     assert len(doc["citations"]) >= 3 and "10.1109/TMI.2014.2377694" in " ".join(doc["citations"])
 
 
-def _trained_on_every_case_with_its_designs_figures(name: str, design: str) -> dict:
+def _trained_on_every_case_with_its_designs_figures(name: str, design: str) -> "tuple[bundles.Bundle, dict]":
     """A model of the cross-validated design ``design`` trained on all 32 cases: not a demo, not for
     clinical use; its figures are its design's (each case by the fold model that did not train on
     it, pooled), with the postprocessing and window chosen on them; fp16, <= 64 MB."""
@@ -301,7 +301,7 @@ def _trained_on_every_case_with_its_designs_figures(name: str, design: str) -> d
     assert model.manifest.window == m["window"] == chosen["window_search"]["chosen"]
     assert m["weights_storage"] == "float16"
     assert os.path.getsize(os.path.join(model.path, "weights.safetensors")) <= 64 * 2 ** 20
-    return m
+    return model, m
 
 
 def test_default_model_is_the_real_data_model_and_says_what_it_is():
@@ -310,11 +310,11 @@ def test_default_model_is_the_real_data_model_and_says_what_it_is():
     from their ensemble's protocol, which the manifest names; its stage 1 is the 2 mm model shipped
     beside it, weight for weight."""
     assert bundles.DEFAULT_MODEL == "brats-glioma-cascade-et-v2-all"
-    m = _trained_on_every_case_with_its_designs_figures(bundles.DEFAULT_MODEL, "brats-glioma-cascade-et-v2")
+    default, m = _trained_on_every_case_with_its_designs_figures(bundles.DEFAULT_MODEL, "brats-glioma-cascade-et-v2")
     assert m["design_figures_from"] == "brats-glioma-ensemble-cascade-et-v2" and m["network"] == "coarse_to_fine"
     assert m["options"]["refine"] == "et" and m["preprocessing"]["spacing_mm"] == 1.0
     stage1 = bundles.load("brats-glioma-v9-all").network.state_dict()
-    coarse = bundles.load(bundles.DEFAULT_MODEL).network.coarse.state_dict()
+    coarse = default.network.coarse.state_dict()
     assert all(torch.equal(coarse[k], v) for k, v in stage1.items())
     p = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "models"], capture_output=True, text=True)
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith(bundles.DEFAULT_MODEL + " "))
@@ -326,7 +326,7 @@ def test_default_model_is_the_real_data_model_and_says_what_it_is():
 def test_the_2mm_model_has_the_figures_of_its_shipped_fold_models():
     """``brats-glioma-v9-all`` (the default until the 1 mm refinement; faster): its figures are
     those of its design's five shipped fold models, the same as the five-fold ensemble records."""
-    m = _trained_on_every_case_with_its_designs_figures("brats-glioma-v9-all", "brats-glioma-v9")
+    _, m = _trained_on_every_case_with_its_designs_figures("brats-glioma-v9-all", "brats-glioma-v9")
     fold_docs = [bundles.load(f).manifest.to_json() for f in m["all_folds"]["design_folds"]]
     ensemble = ensembles.describe(bundles.resolve("brats-glioma-ensemble-v9"))
     for doc in [ensemble] + fold_docs:
