@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from typing import List, Optional, Union
@@ -266,6 +267,25 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_average(args: argparse.Namespace) -> int:
+    """A bundle whose weights (or one part's) are the mean of several models' (a model soup)."""
+    from ..models import averaging, bundles
+
+    out = os.path.abspath(args.out)
+    bundles.check_new_folder(out)  # before any loading or validating
+    base = bundles.load(args.base)
+    others = [bundles.load(m) for m in args.others]
+    net = averaging.averaged_network(base, others, args.part)
+    doc = averaging.averaged_manifest(base, others, args.id or os.path.basename(out), args.part, args.description)
+    if args.validate_on:
+        from ..recipes.brats_glioma import validate_fold_model
+
+        print(f"model bundle: {validate_fold_model(net, doc, args.validate_on, out)}")
+    else:
+        print(f"model bundle: {bundles.save(net, out, doc)} (not validated: no figures)")
+    return 0
+
+
 def _cmd_devices(args: argparse.Namespace) -> int:
     from ..predict import devices
 
@@ -336,6 +356,19 @@ def _add_segment_command(sub) -> None:
     cv.add_argument("--storage", default="float16", choices=["float16", "float32"], help="weights on disk (default "
                                                                                          "float16); computing stays fp32")
     cv.set_defaults(func=_cmd_convert)
+
+    av = sub.add_parser("average", help="a model whose weights are the mean of several models' (a model soup: "
+                                         "models fine-tuned from one start, trained on the same cases)")
+    av.add_argument("base", metavar="BASE", help="the bundle whose manifest, and the rest of whose weights, the "
+                                                 "average keeps")
+    av.add_argument("others", nargs="+", metavar="MODEL", help="bundles averaged with it (with --part: with that part)")
+    av.add_argument("--out", required=True, help="new folder for the averaged bundle")
+    av.add_argument("--part", help="average only this part of BASE's network (a cascade's coarse stage: coarse)")
+    av.add_argument("--id", help="its model id (default: the folder's name)")
+    av.add_argument("--description", help="shown in the model lists")
+    av.add_argument("--validate-on", metavar="DATA", help="the real-data recipe's folder: validate a fold model on "
+                                                         "its held-out fold through segment and record the figures")
+    av.set_defaults(func=_cmd_average)
 
     dv = sub.add_parser("devices", help="the hardware torch sees: CPU threads, CUDA GPUs, MPS")
     dv.add_argument("--json", action="store_true", help="one JSON line (for the Slicer module)")

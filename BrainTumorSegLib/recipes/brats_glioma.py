@@ -619,6 +619,19 @@ def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print,
     return bundles.save(net, out, manifest)
 
 
+def validate_fold_model(net, manifest: Dict, data_dir: str, out: str, log=print) -> str:
+    """A fold model made outside a training run (e.g. a weight average) validated on its held-out
+    fold through ``segment`` as a trained fold model is (postprocessing off), and written to ``out``."""
+    cv = manifest.get("cross_validation")
+    if not (isinstance(cv, dict) and isinstance(cv.get("fold"), int)):
+        raise InputError(str(manifest.get("id")), "is not a cross-validation fold model: it holds no fold out to "
+                                                  "validate on")
+    if is_pack(data_dir):
+        raise InputError(data_dir, "is a pack: validating segments the raw cases")
+    _, held_out = split(data_dir, cv["fold"])
+    return finish(net, manifest, _raw(held_out), out, log, PostprocessOptions())
+
+
 def _design_fields(manifest: Dict, data_dir: Optional[str], log) -> Dict:
     """The out-of-fold fields of a model trained on every case, from its design's fold models."""
     design = manifest.get("all_folds", {}).get("design_folds", [])
