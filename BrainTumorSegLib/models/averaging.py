@@ -10,18 +10,21 @@ average stays out of fold).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 import torch
 
 from ..errors import InputError
 from .bundles import Bundle
 
+if TYPE_CHECKING:
+    from ..networks import SegmentationNetwork
+
 SOUPS = ("Wortsman M, Ilharco G, Gadre SY, et al. Model soups: averaging weights of multiple fine-tuned "
          "models improves accuracy without increasing inference time. ICML 2022. arXiv:2203.05482")
 
 
-def averaged_network(base: Bundle, others: Sequence[Bundle], part: Optional[str] = None) -> torch.nn.Module:
+def averaged_network(base: Bundle, others: Sequence[Bundle], part: Optional[str] = None) -> "SegmentationNetwork":
     """``base``'s network with its weights (or those of its sub-network ``part``) replaced by the
     mean of theirs and the ``others``' whole networks; integer buffers stay the base's."""
     target = base.network if part is None else getattr(base.network, part, None)
