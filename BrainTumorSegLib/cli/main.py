@@ -271,6 +271,9 @@ def _cmd_average(args: argparse.Namespace) -> int:
     """A bundle whose weights (or one part's) are the mean of several models' (a model soup)."""
     from ..models import averaging, bundles
 
+    if args.validate_on and args.figures_from:
+        raise InputError(None, "--validate-on is for a fold model, --figures-from for a model trained on every case: "
+                               "give one")
     out = os.path.abspath(args.out)
     bundles.check_new_folder(out)  # before any loading or validating
     base = bundles.load(args.base)
@@ -281,8 +284,12 @@ def _cmd_average(args: argparse.Namespace) -> int:
         from ..recipes.brats_glioma import validate_fold_model
 
         print(f"model bundle: {validate_fold_model(net, doc, args.validate_on, out)}")
-    else:
-        print(f"model bundle: {bundles.save(net, out, doc)} (not validated: no figures)")
+        return 0
+    if args.figures_from:
+        from ..recipes.brats_glioma import averaged_design_fields
+
+        doc.update(averaged_design_fields(doc, [o.manifest for o in others], args.figures_from))
+    print(f"model bundle: {bundles.save(net, out, doc)}" + ("" if args.figures_from else " (no figures)"))
     return 0
 
 
@@ -368,6 +375,9 @@ def _add_segment_command(sub) -> None:
     av.add_argument("--description", help="shown in the model lists")
     av.add_argument("--validate-on", metavar="DATA", help="the real-data recipe's folder: validate a fold model on "
                                                          "its held-out fold through segment and record the figures")
+    av.add_argument("--figures-from", metavar="ENSEMBLE", help="for models trained on every case: their design's "
+                                                                "figures, from the ensemble ensemble --validate-on made "
+                                                                "of the same averages of their fold models")
     av.set_defaults(func=_cmd_average)
 
     dv = sub.add_parser("devices", help="the hardware torch sees: CPU threads, CUDA GPUs, MPS")

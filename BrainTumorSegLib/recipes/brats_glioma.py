@@ -669,6 +669,28 @@ def design_fields_from(ensemble: str, design_folds: Sequence[str]) -> Dict:
             "postprocessing": doc["postprocessing"], "window": doc["window"], "design_figures_from": doc["id"]}
 
 
+def averaged_design_fields(doc: Dict, others: Sequence[bundles.Manifest], ensemble: str) -> Dict:
+    """For a weight average (``averaging.averaged_manifest``) of models trained on every case: its
+    design's figures from ``ensemble``, which ``ensemble --validate-on`` made of the same averages of
+    their design's fold models, fold by fold (checked by the ids each member's manifest records)."""
+    averaged = doc["averaged"]
+    designs = [d.get("all_folds", {}).get("design_folds") for d in (doc, *(o.document for o in others))]
+    if not all(isinstance(d, list) and len(d) == len(FOLDS) for d in designs):
+        raise InputError(ensemble, "--figures-from is for models trained on every case (--fold all), each naming "
+                                   "its design's fold models")
+    names = [e["name"] for e in ensembles.describe(bundles.resolve(ensemble)).get("members", [])]
+    if len(names) != len(FOLDS):
+        raise InputError(ensemble, f"has {len(names)} members, not one model for each of the {len(FOLDS)} folds")
+    for k, name in enumerate(names):
+        member = bundles.read_manifest(ensembles.member_folder(name, bundles.resolve(ensemble))).document
+        made = member.get("averaged") or {}
+        expected = (designs[0][k], averaged["part"], [d[k] for d in designs[1:]])
+        if ((made.get("base") or {}).get("id"), made.get("part"), [w.get("id") for w in made.get("with", [])]) != expected:
+            raise InputError(ensemble, f"member {name} is not the average of {', '.join([expected[0], *expected[2]])}"
+                                       + (f" ({expected[1]})" if expected[1] else ""))
+    return dict(design_fields_from(ensemble, names), all_folds=dict(doc["all_folds"], design_folds=names))
+
+
 def _design_from(figures_from: Optional[str], p: Plan) -> Optional[Dict]:
     if not figures_from:
         return None

@@ -69,3 +69,46 @@ def test_models_that_cannot_be_averaged_are_refused_in_one_line_naming_the_file(
     (tmp_path / "full" / "x").write_text("kept")
     r = cli_main("average", a, a, "--out", str(tmp_path / "full"))
     assert r.returncode == 2 and "not empty" in r.stderr and (tmp_path / "full" / "x").read_text() == "kept"
+
+
+def test_a_model_trained_on_every_case_takes_its_averaged_designs_figures_from_their_ensemble(tmp_path):
+    from BrainTumorSegLib.evaluation.real_validation import ALL_FOUR, MISSING_CONDITIONS
+    from BrainTumorSegLib.models import ensembles
+
+    def design(name, seed):
+        folds = []
+        for k in range(5):
+            folds.append(_save(_resunet(seed + k), tmp_path / f"{name}-fold{k}", f"{name}-fold{k}", train=(str(k),)))
+        net, folder = _resunet(seed + 9), tmp_path / f"{name}-all"
+        bundles.save(net, str(folder), dict(bundles.read_manifest(folds[0]).document, id=f"{name}-all",
+                                            training_data={"train": ["all"]},
+                                            all_folds={"design_folds": [f"{name}-fold{k}" for k in range(5)]}))
+        return str(folder)
+
+    base, other = design("b", 0), design("o", 20)
+    for k in range(5):
+        r = cli_main("average", str(tmp_path / f"b-fold{k}"), str(tmp_path / f"o-fold{(k + 1) % 5 if k == 4 else k}"),
+                     "--out", str(tmp_path / f"soup-fold{k}"))
+        assert r.returncode == (2 if k == 4 else 0), r.stderr  # fold 4 with fold 0: other training cases
+    assert cli_main("average", str(tmp_path / "b-fold4"), str(tmp_path / "b-fold4"),
+                    "--out", str(tmp_path / "soup-fold4")).returncode == 0  # averaged with the wrong model
+    searched = {"postprocessing_search": {"conditions": [ALL_FOUR, *MISSING_CONDITIONS]}}
+    figures = {"metrics": {"out_of_fold": {"mean": {"dice_wt": 0.8}}, "out_of_fold_postprocessed": searched},
+               "postprocessing": {"min_component_voxels": 1000}, "window": "whole"}
+    ensembles.save_ensemble(tmp_path / "ens", [str(tmp_path / f"soup-fold{k}") for k in range(5)], figures)
+    r = cli_main("average", base, other, "--out", str(tmp_path / "soup-all"), "--figures-from", str(tmp_path / "ens"))
+    assert r.returncode == 2 and "member soup-fold4 is not the average of b-fold4, o-fold4" in r.stderr, r.stderr
+    assert not (tmp_path / "soup-all").exists()
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "soup-fold4").rename(tmp_path / "bad" / "soup-fold4")
+    assert cli_main("average", str(tmp_path / "b-fold4"), str(tmp_path / "o-fold4"),
+                    "--out", str(tmp_path / "soup-fold4")).returncode == 0
+    ensembles.save_ensemble(tmp_path / "ens2", [str(tmp_path / f"soup-fold{k}") for k in range(5)], figures)
+    r = cli_main("average", base, other, "--out", str(tmp_path / "soup-all"), "--figures-from", str(tmp_path / "ens2"))
+    assert r.returncode == 0, r.stderr
+    doc = bundles.read_manifest(tmp_path / "soup-all").document
+    assert doc["metrics"] == {k: figures["metrics"][k] for k in ("out_of_fold", "out_of_fold_postprocessed")}
+    assert doc["design_figures_from"] == "ens2" and doc["window"] == "whole"
+    assert doc["all_folds"]["design_folds"] == [f"soup-fold{k}" for k in range(5)]
+    assert doc["averaged"]["with"][0]["id"] == "o-all"
