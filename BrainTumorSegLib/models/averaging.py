@@ -49,8 +49,9 @@ def averaged_network(base: Bundle, others: Sequence[Bundle], part: Optional[str]
 def averaged_manifest(base: Bundle, others: Sequence[Bundle], model_id: str, part: Optional[str] = None,
                       description: Optional[str] = None) -> Dict[str, Any]:
     """The base's manifest for the average: a new id, what was averaged, and no figures (they
-    described the base's weights)."""
-    doc = {k: v for k, v in base.manifest.to_json().items() if k not in ("metrics", "converted_from", "weights_storage")}
+    described the base's weights, as did where they came from)."""
+    stale = ("metrics", "design_figures_from", "converted_from", "weights_storage")
+    doc = {k: v for k, v in base.manifest.to_json().items() if k not in stale}
     doc["id"] = model_id
     doc["averaged"] = {"base": {"id": base.id, "weights_sha256": base.manifest.weights_sha256},
                        "part": part, "with": [{"id": o.id, "weights_sha256": o.manifest.weights_sha256} for o in others],
