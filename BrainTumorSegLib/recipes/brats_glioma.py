@@ -66,7 +66,7 @@ under one CPU budget:
   exported as ``brats-glioma-v11-foldK`` (measured out of fold in docs/training.md: not adopted);
 - ``2mm-cv-tc-noenh-fluid2``: as ``2mm-cv-tc-noenh-fluid``, half the fluid-filled cores also shown
   without enhancement (a cyst whose wall does not enhance); exported as ``brats-glioma-v12-foldK``
-  (measured out of fold in docs/training.md: not adopted);
+  (alone not adopted; averaged with v9 as the default cascade's stage 1, below);
 - ``2mm-cv-tc-noenh-swa``: each shipped ``brats-glioma-v9-foldK`` trained on as v9 was for 400 more
   iterations at a constant 1e-4, the weights at the end of every 100 iterations averaged and the
   average exported (stochastic weight averaging: Izmailov et al., "Averaging weights leads to
@@ -92,8 +92,11 @@ under one CPU budget:
 Every fold variant also trains with ``--fold all``: its design on all 32 cases, none held out,
 each step from the previous step's ``-all`` model (``brats-glioma-v6-all`` for ``2mm-cv-tc-noenh``);
 exported as ``<id>-all`` with the pooled out-of-fold figures of the design's five fold models.
-``brats-glioma-v9-all`` is ``2mm-cv-tc-noenh`` so, after the four steps before it; the default
-``brats-glioma-cascade-et-v2-all`` is ``1mm-cascade-et-cv`` so, on ``brats-glioma-v9-all``.
+``brats-glioma-v9-all`` is ``2mm-cv-tc-noenh`` so, after the four steps before it;
+``brats-glioma-cascade-et-v2-all`` is ``1mm-cascade-et-cv`` so, on ``brats-glioma-v9-all``. The
+default ``brats-glioma-cascade-et-soup-all`` is that cascade with stage 1 the weight average of
+``brats-glioma-v9-all`` and ``brats-glioma-v12-all`` (``braintumorseg average ... --part coarse``,
+``models.averaging``; its figures from the same averages of the fold models: docs/training.md).
 """
 from __future__ import annotations
 
