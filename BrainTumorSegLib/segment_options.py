@@ -108,9 +108,11 @@ class SegmentOptions:
     label_scheme: Optional[str] = option(None, "choice", "label values written: brats2021 (ET 4) or brats2023 (ET 3)",
                                          choices=LABEL_SCHEMES, nullable=True)
     min_et_voxels: Optional[int] = option(None, "int", "relabel enhancing tumor as necrosis when it has fewer "
-                                                       "voxels than this (0: never)", low=0, high=10 ** 6, nullable=True)
-    min_component_voxels: Optional[int] = option(None, "int", "remove whole-tumor components of fewer voxels than "
-                                                              "this (0: none)", low=0, high=10 ** 6, nullable=True)
+                                                       "voxels of 1 mm^3 than this, on any grid (0: never)", low=0,
+                                          high=10 ** 6, nullable=True)
+    min_component_voxels: Optional[int] = option(None, "int", "remove whole-tumor components of fewer voxels of 1 "
+                                                              "mm^3 than this, on any grid (0: none)", low=0,
+                                                 high=10 ** 6, nullable=True)
     fill_core_holes: Optional[bool] = option(None, "switch", "fill holes enclosed by the tumor core with necrosis",
                                              nullable=True)
     isotropic: Union[str, float] = option(

@@ -22,7 +22,7 @@ from ..models import ensembles
 from ..pipeline import segment
 from ..postprocess.cleanup import PostprocessOptions, postprocess
 from ..read.cases import ALL_FOUR, OPTIONAL_SEQUENCES, Case, without_condition
-from ..read.images import read_image
+from ..read.images import read_image, voxel_volume_mm3
 from ..segment_options import NO_POSTPROCESSING, SegmentOptions
 from .cross_validation import grade_summary
 from .scoring import score_images
@@ -92,7 +92,8 @@ def score_raw(raw: RawLabels, postprocessing: Optional[PostprocessOptions] = Non
     conditions = {ALL_FOUR: raw, **(missing or {})}
 
     def postprocessed(labels: sitk.Image, post: PostprocessOptions) -> sitk.Image:
-        out = sitk.GetImageFromArray(postprocess(sitk.GetArrayViewFromImage(labels), raw.scheme, post))
+        out = sitk.GetImageFromArray(postprocess(sitk.GetArrayViewFromImage(labels), raw.scheme, post,
+                                                 voxel_volume_mm3(labels)))
         out.CopyInformation(labels)
         return out
 

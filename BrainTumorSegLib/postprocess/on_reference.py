@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from ..predict import output_kinds
 from ..preprocess.transform import Preprocessed
-from ..read.images import same_grid
+from ..read.images import same_grid, voxel_volume_mm3
 from .cleanup import PostprocessOptions, postprocess
 
 
@@ -34,13 +34,13 @@ def labels_on_reference(probs: np.ndarray, pre: Preprocessed, kind: str, scheme:
     if same_grid(inv.working, inv.canonical):
         labels = probabilities_to_labels(probs, kind, scheme)
         labels[~pre.brain] = 0
-        out = inv.to_reference(postprocess(labels, scheme, post).astype(np.uint8), labels=True)
+        out = inv.to_reference(postprocess(labels, scheme, post, voxel_volume_mm3(inv.working)).astype(np.uint8), labels=True)
         return out, inv.to_reference(entropy_map(probs, kind), labels=False) if uncertainty else None
     if uncertainty:
         ref_probs = np.stack([inv.to_reference_array(p, labels=False) for p in probs])
         labels = probabilities_to_labels(ref_probs, kind, scheme)
         labels[inv.to_reference_array(pre.brain.astype(np.uint8), labels=True) == 0] = 0
-        out = sitk.GetImageFromArray(postprocess(labels, scheme, post).astype(np.uint8))
+        out = sitk.GetImageFromArray(postprocess(labels, scheme, post, voxel_volume_mm3(inv.reference)).astype(np.uint8))
         out.CopyInformation(inv.reference)
         unc = sitk.GetImageFromArray(entropy_map(ref_probs, kind))
         unc.CopyInformation(inv.reference)
@@ -63,7 +63,7 @@ def _labels_near_tumor(probs: np.ndarray, pre: Preprocessed, kind: str, scheme: 
         ref_probs = np.stack([inv.to_canonical_region(p, region, labels=False) for p in probs])
         labels = probabilities_to_labels(ref_probs, kind, scheme)
         labels[inv.to_canonical_region(pre.brain.astype(np.uint8), region, labels=True) == 0] = 0
-        full[region] = postprocess(labels, scheme, post)
+        full[region] = postprocess(labels, scheme, post, voxel_volume_mm3(inv.canonical))
     return inv.from_canonical(full)
 
 

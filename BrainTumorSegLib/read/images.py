@@ -143,5 +143,9 @@ def orientation_code(img: sitk.Image) -> str:
     return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection())
 
 
+def voxel_volume_mm3(img: sitk.Image) -> float:
+    return float(np.prod(img.GetSpacing()))
+
+
 def voxel_volume_ml(img: sitk.Image) -> float:
-    return float(np.prod(img.GetSpacing())) / 1000.0
+    return voxel_volume_mm3(img) / 1000.0

@@ -133,6 +133,25 @@ def test_clinical_like_inputs_on_other_grids_give_labels_on_the_t1ce_grid(tiny_b
     assert 0 <= u.min() and u.max() <= 1 and u.max() > 0.5
 
 
+def test_on_a_clinical_grid_the_enhancing_tumor_rule_counts_the_volume_not_the_voxels(tiny_bundle, small_case_dir):
+    case = find_case(small_case_dir)
+    imgs = {r: sitk.ReadImage(p, sitk.sitkFloat32) for r, p in case.sequences.items()}
+    grid = sitk.Image([133, 133, 65], sitk.sitkFloat32)
+    grid.SetSpacing((1.8, 1.8, 2.4))  # 7.776 mm^3 a voxel
+    grid.SetOrigin(imgs["t1ce"].GetOrigin())
+    imgs["t1ce"] = sitk.Resample(imgs["t1ce"], grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+    off = labels_of(segment(imgs, tiny_bundle, "cpu", SegmentOptions(min_et_voxels=0, min_component_voxels=0)))
+    n_et = int((off == 4).sum())
+    assert n_et > 10
+    fewer_voxels_more_volume = segment(imgs, tiny_bundle, "cpu", SegmentOptions(min_et_voxels=n_et + 1,
+                                                                                min_component_voxels=0))
+    # kept (a few voxels may differ between runs: bf16 near the random network's thresholds)
+    assert int((labels_of(fewer_voxels_more_volume) == 4).sum()) > 0.99 * n_et
+    smaller_volume = segment(imgs, tiny_bundle, "cpu", SegmentOptions(min_et_voxels=int(n_et * 7.776 * 1.05),
+                                                                      min_component_voxels=0))
+    assert not (labels_of(smaller_volume) == 4).any()
+
+
 def test_array_inputs_with_geometry(tiny_bundle, small_case_dir):
     case = find_case(small_case_dir)
     base = segment(case.sequences, tiny_bundle, "cpu")

@@ -33,6 +33,21 @@ def test_small_et_relabelled_only_below_threshold():
     assert not (postprocess(lab3, "brats2023", PostprocessOptions(min_et_voxels=10 ** 6)) == 3).any()
 
 
+def test_the_thresholds_are_volumes_of_1mm3_voxels_on_any_grid():
+    """A model chooses its thresholds on BraTS's 1 mm grid; on a clinical T1ce's 0.9 x 0.9 x 5.5 mm
+    voxels (4.455 mm^3) the same volume is meant: 500 voxels there would be 2.2 mL, not 0.5."""
+    lab = tumor()
+    n_et = int((lab == 4).sum())
+    thick = 0.9 * 0.9 * 5.5
+    keep_et = PostprocessOptions(min_et_voxels=n_et + 1)  # fewer voxels than this, but more mm^3
+    assert np.array_equal(postprocess(lab, "brats2021", keep_et, voxel_mm3=thick), lab)
+    drop_et = PostprocessOptions(min_et_voxels=int(n_et * thick) + 1)
+    assert not (postprocess(lab, "brats2021", drop_et, voxel_mm3=thick) == 4).any()
+    lab[0, 0, 0] = 2  # one voxel of 4.455 mm^3
+    assert postprocess(lab, "brats2021", PostprocessOptions(min_component_voxels=4), voxel_mm3=thick)[0, 0, 0] == 2
+    assert postprocess(lab, "brats2021", PostprocessOptions(min_component_voxels=5), voxel_mm3=thick)[0, 0, 0] == 0
+
+
 def test_small_components_removed():
     lab = tumor()
     lab[0, 0, 0] = 2
