@@ -6,12 +6,12 @@
   so it is off unless the user or the model's manifest asks for it.
 * ``min_component_voxels`` (0 = off): remove connected components (26-connected) of the whole
   tumor smaller than this many voxels.
-
-Both count voxels of 1 mm^3, the BraTS grid on which models choose them: on a grid of other
-voxels (``voxel_mm3``, e.g. a clinical T1ce of 0.9 x 0.9 x 5.5 mm) the same volume is meant, not
-the same count.
 * ``fill_core_holes`` (off by default): fill holes fully enclosed in the tumor core (TC) with
   necrotic core; holes are background or edema voxels not connected to the outside of the core.
+
+Both sizes count voxels of 1 mm^3, the BraTS grid on which models choose them: on a grid of other
+voxels (``voxel_mm3``, e.g. a clinical T1ce of 0.9 x 0.9 x 5.5 mm) the same volume is meant, not
+the same count.
 """
 from __future__ import annotations
 
