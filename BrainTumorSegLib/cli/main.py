@@ -271,9 +271,6 @@ def _cmd_average(args: argparse.Namespace) -> int:
     """A bundle whose weights (or one part's) are the mean of several models' (a model soup)."""
     from ..models import averaging, bundles
 
-    if args.validate_on and args.figures_from:
-        raise InputError(None, "--validate-on is for a fold model, --figures-from for a model trained on every case: "
-                               "give one")
     out = os.path.abspath(args.out)
     bundles.check_new_folder(out)  # before any loading or validating
     base = bundles.load(args.base)
@@ -373,11 +370,12 @@ def _add_segment_command(sub) -> None:
     av.add_argument("--part", help="average only this part of BASE's network (a cascade's coarse stage: coarse)")
     av.add_argument("--id", help="its model id (default: the folder's name)")
     av.add_argument("--description", help="shown in the model lists")
-    av.add_argument("--validate-on", metavar="DATA", help="the real-data recipe's folder: validate a fold model on "
-                                                         "its held-out fold through segment and record the figures")
-    av.add_argument("--figures-from", metavar="ENSEMBLE", help="for models trained on every case: their design's "
-                                                                "figures, from the ensemble ensemble --validate-on made "
-                                                                "of the same averages of their fold models")
+    figures = av.add_mutually_exclusive_group()  # a fold model is validated; a model of every case takes its design's
+    figures.add_argument("--validate-on", metavar="DATA", help="the real-data recipe's folder: validate a fold model "
+                                                              "on its held-out fold through segment and record the figures")
+    figures.add_argument("--figures-from", metavar="ENSEMBLE", help="for models trained on every case: their design's "
+                                                                    "figures, from the ensemble ensemble --validate-on "
+                                                                    "made of the same averages of their fold models")
     av.set_defaults(func=_cmd_average)
 
     dv = sub.add_parser("devices", help="the hardware torch sees: CPU threads, CUDA GPUs, MPS")

@@ -111,16 +111,17 @@ def test_same_labels_in_physical_space_whatever_the_stored_orientation(tiny_bund
     assert 500 < (labels_of(base) > 0).sum()  # the comparison is not between empty maps
 
 
+def resample(img, spacing, size, origin_shift=(0, 0, 0)):
+    """``img`` on a grid of ``spacing`` and ``size`` from its origin (shifted): a clinical-like grid."""
+    grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
+    grid.SetSpacing(spacing)
+    grid.SetOrigin([o + s for o, s in zip(img.GetOrigin(), origin_shift)])
+    return sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+
+
 def test_clinical_like_inputs_on_other_grids_give_labels_on_the_t1ce_grid(tiny_bundle, small_case_dir):
     case = find_case(small_case_dir)
     imgs = {r: sitk.ReadImage(p, sitk.sitkFloat32) for r, p in case.sequences.items()}
-
-    def resample(img, spacing, size, origin_shift=(0, 0, 0)):
-        grid = sitk.Image([int(s) for s in size], sitk.sitkFloat32)
-        grid.SetSpacing(spacing)
-        grid.SetOrigin([o + s for o, s in zip(img.GetOrigin(), origin_shift)])
-        return sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, 0.0)
-
     t1ce = resample(imgs["t1ce"], (1.8, 1.8, 2.4), (133, 133, 65))
     flair = resample(imgs["flair"], (1.8, 1.8, 6.0), (133, 133, 26), (0, 0, 2.0))  # thick slices
     t2 = resample(imgs["t2"], (2.0, 2.0, 4.0), (120, 120, 39))
@@ -136,10 +137,7 @@ def test_clinical_like_inputs_on_other_grids_give_labels_on_the_t1ce_grid(tiny_b
 def test_on_a_clinical_grid_the_enhancing_tumor_rule_counts_the_volume_not_the_voxels(tiny_bundle, small_case_dir):
     case = find_case(small_case_dir)
     imgs = {r: sitk.ReadImage(p, sitk.sitkFloat32) for r, p in case.sequences.items()}
-    grid = sitk.Image([133, 133, 65], sitk.sitkFloat32)
-    grid.SetSpacing((1.8, 1.8, 2.4))  # 7.776 mm^3 a voxel
-    grid.SetOrigin(imgs["t1ce"].GetOrigin())
-    imgs["t1ce"] = sitk.Resample(imgs["t1ce"], grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+    imgs["t1ce"] = resample(imgs["t1ce"], (1.8, 1.8, 2.4), (133, 133, 65))  # 7.776 mm^3 a voxel
     off = labels_of(segment(imgs, tiny_bundle, "cpu", SegmentOptions(min_et_voxels=0, min_component_voxels=0)))
     n_et = int((off == 4).sum())
     assert n_et > 10
