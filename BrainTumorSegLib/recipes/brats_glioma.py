@@ -311,6 +311,14 @@ VARIANTS: Dict[str, Variant] = {
                                  lr=3e-4, model_id="brats-glioma-cascade-et-v2", folds=True, fg_fraction=0.6,
                                  rare_weight=2.0, kind="Coarse-to-fine cascade (2 mm residual U-Net, its enhancing "
                                  "tumor refined at 1 mm)"),
+    # the same on the default's stage 1 (v9 and v12 of the fold averaged: `average`), so that stage 2
+    # learns from the guides it is given at inference rather than v9's
+    "1mm-cascade-et-soup-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
+                                      options={**CASCADE_OPTIONS, "refine": "et"},
+                                      coarse_from="brats-glioma-soup-v9-v12-{member}", lr=3e-4,
+                                      model_id="brats-glioma-cascade-et-v3", folds=True, fg_fraction=0.6,
+                                      rare_weight=2.0, kind="Coarse-to-fine cascade (2 mm residual U-Net, its "
+                                      "enhancing tumor refined at 1 mm)"),
 }
 
 
