@@ -54,9 +54,10 @@ class BrainTumorSeg(ScriptedLoadableModule):
         parent.acknowledgementText = (
             "Networks after the AGSE-VNet, CGA U-Net and DM-DA-Unet papers and the BraTS 2021 challenge "
             "proceedings. Label conventions from the BraTS challenges. The default model was trained on BraTS "
-            "2018 data: Menze et al., IEEE TMI 34(10) 2015 (doi:10.1109/TMI.2014.2377694); Bakas et al., Sci "
-            "Data 4:170117, 2017 (doi:10.1038/sdata.2017.117); Bakas et al., arXiv:1811.02629, 2018; TCGA cases "
-            "from The Cancer Imaging Archive (doi:10.7937/K9/TCIA.2017.KLXWJJ1Q, doi:10.7937/K9/TCIA.2017.GJQ7R0EF).")
+            "2018 and 2021 data: Menze et al., IEEE TMI 34(10) 2015 (doi:10.1109/TMI.2014.2377694); Bakas et al., "
+            "Sci Data 4:170117, 2017 (doi:10.1038/sdata.2017.117); Bakas et al., arXiv:1811.02629, 2018; Baid et "
+            "al., arXiv:2107.02314, 2021; TCGA cases from The Cancer Imaging Archive (doi:10.7937/K9/TCIA.2017.KLXWJJ1Q, "
+            "doi:10.7937/K9/TCIA.2017.GJQ7R0EF).")
 
 
 class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
