@@ -193,6 +193,22 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
     assert et.cfg.options["refine"] == "et" and et.extra["initialised_from"]["id"] == "brats-glioma-v9-fold2"
 
 
+def test_the_et_cascade_on_averaged_fold_models_refines_and_is_guided_by_the_averages(all_standins, tmp_path,
+                                                                                     monkeypatch):
+    """``1mm-cascade-et-soup-cv``: stage 1 is the fold's v9 + v12 average (made with ``average``,
+    found by name), and every training case's guide comes from the average that held it out."""
+    for k in range(len(FOLDS)):  # v12 is not shipped: each shipped v9 fold averaged with itself stands in
+        assert cli_main("average", f"brats-glioma-v9-fold{k}", f"brats-glioma-v9-fold{k}", "--out",
+                        str(tmp_path / f"brats-glioma-soup-v9-v12-fold{k}")).returncode == 0
+    monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(tmp_path))
+    p = plan(all_standins, "1mm-cascade-et-soup-cv", 4, 100, 0, fold=2)
+    assert p.extra["id"] == "brats-glioma-cascade-et-v3-fold2" and p.cfg.options["refine"] == "et"
+    assert p.extra["initialised_from"]["id"] == "brats-glioma-soup-v9-v12-fold2"
+    digests = [bundles.read_manifest(str(tmp_path / f"brats-glioma-soup-v9-v12-fold{k}")).weights_sha256[:12]
+               for k in range(len(FOLDS))]
+    assert p.guide is not None and p.guide.key.endswith(",".join(digests))
+
+
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):
     """Fold 0 of the 1 mm cascade, one step: stage 1 is brats-glioma-v9-fold0 (frozen), every
     training case's guide channels come from the 2 mm fold model that held that case out, and the
