@@ -94,9 +94,10 @@ each step from the previous step's ``-all`` model (``brats-glioma-v6-all`` for `
 exported as ``<id>-all`` with the pooled out-of-fold figures of the design's five fold models.
 ``brats-glioma-v9-all`` is ``2mm-cv-tc-noenh`` so, after the four steps before it;
 ``brats-glioma-cascade-et-v2-all`` is ``1mm-cascade-et-cv`` so, on ``brats-glioma-v9-all``. The
-default ``brats-glioma-cascade-et-soup-all`` is that cascade with stage 1 the weight average of
-``brats-glioma-v9-all`` and ``brats-glioma-v12-all`` (``braintumorseg average ... --part coarse``,
-``models.averaging``; its figures from the same averages of the fold models: docs/training.md).
+default ``brats-glioma-cascade-et-v3-all`` is ``1mm-cascade-et-soup-cv`` so: that cascade on
+``brats-glioma-soup-v9-v12-all``, the weight average of ``brats-glioma-v9-all`` and
+``brats-glioma-v12-all`` (``braintumorseg average``, ``models.averaging``), its stage 2 trained
+on the guides of the same averages of the fold models (docs/training.md).
 """
 from __future__ import annotations
 

@@ -323,21 +323,21 @@ def _trained_on_every_case_with_its_designs_figures(name: str, design: str) -> "
 
 def test_default_model_is_the_real_data_model_and_says_what_it_is():
     """The default: a 2 mm stage 1 with its enhancing tumor refined at 1 mm, trained on all 32 cases,
-    stage 1 the weight average of the shipped 2 mm model and that model trained on with cystic cores;
-    its figures those of its design's five fold cascades (not shipped: 21 MB each), taken from their
-    ensemble's protocol, which the manifest names with what was averaged."""
-    assert bundles.DEFAULT_MODEL == "brats-glioma-cascade-et-soup-all"
-    default, m = _trained_on_every_case_with_its_designs_figures(bundles.DEFAULT_MODEL, "brats-glioma-cascade-et-soup")
-    assert m["design_figures_from"] == "brats-glioma-ensemble-cascade-et-soup" and m["network"] == "coarse_to_fine"
+    stage 1 the weight average of the shipped 2 mm model and that model trained on with cystic cores
+    (made by ``average``; not shipped), stage 2 trained on that stage 1's guides; its figures those
+    of its design's five fold cascades (not shipped: 21 MB each), taken from their ensemble's
+    protocol, which the manifest names."""
+    assert bundles.DEFAULT_MODEL == "brats-glioma-cascade-et-v3-all"
+    default, m = _trained_on_every_case_with_its_designs_figures(bundles.DEFAULT_MODEL, "brats-glioma-cascade-et-v3")
+    assert m["design_figures_from"] == "brats-glioma-ensemble-cascade-et-v3" and m["network"] == "coarse_to_fine"
     assert m["options"]["refine"] == "et" and m["preprocessing"]["spacing_mm"] == 1.0
-    made = m["averaged"]
-    assert made["base"]["id"] == "brats-glioma-cascade-et-v2-all" and made["part"] == "coarse"
-    assert [w["id"] for w in made["with"]] == ["brats-glioma-v12-all"]
+    assert m["variant"] == "1mm-cascade-et-soup-cv" and m["initialised_from"]["id"] == "brats-glioma-soup-v9-v12-all"
     # stage 1 moved from the shipped 2 mm model it started from, the way an average of two of its fine-tunings does
     stage1 = bundles.load("brats-glioma-v9-all").network.state_dict()
     coarse = default.network.coarse.state_dict()
     moved = [float((coarse[k] - v).norm() / v.norm()) for k, v in stage1.items() if v.is_floating_point() and v.norm() > 0]
     assert max(moved) > 0.001 and sum(moved) / len(moved) < 0.05
+    assert default.network.fine.state_dict()["head.weight"].abs().max() > 0  # stage 2 learned (it starts at zero)
     p = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "models"], capture_output=True, text=True)
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith(bundles.DEFAULT_MODEL + " "))
     mean = m["metrics"]["out_of_fold_postprocessed"]["mean"]
