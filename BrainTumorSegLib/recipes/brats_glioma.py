@@ -105,7 +105,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -232,6 +232,11 @@ class Variant:
     kind: str = "Residual U-Net"    # how the bundle's description names the network
 
 
+_ET_CASCADE = Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
+                      options={**CASCADE_OPTIONS, "refine": "et"}, coarse_from="brats-glioma-v9-{member}",
+                      lr=3e-4, model_id="brats-glioma-cascade-et-v2", folds=True, fg_fraction=0.6, rare_weight=2.0,
+                      kind="Coarse-to-fine cascade (2 mm residual U-Net, its enhancing tumor refined at 1 mm)")
+
 VARIANTS: Dict[str, Variant] = {
     "2mm": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64)),
     "1mm": Variant(spacing=None, patch=(64, 64, 64), window=(128, 128, 128)),
@@ -307,19 +312,11 @@ VARIANTS: Dict[str, Variant] = {
                               kind="Coarse-to-fine cascade (2 mm residual U-Net, then 1 mm around the tumor)"),
     # the same cascade with stage 2 correcting only the enhancing tumor near stage 1's: the full one
     # bettered high-grade enhancing tumor but widened whole tumors and added spots (docs/training.md)
-    "1mm-cascade-et-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
-                                 options={**CASCADE_OPTIONS, "refine": "et"}, coarse_from="brats-glioma-v9-{member}",
-                                 lr=3e-4, model_id="brats-glioma-cascade-et-v2", folds=True, fg_fraction=0.6,
-                                 rare_weight=2.0, kind="Coarse-to-fine cascade (2 mm residual U-Net, its enhancing "
-                                 "tumor refined at 1 mm)"),
+    "1mm-cascade-et-cv": _ET_CASCADE,
     # the same on the default's stage 1 (v9 and v12 of the fold averaged: `average`), so that stage 2
     # learns from the guides it is given at inference rather than v9's
-    "1mm-cascade-et-soup-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
-                                      options={**CASCADE_OPTIONS, "refine": "et"},
-                                      coarse_from="brats-glioma-soup-v9-v12-{member}", lr=3e-4,
-                                      model_id="brats-glioma-cascade-et-v3", folds=True, fg_fraction=0.6,
-                                      rare_weight=2.0, kind="Coarse-to-fine cascade (2 mm residual U-Net, its "
-                                      "enhancing tumor refined at 1 mm)"),
+    "1mm-cascade-et-soup-cv": replace(_ET_CASCADE, coarse_from="brats-glioma-soup-v9-v12-{member}",
+                                      model_id="brats-glioma-cascade-et-v3"),
 }
 
 
