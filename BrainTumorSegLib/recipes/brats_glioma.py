@@ -306,6 +306,12 @@ VARIANTS: Dict[str, Variant] = {
                                      init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v14",
                                      folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
                                      without_enhancement=0.2, solid_cores=0.25),
+    # each fold's average of v9 and v12 (the default's stage 1) trained on as v9 was for 400 more
+    # iterations at a tenth of v9's learning rate, to see whether the average still learns
+    "2mm-cv-soup-long": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
+                                init_from="brats-glioma-soup-v9-v12-{member}", lr=1e-4, model_id="brats-glioma-v15",
+                                folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
+                                without_enhancement=0.2),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from="brats-glioma-v9-{member}",
                               lr=3e-4, model_id="brats-glioma-cascade-v4", folds=True, fg_fraction=0.6, rare_weight=2.0,

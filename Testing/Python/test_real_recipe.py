@@ -196,7 +196,8 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
 def test_the_et_cascade_on_averaged_fold_models_refines_and_is_guided_by_the_averages(all_standins, tmp_path,
                                                                                      monkeypatch):
     """``1mm-cascade-et-soup-cv``: stage 1 is the fold's v9 + v12 average (made with ``average``,
-    found by name), and every training case's guide comes from the average that held it out."""
+    found by name), and every training case's guide comes from the average that held it out;
+    ``2mm-cv-soup-long`` trains on from the same averages."""
     for k in range(len(FOLDS)):  # v12 is not shipped: each shipped v9 fold averaged with itself stands in
         assert cli_main("average", f"brats-glioma-v9-fold{k}", f"brats-glioma-v9-fold{k}", "--out",
                         str(tmp_path / f"brats-glioma-soup-v9-v12-fold{k}")).returncode == 0
@@ -207,6 +208,10 @@ def test_the_et_cascade_on_averaged_fold_models_refines_and_is_guided_by_the_ave
     digests = [bundles.read_manifest(str(tmp_path / f"brats-glioma-soup-v9-v12-fold{k}")).weights_sha256[:12]
                for k in range(len(FOLDS))]
     assert p.guide is not None and p.guide.key.endswith(",".join(digests))
+    longer = plan(all_standins, "2mm-cv-soup-long", 4, 100, 0, fold=3)  # the average trained on, at 1e-4
+    assert longer.extra["initialised_from"]["id"] == "brats-glioma-soup-v9-v12-fold3"
+    assert longer.extra["id"] == "brats-glioma-v15-fold3" and longer.cfg.lr == 1e-4 and longer.guide is None
+    assert longer.cfg.without_enhancement == 0.2 and longer.cfg.region_weights == (1.0, 2.0, 1.0)
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):
