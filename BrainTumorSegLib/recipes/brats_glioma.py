@@ -78,6 +78,9 @@ under one CPU budget:
   does not enhance (the case's edema intensities moved as low-grade cores differ from their edema:
   ``augmentation.make_core_solid``); exported as ``brats-glioma-v14-foldK`` (measured out of fold
   in docs/training.md: not adopted, it loses more than v9 without T1);
+- ``2mm-cv-soup-long``: each fold's ``brats-glioma-soup-v9-v12-foldK`` (v9 and v12 averaged, the
+  default's stage 1) trained on as v9 was, at 1e-4 (cosine); exported as ``brats-glioma-v15-foldK``
+  (measured out of fold in docs/training.md);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
