@@ -80,7 +80,7 @@ under one CPU budget:
   in docs/training.md: not adopted, it loses more than v9 without T1);
 - ``2mm-cv-soup-long``: each fold's ``brats-glioma-soup-v9-v12-foldK`` (v9 and v12 averaged, the
   default's stage 1) trained on as v9 was, at 1e-4 (cosine); exported as ``brats-glioma-v15-foldK``
-  (measured out of fold in docs/training.md);
+  (measured out of fold in docs/training.md: not adopted);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -310,7 +310,7 @@ VARIANTS: Dict[str, Variant] = {
                                      folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
                                      without_enhancement=0.2, solid_cores=0.25),
     # each fold's average of v9 and v12 (the default's stage 1) trained on as v9 was for 400 more
-    # iterations at a tenth of v9's learning rate, to see whether the average still learns
+    # iterations at a third of v9's learning rate (measured: not adopted)
     "2mm-cv-soup-long": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
                                 init_from="brats-glioma-soup-v9-v12-{member}", lr=1e-4, model_id="brats-glioma-v15",
                                 folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
