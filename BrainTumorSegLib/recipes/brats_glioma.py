@@ -235,8 +235,14 @@ class Variant:
     kind: str = "Residual U-Net"    # how the bundle's description names the network
 
 
+# v9's design (2mm-cv-tc-noenh), the base of the variants that train its models on (v10-v15)
+_V9 = Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="brats-glioma-v6-{member}", lr=3e-4,
+              model_id="brats-glioma-v9", folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
+              without_enhancement=0.2)
+_FROM_V9 = "brats-glioma-v9-{member}"
+
 _ET_CASCADE = Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
-                      options={**CASCADE_OPTIONS, "refine": "et"}, coarse_from="brats-glioma-v9-{member}",
+                      options={**CASCADE_OPTIONS, "refine": "et"}, coarse_from=_FROM_V9,
                       lr=3e-4, model_id="brats-glioma-cascade-et-v2", folds=True, fg_fraction=0.6, rare_weight=2.0,
                       kind="Coarse-to-fine cascade (2 mm residual U-Net, its enhancing tumor refined at 1 mm)")
 
@@ -275,48 +281,32 @@ VARIANTS: Dict[str, Variant] = {
                                augmentation="nnunet"),
     # each v6 fold trained on as v6 was, a fifth of the patches with enhancing tumor shown without it
     # (T1ce from T1 there, labelled non-enhancing core), for the low-grade cores labelled edema
-    "2mm-cv-tc-noenh": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
-                               init_from="brats-glioma-v6-{member}", lr=3e-4, model_id="brats-glioma-v9", folds=True,
-                               fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0), without_enhancement=0.2),
+    "2mm-cv-tc-noenh": _V9,
     # each v9 fold trained on again: two fifths of the ET patches shown without enhancement and the
     # tumor core counting three times, for the low-grade cores still labelled edema (measured: not adopted)
-    "2mm-cv-tc-noenh2": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
-                                init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v10",
-                                folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 3.0, 1.0),
+    "2mm-cv-tc-noenh2": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v10", region_weights=(1.0, 3.0, 1.0),
                                 without_enhancement=0.4),
     # each v9 fold trained on as v9 was, a quarter of the patches with a core shown with it filled with
     # fluid (the case's CSF intensities: bright T2, dark FLAIR), for the cystic cores left outside the tumor
-    "2mm-cv-tc-noenh-fluid": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
-                                     init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v11",
-                                     folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
-                                     without_enhancement=0.2, fluid_cores=0.25),
+    "2mm-cv-tc-noenh-fluid": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v11", fluid_cores=0.25),
     # as 2mm-cv-tc-noenh-fluid, half the fluid-filled cores with a wall that does not enhance either
     # (v11 gave a cystic tumor without enhancement an enhancing spot beside its core)
-    "2mm-cv-tc-noenh-fluid2": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
-                                      init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v12",
-                                      folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
-                                      without_enhancement=0.2, fluid_cores=0.25, fluid_without_enhancement=0.5),
+    "2mm-cv-tc-noenh-fluid2": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v12", fluid_cores=0.25,
+                                      fluid_without_enhancement=0.5),
     # each v9 fold trained on as v9 was for 400 more iterations at a constant third of v9's learning
     # rate, the weights at the end of each 100 averaged (stochastic weight averaging; measured: not adopted)
-    "2mm-cv-tc-noenh-swa": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
-                                   init_from="brats-glioma-v9-{member}", lr=1e-4, schedule="constant", average_from=1,
-                                   model_id="brats-glioma-v13", folds=True, fg_fraction=0.5, rare_weight=3.0,
-                                   region_weights=(1.0, 2.0, 1.0), without_enhancement=0.2),
+    "2mm-cv-tc-noenh-swa": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v13", lr=1e-4, schedule="constant",
+                                   average_from=1),
     # each v9 fold trained on as v9 was, a quarter of the patches with a core shown as a solid core
     # that does not enhance (T1-dark, edema-like on T2 and FLAIR), as low-grade gliomas' cores are
     # (measured: not adopted)
-    "2mm-cv-tc-noenh-solid": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
-                                     init_from="brats-glioma-v9-{member}", lr=3e-4, model_id="brats-glioma-v14",
-                                     folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
-                                     without_enhancement=0.2, solid_cores=0.25),
+    "2mm-cv-tc-noenh-solid": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v14", solid_cores=0.25),
     # each fold's average of v9 and v12 (the default's stage 1) trained on as v9 was for 400 more
     # iterations at a third of v9's learning rate (measured: not adopted)
-    "2mm-cv-soup-long": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64),
-                                init_from="brats-glioma-soup-v9-v12-{member}", lr=1e-4, model_id="brats-glioma-v15",
-                                folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
-                                without_enhancement=0.2),
+    "2mm-cv-soup-long": replace(_V9, init_from="brats-glioma-soup-v9-v12-{member}", lr=1e-4,
+                                model_id="brats-glioma-v15"),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
-                              options=CASCADE_OPTIONS, coarse_from="brats-glioma-v9-{member}",
+                              options=CASCADE_OPTIONS, coarse_from=_FROM_V9,
                               lr=3e-4, model_id="brats-glioma-cascade-v4", folds=True, fg_fraction=0.6, rare_weight=2.0,
                               kind="Coarse-to-fine cascade (2 mm residual U-Net, then 1 mm around the tumor)"),
     # the same cascade with stage 2 correcting only the enhancing tumor near stage 1's: the full one
