@@ -90,7 +90,12 @@ under one CPU budget:
 - ``1mm-cascade-et-cv``: that cascade with stage 2 correcting only the enhancing tumor, near stage 1's
   (``refine="et"``: the whole-tumor and core probabilities stay stage 1's); exported as
   ``brats-glioma-cascade-et-v2-foldK`` (``-v1-``: the five of stop 42, whose guides were made on
-  crops not yet aligned to the 2 mm grid).
+  crops not yet aligned to the 2 mm grid);
+- ``1mm-cascade-et-soup-cv``: that cascade on each fold's ``brats-glioma-soup-v9-v12-foldK`` (v9 and
+  v12 averaged), its guides from the averages that held each case out; exported as
+  ``brats-glioma-cascade-et-v3-foldK`` (the default's design);
+- ``1mm-cascade-et-soup-long``: each ``brats-glioma-cascade-et-v3-foldK`` trained on as it was trained,
+  a new cosine schedule from 3e-4 on the same guides; exported as ``brats-glioma-cascade-et-v4-foldK``.
 
 Every fold variant also trains with ``--fold all``: its design on all 32 cases, none held out,
 each step from the previous step's ``-all`` model (``brats-glioma-v6-all`` for ``2mm-cv-tc-noenh``);
@@ -316,6 +321,11 @@ VARIANTS: Dict[str, Variant] = {
     # learns from the guides it is given at inference rather than v9's
     "1mm-cascade-et-soup-cv": replace(_ET_CASCADE, coarse_from="brats-glioma-soup-v9-v12-{member}",
                                       model_id="brats-glioma-cascade-et-v3"),
+    # each fold's brats-glioma-cascade-et-v3 trained on as it was trained (a new cosine from 3e-4, the
+    # same out-of-fold guides): stage 2 had 400 iterations where stage 1 had 4,400
+    "1mm-cascade-et-soup-long": replace(_ET_CASCADE, coarse_from="brats-glioma-soup-v9-v12-{member}",
+                                        init_from="brats-glioma-cascade-et-v3-{member}",
+                                        model_id="brats-glioma-cascade-et-v4"),
 }
 
 
