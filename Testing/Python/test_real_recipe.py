@@ -197,7 +197,8 @@ def test_the_et_cascade_on_averaged_fold_models_refines_and_is_guided_by_the_ave
                                                                                      monkeypatch):
     """``1mm-cascade-et-soup-cv``: stage 1 is the fold's v9 + v12 average (made with ``average``,
     found by name), and every training case's guide comes from the average that held it out;
-    ``2mm-cv-soup-long`` trains on from the same averages."""
+    ``2mm-cv-soup-long`` trains on from the same averages, and ``1mm-cascade-et-soup-long`` (then
+    ``-longer``) trains the fold's cascade on, guided by them still."""
     for k in range(len(FOLDS)):  # v12 is not shipped: each shipped v9 fold averaged with itself stands in
         assert cli_main("average", f"brats-glioma-v9-fold{k}", f"brats-glioma-v9-fold{k}", "--out",
                         str(tmp_path / f"brats-glioma-soup-v9-v12-fold{k}")).returncode == 0
@@ -212,6 +213,26 @@ def test_the_et_cascade_on_averaged_fold_models_refines_and_is_guided_by_the_ave
     assert longer.extra["initialised_from"]["id"] == "brats-glioma-soup-v9-v12-fold3"
     assert longer.extra["id"] == "brats-glioma-v15-fold3" and longer.cfg.lr == 1e-4 and longer.guide is None
     assert longer.cfg.without_enhancement == 0.2 and longer.cfg.region_weights == (1.0, 2.0, 1.0)
+    v3 = p.init.network  # stands in for the fold's trained cascades, found by name as the averages are
+    with torch.no_grad():
+        v3.fine.head.weight.add_(0.5)  # as if stage 2 had trained (it starts at zero)
+
+    def stand_in(name: str) -> None:
+        bundles.save(v3, str(tmp_path / name), dict(p.init.manifest.document, id=name, network="coarse_to_fine",
+                                                    options=p.cfg.options))
+
+    stand_in("brats-glioma-cascade-et-v3-fold2")
+    on = plan(all_standins, "1mm-cascade-et-soup-long", 4, 100, 1, fold=2)
+    assert on.extra["initialised_from"]["id"] == "brats-glioma-cascade-et-v3-fold2"
+    assert on.extra["id"] == "brats-glioma-cascade-et-v4-fold2" and on.cfg.lr == 3e-4
+    assert torch.equal(on.init.network.fine.state_dict()["head.weight"], v3.fine.state_dict()["head.weight"])
+    assert on.guide is not None and on.guide.key == p.guide.key  # the same out-of-fold averages guide it
+    assert (on.cfg.options, on.cfg.fg_fraction, on.cfg.case_weights) == (p.cfg.options, p.cfg.fg_fraction,
+                                                                        p.cfg.case_weights)
+    stand_in("brats-glioma-cascade-et-v4-fold2")
+    again = plan(all_standins, "1mm-cascade-et-soup-longer", 4, 100, 2, fold=2)  # and once more, from v4
+    assert again.extra["initialised_from"]["id"] == "brats-glioma-cascade-et-v4-fold2"
+    assert again.extra["id"] == "brats-glioma-cascade-et-v5-fold2" and again.guide.key == p.guide.key
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):
