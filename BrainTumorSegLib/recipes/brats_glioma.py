@@ -248,11 +248,14 @@ _V9 = Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64), init_from="b
               model_id="brats-glioma-v9", folds=True, fg_fraction=0.5, rare_weight=3.0, region_weights=(1.0, 2.0, 1.0),
               without_enhancement=0.2)
 _FROM_V9 = "brats-glioma-v9-{member}"
+_SOUP = "brats-glioma-soup-v9-v12-{member}"  # each fold's v9 and v12 averaged: the default's stage 1
 
 _ET_CASCADE = Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                       options={**CASCADE_OPTIONS, "refine": "et"}, coarse_from=_FROM_V9,
                       lr=3e-4, model_id="brats-glioma-cascade-et-v2", folds=True, fg_fraction=0.6, rare_weight=2.0,
                       kind="Coarse-to-fine cascade (2 mm residual U-Net, its enhancing tumor refined at 1 mm)")
+# the default's design (1mm-cascade-et-soup-cv), the base of the variants that train its cascades on
+_ET_SOUP = replace(_ET_CASCADE, coarse_from=_SOUP, model_id="brats-glioma-cascade-et-v3")
 
 VARIANTS: Dict[str, Variant] = {
     "2mm": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64)),
@@ -311,8 +314,7 @@ VARIANTS: Dict[str, Variant] = {
     "2mm-cv-tc-noenh-solid": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v14", solid_cores=0.25),
     # each fold's average of v9 and v12 (the default's stage 1) trained on as v9 was for 400 more
     # iterations at a third of v9's learning rate (measured: not adopted)
-    "2mm-cv-soup-long": replace(_V9, init_from="brats-glioma-soup-v9-v12-{member}", lr=1e-4,
-                                model_id="brats-glioma-v15"),
+    "2mm-cv-soup-long": replace(_V9, init_from=_SOUP, lr=1e-4, model_id="brats-glioma-v15"),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from=_FROM_V9,
                               lr=3e-4, model_id="brats-glioma-cascade-v4", folds=True, fg_fraction=0.6, rare_weight=2.0,
@@ -322,16 +324,13 @@ VARIANTS: Dict[str, Variant] = {
     "1mm-cascade-et-cv": _ET_CASCADE,
     # the same on the default's stage 1 (v9 and v12 of the fold averaged: `average`), so that stage 2
     # learns from the guides it is given at inference rather than v9's
-    "1mm-cascade-et-soup-cv": replace(_ET_CASCADE, coarse_from="brats-glioma-soup-v9-v12-{member}",
-                                      model_id="brats-glioma-cascade-et-v3"),
+    "1mm-cascade-et-soup-cv": _ET_SOUP,
     # each fold's brats-glioma-cascade-et-v3 trained on as it was trained (a new cosine from 3e-4, the
     # same out-of-fold guides): stage 2 had 400 iterations where stage 1 had 4,400
-    "1mm-cascade-et-soup-long": replace(_ET_CASCADE, coarse_from="brats-glioma-soup-v9-v12-{member}",
-                                        init_from="brats-glioma-cascade-et-v3-{member}",
+    "1mm-cascade-et-soup-long": replace(_ET_SOUP, init_from="brats-glioma-cascade-et-v3-{member}",
                                         model_id="brats-glioma-cascade-et-v4"),
     # each fold's brats-glioma-cascade-et-v4 trained on once more in the same way (v4 gained a little)
-    "1mm-cascade-et-soup-longer": replace(_ET_CASCADE, coarse_from="brats-glioma-soup-v9-v12-{member}",
-                                          init_from="brats-glioma-cascade-et-v4-{member}",
+    "1mm-cascade-et-soup-longer": replace(_ET_SOUP, init_from="brats-glioma-cascade-et-v4-{member}",
                                           model_id="brats-glioma-cascade-et-v5"),
 }
 
