@@ -33,6 +33,8 @@ from ..read.cases import SEQUENCES  # the names a manifest's in_sequences normal
 from ..segment_options import WINDOWS
 
 if TYPE_CHECKING:  # torch loads only when a model does: listing bundles stays light (Slicer's model list)
+    import torch
+
     from ..networks import SegmentationNetwork
 
 
@@ -259,6 +261,11 @@ def load(model: PathLike, device: str = "cpu") -> Bundle:
 STORAGE = ("float32", "float16")
 
 
+def half_precision(state: Mapping[str, "torch.Tensor"]) -> Dict[str, "torch.Tensor"]:
+    """Weights as fp16 storage holds them: floating-point tensors in half precision, others as they are."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def save(network: "SegmentationNetwork", folder: PathLike, manifest: Mapping[str, Any], storage: str = "float32") -> str:
     """Write a bundle atomically (a temporary folder renamed into place); returns the folder.
     ``storage="float16"`` stores floating-point weights in half precision (half the size)."""
@@ -270,7 +277,7 @@ def save(network: "SegmentationNetwork", folder: PathLike, manifest: Mapping[str
     def fill(tmp: str) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
         if storage == "float16":
-            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+            state = half_precision(state)
         save_file(state, os.path.join(tmp, WEIGHTS))
         os.chmod(os.path.join(tmp, WEIGHTS), 0o644)
         full = {k: v for k, v in manifest.items() if k != "weights_storage"}

@@ -93,22 +93,26 @@ under one CPU budget:
   crops not yet aligned to the 2 mm grid);
 - ``1mm-cascade-et-soup-cv``: that cascade on each fold's ``brats-glioma-soup-v9-v12-foldK`` (v9 and
   v12 averaged), its guides from the averages that held each case out; exported as
-  ``brats-glioma-cascade-et-v3-foldK`` (the default's design);
+  ``brats-glioma-cascade-et-v3-foldK``;
 - ``1mm-cascade-et-soup-long``: each ``brats-glioma-cascade-et-v3-foldK`` trained on as it was trained,
   a new cosine schedule from 3e-4 on the same guides; exported as ``brats-glioma-cascade-et-v4-foldK``
   (measured out of fold in docs/training.md: not adopted, by the margin);
 - ``1mm-cascade-et-soup-longer``: each ``brats-glioma-cascade-et-v4-foldK`` trained on once more in the
-  same way; exported as ``brats-glioma-cascade-et-v5-foldK``.
+  same way; exported as ``brats-glioma-cascade-et-v5-foldK`` (the default's design);
+- ``1mm-cascade-et-soup-longer2``: each ``brats-glioma-cascade-et-v5-foldK`` trained on once more in
+  the same way; exported as ``brats-glioma-cascade-et-v6-foldK`` (measured out of fold in
+  docs/training.md: not adopted).
 
 Every fold variant also trains with ``--fold all``: its design on all 32 cases, none held out,
 each step from the previous step's ``-all`` model (``brats-glioma-v6-all`` for ``2mm-cv-tc-noenh``);
 exported as ``<id>-all`` with the pooled out-of-fold figures of the design's five fold models.
 ``brats-glioma-v9-all`` is ``2mm-cv-tc-noenh`` so, after the four steps before it;
 ``brats-glioma-cascade-et-v2-all`` is ``1mm-cascade-et-cv`` so, on ``brats-glioma-v9-all``. The
-default ``brats-glioma-cascade-et-v3-all`` is ``1mm-cascade-et-soup-cv`` so: that cascade on
+default ``brats-glioma-cascade-et-v5-all`` is ``1mm-cascade-et-soup-longer`` so, after
+``1mm-cascade-et-soup-cv`` and ``1mm-cascade-et-soup-long``: that cascade on
 ``brats-glioma-soup-v9-v12-all``, the weight average of ``brats-glioma-v9-all`` and
 ``brats-glioma-v12-all`` (``braintumorseg average``, ``models.averaging``), its stage 2 trained
-on the guides of the same averages of the fold models (docs/training.md).
+three times 400 iterations on the guides of the same averages of the fold models (docs/training.md).
 """
 from __future__ import annotations
 
@@ -332,6 +336,9 @@ VARIANTS: Dict[str, Variant] = {
     # each fold's brats-glioma-cascade-et-v4 trained on once more in the same way (v4 gained a little)
     "1mm-cascade-et-soup-longer": replace(_ET_SOUP, init_from="brats-glioma-cascade-et-v4-{member}",
                                           model_id="brats-glioma-cascade-et-v5"),
+    # each fold's brats-glioma-cascade-et-v5 trained on once more in the same way (measured: not adopted)
+    "1mm-cascade-et-soup-longer2": replace(_ET_SOUP, init_from="brats-glioma-cascade-et-v5-{member}",
+                                           model_id="brats-glioma-cascade-et-v6"),
 }
 
 
@@ -562,10 +569,12 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
     guide = None
     if v.coarse_from:
         cascade = CoarseToFine(**cfg.options)
+        stage1 = bundles.load(v.coarse_from.format(member=member(fold)))
         if init is None:  # a new cascade: both stages start from this fold's 2 mm model
-            stage1 = bundles.load(v.coarse_from.format(member=member(fold)))
             cascade.start_from(stage1.network)
             init = bundles.Bundle(stage1.path, stage1.manifest, cascade)
+        else:
+            _check_stage1(init, stage1)
         guide = _out_of_fold_guide(cascade, v.coarse_from)
     description = DESCRIPTION + (CLINICAL_AUGMENTATION if v.clinical_augmentation else "")
     credits = data_credits([c.case_id for c in train_cases])
@@ -598,6 +607,20 @@ def _exported(cfg: TrainConfig) -> str:
     if cfg.average_from is None:
         return "last epoch"
     return f"the weights at the ends of epochs {cfg.average_from}-{cfg.epochs} averaged"
+
+
+def _check_stage1(init: bundles.Bundle, stage1: bundles.Bundle) -> None:
+    """Refuses to train on a cascade whose stage 1 is not ``stage1``, the fold model that makes
+    the guides of the variant's own fold: stage 1 stays frozen, and stage 2 learns to correct the
+    errors of the network that guides it (compared as fp16 stores them, so a converted copy passes)."""
+    if not isinstance(init.network, CoarseToFine):
+        raise InputError(init.path, f"is a {init.manifest.network} model, not a cascade: this variant trains "
+                                    f"a cascade on, or starts a new one from {stage1.id}")
+    ours = bundles.half_precision(init.network.coarse.state_dict())
+    theirs = bundles.half_precision(stage1.network.state_dict())
+    if ours.keys() != theirs.keys() or not all(torch.equal(ours[k], theirs[k]) for k in theirs):
+        raise InputError(init.path, f"is a cascade whose stage 1 is not {stage1.id}, the model that makes this "
+                                    f"variant's guides: start from a cascade built on it")
 
 
 def _out_of_fold_guide(cascade: CoarseToFine, coarse_from: str) -> Guide:

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from ..models.bundles import half_precision
 from ..write.atomic import replacing
 from .config import TrainConfig
 
@@ -60,6 +61,6 @@ def compact_checkpoint(src: str, dst: str, settings: Optional[Dict[str, Any]] = 
     small = {k: state[k] for k in ("epoch", "best", "history") if k in state}
     if settings:
         small["settings"] = dict(settings)
-    small["model"] = {k: v.half() if v.is_floating_point() else v for k, v in exported_weights(state).items()}
+    small["model"] = half_precision(exported_weights(state))
     save_checkpoint(dst, small)
     return dst

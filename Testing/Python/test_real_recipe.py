@@ -198,7 +198,7 @@ def test_the_et_cascade_on_averaged_fold_models_refines_and_is_guided_by_the_ave
     """``1mm-cascade-et-soup-cv``: stage 1 is the fold's v9 + v12 average (made with ``average``,
     found by name), and every training case's guide comes from the average that held it out;
     ``2mm-cv-soup-long`` trains on from the same averages, and ``1mm-cascade-et-soup-long`` (then
-    ``-longer``) trains the fold's cascade on, guided by them still."""
+    ``-longer``, ``-longer2``) trains the fold's cascade on, guided by them still."""
     for k in range(len(FOLDS)):  # v12 is not shipped: each shipped v9 fold averaged with itself stands in
         assert cli_main("average", f"brats-glioma-v9-fold{k}", f"brats-glioma-v9-fold{k}", "--out",
                         str(tmp_path / f"brats-glioma-soup-v9-v12-fold{k}")).returncode == 0
@@ -233,6 +233,21 @@ def test_the_et_cascade_on_averaged_fold_models_refines_and_is_guided_by_the_ave
     again = plan(all_standins, "1mm-cascade-et-soup-longer", 4, 100, 2, fold=2)  # and once more, from v4
     assert again.extra["initialised_from"]["id"] == "brats-glioma-cascade-et-v4-fold2"
     assert again.extra["id"] == "brats-glioma-cascade-et-v5-fold2" and again.guide.key == p.guide.key
+    stand_in("brats-glioma-cascade-et-v5-fold2")
+    fourth = plan(all_standins, "1mm-cascade-et-soup-longer2", 4, 100, 3, fold=2)  # and again, from v5
+    assert fourth.extra["initialised_from"]["id"] == "brats-glioma-cascade-et-v5-fold2"
+    assert fourth.extra["id"] == "brats-glioma-cascade-et-v6-fold2" and fourth.guide.key == p.guide.key
+    half = str(tmp_path / "v4-fp16")  # its fp16 copy holds the same stage 1, as fp16 stores it
+    assert cli_main("convert", str(tmp_path / "brats-glioma-cascade-et-v4-fold2"), "--out", half).returncode == 0
+    assert plan(all_standins, "1mm-cascade-et-soup-longer", 4, 100, 2, fold=2, init_from=half).guide.key == p.guide.key
+    with torch.no_grad():  # a cascade whose stage 1 is not the average that guides the fold: refused
+        v3.coarse.head.weight.add_(0.01)
+    shutil.rmtree(tmp_path / "brats-glioma-cascade-et-v4-fold2")
+    stand_in("brats-glioma-cascade-et-v4-fold2")
+    with pytest.raises(InputError, match="stage 1 is not brats-glioma-soup-v9-v12-fold2"):
+        plan(all_standins, "1mm-cascade-et-soup-longer", 4, 100, 2, fold=2)
+    with pytest.raises(InputError, match="not a cascade"):  # nor is a 2 mm model a cascade to train on
+        plan(all_standins, "1mm-cascade-et-soup-long", 4, 100, 1, fold=2, init_from="brats-glioma-v9-fold2")
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):
