@@ -81,6 +81,9 @@ under one CPU budget:
 - ``2mm-cv-soup-long``: each fold's ``brats-glioma-soup-v9-v12-foldK`` (v9 and v12 averaged, the
   default's stage 1) trained on as v9 was, at 1e-4 (cosine); exported as ``brats-glioma-v15-foldK``
   (measured out of fold in docs/training.md: not adopted);
+- ``2mm-cv-tc-noenh-scratch``: v9's settings from the first iteration, one cosine schedule from the
+  network's 1e-3 (v9 reached them through five schedules), as long as a lent GPU trains it in one
+  call (``Testing/Device/train_folds.py``); exported as ``brats-glioma-v16-foldK``;
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -319,6 +322,9 @@ VARIANTS: Dict[str, Variant] = {
     # each fold's average of v9 and v12 (the default's stage 1) trained on as v9 was for 400 more
     # iterations at a third of v9's learning rate (measured: not adopted)
     "2mm-cv-soup-long": replace(_V9, init_from=_SOUP, lr=1e-4, model_id="brats-glioma-v15"),
+    # v9's settings from the first iteration, in one cosine schedule from the network's own learning
+    # rate, as long as a lent GPU allows (v9 reached them through five schedules, 3,200 iterations)
+    "2mm-cv-tc-noenh-scratch": replace(_V9, init_from=None, lr=None, model_id="brats-glioma-v16"),
     "1mm-cascade-cv": Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), network="coarse_to_fine",
                               options=CASCADE_OPTIONS, coarse_from=_FROM_V9,
                               lr=3e-4, model_id="brats-glioma-cascade-v4", folds=True, fg_fraction=0.6, rare_weight=2.0,

@@ -5,9 +5,13 @@ along (docs/training.md, "On a lent GPU machine"):
 
     python3 Testing/Device/train_folds.py --pack pack --variant 2mm-cv-tc-nnaug --epochs 28 --iters 100 --out $OUT
 
-Each fold is its own ``train-recipe`` process (the GPU holds all five; ``--workers`` processes each
+With ``--probe P`` every fold first trains P iterations alone (a throw-away run), and the real runs
+get as many epochs (at most ``--epochs``) as that measured speed fits before the deadline: a fold
+stopped at the deadline keeps weights from the middle of its schedule, which are poorer.
+
+Each fold (``--folds 0 1 2 3 4 all``) is its own ``train-recipe`` process (the GPU holds all five; ``--workers`` processes each
 prepare its patches). What is written to ``--out`` fits what a device call brings back (at most
-eight files of 16 MiB): ``foldK.pt``, each fold's weights in fp16 with its history, and one
+eight files of 16 MiB): ``foldK.pt`` (``all.pt``), each fold's weights in fp16 with its history, and one
 ``folds.log``. A fold still running at ``--deadline`` is stopped and its last finished epoch (for
 a variant that averages its weights, their average so far) comes back instead (``folds.log`` says
 which). Back here, each is validated and exported with
@@ -20,23 +24,66 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from typing import Dict, List, Optional, Sequence, TextIO, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
+
+
+def name(fold: str) -> str:
+    """What a fold's files are called here: ``fold3``, ``all``."""
+    return "all" if fold == "all" else f"fold{fold}"
+
+
+def launch(args: argparse.Namespace, folds: Sequence[str], epochs: int, iters: int, runs: str,
+           env: Dict[str, str]) -> Dict[str, Tuple[subprocess.Popen, TextIO, List[str], List[float]]]:
+    """One ``train-recipe`` process per fold; each one's output goes to ``runs/NAME.log`` and the times of
+    its progress lines (a fraction each: iterations done over all) to the returned list."""
+    procs = {}
+    for k in folds:
+        cmd = [sys.executable, "-m", "BrainTumorSegLib", "train-recipe", "brats-glioma", "--data", args.pack,
+               "--variant", args.variant, "--fold", k, "--epochs", str(epochs), "--iters",
+               str(iters), "--seed", str(args.seed), "--workers", str(args.workers),
+               "--out", os.path.join(runs, name(k))] + (["--amp"] if args.amp else [])
+        log = open(os.path.join(runs, f"{name(k)}.log"), "w")
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True)
+        times: List[float] = []
+        threading.Thread(target=_follow, args=(p, log, times), daemon=True).start()
+        procs[k] = (p, log, cmd, times)
+    return procs
+
+
+def _follow(p: subprocess.Popen, log: TextIO, times: List[float]) -> None:
+    for line in p.stdout:
+        if line.startswith("progress "):
+            times.append(time.perf_counter())
+        log.write(line)
+    log.flush()
+
+
+def rate(times: List[float]) -> Optional[float]:
+    """Iterations a second over the second half of a probe's progress lines (one a iteration)."""
+    if len(times) < 8:
+        return None
+    half = times[len(times) // 2:]
+    return (len(half) - 1) / (half[-1] - half[0])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pack", required=True)
     ap.add_argument("--variant", required=True)
-    ap.add_argument("--epochs", type=int, required=True)
+    ap.add_argument("--epochs", type=int, required=True, help="epochs (with --probe: at most)")
     ap.add_argument("--iters", type=int, required=True)
     ap.add_argument("--out", required=True, help="where the fold checkpoints and the log go ($OUT on the device)")
-    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--folds", nargs="+", default=["0", "1", "2", "3", "4"], help="fold numbers, or all")
     ap.add_argument("--workers", type=int, default=2, help="patch processes per fold")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--probe", type=int, default=0, help="iterations each fold trains first to measure its speed; "
+                                                         "then as many epochs as fit before the deadline")
     ap.add_argument("--runs", help="run folders (default: a temporary folder, removed at the end)")
     ap.add_argument("--deadline", type=float, default=540, help="seconds after which running folds are stopped and "
                                                                 "their last finished epoch is kept (default 540)")
@@ -47,47 +94,58 @@ def main() -> int:
     args.pack = os.path.abspath(args.pack)  # the folds run from the repository root
     os.makedirs(args.out, exist_ok=True)
     runs = args.runs or tempfile.mkdtemp(prefix="folds-")
+    # the GPU does the arithmetic: each fold's own process needs few threads beside its patch workers
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1",
-               BRAINTUMORSEG_PROGRESS="lines")
+               BRAINTUMORSEG_PROGRESS="lines", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     t0 = time.perf_counter()
-    procs = {}
-    for k in args.folds:
-        cmd = [sys.executable, "-m", "BrainTumorSegLib", "train-recipe", "brats-glioma", "--data", args.pack,
-               "--variant", args.variant, "--fold", str(k), "--epochs", str(args.epochs), "--iters",
-               str(args.iters), "--seed", str(args.seed), "--workers", str(args.workers),
-               "--out", os.path.join(runs, f"fold{k}")] + (["--amp"] if args.amp else [])
-        log = open(os.path.join(runs, f"fold{k}.log"), "w")
-        procs[k] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), log, cmd)
-    while any(p.poll() is None for p, _, _ in procs.values()) and time.perf_counter() - t0 < args.deadline:
+    epochs, probed = args.epochs, ""
+    if args.probe:
+        os.makedirs(os.path.join(runs, "probe"))
+        probe = launch(args, args.folds, 1, args.probe, os.path.join(runs, "probe"), env)
+        for p, log, _, _ in probe.values():
+            p.wait()
+            log.close()
+        speeds = [rate(t) for _, _, _, t in probe.values()]
+        if any(s is None for s in speeds):
+            print(f"the probe failed: see {runs}/probe", file=sys.stderr)
+            return 1
+        startup = max(t[0] for _, _, _, t in probe.values()) - t0  # launch to the first iteration done
+        left = args.deadline - (time.perf_counter() - t0) - startup - 30  # 30 s: the export, a margin
+        epochs = max(1, min(args.epochs, int(min(speeds) * left / args.iters)))
+        probed = (f"probe: {args.probe} iterations, {', '.join(f'{s:.1f}' for s in speeds)} it/s, startup "
+                  f"{startup:.0f} s, {time.perf_counter() - t0:.0f} s in all: {epochs} epochs of {args.iters}\n")
+        print(probed, end="", flush=True)
+    procs = launch(args, args.folds, epochs, args.iters, runs, env)
+    while any(p.poll() is None for p, _, _, _ in procs.values()) and time.perf_counter() - t0 < args.deadline:
         time.sleep(2)
-    stopped = [k for k, (p, _, _) in procs.items() if p.poll() is None]
+    stopped = [k for k, (p, _, _, _) in procs.items() if p.poll() is None]
     for k in stopped:
         procs[k][0].terminate()
     failed, partial = [], []
-    for k, (p, log, _) in procs.items():
+    for k, (p, log, _, _) in procs.items():
         try:
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
         log.close()
-        run = os.path.join(runs, f"fold{k}")
+        run = os.path.join(runs, name(k))
         src = os.path.join(run, COMPACT)
         if k in stopped and os.path.exists(os.path.join(run, LAST)):
             compact_checkpoint(os.path.join(run, LAST), src, {"amp": args.amp})
-            partial.append(f"fold {k} after epoch {load_checkpoint(src)['epoch'] + 1} of {args.epochs}")
+            partial.append(f"{name(k)} after epoch {load_checkpoint(src)['epoch'] + 1} of {epochs}")
         if (p.returncode == 0 or k in stopped) and os.path.exists(src):
-            shutil.copy(src, os.path.join(args.out, f"fold{k}.pt"))
+            shutil.copy(src, os.path.join(args.out, f"{name(k)}.pt"))
         else:
             failed.append(k)
     with open(os.path.join(args.out, "folds.log"), "w") as out:
-        out.write(f"{len(args.folds)} folds in {time.perf_counter() - t0:.0f} s; failed: {failed or 'none'}; "
+        out.write(probed + f"{len(args.folds)} folds in {time.perf_counter() - t0:.0f} s; failed: {failed or 'none'}; "
                   f"stopped at the deadline: {', '.join(partial) or 'none'}\n")
-        for k, (p, _, cmd) in procs.items():
-            with open(os.path.join(runs, f"fold{k}.log")) as f:
+        for k, (p, _, cmd, _) in procs.items():
+            with open(os.path.join(runs, f"{name(k)}.log")) as f:
                 lines = [ln for ln in f.read().splitlines() if not ln.startswith("progress ")]
             out.write(f"\n== fold {k}: rc {p.returncode}: {' '.join(cmd)}\n" + "\n".join(lines[-60:]) + "\n")
-            csv = os.path.join(runs, f"fold{k}", "log.csv")
+            csv = os.path.join(runs, name(k), "log.csv")
             if os.path.exists(csv):
                 with open(csv) as f:
                     out.write(f.read())

@@ -166,6 +166,10 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
     assert "initialised_from" not in scratch.extra and scratch.extra["id"] == "brats-glioma-v8-fold3"
     assert scratch.cfg.region_weights == (1.0, 2.0, 1.0) and scratch.cfg.augmentation == "nnunet"
     assert set(scratch.cfg.case_weights.values()) == {3.0} and scratch.cfg.fg_fraction == 0.5
+    long = plan(all_standins, "2mm-cv-tc-noenh-scratch", 1, 1, 0, fold=2)  # v9's settings, from scratch
+    assert "initialised_from" not in long.extra and long.extra["id"] == "brats-glioma-v16-fold2" and long.cfg.lr == 1e-3
+    assert (long.cfg.without_enhancement, long.cfg.region_weights, long.cfg.fg_fraction) == (0.2, (1.0, 2.0, 1.0), 0.5)
+    assert set(long.cfg.case_weights.values()) == {3.0}
     noenh = plan(all_standins, "2mm-cv-tc-noenh", 1, 1, 0, fold=1)  # the v6 fold trained on
     assert noenh.extra["initialised_from"]["id"] == "brats-glioma-v6-fold1" and noenh.extra["id"] == "brats-glioma-v9-fold1"
     assert noenh.cfg.without_enhancement == 0.2 and noenh.cfg.region_weights == (1.0, 2.0, 1.0)
