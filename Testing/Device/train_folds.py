@@ -5,12 +5,13 @@ along (docs/training.md, "On a lent GPU machine"):
 
     python3 Testing/Device/train_folds.py --pack pack --variant 2mm-cv-tc-nnaug --epochs 28 --iters 100 --out $OUT
 
-With ``--probe P`` every fold first trains P iterations alone (a throw-away run), and the real runs
-get as many epochs (at most ``--epochs``) as that measured speed fits before the deadline: a fold
-stopped at the deadline keeps weights from the middle of its schedule, which are poorer.
+With ``--probe P`` every fold first trains P iterations (a throw-away run, all folds at once as
+the real runs will be), and the real runs get as many epochs (at most ``--epochs``) as the slowest
+fold's measured speed fits before the deadline: a fold stopped at the deadline keeps weights from
+the middle of its schedule, which are poorer.
 
-Each fold (``--folds 0 1 2 3 4 all``) is its own ``train-recipe`` process (the GPU holds all five; ``--workers`` processes each
-prepare its patches). What is written to ``--out`` fits what a device call brings back (at most
+Each fold (``--folds 0 1 2 3 4 all``) is its own ``train-recipe`` process (the GPU holds them
+all; ``--workers`` processes each prepare its patches). What is written to ``--out`` fits what a device call brings back (at most
 eight files of 16 MiB): ``foldK.pt`` (``all.pt``), each fold's weights in fp16 with its history, and one
 ``folds.log``. A fold still running at ``--deadline`` is stopped and its last finished epoch (for
 a variant that averages its weights, their average so far) comes back instead (``folds.log`` says
@@ -26,7 +27,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, TextIO, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, TextIO
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -37,30 +39,44 @@ def name(fold: str) -> str:
     return "all" if fold == "all" else f"fold{fold}"
 
 
+@dataclass
+class Run:
+    """One fold's ``train-recipe`` process, its log, and when each of its progress lines (one an
+    iteration) arrived."""
+    proc: subprocess.Popen
+    log: TextIO
+    cmd: List[str]
+    times: List[float] = field(default_factory=list)
+    reader: Optional[threading.Thread] = None
+
+    def follow(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith("progress "):
+                self.times.append(time.perf_counter())
+            self.log.write(line)
+
+    def close(self) -> None:
+        """After the process ended: the rest of its output read, the log closed."""
+        if self.reader is not None:
+            self.reader.join()
+        self.log.close()
+
+
 def launch(args: argparse.Namespace, folds: Sequence[str], epochs: int, iters: int, runs: str,
-           env: Dict[str, str]) -> Dict[str, Tuple[subprocess.Popen, TextIO, List[str], List[float]]]:
-    """One ``train-recipe`` process per fold; each one's output goes to ``runs/NAME.log`` and the times of
-    its progress lines (a fraction each: iterations done over all) to the returned list."""
+           env: Dict[str, str]) -> Dict[str, Run]:
+    """One ``train-recipe`` process per fold, its output in ``runs/NAME.log``."""
     procs = {}
     for k in folds:
         cmd = [sys.executable, "-m", "BrainTumorSegLib", "train-recipe", "brats-glioma", "--data", args.pack,
                "--variant", args.variant, "--fold", k, "--epochs", str(epochs), "--iters",
                str(iters), "--seed", str(args.seed), "--workers", str(args.workers),
                "--out", os.path.join(runs, name(k))] + (["--amp"] if args.amp else [])
-        log = open(os.path.join(runs, f"{name(k)}.log"), "w")
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True)
-        times: List[float] = []
-        threading.Thread(target=_follow, args=(p, log, times), daemon=True).start()
-        procs[k] = (p, log, cmd, times)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, text=True)
+        run = Run(proc, open(os.path.join(runs, f"{name(k)}.log"), "w"), cmd)
+        run.reader = threading.Thread(target=run.follow, daemon=True)
+        run.reader.start()
+        procs[k] = run
     return procs
-
-
-def _follow(p: subprocess.Popen, log: TextIO, times: List[float]) -> None:
-    for line in p.stdout:
-        if line.startswith("progress "):
-            times.append(time.perf_counter())
-        log.write(line)
-    log.flush()
 
 
 def rate(times: List[float]) -> Optional[float]:
@@ -102,38 +118,39 @@ def main() -> int:
     if args.probe:
         os.makedirs(os.path.join(runs, "probe"))
         probe = launch(args, args.folds, 1, args.probe, os.path.join(runs, "probe"), env)
-        for p, log, _, _ in probe.values():
-            p.wait()
-            log.close()
-        speeds = [rate(t) for _, _, _, t in probe.values()]
-        if any(s is None for s in speeds):
+        for r in probe.values():
+            r.proc.wait()
+            r.close()
+        speeds = [rate(r.times) for r in probe.values()]
+        if any(v is None for v in speeds):
             print(f"the probe failed: see {runs}/probe", file=sys.stderr)
             return 1
-        startup = max(t[0] for _, _, _, t in probe.values()) - t0  # launch to the first iteration done
+        startup = max(r.times[0] for r in probe.values()) - t0  # launch to the first iteration done
         left = args.deadline - (time.perf_counter() - t0) - startup - 30  # 30 s: the export, a margin
-        epochs = max(1, min(args.epochs, int(min(speeds) * left / args.iters)))
-        probed = (f"probe: {args.probe} iterations, {', '.join(f'{s:.1f}' for s in speeds)} it/s, startup "
+        epochs = max(1, min(args.epochs, int(min(v for v in speeds if v) * left / args.iters)))
+        probed = (f"probe: {args.probe} iterations, {', '.join(f'{v:.1f}' for v in speeds if v)} it/s, startup "
                   f"{startup:.0f} s, {time.perf_counter() - t0:.0f} s in all: {epochs} epochs of {args.iters}\n")
         print(probed, end="", flush=True)
     procs = launch(args, args.folds, epochs, args.iters, runs, env)
-    while any(p.poll() is None for p, _, _, _ in procs.values()) and time.perf_counter() - t0 < args.deadline:
+    while any(r.proc.poll() is None for r in procs.values()) and time.perf_counter() - t0 < args.deadline:
         time.sleep(2)
-    stopped = [k for k, (p, _, _, _) in procs.items() if p.poll() is None]
+    stopped = [k for k, r in procs.items() if r.proc.poll() is None]
     for k in stopped:
-        procs[k][0].terminate()
+        procs[k].proc.terminate()
     failed, partial = [], []
-    for k, (p, log, _, _) in procs.items():
+    for k, r in procs.items():
+        p = r.proc
         try:
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-        log.close()
+        r.close()
         run = os.path.join(runs, name(k))
         src = os.path.join(run, COMPACT)
         if k in stopped and os.path.exists(os.path.join(run, LAST)):
             compact_checkpoint(os.path.join(run, LAST), src, {"amp": args.amp})
-            partial.append(f"{name(k)} after epoch {load_checkpoint(src)['epoch'] + 1} of {epochs}")
+            partial.append(f"fold {k} after epoch {load_checkpoint(src)['epoch'] + 1} of {epochs}")
         if (p.returncode == 0 or k in stopped) and os.path.exists(src):
             shutil.copy(src, os.path.join(args.out, f"{name(k)}.pt"))
         else:
@@ -141,10 +158,10 @@ def main() -> int:
     with open(os.path.join(args.out, "folds.log"), "w") as out:
         out.write(probed + f"{len(args.folds)} folds in {time.perf_counter() - t0:.0f} s; failed: {failed or 'none'}; "
                   f"stopped at the deadline: {', '.join(partial) or 'none'}\n")
-        for k, (p, _, cmd, _) in procs.items():
+        for k, r in procs.items():
             with open(os.path.join(runs, f"{name(k)}.log")) as f:
                 lines = [ln for ln in f.read().splitlines() if not ln.startswith("progress ")]
-            out.write(f"\n== fold {k}: rc {p.returncode}: {' '.join(cmd)}\n" + "\n".join(lines[-60:]) + "\n")
+            out.write(f"\n== fold {k}: rc {r.proc.returncode}: {' '.join(r.cmd)}\n" + "\n".join(lines[-60:]) + "\n")
             csv = os.path.join(runs, name(k), "log.csv")
             if os.path.exists(csv):
                 with open(csv) as f:
