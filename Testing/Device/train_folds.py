@@ -32,11 +32,7 @@ from typing import Dict, List, Optional, Sequence, TextIO
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-
-
-def name(fold: str) -> str:
-    """What a fold's files are called here: ``fold3``, ``all``."""
-    return "all" if fold == "all" else f"fold{fold}"
+from BrainTumorSegLib.recipes.brats_glioma import member as name  # noqa: E402  (fold3, all: as the recipe names them)
 
 
 @dataclass
