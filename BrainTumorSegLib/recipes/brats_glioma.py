@@ -83,7 +83,8 @@ under one CPU budget:
   (measured out of fold in docs/training.md: not adopted);
 - ``2mm-cv-tc-noenh-scratch``: v9's settings from the first iteration, one cosine schedule from the
   network's 1e-3 (v9 reached them through five schedules), as long as a lent GPU trains it in one
-  call (``Testing/Device/train_folds.py``); exported as ``brats-glioma-v16-foldK``;
+  call (``Testing/Device/train_folds.py``); exported as ``brats-glioma-v16-foldK`` (4,000 iterations on
+  an H100, measured out of fold in docs/training.md: not adopted);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
