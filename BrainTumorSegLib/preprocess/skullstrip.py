@@ -108,8 +108,8 @@ def _with_denormals_as_zero(torch: Any, run: Callable[[], T]) -> T:
 
     HD-BET's weights hold about 100,000 denormals (channels weight decay drove to nearly zero); on
     Intel CPUs each multiply by one takes a microcode assist: one head took over 4 minutes instead
-    of 25 s (2-core Xeon with AVX-512 and AMX); AMD EPYCs hardly slow down. Zero for a denormal
-    changes no label. The flag is per thread and OpenMP's workers, once started, keep their own:
+    of 17 s (2-core Xeon with AVX-512 and AMX); AMD EPYCs hardly slow down. Products under 1e-38
+    decide no label. The flag is per thread and OpenMP's workers, once started, keep their own:
     a new thread that sets it first starts workers of its own that inherit it (GNU OpenMP keeps a
     pool per thread; LLVM's passes the flag on to its workers), and the caller's threads stay
     IEEE. Daemon, so that a cancelled run does not wait for it.
