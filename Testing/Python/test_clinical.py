@@ -177,7 +177,7 @@ def _wt_dice(a: sitk.Image, b: sitk.Image) -> float:
 
 
 def test_hd_bet_runs_with_denormals_read_as_zero_on_every_thread_and_the_caller_is_left_ieee():
-    """HD-BET's weights hold denormals, which on Intel CPUs slow its convolutions tenfold (a head took
+    """HD-BET's weights hold denormals, which on Intel CPUs slow its convolutions more than tenfold (a head took
     over 4 minutes): while it runs they are read as zero on every thread that computes, including
     the OpenMP workers (started here before it runs, as in any process that segmented before);
     the caller's threads keep IEEE arithmetic."""
