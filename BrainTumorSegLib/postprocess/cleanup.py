@@ -19,11 +19,9 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Optional
 
 import numpy as np
-from scipy import ndimage
+import SimpleITK as sitk
 
 from ..labels import LabelScheme, get_scheme, labels_to_regions, regions_to_labels
-
-_FULL = np.ones((3, 3, 3), bool)
 
 
 @dataclass
@@ -40,8 +38,9 @@ def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     """Keep the 26-connected components of ``mask`` with at least ``min_voxels`` voxels."""
     if min_voxels <= 1 or not mask.any():
         return mask.copy()
-    lab, n = ndimage.label(mask, structure=_FULL)
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    # SimpleITK's labelling, not scipy's: the same components, and scipy stays out of segment's imports
+    lab = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
+    sizes = np.bincount(lab.ravel())
     keep = sizes >= min_voxels
     keep[0] = False
     return keep[lab]
@@ -58,6 +57,8 @@ def postprocess(labels: np.ndarray, scheme: "str | LabelScheme",
         wt = labels_to_regions(out, s)[0]
         out[wt & ~remove_small_components(wt, options.min_component_voxels / voxel_mm3)] = 0
     if options.fill_core_holes:
+        from scipy import ndimage
+
         wt, tc, et = labels_to_regions(out, s)
         filled = ndimage.binary_fill_holes(tc)
         out[filled & ~tc] = s.ncr
