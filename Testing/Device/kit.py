@@ -1,9 +1,9 @@
 """Pack the Python packages a device call needs and the lent GPU machine lacks, small enough to travel.
 
-That machine has torch, numpy, scipy, safetensors and matplotlib, but not SimpleITK or nibabel,
-and nothing can be fetched there; at most 64 MiB of the working tree travel with a call.
-SimpleITK's wheel alone is 52.8 MB (zip), nibabel's 3.3 MB; unpacked and packed again with xz the
-two are 30.8 MB, so that ``check_cuda.py`` with the default model fits in one call. Run here, once (it downloads
+That machine has torch, numpy, scipy, safetensors and matplotlib, but not SimpleITK, and nothing
+can be fetched there; at most 64 MiB of the working tree travel with a call. SimpleITK's wheel is
+52.8 MB (zip); unpacked and packed again with xz it is 28.2 MB, so that ``check_cuda.py`` with the
+default model fits in one call (segment needs no nibabel since stop 51). Run here, once (it downloads
 the wheels from PyPI for the device's Python, pinned to the versions installed here):
 
     echo /.kit/ >> .git/info/exclude
@@ -28,7 +28,7 @@ import zipfile
 from importlib import metadata
 from typing import Dict, List, Sequence
 
-PACKAGES = ("SimpleITK", "nibabel")  # what segment needs beyond the machine's own packages
+PACKAGES = ("SimpleITK",)  # what segment needs beyond the machine's own packages
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 

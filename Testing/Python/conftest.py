@@ -95,7 +95,8 @@ _REFUSALS = """
 import contextlib, io, json, sys
 from BrainTumorSegLib.cli import main
 runs = []
-for argv in json.load(sys.stdin):
+argvs, watched = json.load(sys.stdin)
+for argv in argvs:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -103,21 +104,22 @@ for argv in json.load(sys.stdin):
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
     runs.append([argv, code, out.getvalue(), err.getvalue()])
-print(json.dumps({"runs": runs, "heavy": [m for m in ("torch", "safetensors") if m in sys.modules]}))
+print(json.dumps({"runs": runs, "imported": [m for m in watched if m in sys.modules]}))
 """
 
 
-def cli_in_a_fresh_process(argvs: Sequence[Sequence[str]]) -> Tuple[List[subprocess.CompletedProcess], List[str]]:
+def cli_in_a_fresh_process(argvs: Sequence[Sequence[str]], watched: Sequence[str] = ("torch", "safetensors")
+                           ) -> Tuple[List[subprocess.CompletedProcess], List[str]]:
     """Each command line through ``cli.main``, one after the other, in one new Python process:
-    their results, and which of torch and safetensors that process imported by the end (none
-    means no network was built and no weights were read)."""
+    their results, and which of the ``watched`` packages that process imported by the end (of
+    torch and safetensors, none means no network was built and no weights were read)."""
     import json
 
-    p = subprocess.run([sys.executable, "-c", _REFUSALS], input=json.dumps([list(a) for a in argvs]),
+    p = subprocess.run([sys.executable, "-c", _REFUSALS], input=json.dumps([[list(a) for a in argvs], list(watched)]),
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     done = json.loads(p.stdout.splitlines()[-1])
-    return [subprocess.CompletedProcess(*run) for run in done["runs"]], done["heavy"]
+    return [subprocess.CompletedProcess(*run) for run in done["runs"]], done["imported"]
 
 
 def one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -149,6 +149,25 @@ def test_all_zero_and_nonfinite(tmp_path):
             read_images.read_image(p)
 
 
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_nifti_payload_checked_in_either_byte_order(tmp_path, order, ext):
+    image = nib.Nifti1Image
+    a = np.arange(60, dtype=order + "f4").reshape(3, 4, 5) + 1
+    p = str(tmp_path / f"ok{ext}")
+    nib.save(image(a, np.eye(4)), p)
+    assert read_images.read_image(p).GetSize() == (3, 4, 5)
+    a[2, 3, 4] = np.inf  # the last voxel: the whole payload is looked at
+    nib.save(image(a, np.eye(4)), p)
+    with pytest.raises(InputError, match=rf"ok{re.escape(ext)}: contains NaN or Inf"):
+        read_images.read_image(p)
+    nib.save(image(np.ones((3, 4, 5), order + "i2"), np.eye(4)), p)
+    data = open(p, "rb").read()
+    open(p, "wb").write(data[:-6])  # the last three voxels gone
+    with pytest.raises(InputError, match=rf"ok{re.escape(ext)}: (is truncated|cannot be read)"):
+        read_images.read_image(p)
+
+
 def test_non_integer_labels(tmp_path):
     p = _write(tmp_path, "s.nii.gz", np.full((3, 3, 3), 1.5, np.float32))
     with pytest.raises(InputError, match="non-integer"):

@@ -60,7 +60,7 @@ def test_wheel_metadata_keeps_the_core_light(wheel):
     core = [ln.split(":", 1)[1].strip() for ln in meta.splitlines()
             if ln.startswith("Requires-Dist:") and "extra ==" not in ln]
     names = {r.split(">")[0].split("=")[0].split("<")[0].strip().lower() for r in core}
-    assert names == {"torch", "numpy", "simpleitk", "nibabel", "safetensors", "scipy"}
+    assert names == {"torch", "numpy", "simpleitk", "safetensors", "scipy"}
     for extra in ("phantoms", "train", "test"):
         assert f"Provides-Extra: {extra}" in meta
 
