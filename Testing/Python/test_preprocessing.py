@@ -94,6 +94,23 @@ def test_non_overlapping_fields_of_view_are_an_error(tmp_path):
     assert overlap_fraction(imgs["t1"], far) == 0.0
 
 
+def test_files_read_side_by_side_give_the_first_bad_file_s_error_and_the_same_volumes(tmp_path):
+    imgs, _ = blob_case()
+    paths = {}
+    for role, img in imgs.items():
+        paths[role] = str(tmp_path / f"{role}.nii.gz")
+        sitk.WriteImage(img, paths[role])
+    from_files, from_images = preprocess(paths), preprocess(imgs)
+    assert np.array_equal(from_files.data, from_images.data)
+    assert from_files.decisions["register"] == from_images.decisions["register"]
+    for role in ("t2", "flair"):  # both bad: the error is the one a plain loop over the roles meets first
+        data = open(paths[role], "rb").read()
+        open(paths[role], "wb").write(data[: len(data) // 2])
+    for _ in range(3):
+        with pytest.raises(InputError, match=r"t2\.nii\.gz: is truncated"):
+            preprocess(paths)
+
+
 def test_missing_sequence_is_named():
     imgs, _ = blob_case()
     del imgs["flair"]  # T1 and T2 may be left out (test_missing_sequences.py); the FLAIR may not
