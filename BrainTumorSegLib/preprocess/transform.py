@@ -91,9 +91,10 @@ class Preprocessed:
 def _read_files(paths: Sequence[str]) -> List[sitk.Image]:
     """Each file read and checked, side by side in threads (SimpleITK and zlib release the GIL;
     each thread has images of its own: ITK images shared between threads are not safe); the first
-    path's error in order is the one raised, as in a plain loop."""
+    path's error in order is the one raised, as in a plain loop. DICOM series folders are read one
+    after the other: GDCM's readers are not known to be safe side by side."""
     workers = min(len(paths), os.cpu_count() or 1)
-    if workers <= 1:
+    if workers <= 1 or any(os.path.isdir(p) for p in paths):
         return [read_image(p, "image") for p in paths]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda p: read_image(p, "image"), paths))
