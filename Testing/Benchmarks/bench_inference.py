@@ -12,8 +12,9 @@ Rows, each a fresh process, run in alternation for ``--rounds`` rounds on the sa
 
 Prints the CPU (model and AVX2 / AVX-512 / AVX512-BF16 / AMX flags), the median wall time of the
 whole process, its peak resident memory (ru_maxrss), the ratio of the MONAI row's time to each
-row's, the label agreement of each of our rows with the default model's labels, and the default
-model's own split of the time (from its report).
+row's (and the first row's time over MONAI's in each round, to show the spread), the label
+agreement of each of our rows with the default model's labels, and the default model's own split
+of the time (from its report).
 
 Run: python Testing/Benchmarks/bench_inference.py [--case ../shared/real-cases/Brats18_CBICA_AQO_1]
      [--models brats-glioma-v9-fold0 brats-synthetic-demo] [--backends auto openvino] [--windows auto patch] [--rounds 3]
@@ -148,6 +149,9 @@ def main() -> None:
             if name in reports:
                 used += f", window {reports[name][0].get('input_geometry', {}).get('window', '?')}"
             print(f"{name:<44}{t:>9.1f}{max(peaks[name]):>9.0f}{monai_t / t:>9.2f}x{agree:>27}  {used}")
+        # a shared or busy machine moves both rows from round to round: the spread of the ratio shows it
+        per_round = ", ".join(f"{a / b:.2f}" for a, b in zip(times[first], times["monai recipe"]))
+        print(f"first row's time / MONAI's, round by round: {per_round}")
         rep = reports[first][0]
         split = ", ".join(f"{k} {v:.1f}" for k, v in rep["timings_s"].items())
         print(f"default model split (s, inside the process, last round): {split}")
