@@ -95,7 +95,10 @@ def _nifti_layout(data: bytes) -> Tuple[str, int, int, int]:
         raise ValueError("no NIfTI-1 header")
     dims = struct.unpack_from(order + "8h", data, 40)
     code = struct.unpack_from(order + "h", data, 70)[0]
-    offset = int(struct.unpack_from(order + "f", data, 108)[0])
+    vox_offset = struct.unpack_from(order + "f", data, 108)[0]
+    if not 0 <= vox_offset < float("inf"):  # NaN too
+        raise ValueError(f"invalid data offset {vox_offset}")
+    offset = int(vox_offset)
     ndim = dims[0]
     if not 1 <= ndim <= 7 or min(dims[1:1 + ndim]) < 1:
         raise ValueError(f"invalid dimensions {list(dims)}")

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import make_image, rotation_direction
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.read import images as read_images
@@ -166,6 +168,33 @@ def test_nifti_payload_checked_in_either_byte_order(tmp_path, order, ext):
     open(p, "wb").write(data[:-6])  # the last three voxels gone
     with pytest.raises(InputError, match=rf"ok{re.escape(ext)}: (is truncated|cannot be read)"):
         read_images.read_image(p)
+
+
+@settings(max_examples=300, deadline=None)
+@given(order=st.sampled_from("<>"), dims=st.lists(st.integers(-5, 40), min_size=8, max_size=8),
+       code=st.sampled_from([0, 2, 4, 8, 16, 64, 128, 511, 1536, 2048, 32767]),
+       offset=st.one_of(st.floats(width=32), st.integers(0, 2000).map(float)),
+       payload=st.binary(max_size=600), gzipped=st.booleans(), cut=st.integers(0, 1400))
+def test_any_nifti_header_gives_a_verdict_or_one_line_error(order, dims, code, offset, payload, gzipped, cut):
+    # the payload check parses headers itself: whatever a header or file holds, no other exception
+    import gzip
+    import struct
+    import tempfile
+
+    header = bytearray(348)
+    struct.pack_into(order + "i", header, 0, 348)
+    struct.pack_into(order + "8h", header, 40, *dims)
+    struct.pack_into(order + "hh", header, 70, code, 32)
+    struct.pack_into(order + "f", header, 108, offset)
+    header[344:348] = b"n+1\0"
+    data = (bytes(header) + bytes(4) + payload)[:cut or None]
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "h.nii.gz" if gzipped else "h.nii")
+        open(p, "wb").write(gzip.compress(data) if gzipped else data)
+        try:
+            read_images._check_nifti_payload(p)
+        except InputError as exc:
+            assert str(exc).startswith(p + ": ") and "\n" not in str(exc)
 
 
 def test_non_integer_labels(tmp_path):
