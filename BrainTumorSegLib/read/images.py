@@ -109,23 +109,27 @@ def _nifti_layout(data: bytes) -> Tuple[str, int, int, int]:
 
 def _check_nifti_payload(path: str) -> None:
     """ITK's NIfTI reader fills a truncated file with garbage and turns NaN/Inf into 0 without a
-    word: read the voxel data once (decompressed where gzipped) to check that it is whole and finite."""
+    word: read the voxel data once (decompressed where gzipped) to check that it is whole and finite
+    (an uncompressed file of integers: its size is enough)."""
     gzipped = path.lower().endswith(".gz")
     try:
         with open(path, "rb") as f:
-            data = f.read()
-        if gzipped:
-            data = gzip.decompress(data)
-        order, code, count, offset = _nifti_layout(data)
+            data = f.read() if gzipped else f.read(348)
+            if gzipped:
+                data = gzip.decompress(data)
+            order, code, count, offset = _nifti_layout(data)
+            if not gzipped and code in _NIFTI_FLOATS:
+                data += f.read()
+        size = len(data) if gzipped else os.path.getsize(path)
     except (EOFError, OSError, zlib.error):
         raise InputError(path, "is truncated or corrupt (the voxel data end early)") from None
     except ValueError as exc:
         raise InputError(path, f"cannot be read as NIfTI ({exc})") from None
     needed = offset + count * _NIFTI_BYTES[code]
-    if len(data) < needed:
+    if size < needed:
         if gzipped:
             raise InputError(path, "is truncated or corrupt (the voxel data end early)")
-        raise InputError(path, f"is truncated: {len(data)} bytes of the {needed} its header announces")
+        raise InputError(path, f"is truncated: {size} bytes of the {needed} its header announces")
     if code in _NIFTI_FLOATS and not np.isfinite(np.frombuffer(data, order + _NIFTI_FLOATS[code], count, offset)).all():
         raise InputError(path, "contains NaN or Inf values")
 
