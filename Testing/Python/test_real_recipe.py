@@ -202,7 +202,7 @@ def test_the_et_cascade_on_averaged_fold_models_refines_and_is_guided_by_the_ave
                                                                                      monkeypatch):
     """``1mm-cascade-et-soup-cv``: stage 1 is the fold's v9 + v12 average (made with ``average``,
     found by name), and every training case's guide comes from the average that held it out;
-    ``2mm-cv-soup-long`` trains on from the same averages, and ``1mm-cascade-et-soup-long`` (then
+    ``2mm-cv-soup-long`` (and ``-whole``, on whole 2 mm brains) trains on from the same averages, and ``1mm-cascade-et-soup-long`` (then
     ``-longer``, ``-longer2``) trains the fold's cascade on, guided by them still."""
     for k in range(len(FOLDS)):  # v12 is not shipped: each shipped v9 fold averaged with itself stands in
         assert cli_main("average", f"brats-glioma-v9-fold{k}", f"brats-glioma-v9-fold{k}", "--out",
@@ -218,6 +218,10 @@ def test_the_et_cascade_on_averaged_fold_models_refines_and_is_guided_by_the_ave
     assert longer.extra["initialised_from"]["id"] == "brats-glioma-soup-v9-v12-fold3"
     assert longer.extra["id"] == "brats-glioma-v15-fold3" and longer.cfg.lr == 1e-4 and longer.guide is None
     assert longer.cfg.without_enhancement == 0.2 and longer.cfg.region_weights == (1.0, 2.0, 1.0)
+    whole = plan(all_standins, "2mm-cv-soup-whole", 4, 100, 0, fold=1)  # the average trained on whole brains
+    assert whole.extra["initialised_from"]["id"] == "brats-glioma-soup-v9-v12-fold1"
+    assert whole.extra["id"] == "brats-glioma-v17-fold1" and whole.cfg.lr == 1e-4 and whole.guide is None
+    assert whole.cfg.patch == (80, 96, 80) and longer.cfg.patch == (64, 64, 64)
     v3 = p.init.network  # stands in for the fold's trained cascades, found by name as the averages are
     with torch.no_grad():
         v3.fine.head.weight.add_(0.5)  # as if stage 2 had trained (it starts at zero)
