@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Optional
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..labels import LabelScheme, get_scheme, labels_to_regions, regions_to_labels
 
@@ -38,7 +37,10 @@ def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     """Keep the 26-connected components of ``mask`` with at least ``min_voxels`` voxels."""
     if min_voxels <= 1 or not mask.any():
         return mask.copy()
-    # SimpleITK's labelling, not scipy's: the same components, and scipy stays out of segment's imports
+    # SimpleITK's labelling, not scipy's: the same components, and scipy stays out of segment's
+    # imports; imported here, as training from a pack on a machine without SimpleITK imports this module
+    import SimpleITK as sitk
+
     lab = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True))
     sizes = np.bincount(lab.ravel())
     keep = sizes >= min_voxels
