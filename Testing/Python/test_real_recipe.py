@@ -202,8 +202,9 @@ def test_the_et_cascade_on_averaged_fold_models_refines_and_is_guided_by_the_ave
                                                                                      monkeypatch):
     """``1mm-cascade-et-soup-cv``: stage 1 is the fold's v9 + v12 average (made with ``average``,
     found by name), and every training case's guide comes from the average that held it out;
-    ``2mm-cv-soup-long`` (and ``-whole``, on whole 2 mm brains) trains on from the same averages, and ``1mm-cascade-et-soup-long`` (then
-    ``-longer``, ``-longer2``) trains the fold's cascade on, guided by them still."""
+    ``2mm-cv-soup-long`` (and ``-whole``, on whole 2 mm brains) trains on from the same averages, and
+    ``1mm-cascade-et-soup-long`` (then ``-longer``, ``-longer2``) trains the fold's cascade on, guided
+    by them still."""
     for k in range(len(FOLDS)):  # v12 is not shipped: each shipped v9 fold averaged with itself stands in
         assert cli_main("average", f"brats-glioma-v9-fold{k}", f"brats-glioma-v9-fold{k}", "--out",
                         str(tmp_path / f"brats-glioma-soup-v9-v12-fold{k}")).returncode == 0
