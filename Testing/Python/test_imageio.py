@@ -1,5 +1,8 @@
+import gzip
 import os
 import re
+import struct
+import tempfile
 
 import nibabel as nib
 import numpy as np
@@ -154,16 +157,15 @@ def test_all_zero_and_nonfinite(tmp_path):
 @pytest.mark.parametrize("order", ["<", ">"])
 @pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
 def test_nifti_payload_checked_in_either_byte_order(tmp_path, order, ext):
-    image = nib.Nifti1Image
     a = np.arange(60, dtype=order + "f4").reshape(3, 4, 5) + 1
     p = str(tmp_path / f"ok{ext}")
-    nib.save(image(a, np.eye(4)), p)
+    nib.save(nib.Nifti1Image(a, np.eye(4)), p)
     assert read_images.read_image(p).GetSize() == (3, 4, 5)
     a[2, 3, 4] = np.inf  # the last voxel: the whole payload is looked at
-    nib.save(image(a, np.eye(4)), p)
+    nib.save(nib.Nifti1Image(a, np.eye(4)), p)
     with pytest.raises(InputError, match=rf"ok{re.escape(ext)}: contains NaN or Inf"):
         read_images.read_image(p)
-    nib.save(image(np.ones((3, 4, 5), order + "i2"), np.eye(4)), p)
+    nib.save(nib.Nifti1Image(np.ones((3, 4, 5), order + "i2"), np.eye(4)), p)
     data = open(p, "rb").read()
     open(p, "wb").write(data[:-6])  # the last three voxels gone
     with pytest.raises(InputError, match=rf"ok{re.escape(ext)}: (is truncated|cannot be read)"):
@@ -177,10 +179,6 @@ def test_nifti_payload_checked_in_either_byte_order(tmp_path, order, ext):
        payload=st.binary(max_size=600), gzipped=st.booleans(), cut=st.integers(0, 1400))
 def test_any_nifti_header_gives_a_verdict_or_one_line_error(order, dims, code, offset, payload, gzipped, cut):
     # the payload check parses headers itself: whatever a header or file holds, no other exception
-    import gzip
-    import struct
-    import tempfile
-
     header = bytearray(348)
     struct.pack_into(order + "i", header, 0, 348)
     struct.pack_into(order + "8h", header, 40, *dims)
