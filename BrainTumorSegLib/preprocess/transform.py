@@ -34,7 +34,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..read.cases import SEQUENCES
-from ..read.images import orientation_code, read_image, same_grid
+from ..read.images import checked_volume, orientation_code, read_image, same_grid
 from ..segment_options import MODES
 from . import skullstrip
 from .coverage import absent_sequences, channels
@@ -103,20 +103,15 @@ def _read_files(paths: Sequence[str]) -> List[sitk.Image]:
 def _checked(role: str, im: sitk.Image) -> sitk.Image:
     if im.GetDimension() != 3 or im.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(role, "a scalar 3D volume is expected")
-    arr = sitk.GetArrayViewFromImage(im)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise InputError(role, "contains NaN or Inf values")
-    if not arr.any():
-        raise InputError(role, "is all zero")
-    return sitk.Cast(im, sitk.sitkFloat32)
+    return checked_volume(im, role)
 
 
 def _load(images: Mapping[str, ImageLike]) -> Tuple[Dict[str, sitk.Image], Dict[str, str]]:
     """Every sequence read (files side by side) and checked, and the name errors give it."""
-    files = [r for r, im in images.items() if not isinstance(im, sitk.Image)]
-    read = dict(zip(files, _read_files([str(images[r]) for r in files])))
-    loaded = {r: read[r] if r in read else _checked(r, im) for r, im in images.items()}  # type: ignore[arg-type]
-    return loaded, {r: str(im) if r in read else r for r, im in images.items()}
+    files = {r: str(im) for r, im in images.items() if not isinstance(im, sitk.Image)}
+    read = dict(zip(files, _read_files(list(files.values()))))
+    loaded = {r: _checked(r, im) if isinstance(im, sitk.Image) else read[r] for r, im in images.items()}
+    return loaded, {r: files.get(r, r) for r in images}
 
 
 def _align_all(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: PreprocessOptions,

@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
+from .images import checked_volume
 
 _POSITION, _ORIENTATION = "0020|0032", "0020|0037"
 _DESCRIPTION, _SOP_UID = "0008|103e", "0008|0018"
@@ -173,12 +174,7 @@ def read_series(folder: PathLike, wanted: Sequence[str] = (), strict: bool = Fal
         img = reader.Execute()
     except RuntimeError:
         raise InputError(f, f"the pixel data of series {uid} cannot be read") from None
-    arr = sitk.GetArrayViewFromImage(img)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise InputError(f, "contains NaN or Inf values")
-    if not arr.any():
-        raise InputError(f, "is all zero")
-    img = sitk.Cast(img, sitk.sitkFloat32)
+    img = checked_volume(img, f)
     img.SetSpacing(img.GetSpacing()[:2] + (spacing,))  # the checked spacing, not the reader's estimate
     return Series(f, uid, _tag(_info(files[0]), _DESCRIPTION), files, img)
 

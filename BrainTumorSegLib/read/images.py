@@ -37,13 +37,11 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
         img = reader.Execute()
     except RuntimeError as exc:
         raise InputError(p, f"cannot be read as an image ({_short_itk_message(exc)})") from None
+    if kind == "image":
+        return checked_volume(img, p)
     arr = sitk.GetArrayViewFromImage(img)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(p, "contains NaN or Inf values")
-    if kind == "image":
-        if not arr.any():
-            raise InputError(p, "is all zero")
-        return sitk.Cast(img, sitk.sitkFloat32)
     if kind == "label":
         if arr.dtype.kind == "f":
             if not np.array_equal(arr, np.round(arr)):
@@ -51,6 +49,16 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
             img = sitk.Cast(img, sitk.sitkInt32)
         return img
     raise ValueError(f"unknown kind {kind!r}")
+
+
+def checked_volume(img: sitk.Image, name: str) -> sitk.Image:
+    """``img`` as float32, once its values are found finite and not all zero (errors name ``name``)."""
+    arr = sitk.GetArrayViewFromImage(img)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(name, "contains NaN or Inf values")
+    if not arr.any():
+        raise InputError(name, "is all zero")
+    return sitk.Cast(img, sitk.sitkFloat32)
 
 
 def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.ImageFileReader:
