@@ -34,7 +34,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..read.cases import SEQUENCES
-from ..read.images import checked_volume, orientation_code, read_image, same_grid
+from ..read.images import checked_volume, orientation_code, read_image, same_grid, short_itk_message
 from ..segment_options import MODES
 from . import skullstrip
 from .coverage import absent_sequences, channels
@@ -129,7 +129,11 @@ def _align_all(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: Preproce
                                           f"{opt.reference} ({names[opt.reference]}): another patient or a wrong file?")
         if frac < 0.5:
             warnings.append(f"{names[role]}: only {frac:.0%} of its field of view overlaps the reference")
-        out[role] = aligner.align(img, str(opt.register), same_grid(img, ref))
+        try:
+            out[role] = aligner.align(img, str(opt.register), same_grid(img, ref))
+        except RuntimeError as exc:  # ITK's: e.g. too few voxels, or too little of it inside the reference
+            raise InputError(names[role], f"could not be registered to the reference {opt.reference} "
+                                          f"({short_itk_message(exc)})") from None
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
 import zlib
 from typing import Tuple
@@ -36,7 +37,7 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
     try:
         img = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(p, f"cannot be read as an image ({_short_itk_message(exc)})") from None
+        raise InputError(p, f"cannot be read as an image ({short_itk_message(exc)})") from None
     if kind == "image":
         return checked_volume(img, p)
     arr = sitk.GetArrayViewFromImage(img)
@@ -51,14 +52,33 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
     raise ValueError(f"unknown kind {kind!r}")
 
 
+MIN_VOXELS = 2  # along every axis
+MAX_EXTENT_MM = 400.0  # a head scan's field of view is shorter along every axis
+
+
 def checked_volume(img: sitk.Image, name: str) -> sitk.Image:
-    """``img`` as float32, once its values are found finite and not all zero (errors name ``name``)."""
+    """``img`` as float32, once its values are found finite and not all one value, and its field of
+    view no longer than a head's (errors name ``name``)."""
+    _check_size(img.GetSize(), name)
     arr = sitk.GetArrayViewFromImage(img)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(name, "contains NaN or Inf values")
-    if not arr.any():
-        raise InputError(name, "is all zero")
+    low, high = arr.min(), arr.max()
+    if low == high:
+        raise InputError(name, "is all zero" if high == 0 else f"has the same value ({high:g}) in every voxel")
+    extent = [n * s for n, s in zip(img.GetSize(), img.GetSpacing())]
+    if max(extent) > MAX_EXTENT_MM:
+        # e.g. a slice thickness written wrongly: its working grid would not fit in memory
+        raise InputError(name, f"spans {max(extent):.0f} mm ({'x'.join(map(str, img.GetSize()))} voxels of "
+                               f"{'x'.join(f'{s:g}' for s in img.GetSpacing())} mm), more than a head scan's "
+                               f"{MAX_EXTENT_MM:.0f} mm: check the voxel spacing in its header")
     return sitk.Cast(img, sitk.sitkFloat32)
+
+
+def _check_size(size: Tuple[int, ...], name: str) -> None:
+    if min(size) < MIN_VOXELS:
+        raise InputError(name, f"has size {'x'.join(map(str, size))}; a 3D volume with at least {MIN_VOXELS} voxels "
+                               "per axis is expected")
 
 
 def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.ImageFileReader:
@@ -76,14 +96,13 @@ def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.Im
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputError(p, f"cannot be read as an image ({_short_itk_message(exc)})") from None
+        raise InputError(p, f"cannot be read as an image ({short_itk_message(exc)})") from None
     dim, size, ncomp = reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents()
     if dim != 3:
         raise InputError(p, f"is a {dim}D image of size {'x'.join(map(str, size))}; a 3D volume is expected")
     if ncomp != 1:
         raise InputError(p, f"has {ncomp} components per voxel; a scalar 3D volume is expected")
-    if min(size) < 2:
-        raise InputError(p, f"has size {'x'.join(map(str, size))}; a 3D volume with at least 2 voxels per axis is expected")
+    _check_size(size, p)
     return reader
 
 
@@ -142,13 +161,17 @@ def _check_nifti_payload(path: str) -> None:
         raise InputError(path, "contains NaN or Inf values")
 
 
-def _short_itk_message(exc: Exception) -> str:
+def short_itk_message(exc: Exception) -> str:
+    """The description in an ITK exception's message, in one short line."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # ITK messages end with the useful description after 'Description:' or the last line.
-    for ln in lines:
-        if "Description:" in ln:
-            return ln.split("Description:", 1)[1].strip()[:160]
-    return (lines[-1] if lines else "unknown reader error")[:160]
+    described = [ln.split("Description:", 1)[1].strip() for ln in lines if "Description:" in ln]
+    text = described[0] if described else (
+        re.sub(r"^ITK ERROR: (\w+)\(0x[0-9a-fA-F]+\): ", r"\1: ", lines[-1]) if lines else "unknown ITK error")
+    if len(text) <= 160:
+        return text
+    cut = text[:160].rfind(". ")  # whole sentences where one fits
+    return text[:cut + 1] if cut > 0 else text[:160]
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:

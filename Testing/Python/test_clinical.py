@@ -92,6 +92,26 @@ def test_register_or_not():
     assert set(rep) >= {"registered", "reason", "mattes_mi_before", "mattes_mi_after", "translation_mm"}
 
 
+def test_what_cannot_be_registered_is_one_line_naming_it():
+    """A sequence ITK cannot register is an error naming it, not a traceback: a slab of three
+    slices (ITK's smoothing needs four voxels an axis; four are registered), a field of view that
+    meets the reference's only outside the head."""
+    ref = blob()
+    slab = blob(shift=(3.0, 0.0, 0.0))[:, :, 24:28]
+    done = Aligner(ref).align(slab, "auto", same_grid=False)
+    assert done.registered and np.allclose(done.transform.GetParameters()[3:], (3.0, 0.0, 0.0), atol=0.5)
+    with pytest.raises(InputError, match=r"^t2: could not be registered to the reference t1ce \((Smoothing)?"
+                                         r"RecursiveGaussianImageFilter: The number of pixels along \w+ 2 is less "
+                                         r"than 4\.\)$"):
+        preprocess({"t1": ref, "t1ce": ref, "t2": slab[:, :, :3], "flair": ref}, PreprocessOptions(register="auto"))
+    edge = blob()
+    edge.SetOrigin((60.0, 0.0, 0.0))  # 4 mm of the reference's background in common
+    with pytest.raises(InputError, match=r"^flair: could not be registered to the reference t1ce "
+                                         r"\(MattesMutualInformationImageToImageMetricv4: All samples map outside "
+                                         r"moving image buffer\. The images do not sufficiently overlap\.\)$"):
+        preprocess({"t1": ref, "t1ce": ref, "t2": ref, "flair": edge}, PreprocessOptions(register="auto"))
+
+
 def test_resample_or_not():
     one_mm = make_image(np.ones((4, 4, 4), np.float32), (1.0, 1.0, 1.0))
     thick = make_image(np.ones((4, 4, 4), np.float32), (0.9, 0.9, 5.5))

@@ -129,6 +129,26 @@ def test_2d_and_4d_images(tmp_path):
         read_images.read_image(p1)
 
 
+def test_one_value_everywhere_or_a_field_of_view_no_head_has_is_refused(tmp_path):
+    """Not an image of a head: one value in every voxel (registration would divide by its range),
+    a field of view longer than a head scan's (a slice thickness written wrongly: its 1 mm working
+    grid would not fit in memory), a single slice; files and images handed in alike."""
+    const = _write(tmp_path, "const.nii.gz", np.full((8, 8, 8), 5, np.int16))
+    with pytest.raises(InputError, match=r"const\.nii\.gz: has the same value \(5\) in every voxel"):
+        read_images.read_image(const)
+    rng = np.random.default_rng(0)
+    head = rng.random((8, 8, 8)).astype(np.float32)
+    assert read_images.checked_volume(make_image(head, (1.0, 1.0, 45.0)), "t2").GetSize() == (8, 8, 8)  # 360 mm
+    long = _write(tmp_path, "long.nii.gz", head, spacing=(1.0, 1.0, 60.0))
+    with pytest.raises(InputError, match=r"long\.nii\.gz: spans 480 mm \(8x8x8 voxels of 1x1x60 mm\), more "
+                                         r"than a head scan's 400 mm: check the voxel spacing in its header"):
+        read_images.read_image(long)
+    with pytest.raises(InputError, match=r"t1ce: has size 8x1x8; a 3D volume with at least 2 voxels per axis"):
+        read_images.checked_volume(make_image(rng.random((8, 1, 8)).astype(np.float32)), "t1ce")
+    with pytest.raises(InputError, match=r"flair: has the same value \(0\.5\) in every voxel"):
+        read_images.checked_volume(make_image(np.full((8, 8, 8), 0.5, np.float32)), "flair")
+
+
 def test_vector_image(tmp_path):
     p = str(tmp_path / "rgb.mha")
     sitk.WriteImage(sitk.GetImageFromArray(np.ones((3, 4, 5, 3), np.float32), isVector=True), p)
