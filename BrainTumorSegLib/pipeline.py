@@ -32,7 +32,7 @@ from .predict.predictor import Prediction, predict_probabilities
 from .predict.sliding_window import tiles_cover
 from .preprocess.transform import Preprocessed, PreprocessOptions, preprocess
 from .progress import Progress
-from .read.cases import OPTIONAL_SEQUENCES, sequences_needed, without_condition
+from .read.cases import OPTIONAL_SEQUENCES, SEQUENCES, sequences_needed, without_condition
 from .read.images import geometry, voxel_volume_ml
 from .segment_options import SegmentOptions  # declared once there; the API's name stays here
 
@@ -79,15 +79,26 @@ class SegmentationResult:
 
 def _to_image(value: Union[str, sitk.Image, ArrayInput], role: str):
     if isinstance(value, tuple):
-        arr, geo = value
-        arr = np.asarray(arr)
+        if len(value) != 2 or not isinstance(value[1], Mapping):
+            raise InputError(role, "an (array, geometry) pair is expected, the geometry a dict of spacing, origin "
+                                   "and direction")
+        arr, geo = np.asarray(value[0]), value[1]
         if arr.ndim != 3:
             raise InputError(role, f"array of {arr.ndim} dimensions; a 3D (z, y, x) array is expected")
+        if arr.dtype.kind not in "iuf":
+            raise InputError(role, f"array of {arr.dtype} values; numbers are expected")
         img = sitk.GetImageFromArray(arr.astype(np.float32))
-        img.SetSpacing([float(v) for v in geo.get("spacing", (1, 1, 1))])
-        img.SetOrigin([float(v) for v in geo.get("origin", (0, 0, 0))])
-        if "direction" in geo:
-            img.SetDirection([float(v) for v in geo["direction"]])
+        try:
+            spacing = [float(v) for v in geo.get("spacing", (1, 1, 1))]
+            if len(spacing) != 3 or not all(0 < v < float("inf") for v in spacing):
+                raise ValueError
+            img.SetSpacing(spacing)
+            img.SetOrigin([float(v) for v in geo.get("origin", (0, 0, 0))])
+            if "direction" in geo:
+                img.SetDirection([float(v) for v in geo["direction"]])
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(role, "geometry: spacing takes 3 positive numbers (mm), origin 3 numbers, direction 9 "
+                                   "(a rotation)") from None
         return img
     return value
 
@@ -98,6 +109,9 @@ def _preprocess_for(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], mo
     roles the models do not use."""
     first = models.members[0].manifest
     roles = first.in_sequences
+    unknown = [r for r in inputs if r not in SEQUENCES]
+    if unknown:  # a typo would otherwise leave an optional sequence out without a word
+        raise InputError(unknown[0], f"is not a sequence's role; the roles are {', '.join(SEQUENCES)}")
     missing = [r for r in roles if inputs.get(r) is None and (r not in OPTIONAL_SEQUENCES or r == REFERENCE)]
     if missing:
         raise InputError(missing[0], f"the model {first.id} needs {sequences_needed(roles)}; no {', '.join(missing)} given")

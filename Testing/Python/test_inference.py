@@ -167,6 +167,29 @@ def test_array_inputs_with_geometry(tiny_bundle, small_case_dir):
     assert set(res.timings) >= {"preprocess", "predict", "postprocess", "total"}
 
 
+@pytest.mark.parametrize("role, value, message", [
+    ("t2", "GEOMETRY", r"t2: geometry: spacing takes 3 positive numbers \(mm\), origin 3 numbers, direction 9"),
+    ("t2", {"spacing": (1.0, -1.0, 1.0)}, "t2: geometry: spacing takes 3 positive"),
+    ("t2", {"spacing": (1.0, 1.0)}, "t2: geometry: spacing takes 3 positive"),
+    ("t2", {"direction": (1, 0, 0, 0, 1, 0, 0, 0, 0)}, "t2: geometry: .* direction 9 \\(a rotation\\)"),
+    ("t2", "nope", r"t2: an \(array, geometry\) pair is expected"),
+    ("flair", {"spacing": ("a", 1, 1)}, "flair: geometry: spacing takes 3 positive"),
+    ("T2", None, "T2: is not a sequence's role; the roles are t1, t1ce, t2, flair"),
+])
+def test_array_inputs_with_a_wrong_geometry_or_role_are_one_line_naming_the_role(tiny_bundle, small_case_dir, role,
+                                                                                 value, message):
+    """Arrays handed in by a script get the CLI's one-line errors, not numpy's or ITK's; a role that is
+    not a sequence's (a typo, ``T2``) is refused, where it would leave the T2 out without a word."""
+    inputs = dict(find_case(small_case_dir).sequences)
+    if value is None:  # the file under another name
+        inputs[role] = inputs.pop(role.lower())
+    else:
+        geometry = {"spacing": (1.0, 1.0, 1.0, 1.0)} if value == "GEOMETRY" else value
+        inputs[role] = (sitk.GetArrayFromImage(sitk.ReadImage(inputs[role])), geometry)
+    with pytest.raises(InputError, match=message):
+        segment(inputs, tiny_bundle, "cpu")
+
+
 def test_tta_and_ensemble_average_probabilities(tiny_bundle, small_case_dir):
     case = find_case(small_case_dir)
     b = bundles.load(tiny_bundle)
