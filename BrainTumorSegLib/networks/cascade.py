@@ -11,7 +11,7 @@ stages of our DM-DA-Unet (:mod:`.dmda_unet`):
   2 mm) and z-scored again there, as its own preprocessing gives it a 2 mm volume
   (:meth:`CoarseToFine.coarse_volume`; ``segment`` crops the 1 mm volume from a multiple of
   ``factor``, ``crop_multiple``, so the blocks averaged are that 2 mm grid's voxels), in sliding
-  windows of ``coarse_window``; its sigmoid WT /
+  windows of ``coarse_window`` (``0``: in one pass over the whole volume); its sigmoid WT /
   TC / ET probabilities are interpolated back onto the 1 mm grid (:meth:`CoarseToFine.guide`);
 - stage 2, ``fine``: :class:`ResUNet` on the 1 mm volume with the three probabilities as extra
   channels, which corrects stage 1: its output is added to stage 1's logits (the probabilities'
@@ -145,8 +145,11 @@ class CoarseToFine(SegmentationNetwork):
         size = volume.shape[1:]
         pad = [(-n) % self.factor for n in size]
         small = self.coarse_volume(F.pad(volume.float(), [p for ax in reversed(pad) for p in (0, ax)]))
-        probs = sliding_window(small, lambda b: torch.sigmoid(net(b).float()), (self.coarse_window,) * 3,
-                               self.out_channels, 0.5)
+        if self.coarse_window == 0:  # one pass: the network pads to its divisor itself
+            probs = torch.sigmoid(net(small[None]).float())[0]
+        else:
+            probs = sliding_window(small, lambda b: torch.sigmoid(net(b).float()), (self.coarse_window,) * 3,
+                                   self.out_channels, 0.5)
         up = F.interpolate(probs[None], scale_factor=self.factor, mode="trilinear", align_corners=False)[0]
         return up[(slice(None),) + tuple(slice(0, n) for n in size)]
 

@@ -55,6 +55,29 @@ def test_the_guide_lies_on_the_fine_grid_and_the_box_holds_the_tumor():
         assert b.stop - b.start < n  # but not the whole volume
 
 
+def test_stage1_in_one_pass_runs_once_over_the_whole_volume():
+    """``coarse_window=0``: stage 1 sees the whole 2 mm volume at once (a stage 1 trained on whole
+    brains), the same probabilities as windows where the network looks voxel by voxel, and guides
+    cached for training under another key."""
+    windowed = _cascade()
+    whole = build("coarse_to_fine", coarse=SMALL, fine=SMALL, margin=4, patch=16, coarse_window=0).eval()
+    seen = []
+
+    class Counting(FirstChannelsAsLogits):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(tuple(x.shape))
+            return super().forward(x)
+
+    whole.coarse = Counting()
+    vol = torch.zeros(4, 70, 58, 81)  # more than one 16^3 window at 2 mm along every axis
+    vol[3] = 1.0
+    vol[:3, 20:40, 12:30, 30:50] = 1.0
+    guide = whole.guide(vol)
+    assert seen == [(1, 4, 35, 29, 41)]
+    torch.testing.assert_close(guide, windowed.guide(vol))
+    assert whole.guide_method != windowed.guide_method
+
+
 def test_stage1_sees_the_volume_as_its_own_2mm_preprocessing_makes_it():
     """Resampled to 2 mm, then z-scored over the brain there (what a 2 mm model is given), not the
     z-scores of 1 mm averaged: the two differ most at the brain's edge."""
