@@ -185,11 +185,11 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
 def grid_difference(a: sitk.Image, b: sitk.Image) -> str:
     """Human-readable list of what differs between the grids of ``a`` and ``b``."""
     parts = []
-    for name, fa, fb in (("size", a.GetSize(), b.GetSize()), ("spacing", a.GetSpacing(), b.GetSpacing()),
-                         ("origin", a.GetOrigin(), b.GetOrigin()),
-                         ("direction", a.GetDirection(), b.GetDirection())):
-        ra = tuple(round(float(x), 3) for x in fa)
-        rb = tuple(round(float(x), 3) for x in fb)
+    for name, form, fa, fb in (("size", "{}", a.GetSize(), b.GetSize()), ("spacing", "{}", a.GetSpacing(), b.GetSpacing()),
+                               ("origin", "({})", a.GetOrigin(), b.GetOrigin()),
+                               ("direction", "({})", a.GetDirection(), b.GetDirection())):
+        sep = "x" if form == "{}" else ", "
+        ra, rb = (form.format(sep.join(f"{round(float(x), 3):g}" for x in f)) for f in (fa, fb))
         if ra != rb:
             parts.append(f"{name} {ra} vs {rb}")
     return "; ".join(parts) or "sub-tolerance differences"

@@ -85,6 +85,14 @@ def test_output_folder_must_exist(tmp_path):
         write_images.write_image(img, tmp_path / "x.png")
 
 
+def test_grid_differences_are_written_as_a_reader_reads_geometry():
+    a = make_image(np.zeros((155, 240, 240), np.uint8), (1.0, 1.0, 1.0), (0.0, -239.0, 0.0))
+    b = make_image(np.zeros((3, 3, 3), np.uint8), (1.0, 1.0, 2.5), (100.0, -139.0, 70.0))
+    assert read_images.grid_difference(a, b) == ("size 240x240x155 vs 3x3x3; spacing 1x1x1 vs 1x1x2.5; "
+                                                 "origin (0, -239, 0) vs (100, -139, 70)")
+    assert read_images.grid_difference(a, a) == "sub-tolerance differences"
+
+
 # --- bad input: each gets a one-line message naming the file -------------------------------
 
 def _write(tmp_path, name, arr, **kw):
