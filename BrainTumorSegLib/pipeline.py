@@ -110,7 +110,7 @@ def _preprocess_for(inputs: Mapping[str, Union[str, sitk.Image, ArrayInput]], mo
     first = models.members[0].manifest
     roles = first.in_sequences
     unknown = [r for r in inputs if r not in SEQUENCES]
-    if unknown:  # a typo would otherwise leave an optional sequence out without a word
+    if unknown:  # a typo (T2) would leave an optional sequence out, with a warning only
         raise InputError(unknown[0], f"is not a sequence's role; the roles are {', '.join(SEQUENCES)}")
     missing = [r for r in roles if inputs.get(r) is None and (r not in OPTIONAL_SEQUENCES or r == REFERENCE)]
     if missing:

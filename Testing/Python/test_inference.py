@@ -179,7 +179,7 @@ def test_array_inputs_with_geometry(tiny_bundle, small_case_dir):
 def test_array_inputs_with_a_wrong_geometry_or_role_are_one_line_naming_the_role(tiny_bundle, small_case_dir, role,
                                                                                  value, message):
     """Arrays handed in by a script get the CLI's one-line errors, not numpy's or ITK's; a role that is
-    not a sequence's (a typo, ``T2``) is refused, where it would leave the T2 out without a word."""
+    not a sequence's (a typo, ``T2``) is refused, where it would leave the T2 out with a warning only."""
     inputs = dict(find_case(small_case_dir).sequences)
     if value is None:  # the file under another name
         inputs[role] = inputs.pop(role.lower())
