@@ -87,7 +87,8 @@ under one CPU budget:
   an H100, measured out of fold in docs/training.md: not adopted);
 - ``2mm-cv-soup-whole``: each fold's ``brats-glioma-soup-v9-v12-foldK`` trained on as ``2mm-cv-soup-long``
   trains it, on patches of 80 x 96 x 80 (most whole 2 mm brains), so that it can run in one pass
-  rather than eight overlapping 64^3 windows; exported as ``brats-glioma-v17-foldK``;
+  rather than eight overlapping 64^3 windows; exported as ``brats-glioma-v17-foldK`` (screened out of
+  fold in docs/training.md: not adopted);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -108,11 +109,7 @@ under one CPU budget:
   same way; exported as ``brats-glioma-cascade-et-v5-foldK`` (the default's design);
 - ``1mm-cascade-et-soup-longer2``: each ``brats-glioma-cascade-et-v5-foldK`` trained on once more in
   the same way; exported as ``brats-glioma-cascade-et-v6-foldK`` (measured out of fold in
-  docs/training.md: not adopted);
-- ``1mm-cascade-et-whole-cv``, then ``-long`` and ``-longer``: the default's design (three rounds of
-  stage 2) on each fold's ``brats-glioma-v17-foldK``, stage 1 in one pass over the whole 2 mm volume
-  (``coarse_window`` 0), its guides made so; exported as ``brats-glioma-cascade-et-v7-foldK``,
-  ``-v8-`` and ``-v9-`` (to be trained if v17 passes its screen: docs/training.md).
+  docs/training.md: not adopted).
 
 Every fold variant also trains with ``--fold all``: its design on all 32 cases, none held out,
 each step from the previous step's ``-all`` model (``brats-glioma-v6-all`` for ``2mm-cv-tc-noenh``);
@@ -271,9 +268,6 @@ _ET_CASCADE = Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), netw
                       kind="Coarse-to-fine cascade (2 mm residual U-Net, its enhancing tumor refined at 1 mm)")
 # the default's design (1mm-cascade-et-soup-cv), the base of the variants that train its cascades on
 _ET_SOUP = replace(_ET_CASCADE, coarse_from=_SOUP, model_id="brats-glioma-cascade-et-v3")
-# the same on stage 1 trained on whole brains (2mm-cv-soup-whole), run in one pass
-_ET_WHOLE = replace(_ET_SOUP, coarse_from="brats-glioma-v17-{member}", model_id="brats-glioma-cascade-et-v7",
-                    options={**CASCADE_OPTIONS, "refine": "et", "coarse_window": 0})
 
 VARIANTS: Dict[str, Variant] = {
     "2mm": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64)),
@@ -361,12 +355,6 @@ VARIANTS: Dict[str, Variant] = {
     # each fold's brats-glioma-cascade-et-v5 trained on once more in the same way (measured: not adopted)
     "1mm-cascade-et-soup-longer2": replace(_ET_SOUP, init_from="brats-glioma-cascade-et-v5-{member}",
                                            model_id="brats-glioma-cascade-et-v6"),
-    # the default's design (three rounds of stage 2) on the fold's v17, stage 1 in one pass: faster
-    "1mm-cascade-et-whole-cv": _ET_WHOLE,
-    "1mm-cascade-et-whole-long": replace(_ET_WHOLE, init_from="brats-glioma-cascade-et-v7-{member}",
-                                         model_id="brats-glioma-cascade-et-v8"),
-    "1mm-cascade-et-whole-longer": replace(_ET_WHOLE, init_from="brats-glioma-cascade-et-v8-{member}",
-                                           model_id="brats-glioma-cascade-et-v9"),
 }
 
 

@@ -21,7 +21,6 @@ from BrainTumorSegLib.recipes.brats_glioma import (
     CITATIONS,
     MODEL_ID,
     VALIDATION,
-    VARIANTS,
     WINDOW_TOLERANCE,
     data_credits,
     ensemble_manifest,
@@ -259,28 +258,6 @@ def test_the_et_cascade_on_averaged_fold_models_refines_and_is_guided_by_the_ave
         plan(all_standins, "1mm-cascade-et-soup-longer", 4, 100, 2, fold=2)
     with pytest.raises(InputError, match="not a cascade"):  # nor is a 2 mm model a cascade to train on
         plan(all_standins, "1mm-cascade-et-soup-long", 4, 100, 1, fold=2, init_from="brats-glioma-v9-fold2")
-
-
-def test_the_et_cascade_on_whole_brain_stage1_guides_in_one_pass(all_standins, tmp_path, monkeypatch):
-    """``1mm-cascade-et-whole-cv``: the default's design on each fold's v17 (stage 1 trained on whole
-    2 mm brains), whose guides are made in one pass and so cached apart from the windowed ones;
-    ``-long`` and ``-longer`` train the fold's cascade on."""
-    for k in range(len(FOLDS)):  # v17 stand-ins: each shipped v9 fold averaged with itself
-        assert cli_main("average", f"brats-glioma-v9-fold{k}", f"brats-glioma-v9-fold{k}", "--out",
-                        str(tmp_path / f"brats-glioma-v17-fold{k}")).returncode == 0
-    monkeypatch.setenv("BRAINTUMORSEG_MODELS", str(tmp_path))
-    p = plan(all_standins, "1mm-cascade-et-whole-cv", 4, 100, 0, fold=0)
-    assert p.extra["id"] == "brats-glioma-cascade-et-v7-fold0" and p.cfg.options["coarse_window"] == 0
-    assert p.extra["initialised_from"]["id"] == "brats-glioma-v17-fold0" and p.cfg.options["refine"] == "et"
-    assert p.guide is not None and "coarse-renormalised:2:0:" in p.guide.key
-    assert p.init.network.guide_method == "coarse-renormalised:2:0"
-    bundles.save(p.init.network, str(tmp_path / "brats-glioma-cascade-et-v7-fold0"),
-                 dict(p.init.manifest.document, id="brats-glioma-cascade-et-v7-fold0", network="coarse_to_fine",
-                      options=p.cfg.options))
-    on = plan(all_standins, "1mm-cascade-et-whole-long", 4, 100, 1, fold=0)
-    assert on.extra["initialised_from"]["id"] == "brats-glioma-cascade-et-v7-fold0"
-    assert on.extra["id"] == "brats-glioma-cascade-et-v8-fold0" and on.guide.key == p.guide.key
-    assert VARIANTS["1mm-cascade-et-whole-longer"].init_from == "brats-glioma-cascade-et-v8-{member}"
 
 
 def test_a_cascade_fold_refines_its_own_2mm_fold_and_trains_on_out_of_fold_guides(all_standins, tmp_path):
