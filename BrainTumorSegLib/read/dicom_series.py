@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
-from .images import checked_volume
+from .images import checked_volume, dims
 
 _POSITION, _ORIENTATION = "0020|0032", "0020|0037"
 _DESCRIPTION, _SOP_UID = "0008|103e", "0008|0018"
@@ -115,7 +115,7 @@ def slice_positions(folder: str, files: Sequence[str]) -> Tuple[List[str], float
     for r, p in zip(readers, files):
         if r.GetSize()[:2] != readers[0].GetSize()[:2] or (len(r.GetSize()) > 2 and r.GetSize()[2] > 1):
             raise InputError(folder, f"mixes image sizes or holds multi-frame files ({os.path.basename(p)}: "
-                                     f"{'x'.join(map(str, r.GetSize()))}); one slice per file, one matrix is expected")
+                                     f"{dims(r.GetSize())}); one slice per file, one matrix is expected")
     row, col = cosines[0][:3], cosines[0][3:]
     normal = np.cross(row, col)
     points = np.array([_vector(r, _POSITION, 3, p, "Image Position (Patient)") for r, p in zip(readers, files)])
@@ -174,8 +174,8 @@ def read_series(folder: PathLike, wanted: Sequence[str] = (), strict: bool = Fal
         img = reader.Execute()
     except RuntimeError:
         raise InputError(f, f"the pixel data of series {uid} cannot be read") from None
-    img = checked_volume(img, f)
     img.SetSpacing(img.GetSpacing()[:2] + (spacing,))  # the checked spacing, not the reader's estimate
+    img = checked_volume(img, f)  # after it: the field of view is judged with that spacing
     return Series(f, uid, _tag(_info(files[0]), _DESCRIPTION), files, img)
 
 

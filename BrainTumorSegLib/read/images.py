@@ -10,7 +10,7 @@ import os
 import re
 import struct
 import zlib
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -69,15 +69,20 @@ def checked_volume(img: sitk.Image, name: str) -> sitk.Image:
     extent = [n * s for n, s in zip(img.GetSize(), img.GetSpacing())]
     if max(extent) > MAX_EXTENT_MM:
         # e.g. a slice thickness written wrongly: its working grid would not fit in memory
-        raise InputError(name, f"spans {max(extent):.0f} mm ({'x'.join(map(str, img.GetSize()))} voxels of "
-                               f"{'x'.join(f'{s:g}' for s in img.GetSpacing())} mm), more than a head scan's "
+        raise InputError(name, f"spans {max(extent):.0f} mm ({dims(img.GetSize())} voxels of "
+                               f"{dims(img.GetSpacing())} mm), more than a head scan's "
                                f"{MAX_EXTENT_MM:.0f} mm: check the voxel spacing in its header")
     return sitk.Cast(img, sitk.sitkFloat32)
 
 
+def dims(values: Sequence[float], sep: str = "x") -> str:
+    """Sizes, spacings or coordinates as a message writes them: ``240x240x155``, ``1x1x2.5``."""
+    return sep.join(f"{round(float(v), 3):g}" for v in values)
+
+
 def _check_size(size: Tuple[int, ...], name: str) -> None:
     if min(size) < MIN_VOXELS:
-        raise InputError(name, f"has size {'x'.join(map(str, size))}; a 3D volume with at least {MIN_VOXELS} voxels "
+        raise InputError(name, f"has size {dims(size)}; a 3D volume with at least {MIN_VOXELS} voxels "
                                "per axis is expected")
 
 
@@ -99,7 +104,7 @@ def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.Im
         raise InputError(p, f"cannot be read as an image ({short_itk_message(exc)})") from None
     dim, size, ncomp = reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents()
     if dim != 3:
-        raise InputError(p, f"is a {dim}D image of size {'x'.join(map(str, size))}; a 3D volume is expected")
+        raise InputError(p, f"is a {dim}D image of size {dims(size)}; a 3D volume is expected")
     if ncomp != 1:
         raise InputError(p, f"has {ncomp} components per voxel; a scalar 3D volume is expected")
     _check_size(size, p)
@@ -185,11 +190,10 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
 def grid_difference(a: sitk.Image, b: sitk.Image) -> str:
     """Human-readable list of what differs between the grids of ``a`` and ``b``."""
     parts = []
-    for name, form, fa, fb in (("size", "{}", a.GetSize(), b.GetSize()), ("spacing", "{}", a.GetSpacing(), b.GetSpacing()),
-                               ("origin", "({})", a.GetOrigin(), b.GetOrigin()),
-                               ("direction", "({})", a.GetDirection(), b.GetDirection())):
-        sep = "x" if form == "{}" else ", "
-        ra, rb = (form.format(sep.join(f"{round(float(x), 3):g}" for x in f)) for f in (fa, fb))
+    for name, sep, fa, fb in (("size", "x", a.GetSize(), b.GetSize()), ("spacing", "x", a.GetSpacing(), b.GetSpacing()),
+                              ("origin", ", ", a.GetOrigin(), b.GetOrigin()),
+                              ("direction", ", ", a.GetDirection(), b.GetDirection())):
+        ra, rb = (dims(f, sep) if sep == "x" else f"({dims(f, sep)})" for f in (fa, fb))
         if ra != rb:
             parts.append(f"{name} {ra} vs {rb}")
     return "; ".join(parts) or "sub-tolerance differences"
