@@ -453,7 +453,8 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
 def _add_training_commands(sub) -> None:
     """train, finetune, train-demo and train-recipe."""
     tr = sub.add_parser("train", help="train a network on cases with labels; exports a model bundle")
-    tr.add_argument("--network", default="resunet", help="resunet, agse_vnet, cga_unet or dmda_unet")
+    tr.add_argument("--network", default="resunet", help="resunet, agse_vnet, cga_unet, dmda_unet or coarse_to_fine "
+                                                        "(braintumorseg networks describes them)")
     tr.add_argument("--options", help="network options as JSON, e.g. '{\"channels\": [16, 32, 64, 128, 128]}'")
     _add_train_args(tr, epochs=20)
     tr.set_defaults(func=_cmd_train)
@@ -482,7 +483,8 @@ def _add_training_commands(sub) -> None:
     tr2.add_argument("--data", required=True, help="folder with the real BraTS cases (e.g. ../shared/real-cases), "
                                                    "or a pack of them (--pack-to)")
     tr2.add_argument("--out", help="run folder; an existing one is resumed")
-    tr2.add_argument("--variant", default="2mm", help="a variant of real_recipe.VARIANTS: 2mm (default), 1mm, 2mm-cv, ...")
+    tr2.add_argument("--variant", default="2mm", help="a variant of recipes/brats_glioma.py's VARIANTS: 2mm "
+                                                   "(default), 1mm, 2mm-cv, ... (an unknown one lists them)")
     tr2.add_argument("--fold", type=_recipe_fold, help="for the 2mm-cv... variants: the cross-validation fold to "
                                                      "hold out (0-4; cross_validation.FOLDS, stratified by grade and "
                                                      "institution), or 'all': every case, none held out")

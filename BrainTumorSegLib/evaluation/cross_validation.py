@@ -69,7 +69,7 @@ def grade_summary(per_case: Mapping[str, Mapping]) -> Dict:
 
     Args:
         per_case: case id -> region -> {dice, hd95, volume_error_ml (predicted minus reference),
-            volume_ref_ml}, as ``real_recipe.case_table`` makes them.
+            volume_ref_ml}, as ``real_validation.case_table`` makes them.
     """
     groups = grade_groups(list(per_case))
     out: Dict = {g: {"cases": len(ids), **(_means([per_case[c] for c in ids]) if ids else {})} for g, ids in groups.items()}
