@@ -323,7 +323,8 @@ def add_parser(sub) -> None:
         sg.add_argument(f"--{r}", help=f"{r} volume, or a folder holding its DICOM series"
                                        + (" (may be left out: its channel is then empty)" if r in OPTIONAL_SEQUENCES else ""))
     sg.add_argument("--case", help="a case folder instead of the four: files named by role (BraTS layout, e.g. "
-                                   "<id>_t1ce.nii.gz), or subfolders t1/ t1ce/ t2/ flair/ each holding one DICOM series")
+                                   "<id>_t1ce.nii.gz, or the role alone: t1ce.nii.gz), or subfolders t1/ t1ce/ t2/ "
+                                   "flair/ each holding one DICOM series")
     sg.add_argument("--cases", help="a folder of such cases, each segmented (the models loaded once); -o is then an "
                                     "existing folder that gets <case>.nii.gz for each, and summary.csv, index.html "
                                     "(every case's QC picture) and batch.log; a failed case does not stop the "

@@ -11,7 +11,9 @@ Recognised names, with ``<id>`` the case id:
 | seg   | ``<id>_seg``     | ``<id>-seg``    |                       |
 
 Either separator (``_`` or ``-``) is accepted with every suffix; any of the supported image
-extensions may follow.
+extensions may follow. A file named by its role alone (``t1ce.nii.gz``, ``FLAIR.nrrd``,
+``seg.nii.gz``: any suffix above, any case) belongs to the case named after its folder, as many
+tools and exports name them.
 
 A sequence may also be a DICOM series: a subfolder of the case folder named by its role alone
 (``t1``, ``t1ce``, ``t2``, ``flair``, or a BraTS 2023 or other accepted suffix such as ``t1c``)
@@ -64,6 +66,20 @@ def parse_name(filename: str) -> Optional[Tuple[str, str, str]]:
         return None
     suffix = m.group("suffix").lower()
     return m.group("id"), _SUFFIXES[suffix], suffix
+
+
+def _role_alone(filename: str) -> Optional[Tuple[str, str]]:
+    """(role, suffix) of an image file named by its role alone (``t1ce.nii.gz``), else None."""
+    base = os.path.basename(filename)
+    if image_extension(base) is None:
+        return None
+    suffix = strip_extension(base).lower()
+    return (_SUFFIXES[suffix], suffix) if suffix in _SUFFIXES else None
+
+
+def _folder_case_id(folder: str) -> str:
+    """The case id of sequences named by role alone: their folder's name."""
+    return os.path.basename(os.path.normpath(os.path.abspath(folder)))
 
 
 @dataclass
@@ -128,7 +144,8 @@ def find_cases(root: PathLike) -> List[Case]:
         if os.path.isdir(sub) and not name.startswith("."):
             for cid, case in _cases_in(sub).items():
                 if cid in found:
-                    raise InputError(sub, f"case id {cid} appears in more than one place")
+                    raise InputError(sub, f"case id {cid} appears in more than one place "
+                                          f"(also in {found[cid].folder})")
                 found[cid] = case
     return [found[k] for k in sorted(found)]
 
@@ -138,8 +155,13 @@ def _cases_in(folder: str) -> Dict[str, Case]:
         raise InputError(folder, "folder not found")
     cases: Dict[str, Case] = {}
     for name in sorted(os.listdir(folder)):
+        if name.startswith(".") or os.path.isdir(os.path.join(folder, name)):
+            continue
         parsed = parse_name(name)
-        if parsed is None or name.startswith("."):
+        alone = None if parsed else _role_alone(name)
+        if alone:
+            parsed = (_folder_case_id(folder),) + alone
+        if parsed is None:
             continue
         cid, role, suffix = parsed
         case = cases.setdefault(cid, Case(cid, folder=folder))
@@ -160,7 +182,7 @@ def _add_series_folders(folder: str, cases: Dict[str, Case]) -> None:
                   if _SUFFIXES.get(n.lower(), "seg") != "seg" and os.path.isdir(os.path.join(folder, n))]
     if not subfolders:
         return
-    cid = os.path.basename(os.path.normpath(os.path.abspath(folder)))
+    cid = _folder_case_id(folder)
     case = cases.setdefault(cid, Case(cid, folder=folder))
     for name in subfolders:
         role, path = _SUFFIXES[name.lower()], os.path.join(folder, name)

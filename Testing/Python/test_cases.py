@@ -67,3 +67,30 @@ def test_explicit_paths_and_errors(tmp_path):
 def test_case_file_names():
     assert case_file_name("A", "t1ce") == "A_t1ce.nii.gz"
     assert case_file_name("A", "flair", "brats2023") == "A-t2f.nii.gz"
+
+
+def test_files_named_by_role_alone_belong_to_their_folder(tmp_path):
+    # Many exports name the sequences t1.nii.gz, T1CE.nii.gz...: the case is then named after its folder.
+    touch(tmp_path / "patient 1", "t1.nii.gz", "T1CE.nii.gz", "t2.nrrd", "FLAIR.nii", "seg.nii.gz", "notes.txt")
+    touch(tmp_path / "p2", "t1n.nii.gz", "t1c.nii.gz", "t2w.nii.gz", "t2f.nii.gz")
+    cases = find_cases(tmp_path)
+    assert [c.case_id for c in cases] == ["p2", "patient 1"]
+    p2, p1 = cases
+    assert {r: os.path.basename(p) for r, p in p1.paths.items()} == {
+        "t1": "t1.nii.gz", "t1ce": "T1CE.nii.gz", "t2": "t2.nrrd", "flair": "FLAIR.nii", "seg": "seg.nii.gz"}
+    assert p1.layout == "brats2021" and p2.layout == "brats2023" and not p2.missing()
+    assert find_case(tmp_path / "patient 1").case_id == "patient 1"
+    touch(tmp_path / "p3", "t1ce.nii.gz", "T1c.nii.gz")
+    with pytest.raises(InputError, match="second t1ce file for case p3"):
+        find_case(tmp_path / "p3")
+    touch(tmp_path / "p4", "brain.nii.gz", "t3.nii.gz")
+    with pytest.raises(InputError, match="holds no case files"):
+        find_case(tmp_path / "p4")
+
+
+def test_one_case_in_two_folders_names_both(tmp_path):
+    touch(tmp_path / "a", "X_t1ce.nii.gz", "X_flair.nii.gz")
+    touch(tmp_path / "b", "X_t1ce.nii.gz", "X_flair.nii.gz")
+    with pytest.raises(InputError, match=r"case id X appears in more than one place \(also in .*a\)") as e:
+        find_cases(tmp_path)
+    assert os.path.basename(e.value.where or "") == "b"
