@@ -1,0 +1,96 @@
+"""Make the default design's five fold models again, by our own commands, resumably.
+
+The default `brats-glioma-cascade-et-v5-all` is one design trained on all 32 shared cases; its
+figures come from the same design trained five times, each fold held out
+(docs/training.md). Run folders live outside the repository, so a fresh machine has only the
+shipped `brats-glioma-v9-foldK`. This script makes, for each fold K, in order:
+
+1. `brats-glioma-v12-foldK` (stage 1's second training, `--variant 2mm-cv-tc-noenh-fluid2`, from
+   the shipped v9 fold);
+2. `brats-glioma-soup-v9-v12-foldK` (`average` of the two: the default's stage 1);
+3. `brats-glioma-cascade-et-v3-foldK`, `-v4-`, `-v5-` (stage 2, three rounds of 400 iterations on
+   that stage 1's out-of-fold guides; v5 is the default's design).
+
+A finished bundle is skipped and a stopped training resumes from its run folder's checkpoint, so
+the same command continues after an interruption. `--until soup` stops after the stage-1 averages.
+About 15-20 minutes a fold a step on a 2-core CPU (docs/training.md), about 4.5 hours in all.
+
+Run: python Resources/Scripts/rebuild_default_folds.py --data ../shared/real-cases --out RUNS
+     [--until soup|v3|v4|v5] [--folds 0 1 2 3 4]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+from typing import List
+
+STAGE2 = (("v3", "1mm-cascade-et-soup-cv", 0), ("v4", "1mm-cascade-et-soup-long", 1),
+          ("v5", "1mm-cascade-et-soup-longer", 2))
+
+
+def _run(cmd: List[str], log_path: str, env: dict) -> None:
+    with open(log_path, "a", encoding="utf-8") as log:
+        done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log_path}")
+
+
+def _note(out: str, text: str) -> None:
+    line = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ} {text}"
+    print(line, flush=True)
+    with open(os.path.join(out, "progress"), "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="the shared real cases (../shared/real-cases)")
+    ap.add_argument("--out", required=True, help="folder for run folders, bundles, caches and logs")
+    ap.add_argument("--until", choices=["soup"] + [s[0] for s in STAGE2], default="v5")
+    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    args = ap.parse_args()
+    out = os.path.abspath(args.out)
+    bundles, logs = os.path.join(out, "models"), os.path.join(out, "logs")
+    os.makedirs(bundles, exist_ok=True)
+    os.makedirs(logs, exist_ok=True)
+    cli = [sys.executable, "-m", "BrainTumorSegLib"]
+    recipe = [*cli, "train-recipe", "brats-glioma", "--data", args.data, "--epochs", "4", "--iters", "100"]
+    # stage 2's variants find their stage 1 (the averages) and their start (the last round) by name
+    env = {**os.environ, "BRAINTUMORSEG_MODELS": bundles}
+
+    def done(name: str) -> bool:
+        return os.path.exists(os.path.join(bundles, name, "manifest.json"))
+
+    for k in args.folds:
+        v12, soup = f"brats-glioma-v12-fold{k}", f"brats-glioma-soup-v9-v12-fold{k}"
+        if not done(v12):
+            _note(out, f"{v12} start")
+            _run([*recipe, "--variant", "2mm-cv-tc-noenh-fluid2", "--fold", str(k), "--cache",
+                  os.path.join(out, "cache2mm"), "--out", os.path.join(out, "runs", v12),
+                  "--export", os.path.join(bundles, v12)], os.path.join(logs, f"{v12}.log"), env)
+        if not done(soup):
+            _run([*cli, "average", f"brats-glioma-v9-fold{k}", os.path.join(bundles, v12), "--out",
+                  os.path.join(bundles, soup)], os.path.join(logs, f"{soup}.log"), env)
+            _note(out, f"{soup} done")
+    for tag, variant, seed in STAGE2:
+        if args.until == "soup":
+            break
+        for k in args.folds:
+            name = f"brats-glioma-cascade-et-{tag}-fold{k}"
+            if not done(name):
+                _note(out, f"{name} start")
+                _run([*recipe, "--variant", variant, "--fold", str(k), "--seed", str(seed), "--cache",
+                      os.path.join(out, "cache1mm"), "--out", os.path.join(out, "runs", name),
+                      "--export", os.path.join(bundles, name)], os.path.join(logs, f"{name}.log"), env)
+                _note(out, f"{name} done")
+        if tag == args.until:
+            break
+    _note(out, f"done up to {args.until}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
