@@ -126,7 +126,8 @@ def find_case(folder: PathLike) -> Case:
     """The single case held in ``folder`` (files named by role, see module docstring)."""
     cases = _cases_in(os.fspath(folder))
     if not cases:
-        raise InputError(folder, "holds no case files named by role (e.g. <id>_t1ce.nii.gz or <id>-t1c.nii.gz)")
+        raise InputError(folder, "holds no case files named by role (e.g. <id>_t1ce.nii.gz, <id>-t1c.nii.gz "
+                                 "or t1ce.nii.gz)")
     if len(cases) > 1:
         raise InputError(folder, f"holds files of several cases ({', '.join(sorted(cases))}); "
                                  "give one case folder")
