@@ -71,6 +71,7 @@ def main() -> int:
             _run([*recipe, "--variant", "2mm-cv-tc-noenh-fluid2", "--fold", str(k), "--cache",
                   os.path.join(out, "cache2mm"), "--out", os.path.join(out, "runs", v12),
                   "--export", os.path.join(bundles, v12)], os.path.join(logs, f"{v12}.log"), env)
+            _note(out, f"{v12} done")
         if not done(soup):
             _run([*cli, "average", f"brats-glioma-v9-fold{k}", os.path.join(bundles, v12), "--out",
                   os.path.join(bundles, soup)], os.path.join(logs, f"{soup}.log"), env)
