@@ -59,6 +59,8 @@ class ResUNet(SegmentationNetwork):
     deep_supervision_weights = (0.5, 0.25)  # for the 1/2 and 1/4 resolution heads; the full one weighs 1
     # WT, TC, ET weights of the loss's terms; a training run may set its own (TrainConfig.region_weights)
     region_weights: Optional[Tuple[float, float, float]] = None
+    # share of each region's voxels whose BCE counts, the hardest (None: all); TrainConfig.hardest_voxels
+    hardest_voxels: Optional[float] = None
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3,
                  channels: Sequence[int] = (16, 32, 64, 128, 256),
@@ -84,10 +86,10 @@ class ResUNet(SegmentationNetwork):
 
     def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
         regions = regions_of(classes)
-        loss = sigmoid_dice_bce(out["out"], regions, self.region_weights)
+        loss = sigmoid_dice_bce(out["out"], regions, self.region_weights, self.hardest_voxels)
         for weight, ds in zip(self.deep_supervision_weights, out.get("deep_supervision", [])):
             small = F.interpolate(regions, size=ds.shape[2:], mode="nearest")
-            loss = loss + weight * sigmoid_dice_bce(ds, small, self.region_weights)
+            loss = loss + weight * sigmoid_dice_bce(ds, small, self.region_weights, self.hardest_voxels)
         return loss / (1 + sum(self.deep_supervision_weights))
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -89,6 +89,10 @@ under one CPU budget:
   trains it, on patches of 80 x 96 x 80 (most whole 2 mm brains), so that it can run in one pass
   rather than eight overlapping 64^3 windows; exported as ``brats-glioma-v17-foldK`` (screened out of
   fold in docs/training.md: not adopted);
+- ``2mm-cv-tc-noenh-fluid2-topk``: as ``2mm-cv-tc-noenh-fluid2``, each region's cross-entropy over
+  its hardest tenth of voxels only (``TrainConfig.hardest_voxels``; the TopK loss of Wu et al.,
+  arXiv:1605.06885);
+  exported as ``brats-glioma-v18-foldK`` (measured out of fold in docs/training.md);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -240,6 +244,7 @@ class Variant:
     fg_fraction: float = 1 / 3      # share of patches centred on tumor
     rare_weight: float = 1.0        # sampling weight of the low-grade, non-enhancing and little-ET cases
     region_weights: Optional[Tuple[float, float, float]] = None  # WT, TC, ET loss weights (None: the network's)
+    hardest_voxels: Optional[float] = None  # share of each region's voxels whose BCE counts (None: all)
     augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS
     without_enhancement: float = 0.0  # share of patches shown as if their tumor did not enhance
     fluid_cores: float = 0.0        # share of patches whose tumor core is shown filled with fluid (a cyst)
@@ -316,6 +321,10 @@ VARIANTS: Dict[str, Variant] = {
     # (v11 gave a cystic tumor without enhancement an enhancing spot beside its core)
     "2mm-cv-tc-noenh-fluid2": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v12", fluid_cores=0.25,
                                       fluid_without_enhancement=0.5),
+    # as 2mm-cv-tc-noenh-fluid2 (v12), each region's cross-entropy over its hardest tenth of voxels only
+    # (nnU-Net's TopK loss), for the low-grade cores missed with confidence (probability under 0.1)
+    "2mm-cv-tc-noenh-fluid2-topk": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v18", fluid_cores=0.25,
+                                           fluid_without_enhancement=0.5, hardest_voxels=0.1),
     # each v9 fold trained on as v9 was for 400 more iterations at a constant third of v9's learning
     # rate, the weights at the end of each 100 averaged (stochastic weight averaging; measured: not adopted)
     "2mm-cv-tc-noenh-swa": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v13", lr=1e-4, schedule="constant",
@@ -570,7 +579,8 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
     cfg = TrainConfig(network=v.network, options=v.options or DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
                       patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
                       clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
-                      fg_fraction=v.fg_fraction, region_weights=v.region_weights, augmentation=v.augmentation,
+                      fg_fraction=v.fg_fraction, region_weights=v.region_weights, hardest_voxels=v.hardest_voxels,
+                      augmentation=v.augmentation,
                       without_enhancement=v.without_enhancement, fluid_cores=v.fluid_cores,
                       fluid_without_enhancement=v.fluid_without_enhancement, solid_cores=v.solid_cores,
                       schedule=v.schedule,

@@ -35,6 +35,9 @@ class TrainConfig:
     # WT, TC, ET weights of a region-based loss (None: the network's own); only for networks that declare
     # ``region_weights``
     region_weights: Optional[Tuple[float, float, float]] = None
+    # share of each region's voxels whose cross-entropy counts, the hardest (nnU-Net's TopK loss; None:
+    # all); only for networks that declare ``hardest_voxels``
+    hardest_voxels: Optional[float] = None
     augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS
     without_enhancement: float = 0.0  # share of patches with enhancing tumor shown without it (augmentation.remove_enhancement)
     fluid_cores: float = 0.0  # share of patches whose tumor core is shown filled with fluid (augmentation.fill_with_fluid)

@@ -76,10 +76,14 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device, log: Log) -> Optional[tor
 def _network(cfg: TrainConfig, init_from: Optional[bundles.Bundle]) -> SegmentationNetwork:
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
     net = init_from.network if init_from is not None else build(cfg.network, **cfg.options)
-    if cfg.region_weights is not None:
-        if not hasattr(net, "region_weights"):
-            raise InputError(None, f"{type(net).__name__}'s loss has no region weights to set (region_weights)")
-        setattr(net, "region_weights", tuple(float(w) for w in cfg.region_weights))  # noqa: B010 - typed nn.Module.__setattr__ takes tensors and modules
+    loss_settings = {"region_weights": None if cfg.region_weights is None else tuple(float(w) for w in cfg.region_weights),
+                     "hardest_voxels": cfg.hardest_voxels}
+    for name, value in loss_settings.items():
+        if value is None:
+            continue
+        if not hasattr(net, name):
+            raise InputError(None, f"{type(net).__name__}'s loss has no {name} to set")
+        setattr(net, name, value)
     if cfg.freeze_encoder:
         for prm in net.encoder_parameters():
             prm.requires_grad_(False)
@@ -127,6 +131,8 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: 
             raise InputError(None, f"{flag} {share}: a share of patches, from 0 to 1")
     if cfg.fluid_cores and cfg.solid_cores:
         raise InputError(None, "--fluid-cores and --solid-cores: one kind of core at a time, not both")
+    if cfg.hardest_voxels is not None and not 0.0 < cfg.hardest_voxels <= 1.0:
+        raise InputError(None, f"--hardest-voxels {cfg.hardest_voxels}: a share of voxels, above 0 and at most 1")
     dist, device = init_distributed(cfg.device)
     if not dist.main:
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job

@@ -187,8 +187,35 @@ def test_region_weights_make_one_region_count_more(small_cases, tmp_path):
         losses.append(json.loads(history)[0]["train_loss"])
     assert losses[0] != losses[1]  # same seed, same patch: only the weighting differs
     cfg = TrainConfig(network="agse_vnet", epochs=1, iters_per_epoch=1, patch=(32, 32, 32), region_weights=(1, 2, 1))
-    with pytest.raises(InputError, match="region weights"):
+    with pytest.raises(InputError, match="region_weights"):
         train(cfg, cases[:1], cases[1:], str(tmp_path / "agse"), log=lambda *a: None)
+
+
+def test_hardest_voxels_keep_confident_errors_from_being_averaged_away(small_cases, tmp_path):
+    regions = torch.zeros(1, 3, 8, 8, 8)
+    regions[:, :, 2:6, 2:6, 2:6] = 1
+    logits = (regions * 2 - 1) * 4
+    logits[:, 1, 2, 2, 2:7] = -8 * (regions[:, 1, 2, 2, 2:7] * 2 - 1)  # five core voxels wrong, with confidence
+    plain = sigmoid_dice_bce(logits, regions)
+    assert sigmoid_dice_bce(logits, regions, hardest=1.0) == pytest.approx(plain.item(), rel=1e-5)
+    hardest = sigmoid_dice_bce(logits, regions, hardest=5 / 512)  # each region's five worst voxels
+    assert hardest.item() > plain.item() + 2  # the core's five errors (BCE about 8 each) are a third of the term
+    with pytest.raises(ValueError, match="share"):
+        sigmoid_dice_bce(logits, regions, hardest=0.0)
+
+    cases = find_cases(small_cases)
+    losses = []
+    for share in (None, 0.1):
+        cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=1, iters_per_epoch=1, batch=1,
+                          patch=(32, 32, 32), seed=1, val_every=1, hardest_voxels=share)
+        train(cfg, cases[:1], cases[1:], str(tmp_path / str(share)), log=lambda *a: None)
+        history = torch.load(tmp_path / str(share) / "checkpoint_last.pt", weights_only=True)["history"]
+        losses.append(json.loads(history)[0]["train_loss"])
+    assert losses[1] > losses[0]  # same seed, same patch: the hardest tenth weighs more than the mean
+    for network, share, message in (("agse_vnet", 0.1, "hardest_voxels"), ("resunet", 1.5, "--hardest-voxels 1.5")):
+        cfg = TrainConfig(network=network, epochs=1, iters_per_epoch=1, patch=(32, 32, 32), hardest_voxels=share)
+        with pytest.raises(InputError, match=message):
+            train(cfg, cases[:1], cases[1:], str(tmp_path / network), log=lambda *a: None)
 
 
 class Killed(Exception):
