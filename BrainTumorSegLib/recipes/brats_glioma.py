@@ -113,7 +113,10 @@ under one CPU budget:
   same way; exported as ``brats-glioma-cascade-et-v5-foldK`` (the default's design);
 - ``1mm-cascade-et-soup-longer2``: each ``brats-glioma-cascade-et-v5-foldK`` trained on once more in
   the same way; exported as ``brats-glioma-cascade-et-v6-foldK`` (measured out of fold in
-  docs/training.md: not adopted).
+  docs/training.md: not adopted);
+- ``1mm-cascade-et-topk-cv``, ``-topk-long``, ``-topk-longer``: the same three rounds of stage 2 on
+  each fold's ``brats-glioma-soup-v9-v18-foldK`` (v9 and the TopK-trained v18 averaged); exported as
+  ``brats-glioma-cascade-et-v7-foldK``, ``-v8-``, ``-v9-`` (measured out of fold in docs/training.md).
 
 Every fold variant also trains with ``--fold all``: its design on all 32 cases, none held out,
 each step from the previous step's ``-all`` model (``brats-glioma-v6-all`` for ``2mm-cv-tc-noenh``);
@@ -273,6 +276,9 @@ _ET_CASCADE = Variant(spacing=1.0, patch=(64, 64, 64), window=(64, 64, 64), netw
                       kind="Coarse-to-fine cascade (2 mm residual U-Net, its enhancing tumor refined at 1 mm)")
 # the default's design (1mm-cascade-et-soup-cv), the base of the variants that train its cascades on
 _ET_SOUP = replace(_ET_CASCADE, coarse_from=_SOUP, model_id="brats-glioma-cascade-et-v3")
+# the same stage 2 on each fold's average of v9 and v18 (v12 trained with the TopK cross-entropy)
+_ET_SOUP_TOPK = replace(_ET_CASCADE, coarse_from="brats-glioma-soup-v9-v18-{member}",
+                        model_id="brats-glioma-cascade-et-v7")
 
 VARIANTS: Dict[str, Variant] = {
     "2mm": Variant(spacing=2.0, patch=(64, 64, 64), window=(64, 64, 64)),
@@ -364,6 +370,13 @@ VARIANTS: Dict[str, Variant] = {
     # each fold's brats-glioma-cascade-et-v5 trained on once more in the same way (measured: not adopted)
     "1mm-cascade-et-soup-longer2": replace(_ET_SOUP, init_from="brats-glioma-cascade-et-v5-{member}",
                                            model_id="brats-glioma-cascade-et-v6"),
+    # the default's three rounds of stage 2 (soup-cv, soup-long, soup-longer) on the averages of v9
+    # and v18 instead of v9 and v12
+    "1mm-cascade-et-topk-cv": _ET_SOUP_TOPK,
+    "1mm-cascade-et-topk-long": replace(_ET_SOUP_TOPK, init_from="brats-glioma-cascade-et-v7-{member}",
+                                        model_id="brats-glioma-cascade-et-v8"),
+    "1mm-cascade-et-topk-longer": replace(_ET_SOUP_TOPK, init_from="brats-glioma-cascade-et-v8-{member}",
+                                          model_id="brats-glioma-cascade-et-v9"),
 }
 
 

@@ -11,12 +11,17 @@ shipped `brats-glioma-v9-foldK`. This script makes, for each fold K, in order:
 3. `brats-glioma-cascade-et-v3-foldK`, `-v4-`, `-v5-` (stage 2, three rounds of 400 iterations on
    that stage 1's out-of-fold guides; v5 is the default's design).
 
+`--design topk` makes the candidate design of stop 54 instead: `brats-glioma-v18-foldK`
+(`--variant 2mm-cv-tc-noenh-fluid2-topk`: v12's settings with the TopK cross-entropy), the averages
+`brats-glioma-soup-v9-v18-foldK` and stage 2's rounds `brats-glioma-cascade-et-v7-/v8-/v9-foldK`.
+
 A finished bundle is skipped and a stopped training resumes from its run folder's checkpoint, so
-the same command continues after an interruption. `--until soup` stops after the stage-1 averages.
-About 15-20 minutes a fold a step on a 2-core CPU (docs/training.md), about 4.5 hours in all.
+the same command continues after an interruption. `--until soup` stops after the stage-1 averages,
+`--until TAG` after that round of stage 2. About 15-20 minutes a fold a step on a 2-core CPU
+(docs/training.md), about 4.5 hours in all (about 2 on stop 54's Intel Xeon with AMX).
 
 Run: python Resources/Scripts/rebuild_default_folds.py --data ../shared/real-cases --out RUNS
-     [--until soup|v3|v4|v5] [--folds 0 1 2 3 4]
+     [--design default|topk] [--until soup|v3|v4|v5|v7|v8|v9] [--folds 0 1 2 3 4]
 """
 from __future__ import annotations
 
@@ -27,8 +32,15 @@ import subprocess
 import sys
 from typing import List
 
-STAGE2 = (("v3", "1mm-cascade-et-soup-cv", 0), ("v4", "1mm-cascade-et-soup-long", 1),
-          ("v5", "1mm-cascade-et-soup-longer", 2))
+# design: (stage 1's fine-tune: tag, variant), stage 2's rounds (tag, variant, seed)
+DESIGNS = {
+    "default": (("v12", "2mm-cv-tc-noenh-fluid2"),
+                (("v3", "1mm-cascade-et-soup-cv", 0), ("v4", "1mm-cascade-et-soup-long", 1),
+                 ("v5", "1mm-cascade-et-soup-longer", 2))),
+    "topk": (("v18", "2mm-cv-tc-noenh-fluid2-topk"),
+             (("v7", "1mm-cascade-et-topk-cv", 0), ("v8", "1mm-cascade-et-topk-long", 1),
+              ("v9", "1mm-cascade-et-topk-longer", 2))),
+}
 
 
 def _run(cmd: List[str], log_path: str, env: dict) -> None:
@@ -49,9 +61,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="the shared real cases (../shared/real-cases)")
     ap.add_argument("--out", required=True, help="folder for run folders, bundles, caches and logs")
-    ap.add_argument("--until", choices=["soup"] + [s[0] for s in STAGE2], default="v5")
+    ap.add_argument("--design", choices=sorted(DESIGNS), default="default")
+    ap.add_argument("--until", choices=["soup"] + [r[0] for _, rounds in DESIGNS.values() for r in rounds],
+                    help="the last step: soup, or a round of stage 2 of the design (default: its last)")
     ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = ap.parse_args()
+    (tag1, variant1), stage2 = DESIGNS[args.design]
+    until = args.until or stage2[-1][0]
+    if until != "soup" and until not in [r[0] for r in stage2]:
+        ap.error(f"--until {until}: not a round of the {args.design} design ({', '.join(r[0] for r in stage2)})")
     out = os.path.abspath(args.out)
     bundles, logs = os.path.join(out, "models"), os.path.join(out, "logs")
     os.makedirs(bundles, exist_ok=True)
@@ -65,19 +83,19 @@ def main() -> int:
         return os.path.exists(os.path.join(bundles, name, "manifest.json"))
 
     for k in args.folds:
-        v12, soup = f"brats-glioma-v12-fold{k}", f"brats-glioma-soup-v9-v12-fold{k}"
-        if not done(v12):
-            _note(out, f"{v12} start")
-            _run([*recipe, "--variant", "2mm-cv-tc-noenh-fluid2", "--fold", str(k), "--cache",
-                  os.path.join(out, "cache2mm"), "--out", os.path.join(out, "runs", v12),
-                  "--export", os.path.join(bundles, v12)], os.path.join(logs, f"{v12}.log"), env)
-            _note(out, f"{v12} done")
+        tuned, soup = f"brats-glioma-{tag1}-fold{k}", f"brats-glioma-soup-v9-{tag1}-fold{k}"
+        if not done(tuned):
+            _note(out, f"{tuned} start")
+            _run([*recipe, "--variant", variant1, "--fold", str(k), "--cache",
+                  os.path.join(out, "cache2mm"), "--out", os.path.join(out, "runs", tuned),
+                  "--export", os.path.join(bundles, tuned)], os.path.join(logs, f"{tuned}.log"), env)
+            _note(out, f"{tuned} done")
         if not done(soup):
-            _run([*cli, "average", f"brats-glioma-v9-fold{k}", os.path.join(bundles, v12), "--out",
+            _run([*cli, "average", f"brats-glioma-v9-fold{k}", os.path.join(bundles, tuned), "--out",
                   os.path.join(bundles, soup)], os.path.join(logs, f"{soup}.log"), env)
             _note(out, f"{soup} done")
-    for tag, variant, seed in STAGE2:
-        if args.until == "soup":
+    for tag, variant, seed in stage2:
+        if until == "soup":
             break
         for k in args.folds:
             name = f"brats-glioma-cascade-et-{tag}-fold{k}"
@@ -87,9 +105,9 @@ def main() -> int:
                       os.path.join(out, "cache1mm"), "--out", os.path.join(out, "runs", name),
                       "--export", os.path.join(bundles, name)], os.path.join(logs, f"{name}.log"), env)
                 _note(out, f"{name} done")
-        if tag == args.until:
+        if tag == until:
             break
-    _note(out, f"done up to {args.until}")
+    _note(out, f"done up to {until}")
     return 0
 
 
