@@ -18,7 +18,7 @@ shipped `brats-glioma-v9-foldK`. This script makes, for each fold K, in order:
 A finished bundle is skipped and a stopped training resumes from its run folder's checkpoint, so
 the same command continues after an interruption. `--until soup` stops after the stage-1 averages,
 `--until TAG` after that round of stage 2. About 15-20 minutes a fold a step on a 2-core CPU
-(docs/training.md), about 4.5 hours in all (about 2 on stop 54's Intel Xeon with AMX).
+(docs/training.md), about 4.5 hours in all (about 3.3 on stop 54's Intel Xeon with AMX).
 
 Run: python Resources/Scripts/rebuild_default_folds.py --data ../shared/real-cases --out RUNS
      [--design default|topk] [--until soup|v3|v4|v5|v7|v8|v9] [--folds 0 1 2 3 4]
