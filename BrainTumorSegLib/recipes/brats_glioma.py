@@ -91,8 +91,8 @@ under one CPU budget:
   fold in docs/training.md: not adopted);
 - ``2mm-cv-tc-noenh-fluid2-topk``: as ``2mm-cv-tc-noenh-fluid2``, each region's cross-entropy over
   its hardest tenth of voxels only (``TrainConfig.hardest_voxels``; the TopK loss of Wu et al.,
-  arXiv:1605.06885);
-  exported as ``brats-glioma-v18-foldK`` (measured out of fold in docs/training.md);
+  arXiv:1605.06885); exported as ``brats-glioma-v18-foldK`` (measured out of fold in
+  docs/training.md);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
