@@ -184,6 +184,10 @@ def test_a_longer_fold_continues_from_its_own_fold_and_draws_rare_tumors_more_of
     walls = plan(all_standins, "2mm-cv-tc-noenh-fluid2", 1, 1, 0, fold=0)
     assert walls.extra["initialised_from"]["id"] == "brats-glioma-v9-fold0" and walls.extra["id"] == "brats-glioma-v12-fold0"
     assert walls.cfg.fluid_without_enhancement == 0.5 and fluid.cfg.fluid_without_enhancement == 0.0
+    topk = plan(all_standins, "2mm-cv-tc-noenh-fluid2-topk", 1, 1, 0, fold=3)  # v12's settings, the TopK BCE
+    assert topk.extra["initialised_from"]["id"] == "brats-glioma-v9-fold3" and topk.extra["id"] == "brats-glioma-v18-fold3"
+    assert topk.cfg.hardest_voxels == 0.1 and walls.cfg.hardest_voxels is None
+    assert topk.cfg.fluid_without_enhancement == 0.5 and topk.cfg.region_weights == (1.0, 2.0, 1.0)
     swa = plan(all_standins, "2mm-cv-tc-noenh-swa", 4, 100, 0, fold=3)  # v9 trained on, its epoch ends averaged
     assert swa.extra["initialised_from"]["id"] == "brats-glioma-v9-fold3" and swa.extra["id"] == "brats-glioma-v13-fold3"
     assert (swa.cfg.schedule, swa.cfg.average_from, swa.cfg.lr, swa.cfg.select_best) == ("constant", 1, 1e-4, False)
