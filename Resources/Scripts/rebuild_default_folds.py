@@ -15,13 +15,22 @@ shipped `brats-glioma-v9-foldK`. This script makes, for each fold K, in order:
 (`--variant 2mm-cv-tc-noenh-fluid2-topk`: v12's settings with the TopK cross-entropy), the averages
 `brats-glioma-soup-v9-v18-foldK` and stage 2's rounds `brats-glioma-cascade-et-v7-/v8-/v9-foldK`.
 
+`--with-all` then makes the shipped form as well: each fold of the last round converted to fp16
+(`RUNS/fp16`), their ensemble with the protocol (`ensemble --validate-on`, about 15-20 minutes), the
+same steps trained on all 32 cases (`--fold all`, each from the last step's `-all` model, the
+first from the shipped `brats-glioma-v9-all`; the last with `--figures-from` that ensemble) in
+`RUNS/all`, and the last converted to fp16 in `RUNS/default`. The `-all` steps look for bundles in
+`RUNS/all/models` only, which links the fold averages (stage 2's guides for each case come from
+the average that held it out) but not the fold cascades, so that no step before the last segments
+the pooled held-out cases again for figures it does not keep.
+
 A finished bundle is skipped and a stopped training resumes from its run folder's checkpoint, so
 the same command continues after an interruption. `--until soup` stops after the stage-1 averages,
 `--until TAG` after that round of stage 2. About 15-20 minutes a fold a step on a 2-core CPU
 (docs/training.md), about 4.5 hours in all (about 3.3 on stop 54's Intel Xeon with AMX).
 
 Run: python Resources/Scripts/rebuild_default_folds.py --data ../shared/real-cases --out RUNS
-     [--design default|topk] [--until soup|v3|v4|v5|v7|v8|v9] [--folds 0 1 2 3 4]
+     [--design default|topk] [--until soup|v3|v4|v5|v7|v8|v9] [--folds 0 1 2 3 4] [--with-all]
 """
 from __future__ import annotations
 
@@ -65,11 +74,15 @@ def main() -> int:
     ap.add_argument("--until", choices=["soup"] + [r[0] for _, rounds in DESIGNS.values() for r in rounds],
                     help="the last step: soup, or a round of stage 2 of the design (default: its last)")
     ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--with-all", action="store_true",
+                    help="then the protocol on the last round's folds and the design trained on all 32 cases")
     args = ap.parse_args()
     (tag1, variant1), stage2 = DESIGNS[args.design]
     until = args.until or stage2[-1][0]
     if until != "soup" and until not in [r[0] for r in stage2]:
         ap.error(f"--until {until}: not a round of the {args.design} design ({', '.join(r[0] for r in stage2)})")
+    if args.with_all and (until != stage2[-1][0] or sorted(args.folds) != [0, 1, 2, 3, 4]):
+        ap.error(f"--with-all: needs the design's last round ({stage2[-1][0]}) on all five folds")
     out = os.path.abspath(args.out)
     bundles, logs = os.path.join(out, "models"), os.path.join(out, "logs")
     os.makedirs(bundles, exist_ok=True)
@@ -108,7 +121,58 @@ def main() -> int:
         if tag == until:
             break
     _note(out, f"done up to {until}")
+    if args.with_all:
+        _with_all(out, args.data, tag1, variant1, stage2, cli, recipe, logs)
     return 0
+
+
+def _with_all(out: str, data: str, tag1: str, variant1: str, stage2, cli: List[str], recipe: List[str],
+              logs: str) -> None:
+    """The last round's protocol, then the design on all 32 cases, converted to fp16."""
+    bundles, fp16 = os.path.join(out, "models"), os.path.join(out, "fp16")
+    last = stage2[-1][0]
+    members = [os.path.join(fp16, f"brats-glioma-cascade-et-{last}-fold{k}") for k in range(5)]
+    ensemble = os.path.join(fp16, f"brats-glioma-ensemble-cascade-et-{last}")
+    env = {**os.environ, "BRAINTUMORSEG_MODELS": bundles}
+    for m in members:
+        if not os.path.exists(os.path.join(m, "manifest.json")):
+            _run([*cli, "convert", os.path.join(bundles, os.path.basename(m)), "--out", m],
+                 os.path.join(logs, "convert.log"), env)
+    if not os.path.exists(os.path.join(ensemble, "manifest.json")):
+        _note(out, f"{os.path.basename(ensemble)} start")
+        _run([*cli, "ensemble", *members, "--out", ensemble, "--validate-on", data],
+             os.path.join(logs, f"{os.path.basename(ensemble)}.log"), env)
+        _note(out, f"{os.path.basename(ensemble)} done")
+    every = os.path.join(out, "all", "models")
+    os.makedirs(every, exist_ok=True)
+    for k in range(5):
+        link = os.path.join(every, f"brats-glioma-soup-v9-{tag1}-fold{k}")
+        if not os.path.lexists(link):
+            os.symlink(os.path.join(bundles, os.path.basename(link)), link)
+    env = {**os.environ, "BRAINTUMORSEG_MODELS": every}
+
+    def train_all(name: str, args: List[str], cache: str) -> None:
+        if not os.path.exists(os.path.join(every, name, "manifest.json")):
+            _note(out, f"{name} start")
+            _run([*recipe, *args, "--fold", "all", "--cache", os.path.join(out, cache), "--out",
+                  os.path.join(out, "all", "runs", name), "--export", os.path.join(every, name)],
+                 os.path.join(logs, f"{name}.log"), env)
+            _note(out, f"{name} done")
+
+    train_all(f"brats-glioma-{tag1}-all", ["--variant", variant1], "cache2mm")
+    soup = os.path.join(every, f"brats-glioma-soup-v9-{tag1}-all")
+    if not os.path.exists(os.path.join(soup, "manifest.json")):
+        _run([*cli, "average", "brats-glioma-v9-all", os.path.join(every, f"brats-glioma-{tag1}-all"), "--out", soup],
+             os.path.join(logs, "soup-all.log"), env)
+    for tag, variant, seed in stage2:
+        figures = ["--figures-from", ensemble] if tag == last else []
+        train_all(f"brats-glioma-cascade-et-{tag}-all", ["--variant", variant, "--seed", str(seed), *figures],
+                  "cache1mm")
+    name = f"brats-glioma-cascade-et-{last}-all"
+    shipped = os.path.join(out, "default", name)
+    if not os.path.exists(os.path.join(shipped, "manifest.json")):
+        _run([*cli, "convert", os.path.join(every, name), "--out", shipped], os.path.join(logs, "convert.log"), env)
+    _note(out, f"{shipped}: the design on all 32 cases, fp16, with its folds' figures")
 
 
 if __name__ == "__main__":
