@@ -171,6 +171,7 @@ def _with_all(out: str, data: str, tag1: str, variant1: str, stage2, cli: List[s
     name = f"brats-glioma-cascade-et-{last}-all"
     shipped = os.path.join(out, "default", name)
     if not os.path.exists(os.path.join(shipped, "manifest.json")):
+        os.makedirs(os.path.dirname(shipped), exist_ok=True)  # convert writes into a folder that exists
         _run([*cli, "convert", os.path.join(every, name), "--out", shipped], os.path.join(logs, "convert.log"), env)
     _note(out, f"{shipped}: the design on all 32 cases, fp16, with its folds' figures")
 
