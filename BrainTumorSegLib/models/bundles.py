@@ -52,7 +52,7 @@ MANIFEST = "manifest.json"
 
 # the 2 mm all-grade design trained on every case (stage 1 a weight average of two of its trainings), its
 # enhancing tumor refined at 1 mm (recipes.brats_glioma, models.averaging)
-DEFAULT_MODEL = "brats-glioma-cascade-et-v5-all"
+DEFAULT_MODEL = "brats-glioma-cascade-et-v9-all"
 
 
 _REQUIRED = ("format", "id", "network", "options", "in_sequences", "label_scheme", "output_kind",

@@ -110,23 +110,24 @@ under one CPU budget:
   a new cosine schedule from 3e-4 on the same guides; exported as ``brats-glioma-cascade-et-v4-foldK``
   (measured out of fold in docs/training.md: not adopted, by the margin);
 - ``1mm-cascade-et-soup-longer``: each ``brats-glioma-cascade-et-v4-foldK`` trained on once more in the
-  same way; exported as ``brats-glioma-cascade-et-v5-foldK`` (the default's design);
+  same way; exported as ``brats-glioma-cascade-et-v5-foldK`` (the design of the default of stops
+  48-54);
 - ``1mm-cascade-et-soup-longer2``: each ``brats-glioma-cascade-et-v5-foldK`` trained on once more in
   the same way; exported as ``brats-glioma-cascade-et-v6-foldK`` (measured out of fold in
   docs/training.md: not adopted);
 - ``1mm-cascade-et-topk-cv``, ``-topk-long``, ``-topk-longer``: the same three rounds of stage 2 on
   each fold's ``brats-glioma-soup-v9-v18-foldK`` (v9 and the TopK-trained v18 averaged); exported as
-  ``brats-glioma-cascade-et-v7-foldK``, ``-v8-``, ``-v9-`` (measured out of fold in docs/training.md).
+  ``brats-glioma-cascade-et-v7-foldK``, ``-v8-``, ``-v9-`` (v9: the default's design).
 
 Every fold variant also trains with ``--fold all``: its design on all 32 cases, none held out,
 each step from the previous step's ``-all`` model (``brats-glioma-v6-all`` for ``2mm-cv-tc-noenh``);
 exported as ``<id>-all`` with the pooled out-of-fold figures of the design's five fold models.
 ``brats-glioma-v9-all`` is ``2mm-cv-tc-noenh`` so, after the four steps before it;
 ``brats-glioma-cascade-et-v2-all`` is ``1mm-cascade-et-cv`` so, on ``brats-glioma-v9-all``. The
-default ``brats-glioma-cascade-et-v5-all`` is ``1mm-cascade-et-soup-longer`` so, after
-``1mm-cascade-et-soup-cv`` and ``1mm-cascade-et-soup-long``: that cascade on
-``brats-glioma-soup-v9-v12-all``, the weight average of ``brats-glioma-v9-all`` and
-``brats-glioma-v12-all`` (``braintumorseg average``, ``models.averaging``), its stage 2 trained
+default ``brats-glioma-cascade-et-v9-all`` is ``1mm-cascade-et-topk-longer`` so, after
+``1mm-cascade-et-topk-cv`` and ``1mm-cascade-et-topk-long``: that cascade on
+``brats-glioma-soup-v9-v18-all``, the weight average of ``brats-glioma-v9-all`` and
+``brats-glioma-v18-all`` (``braintumorseg average``, ``models.averaging``), its stage 2 trained
 three times 400 iterations on the guides of the same averages of the fold models (docs/training.md).
 """
 from __future__ import annotations

@@ -1,19 +1,19 @@
 """Make the default design's five fold models again, by our own commands, resumably.
 
-The default `brats-glioma-cascade-et-v5-all` is one design trained on all 32 shared cases; its
+The default `brats-glioma-cascade-et-v9-all` is one design trained on all 32 shared cases; its
 figures come from the same design trained five times, each fold held out
 (docs/training.md). Run folders live outside the repository, so a fresh machine has only the
 shipped `brats-glioma-v9-foldK`. This script makes, for each fold K, in order:
 
-1. `brats-glioma-v12-foldK` (stage 1's second training, `--variant 2mm-cv-tc-noenh-fluid2`, from
-   the shipped v9 fold);
-2. `brats-glioma-soup-v9-v12-foldK` (`average` of the two: the default's stage 1);
-3. `brats-glioma-cascade-et-v3-foldK`, `-v4-`, `-v5-` (stage 2, three rounds of 400 iterations on
-   that stage 1's out-of-fold guides; v5 is the default's design).
+1. `brats-glioma-v18-foldK` (stage 1's second training, `--variant 2mm-cv-tc-noenh-fluid2-topk`:
+   cystic cores and the TopK cross-entropy, from the shipped v9 fold);
+2. `brats-glioma-soup-v9-v18-foldK` (`average` of the two: the default's stage 1);
+3. `brats-glioma-cascade-et-v7-foldK`, `-v8-`, `-v9-` (stage 2, three rounds of 400 iterations on
+   that stage 1's out-of-fold guides; v9 is the default's design).
 
-`--design topk` makes the candidate design of stop 54 instead: `brats-glioma-v18-foldK`
-(`--variant 2mm-cv-tc-noenh-fluid2-topk`: v12's settings with the TopK cross-entropy), the averages
-`brats-glioma-soup-v9-v18-foldK` and stage 2's rounds `brats-glioma-cascade-et-v7-/v8-/v9-foldK`.
+`--design plain` makes the design of the default of stops 48-54 instead: `brats-glioma-v12-foldK`
+(`--variant 2mm-cv-tc-noenh-fluid2`: the mean cross-entropy), the averages
+`brats-glioma-soup-v9-v12-foldK` and stage 2's rounds `brats-glioma-cascade-et-v3-/v4-/v5-foldK`.
 
 `--with-all` then makes the shipped form as well: each fold of the last round converted to fp16
 (`RUNS/fp16`), their ensemble with the protocol (`ensemble --validate-on`, about 15-20 minutes), the
@@ -30,7 +30,7 @@ the same command continues after an interruption. `--until soup` stops after the
 (docs/training.md), about 4.5 hours in all (about 3.3 on stop 54's Intel Xeon with AMX).
 
 Run: python Resources/Scripts/rebuild_default_folds.py --data ../shared/real-cases --out RUNS
-     [--design default|topk] [--until soup|v3|v4|v5|v7|v8|v9] [--folds 0 1 2 3 4] [--with-all]
+     [--design topk|plain] [--until soup|v7|v8|v9|v3|v4|v5] [--folds 0 1 2 3 4] [--with-all]
 """
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ from typing import List
 
 # design: (stage 1's fine-tune: tag, variant), stage 2's rounds (tag, variant, seed)
 DESIGNS = {
-    "default": (("v12", "2mm-cv-tc-noenh-fluid2"),
-                (("v3", "1mm-cascade-et-soup-cv", 0), ("v4", "1mm-cascade-et-soup-long", 1),
-                 ("v5", "1mm-cascade-et-soup-longer", 2))),
+    "plain": (("v12", "2mm-cv-tc-noenh-fluid2"),
+              (("v3", "1mm-cascade-et-soup-cv", 0), ("v4", "1mm-cascade-et-soup-long", 1),
+               ("v5", "1mm-cascade-et-soup-longer", 2))),
     "topk": (("v18", "2mm-cv-tc-noenh-fluid2-topk"),
              (("v7", "1mm-cascade-et-topk-cv", 0), ("v8", "1mm-cascade-et-topk-long", 1),
               ("v9", "1mm-cascade-et-topk-longer", 2))),
@@ -70,7 +70,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="the shared real cases (../shared/real-cases)")
     ap.add_argument("--out", required=True, help="folder for run folders, bundles, caches and logs")
-    ap.add_argument("--design", choices=sorted(DESIGNS), default="default")
+    ap.add_argument("--design", choices=sorted(DESIGNS), default="topk")
     ap.add_argument("--until", choices=["soup"] + [r[0] for _, rounds in DESIGNS.values() for r in rounds],
                     help="the last step: soup, or a round of stage 2 of the design (default: its last)")
     ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])

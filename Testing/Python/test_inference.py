@@ -347,15 +347,15 @@ def _trained_on_every_case_with_its_designs_figures(name: str, design: str) -> "
 def test_default_model_is_the_real_data_model_and_says_what_it_is():
     """The default: a 2 mm stage 1 with its enhancing tumor refined at 1 mm, trained on all 32 cases,
     stage 1 the weight average of the shipped 2 mm model and that model trained on with cystic cores
-    (made by ``average``; not shipped), stage 2 trained on that stage 1's guides in three rounds
+    and the TopK cross-entropy (made by ``average``; not shipped), stage 2 trained on that stage 1's guides in three rounds
     (the last from the cascade of the round before); its figures those of its design's five fold
     cascades (not shipped: 21 MB each), taken from their ensemble's protocol, which the manifest names."""
-    assert bundles.DEFAULT_MODEL == "brats-glioma-cascade-et-v5-all"
-    default, m = _trained_on_every_case_with_its_designs_figures(bundles.DEFAULT_MODEL, "brats-glioma-cascade-et-v5")
-    assert m["design_figures_from"] == "brats-glioma-ensemble-cascade-et-v5" and m["network"] == "coarse_to_fine"
+    assert bundles.DEFAULT_MODEL == "brats-glioma-cascade-et-v9-all"
+    default, m = _trained_on_every_case_with_its_designs_figures(bundles.DEFAULT_MODEL, "brats-glioma-cascade-et-v9")
+    assert m["design_figures_from"] == "brats-glioma-ensemble-cascade-et-v9" and m["network"] == "coarse_to_fine"
     assert m["options"]["refine"] == "et" and m["preprocessing"]["spacing_mm"] == 1.0
-    assert m["variant"] == "1mm-cascade-et-soup-longer"
-    assert m["initialised_from"]["id"] == "brats-glioma-cascade-et-v4-all"
+    assert m["variant"] == "1mm-cascade-et-topk-longer"
+    assert m["initialised_from"]["id"] == "brats-glioma-cascade-et-v8-all"
     # stage 1 moved from the shipped 2 mm model it started from, the way an average of two of its fine-tunings does
     stage1 = bundles.load("brats-glioma-v9-all").network.state_dict()
     coarse = default.network.coarse.state_dict()

@@ -395,7 +395,7 @@ def test_finetune_on_saved_cases_registers_a_model(scene_with_case, logic, tmp_p
 def test_the_default_is_listed_first_and_says_its_figures_are_its_designs():
     listed = models()
     default = listed[0]  # the default, selected first: a cascade trained on all 32 cases
-    assert default["name"] == "brats-glioma-cascade-et-v5-all" and "error" not in default
+    assert default["name"] == "brats-glioma-cascade-et-v9-all" and "error" not in default
     tip = model_tooltip(default)
     assert "network: coarse_to_fine" in tip and "Out of fold (32 held-out cases)" in tip
     assert finetune_source(default["path"]) == default["path"]  # fine-tuning starts from the default itself
