@@ -39,7 +39,9 @@ import datetime
 import os
 import subprocess
 import sys
-from typing import List
+from typing import List, Sequence, Tuple
+
+Round = Tuple[str, str, int]  # stage 2's round: tag, variant, seed
 
 # design: (stage 1's fine-tune: tag, variant), stage 2's rounds (tag, variant, seed)
 DESIGNS = {
@@ -57,6 +59,11 @@ def _run(cmd: List[str], log_path: str, env: dict) -> None:
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if done.returncode:
         sys.exit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log_path}")
+
+
+def _made(bundle: str) -> bool:
+    """Whether a bundle folder is finished (its manifest is written last)."""
+    return os.path.exists(os.path.join(bundle, "manifest.json"))
 
 
 def _note(out: str, text: str) -> None:
@@ -92,18 +99,15 @@ def main() -> int:
     # stage 2's variants find their stage 1 (the averages) and their start (the last round) by name
     env = {**os.environ, "BRAINTUMORSEG_MODELS": bundles}
 
-    def done(name: str) -> bool:
-        return os.path.exists(os.path.join(bundles, name, "manifest.json"))
-
     for k in args.folds:
         tuned, soup = f"brats-glioma-{tag1}-fold{k}", f"brats-glioma-soup-v9-{tag1}-fold{k}"
-        if not done(tuned):
+        if not _made(os.path.join(bundles, tuned)):
             _note(out, f"{tuned} start")
             _run([*recipe, "--variant", variant1, "--fold", str(k), "--cache",
                   os.path.join(out, "cache2mm"), "--out", os.path.join(out, "runs", tuned),
                   "--export", os.path.join(bundles, tuned)], os.path.join(logs, f"{tuned}.log"), env)
             _note(out, f"{tuned} done")
-        if not done(soup):
+        if not _made(os.path.join(bundles, soup)):
             _run([*cli, "average", f"brats-glioma-v9-fold{k}", os.path.join(bundles, tuned), "--out",
                   os.path.join(bundles, soup)], os.path.join(logs, f"{soup}.log"), env)
             _note(out, f"{soup} done")
@@ -112,7 +116,7 @@ def main() -> int:
             break
         for k in args.folds:
             name = f"brats-glioma-cascade-et-{tag}-fold{k}"
-            if not done(name):
+            if not _made(os.path.join(bundles, name)):
                 _note(out, f"{name} start")
                 _run([*recipe, "--variant", variant, "--fold", str(k), "--seed", str(seed), "--cache",
                       os.path.join(out, "cache1mm"), "--out", os.path.join(out, "runs", name),
@@ -126,8 +130,8 @@ def main() -> int:
     return 0
 
 
-def _with_all(out: str, data: str, tag1: str, variant1: str, stage2, cli: List[str], recipe: List[str],
-              logs: str) -> None:
+def _with_all(out: str, data: str, tag1: str, variant1: str, stage2: Sequence[Round], cli: List[str],
+              recipe: List[str], logs: str) -> None:
     """The last round's protocol, then the design on all 32 cases, converted to fp16."""
     bundles, fp16 = os.path.join(out, "models"), os.path.join(out, "fp16")
     last = stage2[-1][0]
@@ -135,10 +139,10 @@ def _with_all(out: str, data: str, tag1: str, variant1: str, stage2, cli: List[s
     ensemble = os.path.join(fp16, f"brats-glioma-ensemble-cascade-et-{last}")
     env = {**os.environ, "BRAINTUMORSEG_MODELS": bundles}
     for m in members:
-        if not os.path.exists(os.path.join(m, "manifest.json")):
+        if not _made(m):
             _run([*cli, "convert", os.path.join(bundles, os.path.basename(m)), "--out", m],
                  os.path.join(logs, "convert.log"), env)
-    if not os.path.exists(os.path.join(ensemble, "manifest.json")):
+    if not _made(ensemble):
         _note(out, f"{os.path.basename(ensemble)} start")
         _run([*cli, "ensemble", *members, "--out", ensemble, "--validate-on", data],
              os.path.join(logs, f"{os.path.basename(ensemble)}.log"), env)
@@ -152,7 +156,7 @@ def _with_all(out: str, data: str, tag1: str, variant1: str, stage2, cli: List[s
     env = {**os.environ, "BRAINTUMORSEG_MODELS": every}
 
     def train_all(name: str, args: List[str], cache: str) -> None:
-        if not os.path.exists(os.path.join(every, name, "manifest.json")):
+        if not _made(os.path.join(every, name)):
             _note(out, f"{name} start")
             _run([*recipe, *args, "--fold", "all", "--cache", os.path.join(out, cache), "--out",
                   os.path.join(out, "all", "runs", name), "--export", os.path.join(every, name)],
@@ -161,7 +165,7 @@ def _with_all(out: str, data: str, tag1: str, variant1: str, stage2, cli: List[s
 
     train_all(f"brats-glioma-{tag1}-all", ["--variant", variant1], "cache2mm")
     soup = os.path.join(every, f"brats-glioma-soup-v9-{tag1}-all")
-    if not os.path.exists(os.path.join(soup, "manifest.json")):
+    if not _made(soup):
         _run([*cli, "average", "brats-glioma-v9-all", os.path.join(every, f"brats-glioma-{tag1}-all"), "--out", soup],
              os.path.join(logs, "soup-all.log"), env)
     for tag, variant, seed in stage2:
@@ -170,7 +174,7 @@ def _with_all(out: str, data: str, tag1: str, variant1: str, stage2, cli: List[s
                   "cache1mm")
     name = f"brats-glioma-cascade-et-{last}-all"
     shipped = os.path.join(out, "default", name)
-    if not os.path.exists(os.path.join(shipped, "manifest.json")):
+    if not _made(shipped):
         os.makedirs(os.path.dirname(shipped), exist_ok=True)  # convert writes into a folder that exists
         _run([*cli, "convert", os.path.join(every, name), "--out", shipped], os.path.join(logs, "convert.log"), env)
     _note(out, f"{shipped}: the design on all 32 cases, fp16, with its folds' figures")

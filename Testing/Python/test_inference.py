@@ -347,9 +347,10 @@ def _trained_on_every_case_with_its_designs_figures(name: str, design: str) -> "
 def test_default_model_is_the_real_data_model_and_says_what_it_is():
     """The default: a 2 mm stage 1 with its enhancing tumor refined at 1 mm, trained on all 32 cases,
     stage 1 the weight average of the shipped 2 mm model and that model trained on with cystic cores
-    and the TopK cross-entropy (made by ``average``; not shipped), stage 2 trained on that stage 1's guides in three rounds
-    (the last from the cascade of the round before); its figures those of its design's five fold
-    cascades (not shipped: 21 MB each), taken from their ensemble's protocol, which the manifest names."""
+    and the TopK cross-entropy (made by ``average``; not shipped), stage 2 trained on that stage 1's
+    guides in three rounds (the last from the cascade of the round before); its figures those of its
+    design's five fold cascades (not shipped: 21 MB each), taken from their ensemble's protocol,
+    which the manifest names."""
     assert bundles.DEFAULT_MODEL == "brats-glioma-cascade-et-v9-all"
     default, m = _trained_on_every_case_with_its_designs_figures(bundles.DEFAULT_MODEL, "brats-glioma-cascade-et-v9")
     assert m["design_figures_from"] == "brats-glioma-ensemble-cascade-et-v9" and m["network"] == "coarse_to_fine"
