@@ -107,6 +107,7 @@ def _train_config(args: argparse.Namespace, network: str = "resunet", options: O
                        hardest_voxels=args.hardest_voxels,
                        without_enhancement=args.without_enhancement, fluid_cores=args.fluid_cores,
                        fluid_without_enhancement=args.fluid_without_enhancement, solid_cores=args.solid_cores,
+                       carved_tumors=args.carved_tumors, carve_from=tuple(args.carve_from or ()),
                        schedule=args.schedule,
                        average_from=args.average_from)
 
@@ -447,6 +448,11 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
                    help="share (0-1) of patches whose tumor core is shown as a solid core that does not enhance, as "
                         "a low-grade glioma's: darker than its edema on T1, labelled non-enhancing core "
                         "(docs/training.md)")
+    t.add_argument("--carved-tumors", type=float, default=0.0, metavar="P",
+                   help="share (0-1) of patches with another training case's tumor carved in at the same place "
+                        "(CarveMix; cases co-registered on one grid, as BraTS's; docs/training.md)")
+    t.add_argument("--carve-from", nargs="+", metavar="CASE_ID",
+                   help="the training cases whose tumors are carved in (default: every training case)")
     t.add_argument("--schedule", help="learning-rate schedule: cosine, step or constant (default: the network's "
                                       "own; step needs the network's step learning rate)")
     t.add_argument("--average-from", type=int, metavar="EPOCH",

@@ -93,6 +93,11 @@ under one CPU budget:
   its hardest tenth of voxels only (``TrainConfig.hardest_voxels``; the TopK loss of Wu et al.,
   arXiv:1605.06885); exported as ``brats-glioma-v18-foldK`` (measured out of fold in
   docs/training.md);
+- ``2mm-cv-tc-noenh-fluid2-topk-carve``: as ``2mm-cv-tc-noenh-fluid2-topk``, a quarter of the
+  patches with the tumor of one of the fold's low-grade, non-enhancing or little-ET training cases
+  carved in at the same place of another training case (``TrainConfig.carved_tumors``; CarveMix,
+  Zhang et al., arXiv:2108.06883); exported as ``brats-glioma-v19-foldK`` (screened out of fold in
+  docs/training.md);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -254,6 +259,7 @@ class Variant:
     fluid_cores: float = 0.0        # share of patches whose tumor core is shown filled with fluid (a cyst)
     fluid_without_enhancement: float = 0.0  # share of those also shown without enhancement (a wall that does not enhance)
     solid_cores: float = 0.0        # share of patches whose tumor core is shown as a solid core that does not enhance
+    carved_tumors: float = 0.0      # share of patches with a low-grade, non-enhancing or little-ET case's tumor carved in
     schedule: Optional[str] = None  # the learning-rate schedule (None: the network's)
     average_from: Optional[int] = None  # epoch from which the epoch-end weights are averaged (TrainConfig)
     network: str = "resunet"
@@ -332,6 +338,12 @@ VARIANTS: Dict[str, Variant] = {
     # (nnU-Net's TopK loss), for the low-grade cores missed with confidence (probability under 0.1)
     "2mm-cv-tc-noenh-fluid2-topk": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v18", fluid_cores=0.25,
                                            fluid_without_enhancement=0.5, hardest_voxels=0.1),
+    # as 2mm-cv-tc-noenh-fluid2-topk (v18), a quarter of the patches with a low-grade, non-enhancing or
+    # little-ET training case's tumor carved in at the same place of another case's brain (CarveMix), so
+    # that the eight rare tumors are seen in the other brains too
+    "2mm-cv-tc-noenh-fluid2-topk-carve": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v19", fluid_cores=0.25,
+                                                 fluid_without_enhancement=0.5, hardest_voxels=0.1,
+                                                 carved_tumors=0.25),
     # each v9 fold trained on as v9 was for 400 more iterations at a constant third of v9's learning
     # rate, the weights at the end of each 100 averaged (stochastic weight averaging; measured: not adopted)
     "2mm-cv-tc-noenh-swa": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v13", lr=1e-4, schedule="constant",
@@ -597,6 +609,9 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
                       augmentation=v.augmentation,
                       without_enhancement=v.without_enhancement, fluid_cores=v.fluid_cores,
                       fluid_without_enhancement=v.fluid_without_enhancement, solid_cores=v.solid_cores,
+                      carved_tumors=v.carved_tumors,
+                      carve_from=tuple(c.case_id for c in train_cases if GRADES.get(c.case_id, HGG) != HGG)
+                      if v.carved_tumors else (),
                       schedule=v.schedule,
                       average_from=v.average_from,
                       case_weights={c.case_id: v.rare_weight for c in train_cases

@@ -13,7 +13,8 @@ Apart from either set, :func:`remove_enhancement` (``TrainConfig.without_enhance
 patch's enhancing tumor into non-enhancing core, in image and labels, and :func:`fill_with_fluid`
 (``TrainConfig.fluid_cores``) fills a patch's core with the case's cerebrospinal fluid, as a cyst,
 and :func:`make_core_solid` (``TrainConfig.solid_cores``) makes it a solid core that does not
-enhance, as a low-grade glioma's.
+enhance, as a low-grade glioma's; :func:`carve_tumor` (``TrainConfig.carved_tumors``) puts another
+case's tumor into the patch (CarveMix).
 Departures: brightness stays ours (every channel scaled by 0.9-1.1 and shifted by +-0.1, where
 nnU-Net scales by 0.75-1.25 with probability 0.15); the smooth bias field and the sequence
 dropping of ``standard`` stay on; upsampling after the low-resolution step is trilinear (nnU-Net:
@@ -311,6 +312,32 @@ def make_core_solid(x: np.ndarray, y: np.ndarray, edema: Optional[np.ndarray], r
     changed &= x.reshape(len(x), -1).any(1)  # a missing sequence (all zero) stays missing
     out = np.where(changed[:, None, None, None], x * (1 - weight) + solid * weight, x)
     return out.astype(np.float32), np.where(core, 1, y).astype(y.dtype)
+
+
+def carve_tumor(x: np.ndarray, y: np.ndarray, donor_x: np.ndarray, donor_y: np.ndarray,
+                rng: np.random.Generator, spacing: Sequence[float],
+                reach_mm: Tuple[float, float] = (-4.0, 10.0)) -> Tuple[np.ndarray, np.ndarray]:
+    """CarveMix (Zhang X et al., CarveMix: A Simple Data Augmentation Method for Brain Lesion
+    Segmentation, MICCAI 2021, doi:10.1007/978-3-030-87193-2_19, arXiv:2108.06883, section 2): the region of
+    the donor patch within a distance ``d`` of its tumor (``d`` drawn from ``reach_mm``; below zero,
+    the tumor shrunk by ``-d``) replaces the patch there, images and labels alike, so one case's
+    tumor is shown in another brain. Both patches cover the same place of co-registered brains
+    (the caller crops them so); the region is kept to voxels inside both brains. As in the paper,
+    the patch's own tumor outside the region stays. Departures: the reach is in millimetres, drawn
+    uniformly (the paper scales its range by the lesion's own size), and only the donor patch's tumor is
+    carved, not the whole donor case's. A donor patch with fewer than 50 tumor voxels comes back
+    as the patch unchanged."""
+    tumor = donor_y > 0
+    if tumor.sum() < 50:
+        return x, y
+    d = rng.uniform(*reach_mm)
+    if d >= 0:
+        region = ndimage.distance_transform_edt(~tumor, sampling=spacing) <= d
+    else:
+        region = ndimage.distance_transform_edt(tumor, sampling=spacing) > -d
+    region &= x.any(0) & donor_x.any(0)
+    return (np.where(region[None], donor_x, x).astype(np.float32),
+            np.where(region, donor_y, y).astype(y.dtype))
 
 
 def cover_partially(x: np.ndarray, channel: int, rng: np.random.Generator) -> np.ndarray:

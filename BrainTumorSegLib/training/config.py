@@ -45,6 +45,10 @@ class TrainConfig:
     fluid_without_enhancement: float = 0.0
     # share of patches whose tumor core is shown as a solid core that does not enhance (augmentation.make_core_solid)
     solid_cores: float = 0.0
+    # share of patches with a donor case's tumor carved into them at the same place (augmentation.carve_tumor,
+    # CarveMix); the donors are the training cases named in carve_from (empty: every training case)
+    carved_tumors: float = 0.0
+    carve_from: Tuple[str, ...] = ()
     schedule: Optional[str] = None  # the learning-rate schedule ("cosine", "step", "constant"; None: the network's)
     # stochastic weight averaging (Izmailov et al., UAI 2018, arXiv:1803.05407): from this epoch on
     # (1-based), the weights at each epoch's end are averaged, and the average is what the run exports

@@ -27,6 +27,7 @@ from ..write.atomic import replacing
 from .augmentation import (
     augment,
     augmentation_set,
+    carve_tumor,
     edema_intensity,
     fill_with_fluid,
     fluid_intensity,
@@ -64,7 +65,7 @@ def check_cases(cases: Sequence[Case], skip_bad: bool = False) -> List[Case]:
 
 
 # How cached cases are prepared; part of the cache key, so a change here rebuilds old caches.
-PREPARATION = "auto, stripped on each sequence's grid, foreground per class"
+PREPARATION = "auto, stripped on each sequence's grid, foreground per class, origin of the crop"
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None, guid
     buf = io.BytesIO()
     np.savez(buf, data=data.astype(np.float16), classes=classes.astype(np.uint8),
              fg=np.concatenate(fg or [np.zeros((0, 3), np.int64)]).astype(np.int32),
-             fg_class=np.concatenate(fg_class or [np.zeros(0, np.uint8)]), spacing=np.array(pre.spacing))
+             fg_class=np.concatenate(fg_class or [np.zeros(0, np.uint8)]), spacing=np.array(pre.spacing),
+             origin=np.array([b.start for b in pre.inverse.bbox], np.int32))
     with replacing(path) as tmp, open(tmp, "wb") as f:
         f.write(buf.getvalue())
     return path
@@ -136,6 +138,9 @@ class CachedCase:
             self.fg = z["fg"]
             self.fg_class = z["fg_class"]
             self.spacing = tuple(float(s) for s in z["spacing"])
+            # where the crop begins on the working grid: the same voxel of two co-registered cases
+            # (BraTS: one atlas) is origin + index in both
+            self.origin = tuple(int(o) for o in z["origin"])
         self.case_id = os.path.basename(path).rsplit("-", 1)[0]
 
     @classmethod
@@ -159,20 +164,37 @@ def _crop(arr: np.ndarray, start: Sequence[int], patch: Sequence[int]) -> np.nda
     return out
 
 
-def sample_patch(case: CachedCase, patch: Sequence[int], rng: np.random.Generator,
-                 fg_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
-    """A patch and its classes; with probability ``fg_fraction`` centred (give or take a quarter
-    patch) on a voxel of one tumor class, the class drawn uniformly among those the case has, so a
-    small enhancing rim or a low-grade tumor's core is as often in view as the edema around it."""
-    shape = case.classes.shape
+def patch_start(case: CachedCase, patch: Sequence[int], rng: np.random.Generator, fg_fraction: float) -> List[int]:
+    """Where a patch of ``case`` begins; with probability ``fg_fraction`` it is centred (give or
+    take a quarter patch) on a voxel of one tumor class, the class drawn uniformly among those the
+    case has, so a small enhancing rim or a low-grade tumor's core is as often in view as the edema
+    around it."""
     if len(case.fg) and rng.random() < fg_fraction:
         present = np.unique(case.fg_class)
         pool = case.fg[case.fg_class == present[rng.integers(len(present))]]
         centre = pool[rng.integers(len(pool))]
-        start = [int(c) - p // 2 + int(rng.integers(-p // 4, p // 4 + 1)) for c, p in zip(centre, patch)]
-    else:
-        start = [int(rng.integers(min(0, n - p), max(0, n - p) + 1)) for n, p in zip(shape, patch)]
+        return [int(c) - p // 2 + int(rng.integers(-p // 4, p // 4 + 1)) for c, p in zip(centre, patch)]
+    return [int(rng.integers(min(0, n - p), max(0, n - p) + 1)) for n, p in zip(case.classes.shape, patch)]
+
+
+def crop_patch(case: CachedCase, start: Sequence[int], patch: Sequence[int]) -> Tuple[np.ndarray, np.ndarray]:
+    """The patch of ``case`` beginning at ``start`` (zero outside the volume) and its classes."""
     return _crop(case.data, start, patch).astype(np.float32), _crop(case.classes, start, patch)
+
+
+def sample_patch(case: CachedCase, patch: Sequence[int], rng: np.random.Generator,
+                 fg_fraction: float) -> Tuple[np.ndarray, np.ndarray]:
+    """A patch and its classes, where :func:`patch_start` puts it."""
+    return crop_patch(case, patch_start(case, patch, rng, fg_fraction), patch)
+
+
+def carve_patch(case: CachedCase, donor: CachedCase, start: Sequence[int], patch: Sequence[int],
+                rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """The donor's patch beginning at ``start`` carved into ``case``'s patch of the same place
+    (:func:`augmentation.carve_tumor`): the same working-grid voxel of co-registered brains, where
+    each crop's ``origin`` puts it."""
+    x, y = crop_patch(case, [s + d - c for s, d, c in zip(start, donor.origin, case.origin)], patch)
+    return carve_tumor(x, y, *crop_patch(donor, start, patch), rng, case.spacing)
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -181,7 +203,8 @@ class PatchDataset(torch.utils.data.Dataset):
                  replay_fraction: float = 0.0, clinical_augmentation: bool = False,
                  weights: Optional[Sequence[float]] = None, guide_channels: int = 0,
                  augmentation: str = "standard", without_enhancement: float = 0.0, fluid_cores: float = 0.0,
-                 fluid_without_enhancement: float = 0.0, solid_cores: float = 0.0) -> None:
+                 fluid_without_enhancement: float = 0.0, solid_cores: float = 0.0, carved_tumors: float = 0.0,
+                 donor_files: Sequence[str] = ()) -> None:
         augmentation_set(augmentation)  # an unknown name fails here, not at the first patch
         self.augmentation = augmentation
         self.files = list(cache_files)
@@ -203,6 +226,8 @@ class PatchDataset(torch.utils.data.Dataset):
         self.fluid_cores = fluid_cores
         self.fluid_without_enhancement = fluid_without_enhancement
         self.solid_cores = solid_cores
+        self.carved_tumors = carved_tumors
+        self.donors = list(donor_files)
         self._cache: Dict[str, CachedCase] = {}
         self._fluid: Dict[str, Optional[np.ndarray]] = {}
         self._edema: Dict[str, Optional[np.ndarray]] = {}
@@ -226,6 +251,10 @@ class PatchDataset(torch.utils.data.Dataset):
             self._edema[case.case_id] = edema_intensity(case.data, case.classes)
         return self._edema[case.case_id]
 
+    def _carved(self, case: CachedCase, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+        donor = self._case(self.donors[int(rng.integers(len(self.donors)))])
+        return carve_patch(case, donor, patch_start(donor, self.patch, rng, 1.0), self.patch, rng)
+
     def __getitem__(self, i: int):
         rng = np.random.default_rng([self.seed, self.epoch, i])
         if rng.random() < self.replay_fraction:
@@ -238,7 +267,10 @@ class PatchDataset(torch.utils.data.Dataset):
         edema = self._edema_of(case) if self.solid_cores else None
         if self.clinical and rng.random() < 0.3:
             case = CachedCase.like(case, vary_brain_mask(case.data, case.classes, rng, self.guide_channels))
-        x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
+        if self.carved_tumors and self.donors and rng.random() < self.carved_tumors:
+            x, y = self._carved(case, rng)
+        else:
+            x, y = sample_patch(case, self.patch, rng, self.fg_fraction)
         # drawn only when asked for, so that runs without them keep their random stream
         without = self.without_enhancement
         if self.fluid_cores and rng.random() < self.fluid_cores:

@@ -125,7 +125,8 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: 
     if cfg.average_from is not None and not 1 <= cfg.average_from <= cfg.epochs:
         raise InputError(None, f"--average-from {cfg.average_from}: an epoch of the run's 1-{cfg.epochs}")
     shares = (("--without-enhancement", cfg.without_enhancement), ("--fluid-cores", cfg.fluid_cores),
-              ("--fluid-without-enhancement", cfg.fluid_without_enhancement), ("--solid-cores", cfg.solid_cores))
+              ("--fluid-without-enhancement", cfg.fluid_without_enhancement), ("--solid-cores", cfg.solid_cores),
+              ("--carved-tumors", cfg.carved_tumors))
     for flag, share in shares:
         if not 0.0 <= share <= 1.0:
             raise InputError(None, f"{flag} {share}: a share of patches, from 0 to 1")
@@ -197,15 +198,34 @@ def _resume(run: _Run) -> None:
     run.log(f"resumed after epoch {st['epoch']}")
 
 
+def _one_grid(files: Sequence[str]) -> None:
+    """Carving a tumor into another case needs every case on one working grid's voxel size."""
+    first = None
+    for f in files:
+        with np.load(f) as z:
+            spacing = tuple(float(v) for v in z["spacing"])
+        first = first or (f, spacing)
+        if not np.allclose(spacing, first[1], atol=1e-3):
+            raise InputError(f, f"has {spacing} mm voxels where {os.path.basename(first[0])} has {first[1]}: "
+                                "--carved-tumors needs every case on one grid")
+
+
 def _dataset(run: _Run):
     cfg, dist = run.cfg, run.dist
+    if cfg.carved_tumors:
+        unknown = sorted(set(cfg.carve_from) - set(run.data_used["train"]))
+        if unknown:
+            raise InputError(None, f"--carve-from {' '.join(unknown)}: not among the training cases")
+        _one_grid(run.files["train"])
     # each process draws its own share of the epoch's samples; `batch` is per process
     ds = PatchDataset(run.files["train"], tuple(cfg.patch or run.net.patch_size), cfg.iters_per_epoch * cfg.batch * dist.world,
                       cfg.seed, cfg.fg_fraction, cfg.domain_randomization, run.files["replay"], cfg.replay_fraction,
                       cfg.clinical_augmentation,
                       [cfg.case_weights.get(c, 1.0) for c in run.data_used["train"]] if cfg.case_weights else None,
                       run.net.guide_channels, cfg.augmentation, cfg.without_enhancement, cfg.fluid_cores,
-                      cfg.fluid_without_enhancement, cfg.solid_cores)
+                      cfg.fluid_without_enhancement, cfg.solid_cores, cfg.carved_tumors,
+                      [f for c, f in zip(run.data_used["train"], run.files["train"])
+                       if not cfg.carve_from or c in cfg.carve_from])
     sampler: Optional[torch.utils.data.distributed.DistributedSampler] = (
         torch.utils.data.distributed.DistributedSampler(ds, dist.world, dist.rank, shuffle=False)
         if dist.world > 1 else None)

@@ -28,6 +28,7 @@ from BrainTumorSegLib.training.augmentation import (
     AUGMENTATIONS,
     Augmentation,
     _spatial,
+    carve_tumor,
     cover_partially,
     edema_intensity,
     fill_with_fluid,
@@ -37,7 +38,7 @@ from BrainTumorSegLib.training.augmentation import (
     simulate_thick_slices,
     vary_brain_mask,
 )
-from BrainTumorSegLib.training.data import CachedCase, sample_patch
+from BrainTumorSegLib.training.data import CachedCase, carve_patch, crop_patch, sample_patch
 
 SMALL = {"resunet": {"channels": [4, 8, 16, 32, 32], "blocks": [1, 1, 1, 1, 1]},
          "agse_vnet": {"dropout": 0.0}}  # its 0.5 dropout makes 10 steps too noisy to compare
@@ -694,6 +695,95 @@ def test_the_share_of_solid_cores_reaches_the_patches_and_is_checked(small_cases
         r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run"), *flags)
         assert r.returncode == 2 and message in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_carved_tumor_replaces_the_patch_within_its_reach_inside_both_brains():
+    """carve_tumor copies the donor's tumor and what lies within the drawn reach of it (images and
+    labels alike), shrinks the tumor for a reach below zero, leaves the patch's own tumor and
+    everything farther away as it was, carves nothing outside either brain, and leaves a patch
+    alone when the donor's tumor is too small."""
+    rng = np.random.default_rng(3)
+    spacing = (2.0, 2.0, 2.0)
+    y = np.zeros((24, 24, 24), np.uint8)
+    y[1:5, 1:5, 1:5] = 2  # the patch's own tumor, in a corner
+    x = rng.normal(0, 0.3, (4,) + y.shape).astype(np.float32)
+    x[:, :, :, 15:] = 0  # outside the patch's brain, through the donor's tumor
+    donor_y = nested_tumor(24, (2, 8, 16), (1, 10, 14))
+    donor_x = (rng.normal(0, 0.3, x.shape) + 5).astype(np.float32)
+    tumor = (donor_y > 0) & x.any(0)
+    near = np.zeros(y.shape, bool)
+    near[6:8, 8:16, 8:15] = True  # 2-4 mm from the donor's tumor, straight along one axis
+    interior = nested_tumor(24, (1, 9, 15)) > 0  # the donor's tumor less its outer voxel (2 mm)
+    for reach in ((4.0, 4.0), (-2.0, -2.0)):
+        xo, yo = carve_tumor(x, y, donor_x, donor_y, np.random.default_rng(0), spacing, reach)
+        region = (xo == donor_x).all(0)
+        assert np.array_equal(yo[region], donor_y[region]) and np.array_equal(xo[:, ~region], x[:, ~region])
+        assert np.array_equal(yo[~region], y[~region]) and (yo[1:5, 1:5, 1:5] == 2).all()
+        assert not region[:, :, 15:].any() and not region[6, 6, 6]  # outside the brain; 7 mm from the tumor
+        if reach[0] > 0:
+            assert region[tumor | near].all()
+        else:
+            assert np.array_equal(region, interior)
+            assert (yo == 1).sum() == 4 ** 3 and (yo == 2).sum() == 4 ** 3 + 6 ** 3 - 4 ** 3
+    tiny = np.zeros_like(donor_y)
+    tiny[10:13, 10:13, 10:13] = 1  # 27 voxels
+    xs, ys = carve_tumor(x, y, donor_x, tiny, np.random.default_rng(0), spacing)
+    assert xs is x and ys is y
+
+
+def test_a_carved_patch_takes_the_donors_tumor_to_the_same_place_of_the_other_brain(small_cases, tmp_path):
+    """carve_patch puts the donor's patch where each crop's origin says it lies in the other case:
+    a donor that is the case itself, cropped three, five and two voxels further on and its tumor
+    marked, carves back the case's own labels and images (marked) at the case's own voxels. The
+    share reaches the patches (each one then holds a donor's tumor) and is checked: outside 0-1,
+    cases on two grids or a donor that is not a training case, one line and exit 2."""
+    (tmp_path / "cache").mkdir()
+    case = CachedCase(cache_case(find_cases(small_cases)[0], str(tmp_path / "cache")))
+    shift = (3, 5, 2)
+    cut = tuple(slice(s, None) for s in shift)
+    donor = CachedCase.like(case, case.data[(slice(None),) + cut].copy())
+    donor.classes = case.classes[cut]
+    donor.data[0][donor.classes > 0] += 10.0
+    donor.origin = tuple(o + s for o, s in zip(case.origin, shift))
+    donor.fg = np.argwhere(donor.classes > 0).astype(np.int32)
+    donor.fg_class = donor.classes[donor.classes > 0]
+    patch = (24, 24, 24)
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        start = [int(c) - 12 for c in donor.fg[rng.integers(len(donor.fg))]]
+        x, y = carve_patch(case, donor, start, patch, rng)
+        own_x, own_y = crop_patch(case, [s + d for s, d in zip(start, shift)], patch)
+        assert np.array_equal(y, own_y) and (y > 0).sum() >= 50
+        marked = (y > 0) & (np.abs(x[0] - own_x[0] - 10.0) < 0.02)  # fp16: 10 more, to its precision
+        assert marked.sum() >= 50 and np.array_equal(x[0][~marked], own_x[0][~marked])
+        assert np.array_equal(x[1:], own_x[1:])
+    files = [cache_case(c, str(tmp_path / "cache")) for c in find_cases(small_cases)]
+    kw = dict(patch=(12, 12, 12), batches=16, seed=0, fg_fraction=0.0, domain_randomization=False)
+    plain = PatchDataset(files[:1], **kw)
+    carved = PatchDataset(files[:1], **kw, carved_tumors=1.0, donor_files=files[1:])
+    assert sum(int((plain[i][1] > 0).sum() < 50) for i in range(16)) >= 4
+    assert all(int((carved[i][1] > 0).sum()) >= 50 for i in range(16))
+    r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run"), "--carved-tumors", "1.5")
+    assert r.returncode == 2 and "--carved-tumors 1.5: a share of patches, from 0 to 1" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    other = tmp_path / "two_grids"
+    shutil.copytree(small_cases, other)
+    moved = find_cases(str(other))[1]
+    for role, p in moved.paths.items():
+        img = sitk.ReadImage(p)
+        grid = sitk.Image([60, 60, 39], img.GetPixelID())
+        grid.SetSpacing((4.0, 4.0, 4.0))
+        grid.SetOrigin(img.GetOrigin())
+        interp = sitk.sitkNearestNeighbor if role == "seg" else sitk.sitkLinear
+        sitk.WriteImage(sitk.Resample(img, grid, sitk.Transform(), interp, 0), p)
+    r = cli_main("train", "--data", str(other), "--out", str(tmp_path / "run2"), "--carved-tumors", "0.5",
+                 "--epochs", "1", "--iters", "1", "--val-every", "1")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--carved-tumors needs every case on one grid" in r.stderr and moved.case_id in r.stderr
+    r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run3"), "--carved-tumors", "0.5",
+                 "--carve-from", "BraTS_nobody", "--epochs", "1", "--iters", "1", "--val-every", "1")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--carve-from BraTS_nobody: not among the training cases" in r.stderr
 
 
 def test_the_share_without_enhancement_reaches_the_patches_and_is_checked(small_cases, tmp_path):
