@@ -51,14 +51,19 @@ def small_cases(tmp_path_factory, phantom_dir):
     for case in find_cases(phantom_dir):
         out = root / case.case_id
         out.mkdir()
-        for role, p in case.paths.items():
-            img = sitk.ReadImage(p)
-            grid = sitk.Image([80, 80, 52], img.GetPixelID())
-            grid.SetSpacing((3.0, 3.0, 3.0))
-            grid.SetOrigin(img.GetOrigin())
-            interp = sitk.sitkNearestNeighbor if role == "seg" else sitk.sitkLinear
-            sitk.WriteImage(sitk.Resample(img, grid, sitk.Transform(), interp, 0), str(out / os.path.basename(p)))
+        regrid(case, str(out), (80, 80, 52), 3.0)
     return str(root)
+
+
+def regrid(case, out_dir: str, size, spacing: float) -> None:
+    """Write ``case``'s files into ``out_dir`` resampled to a grid of ``size`` voxels of ``spacing`` mm."""
+    for role, p in case.paths.items():
+        img = sitk.ReadImage(p)
+        grid = sitk.Image(list(size), img.GetPixelID())
+        grid.SetSpacing((spacing,) * 3)
+        grid.SetOrigin(img.GetOrigin())
+        interp = sitk.sitkNearestNeighbor if role == "seg" else sitk.sitkLinear
+        sitk.WriteImage(sitk.Resample(img, grid, sitk.Transform(), interp, 0), os.path.join(out_dir, os.path.basename(p)))
 
 
 @pytest.mark.parametrize("clinical", [False, True])
@@ -769,13 +774,7 @@ def test_a_carved_patch_takes_the_donors_tumor_to_the_same_place_of_the_other_br
     other = tmp_path / "two_grids"
     shutil.copytree(small_cases, other)
     moved = find_cases(str(other))[1]
-    for role, p in moved.paths.items():
-        img = sitk.ReadImage(p)
-        grid = sitk.Image([60, 60, 39], img.GetPixelID())
-        grid.SetSpacing((4.0, 4.0, 4.0))
-        grid.SetOrigin(img.GetOrigin())
-        interp = sitk.sitkNearestNeighbor if role == "seg" else sitk.sitkLinear
-        sitk.WriteImage(sitk.Resample(img, grid, sitk.Transform(), interp, 0), p)
+    regrid(moved, os.path.dirname(moved.paths["seg"]), (60, 60, 39), 4.0)
     r = cli_main("train", "--data", str(other), "--out", str(tmp_path / "run2"), "--carved-tumors", "0.5",
                  "--epochs", "1", "--iters", "1", "--val-every", "1")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
