@@ -104,7 +104,7 @@ def _train_config(args: argparse.Namespace, network: str = "resunet", options: O
                        gradient_checkpointing=args.gradient_checkpointing,
                        clinical_augmentation=args.clinical_augmentation, augmentation=args.augmentation,
                        region_weights=tuple(args.region_weights) if args.region_weights else None,
-                       hardest_voxels=args.hardest_voxels,
+                       hardest_voxels=args.hardest_voxels, batch_dice=args.batch_dice,
                        without_enhancement=args.without_enhancement, fluid_cores=args.fluid_cores,
                        fluid_without_enhancement=args.fluid_without_enhancement, solid_cores=args.solid_cores,
                        carved_tumors=args.carved_tumors, carve_from=tuple(args.carve_from or ()),
@@ -435,6 +435,9 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
     t.add_argument("--hardest-voxels", type=float, metavar="P",
                    help="share (0-1] of each region's voxels, the hardest, whose cross-entropy counts in a "
                         "region-based loss (resunet; nnU-Net's TopK loss, e.g. 0.1; default: all)")
+    t.add_argument("--batch-dice", action="store_true",
+                   help="the Dice term of a region-based loss over the whole batch rather than per patch (resunet; "
+                        "nnU-Net's batch Dice)")
     t.add_argument("--without-enhancement", type=float, default=0.0, metavar="P",
                    help="share (0-1) of patches shown as if their tumor did not enhance: T1ce from T1 there, "
                         "enhancing tumor labelled non-enhancing core (docs/training.md)")

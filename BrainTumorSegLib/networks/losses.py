@@ -4,7 +4,8 @@
   (AGSE-VNet's [0.1, 1, 1, 1]).
 * ``softmax_dice_ce``: Dice on softmax classes plus cross-entropy.
 * ``sigmoid_dice_bce``: Dice on sigmoid regions plus binary cross-entropy (region-based training),
-  optionally the cross-entropy of each region's hardest voxels only (nnU-Net's "TopK" loss).
+  optionally the cross-entropy of each region's hardest voxels only (nnU-Net's "TopK" loss) and
+  the Dice over the whole batch (nnU-Net's batch Dice: the ``batch_dice`` of its 3D trainers).
 """
 from __future__ import annotations
 
@@ -25,12 +26,16 @@ def onehot_of(classes: torch.Tensor, n: int = 4) -> torch.Tensor:
 
 
 def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weights: Optional[Sequence[float]] = None,
-                   smooth: float = 1e-5) -> torch.Tensor:
-    """``probs`` and one-hot/region ``target`` of shape (B, C, ...)."""
+                   smooth: float = 1e-5, batch: bool = False) -> torch.Tensor:
+    """``probs`` and one-hot/region ``target`` of shape (B, C, ...); ``batch``: each channel's Dice
+    over the whole batch at once (nnU-Net's batch Dice) rather than per sample, so that a patch
+    without a region does not make any probability of it there cost almost a whole Dice."""
     dims = tuple(range(2, probs.dim()))
+    if batch:
+        dims = (0,) + dims
     inter = (probs * target).sum(dims)
     denom = probs.sum(dims) + target.sum(dims)
-    dice = (2 * inter + smooth) / (denom + smooth)            # B x C
+    dice = ((2 * inter + smooth) / (denom + smooth)).reshape(-1, probs.shape[1])  # B x C (1 x C for batch)
     if weights is None:
         return 1 - dice.mean()
     w = torch.as_tensor(weights, dtype=dice.dtype, device=dice.device)
@@ -45,14 +50,17 @@ def softmax_dice_ce(logits: torch.Tensor, classes: torch.Tensor,
 
 
 def sigmoid_dice_bce(logits: torch.Tensor, regions: torch.Tensor,
-                     weights: Optional[Sequence[float]] = None, hardest: Optional[float] = None) -> torch.Tensor:
+                     weights: Optional[Sequence[float]] = None, hardest: Optional[float] = None,
+                     batch_dice: bool = False) -> torch.Tensor:
     """``regions``: (B, 3, ...) float masks WT, TC, ET; ``weights`` (one per region, normalised to
     sum 1 in both terms) make some regions count more than others; ``hardest`` (a share in (0, 1]):
     each region's cross-entropy is the mean over only that share of its voxels with the largest
     cross-entropy in the batch (the TopK loss of Wu et al., arXiv:1605.06885, as nnU-Net offers it:
-    confident errors are not averaged away by the many easy background voxels)."""
+    confident errors are not averaged away by the many easy background voxels); ``batch_dice``:
+    the Dice term over the whole batch (:func:`soft_dice_loss`)."""
+    dice = soft_dice_loss(torch.sigmoid(logits), regions, weights, batch=batch_dice)
     if weights is None and hardest is None:
-        return soft_dice_loss(torch.sigmoid(logits), regions) + F.binary_cross_entropy_with_logits(logits, regions)
+        return dice + F.binary_cross_entropy_with_logits(logits, regions)
     w = torch.ones(logits.shape[1], dtype=logits.dtype, device=logits.device) if weights is None else \
         torch.as_tensor(weights, dtype=logits.dtype, device=logits.device)
     bce = F.binary_cross_entropy_with_logits(logits, regions, reduction="none")
@@ -63,4 +71,4 @@ def sigmoid_dice_bce(logits: torch.Tensor, regions: torch.Tensor,
             raise ValueError(f"hardest must be a share in (0, 1], not {hardest}")
         voxels = bce.movedim(1, 0).flatten(1)
         per_region = voxels.topk(max(1, round(hardest * voxels.shape[1])), dim=1, sorted=False).values.mean(1)
-    return soft_dice_loss(torch.sigmoid(logits), regions, weights) + (per_region * w).sum() / w.sum()
+    return dice + (per_region * w).sum() / w.sum()

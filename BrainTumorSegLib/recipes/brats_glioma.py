@@ -98,6 +98,9 @@ under one CPU budget:
   carved in at the same place of another training case (``TrainConfig.carved_tumors``; CarveMix,
   Zhang et al., arXiv:2108.06883); exported as ``brats-glioma-v19-foldK`` (screened out of fold in
   docs/training.md);
+- ``2mm-cv-tc-noenh-fluid2-topk-batchdice``: as ``2mm-cv-tc-noenh-fluid2-topk``, the Dice term over
+  the whole batch (``TrainConfig.batch_dice``; nnU-Net's batch Dice); exported as
+  ``brats-glioma-v20-foldK`` (screened out of fold in docs/training.md);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -254,6 +257,7 @@ class Variant:
     rare_weight: float = 1.0        # sampling weight of the low-grade, non-enhancing and little-ET cases
     region_weights: Optional[Tuple[float, float, float]] = None  # WT, TC, ET loss weights (None: the network's)
     hardest_voxels: Optional[float] = None  # share of each region's voxels whose BCE counts (None: all)
+    batch_dice: bool = False        # the Dice term over the whole batch (TrainConfig.batch_dice)
     augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS
     without_enhancement: float = 0.0  # share of patches shown as if their tumor did not enhance
     fluid_cores: float = 0.0        # share of patches whose tumor core is shown filled with fluid (a cyst)
@@ -344,6 +348,12 @@ VARIANTS: Dict[str, Variant] = {
     "2mm-cv-tc-noenh-fluid2-topk-carve": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v19", fluid_cores=0.25,
                                                  fluid_without_enhancement=0.5, hardest_voxels=0.1,
                                                  carved_tumors=0.25),
+    # as 2mm-cv-tc-noenh-fluid2-topk (v18), the Dice term over the whole batch (nnU-Net's batch Dice): the
+    # per-patch Dice makes any tumor core or enhancing tumor probability in a patch without it cost
+    # almost a whole Dice, and the low-grade cores are missed by under-segmenting them
+    "2mm-cv-tc-noenh-fluid2-topk-batchdice": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v20",
+                                                     fluid_cores=0.25, fluid_without_enhancement=0.5,
+                                                     hardest_voxels=0.1, batch_dice=True),
     # each v9 fold trained on as v9 was for 400 more iterations at a constant third of v9's learning
     # rate, the weights at the end of each 100 averaged (stochastic weight averaging; measured: not adopted)
     "2mm-cv-tc-noenh-swa": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v13", lr=1e-4, schedule="constant",
@@ -606,6 +616,7 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
                       patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
                       clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
                       fg_fraction=v.fg_fraction, region_weights=v.region_weights, hardest_voxels=v.hardest_voxels,
+                      batch_dice=v.batch_dice,
                       augmentation=v.augmentation,
                       without_enhancement=v.without_enhancement, fluid_cores=v.fluid_cores,
                       fluid_without_enhancement=v.fluid_without_enhancement, solid_cores=v.solid_cores,

@@ -38,6 +38,8 @@ class TrainConfig:
     # share of each region's voxels whose cross-entropy counts, the hardest (nnU-Net's TopK loss; None:
     # all); only for networks that declare ``hardest_voxels``
     hardest_voxels: Optional[float] = None
+    # the Dice term over the whole batch (nnU-Net's batch Dice); only for networks that declare ``batch_dice``
+    batch_dice: bool = False
     augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS
     without_enhancement: float = 0.0  # share of patches with enhancing tumor shown without it (augmentation.remove_enhancement)
     fluid_cores: float = 0.0  # share of patches whose tumor core is shown filled with fluid (augmentation.fill_with_fluid)

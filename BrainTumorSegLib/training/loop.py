@@ -77,7 +77,7 @@ def _network(cfg: TrainConfig, init_from: Optional[bundles.Bundle]) -> Segmentat
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
     net = init_from.network if init_from is not None else build(cfg.network, **cfg.options)
     loss_settings = {"region_weights": None if cfg.region_weights is None else tuple(float(w) for w in cfg.region_weights),
-                     "hardest_voxels": cfg.hardest_voxels}
+                     "hardest_voxels": cfg.hardest_voxels, "batch_dice": True if cfg.batch_dice else None}
     for name, value in loss_settings.items():
         if value is None:
             continue

@@ -13,7 +13,7 @@ from conftest import cli_main, run_cli
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.models import bundles
 from BrainTumorSegLib.networks import build
-from BrainTumorSegLib.networks.losses import sigmoid_dice_bce
+from BrainTumorSegLib.networks.losses import sigmoid_dice_bce, soft_dice_loss
 from BrainTumorSegLib.read.cases import SEQUENCES, find_cases
 from BrainTumorSegLib.training import (
     PatchDataset,
@@ -222,6 +222,36 @@ def test_hardest_voxels_keep_confident_errors_from_being_averaged_away(small_cas
         cfg = TrainConfig(network=network, epochs=1, iters_per_epoch=1, patch=(32, 32, 32), hardest_voxels=share)
         with pytest.raises(InputError, match=message):
             train(cfg, cases[:1], cases[1:], str(tmp_path / network), log=lambda *a: None)
+
+
+def test_batch_dice_does_not_charge_a_whole_dice_for_a_faint_region_in_a_patch_without_it(small_cases, tmp_path):
+    """Per patch, a faint enhancing-tumor probability in a patch without enhancing tumor costs
+    almost a whole Dice of that region; over the batch it costs what it adds to the batch's
+    overlap. A batch of one is the same either way. ``batch_dice`` reaches the network's loss in a
+    run, and a network without it refuses it."""
+    probs, target = torch.zeros(2, 3, 4, 4, 4), torch.zeros(2, 3, 4, 4, 4)
+    target[0, 2, :2] = 1
+    probs[0, 2, :2] = 0.9
+    probs[1, 2, 0, 0, 0] = 0.3  # the second patch has no enhancing tumor
+    per_patch, batch = soft_dice_loss(probs, target), soft_dice_loss(probs, target, batch=True)
+    assert per_patch.item() > 1 / 6 - 0.01 and batch.item() < 0.03
+    assert soft_dice_loss(probs[:1], target[:1]).item() == pytest.approx(
+        soft_dice_loss(probs[:1], target[:1], batch=True).item(), rel=1e-6)
+    weighted = soft_dice_loss(probs, target, (1, 2, 1), batch=True)
+    assert weighted.item() == pytest.approx(batch.item() * 3 / 4, rel=1e-4)  # WT and TC empty: only ET's quarter
+
+    cases = find_cases(small_cases)
+    losses = []
+    for batch_dice in (False, True):
+        cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=1, iters_per_epoch=1, batch=2,
+                          patch=(32, 32, 32), seed=1, val_every=1, batch_dice=batch_dice)
+        train(cfg, cases[:1], cases[1:], str(tmp_path / str(batch_dice)), log=lambda *a: None)
+        history = torch.load(tmp_path / str(batch_dice) / "checkpoint_last.pt", weights_only=True)["history"]
+        losses.append(json.loads(history)[0]["train_loss"])
+    assert losses[0] != losses[1]  # same seed, same patches: only the Dice's reach differs
+    cfg = TrainConfig(network="agse_vnet", epochs=1, iters_per_epoch=1, patch=(32, 32, 32), batch_dice=True)
+    with pytest.raises(InputError, match="batch_dice"):
+        train(cfg, cases[:1], cases[1:], str(tmp_path / "agse"), log=lambda *a: None)
 
 
 class Killed(Exception):
