@@ -318,15 +318,15 @@ def carve_tumor(x: np.ndarray, y: np.ndarray, donor_x: np.ndarray, donor_y: np.n
                 rng: np.random.Generator, spacing: Sequence[float],
                 reach_mm: Tuple[float, float] = (-4.0, 10.0)) -> Tuple[np.ndarray, np.ndarray]:
     """CarveMix (Zhang X et al., CarveMix: A Simple Data Augmentation Method for Brain Lesion
-    Segmentation, MICCAI 2021, doi:10.1007/978-3-030-87193-2_19, arXiv:2108.06883, section 2): the region of
-    the donor patch within a distance ``d`` of its tumor (``d`` drawn from ``reach_mm``; below zero,
-    the tumor shrunk by ``-d``) replaces the patch there, images and labels alike, so one case's
-    tumor is shown in another brain. Both patches cover the same place of co-registered brains
-    (the caller crops them so); the region is kept to voxels inside both brains. As in the paper,
-    the patch's own tumor outside the region stays. Departures: the reach is in millimetres, drawn
-    uniformly (the paper scales its range by the lesion's own size), and only the donor patch's tumor is
-    carved, not the whole donor case's. A donor patch with fewer than 50 tumor voxels comes back
-    as the patch unchanged."""
+    Segmentation, MICCAI 2021, doi:10.1007/978-3-030-87193-2_19, arXiv:2108.06883, section 2):
+    the region of the donor patch within a distance ``d`` of its tumor (``d`` drawn from
+    ``reach_mm``; below zero, the tumor shrunk by ``-d``) replaces the patch there, images and
+    labels alike, so that one case's tumor is shown in another brain. Both patches cover the same
+    place of co-registered brains (the caller crops them so); the region is kept to voxels inside
+    both brains. As in the paper, the patch's own tumor outside the region stays. Departures: the
+    reach is drawn uniformly in millimetres (not from the paper's distribution of the region's
+    size), and only the donor patch's tumor is carved, not the whole donor case's. A donor patch
+    with fewer than 50 tumor voxels comes back as the patch unchanged."""
     tumor = donor_y > 0
     if tumor.sum() < 50:
         return x, y
