@@ -97,10 +97,10 @@ under one CPU budget:
   patches with the tumor of one of the fold's low-grade, non-enhancing or little-ET training cases
   carved in at the same place of another training case (``TrainConfig.carved_tumors``; CarveMix,
   Zhang et al., arXiv:2108.06883); exported as ``brats-glioma-v19-foldK`` (screened out of fold in
-  docs/training.md);
+  docs/training.md: not adopted);
 - ``2mm-cv-tc-noenh-fluid2-topk-batchdice``: as ``2mm-cv-tc-noenh-fluid2-topk``, the Dice term over
   the whole batch (``TrainConfig.batch_dice``; nnU-Net's batch Dice); exported as
-  ``brats-glioma-v20-foldK`` (screened out of fold in docs/training.md);
+  ``brats-glioma-v20-foldK`` (screened out of fold in docs/training.md: not adopted);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -344,13 +344,13 @@ VARIANTS: Dict[str, Variant] = {
                                            fluid_without_enhancement=0.5, hardest_voxels=0.1),
     # as 2mm-cv-tc-noenh-fluid2-topk (v18), a quarter of the patches with a low-grade, non-enhancing or
     # little-ET training case's tumor carved in at the same place of another case's brain (CarveMix), so
-    # that the eight rare tumors are seen in the other brains too
+    # that the eight rare tumors are seen in the other brains too (screened: not adopted)
     "2mm-cv-tc-noenh-fluid2-topk-carve": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v19", fluid_cores=0.25,
                                                  fluid_without_enhancement=0.5, hardest_voxels=0.1,
                                                  carved_tumors=0.25),
     # as 2mm-cv-tc-noenh-fluid2-topk (v18), the Dice term over the whole batch (nnU-Net's batch Dice): the
     # per-patch Dice makes any tumor core or enhancing tumor probability in a patch without it cost
-    # almost a whole Dice, and the low-grade cores are missed by under-segmenting them
+    # almost a whole Dice, and the low-grade cores are missed by under-segmenting them (screened: not adopted)
     "2mm-cv-tc-noenh-fluid2-topk-batchdice": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v20",
                                                      fluid_cores=0.25, fluid_without_enhancement=0.5,
                                                      hardest_voxels=0.1, batch_dice=True),
