@@ -130,6 +130,8 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: 
     for flag, share in shares:
         if not 0.0 <= share <= 1.0:
             raise InputError(None, f"{flag} {share}: a share of patches, from 0 to 1")
+    if cfg.carve_from and not cfg.carved_tumors:
+        raise InputError(None, "--carve-from names the cases whose tumors --carved-tumors carves; give that share too")
     if cfg.fluid_cores and cfg.solid_cores:
         raise InputError(None, "--fluid-cores and --solid-cores: one kind of core at a time, not both")
     if cfg.hardest_voxels is not None and not 0.0 < cfg.hardest_voxels <= 1.0:

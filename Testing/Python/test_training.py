@@ -771,7 +771,8 @@ def test_a_carved_patch_takes_the_donors_tumor_to_the_same_place_of_the_other_br
     a donor that is the case itself, cropped three, five and two voxels further on and its tumor
     marked, carves back the case's own labels and images (marked) at the case's own voxels. The
     share reaches the patches (each one then holds a donor's tumor) and is checked: outside 0-1,
-    cases on two grids or a donor that is not a training case, one line and exit 2."""
+    cases on two grids, a donor that is not a training case or donors without a share, one line
+    and exit 2."""
     (tmp_path / "cache").mkdir()
     case = CachedCase(cache_case(find_cases(small_cases)[0], str(tmp_path / "cache")))
     shift = (3, 5, 2)
@@ -813,6 +814,9 @@ def test_a_carved_patch_takes_the_donors_tumor_to_the_same_place_of_the_other_br
                  "--carve-from", "BraTS_nobody", "--epochs", "1", "--iters", "1", "--val-every", "1")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "--carve-from BraTS_nobody: not among the training cases" in r.stderr
+    r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run4"), "--carve-from",
+                 find_cases(small_cases)[0].case_id)
+    assert r.returncode == 2 and "give that share too" in r.stderr and not (tmp_path / "run4").exists()
 
 
 def test_the_share_without_enhancement_reaches_the_patches_and_is_checked(small_cases, tmp_path):
