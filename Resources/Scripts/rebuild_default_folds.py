@@ -66,6 +66,17 @@ def _made(bundle: str) -> bool:
     return os.path.exists(os.path.join(bundle, "manifest.json"))
 
 
+def _train(out: str, bundle: str, runs: str, args: List[str], recipe: List[str], logs: str, env: dict) -> None:
+    """One ``train-recipe`` step (``args``: variant, fold, seed, cache) exporting ``bundle``, its run
+    folder in ``runs``; skipped when the bundle is finished, resumed from its run folder otherwise."""
+    if _made(bundle):
+        return
+    name = os.path.basename(bundle)
+    _note(out, f"{name} start")
+    _run([*recipe, *args, "--out", os.path.join(runs, name), "--export", bundle], os.path.join(logs, f"{name}.log"), env)
+    _note(out, f"{name} done")
+
+
 def _note(out: str, text: str) -> None:
     line = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ} {text}"
     print(line, flush=True)
@@ -101,12 +112,8 @@ def main() -> int:
 
     for k in args.folds:
         tuned, soup = f"brats-glioma-{tag1}-fold{k}", f"brats-glioma-soup-v9-{tag1}-fold{k}"
-        if not _made(os.path.join(bundles, tuned)):
-            _note(out, f"{tuned} start")
-            _run([*recipe, "--variant", variant1, "--fold", str(k), "--cache",
-                  os.path.join(out, "cache2mm"), "--out", os.path.join(out, "runs", tuned),
-                  "--export", os.path.join(bundles, tuned)], os.path.join(logs, f"{tuned}.log"), env)
-            _note(out, f"{tuned} done")
+        _train(out, os.path.join(bundles, tuned), os.path.join(out, "runs"),
+               ["--variant", variant1, "--fold", str(k), "--cache", os.path.join(out, "cache2mm")], recipe, logs, env)
         if not _made(os.path.join(bundles, soup)):
             _run([*cli, "average", f"brats-glioma-v9-fold{k}", os.path.join(bundles, tuned), "--out",
                   os.path.join(bundles, soup)], os.path.join(logs, f"{soup}.log"), env)
@@ -115,13 +122,9 @@ def main() -> int:
         if until == "soup":
             break
         for k in args.folds:
-            name = f"brats-glioma-cascade-et-{tag}-fold{k}"
-            if not _made(os.path.join(bundles, name)):
-                _note(out, f"{name} start")
-                _run([*recipe, "--variant", variant, "--fold", str(k), "--seed", str(seed), "--cache",
-                      os.path.join(out, "cache1mm"), "--out", os.path.join(out, "runs", name),
-                      "--export", os.path.join(bundles, name)], os.path.join(logs, f"{name}.log"), env)
-                _note(out, f"{name} done")
+            _train(out, os.path.join(bundles, f"brats-glioma-cascade-et-{tag}-fold{k}"), os.path.join(out, "runs"),
+                   ["--variant", variant, "--fold", str(k), "--seed", str(seed), "--cache",
+                    os.path.join(out, "cache1mm")], recipe, logs, env)
         if tag == until:
             break
     _note(out, f"done up to {until}")
@@ -156,12 +159,8 @@ def _with_all(out: str, data: str, tag1: str, variant1: str, stage2: Sequence[Ro
     env = {**os.environ, "BRAINTUMORSEG_MODELS": every}
 
     def train_all(name: str, args: List[str], cache: str) -> None:
-        if not _made(os.path.join(every, name)):
-            _note(out, f"{name} start")
-            _run([*recipe, *args, "--fold", "all", "--cache", os.path.join(out, cache), "--out",
-                  os.path.join(out, "all", "runs", name), "--export", os.path.join(every, name)],
-                 os.path.join(logs, f"{name}.log"), env)
-            _note(out, f"{name} done")
+        _train(out, os.path.join(every, name), os.path.join(out, "all", "runs"),
+               [*args, "--fold", "all", "--cache", os.path.join(out, cache)], recipe, logs, env)
 
     train_all(f"brats-glioma-{tag1}-all", ["--variant", variant1], "cache2mm")
     soup = os.path.join(every, f"brats-glioma-soup-v9-{tag1}-all")
