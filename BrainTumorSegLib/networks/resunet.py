@@ -61,8 +61,8 @@ class ResUNet(SegmentationNetwork):
     region_weights: Optional[Tuple[float, float, float]] = None
     # share of each region's voxels whose BCE counts, the hardest (None: all); TrainConfig.hardest_voxels
     hardest_voxels: Optional[float] = None
-    # the Dice term over the whole batch rather than per patch (None: per patch); TrainConfig.batch_dice
-    batch_dice: Optional[bool] = None
+    # the Dice term over the whole batch rather than per patch; TrainConfig.batch_dice
+    batch_dice: bool = False
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3,
                  channels: Sequence[int] = (16, 32, 64, 128, 256),
@@ -88,12 +88,11 @@ class ResUNet(SegmentationNetwork):
 
     def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
         regions = regions_of(classes)
-        loss = sigmoid_dice_bce(out["out"], regions, self.region_weights, self.hardest_voxels,
-                                bool(self.batch_dice))
+        loss = sigmoid_dice_bce(out["out"], regions, self.region_weights, self.hardest_voxels, self.batch_dice)
         for weight, ds in zip(self.deep_supervision_weights, out.get("deep_supervision", [])):
             small = F.interpolate(regions, size=ds.shape[2:], mode="nearest")
             loss = loss + weight * sigmoid_dice_bce(ds, small, self.region_weights, self.hardest_voxels,
-                                                   bool(self.batch_dice))
+                                                   self.batch_dice)
         return loss / (1 + sum(self.deep_supervision_weights))
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

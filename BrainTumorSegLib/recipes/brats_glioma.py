@@ -612,6 +612,7 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
     when a run folder was lost."""
     v = _variant(variant, fold)
     train_cases, val_cases = split(data_dir, fold, v.spacing)
+    rare = [c.case_id for c in train_cases if GRADES.get(c.case_id, HGG) != HGG]  # low-grade, no or little ET
     cfg = TrainConfig(network=v.network, options=v.options or DEMO_OPTIONS, epochs=epochs, iters_per_epoch=iters, batch=2,
                       patch=v.patch, seed=seed, val_every=2, spacing=v.spacing, lr=v.lr,
                       clinical_augmentation=v.clinical_augmentation, select_best=not v.folds,
@@ -621,12 +622,10 @@ def plan(data_dir: str, variant: str, epochs: int, iters: int, seed: int, init_f
                       without_enhancement=v.without_enhancement, fluid_cores=v.fluid_cores,
                       fluid_without_enhancement=v.fluid_without_enhancement, solid_cores=v.solid_cores,
                       carved_tumors=v.carved_tumors,
-                      carve_from=tuple(c.case_id for c in train_cases if GRADES.get(c.case_id, HGG) != HGG)
-                      if v.carved_tumors else (),
+                      carve_from=tuple(rare) if v.carved_tumors else (),
                       schedule=v.schedule,
                       average_from=v.average_from,
-                      case_weights={c.case_id: v.rare_weight for c in train_cases
-                                    if v.rare_weight != 1.0 and GRADES.get(c.case_id, HGG) != HGG})
+                      case_weights={c: v.rare_weight for c in rare if v.rare_weight != 1.0})
     recipe = (f"braintumorseg train-recipe brats-glioma --data DATA --out RUNDIR --variant {variant} "
               + (f"--fold {fold} " if fold is not None else "")
               + f"--epochs {epochs} --iters {iters} --seed {seed}" + (f" --init-from {init_from}" if init_from else ""))

@@ -132,6 +132,9 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: 
             raise InputError(None, f"{flag} {share}: a share of patches, from 0 to 1")
     if cfg.carve_from and not cfg.carved_tumors:
         raise InputError(None, "--carve-from names the cases whose tumors --carved-tumors carves; give that share too")
+    unknown = sorted(set(cfg.carve_from) - {c.case_id for c in cases["train"]})
+    if unknown:
+        raise InputError(None, f"--carve-from {' '.join(unknown)}: not among the training cases")
     if cfg.fluid_cores and cfg.solid_cores:
         raise InputError(None, "--fluid-cores and --solid-cores: one kind of core at a time, not both")
     if cfg.hardest_voxels is not None and not 0.0 < cfg.hardest_voxels <= 1.0:
@@ -163,6 +166,8 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: 
     if guide is None and net.guide_channels:
         guide = _own_guide(net)
     files = _cache(cases, cache_dir, cfg, dist, guide)
+    if cfg.carved_tumors:
+        _one_grid(files["train"])
     net.to(device)
     lr = cfg.lr or net.training_defaults.lr
     optimizer = make_optimizer(net, lr)
@@ -214,11 +219,6 @@ def _one_grid(files: Sequence[str]) -> None:
 
 def _dataset(run: _Run):
     cfg, dist = run.cfg, run.dist
-    if cfg.carved_tumors:
-        unknown = sorted(set(cfg.carve_from) - set(run.data_used["train"]))
-        if unknown:
-            raise InputError(None, f"--carve-from {' '.join(unknown)}: not among the training cases")
-        _one_grid(run.files["train"])
     # each process draws its own share of the epoch's samples; `batch` is per process
     ds = PatchDataset(run.files["train"], tuple(cfg.patch or run.net.patch_size), cfg.iters_per_epoch * cfg.batch * dist.world,
                       cfg.seed, cfg.fg_fraction, cfg.domain_randomization, run.files["replay"], cfg.replay_fraction,

@@ -813,7 +813,7 @@ def test_a_carved_patch_takes_the_donors_tumor_to_the_same_place_of_the_other_br
     r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run3"), "--carved-tumors", "0.5",
                  "--carve-from", "BraTS_nobody", "--epochs", "1", "--iters", "1", "--val-every", "1")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "--carve-from BraTS_nobody: not among the training cases" in r.stderr
+    assert "--carve-from BraTS_nobody: not among the training cases" in r.stderr and not (tmp_path / "run3").exists()
     r = cli_main("train", "--data", str(small_cases), "--out", str(tmp_path / "run4"), "--carve-from",
                  find_cases(small_cases)[0].case_id)
     assert r.returncode == 2 and "give that share too" in r.stderr and not (tmp_path / "run4").exists()
