@@ -494,6 +494,35 @@ def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(small_ca
     assert len(open(run / "log.csv").read().splitlines()) == 3
 
 
+def test_a_two_process_run_leaves_its_process_group_before_the_interpreter_exits(small_cases, tmp_path):
+    """``train`` under torchrun returns with the DistributedDataParallel wrapper freed and the group
+    destroyed, even with the garbage collector off (as during the interpreter's exit): a wrapper
+    left to the exit held the group, and about one two-process run in ten aborted after it had
+    finished ('terminate called without an active exception')."""
+    import subprocess
+    import sys
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(f"""
+import gc, json, os, torch
+from BrainTumorSegLib.read.cases import find_cases
+from BrainTumorSegLib.training import TrainConfig, train
+gc.disable()
+cfg = TrainConfig(network="resunet", options={SMALL['resunet']!r}, epochs=1, iters_per_epoch=1, batch=1,
+                  patch=(32, 32, 32), device="cpu")
+rank = int(os.environ["RANK"])
+train(cfg, find_cases({small_cases!r}), [], {str(tmp_path / "run")!r}, log=lambda *a: None)
+alive = sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+print("probe", json.dumps([rank, alive, torch.distributed.is_initialized()]))
+""")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(probe)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__)))))
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = sorted(json.loads(line.split(" ", 1)[1]) for line in r.stdout.splitlines() if line.startswith("probe "))
+    assert seen == [[0, 0, False], [1, 0, False]]  # both ranks: no wrapper alive, no group
+
+
 def test_finetune_keeps_the_bundles_working_spacing_and_the_callers_config(small_cases, small_bundle, tmp_path):
     """A model trained on a 2 mm working grid is fine-tuned on that grid (its manifest says so), and
     the caller's TrainConfig is left as it was."""
