@@ -105,6 +105,7 @@ def _train_config(args: argparse.Namespace, network: str = "resunet", options: O
                        clinical_augmentation=args.clinical_augmentation, augmentation=args.augmentation,
                        region_weights=tuple(args.region_weights) if args.region_weights else None,
                        hardest_voxels=args.hardest_voxels, batch_dice=args.batch_dice,
+                       missed_weight=args.missed_weight,
                        without_enhancement=args.without_enhancement, fluid_cores=args.fluid_cores,
                        fluid_without_enhancement=args.fluid_without_enhancement, solid_cores=args.solid_cores,
                        carved_tumors=args.carved_tumors, carve_from=tuple(args.carve_from or ()),
@@ -438,6 +439,9 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
     t.add_argument("--batch-dice", action="store_true",
                    help="the Dice term of a region-based loss over the whole batch rather than per patch (resunet; "
                         "nnU-Net's batch Dice)")
+    t.add_argument("--missed-weight", type=float, metavar="B",
+                   help="weight (0-1) of missed voxels in a region-based loss's overlap term, 1 - B that of false "
+                        "ones (resunet; the Tversky index, e.g. 0.7 to favour recall; default: 0.5, the Dice)")
     t.add_argument("--without-enhancement", type=float, default=0.0, metavar="P",
                    help="share (0-1) of patches shown as if their tumor did not enhance: T1ce from T1 there, "
                         "enhancing tumor labelled non-enhancing core (docs/training.md)")

@@ -63,6 +63,8 @@ class ResUNet(SegmentationNetwork):
     hardest_voxels: Optional[float] = None
     # the Dice term over the whole batch rather than per patch; TrainConfig.batch_dice
     batch_dice: bool = False
+    # the Tversky index's weight of missed voxels in the overlap term (0.5: the Dice); TrainConfig.missed_weight
+    missed_weight: float = 0.5
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3,
                  channels: Sequence[int] = (16, 32, 64, 128, 256),
@@ -88,11 +90,11 @@ class ResUNet(SegmentationNetwork):
 
     def loss(self, out: Dict[str, torch.Tensor], classes: torch.Tensor, epoch: int) -> torch.Tensor:
         regions = regions_of(classes)
-        loss = sigmoid_dice_bce(out["out"], regions, self.region_weights, self.hardest_voxels, self.batch_dice)
+        terms = (self.region_weights, self.hardest_voxels, self.batch_dice, self.missed_weight)
+        loss = sigmoid_dice_bce(out["out"], regions, *terms)
         for weight, ds in zip(self.deep_supervision_weights, out.get("deep_supervision", [])):
             small = F.interpolate(regions, size=ds.shape[2:], mode="nearest")
-            loss = loss + weight * sigmoid_dice_bce(ds, small, self.region_weights, self.hardest_voxels,
-                                                   self.batch_dice)
+            loss = loss + weight * sigmoid_dice_bce(ds, small, *terms)
         return loss / (1 + sum(self.deep_supervision_weights))
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -40,6 +40,10 @@ class TrainConfig:
     hardest_voxels: Optional[float] = None
     # the Dice term over the whole batch (nnU-Net's batch Dice); only for networks that declare ``batch_dice``
     batch_dice: bool = False
+    # the weight (0-1) of missed voxels in a region-based loss's overlap term, 1 minus it that of false
+    # ones (the Tversky index; None: the network's own, 0.5 the Dice); only for networks that declare
+    # ``missed_weight``
+    missed_weight: Optional[float] = None
     augmentation: str = "standard"  # a set of training.augmentation.AUGMENTATIONS
     without_enhancement: float = 0.0  # share of patches with enhancing tumor shown without it (augmentation.remove_enhancement)
     fluid_cores: float = 0.0  # share of patches whose tumor core is shown filled with fluid (augmentation.fill_with_fluid)

@@ -78,7 +78,8 @@ def _network(cfg: TrainConfig, init_from: Optional[bundles.Bundle]) -> Segmentat
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run's reproducibility
     net = init_from.network if init_from is not None else build(cfg.network, **cfg.options)
     loss_settings = {"region_weights": None if cfg.region_weights is None else tuple(float(w) for w in cfg.region_weights),
-                     "hardest_voxels": cfg.hardest_voxels, "batch_dice": True if cfg.batch_dice else None}
+                     "hardest_voxels": cfg.hardest_voxels, "batch_dice": True if cfg.batch_dice else None,
+                     "missed_weight": cfg.missed_weight}
     for name, value in loss_settings.items():
         if value is None:
             continue
@@ -140,6 +141,8 @@ def _setup(cfg: TrainConfig, cases: Dict[str, Sequence[TrainingCase]], out_dir: 
         raise InputError(None, "--fluid-cores and --solid-cores: one kind of core at a time, not both")
     if cfg.hardest_voxels is not None and not 0.0 < cfg.hardest_voxels <= 1.0:
         raise InputError(None, f"--hardest-voxels {cfg.hardest_voxels}: a share of voxels, above 0 and at most 1")
+    if cfg.missed_weight is not None and not 0.0 < cfg.missed_weight < 1.0:
+        raise InputError(None, f"--missed-weight {cfg.missed_weight}: a weight between 0 and 1 (0.5: the Dice)")
     dist, device = init_distributed(cfg.device)
     if not dist.main:
         log = lambda *a, **k: None  # noqa: E731 - rank 0 speaks for the job
