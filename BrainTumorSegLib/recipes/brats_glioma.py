@@ -356,7 +356,7 @@ VARIANTS: Dict[str, Variant] = {
                                                      fluid_cores=0.25, fluid_without_enhancement=0.5,
                                                      hardest_voxels=0.1, batch_dice=True),
     # as 2mm-cv-tc-noenh-fluid2-topk (v18), the overlap term a Tversky index weighing missed voxels 0.7
-    # and false ones 0.3: the default under-segments, most of all the low-grade cores and the edema
+    # and false ones 0.3: the default under-segments, most of all the low-grade tumors and their cores
     "2mm-cv-tc-noenh-fluid2-topk-tversky": replace(_V9, init_from=_FROM_V9, model_id="brats-glioma-v21",
                                                    fluid_cores=0.25, fluid_without_enhancement=0.5,
                                                    hardest_voxels=0.1, missed_weight=0.7),
