@@ -174,6 +174,22 @@ def test_a_few_steps_lower_the_loss(name, small_cases, tmp_path):
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
 
 
+def first_loss(cases, out, batch: int = 1, **setting) -> float:
+    """The training loss of a one-iteration ``resunet`` run with one loss ``setting``: the same seed
+    and patches for every setting, so that two settings' losses differ only by the loss itself."""
+    cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=1, iters_per_epoch=1, batch=batch,
+                      patch=(32, 32, 32), seed=1, val_every=1, **setting)
+    train(cfg, cases[:1], cases[1:], str(out), log=lambda *a: None)
+    return json.loads(torch.load(out / "checkpoint_last.pt", weights_only=True)["history"])[0]["train_loss"]
+
+
+def assert_refused(cases, out, network: str, message: str, **setting) -> None:
+    """A run of ``network`` with a loss ``setting`` it lacks, or a value out of range, is refused."""
+    cfg = TrainConfig(network=network, epochs=1, iters_per_epoch=1, patch=(32, 32, 32), **setting)
+    with pytest.raises(InputError, match=message):
+        train(cfg, cases[:1], cases[1:], str(out), log=lambda *a: None)
+
+
 def test_region_weights_make_one_region_count_more(small_cases, tmp_path):
     regions = torch.zeros(1, 3, 8, 8, 8)
     regions[:, :, 2:6, 2:6, 2:6] = 1
@@ -184,17 +200,9 @@ def test_region_weights_make_one_region_count_more(small_cases, tmp_path):
     assert sigmoid_dice_bce(logits, regions, (1, 2, 1)) > plain * 1.2
 
     cases = find_cases(small_cases)
-    losses = []
-    for weights in (None, (1.0, 2.0, 1.0)):
-        cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=1, iters_per_epoch=1, batch=1,
-                          patch=(32, 32, 32), seed=1, val_every=1, region_weights=weights)
-        train(cfg, cases[:1], cases[1:], str(tmp_path / str(weights)), log=lambda *a: None)
-        history = torch.load(tmp_path / str(weights) / "checkpoint_last.pt", weights_only=True)["history"]
-        losses.append(json.loads(history)[0]["train_loss"])
+    losses = [first_loss(cases, tmp_path / str(w), region_weights=w) for w in (None, (1.0, 2.0, 1.0))]
     assert losses[0] != losses[1]  # same seed, same patch: only the weighting differs
-    cfg = TrainConfig(network="agse_vnet", epochs=1, iters_per_epoch=1, patch=(32, 32, 32), region_weights=(1, 2, 1))
-    with pytest.raises(InputError, match="region_weights"):
-        train(cfg, cases[:1], cases[1:], str(tmp_path / "agse"), log=lambda *a: None)
+    assert_refused(cases, tmp_path / "agse", "agse_vnet", "region_weights", region_weights=(1, 2, 1))
 
 
 def test_hardest_voxels_keep_confident_errors_from_being_averaged_away(small_cases, tmp_path):
@@ -210,18 +218,10 @@ def test_hardest_voxels_keep_confident_errors_from_being_averaged_away(small_cas
         sigmoid_dice_bce(logits, regions, hardest=0.0)
 
     cases = find_cases(small_cases)
-    losses = []
-    for share in (None, 0.1):
-        cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=1, iters_per_epoch=1, batch=1,
-                          patch=(32, 32, 32), seed=1, val_every=1, hardest_voxels=share)
-        train(cfg, cases[:1], cases[1:], str(tmp_path / str(share)), log=lambda *a: None)
-        history = torch.load(tmp_path / str(share) / "checkpoint_last.pt", weights_only=True)["history"]
-        losses.append(json.loads(history)[0]["train_loss"])
+    losses = [first_loss(cases, tmp_path / str(share), hardest_voxels=share) for share in (None, 0.1)]
     assert losses[1] > losses[0]  # same seed, same patch: the hardest tenth weighs more than the mean
     for network, share, message in (("agse_vnet", 0.1, "hardest_voxels"), ("resunet", 1.5, "--hardest-voxels 1.5")):
-        cfg = TrainConfig(network=network, epochs=1, iters_per_epoch=1, patch=(32, 32, 32), hardest_voxels=share)
-        with pytest.raises(InputError, match=message):
-            train(cfg, cases[:1], cases[1:], str(tmp_path / network), log=lambda *a: None)
+        assert_refused(cases, tmp_path / network, network, message, hardest_voxels=share)
 
 
 def test_batch_dice_does_not_charge_a_whole_dice_for_a_faint_region_in_a_patch_without_it(small_cases, tmp_path):
@@ -241,17 +241,9 @@ def test_batch_dice_does_not_charge_a_whole_dice_for_a_faint_region_in_a_patch_w
     assert weighted.item() == pytest.approx(batch.item() * 3 / 4, rel=1e-4)  # WT and TC empty: only ET's quarter
 
     cases = find_cases(small_cases)
-    losses = []
-    for batch_dice in (False, True):
-        cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=1, iters_per_epoch=1, batch=2,
-                          patch=(32, 32, 32), seed=1, val_every=1, batch_dice=batch_dice)
-        train(cfg, cases[:1], cases[1:], str(tmp_path / str(batch_dice)), log=lambda *a: None)
-        history = torch.load(tmp_path / str(batch_dice) / "checkpoint_last.pt", weights_only=True)["history"]
-        losses.append(json.loads(history)[0]["train_loss"])
+    losses = [first_loss(cases, tmp_path / str(b), batch=2, batch_dice=b) for b in (False, True)]
     assert losses[0] != losses[1]  # same seed, same patches: only the Dice's reach differs
-    cfg = TrainConfig(network="agse_vnet", epochs=1, iters_per_epoch=1, patch=(32, 32, 32), batch_dice=True)
-    with pytest.raises(InputError, match="batch_dice"):
-        train(cfg, cases[:1], cases[1:], str(tmp_path / "agse"), log=lambda *a: None)
+    assert_refused(cases, tmp_path / "agse", "agse_vnet", "batch_dice", batch_dice=True)
 
 
 def test_missed_weight_makes_a_missed_voxel_cost_more_than_a_false_one(small_cases, tmp_path):
@@ -277,18 +269,10 @@ def test_missed_weight_makes_a_missed_voxel_cost_more_than_a_false_one(small_cas
         soft_dice_loss(missing, target, missed=1.0)
 
     cases = find_cases(small_cases)
-    losses = []
-    for weight in (None, 0.7):
-        cfg = TrainConfig(network="resunet", options=SMALL["resunet"], epochs=1, iters_per_epoch=1, batch=1,
-                          patch=(32, 32, 32), seed=1, val_every=1, missed_weight=weight)
-        train(cfg, cases[:1], cases[1:], str(tmp_path / str(weight)), log=lambda *a: None)
-        history = torch.load(tmp_path / str(weight) / "checkpoint_last.pt", weights_only=True)["history"]
-        losses.append(json.loads(history)[0]["train_loss"])
+    losses = [first_loss(cases, tmp_path / str(w), missed_weight=w) for w in (None, 0.7)]
     assert losses[0] != losses[1]  # same seed, same patch: only the overlap term's weights differ
     for network, weight, message in (("agse_vnet", 0.7, "missed_weight"), ("resunet", 1.0, "--missed-weight 1.0")):
-        cfg = TrainConfig(network=network, epochs=1, iters_per_epoch=1, patch=(32, 32, 32), missed_weight=weight)
-        with pytest.raises(InputError, match=message):
-            train(cfg, cases[:1], cases[1:], str(tmp_path / network), log=lambda *a: None)
+        assert_refused(cases, tmp_path / network, network, message, missed_weight=weight)
 
 
 class Killed(Exception):
