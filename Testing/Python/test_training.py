@@ -518,7 +518,7 @@ def test_two_process_gloo_run_ends_with_identical_weights_on_both_ranks(small_ca
 def test_a_two_process_run_leaves_its_process_group_before_the_interpreter_exits(small_cases, tmp_path):
     """``train`` under torchrun returns with the DistributedDataParallel wrapper freed and the group
     destroyed, even with the garbage collector off (as during the interpreter's exit): a wrapper
-    left to the exit held the group, and about one two-process run in ten aborted after it had
+    left to the exit held the group, and 1 of 8 two-process runs here aborted after it had
     finished ('terminate called without an active exception')."""
     import subprocess
     import sys
