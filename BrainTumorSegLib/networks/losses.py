@@ -39,9 +39,8 @@ def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weights: Optional[
     if batch:
         dims = (0,) + dims
     inter = (probs * target).sum(dims)
-    # |P| + |G| = 2 TP + FP + FN; the Tversky index TP / (TP + (1 - b) FP + b FN), times 2 to match
-    false, lost = probs.sum(dims) - inter, target.sum(dims) - inter
-    denom = 2 * inter + 2 * (1 - missed) * false + 2 * missed * lost
+    # 2 ((1 - b) |P| + b |G|) = 2 TP + 2 (1 - b) FP + 2 b FN: the Tversky index's, times 2 (b = 0.5: |P| + |G|)
+    denom = 2 * ((1 - missed) * probs.sum(dims) + missed * target.sum(dims))
     dice = ((2 * inter + smooth) / (denom + smooth)).reshape(-1, probs.shape[1])  # B x C (1 x C for batch)
     if weights is None:
         return 1 - dice.mean()

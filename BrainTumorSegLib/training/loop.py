@@ -412,7 +412,6 @@ def _leave(run: _Run) -> None:
     run.dist.barrier()
     if run.dist.started_here:
         torch.distributed.destroy_process_group()
-    gc.collect()
 
 
 def run_manifest(cfg: TrainConfig, out_dir: str, data_used: Dict[str, List[str]], history: List[Dict],
