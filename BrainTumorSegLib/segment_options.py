@@ -144,6 +144,12 @@ class SegmentOptions:
             if c.when(self):
                 raise InputError(flag(c.option), f"{getattr(self, c.option)!r} {c.problem}")
 
+    def extras_needed(self) -> List[str]:
+        """The pip extras these options cannot run without (``auto`` uses an extra only where it is
+        installed, or where a case needs it), to be checked before any case or model is read."""
+        return [extra for extra, asked in (("openvino", self.backend == "openvino"),
+                                           ("clinical", self.skull_strip == "always")) if asked]
+
     def postprocessing(self, model_defaults: Mapping[str, Any]) -> Dict[str, Any]:
         """The model's postprocessing (its manifest's) with the steps these options set."""
         return {**model_defaults, **{k: getattr(self, k) for k in NO_POSTPROCESSING if getattr(self, k) is not None}}

@@ -101,6 +101,10 @@ class Batch:
         if not self.cases:
             raise InputError(cases_dir, "holds no cases")
         self.out_dir, self.options, self.title = out_dir, options, f"braintumorseg batch: {cases_dir}"
+        # subfolders a user may take for cases: said in the log, not silently passed over
+        self.ignored = sorted(f for f in os.listdir(cases_dir) if not f.startswith(".")
+                              and os.path.isdir(os.path.join(cases_dir, f))
+                              and not any(c.folder == os.path.join(cases_dir, f) for c in self.cases))
         if options.dicom_seg:
             extras.require("dicom")
             if not any(is_series_folder(c.paths.get("t1ce")) for c in self.cases):
@@ -126,6 +130,8 @@ class Batch:
         """Segment every case; 1 when any failed, else 0."""
         log = ProgressLog(self.out_dir, len(self.cases), self.options.quiet)
         log.line(f"batch of {len(self.cases)} cases into {self.out_dir}")
+        if self.ignored:
+            log.line(f"not cases (no files named by role): {', '.join(self.ignored)}")
         earlier = read_summary(os.path.join(self.out_dir, "summary.csv")) if self.options.skip_existing else {}
         rows: List[Row] = []
         for case in self.cases:

@@ -66,6 +66,7 @@ class _Job(NamedTuple):
     inputs: Dict[str, str]
     files: "CaseFiles"
     reference_labels: Optional[str] = None
+    labels_file: Optional[str] = None  # the case folder's own expert labels: never an output either
 
 
 def _check_inputs(inputs: Dict[str, str], series_uids: Optional[List[str]]) -> List[str]:
@@ -76,12 +77,16 @@ def _check_inputs(inputs: Dict[str, str], series_uids: Optional[List[str]]) -> L
 
     wanted = parse_series_uids(series_uids, list(inputs))
     files: List[str] = []
+    roles: Dict[str, str] = {}  # a volume file given for two sequences is a slip (a study folder may hold several series)
     for role, path in inputs.items():
         if is_series_folder(path):
             files += check_series(path, *wanted[role])[1]
         else:
             check_image_file(path)
             files.append(path)
+            first = roles.setdefault(os.path.realpath(path), role)
+            if first != role:
+                raise InputError(path, f"is given for both {first} and {role}; each sequence needs its own file")
     return files
 
 
@@ -89,7 +94,8 @@ def _check_job(job: _Job, series_uids: Optional[List[str]]) -> None:
     """What the DICOM SEG and QC picture need, inputs readable (headers), outputs writable, distinct
     and none of them an input: before anything slow."""
     from ..write import extra_outputs
-    from ..write.images import check_not_input, check_output_path
+    from ..write.atomic import check_not_input
+    from ..write.images import check_output_path
 
     f = job.files
     extra_outputs.check(f, job.inputs)  # the extras installed, a DICOM T1ce for the SEG, their paths
@@ -101,7 +107,7 @@ def _check_job(job: _Job, series_uids: Optional[List[str]]) -> None:
         check_output_path(f.report, image=False)
     outputs = f.paths()
     for path in outputs:
-        check_not_input(path, [*job.inputs.values(), *read])
+        check_not_input(path, [*job.inputs.values(), *read, job.reference_labels, job.labels_file])
     real = [os.path.realpath(p) for p in outputs]
     for path, r in zip(outputs, real):
         if real.count(r) > 1:
@@ -117,8 +123,8 @@ def _given(args: argparse.Namespace) -> Dict[str, str]:
     """The sequences given one by one; exactly one of them, ``--case`` or ``--cases``."""
     given = {r: getattr(args, r) for r in SEQUENCES if getattr(args, r)}
     if sum([bool(args.case), bool(args.cases), bool(given)]) != 1:
-        raise InputError(None, "give the sequences (--t1ce --flair, and --t1 --t2 where there are), or --case DIR, "
-                               "or --cases DIR")
+        raise InputError(None, "give one of: the sequences (--t1ce --flair, and --t1 --t2 where there are), "
+                               "--case DIR, --cases DIR")
     return given
 
 
@@ -128,17 +134,17 @@ def _case_job(args: argparse.Namespace, given: Dict[str, str]) -> _Job:
     from ..read.formats import strip_extension
     from ..write.extra_outputs import CaseFiles
 
-    case_id, inputs, example = strip_extension(os.path.basename(args.output)), given, "case"
+    case_id, inputs, example, labels_file = strip_extension(os.path.basename(args.output)), given, "case", None
     if args.case:
         _not_a_file(args.case, "--case", "a case folder (for single files give --t1, --t1ce, --t2 and --flair)")
         case = find_case(args.case).require(REQUIRED_SEQUENCES)
         case_id = example = case.case_id
-        inputs = case.sequences
+        inputs, labels_file = case.sequences, case.paths.get("seg")
     if os.path.isdir(args.output):
         raise InputError(args.output, "is a folder; -o takes a file name, e.g. "
-                                      f"{os.path.join(args.output, example + '_seg.nii.gz')} (a folder is for --cases)")
+                                      f"{os.path.join(args.output, example + '_pred.nii.gz')} (a folder is for --cases)")
     files = CaseFiles(args.output, args.uncertainty, args.report, args.brain_mask, args.dicom_seg, args.qc)
-    return _Job(case_id, inputs, files, args.reference_labels)
+    return _Job(case_id, inputs, files, args.reference_labels, labels_file)
 
 
 def _segment_one(job: _Job, reference: Optional["sitk.Image"], args: argparse.Namespace,
@@ -153,7 +159,8 @@ def _segment_one(job: _Job, reference: Optional["sitk.Image"], args: argparse.Na
 
     series = read_inputs(job.inputs, args.series_uid)  # sequences given as DICOM series folders, read and checked
     images = {r: series[r].image if r in series else p for r, p in job.inputs.items()}
-    inputs = [*job.inputs.values(), *(f for s in series.values() for f in s.files)]
+    inputs = [*job.inputs.values(), *(f for s in series.values() for f in s.files),
+              *(p for p in (job.reference_labels, job.labels_file) if p)]
     if reference is None and job.reference_labels:
         reference = _read_reference(job.reference_labels, images["t1ce"])
     res = segment(images, models, options=opts, progress=_ProgressBar(not args.quiet))
@@ -252,11 +259,19 @@ def _load_models(names: List[str], opts: "SegmentOptions") -> "Models":
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    """Options, then the case's inputs, outputs and expert labels, then the models are checked,
-    in that order, before any weights are read."""
+    """``braintumorseg segment``: one case, or a folder of cases with ``--cases``. Options, then the
+    case's inputs, outputs and expert labels, then the models are checked, in that order, before
+    any weights are read.
+
+    Args:
+        args: the command line parsed by the parser :func:`add_parser` filled.
+    """
+    from .. import extras
     from ..models.bundles import DEFAULT_MODEL
 
     opts = segment_options.SegmentOptions.from_args(args)
+    for extra in opts.extras_needed():
+        extras.require(extra)
     given = _given(args)
     names = args.model or [DEFAULT_MODEL]
     if args.cases:
@@ -315,7 +330,7 @@ def _case_segmenter(jobs: Dict[str, _Job], refused: Dict[str, InputError], args:
     return segment_case
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: "argparse._SubParsersAction") -> None:
     """The ``segment`` command's arguments: inputs, outputs, model, every option of
     :class:`SegmentOptions` (from its declaration), DICOM and batch review."""
     sg = sub.add_parser("segment", help="segment a case: necrotic core, edema, enhancing tumor on the T1ce grid")

@@ -17,6 +17,7 @@ folders), ``~/.braintumorseg/models`` and the package's own ``models`` folder.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -189,7 +190,12 @@ def resolve(model: PathLike) -> str:
                 return cand
     if os.path.isdir(m):
         raise InputError(m, f"is not a model bundle (no {MANIFEST})")
-    raise InputError(m, "no such model (looked in: " + ", ".join(search_dirs()) + ")")
+    installed = [n for d in search_dirs() if os.path.isdir(d) for n in sorted(os.listdir(d))
+                 if os.path.exists(os.path.join(d, n, MANIFEST))]
+    close = difflib.get_close_matches(m, installed, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise InputError(m, f"no such model ({hint}braintumorseg models lists them; looked in: "
+                        + ", ".join(search_dirs()) + ")")
 
 
 def read_json(path: PathLike) -> Any:

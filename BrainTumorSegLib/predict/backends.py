@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import inspect
 import json
 import os
@@ -22,6 +21,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from .. import extras
 from ..errors import InputError
 from ..models.bundles import sha256_of
 from ..segment_options import BACKENDS
@@ -31,7 +31,7 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def openvino_available() -> bool:
-    return importlib.util.find_spec("openvino") is not None
+    return extras.available("openvino")
 
 
 def cache_root() -> str:
@@ -126,8 +126,7 @@ def choose(backend: str, device: torch.device, net: torch.nn.Module, weights_sha
         return "torch", None
     if device.type != "cpu":
         raise InputError(None, f"the openvino backend runs on the CPU, not on {device}")
-    if not openvino_available():
-        raise InputError("openvino", 'is not installed; install it with pip install "BrainTumorSegLib[openvino]"')
+    extras.require("openvino")
     if backend == "openvino":
         return "openvino", openvino_forward(net, weights_sha256, shape)
     decision = _decision_file(net, weights_sha256, shape)

@@ -22,7 +22,6 @@ What was decided, and why, is in ``Preprocessed.decisions``.
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..read.cases import SEQUENCES
+from ..read.cases import REFERENCE, SEQUENCES
 from ..read.images import checked_volume, orientation_code, read_image, same_grid, short_itk_message
 from ..segment_options import MODES
 from . import skullstrip
@@ -41,9 +40,6 @@ from .coverage import absent_sequences, channels
 from .grid import CANONICAL, InverseTransform, choose_spacing, geometry_only, isotropic_grid, overlap_fraction, resample_to
 from .normalise import bias_correct, brain_bbox, zscore
 from .registration import Aligner, Alignment
-
-log = logging.getLogger(__name__)
-
 
 ImageLike = Union[str, "sitk.Image"]
 
@@ -53,7 +49,7 @@ class PreprocessOptions:
     """Switches of the forward transform (the library's defaults leave BraTS-like input as it is;
     ``segment`` turns the automatic ones on)."""
 
-    reference: str = "t1ce"
+    reference: str = REFERENCE
     isotropic: Union[str, float, None] = None  # working spacing (mm), "auto", or None / "off" (see choose_spacing)
     model_spacing: Optional[float] = None  # the spacing a model was trained at: wins over isotropic
     register: Union[str, bool] = "never"  # auto, always or never (True / False: always / never)
@@ -230,8 +226,6 @@ def preprocess(images: Mapping[str, Optional[ImageLike]], options: Optional[Prep
         data[i] = a[bbox]
         if opt.normalize:
             data[i] = zscore(data[i], brain)
-    for w in warnings:
-        log.warning(w)
     inverse = InverseTransform(reference=geometry_only(ref), orientation=orientation_code(ref),
                                canonical=canonical_grid, working=geometry_only(working_grid), bbox=bbox)
     sx, sy, sz = (float(s) for s in working_grid.GetSpacing())

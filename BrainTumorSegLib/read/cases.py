@@ -35,6 +35,7 @@ SEQUENCES = ("t1", "t1ce", "t2", "flair")
 # sequence dropout. The T1ce (the reference grid) and the FLAIR (the edema) are always needed.
 OPTIONAL_SEQUENCES = ("t1", "t2")
 REQUIRED_SEQUENCES = tuple(r for r in SEQUENCES if r not in OPTIONAL_SEQUENCES)
+REFERENCE = "t1ce"  # the sequence whose grid everything is registered to and the labels come out on
 ROLES = SEQUENCES + ("seg",)
 ALL_FOUR = "all four"  # the name a held-out table gives its cases segmented with every sequence
 

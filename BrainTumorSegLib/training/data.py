@@ -106,6 +106,8 @@ def cache_case(case: Case, cache_dir: str, spacing: Optional[float] = None, guid
         return path
     pre = preprocess(case.sequences, PreprocessOptions(isotropic=spacing, register="auto", skull_strip="auto",
                                                        crop_multiple=multiple))
+    for w in pre.warnings:
+        print(f"warning: {case.case_id}: {w}", file=sys.stderr)
     seg_img = read_image(case.paths["seg"], "label")
     seg = labels_to_working(seg_img, pre.inverse)
     scheme = detect_scheme(seg, case.paths["seg"])

@@ -7,9 +7,16 @@ import contextlib
 import json
 import os
 import tempfile
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 from ..errors import InputError, PathLike
+
+
+def check_not_input(out_path: PathLike, inputs: Iterable[Optional[PathLike]]) -> None:
+    """Raise if ``out_path`` is one of ``inputs`` (never overwrite an input file); None is skipped."""
+    out = os.path.realpath(os.fspath(out_path))
+    if any(p is not None and os.path.realpath(os.fspath(p)) == out for p in inputs):
+        raise InputError(out_path, "is an input file; refusing to overwrite it")
 
 
 def write_text(path: PathLike, text: str, inputs: Iterable[PathLike] = ()) -> str:
@@ -22,9 +29,7 @@ def write_bytes(path: PathLike, data: bytes, inputs: Iterable[PathLike] = ()) ->
     folder = os.path.dirname(os.path.abspath(p))
     if not os.path.isdir(folder):
         raise InputError(p, "output folder does not exist")
-    real = os.path.realpath(p)
-    if any(i is not None and os.path.realpath(os.fspath(i)) == real for i in inputs):
-        raise InputError(p, "is an input file; refusing to overwrite it")
+    check_not_input(p, inputs)
     with replacing(p) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)

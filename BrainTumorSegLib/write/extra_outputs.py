@@ -16,8 +16,7 @@ import SimpleITK as sitk
 from ..errors import InputError, PathLike
 from ..read.dicom_series import Series, is_series_folder
 from ..read.images import read_image
-from .atomic import write_bytes
-from .images import check_not_input
+from .atomic import check_not_input, write_bytes
 
 
 @dataclass

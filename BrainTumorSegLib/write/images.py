@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
 from ..read.formats import DETACHED, EXTENSIONS, image_extension
-from .atomic import replacing
+from .atomic import check_not_input, replacing
 
 
 def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -24,16 +24,6 @@ def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     img = sitk.GetImageFromArray(array)
     img.CopyInformation(reference)
     return img
-
-
-def check_not_input(out_path: PathLike, inputs: Iterable[PathLike]) -> None:
-    """Raise if ``out_path`` is one of ``inputs`` (never overwrite an input file)."""
-    out = os.path.realpath(os.fspath(out_path))
-    for p in inputs:
-        if p is None:
-            continue
-        if os.path.realpath(os.fspath(p)) == out:
-            raise InputError(out_path, "is an input file; refusing to overwrite it")
 
 
 def check_output_path(path: PathLike, image: bool = True) -> str:

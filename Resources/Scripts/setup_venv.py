@@ -12,7 +12,7 @@
      that a machine without an NVIDIA GPU does not download the multi-GB CUDA build. Where that
      index cannot be reached, it says so and falls back to your normal index.
 3. Installs this project editable (``pip install -e .``) with the extras named as arguments
-   (``test``, ``train``, ``phantoms``, ``openvino``, ``clinical``).
+   (``test``, ``train``, ``phantoms``, ``openvino``, ``clinical``, ``dicom``, ``qc``).
 
 Python standard library only, so that it runs before anything is installed; Python 3.9 or newer.
 """

