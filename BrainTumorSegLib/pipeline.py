@@ -32,12 +32,11 @@ from .predict.predictor import Prediction, predict_probabilities
 from .predict.sliding_window import tiles_cover
 from .preprocess.transform import Preprocessed, PreprocessOptions, preprocess
 from .progress import Progress
-from .read.cases import OPTIONAL_SEQUENCES, SEQUENCES, sequences_needed, without_condition
+from .read.cases import OPTIONAL_SEQUENCES, REFERENCE, SEQUENCES, sequences_needed, without_condition
 from .read.images import geometry, voxel_volume_ml
 from .segment_options import SegmentOptions  # declared once there; the API's name stays here
 
 ArrayInput = Tuple[np.ndarray, Dict]      # (array z, y, x; {"spacing", "origin", "direction"})
-REFERENCE = "t1ce"                         # the labels come out on this sequence's grid
 
 
 @dataclass

@@ -75,12 +75,10 @@ def _held_out(manifest: Mapping) -> Tuple[Mapping, bool]:
     """Held-out figures, and whether they are cross-validated: a model's own validation, or an
     ensemble of cross-validation folds' pooled out-of-fold figures (each case segmented by the
     member that did not train on it; with the ensemble's postprocessing where it has them)."""
-    metrics = _section(manifest, "metrics")
-    own = _section(metrics, "validation_segment")
-    if own:
-        return own, False
-    return (_section(metrics, "out_of_fold_postprocessed") or _section(metrics, "out_of_fold"),
-            bool(_section(metrics, "out_of_fold")))
+    from BrainTumorSegLib.models.ensembles import held_out_key
+
+    key = held_out_key(manifest)
+    return (_section(_section(manifest, "metrics"), key) if key else {}), key not in (None, "validation_segment")
 
 
 def _member_names(manifest: Mapping) -> List[str]:

@@ -93,11 +93,12 @@ def _cmd_networks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace, network: str = "resunet", options: Optional[dict] = None):
+def _train_config(args: argparse.Namespace, network: Optional[str] = None, options: Optional[dict] = None):
     """The options ``train`` and ``finetune`` share (finetune takes network and options from its bundle)."""
+    from ..networks import DEFAULT_NETWORK
     from ..training import TrainConfig
 
-    return TrainConfig(network=network, options=options or {}, epochs=args.epochs, iters_per_epoch=args.iters,
+    return TrainConfig(network=network or DEFAULT_NETWORK, options=options or {}, epochs=args.epochs, iters_per_epoch=args.iters,
                        batch=args.batch, patch=tuple(args.patch) if args.patch else None, lr=args.lr,
                        seed=args.seed, val_every=args.val_every, workers=args.workers, amp=args.amp,
                        domain_randomization=args.domain_randomization, device=args.device,
@@ -203,7 +204,7 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from ..models import bundles, catalog
+    from ..models import bundles, catalog, ensembles
 
     found = catalog.installed()
     if not found:
@@ -217,13 +218,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
         if m["name"] == bundles.DEFAULT_MODEL:
             tag = "DEFAULT; " + tag
         metrics = m.get("metrics") or {}
-        full = (metrics.get("validation_segment") or {}).get("mean")
-        pooled = metrics.get("out_of_fold_postprocessed") or metrics.get("out_of_fold") or {}
-        if full:  # held-out cases through the whole segment path
-            n = len(metrics["validation_segment"].get("cases", []))
-            where, scores = f"{n} held-out cases", full
-        elif pooled.get("mean"):  # a cross-validation's folds, each case by the fold that held it out
-            where, scores = f"{len(pooled.get('cases', []))} cases out of fold", pooled["mean"]
+        key = ensembles.held_out_key(m)
+        held_out = metrics[key] if key else {}
+        if isinstance(held_out.get("mean"), dict):
+            n = len(held_out.get("cases") or [])
+            # a recipe bundle's held-out fold, or a cross-validation's folds pooled (each case by the fold that held it out)
+            where = f"{n} held-out cases" if key == "validation_segment" else f"{n} cases out of fold"
+            scores = held_out["mean"]
         elif metrics.get("held_out_synthetic"):
             where, scores = "held-out phantoms", metrics["held_out_synthetic"]
         else:
@@ -432,16 +433,19 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
                    help="augmentation set: standard, or nnunet (rotation about every axis, scaling, elastic, "
                         "contrast, low resolution; docs/training.md)")
     t.add_argument("--region-weights", type=float, nargs=3, metavar=("WT", "TC", "ET"),
-                   help="weights of the WT, TC and ET terms of a region-based loss (resunet), e.g. 1 2 1")
+                   help="weights of the WT, TC and ET terms of a region-based loss (refused for a network without "
+                        "one), e.g. 1 2 1")
     t.add_argument("--hardest-voxels", type=float, metavar="P",
                    help="share (0-1] of each region's voxels, the hardest, whose cross-entropy counts in a "
-                        "region-based loss (resunet; nnU-Net's TopK loss, e.g. 0.1; default: all)")
+                        "region-based loss (refused for a network without one; nnU-Net's TopK loss, e.g. 0.1; "
+                        "default: all)")
     t.add_argument("--batch-dice", action="store_true",
-                   help="the Dice term of a region-based loss over the whole batch rather than per patch (resunet; "
-                        "nnU-Net's batch Dice)")
+                   help="the Dice term of a region-based loss over the whole batch rather than per patch (refused "
+                        "for a network without one; nnU-Net's batch Dice)")
     t.add_argument("--missed-weight", type=float, metavar="B",
                    help="weight (0-1) of missed voxels in a region-based loss's overlap term, 1 - B that of false "
-                        "ones (resunet; the Tversky index, e.g. 0.7 to favour recall; default: 0.5, the Dice)")
+                        "ones (refused for a network without one; the Tversky index, e.g. 0.7 to favour recall; "
+                        "default: 0.5, the Dice)")
     t.add_argument("--without-enhancement", type=float, default=0.0, metavar="P",
                    help="share (0-1) of patches shown as if their tumor did not enhance: T1ce from T1 there, "
                         "enhancing tumor labelled non-enhancing core (docs/training.md)")
@@ -470,8 +474,8 @@ def _add_train_args(t: argparse.ArgumentParser, epochs: int) -> None:
 def _add_training_commands(sub) -> None:
     """train, finetune, train-demo and train-recipe."""
     tr = sub.add_parser("train", help="train a network on cases with labels; exports a model bundle")
-    tr.add_argument("--network", default="resunet", help="resunet, agse_vnet, cga_unet, dmda_unet or coarse_to_fine "
-                                                        "(braintumorseg networks describes them)")
+    tr.add_argument("--network", help="the network to train (default: resunet; braintumorseg networks lists and "
+                                      "describes them)")
     tr.add_argument("--options", help="network options as JSON, e.g. '{\"channels\": [16, 32, 64, 128, 128]}'")
     _add_train_args(tr, epochs=20)
     tr.set_defaults(func=_cmd_train)
@@ -527,6 +531,7 @@ def _add_training_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``braintumorseg`` parser with every command (no torch is imported to build it)."""
     p = argparse.ArgumentParser(prog=PROG, description="Brain tumor segmentation from T1, T1ce, T2 and FLAIR MRI.")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -538,6 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one ``braintumorseg`` command; a mistake in the input is one line on stderr and exit 2.
+
+    Args:
+        argv: the command line without the program name (None: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 done, 1 a batch with failed cases, 2 bad input, 130 cancelled.
+    """
     from ..predict.allocator import tune_glibc_malloc
 
     tune_glibc_malloc()  # before torch allocates: whole-window activations stay on the heap

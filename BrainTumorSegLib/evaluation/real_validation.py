@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict
-from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -64,7 +64,7 @@ class RawLabels(NamedTuple):
                          self.scheme)
 
 
-def segment_raw(models: Union[str, Sequence[str]], cases: Sequence[Case], device: str = "cpu", log=print,
+def segment_raw(models: Union[str, Sequence[str]], cases: Sequence[Case], device: str = "cpu", log: Callable[..., None] = print,
                 window: str = "auto", without: Optional[str] = None) -> RawLabels:
     """Segment ``cases`` through the full ``segment`` path with postprocessing off (and ``window``,
     :class:`SegmentOptions`'), with the sequence ``without`` (a role) left out when given.
@@ -132,7 +132,8 @@ def score_raw(raw: RawLabels, postprocessing: Optional[PostprocessOptions] = Non
     return report, chosen
 
 
-def validate_bundle(bundle_dir: Union[str, Sequence[str]], cases: Sequence[Case], device: str = "cpu", log=print,
+def validate_bundle(bundle_dir: Union[str, Sequence[str]], cases: Sequence[Case], device: str = "cpu",
+                    log: Callable[..., None] = print,
                     postprocessing: Optional[PostprocessOptions] = None) -> Tuple[Dict, PostprocessOptions]:
     """Segment ``cases`` through the full ``segment`` path (postprocessing off) and score them
     (:func:`score_raw`): with ``postprocessing`` when given, else the best setting of the grid on

@@ -87,7 +87,7 @@ def check_ensemble(folder: PathLike, models: Sequence[PathLike]) -> List[Dict[st
     out = os.path.abspath(os.fspath(folder))
     check_new_folder(out)
     if len(models) < 2:
-        raise InputError(out, "an ensemble needs two or more models")
+        raise InputError(None, f"an ensemble needs two or more models, not {len(models)}")
     names = [_member_name(os.fspath(m), out) for m in models]
     folders = [member_folder(n, out) for n in names]
     parts = [read_manifest(f) for f in folders]
@@ -224,6 +224,18 @@ def _held_out_tables(document: Mapping[str, Any]) -> List[Dict[str, Any]]:
     metrics = document.get("metrics")
     found = [metrics.get(key) for key in HELD_OUT_TABLES] if isinstance(metrics, dict) else []
     return [t for t in found if isinstance(t, dict)]
+
+
+def held_out_key(document: Mapping[str, Any]) -> Optional[str]:
+    """Which table of :data:`HELD_OUT_TABLES` a manifest's held-out figures are shown from (the
+    first that is not empty), or None: the one choice ``models``, ``compare`` and the Slicer module
+    share."""
+    metrics = document.get("metrics")
+    if isinstance(metrics, dict):
+        for key in HELD_OUT_TABLES:
+            if isinstance(metrics.get(key), dict) and metrics[key]:
+                return key
+    return None
 
 
 def held_out_table(document: Mapping[str, Any]) -> Optional[Dict[str, Any]]:

@@ -162,7 +162,7 @@ class DAUnet3D(SegmentationNetwork):
     patch_size = (128, 128, 128)
     divisor = 8
     aux_outputs = ()
-    paper = "DM-DA-Unet stage 2, seeds/dm-da-unet-paper.txt sections 3.3-3.4"
+    paper = "DM-DA-Unet stage 2, the DM-DA-Unet paper (title unknown: see the docstring) sections 3.3-3.4"
 
     def __init__(self, in_channels: int = 4, out_channels: int = 3, channels: Sequence[int] = (16, 32, 64, 128),
                  dropout: float = 0.1) -> None:
@@ -207,7 +207,7 @@ class DMDACascade(SegmentationNetwork):
     # freezing keeps the stage-1 locator and stage 2's contracting path
     encoder_modules = ("stage1", "stage2.input_module", "stage2.enc0", "stage2.down", "stage2.enc")
     checkpoint_modules = ("stage2.enc", "stage2.loc")
-    paper = "DM-DA-Unet, seeds/dm-da-unet-paper.txt section 3"
+    paper = "DM-DA-Unet, the DM-DA-Unet paper (title unknown: see the docstring) section 3"
     training_defaults = TrainingDefaults("adam", 1e-3, 1e-5, "cosine",
                                          loss="stage 1: generalised Dice + weighted CE on axial slices; "
                                               "stage 2: region Dice")

@@ -20,7 +20,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from ..labels import LabelScheme, get_scheme, labels_to_regions, regions_to_labels
+from ..labels import LabelScheme, get_scheme, labels_to_regions
 
 
 @dataclass
@@ -69,9 +69,3 @@ def postprocess(labels: np.ndarray, scheme: "str | LabelScheme",
         if 0 < int(et.sum()) * voxel_mm3 < options.min_et_voxels:
             out[et] = s.ncr
     return out
-
-
-def regions_to_postprocessed_labels(regions: np.ndarray, scheme: "str | LabelScheme",
-                                    options: Optional[PostprocessOptions] = None) -> np.ndarray:
-    """Region masks (WT, TC, ET) to labels, then postprocessing."""
-    return postprocess(regions_to_labels(regions, scheme), scheme, options)

@@ -80,7 +80,6 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
     whole) one pass over the whole volume, which the network pads to its divisor itself."""
     bf16 = devices.cpu_has_fast_bf16() if opts.precision == "auto" else opts.precision == "bf16"
     window = tuple(bundle.manifest.patch_size)
-    # a cascade's first stage may add channels and narrow where the windows go; elsewhere: everywhere
     net = bundle.network.to(device).eval()
 
     def prog(done: int, total: int) -> None:
@@ -88,7 +87,7 @@ def _predict(data: torch.Tensor, bundle: bundles.Bundle, device: torch.device, o
             progress(stage, done / total)
 
     prog(0, 1)  # shown while a cascade's first stage runs (one pass: nothing else is reported before the end)
-    with _inference(device, bf16):
+    with _inference(device, bf16):  # a cascade's first stage may add channels and narrow where the windows go
         data, box = net.prepare(data.to(device))
     data = data.float()
     if box == NOWHERE:

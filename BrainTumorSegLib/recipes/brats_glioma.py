@@ -152,14 +152,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..errors import InputError
 from ..evaluation.cross_validation import FOLD_OF, FOLDS, GRADES, HGG, grade_summary
 from ..models import bundles, ensembles
-from ..networks import SegmentationNetwork, build, network_class
+from ..networks import DEFAULT_NETWORK, SegmentationNetwork, build, network_class
 from ..networks.cascade import CoarseToFine
 from ..postprocess.cleanup import PostprocessOptions
 from ..read.cases import Case, find_cases
@@ -274,7 +274,7 @@ class Variant:
     carved_tumors: float = 0.0      # share of patches with a low-grade, non-enhancing or little-ET case's tumor carved in
     schedule: Optional[str] = None  # the learning-rate schedule (None: the network's)
     average_from: Optional[int] = None  # epoch from which the epoch-end weights are averaged (TrainConfig)
-    network: str = "resunet"
+    network: str = DEFAULT_NETWORK
     options: Optional[Dict] = None  # None: DEMO_OPTIONS
     # a cascade's stage 1: the 2 mm fold model of the same fold (for "{fold}"); every training case's
     # guide channels come from the fold model that held that case out
@@ -532,7 +532,7 @@ def _pooled_inference(data_dir: str, models: Sequence[str], parts: Sequence[bund
 
 
 def out_of_fold_fields(data_dir: str, models: Sequence[str], parts: Sequence[bundles.Manifest],
-                       log=print) -> Optional[Dict]:
+                       log: Callable[..., None] = print) -> Optional[Dict]:
     """For the fold models of one cross-validation: their pooled out-of-fold figures (postprocessing
     off) and the postprocessing and window chosen on those pooled held-out cases, as manifest fields
     (``metrics``, ``postprocessing``, ``window``) of a model of their design; None for other models."""
@@ -544,7 +544,7 @@ def out_of_fold_fields(data_dir: str, models: Sequence[str], parts: Sequence[bun
             "postprocessing": chosen["postprocessing"], "window": chosen["window"]}
 
 
-def ensemble_manifest(data_dir: str, models: Sequence[str], log=print) -> Dict:
+def ensemble_manifest(data_dir: str, models: Sequence[str], log: Callable[..., None] = print) -> Dict:
     """The manifest fields of an ensemble of this recipe's models (bundle folders): the members'
     training data, licence and citations, and its figures. Fold models of one cross-validation get
     their pooled out-of-fold figures (postprocessing off: nothing chosen on them), and the
@@ -724,7 +724,7 @@ def _out_of_fold_guide(cascade: CoarseToFine, coarse_from: str) -> Guide:
     return Guide.made("out-of-fold", cascade, digests, channels)
 
 
-def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print,
+def finish(net: SegmentationNetwork, manifest: Dict, val_cases: Sequence[Case], out: str, log: Callable[..., None] = print,
            postprocessing: Optional[PostprocessOptions] = None, data_dir: Optional[str] = None,
            design: Optional[Dict] = None) -> str:
     """Validate the network through ``segment``, store the chosen postprocessing (or
@@ -750,7 +750,8 @@ def finish(net, manifest: Dict, val_cases: Sequence[Case], out: str, log=print,
     return bundles.save(net, out, manifest)
 
 
-def validate_fold_model(net, manifest: Dict, data_dir: str, out: str, log=print) -> str:
+def validate_fold_model(net: SegmentationNetwork, manifest: Dict, data_dir: str, out: str,
+                        log: Callable[..., None] = print) -> str:
     """A fold model made outside a training run (e.g. a weight average) validated on its held-out
     fold through ``segment`` as a trained fold model is (postprocessing off), and written to ``out``."""
     cv = manifest.get("cross_validation")
@@ -833,7 +834,7 @@ def _design_from(figures_from: Optional[str], p: Plan) -> Optional[Dict]:
 def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 30, iters: int = 100,
                seed: int = 0, resume: bool = True, export: Optional[str] = None, cache_dir: Optional[str] = None,
                init_from: Optional[str] = None, fold: Fold = None, workers: int = 0, amp: bool = False,
-               figures_from: Optional[str] = None, log=print) -> str:
+               figures_from: Optional[str] = None, log: Callable[..., None] = print) -> str:
     """Train (or resume) one variant, validate it through ``segment`` and export the bundle. From a
     pack (no raw cases to validate on) it returns the weights it would export as a compact checkpoint
     instead, to be validated and exported with :func:`export_checkpoint` where the cases are.
@@ -880,7 +881,7 @@ def train_real(data_dir: str, run_dir: str, variant: str = "2mm", epochs: int = 
                   log, _fold_postprocessing(p), data_dir, design)
 
 
-def pack(data_dir: str, variant: str, out: str, cache_dir: Optional[str] = None, log=print) -> str:
+def pack(data_dir: str, variant: str, out: str, cache_dir: Optional[str] = None, log: Callable[..., None] = print) -> str:
     """Cache every case of the cross-validation on ``variant``'s grid and write them as a pack.
 
     Args:
@@ -920,7 +921,7 @@ def _fold_postprocessing(p: Plan) -> Optional[PostprocessOptions]:
 
 def export_checkpoint(data_dir: str, run_dir: str, checkpoint: str, out: str, variant: str = "2mm",
                       epochs: int = 30, iters: int = 100, seed: int = 0, fold: Fold = None,
-                      figures_from: Optional[str] = None, log=print) -> str:
+                      figures_from: Optional[str] = None, log: Callable[..., None] = print) -> str:
     """A bundle from one checkpoint of a run (the best so far of a run still going, or a snapshot
     at a fixed budget), validated through ``segment`` like a finished run's.
 

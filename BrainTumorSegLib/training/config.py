@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from ..networks import DEFAULT_NETWORK
+
 
 @dataclass
 class TrainConfig:
-    network: str = "resunet"
+    network: str = DEFAULT_NETWORK
     options: Dict = field(default_factory=dict)
     epochs: int = 20
     iters_per_epoch: int = 50

@@ -23,6 +23,8 @@ from ..errors import InputError
 from ..models import bundles
 from ..networks import SegmentationNetwork, build, network_class
 from ..predict import devices
+from ..read.cases import REFERENCE
+from ..segment_options import NO_POSTPROCESSING
 from ..write.atomic import write_json
 from .augmentation import augmentation_set
 from .checkpoint import BEST, LAST, exported_checkpoint, exported_weights, load_checkpoint, save_checkpoint, weights_digest
@@ -427,9 +429,10 @@ def run_manifest(cfg: TrainConfig, out_dir: str, data_used: Dict[str, List[str]]
     return {
         "id": os.path.basename(os.path.abspath(out_dir)), "version": "1", "network": cfg.network,
         "options": cfg.options, "label_scheme": cfg.label_scheme, "normalization": "z-score over brain voxels",
-        "preprocessing": {"reference": "t1ce", "canonical_orientation": "LPS", "crop": "brain bounding box",
+        # "LPS" is preprocess.grid.CANONICAL, not imported: training from a pack runs without SimpleITK
+        "preprocessing": {"reference": REFERENCE, "canonical_orientation": "LPS", "crop": "brain bounding box",
                           "spacing_mm": cfg.spacing},
-        "postprocessing": {"min_et_voxels": 0, "min_component_voxels": 0, "fill_core_holes": False},
+        "postprocessing": dict(NO_POSTPROCESSING),
         "training": {"config": asdict(cfg), "defaults": asdict(network_class(cfg.network).training_defaults),
                      "cases": len(data_used["train"]),
                      "validation_cases": len(data_used["validation"]), "epochs": cfg.epochs,

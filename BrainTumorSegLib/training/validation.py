@@ -9,13 +9,15 @@ import torch
 from ..evaluation.metrics import case_metrics
 from ..labels import classes_to_labels, get_scheme
 from ..models import bundles
+from ..networks.base import SegmentationNetwork
 from ..predict import output_kinds
 from ..predict.predictor import predict_probabilities
 from ..segment_options import SegmentOptions
 from .data import CachedCase
 
 
-def validate(net, name: str, val_files: Sequence[str], patch, device: torch.device) -> Dict[str, float]:
+def validate(net: SegmentationNetwork, name: str, val_files: Sequence[str], patch: Sequence[int],
+             device: torch.device) -> Dict[str, float]:
     """Mean Dice per region over validation cases, by full sliding-window inference."""
     if not val_files:
         return {}

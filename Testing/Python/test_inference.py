@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import threading
+from typing import Dict, List
 
 import numpy as np
 import pytest
@@ -561,11 +562,35 @@ def test_an_ensemble_folder_is_one_model_by_path_or_name(tiny_bundle, phantom_ca
     assert "ensemble" in line and "BROKEN" not in line
 
 
+def test_models_and_compare_show_the_same_held_out_table(tiny_bundle, tmp_path):
+    """A manifest with a held-out fold of its own and its design's pooled out-of-fold cases: ``models``
+    quotes, and ``compare`` resamples, the same one of the two (the out-of-fold table, best first)."""
+    def table(dice: float, cases: List[str]) -> Dict:
+        row = {r: {"dice": dice} for r in ("WT", "TC", "ET")}
+        return {"cases": cases, "per_case": {c: row for c in cases},
+                "mean": {f"dice_{r}": dice for r in ("WT", "TC", "ET")}}
+    doc = {k: v for k, v in bundles.read_manifest(tiny_bundle).to_json().items() if k != "weights_sha256"}
+    doc["metrics"] = {"validation_segment": table(0.5, ["a", "b"]),
+                      "out_of_fold_postprocessed": table(0.8, ["a", "b", "c"])}
+    models = tmp_path / "models"
+    models.mkdir()
+    bundles.save(bundles.load(tiny_bundle).network, str(models / "both-tables"), doc)
+    assert ensembles.held_out_key(doc) == "out_of_fold_postprocessed"
+    env = dict(os.environ, BRAINTUMORSEG_MODELS=str(models))
+    p = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "models"], capture_output=True, text=True, env=env)
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("both-tables "))
+    assert line.endswith("Dice WT 0.80 TC 0.80 ET 0.80 (3 cases out of fold)"), line
+    p = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "compare", "both-tables", "--json",
+                        str(tmp_path / "c.json")], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "c.json").read_text())["cases"] == ["a", "b", "c"]
+
+
 def test_ensembles_that_cannot_work_are_one_line_errors(tiny_bundle, phantom_case_dir, tmp_path):
     coarse = _with_spacing(tiny_bundle, tmp_path / "coarse", 3.0)
     one_line_error(cli_main("ensemble", str(tiny_bundle), coarse, "--out", str(tmp_path / "e1")),
                    "cannot be averaged", "spacing_mm")
-    one_line_error(cli_main("ensemble", str(tiny_bundle), "--out", str(tmp_path / "e2")), "two or more models")
+    one_line_error(cli_main("ensemble", str(tiny_bundle), "--out", str(tmp_path / "e2")), "two or more models, not 1")
     assert not os.path.exists(tmp_path / "e1") and not os.path.exists(tmp_path / "e2")
     ens = ensembles.save_ensemble(tmp_path / "ens", [str(tiny_bundle), _perturbed(tiny_bundle, tmp_path / "moved")])
     # fine-tuning (or anything that needs one network) names the members to choose from

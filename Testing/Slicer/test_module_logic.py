@@ -595,6 +595,11 @@ def test_the_model_note_comes_from_the_chosen_model_s_manifest():
     note = model_note(folds)
     assert "Cross-validated on 4 cases, each segmented by the member that did not train on it: Dice 0.75" in note
     assert "By grade: high-grade (2 cases)" in note and "It averages f0 and f1" in note
+    # both a held-out fold of its own and its design's pooled folds: the same table `models` and `compare` use
+    both = {"id": "both", "description": "both.", "metrics": {"validation_segment": ungraded["metrics"]["validation_segment"],
+                                                              "out_of_fold_postprocessed": folds["metrics"]["out_of_fold"]}}
+    note = model_note(both)
+    assert "Cross-validated on 4 cases" in note and "(with its postprocessing, chosen on these same cases)" in note
     demo = model_note(listed["brats-synthetic-demo"])
     assert "A demo: it has no figures on real scans." in demo and "held out" not in demo
     assert model_note({"name": "broken", "error": "lacks weights_sha256"}) == "broken cannot be used: lacks weights_sha256"
