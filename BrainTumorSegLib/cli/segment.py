@@ -238,13 +238,16 @@ def _check_models(names: List[str], jobs: List[_Job]) -> None:
 
 
 def _load_models(names: List[str], opts: "SegmentOptions") -> "Models":
-    """The models, loaded once for every case; each one's research or demo note on stderr, named
-    as asked for (an ensemble with its members)."""
+    """The models, loaded once for every case."""
     from ..models.ensembles import load_ensemble
     from ..predict.devices import resolve  # torch: after every quick check
 
     resolve(opts.device)
-    models = load_ensemble(names)
+    return load_ensemble(names)
+
+
+def _say_notes(models: "Models") -> None:
+    """Each model's research or demo note on stderr, named as asked for (an ensemble with its members)."""
     said = set()  # an ensemble's members often share their note
     for part in models.parts:
         who = part.id + (f" (ensemble of {', '.join(b.id for b in part.bundles)})" if part.ensemble else "")
@@ -255,7 +258,6 @@ def _load_models(names: List[str], opts: "SegmentOptions") -> "Models":
             if note not in said:
                 said.add(note)
                 print(f"{PROG}: note: model {who}{note}", file=sys.stderr)
-    return models
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -281,7 +283,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     reference = (_read_reference(job.reference_labels, job.inputs.get("t1ce"), args.series_uid)
                  if job.reference_labels else None)
     _check_models(names, [job])
-    _segment_one(job, reference, args, opts, _load_models(names, opts))
+    models = _load_models(names, opts)
+    _segment_one(job, reference, args, opts, models)
+    _say_notes(models)  # after the result: a case whose voxels are refused gets its one error line alone
     return 0
 
 
@@ -311,6 +315,8 @@ def _segment_batch(args: argparse.Namespace, opts: "SegmentOptions", names: List
             refused[case.case_id] = exc
     _check_models(names, list(jobs.values()))
     models = _load_models(names, opts) if jobs else None  # not when every case was refused
+    if models is not None:
+        _say_notes(models)
     return batch.run(_case_segmenter(jobs, refused, args, opts, models))
 
 

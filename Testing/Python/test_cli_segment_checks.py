@@ -75,3 +75,23 @@ def test_an_extra_an_option_asks_for_is_checked_before_any_case_is_read(tmp_path
                             *option], capture_output=True, text=True, timeout=600)
         one_line_error(r, *fragments)
         assert r.stdout.strip() == "False" and not out.exists()  # before the (missing) case folder and any model
+
+
+def test_a_volume_refused_for_its_voxels_is_one_line_and_no_note(tmp_path):
+    """Voxels are checked only once they are read (after the models load): the error is still the
+    only line on stderr, the model's note comes with a result, and nothing is written."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    case = tmp_path / "Case_0001"
+    shutil.copytree(SAMPLE, case)
+    flair = str(case / "Brats18_TCIA01_231_1_flair.nii.gz")
+    img = sitk.ReadImage(flair)
+    zero = sitk.GetImageFromArray(np.zeros(sitk.GetArrayViewFromImage(img).shape, np.int16))
+    zero.CopyInformation(img)
+    sitk.WriteImage(zero, flair)
+    out = tmp_path / "labels.nii.gz"
+    r = subprocess.run([sys.executable, "-m", "BrainTumorSegLib", "segment", "--case", str(case), "-o", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    one_line_error(r, flair, "is all zero")
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
