@@ -135,7 +135,7 @@ class TrainingCases:
             dest = os.path.join(models_dir, f"{base}-{n}")
         tmp = tempfile.mkdtemp(prefix=".register-", dir=models_dir)
         try:
-            shutil.copytree(os.path.join(out, "model"), os.path.join(tmp, "model"))
+            shutil.copytree(os.path.join(out, bundles.RUN_BUNDLE), os.path.join(tmp, "model"))
             os.replace(os.path.join(tmp, "model"), dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -504,7 +504,7 @@ def _add_training_commands(sub) -> None:
     tr2.add_argument("--data", required=True, help="folder with the real BraTS cases (e.g. ../shared/real-cases), "
                                                    "or a pack of them (--pack-to)")
     tr2.add_argument("--out", help="run folder; an existing one is resumed")
-    tr2.add_argument("--variant", default="2mm", help="a variant of recipes/brats_glioma.py's VARIANTS: 2mm "
+    tr2.add_argument("--variant", default="2mm", help="a variant of recipes/brats_glioma_variants.py's VARIANTS: 2mm "
                                                    "(default), 1mm, 2mm-cv, ... (an unknown one lists them)")
     tr2.add_argument("--fold", type=_recipe_fold, help="for the 2mm-cv... variants: the cross-validation fold to "
                                                      "hold out (0-4; cross_validation.FOLDS, stratified by grade and "

@@ -49,6 +49,7 @@ WEIGHTS = "weights.safetensors"
 
 
 MANIFEST = "manifest.json"
+RUN_BUNDLE = "model"  # the bundle a training run exports, a folder inside its run folder
 
 
 # the 2 mm all-grade design trained on every case (stage 1 a weight average of two of its trainings), its

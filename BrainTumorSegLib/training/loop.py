@@ -338,7 +338,7 @@ def _check_ranks_agree(run: _Run) -> None:
 def _export(run: _Run, bundle_manifest: Optional[Dict]) -> str:
     """The averaged weights (``cfg.average_from``), else the best checkpoint's, else the last, as a
     bundle in ``out_dir/model``."""
-    export = os.path.join(run.out_dir, "model")
+    export = os.path.join(run.out_dir, bundles.RUN_BUNDLE)
     if run.dist.world > 1:
         _check_ranks_agree(run)
     if run.dist.main:

@@ -16,12 +16,11 @@ from conftest import cli_main, one_line_error, save_tiny_bundle
 
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.evaluation.cross_validation import FOLDS, GRADES, NO_ET
+from BrainTumorSegLib.evaluation.out_of_fold import WINDOW_TOLERANCE
 from BrainTumorSegLib.models import bundles, ensembles
 from BrainTumorSegLib.recipes.brats_glioma import (
     CITATIONS,
-    MODEL_ID,
     VALIDATION,
-    WINDOW_TOLERANCE,
     data_credits,
     ensemble_manifest,
     export_checkpoint,
@@ -29,6 +28,7 @@ from BrainTumorSegLib.recipes.brats_glioma import (
     split,
     train_real,
 )
+from BrainTumorSegLib.recipes.brats_glioma_variants import MODEL_ID
 from BrainTumorSegLib.training import load_checkpoint, read_pack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
