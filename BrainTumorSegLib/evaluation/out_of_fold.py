@@ -36,7 +36,8 @@ def pooled_out_of_fold(models: Sequence[str], parts: Sequence[bundles.Manifest])
 WINDOW_TOLERANCE = 0.005  # mean Dice the faster whole-volume pass may give up against patch windows
 
 
-def _pooled_inference(data_dir: str, models: Sequence[str], parts: Sequence[bundles.Manifest], log) -> Dict:
+def _pooled_inference(data_dir: str, models: Sequence[str], parts: Sequence[bundles.Manifest],
+                      log: Callable[..., None]) -> Dict:
     """Each fold's held-out cases segmented again by that fold's model (postprocessing off), pooled,
     once with sliding windows of the training patch and once in one pass over the whole volume,
     each with all four sequences and again with T1 and with T2 left out
