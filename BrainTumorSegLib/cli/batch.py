@@ -101,10 +101,11 @@ class Batch:
         if not self.cases:
             raise InputError(cases_dir, "holds no cases")
         self.out_dir, self.options, self.title = out_dir, options, f"braintumorseg batch: {cases_dir}"
-        # subfolders a user may take for cases: said in the log, not silently passed over
+        # subfolders a user may take for cases: said in the log, not silently passed over (a case's
+        # own folder, or a DICOM series folder of a case held in cases_dir itself, is no such folder)
+        used = {c.folder for c in self.cases} | {p for c in self.cases for p in c.paths.values()}
         self.ignored = sorted(f for f in os.listdir(cases_dir) if not f.startswith(".")
-                              and os.path.isdir(os.path.join(cases_dir, f))
-                              and not any(c.folder == os.path.join(cases_dir, f) for c in self.cases))
+                              and os.path.isdir(os.path.join(cases_dir, f)) and os.path.join(cases_dir, f) not in used)
         if options.dicom_seg:
             extras.require("dicom")
             if not any(is_series_folder(c.paths.get("t1ce")) for c in self.cases):

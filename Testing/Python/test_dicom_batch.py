@@ -20,6 +20,7 @@ from conftest import cli_in_a_fresh_process, cli_main, one_line_error, rotation_
 from dicom_testdata import new_uid, small_sample, write_series
 from PIL import Image
 
+from BrainTumorSegLib.cli.batch import Batch, BatchOptions
 from BrainTumorSegLib.errors import InputError
 from BrainTumorSegLib.evaluation.metrics import dice
 from BrainTumorSegLib.preprocess.transform import PreprocessOptions, preprocess
@@ -112,6 +113,16 @@ def test_batch_of_dicom_and_nifti_cases_goes_on_past_a_broken_one(batch, data):
     log = (out / "batch.log").read_text()
     assert all(ln in log for ln in progress)
     assert "not cases (no files named by role): Notes" in log and "not cases" in r.stderr
+
+
+def test_a_batch_names_the_subfolders_it_passes_over_but_not_a_cases_series_folders(tmp_path):
+    """A case held in the cases folder itself, its sequences as DICOM series subfolders: those
+    subfolders are the case's, not folders passed over; a folder of notes is."""
+    for name in ("t1", "t1ce", "t2", "flair", "Notes"):
+        (tmp_path / "root" / name).mkdir(parents=True)
+    (tmp_path / "out").mkdir()
+    found = Batch(str(tmp_path / "root"), str(tmp_path / "out"), BatchOptions())
+    assert [c.case_id for c in found.cases] == ["root"] and found.ignored == ["Notes"]
 
 
 def test_dicom_seg_reads_back_onto_the_t1ce_series(batch, data):
