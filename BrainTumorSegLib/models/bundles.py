@@ -74,6 +74,21 @@ def search_dirs() -> List[str]:
     return dirs + [os.path.join(os.path.expanduser("~"), ".braintumorseg", "models"), shipped_models_dir()]
 
 
+def installed_folders() -> List[Tuple[str, str]]:
+    """(name, folder) of every bundle or ensemble in the search folders, the first found winning per
+    name; dot-folders (a write that was interrupted, see ``write_folder``) left out."""
+    seen, found = set(), []
+    for d in search_dirs():
+        if not os.path.isdir(d):
+            continue
+        for name in sorted(os.listdir(d)):
+            folder = os.path.join(d, name)
+            if name not in seen and not name.startswith(".") and os.path.exists(os.path.join(folder, MANIFEST)):
+                seen.add(name)
+                found.append((name, folder))
+    return found
+
+
 def user_models_dir() -> str:
     """Where new models are registered: the first folder searched."""
     return search_dirs()[0]
@@ -191,9 +206,7 @@ def resolve(model: PathLike) -> str:
                 return cand
     if os.path.isdir(m):
         raise InputError(m, f"is not a model bundle (no {MANIFEST})")
-    installed = [n for d in search_dirs() if os.path.isdir(d) for n in sorted(os.listdir(d))
-                 if os.path.exists(os.path.join(d, n, MANIFEST))]
-    close = difflib.get_close_matches(m, installed, n=1)
+    close = difflib.get_close_matches(m, [name for name, _ in installed_folders()], n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     raise InputError(m, f"no such model ({hint}braintumorseg models lists them; looked in: "
                         + ", ".join(search_dirs()) + ")")

@@ -7,7 +7,7 @@ import os
 from typing import Dict, List
 
 from ..errors import InputError, PathLike
-from .bundles import ENSEMBLE_FORMAT, MANIFEST, search_dirs
+from .bundles import ENSEMBLE_FORMAT, installed_folders
 from .ensembles import describe, members
 
 
@@ -22,21 +22,13 @@ def size_on_disk(folder: PathLike) -> int:
 
 def installed() -> List[Dict]:
     """Manifests of every bundle and ensemble found in the search folders (first found wins per name)."""
-    seen, found = set(), []
-    for d in search_dirs():
-        if not os.path.isdir(d):
-            continue
-        for name in sorted(os.listdir(d)):
-            folder = os.path.join(d, name)
-            # dot-folders: a write that was interrupted (see write_folder)
-            if name in seen or name.startswith(".") or not os.path.exists(os.path.join(folder, MANIFEST)):
-                continue
-            try:
-                m = describe(folder)
-            except InputError as exc:
-                m = {"id": name, "error": str(exc)}
-            m["path"] = folder
-            m["name"] = name
-            seen.add(name)
-            found.append(m)
+    found = []
+    for name, folder in installed_folders():
+        try:
+            m = describe(folder)
+        except InputError as exc:
+            m = {"id": name, "error": str(exc)}
+        m["path"] = folder
+        m["name"] = name
+        found.append(m)
     return found

@@ -240,11 +240,11 @@ def held_out_key(document: Mapping[str, Any]) -> Optional[str]:
 
 def held_out_table(document: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """The per-case held-out figures of a manifest (:data:`HELD_OUT_TABLES`), or None (for a model
-    trained on every case, its design's fold models' pooled table: :func:`held_out_by`)."""
-    for table in _held_out_tables(document):
-        if isinstance(table.get("per_case"), dict) and table["per_case"]:
-            return table["per_case"]
-    return None
+    trained on every case, its design's fold models' pooled table: :func:`held_out_by`), from the
+    table :func:`held_out_key` chooses."""
+    key = held_out_key(document)
+    rows = document["metrics"][key].get("per_case") if key else None
+    return rows if isinstance(rows, dict) and rows else None
 
 
 def held_out_without(document: Mapping[str, Any]) -> Dict[str, Any]:
