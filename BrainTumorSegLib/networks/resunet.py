@@ -11,10 +11,10 @@ WT, TC, ET (region-based training). Deep supervision heads on the two coarser de
 are computed in training only.
 
 Departures, with reasons: widths 16-32-64-128-256 and blocks 1-2-2-2-2 (nnU-Net uses 32-320
-and more blocks) so that a 128^3 window runs in about a second on a laptop CPU. The loss is region Dice + BCE by
-default; nnU-Net's batch Dice and TopK cross-entropy, region weights and the Tversky index are
-training options (``batch_dice``, ``hardest_voxels``, ``region_weights``, ``missed_weight``), off
-unless a recipe sets them.
+and more blocks) so that a 128^3 window runs in about a second on a laptop CPU. The loss is
+region Dice + BCE by default; nnU-Net's batch Dice and TopK cross-entropy, region weights and the
+Tversky index are training options (``batch_dice``, ``hardest_voxels``, ``region_weights``,
+``missed_weight``), off unless a recipe sets them.
 """
 from __future__ import annotations
 
