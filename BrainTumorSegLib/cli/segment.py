@@ -149,12 +149,12 @@ def _case_job(args: argparse.Namespace, given: Dict[str, str]) -> _Job:
 
 def _segment_one(job: _Job, reference: Optional["sitk.Image"], args: argparse.Namespace,
                  opts: "SegmentOptions", models: "Models") -> dict:
-    """Segment one checked case and write its files: all are made before any is written, each
-    atomically. ``reference``: its expert labels read before, else read here (a batch's case)."""
+    """Segment one checked case and write its files: all are made before any is written, and they
+    appear together (``atomic.together``). ``reference``: its expert labels read before, else read here (a batch's case)."""
     from ..pipeline import segment
     from ..read.dicom_series import read_inputs
     from ..write import extra_outputs
-    from ..write.atomic import write_json
+    from ..write.atomic import together, write_json
     from ..write.images import write_image
 
     series = read_inputs(job.inputs, args.series_uid)  # sequences given as DICOM series folders, read and checked
@@ -166,12 +166,6 @@ def _segment_one(job: _Job, reference: Optional["sitk.Image"], args: argparse.Na
     res = segment(images, models, options=opts, progress=_ProgressBar(not args.quiet))
     files = job.files
     pending = extra_outputs.make(files, res, images, series.get("t1ce"), job.case_id)
-    for image, path in ((res.labels, files.labels), (res.uncertainty, files.uncertainty),
-                        (res.brain_mask, files.brain_mask)):
-        if path:
-            assert image is not None  # asked for through SegmentOptions(uncertainty=True, brain_mask=True)
-            write_image(image, path, inputs)
-    extra_outputs.write(pending, inputs)
     rep = dict(res.report(), inputs=job.inputs, output=files.labels, dicom_series={
         r: {"folder": s.folder, "series_uid": s.uid, "files": len(s.files)} for r, s in series.items()})
     if reference is not None:
@@ -180,8 +174,15 @@ def _segment_one(job: _Job, reference: Optional["sitk.Image"], args: argparse.Na
         print("against the reference labels: " + ", ".join(
             f"{r} Dice {rep['against_reference'][r]['dice']:.3f} HD95 {rep['against_reference'][r]['hd95_mm']:.1f} mm"
             for r in ("WT", "TC", "ET")))
-    if files.report:
-        write_json(files.report, rep, inputs)
+    with together():  # the case's files appear all at once, or none of them
+        for image, path in ((res.labels, files.labels), (res.uncertainty, files.uncertainty),
+                            (res.brain_mask, files.brain_mask)):
+            if path:
+                assert image is not None  # asked for through SegmentOptions(uncertainty=True, brain_mask=True)
+                write_image(image, path, inputs)
+        extra_outputs.write(pending, inputs)
+        if files.report:
+            write_json(files.report, rep, inputs)
     _say(res, files.labels, models)
     return rep
 
@@ -271,6 +272,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .. import extras
     from ..models.bundles import DEFAULT_MODEL
 
+    _check_not_empty(args)
     opts = segment_options.SegmentOptions.from_args(args)
     for extra in opts.extras_needed():
         extras.require(extra)
@@ -287,6 +289,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
     _segment_one(job, reference, args, opts, models)
     _say_notes(models)  # after the result: a case whose voxels are refused gets its one error line alone
     return 0
+
+
+_PATH_OPTIONS = ("output", "case", "cases", *SEQUENCES, "report", "reference_labels", "uncertainty", "brain_mask",
+                 "dicom_seg", "qc")
+
+
+def _check_not_empty(args: argparse.Namespace) -> None:
+    """An option given an empty value (``-o ""``, ``--model ""``) is a slip, not an option left out."""
+    for name in _PATH_OPTIONS:
+        if getattr(args, name, None) == "":
+            raise InputError(None, f"{'-o' if name == 'output' else '--' + name.replace('_', '-')} is empty; "
+                                   "give a path")
+    if any(not m for m in args.model or []):
+        raise InputError(None, "--model is empty; give a model name or a bundle folder (braintumorseg models lists them)")
+    if args.skip_existing and not args.cases:
+        raise InputError(None, "--skip-existing applies to --cases only")
 
 
 def _segment_batch(args: argparse.Namespace, opts: "SegmentOptions", names: List[str]) -> int:

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from ..errors import InputError, PathLike
 from ..read.dicom_series import Series, is_series_folder
 from ..read.images import read_image
-from .atomic import check_not_input, write_bytes
+from .atomic import check_folder, check_not_input, write_bytes
 
 
 @dataclass
@@ -55,8 +55,7 @@ def check(files: CaseFiles, inputs: Mapping[str, Optional[str]]) -> None:
 def _check_path(path: str, inputs: Iterable[PathLike]) -> None:
     if os.path.isdir(path):
         raise InputError(path, "is a folder, an output file name is expected")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise InputError(path, "output folder does not exist")
+    check_folder(path)
     check_not_input(path, inputs)
 
 

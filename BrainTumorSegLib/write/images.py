@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from typing import Iterable
 
 import numpy as np
@@ -13,7 +12,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
 from ..read.formats import DETACHED, EXTENSIONS, image_extension
-from .atomic import check_not_input, replacing
+from .atomic import check_folder, check_not_input, commit, replacing, scratch_folder
 
 
 def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
@@ -34,9 +33,7 @@ def check_output_path(path: PathLike, image: bool = True) -> str:
         raise InputError(p, f"is a folder; give a file name, e.g. {os.path.join(p, 'labels.nii.gz' if image else 'report.json')}")
     if image and image_extension(p) is None:
         raise InputError(p, f"unsupported output type; end the file name with one of {', '.join(EXTENSIONS)}")
-    folder = os.path.dirname(os.path.abspath(p))
-    if not os.path.isdir(folder):
-        raise InputError(p, "output folder does not exist; create it first")
+    check_folder(p)
     return p
 
 
@@ -51,16 +48,15 @@ def write_image(image: sitk.Image, path: PathLike, inputs: Iterable[PathLike] = 
     if ext in DETACHED:
         # The header names its data file, so write both under their final names in a private
         # folder, move the data file first and the header last: the header is the commit.
-        tmpdir = tempfile.mkdtemp(prefix=".btseg-", dir=folder)
+        tmpdir = scratch_folder(p)
+        header = os.path.join(tmpdir, base)
         try:
-            sitk.WriteImage(image, os.path.join(tmpdir, base), compress)
-            header = os.path.join(tmpdir, base)
-            for name in sorted(os.listdir(tmpdir)):
-                if name != base:
-                    os.replace(os.path.join(tmpdir, name), os.path.join(folder, name))
-            os.replace(header, p)
-        finally:
+            sitk.WriteImage(image, header, compress)
+        except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+        data = [(os.path.join(tmpdir, n), os.path.join(folder, n)) for n in sorted(os.listdir(tmpdir)) if n != base]
+        commit([*data, (header, p)], scratch=tmpdir)
         return p
     with replacing(p, suffix=ext or ".tmp") as tmp:
         sitk.WriteImage(image, tmp, compress)

@@ -18,6 +18,7 @@ def test_mistakes_in_inputs_outputs_and_model_are_one_line_before_any_weights_ar
     seg = str(case / "Brats18_TCIA01_231_1_seg.nii.gz")
     (tmp_path / "results").mkdir()
     (tmp_path / "notes_t1.nii.gz").write_text("not an image")
+    (tmp_path / "empty_series").mkdir()
     before = sorted(os.listdir(tmp_path)), sorted(os.listdir(case))
     out = str(tmp_path / "labels.nii.gz")
     seq = {r: str(case / f"Brats18_TCIA01_231_1_{r}.nii.gz") for r in ("t1", "t1ce", "t2", "flair")}
@@ -43,6 +44,12 @@ def test_mistakes_in_inputs_outputs_and_model_are_one_line_before_any_weights_ar
         (["--case", str(case), "-o", out, "--model", "brats-glioma-v9-al"], ["did you mean brats-glioma-v9-all?"]),
         (["--case", str(case), "-o", out, "--model", str(tmp_path / "results")], ["is not a model bundle"]),
         (["--case", str(case), "-o", out, "--reference-labels", t1], [t1, "outside the BraTS label schemes"]),
+        (["--case", str(case), "-o", ""], ["-o is empty; give a path"]),
+        (["--case", str(case), "-o", out, "--report", ""], ["--report is empty"]),
+        (["--case", str(case), "-o", out, "--model", ""], ["--model is empty"]),
+        (["--case", str(case), "-o", out, "--skip-existing"], ["--skip-existing applies to --cases only"]),
+        ([*four[:2], "--t1ce", str(tmp_path / "empty_series"), *four[4:], "-o", out],
+         ["empty_series", "holds no DICOM series"]),  # GDCM's own warning lines kept off stderr
     ]
     runs, heavy = cli_in_a_fresh_process([["segment", *argv, "--quiet"] for argv, _ in expected])
     for (_argv, fragments), r in zip(expected, runs):

@@ -77,6 +77,29 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_writes_together_appear_all_at_once_or_not_at_all(tmp_path):
+    """A case's files (labels, a detached-header image, a JSON report) stay temporary until the last
+    is written; a failure or Ctrl-C among them leaves none, nor any temporary file."""
+    from BrainTumorSegLib.write.atomic import together, write_json
+
+    img = make_image(np.ones((3, 3, 3), np.float32))
+    for fail in (KeyboardInterrupt, OSError):
+        with pytest.raises(fail):
+            with together():
+                write_images.write_image(img, tmp_path / "labels.nii.gz")
+                write_images.write_image(img, tmp_path / "mask.nhdr")
+                assert os.listdir(tmp_path) != [] and not (tmp_path / "labels.nii.gz").exists()
+                raise fail()
+        assert os.listdir(tmp_path) == []
+    with together():
+        write_images.write_image(img, tmp_path / "labels.nii.gz")
+        write_images.write_image(img, tmp_path / "mask.nhdr")
+        write_json(tmp_path / "report.json", {"ok": 1})
+        assert not (tmp_path / "report.json").exists()
+    assert sorted(os.listdir(tmp_path)) == ["labels.nii.gz", "mask.nhdr", "mask.raw.gz", "report.json"]
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.nhdr"))), np.ones((3, 3, 3)))
+
+
 def test_output_folder_must_exist(tmp_path):
     img = make_image(np.ones((3, 3, 3), np.float32))
     with pytest.raises(InputError, match="output folder does not exist"):
@@ -237,3 +260,50 @@ def test_unsupported_extension_and_folder(tmp_path):
         read_images.read_image(tmp_path)
     with pytest.raises(InputError, match="is a folder"):
         read_images.read_image(tmp_path, "label")
+
+
+def test_a_metaimage_header_with_impossible_geometry_or_missing_data_is_one_line(tmp_path):
+    """NIfTI's reader refuses a negative spacing or sheared axes itself; MetaImage's passes them on
+    (the result would be wrong without a word), and prints lines of its own for voxel data that end
+    early or a data file that is missing."""
+    img = make_image(np.random.default_rng(0).random((6, 7, 8)).astype(np.float32) + 1)
+    good = str(tmp_path / "good.mha")
+    sitk.WriteImage(img, good, False)
+    header = open(good, "rb").read()
+    bad = {"neg.mha": (b"ElementSpacing = 1 1 1", b"ElementSpacing = 1 1 -1"),
+           "shear.mha": (b"TransformMatrix = 1 0 0 0 1 0 0 0 1", b"TransformMatrix = 1 0 0 0.3 1 0 0 0 1")}
+    for name, (old, new) in bad.items():
+        assert old in header
+        open(tmp_path / name, "wb").write(header.replace(old, new))
+    with pytest.raises(InputError, match=r"neg\.mha: has voxel spacing 1x1x-1 mm in its header; every spacing must be positive"):
+        read_images.read_image(tmp_path / "neg.mha")
+    with pytest.raises(InputError, match=r"shear\.mha: has a direction matrix that is not orthonormal"):
+        read_images.read_image(tmp_path / "shear.mha")
+    open(tmp_path / "cut.mha", "wb").write(header[:-40])
+    with pytest.raises(InputError, match=r"cut\.mha: is truncated: 1304 bytes of voxel data of the 1344"):
+        read_images.read_image(tmp_path / "cut.mha")
+    sitk.WriteImage(img, str(tmp_path / "zipped.mha"), True)
+    zipped = open(tmp_path / "zipped.mha", "rb").read()
+    open(tmp_path / "zipped.mha", "wb").write(zipped[:-20])
+    with pytest.raises(InputError, match=r"zipped\.mha: is truncated or corrupt"):
+        read_images.read_image(tmp_path / "zipped.mha")
+    sitk.WriteImage(img, str(tmp_path / "detached.mhd"), False)
+    os.remove(tmp_path / "detached.raw")
+    with pytest.raises(InputError, match=r"detached\.mhd: its voxel data file detached\.raw is missing"):
+        read_images.read_image(tmp_path / "detached.mhd")
+    assert read_images.read_image(good).GetSize() == (8, 7, 6)
+
+
+def test_zscore_keeps_intensities_of_any_scale():
+    """Scanners and converters write intensities in any unit: values near 1e30 (whose float32 sums
+    overflow) or near 1e-10 give the same normalised volume as the same scan in ordinary units."""
+    from BrainTumorSegLib.preprocess.normalise import zscore
+
+    rng = np.random.default_rng(0)
+    vol = (rng.random((20, 20, 20)) * 800 + 100).astype(np.float32)
+    mask = np.zeros(vol.shape, bool)
+    mask[2:18, 2:18, 2:18] = True
+    plain = zscore(vol, mask)
+    assert abs(plain[mask].mean()) < 1e-4 and abs(plain[mask].std() - 1) < 1e-3
+    for scale in (1e30, 1e-10):
+        assert np.allclose(zscore((vol.astype(np.float64) * scale).astype(np.float32), mask), plain, atol=1e-3)
