@@ -22,10 +22,11 @@ def brain_bbox(mask: np.ndarray, margin: int, multiple: int = 1) -> Tuple[slice,
 def zscore(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Z-score over ``mask`` voxels; voxels outside the mask become 0."""
     out = np.zeros(volume.shape, np.float32)
-    vals = volume[mask]
+    vals = volume[mask].astype(np.float64)  # float32 sums overflow on values near 1e30 and lose tiny ones
     if vals.size:
         std = float(vals.std())
-        out[mask] = (vals - float(vals.mean())) / (std if std > 1e-8 else 1.0)
+        scale = float(np.abs(vals).max())
+        out[mask] = (vals - float(vals.mean())) / (std if std > 1e-6 * scale else 1.0)
     return out
 
 

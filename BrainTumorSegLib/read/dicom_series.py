@@ -47,7 +47,13 @@ def series_in(folder: PathLike) -> Dict[str, List[str]]:
     if not os.path.isdir(f):
         raise InputError(f, "folder not found")
     found: Dict[str, List[str]] = {}
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(f):
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM's "No Series were found" is ours to say, in one line
+    try:
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(f)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+    for uid in uids:
         found[uid] = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(f, uid))
     return found
 

@@ -34,6 +34,8 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
     reader = check_image_file(p, "a label volume file" if kind == "label" else "a volume file")
     if image_extension(p) in (".nii", ".nii.gz"):
         _check_nifti_payload(p)
+    elif image_extension(p) in (".mha", ".mhd"):
+        _check_metaimage_payload(p, reader.GetSize())
     try:
         img = reader.Execute()
     except RuntimeError as exc:
@@ -60,6 +62,7 @@ def checked_volume(img: sitk.Image, name: str) -> sitk.Image:
     """``img`` as float32, once its values are found finite and not all one value, and its field of
     view no longer than a head's (errors name ``name``)."""
     _check_size(img.GetSize(), name)
+    _check_geometry(img.GetSpacing(), img.GetDirection(), name)
     arr = sitk.GetArrayViewFromImage(img)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(name, "contains NaN or Inf values")
@@ -96,6 +99,8 @@ def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.Im
         raise InputError(p, f"is a folder, {expected} is expected")
     if image_extension(p) is None:
         raise InputError(p, f"unsupported file type; expected one of {', '.join(EXTENSIONS)}")
+    if not os.access(p, os.R_OK):
+        raise InputError(p, "cannot be read: permission denied")
     reader = sitk.ImageFileReader()
     reader.SetFileName(p)
     try:
@@ -108,7 +113,19 @@ def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.Im
     if ncomp != 1:
         raise InputError(p, f"has {ncomp} components per voxel; a scalar 3D volume is expected")
     _check_size(size, p)
+    _check_geometry(reader.GetSpacing(), reader.GetDirection(), p)
     return reader
+
+
+def _check_geometry(spacing: Sequence[float], direction: Sequence[float], name: str) -> None:
+    """Positive spacings and orthonormal axes (NIfTI's reader enforces them; MetaImage's and NRRD's
+    pass a negative spacing or a sheared matrix on, and the result would be silently wrong)."""
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+        raise InputError(name, f"has voxel spacing {dims(spacing)} mm in its header; every spacing must be positive")
+    d = np.asarray(direction, float).reshape(3, 3)
+    if not np.isfinite(d).all() or not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+        raise InputError(name, "has a direction matrix that is not orthonormal (sheared or scaled axes) in its "
+                               "header; resample it onto an orthogonal grid first")
 
 
 # NIfTI datatype codes: bytes per voxel, and the floating-point ones as numpy types
@@ -164,6 +181,45 @@ def _check_nifti_payload(path: str) -> None:
         raise InputError(path, f"is truncated: {size} bytes of the {needed} its header announces")
     if code in _NIFTI_FLOATS and not np.isfinite(np.frombuffer(data, order + _NIFTI_FLOATS[code], count, offset)).all():
         raise InputError(path, "contains NaN or Inf values")
+
+
+_MET_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
+              "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8}
+
+
+def _check_metaimage_payload(path: str, size: Sequence[int]) -> None:
+    """ITK's MetaImage reader prints its own lines on stderr for voxel data that end early or a data
+    file that is missing, then fails with a misleading reason: check both first, from the header."""
+    header: dict = {}
+    with open(path, "rb") as f:
+        for raw in f:
+            key, _, value = raw.decode("latin-1").partition("=")
+            header[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                break
+        offset = f.tell()
+    data_file, kind = header.get("ElementDataFile", ""), header.get("ElementType", "")
+    if kind not in _MET_BYTES or "%" in data_file or data_file.upper() == "LIST" or "HeaderSize" in header:
+        return  # layouts this check does not know: left to ITK
+    if data_file.upper() != "LOCAL":
+        source = os.path.join(os.path.dirname(path), data_file)
+        if not os.path.isfile(source):
+            raise InputError(path, f"its voxel data file {data_file} is missing")
+        offset = 0
+    else:
+        source = path
+    needed = int(np.prod(size, dtype=np.int64)) * _MET_BYTES[kind] * int(header.get("ElementNumberOfChannels", 1))
+    if header.get("CompressedData", "False").lower() == "true":
+        with open(source, "rb") as f:
+            f.seek(offset)
+            try:
+                have = len(zlib.decompress(f.read()))
+            except zlib.error:
+                raise InputError(source, "is truncated or corrupt (its compressed voxel data cannot be read)") from None
+    else:
+        have = os.path.getsize(source) - offset
+    if have < needed:
+        raise InputError(source, f"is truncated: {have} bytes of voxel data of the {needed} its header announces")
 
 
 def short_itk_message(exc: Exception) -> str:

@@ -94,16 +94,24 @@ def test_register_or_not():
 
 def test_what_cannot_be_registered_is_one_line_naming_it():
     """A sequence ITK cannot register is an error naming it, not a traceback: a slab of three
-    slices (ITK's smoothing needs four voxels an axis; four are registered), a field of view that
-    meets the reference's only outside the head."""
+    slices (ITK's smoothing needs four voxels an axis; four are registered), checked before
+    registration so that a reference this thin is named itself and not the sequence registered to
+    it; a scan with almost nothing in it; a field of view that meets the reference's only outside
+    the head."""
     ref = blob()
     slab = blob(shift=(3.0, 0.0, 0.0))[:, :, 24:28]
     done = Aligner(ref).align(slab, "auto", same_grid=False)
     assert done.registered and np.allclose(done.transform.GetParameters()[3:], (3.0, 0.0, 0.0), atol=0.5)
-    with pytest.raises(InputError, match=r"^t2: could not be registered to the reference t1ce \((Smoothing)?"
-                                         r"RecursiveGaussianImageFilter: The number of pixels along \w+ 2 is less "
-                                         r"than 4\.\)$"):
+    thin = r"spans only 64x60x3 mm \(64x60x3 voxels of 1x1x1 mm\); at least 4 voxels and 4 mm along every axis"
+    with pytest.raises(InputError, match=r"^t2: " + thin):
         preprocess({"t1": ref, "t1ce": ref, "t2": slab[:, :, :3], "flair": ref}, PreprocessOptions(register="auto"))
+    with pytest.raises(InputError, match=r"^t1ce: " + thin):
+        preprocess({"t1": ref, "t1ce": slab[:, :, :3], "t2": ref, "flair": ref}, PreprocessOptions(register="auto"))
+    dot = sitk.Image(ref.GetSize(), sitk.sitkFloat32)
+    dot.CopyInformation(ref)
+    dot[30, 30, 28] = 100.0
+    with pytest.raises(InputError, match=r"^t1ce: has almost no content \(1 nonzero voxel\); an MRI volume is expected$"):
+        preprocess({"t1": ref, "t1ce": dot, "t2": ref, "flair": ref}, PreprocessOptions(register="auto"))
     edge = blob()
     edge.SetOrigin((60.0, 0.0, 0.0))  # 4 mm of the reference's background in common
     with pytest.raises(InputError, match=r"^flair: could not be registered to the reference t1ce "
