@@ -63,7 +63,10 @@ def detect_scheme(labels: np.ndarray, where: Optional[PathLike] = None,
     fits = [s for s in SCHEMES.values() if present <= set(s.values)]
     if not fits:
         allowed = sorted(set().union(*(s.values for s in SCHEMES.values())))
-        bad = sorted(present - set(allowed)) or sorted(present)
+        bad = sorted(present - set(allowed))
+        if not bad:  # each value is in one scheme or the other, but 3 and 4 are never together
+            raise InputError(where, "holds both label 3 and label 4; a BraTS label map uses one scheme, brats2021 "
+                                    "(0,1,2,4: 4 enhancing) or brats2023 (0,1,2,3: 3 enhancing)")
         raise InputError(where, f"label values {_fmt(bad)} are outside the BraTS label schemes "
                                 f"(brats2021: 0,1,2,4; brats2023: 0,1,2,3)")
     names = [s.name for s in fits]

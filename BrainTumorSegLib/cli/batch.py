@@ -39,17 +39,18 @@ class BatchOptions:
 
 
 class ProgressLog:
-    """One line per case on stderr (unless quiet) and in ``OUT/batch.log`` (appended, whole lines)."""
+    """One line per case on stderr (a failed case's even when quiet) and in ``OUT/batch.log``
+    (appended, whole lines)."""
 
     def __init__(self, out_dir: str, total: int, quiet: bool) -> None:
         self.path = os.path.join(out_dir, "batch.log")
         self.total, self.done, self.quiet = total, 0, quiet
         self.spent: List[float] = []
 
-    def line(self, text: str, detail: str = "") -> None:
+    def line(self, text: str, detail: str = "", failed: bool = False) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n{detail}")
-        if not self.quiet:
+        if failed or not self.quiet:
             print(text, file=sys.stderr, flush=True)
 
     def case(self, row: Row, detail: str = "") -> None:
@@ -61,7 +62,7 @@ class ProgressLog:
         what = {"done": f"done in {row.seconds or 0:.1f} s, WT {row.volumes_ml.get('WT', 0.0):.1f} mL",
                 "skipped": "skipped: its files are there (--skip-existing)",
                 "failed": f"FAILED after {row.seconds or 0:.1f} s: {row.error}"}[row.status]
-        self.line(f"[{self.done}/{self.total}] {row.case}: {what}; ETA {eta}", detail)
+        self.line(f"[{self.done}/{self.total}] {row.case}: {what}; ETA {eta}", detail, failed=row.status == "failed")
 
 
 def _clock(seconds: float) -> str:

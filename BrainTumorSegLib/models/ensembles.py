@@ -127,7 +127,8 @@ def model_spacing(models: Sequence[Bundle]) -> Optional[float]:
     found = {m.manifest.spacing_mm for m in models}
     if len(found) != 1:
         raise InputError(models[-1].path, "an ensemble's models must work at one spacing; "
-                                          f"these use {sorted(str(f) for f in found)} mm")
+                                          "these use " + ", ".join(sorted("the input's own grid" if f is None else f"{f:g} mm"
+                                                                          for f in found)))
     return found.pop()
 
 

@@ -328,6 +328,7 @@ def test_dicom_mistakes_are_refused_before_any_weights_are_read(data, tmp_path):
         one_line_error(r, *fragments)
     assert runs[-1].returncode == 1, runs[-1].stderr
     assert "[1/1] BrokenCase: FAILED" in (tmp_path / "results" / "batch.log").read_text()
+    assert "[1/1] BrokenCase: FAILED" in runs[-1].stderr  # --quiet hides progress, not failures
     assert summary(tmp_path / "results")["BrokenCase"]["status"] == "failed"
     assert heavy == []  # no network built, no weights read
     assert not out.exists() and not (tmp_path / "s.dcm").exists() and not (tmp_path / "qc.jpg").exists()

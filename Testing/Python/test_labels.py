@@ -51,8 +51,8 @@ def test_detect_scheme():
     assert detect_scheme(np.array([0, 2])).name == "brats2021"  # ambiguous: default
     with pytest.raises(InputError, match=r"seg\.nii\.gz: label values 5 are outside"):
         detect_scheme(np.array([0, 1, 5]), "seg.nii.gz")
-    with pytest.raises(InputError, match="outside"):
-        detect_scheme(np.array([0, 3, 4]), "x.nii")  # mixes both schemes
+    with pytest.raises(InputError, match=r"^x\.nii: holds both label 3 and label 4; a BraTS label map uses one scheme"):
+        detect_scheme(np.array([0, 1, 2, 3, 4]), "x.nii")  # mixes both schemes
 
 
 def test_check_scheme_rejects_foreign_values():
