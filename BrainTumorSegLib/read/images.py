@@ -106,6 +106,8 @@ def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.Im
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
+        if _is_nifti2(p):
+            raise InputError(p, "is a NIfTI-2 file, which ITK does not read; save it as NIfTI-1 (.nii.gz)") from None
         raise InputError(p, f"cannot be read as an image ({short_itk_message(exc)})") from None
     dim, size, ncomp = reader.GetDimension(), reader.GetSize(), reader.GetNumberOfComponents()
     if dim != 3:
@@ -154,6 +156,18 @@ def _nifti_layout(data: bytes) -> Tuple[str, int, int, int]:
     if code not in _NIFTI_BYTES:
         raise ValueError(f"unknown datatype {code}")
     return order, code, int(np.prod(dims[1:1 + ndim], dtype=np.int64)), max(offset, 352)
+
+
+def _is_nifti2(path: str) -> bool:
+    """Whether a .nii or .nii.gz file starts with a NIfTI-2 header (sizeof_hdr 540)."""
+    if image_extension(path) not in (".nii", ".nii.gz"):
+        return False
+    try:
+        with (gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")) as f:
+            head = f.read(4)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return len(head) == 4 and 540 in (struct.unpack("<i", head)[0], struct.unpack(">i", head)[0])
 
 
 def _check_nifti_payload(path: str) -> None:

@@ -307,3 +307,11 @@ def test_zscore_keeps_intensities_of_any_scale():
     assert abs(plain[mask].mean()) < 1e-4 and abs(plain[mask].std() - 1) < 1e-3
     for scale in (1e30, 1e-10):
         assert np.allclose(zscore((vol.astype(np.float64) * scale).astype(np.float32), mask), plain, atol=1e-3)
+
+
+def test_a_nifti2_file_is_named_as_such(tmp_path):
+    """ITK reads NIfTI-1 only; a NIfTI-2 file (nibabel, some converters) is told apart from a damaged one."""
+    for name in ("v2.nii", "v2.nii.gz"):
+        nib.save(nib.Nifti2Image(np.ones((5, 5, 5), np.float32), np.eye(4)), str(tmp_path / name))
+        with pytest.raises(InputError, match=r"v2\.nii(\.gz)?: is a NIfTI-2 file, which ITK does not read"):
+            read_images.read_image(tmp_path / name)
