@@ -116,6 +116,10 @@ def _align_all(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: Preproce
     ref = imgs[opt.reference]
     for role in sorted(imgs, key=lambda r: r != opt.reference):  # the reference's problem named as its own
         _check_registrable(imgs[role], names[role])
+        values = _label_values(imgs[role])
+        if values is not None:
+            warnings.append(f"{names[role]}: holds only the values {', '.join(f'{v:g}' for v in values)}, as a label "
+                            f"map or mask does, not an MRI: is it the right file for {role}?")
     aligner = Aligner(ref)
     out: Dict[str, Alignment] = {}
     for role, img in imgs.items():
@@ -152,6 +156,18 @@ def _check_registrable(img: sitk.Image, name: str) -> None:
     if content < MIN_CONTENT_VOXELS:
         raise InputError(name, f"has almost no content ({content} nonzero voxel{'s' * (content != 1)}); "
                                "an MRI volume is expected")
+
+
+MAX_LABEL_VALUES = 8  # an MRI has hundreds of grey values; a label map or mask a handful
+
+
+def _label_values(img: sitk.Image) -> Optional[List[float]]:
+    """The values of ``img`` if it holds only a few whole numbers (a label map given as a sequence),
+    else None; from every third voxel along each axis, which is enough to tell."""
+    values = np.unique(sitk.GetArrayViewFromImage(img)[::3, ::3, ::3])
+    if len(values) > MAX_LABEL_VALUES or not np.array_equal(values, np.round(values)):
+        return None
+    return [float(v) for v in values]
 
 
 def _strip(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: PreprocessOptions,

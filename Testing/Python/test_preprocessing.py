@@ -118,6 +118,16 @@ def test_missing_sequence_is_named():
         preprocess(imgs)
 
 
+def test_a_label_map_given_as_a_sequence_is_warned_of():
+    """A seg file picked for the FLAIR segments without an error (its values are finite, its grid
+    right), but the result is nonsense: the warning names the file and the role."""
+    imgs, lab = blob_case()
+    assert not [w for w in preprocess(imgs).warnings if "label map" in w]
+    p = preprocess({**imgs, "flair": sitk.Cast(lab, sitk.sitkFloat32)})
+    assert [w for w in p.warnings if "label map" in w] == [
+        "flair: holds only the values 0, 1, 2, 4, as a label map or mask does, not an MRI: is it the right file for flair?"]
+
+
 def test_isotropic_resampling_and_back():
     imgs, lab = blob_case(shape=(12, 40, 40), spacing=(0.8, 0.8, 3.0))
     p = preprocess(imgs, PreprocessOptions(isotropic=1.0))
