@@ -102,7 +102,8 @@ under one CPU budget:
   fold in docs/training.md);
 - ``2mm-cv-tc-noenh-fluid2-topk-again``: ``2mm-cv-tc-noenh-fluid2-topk`` exactly, run with ``--seed 1``;
   exported as ``brats-glioma-v23-foldK`` (a control: what a third fine-tune averaged in brings without
-  a new loss, and the screen's noise from the seed alone; docs/training.md);
+  a new loss, and the screen's noise from the seed alone; screened out of fold in docs/training.md:
+  not adopted);
 - ``1mm-cascade-cv``: a coarse-to-fine cascade per fold (``networks.cascade``): stage 1 is the fold's
   ``brats-glioma-v9-foldK`` (frozen), stage 2 a residual U-Net that corrects stage 1's logits,
   started from the same weights with zero output heads (so from stage 1's own labels) and trained
@@ -275,7 +276,8 @@ VARIANTS: Dict[str, Variant] = {
     # moved the volumes the right way by a little (screened: not adopted, +0.0017)
     "2mm-cv-tc-noenh-fluid2-topk-tversky8": replace(_V18, model_id="brats-glioma-v22", missed_weight=0.8),
     # v18's settings exactly, trained with another seed (--seed 1): a control for the three-way averages
-    # of v9, v18 and a Tversky fine-tune, and a measure of the screen's noise from the seed alone
+    # of v9, v18 and a Tversky fine-tune, and a measure of the screen's noise from the seed alone (screened:
+    # not adopted)
     "2mm-cv-tc-noenh-fluid2-topk-again": replace(_V18, model_id="brats-glioma-v23"),
     # each v9 fold trained on as v9 was for 400 more iterations at a constant third of v9's learning
     # rate, the weights at the end of each 100 averaged (stochastic weight averaging; measured: not adopted)
