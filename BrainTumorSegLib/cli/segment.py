@@ -150,7 +150,8 @@ def _case_job(args: argparse.Namespace, given: Dict[str, str]) -> _Job:
 def _segment_one(job: _Job, reference: Optional["sitk.Image"], args: argparse.Namespace,
                  opts: "SegmentOptions", models: "Models") -> dict:
     """Segment one checked case and write its files: all are made before any is written, and they
-    appear together (``atomic.together``). ``reference``: its expert labels read before, else read here (a batch's case)."""
+    appear together (``atomic.together``). ``reference``: its expert labels read before, else read
+    here (a batch's case)."""
     from ..pipeline import segment
     from ..read.dicom_series import read_inputs
     from ..write import extra_outputs

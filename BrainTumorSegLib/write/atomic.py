@@ -50,11 +50,19 @@ def check_folder(path: PathLike) -> None:
 
 
 class _Staged:
-    """The writes of a ``together`` block: their moves, and the private folders to remove after."""
+    """Writes waiting for their renames: the moves, and the private folders to remove after."""
 
     def __init__(self) -> None:
         self.moves: Moves = []
         self.scratch: List[str] = []
+
+    def apply(self) -> None:
+        """Every rename, in order; then whatever is left of them (after a failure) removed."""
+        try:
+            for tmp, final in self.moves:
+                os.replace(tmp, final)
+        finally:
+            self.discard()
 
     def discard(self) -> None:
         for tmp, _ in self.moves:
@@ -80,28 +88,19 @@ def together() -> Iterator[None]:
         raise
     finally:
         _STAGED.reset(token)
-    try:
-        for tmp, final in staged.moves:
-            os.replace(tmp, final)
-    finally:
-        staged.discard()
+    staged.apply()
 
 
 def commit(moves: Moves, scratch: Optional[str] = None) -> None:
     """Rename complete temporary files into place now, or at the end of the ``together`` block
     around; ``scratch``: a private folder of theirs, removed once they have moved."""
-    staged = _STAGED.get()
-    if staged is not None:
-        staged.moves += moves
-        if scratch:
-            staged.scratch.append(scratch)
-        return
-    try:
-        for tmp, final in moves:
-            os.replace(tmp, final)
-    finally:
-        if scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
+    block = _STAGED.get()
+    staged = block or _Staged()
+    staged.moves += moves
+    if scratch:
+        staged.scratch.append(scratch)
+    if block is None:
+        staged.apply()
 
 
 def scratch_file(path: PathLike, suffix: str) -> str:
