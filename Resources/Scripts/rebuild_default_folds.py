@@ -14,6 +14,9 @@ shipped `brats-glioma-v9-foldK`. This script makes, for each fold K, in order:
 `--design plain` makes the design of the default of stops 48-54 instead: `brats-glioma-v12-foldK`
 (`--variant 2mm-cv-tc-noenh-fluid2`: the mean cross-entropy), the averages
 `brats-glioma-soup-v9-v12-foldK` and stage 2's rounds `brats-glioma-cascade-et-v3-/v4-/v5-foldK`.
+`--design tversky3` makes a candidate: v18 and `brats-glioma-v22-foldK` (`--variant
+2mm-cv-tc-noenh-fluid2-topk-tversky8`: the Tversky index), the three averaged
+(`brats-glioma-soup-v9-v18-v22-foldK`) and stage 2's rounds `brats-glioma-cascade-et-v10-/v11-/v12-foldK`.
 
 `--with-all` then makes the shipped form as well: each fold of the last round converted to fp16
 (`RUNS/fp16`), their ensemble with the protocol (`ensemble --validate-on`, about 15-20 minutes), the
@@ -30,7 +33,7 @@ the same command continues after an interruption. `--until soup` stops after the
 (docs/training.md), about 4.5 hours in all (about 3.3 on stop 54's Intel Xeon with AMX).
 
 Run: python Resources/Scripts/rebuild_default_folds.py --data ../shared/real-cases --out RUNS
-     [--design topk|plain] [--until soup|v7|v8|v9|v3|v4|v5] [--folds 0 1 2 3 4] [--with-all]
+     [--design topk|plain|tversky3] [--until soup|TAG] [--folds 0 1 2 3 4] [--with-all]
 """
 from __future__ import annotations
 
@@ -39,19 +42,29 @@ import datetime
 import os
 import subprocess
 import sys
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
+Tune = Tuple[str, str]  # stage 1's fine-tune of v9: tag, variant
 Round = Tuple[str, str, int]  # stage 2's round: tag, variant, seed
 
-# design: (stage 1's fine-tune: tag, variant), stage 2's rounds (tag, variant, seed)
-DESIGNS = {
-    "plain": (("v12", "2mm-cv-tc-noenh-fluid2"),
+_V18: Tune = ("v18", "2mm-cv-tc-noenh-fluid2-topk")
+# design: stage 1's fine-tunes (averaged with v9, in this order), stage 2's rounds
+DESIGNS: Dict[str, Tuple[Sequence[Tune], Sequence[Round]]] = {
+    "plain": ((("v12", "2mm-cv-tc-noenh-fluid2"),),
               (("v3", "1mm-cascade-et-soup-cv", 0), ("v4", "1mm-cascade-et-soup-long", 1),
                ("v5", "1mm-cascade-et-soup-longer", 2))),
-    "topk": (("v18", "2mm-cv-tc-noenh-fluid2-topk"),
+    "topk": ((_V18,),
              (("v7", "1mm-cascade-et-topk-cv", 0), ("v8", "1mm-cascade-et-topk-long", 1),
               ("v9", "1mm-cascade-et-topk-longer", 2))),
+    "tversky3": ((_V18, ("v22", "2mm-cv-tc-noenh-fluid2-topk-tversky8")),
+                 (("v10", "1mm-cascade-et-tversky3-cv", 0), ("v11", "1mm-cascade-et-tversky3-long", 1),
+                  ("v12", "1mm-cascade-et-tversky3-longer", 2))),
 }
+
+
+def _soup(tunes: Sequence[Tune], member: str) -> str:
+    """The name of stage 1: v9 and the fine-tunes averaged (``member``: foldK or all)."""
+    return "brats-glioma-soup-" + "-".join(["v9", *(tag for tag, _ in tunes)]) + f"-{member}"
 
 
 def _run(cmd: List[str], log_path: str, env: dict) -> None:
@@ -95,7 +108,7 @@ def main() -> int:
     ap.add_argument("--with-all", action="store_true",
                     help="then the protocol on the last round's folds and the design trained on all 32 cases")
     args = ap.parse_args()
-    (tag1, variant1), stage2 = DESIGNS[args.design]
+    tunes, stage2 = DESIGNS[args.design]
     until = args.until or stage2[-1][0]
     if until != "soup" and until not in [r[0] for r in stage2]:
         ap.error(f"--until {until}: not a round of the {args.design} design ({', '.join(r[0] for r in stage2)})")
@@ -111,12 +124,15 @@ def main() -> int:
     env = {**os.environ, "BRAINTUMORSEG_MODELS": bundles}
 
     for k in args.folds:
-        tuned, soup = f"brats-glioma-{tag1}-fold{k}", f"brats-glioma-soup-v9-{tag1}-fold{k}"
-        _train(out, os.path.join(bundles, tuned), os.path.join(out, "runs"),
-               ["--variant", variant1, "--fold", str(k), "--cache", os.path.join(out, "cache2mm")], recipe, logs, env)
+        tuned = [os.path.join(bundles, f"brats-glioma-{tag}-fold{k}") for tag, _ in tunes]
+        for (_, variant), bundle in zip(tunes, tuned):
+            _train(out, bundle, os.path.join(out, "runs"),
+                   ["--variant", variant, "--fold", str(k), "--cache", os.path.join(out, "cache2mm")], recipe, logs,
+                   env)
+        soup = _soup(tunes, f"fold{k}")
         if not _made(os.path.join(bundles, soup)):
-            _run([*cli, "average", f"brats-glioma-v9-fold{k}", os.path.join(bundles, tuned), "--out",
-                  os.path.join(bundles, soup)], os.path.join(logs, f"{soup}.log"), env)
+            _run([*cli, "average", f"brats-glioma-v9-fold{k}", *tuned, "--out", os.path.join(bundles, soup)],
+                 os.path.join(logs, f"{soup}.log"), env)
             _note(out, f"{soup} done")
     for tag, variant, seed in stage2:
         if until == "soup":
@@ -129,11 +145,11 @@ def main() -> int:
             break
     _note(out, f"done up to {until}")
     if args.with_all:
-        _with_all(out, args.data, tag1, variant1, stage2, cli, recipe, logs)
+        _with_all(out, args.data, tunes, stage2, cli, recipe, logs)
     return 0
 
 
-def _with_all(out: str, data: str, tag1: str, variant1: str, stage2: Sequence[Round], cli: List[str],
+def _with_all(out: str, data: str, tunes: Sequence[Tune], stage2: Sequence[Round], cli: List[str],
               recipe: List[str], logs: str) -> None:
     """The last round's protocol, then the design on all 32 cases, converted to fp16."""
     bundles, fp16 = os.path.join(out, "models"), os.path.join(out, "fp16")
@@ -153,7 +169,7 @@ def _with_all(out: str, data: str, tag1: str, variant1: str, stage2: Sequence[Ro
     every = os.path.join(out, "all", "models")
     os.makedirs(every, exist_ok=True)
     for k in range(5):
-        link = os.path.join(every, f"brats-glioma-soup-v9-{tag1}-fold{k}")
+        link = os.path.join(every, _soup(tunes, f"fold{k}"))
         if not os.path.lexists(link):
             os.symlink(os.path.join(bundles, os.path.basename(link)), link)
     env = {**os.environ, "BRAINTUMORSEG_MODELS": every}
@@ -162,11 +178,12 @@ def _with_all(out: str, data: str, tag1: str, variant1: str, stage2: Sequence[Ro
         _train(out, os.path.join(every, name), os.path.join(out, "all", "runs"),
                [*args, "--fold", "all", "--cache", os.path.join(out, cache)], recipe, logs, env)
 
-    train_all(f"brats-glioma-{tag1}-all", ["--variant", variant1], "cache2mm")
-    soup = os.path.join(every, f"brats-glioma-soup-v9-{tag1}-all")
+    for tag, variant in tunes:
+        train_all(f"brats-glioma-{tag}-all", ["--variant", variant], "cache2mm")
+    soup = os.path.join(every, _soup(tunes, "all"))
     if not _made(soup):
-        _run([*cli, "average", "brats-glioma-v9-all", os.path.join(every, f"brats-glioma-{tag1}-all"), "--out", soup],
-             os.path.join(logs, "soup-all.log"), env)
+        _run([*cli, "average", "brats-glioma-v9-all", *(os.path.join(every, f"brats-glioma-{tag}-all") for tag, _ in tunes),
+              "--out", soup], os.path.join(logs, "soup-all.log"), env)
     for tag, variant, seed in stage2:
         figures = ["--figures-from", ensemble] if tag == last else []
         train_all(f"brats-glioma-cascade-et-{tag}-all", ["--variant", variant, "--seed", str(seed), *figures],
