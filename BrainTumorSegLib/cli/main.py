@@ -542,6 +542,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_no_empty_value(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Any option or argument given an empty value (``-o "$OUT"`` with OUT unset) is a slip, not an
+    option left out: refused before the command runs, whichever command it is (an empty path would
+    otherwise be read as the current folder)."""
+    # argparse lists a parser's actions only in its private ``_actions``; it has been stable for years
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for action in commands[args.command]._actions:
+        value = getattr(args, action.dest, None)
+        if value == "" or (isinstance(value, list) and "" in value):
+            name = (action.option_strings[0] if action.option_strings
+                    else f"argument {action.metavar or action.dest.upper()}")
+            raise InputError(None, f"{name} is empty (an unset shell variable?); give a value")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one ``braintumorseg`` command; a mistake in the input is one line on stderr and exit 2.
 
@@ -559,6 +573,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format=f"{PROG}: %(levelname)s: %(message)s")
     try:
+        _check_no_empty_value(parser, args)
         return int(args.func(args) or 0)
     except InputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -273,7 +273,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .. import extras
     from ..models.bundles import DEFAULT_MODEL
 
-    _check_not_empty(args)
+    _check_combination(args)
     opts = segment_options.SegmentOptions.from_args(args)
     for extra in opts.extras_needed():
         extras.require(extra)
@@ -292,18 +292,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-_PATH_OPTIONS = ("output", "case", "cases", *SEQUENCES, "report", "reference_labels", "uncertainty", "brain_mask",
-                 "dicom_seg", "qc")
-
-
-def _check_not_empty(args: argparse.Namespace) -> None:
-    """An option given an empty value (``-o ""``, ``--model ""``) is a slip, not an option left out."""
-    for name in _PATH_OPTIONS:
-        if getattr(args, name, None) == "":
-            raise InputError(None, f"{'-o' if name == 'output' else '--' + name.replace('_', '-')} is empty; "
-                                   "give a path")
-    if any(not m for m in args.model or []):
-        raise InputError(None, "--model is empty; give a model name or a bundle folder (braintumorseg models lists them)")
+def _check_combination(args: argparse.Namespace) -> None:
+    """Options that make sense only together (empty values are refused for every command by ``main``)."""
     if args.skip_existing and not args.cases:
         raise InputError(None, "--skip-existing applies to --cases only")
 

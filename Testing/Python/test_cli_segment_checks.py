@@ -1,5 +1,6 @@
 """``braintumorseg segment`` checks its inputs, outputs and model before any weights are read: each
-mistake is one line that says what to do instead, and nothing is written."""
+mistake is one line that says what to do instead, and nothing is written (an empty value: so in
+every command)."""
 import os
 import shutil
 import subprocess
@@ -44,9 +45,9 @@ def test_mistakes_in_inputs_outputs_and_model_are_one_line_before_any_weights_ar
         (["--case", str(case), "-o", out, "--model", "brats-glioma-v9-al"], ["did you mean brats-glioma-v9-all?"]),
         (["--case", str(case), "-o", out, "--model", str(tmp_path / "results")], ["is not a model bundle"]),
         (["--case", str(case), "-o", out, "--reference-labels", t1], [t1, "outside the BraTS label schemes"]),
-        (["--case", str(case), "-o", ""], ["-o is empty; give a path"]),
+        (["--case", str(case), "-o", ""], ["-o is empty", "give a value"]),
         (["--case", str(case), "-o", out, "--report", ""], ["--report is empty"]),
-        (["--case", str(case), "-o", out, "--model", ""], ["--model is empty"]),
+        (["--case", str(case), "-o", out, "--model", "brats-synthetic-demo", "--model", ""], ["--model is empty"]),
         (["--case", str(case), "-o", out, "--skip-existing"], ["--skip-existing applies to --cases only"]),
         ([*four[:2], "--t1ce", str(tmp_path / "empty_series"), *four[4:], "-o", out],
          ["empty_series", "holds no DICOM series"]),  # GDCM's own warning lines kept off stderr
@@ -57,6 +58,27 @@ def test_mistakes_in_inputs_outputs_and_model_are_one_line_before_any_weights_ar
     assert heavy == []  # neither torch nor safetensors: no network built, no weights read
     assert (sorted(os.listdir(tmp_path)), sorted(os.listdir(case))) == before
     assert os.listdir(tmp_path / "results") == []
+
+
+def test_every_command_refuses_an_empty_value_before_any_work(tmp_path, monkeypatch):
+    # `--out "$OUT"` with OUT unset: an empty path was read as the current folder (convert, average and
+    # ensemble then said the folder was not empty; in an empty one they would have written there)
+    monkeypatch.chdir(tmp_path)
+    expected = [
+        (["convert", "brats-synthetic-demo", "--out", ""], ["--out is empty"]),
+        (["average", "brats-synthetic-demo", "brats-synthetic-demo", "--out", ""], ["--out is empty"]),
+        (["ensemble", "brats-synthetic-demo", "", "--out", "e"], ["argument MODEL is empty"]),
+        (["evaluate", "--pred", "", "--ref", SAMPLE], ["--pred is empty"]),
+        (["compare", "brats-synthetic-demo", ""], ["argument B is empty"]),
+        (["train", "--data", "", "--out", "run"], ["--data is empty"]),
+        (["train-recipe", "brats-glioma", "--data", "", "--out", "run"], ["--data is empty"]),
+        (["phantom", "", "--n", "1"], ["argument OUTDIR is empty"]),
+    ]
+    runs, heavy = cli_in_a_fresh_process([argv for argv, _ in expected])
+    for (_argv, fragments), r in zip(expected, runs):
+        one_line_error(r, *fragments)
+    assert heavy == []
+    assert os.listdir(tmp_path) == []
 
 
 def test_segmenting_a_case_imports_only_what_it_uses(tmp_path):
