@@ -7,7 +7,6 @@ labels, so a failure while making either leaves no file of it.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
 from typing import Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -16,7 +15,8 @@ import SimpleITK as sitk
 from ..errors import InputError, PathLike
 from ..read.dicom_series import Series, is_series_folder
 from ..read.images import read_image
-from .atomic import check_folder, check_not_input, write_bytes
+from .atomic import check_not_input, write_bytes
+from .images import check_output_path
 
 
 @dataclass
@@ -44,18 +44,16 @@ def check(files: CaseFiles, inputs: Mapping[str, Optional[str]]) -> None:
             raise InputError(files.dicom_seg, "a DICOM SEG needs the T1ce as a DICOM series (a folder: --t1ce DIR, "
                                               "or a t1ce/ subfolder of the case)")
         extras.require("dicom")
-        _check_path(files.dicom_seg, input_paths)
+        _check_path(files.dicom_seg, input_paths, "seg.dcm")
     if files.qc:
         extras.require("qc")
+        _check_path(files.qc, input_paths, "qc.png")
         if not files.qc.lower().endswith(".png"):
             raise InputError(files.qc, "a QC picture is a PNG file; name it .png")
-        _check_path(files.qc, input_paths)
 
 
-def _check_path(path: str, inputs: Iterable[PathLike]) -> None:
-    if os.path.isdir(path):
-        raise InputError(path, "is a folder, an output file name is expected")
-    check_folder(path)
+def _check_path(path: str, inputs: Iterable[PathLike], example: str) -> None:
+    check_output_path(path, image=False, example=example)
     check_not_input(path, inputs)
 
 

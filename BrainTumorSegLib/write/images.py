@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,12 +25,14 @@ def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return img
 
 
-def check_output_path(path: PathLike, image: bool = True) -> str:
+def check_output_path(path: PathLike, image: bool = True, example: Optional[str] = None) -> str:
     """Check that the output file can be written: a file name (not a folder), in an existing
-    folder, with a known extension when it is an ``image``."""
+    folder, with a known extension when it is an ``image``; ``example``: the file name a folder
+    given instead is told to end with (default labels.nii.gz, or report.json when not an image)."""
     p = os.fspath(path)
     if os.path.isdir(p):
-        raise InputError(p, f"is a folder; give a file name, e.g. {os.path.join(p, 'labels.nii.gz' if image else 'report.json')}")
+        example = example or ("labels.nii.gz" if image else "report.json")
+        raise InputError(p, f"is a folder; give a file name, e.g. {os.path.join(p, example)}")
     if image and image_extension(p) is None:
         raise InputError(p, f"unsupported output type; end the file name with one of {', '.join(EXTENSIONS)}")
     check_folder(p)

@@ -321,6 +321,9 @@ def test_dicom_mistakes_are_refused_before_any_weights_are_read(data, tmp_path):
         (argv(str(data.study), "--series-uid", "t1ce=1.2.3"), ["holds none of the series", "1.2.3"]),
         (argv(nifti["t1ce"], "--dicom-seg", str(tmp_path / "s.dcm")), ["a DICOM SEG needs the T1ce as a DICOM series"]),
         (argv(nifti["t1ce"], "--qc", str(tmp_path / "qc.jpg")), ["qc.jpg", "name it .png"]),
+        (argv(str(data.cases / "DicomCase" / "t1ce"), "--dicom-seg", str(tmp_path / "results")),
+         ["results: is a folder", "e.g. " + str(tmp_path / "results" / "seg.dcm")]),
+        (argv(nifti["t1ce"], "--qc", str(tmp_path / "results")), ["e.g. " + str(tmp_path / "results" / "qc.png")]),
     ]
     batch = ["segment", "--cases", str(tmp_path / "only"), "-o", str(tmp_path / "results"), "--quiet"]
     runs, heavy = cli_in_a_fresh_process([a for a, _ in expected] + [batch])
