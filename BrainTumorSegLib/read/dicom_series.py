@@ -4,10 +4,12 @@ A sequence may be given as a folder holding the files of one DICOM series (one f
 The series is read with SimpleITK's ImageSeriesReader, its slices sorted by their position along
 the slice normal, the geometry taken from the files (Image Position and Orientation (Patient),
 Pixel Spacing). Nothing relies on patient fields, so de-identified series read the same. Before
-any pixel is read, the slices are checked: one orientation, no two at one position, evenly
-spaced (a missing slice or uneven spacing is an error: a volume with a hole would be silently
-stretched), stacked straight, one matrix size. A folder holding several series needs the series
-chosen by its Series Instance UID (``--series-uid``), else the error lists them.
+any pixel is read, the slices are checked: greyscale, one orientation and one pixel spacing (both
+valid), no two at one position, evenly spaced (a missing slice or uneven spacing is an error: a
+volume with a hole would be silently stretched), stacked straight, one matrix size, each file
+holding all its pixel data (a file cut short would be read with part of its slice zero). A folder
+holding several series needs the series chosen by its Series Instance UID (``--series-uid``),
+else the error lists them.
 """
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ import SimpleITK as sitk
 from ..errors import InputError, PathLike
 from .images import checked_volume, dims
 
-_POSITION, _ORIENTATION = "0020|0032", "0020|0037"
+_POSITION, _ORIENTATION, _PIXEL_SPACING, _BITS = "0020|0032", "0020|0037", "0028|0030", "0028|0100"
 _DESCRIPTION, _SOP_UID = "0008|103e", "0008|0018"
+_PIXEL_DATA = b"\xe0\x7f\x10\x00"  # the Pixel Data tag (7FE0,0010), little endian
+_UNDEFINED_LENGTH = 0xFFFFFFFF  # encapsulated (compressed) pixel data: its length is not declared
+_LISTED = 5  # series listed by name in an error; the rest counted
 
 
 @dataclass
@@ -88,7 +93,8 @@ def choose(folder: str, found: Mapping[str, List[str]], wanted: Sequence[str] = 
         return picked[0]
     if len(found) == 1 and not picked and not strict:
         return next(iter(found))
-    listing = "; ".join(_describe(u, files) for u, files in found.items())
+    shown = [_describe(u, files) for u, files in list(found.items())[:_LISTED]]
+    listing = "; ".join(shown) + (f"; and {len(found) - _LISTED} more" if len(found) > _LISTED else "")
     if picked:
         raise InputError(folder, f"holds {len(picked)} of the series asked for with --series-uid: {listing}")
     if wanted:
@@ -97,27 +103,90 @@ def choose(folder: str, found: Mapping[str, List[str]], wanted: Sequence[str] = 
     raise InputError(folder, f"holds {len(found)} DICOM series; choose one with --series-uid UID (or ROLE=UID): {listing}")
 
 
-def _vector(reader: sitk.ImageFileReader, key: str, n: int, path: str, what: str) -> np.ndarray:
+def _vector(reader: sitk.ImageFileReader, key: str, n: int, path: str, what: str,
+            unknown: str = "the slices cannot be placed in space") -> np.ndarray:
     try:
         values = np.array([float(v) for v in _tag(reader, key).split("\\")])
     except ValueError:
         values = np.array([])
     if values.shape != (n,) or not np.isfinite(values).all():
-        raise InputError(path, f"has no valid {what}; the slices cannot be placed in space")
+        raise InputError(path, f"has no valid {what}; {unknown}")
     return values
 
 
-def slice_positions(folder: str, files: Sequence[str]) -> Tuple[List[str], float]:
-    """``files`` sorted along the slice normal and their spacing (mm), after checking the stack."""
+def _orientation(reader: sitk.ImageFileReader, path: str) -> np.ndarray:
+    cosines = _vector(reader, _ORIENTATION, 6, path, "Image Orientation (Patient)")
+    row, col = cosines[:3], cosines[3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(col) - 1) > 1e-3 or abs(row @ col) > 1e-3:
+        raise InputError(path, "has an invalid Image Orientation (Patient): its row and column directions are not "
+                               "two perpendicular unit vectors")
+    return cosines
+
+
+def _pixel_spacing(reader: sitk.ImageFileReader, path: str) -> np.ndarray:
+    spacing = _vector(reader, _PIXEL_SPACING, 2, path, "Pixel Spacing", "the size of its voxels is unknown")
+    if (spacing <= 0).any():
+        raise InputError(path, f"has an invalid Pixel Spacing ({spacing[0]:g} x {spacing[1]:g} mm); the size of "
+                               "its voxels is unknown")
+    return spacing
+
+
+def _check_pixels(reader: sitk.ImageFileReader, path: str) -> None:
+    """A greyscale slice whose file holds all its pixel data. GDCM reads a file cut short, or a Pixel
+    Data element shorter than the slice, with the rest of the slice zero and no word said."""
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(path, f"is a colour image ({reader.GetNumberOfComponents()} samples per pixel: a "
+                               "screenshot or secondary capture?); an MR series is greyscale")
+    try:
+        bits = int(_tag(reader, _BITS))
+    except ValueError:
+        return  # GDCM read the header without it; its own pixel read decides
+    width, height = reader.GetSize()[:2]
+    needed = width * height * ((bits + 7) // 8)
+    with open(path, "rb") as f:
+        data = f.read()
+    at = data.find(_PIXEL_DATA)
+    if at < 0:
+        return  # big endian, or none: GDCM's pixel read decides
+    explicit = data[at + 4:at + 6] in (b"OB", b"OW")
+    start = at + (12 if explicit else 8)
+    declared = int.from_bytes(data[at + (8 if explicit else 4):start], "little")
+    if declared == _UNDEFINED_LENGTH:
+        return  # compressed: the codec says whether its frame is whole
+    held = min(declared, len(data) - start)
+    if held < needed:
+        raise InputError(path, f"holds {held} bytes of pixel data where its {width} x {height} slice needs "
+                               f"{needed}: the file is damaged or cut short")
+
+
+def _unread(folder: str, files: Sequence[str]) -> List[str]:
+    """Files directly in ``folder`` that are in no series listed there (damaged or not DICOM)."""
+    listed = {os.path.realpath(p) for p in files}
+    return sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))
+                  and os.path.realpath(os.path.join(folder, n)) not in listed)
+
+
+def slice_positions(folder: str, files: Sequence[str], others: Sequence[str] = ()) -> Tuple[List[str], float]:
+    """``files`` sorted along the slice normal and their spacing (mm), after checking the stack and
+    each slice's header; ``others``: the folder's files in no series, named if a slice is missing."""
     if len(files) < 2:
         raise InputError(folder, f"holds a series of {len(files)} file; one file per slice of a 3D volume is "
                                  "expected (multi-frame files are not read)")
     readers = [_info(p) for p in files]
-    cosines = [_vector(r, _ORIENTATION, 6, p, "Image Orientation (Patient)") for r, p in zip(readers, files)]
+    cosines = [_orientation(r, p) for r, p in zip(readers, files)]
     for c, p in zip(cosines, files):
         if np.abs(c - cosines[0]).max() > 1e-4:
             raise InputError(folder, f"mixes slice orientations ({os.path.basename(files[0])} and "
                                      f"{os.path.basename(p)} differ); one series of parallel slices is expected")
+    pixel_spacings = [_pixel_spacing(r, p) for r, p in zip(readers, files)]
+    for s, p in zip(pixel_spacings, files):
+        if np.abs(s - pixel_spacings[0]).max() > 1e-4 * max(1.0, float(pixel_spacings[0].max())):
+            raise InputError(folder, f"mixes pixel spacings ({os.path.basename(files[0])}: "
+                                     f"{pixel_spacings[0][0]:g} x {pixel_spacings[0][1]:g} mm, {os.path.basename(p)}: "
+                                     f"{s[0]:g} x {s[1]:g} mm); one series of one resolution is expected")
+    for r, p in zip(readers, files):
+        if not _tag(r, _SOP_UID):
+            raise InputError(p, "has no SOP Instance UID (0008,0018); it is not a valid DICOM image")
     for r, p in zip(readers, files):
         if r.GetSize()[:2] != readers[0].GetSize()[:2] or (len(r.GetSize()) > 2 and r.GetSize()[2] > 1):
             raise InputError(folder, f"mixes image sizes or holds multi-frame files ({os.path.basename(p)}: "
@@ -136,15 +205,18 @@ def slice_positions(folder: str, files: Sequence[str]) -> Tuple[List[str], float
                                  "one series of one echo and time point is expected")
     spacing = float(np.median(steps))
     tol = max(0.01, 0.01 * spacing)
-    _check_spacing(folder, steps, spacing, tol, where)
+    _check_spacing(folder, steps, spacing, tol, where, others)
     in_plane = np.abs((points - points[0]) @ np.stack([row, col]).T).max()
     if in_plane > max(0.05, tol):
         raise InputError(folder, f"slices are not stacked straight (shifted by up to {in_plane:.2f} mm in their "
                                  "plane: gantry tilt?); a straight stack of slices is expected")
+    for r, p in zip(readers, files):
+        _check_pixels(r, p)
     return [files[i] for i in order], spacing
 
 
-def _check_spacing(folder: str, steps: np.ndarray, spacing: float, tol: float, where: List[str]) -> None:
+def _check_spacing(folder: str, steps: np.ndarray, spacing: float, tol: float, where: List[str],
+                   others: Sequence[str]) -> None:
     bad = np.flatnonzero(np.abs(steps - spacing) > tol)
     if not bad.size:
         return
@@ -152,8 +224,10 @@ def _check_spacing(folder: str, steps: np.ndarray, spacing: float, tol: float, w
     gaps = steps[bad] / spacing
     if np.allclose(gaps, np.round(gaps), atol=0.02) and (gaps > 1.5).all():
         missing = int(np.round(gaps - 1).sum())
+        unread = (f" ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''} in the folder cannot be read as "
+                  "DICOM: damaged?)") if others else ""
         raise InputError(folder, f"has {missing} missing slice(s): a gap of {steps[k]:.2f} mm between the slices "
-                                 f"at {where[k]} and {where[k + 1]} mm where the spacing is {spacing:.2f} mm")
+                                 f"at {where[k]} and {where[k + 1]} mm where the spacing is {spacing:.2f} mm{unread}")
     raise InputError(folder, f"has uneven slice spacing ({steps.min():.2f} to {steps.max():.2f} mm, first "
                              f"irregular step after {where[k]} mm); evenly spaced slices are expected")
 
@@ -165,7 +239,7 @@ def check_series(folder: PathLike, wanted: Sequence[str] = (), strict: bool = Fa
     f = os.fspath(folder)
     found = series_in(f)
     uid = choose(f, found, wanted, strict)
-    files, spacing = slice_positions(f, found[uid])
+    files, spacing = slice_positions(f, found[uid], _unread(f, [p for fs in found.values() for p in fs]))
     return uid, files, spacing
 
 

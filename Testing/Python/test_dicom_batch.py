@@ -337,6 +337,76 @@ def test_dicom_mistakes_are_refused_before_any_weights_are_read(data, tmp_path):
     assert not out.exists() and not (tmp_path / "s.dcm").exists() and not (tmp_path / "qc.jpg").exists()
 
 
+def test_damaged_slices_are_refused_from_their_headers_naming_the_file(data, tmp_path):
+    """Each of these read with exit 0 before (a colour series crashed): a slice with part of its pixel
+    data missing was read with that part zero, a slice of another resolution stretched, a missing or
+    zero Pixel Spacing taken as 1 mm. Each is refused before any weights are read, naming the file."""
+    def rgb(dss):
+        for ds in dss:
+            a = ds.pixel_array
+            grey = (255 * (a - a.min()) / max(1, int(np.ptp(a)))).astype(np.uint8)
+            ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+            ds.PixelData = np.stack([grey] * 3, -1).tobytes()
+
+    def short(dss):
+        dss[20].PixelData = dss[20].PixelData[:len(dss[20].PixelData) // 2]
+
+    def scaled(dss):
+        for ds in dss:
+            ds.ImageOrientationPatient = [2 * float(v) for v in ds.ImageOrientationPatient]
+
+    def spacing(value, which=slice(None)):
+        def change(dss):
+            for ds in dss[which]:
+                if value is None:
+                    del ds.PixelSpacing
+                else:
+                    ds.PixelSpacing = value
+        return change
+
+    def no_uid(dss):
+        del dss[20].SOPInstanceUID
+
+    expected = [
+        (_series_with(tmp_path, data, "rgb", rgb), ["IM0000.dcm", "is a colour image (3 samples per pixel"]),
+        (_series_with(tmp_path, data, "short", short), ["IM0020.dcm", "bytes of pixel data where", "damaged or cut"]),
+        (_series_with(tmp_path, data, "scaled", scaled), ["IM0000.dcm", "not two perpendicular unit vectors"]),
+        (_series_with(tmp_path, data, "nospacing", spacing(None)), ["IM0000.dcm", "no valid Pixel Spacing"]),
+        (_series_with(tmp_path, data, "zero", spacing([0, 0])), ["IM0000.dcm", "invalid Pixel Spacing (0 x 0 mm)"]),
+        (_series_with(tmp_path, data, "mixed", spacing([1, 1], slice(20, 21))),
+         ["mixed: mixes pixel spacings", "IM0020.dcm: 1 x 1 mm"]),
+        (_series_with(tmp_path, data, "nouid", no_uid), ["IM0020.dcm", "has no SOP Instance UID"]),
+    ]
+    cut = _series_with(tmp_path, data, "cut", lambda dss: None)
+    with open(os.path.join(cut, "IM0020.dcm"), "r+b") as f:  # a copy stopped half way
+        f.truncate(os.path.getsize(f.name) // 2)
+    expected.append((cut, ["cut: has 1 missing slice(s)", "IM0020.dcm in the folder cannot be read as DICOM"]))
+    assert sorted(os.listdir(cut))[20] == "IM0020.dcm"
+    nifti = {r: str(data.cases / "NiftiCase" / f"NiftiCase_{r}.nii.gz") for r in ROLES}
+    out = tmp_path / "labels.nii.gz"
+    runs, heavy = cli_in_a_fresh_process(
+        [["segment", *[a for r in ROLES for a in (f"--{r}", t1ce if r == "t1ce" else nifti[r])], "-o", str(out)]
+         for t1ce, _ in expected])
+    for (_t1ce, fragments), r in zip(expected, runs):
+        one_line_error(r, *fragments)
+    assert heavy == [] and not out.exists()
+
+
+def test_no_output_is_written_into_an_input_series_folder(data, tmp_path):
+    # a DICOM SEG written there joined the series: the next run found two series in the folder
+    series = _series_with(tmp_path, data, "t1ce", lambda dss: None)
+    before = sorted(os.listdir(series))
+    nifti = {r: str(data.cases / "NiftiCase" / f"NiftiCase_{r}.nii.gz") for r in ROLES}
+    args = [a for r in ROLES for a in (f"--{r}", series if r == "t1ce" else nifti[r])]
+    runs, _ = cli_in_a_fresh_process([
+        ["segment", *args, "-o", str(tmp_path / "labels.nii.gz"), "--dicom-seg", os.path.join(series, "seg.dcm")],
+        ["segment", *args, "-o", os.path.join(series, "labels.nii.gz")]])
+    for r in runs:
+        one_line_error(r, "is inside the input series folder", "write it elsewhere")
+    assert sorted(os.listdir(series)) == before
+
+
 def test_an_oblique_series_is_read_in_position_order_with_its_geometry(data, tmp_path):
     img = data.imgs["t1ce"]
     rotation = np.array(rotation_direction(12, 0)).reshape(3, 3) @ np.array(rotation_direction(-7, 2)).reshape(3, 3)
