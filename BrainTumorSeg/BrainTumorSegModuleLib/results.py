@@ -18,7 +18,7 @@ import vtk
 from BrainTumorSegLib.write import terminology as _terms  # standard library only: importable before the dependencies
 
 from .errors import ModuleError
-from .mrml import ijk_to_ras, labelmap_node, node_ids, read_volume, remove_nodes_added_since, voxels
+from .mrml import RESULT_ATTRIBUTE, ijk_to_ras, labelmap_node, node_ids, read_volume, remove_nodes_added_since, voxels
 from .roles import left_out
 
 if TYPE_CHECKING:
@@ -47,11 +47,31 @@ class SegmentationResult:
     def status(self) -> str:
         """The status: a line with time, device, model and the sequences left out, then a line for
         each warning of the report (partial coverage, a missing sequence, a tumor without enhancement...)."""
-        models = self.report.get("model") or ", ".join(m.get("id", "?") for m in self.report.get("models", []))
+        models = model_names(self.report)
         missing = left_out(self.volumes) if self.volumes else []
         first = (f"Segmented in {self.seconds:.1f} s on {self.report.get('device', '?')} with {models}"
                  + (f" (without {' and '.join(missing)})" if missing else ""))
         return "\n".join([first] + [f"Warning: {w}" for w in self.report.get("warnings", [])])
+
+
+def model_names(report: Mapping) -> str:
+    """The model (or the models, for several) a report says made the result."""
+    return report.get("model") or ", ".join(m.get("id", "?") for m in report.get("models", []))
+
+
+def place_beside(scene, reference, nodes) -> None:
+    """Put ``nodes`` in the subject hierarchy where ``reference`` is (its study, for a volume loaded
+    from DICOM), where Slicer's DICOM SEG export looks for the series a segmentation belongs to."""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    parent = sh.GetItemParent(sh.GetItemByDataNode(reference)) if sh is not None else 0
+    if not parent or parent == sh.GetSceneItemID():
+        return
+    for node in nodes:
+        item = sh.GetItemByDataNode(node)
+        if item:
+            sh.SetItemParent(item, parent)
+        else:  # Slicer's subject hierarchy logic gives every new node an item; bare MRML does not
+            sh.CreateItem(parent, node)
 
 
 def set_terminology(segment, entry: str) -> None:
@@ -109,7 +129,8 @@ class ResultLoader:
         before = node_ids(self.scene)
         self.scene.StartState(self.scene.BatchProcessState)
         try:
-            seg = self._segmentation_with_result(run, reference, labels, scheme, labels_node, scratch)
+            seg = self._segmentation_with_result(run, reference, labels, scheme, labels_node, scratch,
+                                                 model_names(report))
             table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", f"{run.name} volumes")
             fill_volume_table(table, report.get("volumes_ml", {}))
             unc = self._volume(run, run.uncertainty, "vtkMRMLScalarVolumeNode", "uncertainty", "uncertainty.nrrd")
@@ -122,6 +143,8 @@ class ResultLoader:
         finally:
             self.scene.EndState(self.scene.BatchProcessState)
             scratch.Clear(1)
+        # after the batch, when the new nodes have their items; an output the user chose stays where it is
+        place_beside(self.scene, reference, [n for n in (seg if run.output is None else None, table, unc, mask) if n])
         return SegmentationResult(seg, table, unc, report, time.perf_counter() - run.started, dict(run.volumes), mask)
 
     def _volume(self, run: "SegmentationRun", wanted: bool, node_class: str, what: str, file_name: str):
@@ -130,12 +153,17 @@ class ResultLoader:
             return None
         node = self.scene.AddNewNodeByClass(node_class, f"{run.name} {what}")
         read_volume(os.path.join(run.workdir, file_name), node)
+        node.SetAttribute(RESULT_ATTRIBUTE, what)
+        node.CreateDefaultDisplayNodes()
         return node
 
     def _segmentation_with_result(self, run: "SegmentationRun", reference, labels: np.ndarray, scheme,
-                                  labels_node, scratch):
+                                  labels_node, scratch, model: str):
         """A segmentation node with the three segments: in the user's scene, or in the scratch scene
-        when it is to replace ``run.output``'s segments (see :meth:`_overwrite`)."""
+        when it is to replace ``run.output``'s segments (see :meth:`_overwrite`). Each segment keeps
+        its name and colour when a terminology is chosen in Segment Editor, and says it was made
+        automatically by ``model`` (what a DICOM SEG export writes; editing it then makes it
+        semi-automatic)."""
         target = run.output
         if target is not None and self.scene.GetNodeByID(target.GetID()) is not target:
             raise ModuleError("the output segmentation is no longer in the scene")
@@ -146,7 +174,12 @@ class ResultLoader:
         for key, title, colour, terminology in SEGMENTS:
             segmentation = seg.GetSegmentation()
             segmentation.AddEmptySegment(key, title, colour)
-            set_terminology(segmentation.GetSegment(key), terminology)
+            segment = segmentation.GetSegment(key)
+            segment.SetNameAutoGenerated(False)
+            segment.SetColorAutoGenerated(False)
+            segment.SetTag("DICOM.SegmentAlgorithmType", "AUTOMATIC")
+            segment.SetTag("DICOM.SegmentAlgorithmName", model[:64])  # a DICOM LO
+            set_terminology(segment, terminology)
             set_segment_mask(seg, key, (labels == scheme.class_value(key)).astype(np.uint8), labels_node, scratch)
         return seg
 

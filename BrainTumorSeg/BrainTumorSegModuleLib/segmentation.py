@@ -18,6 +18,7 @@ from .inputs import Volumes, check_volumes, write_volumes
 from .jobs import BackgroundJob, JobStarter
 from .parameters import segment_options
 from .results import ResultLoader, SegmentationResult
+from .roles import ROLE_TITLES
 
 
 @dataclass
@@ -43,6 +44,13 @@ class SegmentationRun:
 
     def poll(self) -> Optional[int]:
         return self.job.poll()
+
+    def named(self, text: str) -> str:
+        """``text`` (the command's error or a warning) with each input's temporary file named as the
+        user knows it: the volume's name and its sequence."""
+        for role, node in self.volumes.items():
+            text = text.replace(os.path.join(self.workdir, f"{role}.nrrd"), f"{node.GetName()} ({ROLE_TITLES[role]})")
+        return text
 
 
 def _one_line_failure(exc: Exception) -> ModuleError:
@@ -74,6 +82,9 @@ class Segmentation:
         the result replaces (default: a new node)."""
         opts = segment_options(clinical, **options)
         chosen = check_volumes(volumes)
+        if output is not None and output.GetParentTransformNode() is not None:
+            raise ModuleError(f"{output.GetName()} (the output segmentation) is under a transform; harden it first "
+                              "or choose another output")
         workdir = tempfile.mkdtemp(prefix="BrainTumorSeg-")
         try:
             args = ["segment"]
@@ -108,9 +119,10 @@ class Segmentation:
             if run.job.cancelled:
                 raise ModuleError("cancelled")
             if code != 0:
-                raise ModuleError(run.job.error)
+                raise ModuleError(run.named(run.job.error))
             with open(os.path.join(run.workdir, "report.json"), encoding="utf-8") as f:
                 report = json.load(f)
+            report["warnings"] = [run.named(w) for w in report.get("warnings", [])]
             return self.loader.load(run, report)
         except ModuleError:
             raise
