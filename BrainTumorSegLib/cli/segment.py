@@ -153,7 +153,7 @@ def _segment_one(job: _Job, reference: Optional["sitk.Image"], args: argparse.Na
     appear together (``atomic.together``). ``reference``: its expert labels read before, else read
     here (a batch's case)."""
     from ..pipeline import segment
-    from ..read.dicom_series import read_inputs
+    from ..read.dicom_series import patient_mismatch, read_inputs
     from ..write import extra_outputs
     from ..write.atomic import together, write_json
     from ..write.images import write_image
@@ -165,6 +165,9 @@ def _segment_one(job: _Job, reference: Optional["sitk.Image"], args: argparse.Na
     if reference is None and job.reference_labels:
         reference = _read_reference(job.reference_labels, images["t1ce"])
     res = segment(images, models, options=opts, progress=_ProgressBar(not args.quiet))
+    mismatch = patient_mismatch(series)
+    if mismatch:
+        res.warnings.append(mismatch)
     files = job.files
     pending = extra_outputs.make(files, res, images, series.get("t1ce"), job.case_id)
     rep = dict(res.report(), inputs=job.inputs, output=files.labels, dicom_series={

@@ -24,7 +24,7 @@ from ..errors import InputError, PathLike
 from .images import checked_volume, dims
 
 _POSITION, _ORIENTATION, _PIXEL_SPACING, _BITS = "0020|0032", "0020|0037", "0028|0030", "0028|0100"
-_DESCRIPTION, _SOP_UID = "0008|103e", "0008|0018"
+_DESCRIPTION, _SOP_UID, _PATIENT_ID = "0008|103e", "0008|0018", "0010|0020"
 _PIXEL_DATA = b"\xe0\x7f\x10\x00"  # the Pixel Data tag (7FE0,0010), little endian
 _UNDEFINED_LENGTH = 0xFFFFFFFF  # encapsulated (compressed) pixel data: its length is not declared
 _LISTED = 5  # series listed by name in an error; the rest counted
@@ -39,6 +39,7 @@ class Series:
     description: str
     files: List[str]
     image: sitk.Image   # float32, on the series' own grid
+    patient: str = ""   # its Patient ID, where recorded: compared between sequences, never written out
 
 
 def is_series_folder(path: Optional[PathLike]) -> bool:
@@ -256,7 +257,8 @@ def read_series(folder: PathLike, wanted: Sequence[str] = (), strict: bool = Fal
         raise InputError(f, f"the pixel data of series {uid} cannot be read") from None
     img.SetSpacing(img.GetSpacing()[:2] + (spacing,))  # the checked spacing, not the reader's estimate
     img = checked_volume(img, f)  # after it: the field of view is judged with that spacing
-    return Series(f, uid, _tag(_info(files[0]), _DESCRIPTION), files, img)
+    first = _info(files[0])
+    return Series(f, uid, _tag(first, _DESCRIPTION), files, img, _tag(first, _PATIENT_ID))
 
 
 def parse_series_uids(values: Optional[Sequence[str]], roles: Sequence[str]) -> Dict[str, Tuple[List[str], bool]]:
@@ -280,6 +282,16 @@ def read_inputs(inputs: Mapping[str, Optional[str]], series_uids: Optional[Seque
     wanted = parse_series_uids(series_uids, list(inputs))
     return {role: read_series(path, *wanted[role]) for role, path in inputs.items()
             if path is not None and is_series_folder(path)}
+
+
+def patient_mismatch(series: Mapping[str, Series]) -> Optional[str]:
+    """A warning when the sequences' DICOM series record different Patient IDs (the IDs are not
+    repeated: the warning goes into reports); None when they agree or are not recorded."""
+    recorded = {role: s.patient for role, s in series.items() if s.patient}
+    if len(set(recorded.values())) < 2:
+        return None
+    return (f"the DICOM series of {', '.join(recorded)} record different Patient IDs: check that the sequences "
+            "belong to one patient")
 
 
 def sop_instance_uids(files: Sequence[str]) -> List[str]:

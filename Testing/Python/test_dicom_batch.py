@@ -6,6 +6,7 @@ is a tiny network calibrated on that case at 4 mm (conftest.save_tiny_bundle): r
 labels that follow the image.
 """
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -238,8 +239,6 @@ def test_one_case_from_a_study_folder_chosen_by_series_uid(data, batch, tiny_mod
                  "--report", str(tmp_path / "r.json"))
     assert r.returncode == 0, r.stderr
     assert np.array_equal(labels(out), labels(batch.out / "NiftiCase.nii.gz"))
-    import json
-
     chosen = json.loads((tmp_path / "r.json").read_text())["dicom_series"]
     assert {role: chosen[role]["series_uid"] for role in ROLES} == data.uids
     three_rows, two_rows = Image.open(tmp_path / "qc.png"), Image.open(batch.out / "DicomCase_qc.png")
@@ -391,6 +390,36 @@ def test_damaged_slices_are_refused_from_their_headers_naming_the_file(data, tmp
     for (_t1ce, fragments), r in zip(expected, runs):
         one_line_error(r, *fragments)
     assert heavy == [] and not out.exists()
+
+
+def test_sequences_of_two_patients_are_warned_of_without_their_ids(data, tiny_model, tmp_path):
+    def patient(pid):
+        def change(dss):
+            for ds in dss:
+                ds.PatientID = pid
+        return change
+
+    t1ce = _series_with(tmp_path, data, "t1ce", patient("PAT-A"))
+    flair = tmp_path / "flair"
+    shutil.copytree(data.cases / "DicomCase" / "flair", flair)
+    for f in flair.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.PatientID = "PAT-B"
+        ds.save_as(f)
+    nifti = {r: str(data.cases / "NiftiCase" / f"NiftiCase_{r}.nii.gz") for r in ROLES}
+    r = cli_main("segment", "--t1", nifti["t1"], "--t1ce", t1ce, "--t2", nifti["t2"], "--flair", str(flair),
+                 "-o", str(tmp_path / "labels.nii.gz"), "--report", str(tmp_path / "r.json"), "--model", tiny_model,
+                 "--quiet")
+    assert r.returncode == 0, r.stderr
+    warned = [w for w in json.loads((tmp_path / "r.json").read_text())["warnings"] if "Patient IDs" in w]
+    assert warned == ["the DICOM series of t1ce, flair record different Patient IDs: check that the sequences "
+                      "belong to one patient"]
+    assert "Patient IDs" in r.stderr and "PAT-" not in r.stderr + (tmp_path / "r.json").read_text()
+    same = {"t1ce": dicom_series.read_series(t1ce), "flair": dicom_series.read_series(_series_with(
+        tmp_path, data, "again", patient("PAT-A")))}
+    assert dicom_series.patient_mismatch(same) is None
+    same["t1"] = dicom_series.read_series(data.cases / "DicomCase" / "t1")  # not recorded: not compared
+    assert dicom_series.patient_mismatch(same) is None
 
 
 def test_no_output_is_written_into_an_input_series_folder(data, tmp_path):
