@@ -101,10 +101,7 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
             self.logic.segmentation.cancel(run)
             self.setBusy(False, "Cancelled: the scene was closed.")
         self.result = None
-        self.ui.show3DButton.setSegmentationNode(None)
-        self.ui.volumesTableView.setMRMLTableNode(None)
-        for w in (self.ui.editButton, self.ui.show3DButton, self.ui.saveCaseButton):
-            w.enabled = False
+        self.showResult()
 
     @guarded
     def onSceneEndImport(self, caller, event) -> None:
@@ -139,6 +136,12 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.ui.etThresholdSpinBox.value = to_spin_box("min_et_voxels", choices["min_et_voxels"])
         self.ui.clinicalCheckBox.checked = bool(choices["clinical"])
         self.ui.brainMaskCheckBox.checked = bool(choices["brain_mask"])
+        # the last result, as its segmentation node recorded it: Edit and Save work on it again
+        self.result = self.logic.segmentation.recorded(self.logic.parameters.last_result())
+        self.showResult()
+        if self.result is not None:
+            self.ui.statusLabel.text = (f"The last result ({self.result.segmentation.GetName()}, "
+                                        f"{self.result.report['model']}) is in the scene.")
 
     def minEtVoxels(self):
         """The spin box's choice: a voxel count, or None for the model's own."""
@@ -263,16 +266,22 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         except ModuleError as exc:
             self.setBusy(False, f"Error: {exc} (details under Log)")
             return
+        self.logic.parameters.remember_result(self.result.segmentation)
         self.setBusy(False, self.result.status())
         # every layer is set: None clears an earlier run's uncertainty map or brain mask
         slicer.util.setSliceViewerLayers(background=run.volumes["t1ce"], foreground=self.result.uncertainty,
                                          label=self.result.brain_mask, foregroundOpacity=0.4, labelOpacity=0.3)
-        self.ui.volumesTableView.setMRMLTableNode(self.result.table)
-        self.ui.show3DButton.setSegmentationNode(self.result.segmentation)
+        self.showResult()
+
+    def showResult(self) -> None:
+        """The volumes table, Edit, 3D and Save on ``self.result`` (None: cleared and off)."""
+        result = self.result
+        self.ui.volumesTableView.setMRMLTableNode(result.table if result else None)
+        self.ui.show3DButton.setSegmentationNode(result.segmentation if result else None)
         for w in (self.ui.editButton, self.ui.show3DButton):
-            w.enabled = True
-        without = left_out(self.result.volumes)  # a training case needs all four sequences
-        self.ui.saveCaseButton.enabled = not without
+            w.enabled = result is not None
+        without = left_out(result.volumes) if result else []  # a training case needs all four sequences
+        self.ui.saveCaseButton.enabled = result is not None and not without
         self.ui.saveCaseButton.toolTip = (
             f"A training case needs all four sequences; this result was made without {' and '.join(without)}"
             if without else "Write the four sequences and the edited segmentation as a BraTS-layout case, in the "
@@ -280,6 +289,10 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
 
     @guarded
     def onEdit(self) -> None:
+        gone = self.result.gone()
+        if gone:
+            self.ui.statusLabel.text = f"Error: {gone}"
+            return
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
         editor.setSegmentationNode(self.result.segmentation)

@@ -85,6 +85,14 @@ class Parameters:
             node.SetNodeReferenceID(f"input_{r}", v.GetID() if v is not None else None)
         node.SetNodeReferenceID("output", output.GetID() if output is not None else None)
 
+    def remember_result(self, seg) -> None:
+        """The segmentation node of the last result (Edit and Save find it again after a scene load)."""
+        self.node().SetNodeReferenceID("result", seg.GetID() if seg is not None else None)
+
+    def last_result(self):
+        """The segmentation node :meth:`remember_result` kept, if it is still in the scene."""
+        return self.node().GetNodeReference("result") if self.saved() else None
+
     def load(self) -> Tuple[Dict[str, object], Dict[str, Optional[object]], Optional[object]]:
         """What :meth:`save` kept (defaults where nothing or something unreadable is stored)."""
         node = self.node()

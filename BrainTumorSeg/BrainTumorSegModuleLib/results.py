@@ -19,7 +19,7 @@ from BrainTumorSegLib.write import terminology as _terms  # standard library onl
 
 from .errors import ModuleError
 from .mrml import RESULT_ATTRIBUTE, ijk_to_ras, labelmap_node, node_ids, read_volume, remove_nodes_added_since, voxels
-from .roles import left_out
+from .roles import ROLES, left_out
 
 if TYPE_CHECKING:
     from .segmentation import SegmentationRun
@@ -43,6 +43,13 @@ class SegmentationResult:
     seconds: float
     volumes: Dict[str, object] = field(default_factory=dict)  # the run's inputs (Edit uses its T1ce)
     brain_mask: Optional[object] = None                        # label map node, when asked for
+
+    def gone(self) -> Optional[str]:
+        """What Edit and Save need that was removed from the scene since (one line), else None."""
+        for what, node in (("segmentation", self.segmentation), ("T1ce", self.volumes.get("t1ce"))):
+            if node is None or node.GetScene() is None:
+                return f"the result's {what} is no longer in the scene; segment again"
+        return None
 
     def status(self) -> str:
         """The status: a line with time, device, model and the sequences left out, then a line for
@@ -72,6 +79,34 @@ def place_beside(scene, reference, nodes) -> None:
             sh.SetItemParent(item, parent)
         else:  # Slicer's subject hierarchy logic gives every new node an item; bare MRML does not
             sh.CreateItem(parent, node)
+
+
+# what a result's segmentation node records (saved with the scene), so that Edit and Save work on
+# it after the scene is saved and loaded again or the module reloaded
+_SCHEME, _MODEL = "BrainTumorSeg.LabelScheme", "BrainTumorSeg.Model"
+_REFERENCES = (*ROLES, "table", "uncertainty", "brain_mask")
+
+
+def _record(result: SegmentationResult) -> None:
+    seg = result.segmentation
+    seg.SetAttribute(_SCHEME, result.report["label_scheme"])
+    seg.SetAttribute(_MODEL, model_names(result.report))
+    nodes = dict(result.volumes, table=result.table, uncertainty=result.uncertainty, brain_mask=result.brain_mask)
+    for key in _REFERENCES:
+        seg.SetNodeReferenceID(f"BrainTumorSeg.{key}", nodes[key].GetID() if nodes.get(key) is not None else None)
+
+
+def recorded_result(seg) -> Optional[SegmentationResult]:
+    """The result a segmentation node records (see :func:`_record`), with the nodes still in its
+    scene; None for a node the module did not make, or whose T1ce is gone."""
+    if seg is None or seg.GetScene() is None or not seg.GetAttribute(_SCHEME):
+        return None
+    nodes = {key: seg.GetNodeReference(f"BrainTumorSeg.{key}") for key in _REFERENCES}
+    if nodes["t1ce"] is None:
+        return None
+    report = {"label_scheme": seg.GetAttribute(_SCHEME), "model": seg.GetAttribute(_MODEL) or "", "warnings": []}
+    return SegmentationResult(seg, nodes["table"], nodes["uncertainty"], report, 0.0,
+                              {r: nodes[r] for r in ROLES if nodes[r] is not None}, nodes["brain_mask"])
 
 
 def set_terminology(segment, entry: str) -> None:
@@ -145,7 +180,9 @@ class ResultLoader:
             scratch.Clear(1)
         # after the batch, when the new nodes have their items; an output the user chose stays where it is
         place_beside(self.scene, reference, [n for n in (seg if run.output is None else None, table, unc, mask) if n])
-        return SegmentationResult(seg, table, unc, report, time.perf_counter() - run.started, dict(run.volumes), mask)
+        result = SegmentationResult(seg, table, unc, report, time.perf_counter() - run.started, dict(run.volumes), mask)
+        _record(result)
+        return result
 
     def _volume(self, run: "SegmentationRun", wanted: bool, node_class: str, what: str, file_name: str):
         """A volume node ``<run name> <what>`` read from the run's ``file_name``, when ``wanted``."""

@@ -17,7 +17,7 @@ from .errors import ModuleError
 from .inputs import Volumes, check_volumes, write_volumes
 from .jobs import BackgroundJob, JobStarter
 from .parameters import segment_options
-from .results import ResultLoader, SegmentationResult
+from .results import ResultLoader, SegmentationResult, recorded_result
 from .roles import ROLE_TITLES
 
 
@@ -101,6 +101,12 @@ class Segmentation:
             raise
         name = name or f"{chosen['t1ce'].GetName()} tumor"
         return SegmentationRun(job, workdir, chosen, name, opts.uncertainty, opts.brain_mask, output)
+
+    @staticmethod
+    def recorded(seg) -> Optional[SegmentationResult]:
+        """The result a segmentation node made by :meth:`finish` records (after the scene was saved
+        and loaded again, or the module reloaded), else None; its time and warnings are not kept."""
+        return recorded_result(seg)
 
     @staticmethod
     def cancel(run: SegmentationRun) -> None:

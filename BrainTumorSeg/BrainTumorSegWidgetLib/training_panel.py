@@ -26,6 +26,10 @@ class TrainingPanel(Panel):
     @guarded
     def onSaveCase(self) -> None:
         result = self.widget.result
+        gone = result.gone()
+        if gone:
+            self.ui.statusLabel.text = f"Error: {gone}"
+            return
         folder = self.ui.caseFolderPathLineEdit.currentPath
         try:  # the run's own inputs and label scheme, whatever is chosen in the selectors now
             path = self.logic.training.save_case(result.volumes, result.segmentation, folder,

@@ -601,6 +601,31 @@ def test_the_result_sits_in_the_t1ce_s_study_and_exports_as_an_automatic_segment
         BrainTumorSegLogic(scene, start_job=starter).segmentation.start(nodes, output=moved)
 
 
+def test_the_last_result_works_again_after_the_scene_is_saved_and_loaded(scene_with_case, case_dir, tmp_path):
+    """Edit and Save act on a result: after the scene is saved and loaded again (or the module
+    reloaded) the segmentation node says which run's volumes, label scheme and model it came from."""
+    scene, nodes = scene_with_case
+    logic = BrainTumorSegLogic(scene, start_job=finished_segment(load(slicer.vtkMRMLScene(), seg_file(case_dir),
+                                                                      label=True)))
+    res = logic.segmentation.segment(dict(nodes, t2=None), name="kept")
+    logic.parameters.remember_result(res.segmentation)
+    scene.SetURL(str(tmp_path / "scene.mrml"))
+    scene.Commit()  # the MRML file alone: node references and attributes, as Slicer saves them
+    loaded = slicer.vtkMRMLScene()
+    loaded.SetURL(str(tmp_path / "scene.mrml"))
+    loaded.Import()
+    again = BrainTumorSegLogic(loaded)
+    kept = again.segmentation.recorded(again.parameters.last_result())
+    assert kept is not None and kept.segmentation.GetName() == "kept"
+    assert {r: n.GetName() for r, n in kept.volumes.items()} == {r: nodes[r].GetName() for r in ("t1", "t1ce", "flair")}
+    assert kept.report["label_scheme"] == "brats2021" and kept.report["model"] == "injected"
+    assert kept.table.GetName() == res.table.GetName() and kept.gone() is None
+    assert again.segmentation.recorded(loaded.AddNewNodeByClass("vtkMRMLSegmentationNode")) is None  # not ours
+    loaded.RemoveNode(kept.volumes["t1ce"])
+    assert kept.gone() == "the result's T1ce is no longer in the scene; segment again"
+    assert again.segmentation.recorded(kept.segmentation) is None
+
+
 def grade_figures_of(cases):
     """``validation.by_grade`` as the library makes it, for made-up figures on real case ids."""
     from BrainTumorSegLib.evaluation.cross_validation import grade_summary
