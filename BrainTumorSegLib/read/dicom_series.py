@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
-from .images import checked_volume, dims
+from .images import check_grid, checked_volume, dims
 
 _POSITION, _ORIENTATION, _PIXEL_SPACING, _BITS = "0020|0032", "0020|0037", "0028|0030", "0028|0100"
 _DESCRIPTION, _SOP_UID, _PATIENT_ID = "0008|103e", "0008|0018", "0010|0020"
@@ -241,6 +241,9 @@ def check_series(folder: PathLike, wanted: Sequence[str] = (), strict: bool = Fa
     found = series_in(f)
     uid = choose(f, found, wanted, strict)
     files, spacing = slice_positions(f, found[uid], _unread(f, [p for fs in found.values() for p in fs]))
+    first = _info(files[0])
+    rows, columns = _pixel_spacing(first, files[0])  # DICOM: between rows, then between columns
+    check_grid((*first.GetSize()[:2], len(files)), (columns, rows, spacing), f)
     return uid, files, spacing
 
 

@@ -61,20 +61,14 @@ MAX_EXTENT_MM = 400.0  # a head scan's field of view is shorter along every axis
 def checked_volume(img: sitk.Image, name: str) -> sitk.Image:
     """``img`` as float32, once its values are found finite and not all one value, and its field of
     view no longer than a head's (errors name ``name``)."""
-    _check_size(img.GetSize(), name)
     _check_geometry(img.GetSpacing(), img.GetDirection(), name)
+    check_grid(img.GetSize(), img.GetSpacing(), name)
     arr = sitk.GetArrayViewFromImage(img)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(name, "contains NaN or Inf values")
     low, high = arr.min(), arr.max()
     if low == high:
         raise InputError(name, "is all zero" if high == 0 else f"has the same value ({high:g}) in every voxel")
-    extent = [n * s for n, s in zip(img.GetSize(), img.GetSpacing())]
-    if max(extent) > MAX_EXTENT_MM:
-        # e.g. a slice thickness written wrongly: its working grid would not fit in memory
-        raise InputError(name, f"spans {max(extent):.0f} mm ({dims(img.GetSize())} voxels of "
-                               f"{dims(img.GetSpacing())} mm), more than a head scan's "
-                               f"{MAX_EXTENT_MM:.0f} mm: check the voxel spacing in its header")
     return sitk.Cast(img, sitk.sitkFloat32)
 
 
@@ -83,10 +77,17 @@ def dims(values: Sequence[float], sep: str = "x") -> str:
     return sep.join(f"{round(float(v), 3):g}" for v in values)
 
 
-def _check_size(size: Tuple[int, ...], name: str) -> None:
+def check_grid(size: Sequence[int], spacing: Sequence[float], name: str) -> None:
+    """A 3D volume's grid (from a header is enough): at least ``MIN_VOXELS`` voxels along each axis
+    and no longer than a head scan (``MAX_EXTENT_MM``) along any."""
     if min(size) < MIN_VOXELS:
         raise InputError(name, f"has size {dims(size)}; a 3D volume with at least {MIN_VOXELS} voxels "
                                "per axis is expected")
+    extent = [n * s for n, s in zip(size, spacing)]
+    if max(extent) > MAX_EXTENT_MM:
+        # e.g. a slice thickness written wrongly: its working grid would not fit in memory
+        raise InputError(name, f"spans {max(extent):.0f} mm ({dims(size)} voxels of {dims(spacing)} mm), more than "
+                               f"a head scan's {MAX_EXTENT_MM:.0f} mm: check the voxel spacing in its header")
 
 
 def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.ImageFileReader:
@@ -114,8 +115,8 @@ def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.Im
         raise InputError(p, f"is a {dim}D image of size {dims(size)}; a 3D volume is expected")
     if ncomp != 1:
         raise InputError(p, f"has {ncomp} components per voxel; a scalar 3D volume is expected")
-    _check_size(size, p)
     _check_geometry(reader.GetSpacing(), reader.GetDirection(), p)
+    check_grid(size, reader.GetSpacing(), p)
     return reader
 
 

@@ -339,7 +339,8 @@ def test_dicom_mistakes_are_refused_before_any_weights_are_read(data, tmp_path):
 def test_damaged_slices_are_refused_from_their_headers_naming_the_file(data, tmp_path):
     """Each of these read with exit 0 before (a colour series crashed): a slice with part of its pixel
     data missing was read with that part zero, a slice of another resolution stretched, a missing or
-    zero Pixel Spacing taken as 1 mm. Each is refused before any weights are read, naming the file."""
+    zero Pixel Spacing taken as 1 mm; slices too far apart were refused only after the model loaded.
+    Each is refused before any weights are read, naming the file or the folder."""
     def rgb(dss):
         for ds in dss:
             a = ds.pixel_array
@@ -367,6 +368,10 @@ def test_damaged_slices_are_refused_from_their_headers_naming_the_file(data, tmp
     def no_uid(dss):
         del dss[20].SOPInstanceUID
 
+    def far_apart(dss):  # the slice positions written in cm instead of mm, say
+        for ds in dss:
+            ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], 50 * float(ds.ImagePositionPatient[2])]
+
     expected = [
         (_series_with(tmp_path, data, "rgb", rgb), ["IM0000.dcm", "is a colour image (3 samples per pixel"]),
         (_series_with(tmp_path, data, "short", short), ["IM0020.dcm", "bytes of pixel data where", "damaged or cut"]),
@@ -376,6 +381,7 @@ def test_damaged_slices_are_refused_from_their_headers_naming_the_file(data, tmp
         (_series_with(tmp_path, data, "mixed", spacing([1, 1], slice(20, 21))),
          ["mixed: mixes pixel spacings", "IM0020.dcm: 1 x 1 mm"]),
         (_series_with(tmp_path, data, "nouid", no_uid), ["IM0020.dcm", "has no SOP Instance UID"]),
+        (_series_with(tmp_path, data, "far", far_apart), ["far: spans", "more than a head scan's 400 mm"]),
     ]
     cut = _series_with(tmp_path, data, "cut", lambda dss: None)
     with open(os.path.join(cut, "IM0020.dcm"), "r+b") as f:  # a copy stopped half way
