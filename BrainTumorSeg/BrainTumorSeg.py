@@ -280,10 +280,12 @@ class BrainTumorSegWidget(ScriptedLoadableModuleWidget):
         self.ui.show3DButton.setSegmentationNode(result.segmentation if result else None)
         for w in (self.ui.editButton, self.ui.show3DButton):
             w.enabled = result is not None
-        without = left_out(result.volumes) if result else []  # a training case needs all four sequences
-        self.ui.saveCaseButton.enabled = result is not None and not without
+        gone = result.gone() if result else None
+        without = left_out(result.volumes) if result and not gone else []  # a training case needs all four
+        self.ui.saveCaseButton.enabled = result is not None and not without and not gone
         self.ui.saveCaseButton.toolTip = (
-            f"A training case needs all four sequences; this result was made without {' and '.join(without)}"
+            gone[0].upper() + gone[1:] if gone
+            else f"A training case needs all four sequences; this result was made without {' and '.join(without)}"
             if without else "Write the four sequences and the edited segmentation as a BraTS-layout case, in the "
                             "model's label scheme")
 

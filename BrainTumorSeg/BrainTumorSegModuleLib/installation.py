@@ -84,9 +84,14 @@ def ensure_torch(on_installed: Optional[Callable[[], None]] = None) -> bool:
     except ImportError:
         slicer.util.errorDisplay("Install the PyTorch extension (Extensions Manager), then restart Slicer.")
         return False
+    logic = PyTorchUtils.PyTorchUtilsLogic()
     try:
-        if PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                askConfirmation=True, torchVersionRequirement=f">={dependencies.TORCH_AT_LEAST}") is None:
+        try:
+            installed = logic.installTorch(askConfirmation=True,
+                                           torchVersionRequirement=f">={dependencies.TORCH_AT_LEAST}")
+        except TypeError:  # a PyTorch extension older than version requirements: its newest torch
+            installed = logic.installTorch(askConfirmation=True)
+        if installed is None:
             return False  # declined
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         slicer.util.errorDisplay(f"BrainTumorSeg: torch was not installed: {one_line(exc)}")

@@ -19,7 +19,7 @@ from BrainTumorSegLib.write import terminology as _terms  # standard library onl
 
 from .errors import ModuleError
 from .mrml import RESULT_ATTRIBUTE, ijk_to_ras, labelmap_node, node_ids, read_volume, remove_nodes_added_since, voxels
-from .roles import ROLES, left_out
+from .roles import ROLE_TITLES, ROLES, left_out
 
 if TYPE_CHECKING:
     from .segmentation import SegmentationRun
@@ -45,8 +45,10 @@ class SegmentationResult:
     brain_mask: Optional[object] = None                        # label map node, when asked for
 
     def gone(self) -> Optional[str]:
-        """What Edit and Save need that was removed from the scene since (one line), else None."""
-        for what, node in (("segmentation", self.segmentation), ("T1ce", self.volumes.get("t1ce"))):
+        """What Edit and Save need that was removed from the scene since (one line), else None: the
+        segmentation or a volume the run was given (a volume not given is not gone)."""
+        needed = [("segmentation", self.segmentation)] + [(ROLE_TITLES[r], n) for r, n in self.volumes.items()]
+        for what, node in needed:
             if node is None or node.GetScene() is None:
                 return f"the result's {what} is no longer in the scene; segment again"
         return None
@@ -83,7 +85,7 @@ def place_beside(scene, reference, nodes) -> None:
 
 # what a result's segmentation node records (saved with the scene), so that Edit and Save work on
 # it after the scene is saved and loaded again or the module reloaded
-_SCHEME, _MODEL = "BrainTumorSeg.LabelScheme", "BrainTumorSeg.Model"
+_SCHEME, _MODEL, _GIVEN = "BrainTumorSeg.LabelScheme", "BrainTumorSeg.Model", "BrainTumorSeg.Sequences"
 _REFERENCES = (*ROLES, "table", "uncertainty", "brain_mask")
 
 
@@ -91,6 +93,7 @@ def _record(result: SegmentationResult) -> None:
     seg = result.segmentation
     seg.SetAttribute(_SCHEME, result.report["label_scheme"])
     seg.SetAttribute(_MODEL, model_names(result.report))
+    seg.SetAttribute(_GIVEN, ",".join(r for r in ROLES if result.volumes.get(r) is not None))
     nodes = dict(result.volumes, table=result.table, uncertainty=result.uncertainty, brain_mask=result.brain_mask)
     for key in _REFERENCES:
         seg.SetNodeReferenceID(f"BrainTumorSeg.{key}", nodes[key].GetID() if nodes.get(key) is not None else None)
@@ -98,15 +101,17 @@ def _record(result: SegmentationResult) -> None:
 
 def recorded_result(seg) -> Optional[SegmentationResult]:
     """The result a segmentation node records (see :func:`_record`), with the nodes still in its
-    scene; None for a node the module did not make, or whose T1ce is gone."""
+    scene (a volume the run was given and that was deleted since is None: :meth:`SegmentationResult.gone`
+    says so); None for a node the module did not make, or whose T1ce is gone."""
     if seg is None or seg.GetScene() is None or not seg.GetAttribute(_SCHEME):
         return None
     nodes = {key: seg.GetNodeReference(f"BrainTumorSeg.{key}") for key in _REFERENCES}
     if nodes["t1ce"] is None:
         return None
+    given = (seg.GetAttribute(_GIVEN) or "").split(",")
     report = {"label_scheme": seg.GetAttribute(_SCHEME), "model": seg.GetAttribute(_MODEL) or "", "warnings": []}
     return SegmentationResult(seg, nodes["table"], nodes["uncertainty"], report, 0.0,
-                              {r: nodes[r] for r in ROLES if nodes[r] is not None}, nodes["brain_mask"])
+                              {r: nodes[r] for r in ROLES if r in given or nodes[r] is not None}, nodes["brain_mask"])
 
 
 def set_terminology(segment, entry: str) -> None:

@@ -97,7 +97,8 @@ class ModelPanel(Panel):
         if self.devices_known or self.device_job is not None:
             return
         if dependencies.torch_missing():
-            self.ui.hardwareLabel.text = "torch is not installed yet; Segment offers to install it."
+            self.ui.hardwareLabel.text = (f"torch {dependencies.TORCH_AT_LEAST} or newer is not installed yet; "
+                                          "Segment offers to install it.")
             return
         self.ui.hardwareLabel.text = "Detecting hardware..."
         self.device_job = self.logic.start_device_query()

@@ -26,7 +26,8 @@ from .images import check_grid, checked_volume, dims
 _POSITION, _ORIENTATION, _PIXEL_SPACING, _BITS = "0020|0032", "0020|0037", "0028|0030", "0028|0100"
 _DESCRIPTION, _SOP_UID, _PATIENT_ID = "0008|103e", "0008|0018", "0010|0020"
 _PIXEL_DATA = b"\xe0\x7f\x10\x00"  # the Pixel Data tag (7FE0,0010), little endian
-_UNDEFINED_LENGTH = 0xFFFFFFFF  # encapsulated (compressed) pixel data: its length is not declared
+_TRANSFER_SYNTAX = b"\x02\x00\x10\x00UI"  # (0002,0010) in the file meta group, always explicit little endian
+_IMPLICIT, _EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"  # the uncompressed little-endian syntaxes
 _LISTED = 5  # series listed by name in an error; the rest counted
 
 
@@ -132,9 +133,22 @@ def _pixel_spacing(reader: sitk.ImageFileReader, path: str) -> np.ndarray:
     return spacing
 
 
+def _transfer_syntax(data: bytes) -> str:
+    """A DICOM file's Transfer Syntax UID from its meta group ("" when it has none)."""
+    if data[128:132] != b"DICM":
+        return ""
+    at = data.find(_TRANSFER_SYNTAX, 132, 132 + 4096)
+    if at < 0:
+        return ""
+    n = int.from_bytes(data[at + 6:at + 8], "little")
+    return data[at + 8:at + 8 + n].rstrip(b"\0 ").decode("ascii", "replace")
+
+
 def _check_pixels(reader: sitk.ImageFileReader, path: str) -> None:
     """A greyscale slice whose file holds all its pixel data. GDCM reads a file cut short, or a Pixel
-    Data element shorter than the slice, with the rest of the slice zero and no word said."""
+    Data element shorter than the slice, with the rest of the slice zero and no word said. Checked
+    for uncompressed little-endian files, which is what scanners and PACS exports mostly write; the
+    codec of a compressed one says itself whether its frame is whole."""
     if reader.GetNumberOfComponents() != 1:
         raise InputError(path, f"is a colour image ({reader.GetNumberOfComponents()} samples per pixel: a "
                                "screenshot or secondary capture?); an MR series is greyscale")
@@ -142,19 +156,23 @@ def _check_pixels(reader: sitk.ImageFileReader, path: str) -> None:
         bits = int(_tag(reader, _BITS))
     except ValueError:
         return  # GDCM read the header without it; its own pixel read decides
-    width, height = reader.GetSize()[:2]
-    needed = width * height * ((bits + 7) // 8)
+    if bits % 8:
+        return  # packed (the retired 12 bits allocated): not whole bytes per pixel
     with open(path, "rb") as f:
         data = f.read()
-    at = data.find(_PIXEL_DATA)
-    if at < 0:
-        return  # big endian, or none: GDCM's pixel read decides
-    explicit = data[at + 4:at + 6] in (b"OB", b"OW")
-    start = at + (12 if explicit else 8)
-    declared = int.from_bytes(data[at + (8 if explicit else 4):start], "little")
-    if declared == _UNDEFINED_LENGTH:
-        return  # compressed: the codec says whether its frame is whole
-    held = min(declared, len(data) - start)
+    syntax = _transfer_syntax(data)
+    if syntax not in (_IMPLICIT, _EXPLICIT):
+        return
+    width, height = reader.GetSize()[:2]
+    needed = width * height * bits // 8
+    # the tag's bytes may also occur before the slice's own Pixel Data (an icon image's, a private
+    # element's value): the slice is whole when any occurrence holds enough bytes
+    header = 12 if syntax == _EXPLICIT else 8  # tag, then VR, two reserved bytes and length; or tag and length
+    held, at = 0, data.find(_PIXEL_DATA)
+    while at >= 0:
+        start = at + header
+        held = max(held, min(int.from_bytes(data[start - 4:start], "little"), len(data) - start))
+        at = data.find(_PIXEL_DATA, at + 1)
     if held < needed:
         raise InputError(path, f"holds {held} bytes of pixel data where its {width} x {height} slice needs "
                                f"{needed}: the file is damaged or cut short")

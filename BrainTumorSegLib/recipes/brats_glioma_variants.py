@@ -212,7 +212,7 @@ _ET_SOUP = replace(_ET_CASCADE, coarse_from=_SOUP, model_id="brats-glioma-cascad
 # the same stage 2 on each fold's average of v9 and v18 (v12 trained with the TopK cross-entropy)
 _ET_SOUP_TOPK = replace(_ET_CASCADE, coarse_from="brats-glioma-soup-v9-v18-{member}",
                         model_id="brats-glioma-cascade-et-v7")
-# the same stage 2 on each fold's average of v9, v18 and v22 (v18 trained with the Tversky index at 0.8)
+# the same stage 2 on each fold's average of v9, v18 and v22 (v22: v18's design with the Tversky index at 0.8)
 _ET_SOUP_TVERSKY = replace(_ET_CASCADE, coarse_from="brats-glioma-soup-v9-v18-v22-{member}",
                            model_id="brats-glioma-cascade-et-v10")
 

@@ -19,18 +19,10 @@ Moves = List[Tuple[str, str]]  # (complete temporary file, its final name), rena
 
 
 def check_not_input(out_path: PathLike, inputs: Iterable[Optional[PathLike]]) -> None:
-    """Raise if ``out_path`` is one of ``inputs`` (never overwrite an input file) or lies directly in an
-    input folder (a DICOM series: a file written there would join it); None is skipped."""
+    """Raise if ``out_path`` is one of ``inputs`` (never overwrite an input file); None is skipped."""
     out = os.path.realpath(os.fspath(out_path))
-    for p in inputs:
-        if p is None:
-            continue
-        given = os.path.realpath(os.fspath(p))
-        if given == out:
-            raise InputError(out_path, "is an input file; refusing to overwrite it")
-        if os.path.isdir(given) and os.path.dirname(out) == given:
-            raise InputError(out_path, f"is inside the input series folder {os.fspath(p)}; a file written there "
-                                       "would change that input: write it elsewhere")
+    if any(p is not None and os.path.realpath(os.fspath(p)) == out for p in inputs):
+        raise InputError(out_path, "is an input file; refusing to overwrite it")
 
 
 def write_text(path: PathLike, text: str, inputs: Iterable[PathLike] = ()) -> str:

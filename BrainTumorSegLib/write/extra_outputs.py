@@ -7,6 +7,7 @@ labels, so a failure while making either leaves no file of it.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from typing import Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -45,6 +46,7 @@ def check(files: CaseFiles, inputs: Mapping[str, Optional[str]]) -> None:
                                               "or a t1ce/ subfolder of the case)")
         extras.require("dicom")
         _check_path(files.dicom_seg, input_paths, "seg.dcm")
+        _check_not_in_series_folder(files.dicom_seg, input_paths)
     if files.qc:
         extras.require("qc")
         _check_path(files.qc, input_paths, "qc.png")
@@ -55,6 +57,16 @@ def check(files: CaseFiles, inputs: Mapping[str, Optional[str]]) -> None:
 def _check_path(path: str, inputs: Iterable[PathLike], example: str) -> None:
     check_output_path(path, image=False, example=example)
     check_not_input(path, inputs)
+
+
+def _check_not_in_series_folder(path: str, inputs: Iterable[str]) -> None:
+    """A DICOM file written into an input series folder would join that folder's series (the next
+    run would find two). Compared where the file would land: the folder the link lives in, if a link."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    for p in inputs:
+        if is_series_folder(p) and os.path.realpath(p) == folder:
+            raise InputError(path, f"is inside the input series folder {p}; a DICOM SEG written there would join "
+                                   "that input: write it elsewhere")
 
 
 def _image(value: Union[str, sitk.Image]) -> sitk.Image:

@@ -428,18 +428,38 @@ def test_sequences_of_two_patients_are_warned_of_without_their_ids(data, tiny_mo
     assert dicom_series.patient_mismatch(same) is None
 
 
-def test_no_output_is_written_into_an_input_series_folder(data, tmp_path):
-    # a DICOM SEG written there joined the series: the next run found two series in the folder
+def test_slices_with_an_icon_image_or_in_implicit_vr_are_read_whole(data, tmp_path):
+    # the icon's own Pixel Data element comes first in the file: the slice's check must not stop at it
+    def icon(dss):
+        for ds in dss:
+            item = pydicom.Dataset()
+            item.SamplesPerPixel, item.PhotometricInterpretation, item.Rows, item.Columns = 1, "MONOCHROME2", 16, 16
+            item.BitsAllocated, item.BitsStored, item.HighBit, item.PixelRepresentation = 8, 8, 7, 0
+            item.PixelData = bytes(256)
+            ds.IconImageSequence = pydicom.Sequence([item])
+
+    expected = sitk.GetArrayFromImage(dicom_series.read_series(data.cases / "DicomCase" / "t1ce").image)
+    with_icon = _series_with(tmp_path, data, "icon", icon)
+    implicit = tmp_path / "implicit"
+    shutil.copytree(with_icon, implicit)
+    for f in implicit.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.save_as(f, implicit_vr=True, little_endian=True)
+    for folder in (with_icon, implicit):
+        assert np.array_equal(sitk.GetArrayFromImage(dicom_series.read_series(folder).image), expected), folder
+
+
+def test_no_dicom_seg_is_written_into_an_input_series_folder(data, tmp_path):
+    # written there, it joined the series: the next run found two series in the folder
     series = _series_with(tmp_path, data, "t1ce", lambda dss: None)
     before = sorted(os.listdir(series))
     nifti = {r: str(data.cases / "NiftiCase" / f"NiftiCase_{r}.nii.gz") for r in ROLES}
     args = [a for r in ROLES for a in (f"--{r}", series if r == "t1ce" else nifti[r])]
-    runs, _ = cli_in_a_fresh_process([
-        ["segment", *args, "-o", str(tmp_path / "labels.nii.gz"), "--dicom-seg", os.path.join(series, "seg.dcm")],
-        ["segment", *args, "-o", os.path.join(series, "labels.nii.gz")]])
-    for r in runs:
-        one_line_error(r, "is inside the input series folder", "write it elsewhere")
-    assert sorted(os.listdir(series)) == before
+    runs, heavy = cli_in_a_fresh_process([
+        ["segment", *args, "-o", str(tmp_path / "labels.nii.gz"), "--dicom-seg", os.path.join(series, "seg.dcm")]])
+    one_line_error(runs[0], "is inside the input series folder", "write it elsewhere")
+    assert sorted(os.listdir(series)) == before and heavy == []
 
 
 def test_an_oblique_series_is_read_in_position_order_with_its_geometry(data, tmp_path):

@@ -621,6 +621,9 @@ def test_the_last_result_works_again_after_the_scene_is_saved_and_loaded(scene_w
     assert kept.report["label_scheme"] == "brats2021" and kept.report["model"] == "injected"
     assert kept.table.GetName() == res.table.GetName() and kept.gone() is None
     assert again.segmentation.recorded(loaded.AddNewNodeByClass("vtkMRMLSegmentationNode")) is None  # not ours
+    loaded.RemoveNode(kept.volumes["flair"])  # deleted since: gone, not "made without FLAIR"
+    assert again.segmentation.recorded(kept.segmentation).gone() == \
+        "the result's FLAIR is no longer in the scene; segment again"
     loaded.RemoveNode(kept.volumes["t1ce"])
     assert kept.gone() == "the result's T1ce is no longer in the scene; segment again"
     assert again.segmentation.recorded(kept.segmentation) is None
