@@ -31,8 +31,8 @@ def missing_pip_requirements(extras: Iterable[str] = ()) -> List[str]:
 
 
 def _release(version: str) -> Tuple[int, ...]:
-    """The leading release numbers of a version string: "2.13.0+cpu" -> (2, 13, 0)."""
-    return tuple(int(n) for n in re.findall(r"\d+", version.split("+")[0].split("rc")[0].split("a")[0])[:3])
+    """The major and minor release of a version string: "2.13.0+cpu" -> (2, 13)."""
+    return tuple(int(n) for n in re.findall(r"\d+", version)[:2])
 
 
 def torch_missing() -> bool:

@@ -186,8 +186,9 @@ def _unread(folder: str, files: Sequence[str]) -> List[str]:
 
 
 def slice_positions(folder: str, files: Sequence[str], others: Sequence[str] = ()) -> Tuple[List[str], float]:
-    """``files`` sorted along the slice normal and their spacing (mm), after checking the stack and
-    each slice's header; ``others``: the folder's files in no series, named if a slice is missing."""
+    """``files`` sorted along the slice normal and their spacing (mm), after checking the stack, each
+    slice's header and the volume's grid; ``others``: the folder's files in no series, named if a
+    slice is missing."""
     if len(files) < 2:
         raise InputError(folder, f"holds a series of {len(files)} file; one file per slice of a 3D volume is "
                                  "expected (multi-frame files are not read)")
@@ -231,6 +232,8 @@ def slice_positions(folder: str, files: Sequence[str], others: Sequence[str] = (
                                  "plane: gantry tilt?); a straight stack of slices is expected")
     for r, p in zip(readers, files):
         _check_pixels(r, p)
+    rows, columns = pixel_spacings[0]  # DICOM: between rows, then between columns
+    check_grid((*readers[0].GetSize()[:2], len(files)), (columns, rows, spacing), folder)
     return [files[i] for i in order], spacing
 
 
@@ -259,9 +262,6 @@ def check_series(folder: PathLike, wanted: Sequence[str] = (), strict: bool = Fa
     found = series_in(f)
     uid = choose(f, found, wanted, strict)
     files, spacing = slice_positions(f, found[uid], _unread(f, [p for fs in found.values() for p in fs]))
-    first = _info(files[0])
-    rows, columns = _pixel_spacing(first, files[0])  # DICOM: between rows, then between columns
-    check_grid((*first.GetSize()[:2], len(files)), (columns, rows, spacing), f)
     return uid, files, spacing
 
 
