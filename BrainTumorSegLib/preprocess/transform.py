@@ -33,7 +33,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..read.cases import REFERENCE, SEQUENCES
-from ..read.images import checked_volume, dims, orientation_code, read_image, same_grid, short_itk_message
+from ..read.images import checked_volume, orientation_code, read_image, same_grid, short_itk_message
 from ..segment_options import MODES
 from . import skullstrip
 from .coverage import absent_sequences, channels
@@ -139,19 +139,12 @@ def _align_all(imgs: Dict[str, sitk.Image], names: Dict[str, str], opt: Preproce
     return out
 
 
-MIN_REGISTRABLE_VOXELS = 4  # along every axis: ITK's smoothing before registration needs as many
-MIN_EXTENT_MM = 4.0  # along every axis: a thinner field of view is a spacing written wrongly
 MIN_CONTENT_VOXELS = 64  # voxels above zero: fewer give registration nothing to hold on to
 
 
 def _check_registrable(img: sitk.Image, name: str) -> None:
-    """Enough voxels, field of view and content for registration to work on, so that its failure on
-    a sequence is not put down to another one."""
-    size, extent = img.GetSize(), [n * s for n, s in zip(img.GetSize(), img.GetSpacing())]
-    if min(size) < MIN_REGISTRABLE_VOXELS or min(extent) < MIN_EXTENT_MM:
-        raise InputError(name, f"spans only {dims(extent)} mm ({dims(size)} voxels of {dims(img.GetSpacing())} mm); "
-                               f"at least {MIN_REGISTRABLE_VOXELS} voxels and {MIN_EXTENT_MM:g} mm along every axis "
-                               "are needed: check the file and its voxel spacing")
+    """Enough content for registration to work on, so that its failure on a sequence is not put
+    down to another one (the grid's size was checked when the volume was read)."""
     content = int(np.count_nonzero(sitk.GetArrayViewFromImage(img)))
     if content < MIN_CONTENT_VOXELS:
         raise InputError(name, f"has almost no content ({content} nonzero voxel{'s' * (content != 1)}); "

@@ -5,7 +5,7 @@ The series is read with SimpleITK's ImageSeriesReader, its slices sorted by thei
 the slice normal, the geometry taken from the files (Image Position and Orientation (Patient),
 Pixel Spacing). Nothing relies on patient fields, so de-identified series read the same. Before
 any pixel is read, the slices are checked: greyscale, one orientation and one pixel spacing (both
-valid), no two at one position, evenly spaced (a missing slice or uneven spacing is an error: a
+valid), one frame of reference, no two at one position, evenly spaced (a missing slice or uneven spacing is an error: a
 volume with a hole would be silently stretched), stacked straight, one matrix size, each file
 holding all its pixel data (a file cut short would be read with part of its slice zero). A folder
 holding several series needs the series chosen by its Series Instance UID (``--series-uid``),
@@ -24,7 +24,7 @@ from ..errors import InputError, PathLike
 from .images import check_grid, checked_volume, dims
 
 _POSITION, _ORIENTATION, _PIXEL_SPACING, _BITS = "0020|0032", "0020|0037", "0028|0030", "0028|0100"
-_DESCRIPTION, _SOP_UID, _PATIENT_ID = "0008|103e", "0008|0018", "0010|0020"
+_DESCRIPTION, _SOP_UID, _PATIENT_ID, _FRAME = "0008|103e", "0008|0018", "0010|0020", "0020|0052"
 _PIXEL_DATA = b"\xe0\x7f\x10\x00"  # the Pixel Data tag (7FE0,0010), little endian
 _TRANSFER_SYNTAX = b"\x02\x00\x10\x00UI"  # (0002,0010) in the file meta group, always explicit little endian
 _IMPLICIT, _EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"  # the uncompressed little-endian syntaxes
@@ -207,6 +207,12 @@ def slice_positions(folder: str, files: Sequence[str], others: Sequence[str] = (
     for r, p in zip(readers, files):
         if not _tag(r, _SOP_UID):
             raise InputError(p, "has no SOP Instance UID (0008,0018); it is not a valid DICOM image")
+    frames = [_tag(r, _FRAME) for r in readers]
+    for f, p in zip(frames, files):
+        if f != frames[0]:  # positions in two frames of reference are not comparable
+            raise InputError(folder, f"mixes frames of reference ({os.path.basename(files[0])} and "
+                                     f"{os.path.basename(p)} differ in Frame of Reference UID); one series in one "
+                                     "patient coordinate system is expected")
     for r, p in zip(readers, files):
         if r.GetSize()[:2] != readers[0].GetSize()[:2] or (len(r.GetSize()) > 2 and r.GetSize()[2] > 1):
             raise InputError(folder, f"mixes image sizes or holds multi-frame files ({os.path.basename(p)}: "

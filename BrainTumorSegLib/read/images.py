@@ -54,7 +54,8 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
     raise ValueError(f"unknown kind {kind!r}")
 
 
-MIN_VOXELS = 2  # along every axis
+MIN_VOXELS = 4  # along every axis: ITK's smoothing before registration needs as many
+MIN_EXTENT_MM = 4.0  # along every axis: a thinner field of view is a spacing written wrongly
 MAX_EXTENT_MM = 400.0  # a head scan's field of view is shorter along every axis
 
 
@@ -78,12 +79,13 @@ def dims(values: Sequence[float], sep: str = "x") -> str:
 
 
 def check_grid(size: Sequence[int], spacing: Sequence[float], name: str) -> None:
-    """A 3D volume's grid (from a header is enough): at least ``MIN_VOXELS`` voxels along each axis
-    and no longer than a head scan (``MAX_EXTENT_MM``) along any."""
-    if min(size) < MIN_VOXELS:
-        raise InputError(name, f"has size {dims(size)}; a 3D volume with at least {MIN_VOXELS} voxels "
-                               "per axis is expected")
+    """A 3D volume's grid (from a header is enough): at least ``MIN_VOXELS`` voxels and
+    ``MIN_EXTENT_MM`` along each axis, and no longer than a head scan (``MAX_EXTENT_MM``) along any."""
     extent = [n * s for n, s in zip(size, spacing)]
+    if min(size) < MIN_VOXELS or min(extent) < MIN_EXTENT_MM:
+        raise InputError(name, f"spans only {dims(extent)} mm ({dims(size)} voxels of {dims(spacing)} mm); at least "
+                               f"{MIN_VOXELS} voxels and {MIN_EXTENT_MM:g} mm along every axis are needed: check the "
+                               "file and its voxel spacing")
     if max(extent) > MAX_EXTENT_MM:
         # e.g. a slice thickness written wrongly: its working grid would not fit in memory
         raise InputError(name, f"spans {max(extent):.0f} mm ({dims(size)} voxels of {dims(spacing)} mm), more than "

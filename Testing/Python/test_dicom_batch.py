@@ -314,7 +314,17 @@ def test_dicom_mistakes_are_refused_before_any_weights_are_read(data, tmp_path):
     (tmp_path / "only").mkdir()
     shutil.copytree(data.cases / "BrokenCase", tmp_path / "only" / "BrokenCase")
     (tmp_path / "results").mkdir()
+    (tmp_path / "two").mkdir()  # two slices: too thin a volume to register or segment
+    for f in sorted((data.cases / "DicomCase" / "t1ce").iterdir())[10:12]:
+        shutil.copy(f, tmp_path / "two")
+
+    def other_frame(dss):
+        dss[7].FrameOfReferenceUID = "1.2.3.4"
+
     expected = [
+        (argv(str(tmp_path / "two")), ["two: spans only", "x4 mm", "at least 4 voxels and 4 mm along every axis"]),
+        (argv(_series_with(tmp_path, data, "frames", other_frame)), ["frames: mixes frames of reference",
+                                                                     "Frame of Reference UID"]),
         (argv(str(data.cases / "BrokenCase" / "t1ce")), ["BrokenCase/t1ce: has 1 missing slice(s)"]),
         (argv(str(data.study)), ["study: holds 4 DICOM series", "--series-uid"]),
         (argv(str(data.study), "--series-uid", "t1ce=1.2.3"), ["holds none of the series", "1.2.3"]),

@@ -156,7 +156,8 @@ def test_2d_and_4d_images(tmp_path):
     with pytest.raises(InputError, match=r"four\.nii\.gz: is a 4D image"):
         read_images.read_image(p4)
     p1 = _write(tmp_path, "slice.nii.gz", np.ones((1, 5, 5), np.float32))
-    with pytest.raises(InputError, match="at least 2 voxels"):
+    with pytest.raises(InputError, match=r"slice\.nii\.gz: spans only 5x5x1 mm \(5x5x1 voxels of 1x1x1 mm\); at least "
+                                         r"4 voxels and 4 mm along every axis"):
         read_images.read_image(p1)
 
 
@@ -174,7 +175,7 @@ def test_one_value_everywhere_or_a_field_of_view_no_head_has_is_refused(tmp_path
     with pytest.raises(InputError, match=r"long\.nii\.gz: spans 480 mm \(8x8x8 voxels of 1x1x60 mm\), more "
                                          r"than a head scan's 400 mm: check the voxel spacing in its header"):
         read_images.read_image(long)
-    with pytest.raises(InputError, match=r"t1ce: has size 8x1x8; a 3D volume with at least 2 voxels per axis"):
+    with pytest.raises(InputError, match=r"t1ce: spans only 8x1x8 mm \(8x1x8 voxels of 1x1x1 mm\); at least 4 voxels"):
         read_images.checked_volume(make_image(rng.random((8, 1, 8)).astype(np.float32)), "t1ce")
     with pytest.raises(InputError, match=r"flair: has the same value \(0\.5\) in every voxel"):
         read_images.checked_volume(make_image(np.full((8, 8, 8), 0.5, np.float32)), "flair")
@@ -208,15 +209,15 @@ def test_all_zero_and_nonfinite(tmp_path):
 @pytest.mark.parametrize("order", ["<", ">"])
 @pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
 def test_nifti_payload_checked_in_either_byte_order(tmp_path, order, ext):
-    a = np.arange(60, dtype=order + "f4").reshape(3, 4, 5) + 1
+    a = np.arange(120, dtype=order + "f4").reshape(4, 5, 6) + 1
     p = str(tmp_path / f"ok{ext}")
     nib.save(nib.Nifti1Image(a, np.eye(4)), p)
-    assert read_images.read_image(p).GetSize() == (3, 4, 5)
-    a[2, 3, 4] = np.inf  # the last voxel: the whole payload is looked at
+    assert read_images.read_image(p).GetSize() == (4, 5, 6)
+    a[3, 4, 5] = np.inf  # the last voxel: the whole payload is looked at
     nib.save(nib.Nifti1Image(a, np.eye(4)), p)
     with pytest.raises(InputError, match=rf"ok{re.escape(ext)}: contains NaN or Inf"):
         read_images.read_image(p)
-    nib.save(nib.Nifti1Image(np.ones((3, 4, 5), order + "i2"), np.eye(4)), p)
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 6), order + "i2"), np.eye(4)), p)
     data = open(p, "rb").read()
     open(p, "wb").write(data[:-6])  # the last three voxels gone
     with pytest.raises(InputError, match=rf"ok{re.escape(ext)}: (is truncated|cannot be read)"):
@@ -247,7 +248,7 @@ def test_any_nifti_header_gives_a_verdict_or_one_line_error(order, dims, code, o
 
 
 def test_non_integer_labels(tmp_path):
-    p = _write(tmp_path, "s.nii.gz", np.full((3, 3, 3), 1.5, np.float32))
+    p = _write(tmp_path, "s.nii.gz", np.full((4, 4, 4), 1.5, np.float32))
     with pytest.raises(InputError, match="non-integer"):
         read_images.read_image(p, "label")
 
