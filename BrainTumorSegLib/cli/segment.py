@@ -93,6 +93,7 @@ def _check_inputs(inputs: Dict[str, str], series_uids: Optional[List[str]]) -> L
 def _check_job(job: _Job, series_uids: Optional[List[str]]) -> None:
     """What the DICOM SEG and QC picture need, inputs readable (headers), outputs writable, distinct
     and none of them an input: before anything slow."""
+    from ..read.formats import read_files, written_files
     from ..write import extra_outputs
     from ..write.atomic import check_not_input
     from ..write.images import check_output_path
@@ -105,13 +106,17 @@ def _check_job(job: _Job, series_uids: Optional[List[str]]) -> None:
             check_output_path(path)
     if f.report:
         check_output_path(f.report, image=False)
-    outputs = f.paths()
-    for path in outputs:
-        check_not_input(path, [*job.inputs.values(), *read, job.reference_labels, job.labels_file])
-    real = [os.path.realpath(p) for p in outputs]
-    for path, r in zip(outputs, real):
+    inputs = [file for p in (*job.inputs.values(), *read, job.reference_labels, job.labels_file) if p
+              for file in read_files(p)]  # a detached header's data files too
+    written = [(path, file) for path in f.paths() for file in written_files(path)]
+    for path, file in written:
+        check_not_input(file, inputs, path)
+    real = [os.path.realpath(file) for _, file in written]
+    for (path, file), r in zip(written, real):
         if real.count(r) > 1:
-            raise InputError(path, "is given for two outputs; give each its own file")
+            raise InputError(path, "is given for two outputs; give each its own file" if file == path else
+                                   f"would write its data file {file}, which another output is given; give each "
+                                   "its own file")
 
 
 def _not_a_file(path: str, option: str, needed: str) -> None:

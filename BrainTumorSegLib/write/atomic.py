@@ -18,10 +18,14 @@ from ..errors import InputError, PathLike
 Moves = List[Tuple[str, str]]  # (complete temporary file, its final name), renamed in this order
 
 
-def check_not_input(out_path: PathLike, inputs: Iterable[Optional[PathLike]]) -> None:
-    """Raise if ``out_path`` is one of ``inputs`` (never overwrite an input file); None is skipped."""
+def check_not_input(out_path: PathLike, inputs: Iterable[Optional[PathLike]], output: Optional[PathLike] = None) -> None:
+    """Raise if ``out_path`` is one of ``inputs`` (never overwrite an input file); None is skipped.
+    ``output``: the output whose data file ``out_path`` is, named in the error."""
     out = os.path.realpath(os.fspath(out_path))
     if any(p is not None and os.path.realpath(os.fspath(p)) == out for p in inputs):
+        if output is not None and os.fspath(output) != os.fspath(out_path):
+            raise InputError(output, f"would write its data file {os.fspath(out_path)}, an input file; refusing to "
+                                     "overwrite it: give the output another name")
         raise InputError(out_path, "is an input file; refusing to overwrite it")
 
 

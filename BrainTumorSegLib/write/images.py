@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
-from ..read.formats import DETACHED, EXTENSIONS, image_extension
+from ..read.formats import DETACHED, EXTENSIONS, image_extension, read_files, written_files
 from .atomic import check_folder, check_not_input, commit, replacing, scratch_folder
 
 
@@ -33,8 +33,11 @@ def check_output_path(path: PathLike, image: bool = True, example: Optional[str]
     if os.path.isdir(p):
         example = example or ("labels.nii.gz" if image else "report.json")
         raise InputError(p, f"is a folder; give a file name, e.g. {os.path.join(p, example)}")
-    if image and image_extension(p) is None:
+    ext = image_extension(p)
+    if image and ext is None:
         raise InputError(p, f"unsupported output type; end the file name with one of {', '.join(EXTENSIONS)}")
+    if image and ext is not None and not p.endswith(ext):  # ITK's readers (Slicer's too) know them in lower case only
+        raise InputError(p, f"has its extension in upper case, which ITK-based readers do not read; end it with {ext}")
     check_folder(p)
     return p
 
@@ -43,7 +46,9 @@ def write_image(image: sitk.Image, path: PathLike, inputs: Iterable[PathLike] = 
                 compress: bool = True) -> str:
     """Write ``image`` atomically in the format named by the extension of ``path``."""
     p = check_output_path(path)
-    check_not_input(p, inputs)
+    inputs = [f for i in inputs for f in read_files(i)]
+    for f in written_files(p, compress):
+        check_not_input(f, inputs, p)
     ext = image_extension(p)
     folder = os.path.dirname(os.path.abspath(p))
     base = os.path.basename(p)

@@ -60,6 +60,44 @@ def test_mistakes_in_inputs_outputs_and_model_are_one_line_before_any_weights_ar
     assert os.listdir(tmp_path / "results") == []
 
 
+def test_a_detached_headers_data_file_is_never_overwritten_nor_shared(tmp_path):
+    """A .mhd or .nhdr output writes a data file beside it (X.zraw, X.raw.gz): it is checked as the
+    header is. Each of these wrote over an input's voxels (the first two with exit 0) or made a
+    header whose data file another output replaced."""
+    import SimpleITK as sitk
+
+    t1ce = sitk.ReadImage(os.path.join(SAMPLE, "Brats18_TCIA01_231_1_t1ce.nii.gz"))
+    sitk.WriteImage(t1ce, str(tmp_path / "t1ce.mhd"), True)     # data in t1ce.zraw
+    sitk.WriteImage(t1ce, str(tmp_path / "scan.nhdr"), True)    # data in scan.raw.gz
+    header = (tmp_path / "t1ce.mhd").read_text().replace("t1ce.zraw", "voxels.zraw")
+    (tmp_path / "t1ce.zraw").rename(tmp_path / "voxels.zraw")
+    (tmp_path / "t1ce.mhd").write_text(header)                  # its data file named otherwise
+    flair = os.path.join(SAMPLE, "Brats18_TCIA01_231_1_flair.nii.gz")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def argv(t1ce_path, *outputs):
+        return ["segment", "--t1ce", str(tmp_path / t1ce_path), "--flair", flair, *outputs, "--quiet"]
+
+    expected = [
+        (argv("t1ce.mhd", "-o", str(tmp_path / "voxels.mhd")), ["voxels.mhd: would write its data file",
+                                                               "voxels.zraw, an input file"]),
+        (argv("scan.nhdr", "-o", str(tmp_path / "scan.nhdr")), ["scan.nhdr", "is an input file"]),
+        (argv("scan.nhdr", "-o", str(tmp_path / "scan.mhd"), "--uncertainty", str(tmp_path / "scan.NHDR")),
+         ["scan.NHDR: has its extension in upper case"]),
+        (argv("t1ce.mhd", "-o", str(tmp_path / "x.nii.gz"), "--brain-mask", str(tmp_path / "voxels.mhd")),
+         ["voxels.mhd: would write its data file", "voxels.zraw, an input file"]),
+        (argv("t1ce.mhd", "-o", str(tmp_path / "x.nii.gz"), "--uncertainty", str(tmp_path / "unc.nhdr"),
+              "--report", str(tmp_path / "unc.raw.gz")), ["unc.nhdr: would write its data file", "unc.raw.gz"]),
+        (argv("scan.nhdr", "-o", str(tmp_path / "lab.mhd"), "--report", str(tmp_path / "lab.zraw")),
+         ["lab.mhd: would write its data file", "lab.zraw, which another output is given"]),
+    ]
+    runs, heavy = cli_in_a_fresh_process([a for a, _ in expected])
+    for (_argv, fragments), r in zip(expected, runs):
+        one_line_error(r, *fragments)
+    assert heavy == []
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_every_command_refuses_an_empty_value_before_any_work(tmp_path, monkeypatch):
     # `--out "$OUT"` with OUT unset: an empty path was read as the current folder (convert, average and
     # ensemble then said the folder was not empty; in an empty one they would have written there)

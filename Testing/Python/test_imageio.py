@@ -100,6 +100,21 @@ def test_writes_together_appear_all_at_once_or_not_at_all(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.nhdr"))), np.ones((3, 3, 3)))
 
 
+def test_an_extension_in_upper_case_is_refused_one_line(tmp_path):
+    """ITK writes its formats by lower-case extension: ``X.NII.GZ`` was written by a rename,
+    ``X.MHD`` as ``X.mhd`` beside it and an error naming a temporary folder, ``X.MHA`` as a header
+    and a data file. Reading goes by content."""
+    img = make_image(np.arange(64, dtype=np.float32).reshape(4, 4, 4))
+    for name in ("A.NII.GZ", "A.MHD", "a.Nrrd"):
+        with pytest.raises(InputError, match=rf"{re.escape(name)}: has its extension in upper case, .* end it with "
+                                             rf"{re.escape(name.lower()[1:])}$"):
+            write_images.write_image(img, tmp_path / name)
+    assert os.listdir(tmp_path) == []
+    sitk.WriteImage(img, str(tmp_path / "b.nii.gz"))  # read by content, whatever the case: an input may be so named
+    os.rename(tmp_path / "b.nii.gz", tmp_path / "B.NII.GZ")
+    assert np.array_equal(sitk.GetArrayFromImage(read_images.read_image(tmp_path / "B.NII.GZ")), sitk.GetArrayFromImage(img))
+
+
 def test_output_folder_must_exist(tmp_path):
     img = make_image(np.ones((3, 3, 3), np.float32))
     with pytest.raises(InputError, match="output folder does not exist"):
