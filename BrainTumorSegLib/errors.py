@@ -19,5 +19,10 @@ class InputError(Exception):
         super().__init__(f"{self.where}: {problem}" if self.where else problem)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job stopped by Slicer, a batch system or ``kill``), raised as Ctrl-C's
+    KeyboardInterrupt is, so that whatever was being written is removed on the way out."""
+
+
 class Cancelled(Exception):
     """Raised when a caller's cancel event is set; nothing has been written."""

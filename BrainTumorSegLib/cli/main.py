@@ -8,12 +8,14 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from typing import List, Optional, Union
 
 from .. import __version__
-from ..errors import Cancelled, InputError
+from ..errors import Cancelled, InputError, Terminated
 from . import segment as segment_cli
 from .segment import PROG
 
@@ -556,6 +558,10 @@ def _check_no_empty_value(parser: argparse.ArgumentParser, args: argparse.Namesp
             raise InputError(None, f"{name} is empty (an unset shell variable?); give a value")
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run one ``braintumorseg`` command; a mistake in the input is one line on stderr and exit 2.
 
@@ -563,7 +569,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         argv: the command line without the program name (None: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 done, 1 a batch with failed cases, 2 bad input, 130 cancelled.
+        The exit status: 0 done, 1 a batch with failed cases, 2 bad input, 130 cancelled or
+        interrupted, 143 terminated (SIGTERM).
     """
     from ..predict.allocator import tune_glibc_malloc
 
@@ -572,6 +579,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format=f"{PROG}: %(levelname)s: %(message)s")
+    # SIGTERM, as Ctrl-C, removes what was being written (its default ends the process at once)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     try:
         _check_no_empty_value(parser, args)
         return int(args.func(args) or 0)
@@ -581,6 +591,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Cancelled:
         print(f"{PROG}: cancelled; nothing was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{PROG}: terminated; nothing was written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -591,3 +604,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         where = getattr(exc, "filename", None)
         print(f"{PROG}: error: {where + ': ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)

@@ -294,7 +294,10 @@ def test_cli_segment_bad_inputs(tiny_bundle, small_case_dir, tmp_path):
     assert not out.exists() and not any(p.name.startswith(".btseg") for p in tmp_path.iterdir())
 
 
-def test_cli_interrupt_leaves_no_output(tiny_bundle, phantom_case_dir, tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_cli_interrupt_leaves_no_output(sig, code, said, tiny_bundle, phantom_case_dir, tmp_path):
+    """Ctrl-C, or SIGTERM (Slicer's Cancel, a batch system, kill): nothing written, no temporary
+    file left (SIGTERM's default ended the process at once, leaving them)."""
     # the tiny network on the 1 mm grid with mirroring: prediction lasts long enough to be interrupted
     fine = _with_spacing(tiny_bundle, tmp_path / "fine", None)
     outdir = tmp_path / "out"
@@ -312,10 +315,10 @@ def test_cli_interrupt_leaves_no_output(tiny_bundle, phantom_case_dir, tmp_path)
     for line in p.stdout:
         if line.startswith("progress predict"):
             break
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err
-    assert "nothing was written" in err
+    assert p.returncode == code, err
+    assert f"{said}; nothing was written" in err
     assert os.listdir(outdir) == []
 
 
