@@ -98,7 +98,7 @@ class Batch:
     def __init__(self, cases_dir: str, out_dir: str, options: BatchOptions) -> None:
         if not os.path.isdir(out_dir):
             raise InputError(out_dir, "output folder does not exist")
-        self.cases: List[Case] = find_cases(cases_dir)
+        self.cases: List[Case] = find_cases(cases_dir, keep_going=True)  # a case with two T1ce files fails alone
         if not self.cases:
             raise InputError(cases_dir, "holds no cases")
         self.out_dir, self.options, self.title = out_dir, options, f"braintumorseg batch: {cases_dir}"

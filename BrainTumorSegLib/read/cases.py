@@ -91,6 +91,7 @@ class Case:
     paths: Dict[str, str] = field(default_factory=dict)
     layout: str = "brats2021"
     folder: Optional[str] = None
+    problem: Optional[InputError] = None  # found among its files (a batch goes on), raised by require
 
     @classmethod
     def from_paths(cls, case_id: str = "case", **paths: Optional[PathLike]) -> "Case":
@@ -104,7 +105,10 @@ class Case:
         return [r for r in roles if r not in self.paths]
 
     def require(self, roles=SEQUENCES) -> "Case":
-        """Raise naming the case folder and the missing roles, if any."""
+        """Raise the problem found among its files, or one naming the case folder and the missing
+        roles, if any."""
+        if self.problem is not None:
+            raise self.problem
         miss = self.missing(roles)
         if miss:
             where = self.folder or self.case_id
@@ -135,16 +139,18 @@ def find_case(folder: PathLike) -> Case:
     return next(iter(cases.values()))
 
 
-def find_cases(root: PathLike) -> List[Case]:
-    """All cases below ``root``: one per subfolder (BraTS layout) and any directly in ``root``."""
+def find_cases(root: PathLike, keep_going: bool = False) -> List[Case]:
+    """All cases below ``root``: one per subfolder (BraTS layout) and any directly in ``root``.
+    ``keep_going``: a case with two files for one role is kept, its problem recorded for
+    :meth:`Case.require` to raise (a batch records it as a failed case), rather than raised here."""
     r = os.fspath(root)
     if not os.path.isdir(r):
         raise InputError(r, "folder not found")
-    found: Dict[str, Case] = dict(_cases_in(r))
+    found: Dict[str, Case] = dict(_cases_in(r, keep_going))
     for name in sorted(os.listdir(r)):
         sub = os.path.join(r, name)
         if os.path.isdir(sub) and not name.startswith("."):
-            for cid, case in _cases_in(sub).items():
+            for cid, case in _cases_in(sub, keep_going).items():
                 if cid in found:
                     raise InputError(sub, f"case id {cid} appears in more than one place "
                                           f"(also in {found[cid].folder})")
@@ -152,7 +158,7 @@ def find_cases(root: PathLike) -> List[Case]:
     return [found[k] for k in sorted(found)]
 
 
-def _cases_in(folder: str) -> Dict[str, Case]:
+def _cases_in(folder: str, keep_going: bool = False) -> Dict[str, Case]:
     if not os.path.isdir(folder):
         raise InputError(folder, "folder not found")
     cases: Dict[str, Case] = {}
@@ -169,8 +175,12 @@ def _cases_in(folder: str) -> Dict[str, Case]:
         case = cases.setdefault(cid, Case(cid, folder=folder))
         path = os.path.join(folder, name)
         if role in case.paths:
-            raise InputError(path, f"second {role} file for case {cid} "
-                                   f"(first: {os.path.basename(case.paths[role])})")
+            problem = InputError(path, f"second {role} file for case {cid} "
+                                       f"(first: {os.path.basename(case.paths[role])}); keep one")
+            if not keep_going:
+                raise problem
+            case.problem = case.problem or problem
+            continue
         case.paths[role] = path
         if suffix in _LAYOUT:
             case.layout = _LAYOUT[suffix]

@@ -83,6 +83,9 @@ def test_files_named_by_role_alone_belong_to_their_folder(tmp_path):
     touch(tmp_path / "p3", "t1ce.nii.gz", "T1c.nii.gz")
     with pytest.raises(InputError, match="second t1ce file for case p3"):
         find_case(tmp_path / "p3")
+    p3 = {c.case_id: c for c in find_cases(tmp_path, keep_going=True)}["p3"]  # a batch's: that case alone fails
+    with pytest.raises(InputError, match=r"second t1ce file for case p3 \(first: T1c.nii.gz\); keep one"):
+        p3.require(("t1ce",))
     touch(tmp_path / "p4", "brain.nii.gz", "t3.nii.gz")
     with pytest.raises(InputError, match="holds no case files"):
         find_case(tmp_path / "p4")

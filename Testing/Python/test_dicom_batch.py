@@ -313,6 +313,9 @@ def test_dicom_mistakes_are_refused_before_any_weights_are_read(data, tmp_path):
 
     (tmp_path / "only").mkdir()
     shutil.copytree(data.cases / "BrokenCase", tmp_path / "only" / "BrokenCase")
+    twice = tmp_path / "only" / "NiftiCase"  # two T1ce files: that case fails, the batch goes on (it stopped)
+    shutil.copytree(data.cases / "NiftiCase", twice)
+    shutil.copy(twice / "NiftiCase_t1ce.nii.gz", twice / "NiftiCase_t1ce.nrrd")
     (tmp_path / "results").mkdir()
     (tmp_path / "two").mkdir()  # two slices: too thin a volume to register or segment
     for f in sorted((data.cases / "DicomCase" / "t1ce").iterdir())[10:12]:
@@ -339,9 +342,10 @@ def test_dicom_mistakes_are_refused_before_any_weights_are_read(data, tmp_path):
     for (_argv, fragments), r in zip(expected, runs):
         one_line_error(r, *fragments)
     assert runs[-1].returncode == 1, runs[-1].stderr
-    assert "[1/1] BrokenCase: FAILED" in (tmp_path / "results" / "batch.log").read_text()
-    assert "[1/1] BrokenCase: FAILED" in runs[-1].stderr  # --quiet hides progress, not failures
-    assert summary(tmp_path / "results")["BrokenCase"]["status"] == "failed"
+    assert "[1/2] BrokenCase: FAILED" in (tmp_path / "results" / "batch.log").read_text()
+    assert "[1/2] BrokenCase: FAILED" in runs[-1].stderr  # --quiet hides progress, not failures
+    assert "[2/2] NiftiCase: FAILED" in runs[-1].stderr and "second t1ce file for case NiftiCase" in runs[-1].stderr
+    assert [summary(tmp_path / "results")[c]["status"] for c in ("BrokenCase", "NiftiCase")] == ["failed", "failed"]
     assert heavy == []  # no network built, no weights read
     assert not out.exists() and not (tmp_path / "s.dcm").exists() and not (tmp_path / "qc.jpg").exists()
 
