@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
-from .formats import EXTENSIONS, image_extension
+from .formats import EXTENSIONS, image_extension, read_files
 
 
 def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
@@ -36,6 +36,8 @@ def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
         _check_nifti_payload(p)
     elif image_extension(p) in (".mha", ".mhd"):
         _check_metaimage_payload(p, reader.GetSize())
+    elif image_extension(p) in (".nrrd", ".nhdr"):
+        _check_nrrd_gzip(p)
     try:
         img = reader.Execute()
     except RuntimeError as exc:
@@ -62,7 +64,7 @@ MAX_EXTENT_MM = 400.0  # a head scan's field of view is shorter along every axis
 def checked_volume(img: sitk.Image, name: str) -> sitk.Image:
     """``img`` as float32, once its values are found finite and not all one value, and its field of
     view no longer than a head's (errors name ``name``)."""
-    _check_geometry(img.GetSpacing(), img.GetDirection(), name)
+    _check_geometry(img.GetSpacing(), img.GetDirection(), img.GetOrigin(), name)
     check_grid(img.GetSize(), img.GetSpacing(), name)
     arr = sitk.GetArrayViewFromImage(img)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -104,6 +106,8 @@ def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.Im
         raise InputError(p, f"unsupported file type; expected one of {', '.join(EXTENSIONS)}")
     if not os.access(p, os.R_OK):
         raise InputError(p, "cannot be read: permission denied")
+    if image_extension(p) in (".mha", ".mhd"):
+        _check_metaimage_numbers(p)
     reader = sitk.ImageFileReader()
     reader.SetFileName(p)
     try:
@@ -117,16 +121,20 @@ def check_image_file(path: PathLike, expected: str = "a volume file") -> sitk.Im
         raise InputError(p, f"is a {dim}D image of size {dims(size)}; a 3D volume is expected")
     if ncomp != 1:
         raise InputError(p, f"has {ncomp} components per voxel; a scalar 3D volume is expected")
-    _check_geometry(reader.GetSpacing(), reader.GetDirection(), p)
+    _check_geometry(reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin(), p)
     check_grid(size, reader.GetSpacing(), p)
     return reader
 
 
-def _check_geometry(spacing: Sequence[float], direction: Sequence[float], name: str) -> None:
-    """Positive spacings and orthonormal axes (NIfTI's reader enforces them; MetaImage's and NRRD's
-    pass a negative spacing or a sheared matrix on, and the result would be silently wrong)."""
+def _check_geometry(spacing: Sequence[float], direction: Sequence[float], origin: Sequence[float], name: str) -> None:
+    """Positive spacings, a finite origin and orthonormal axes (NIfTI's reader enforces them;
+    MetaImage's and NRRD's pass a negative spacing, NaN or a sheared matrix on, and the result would
+    be silently wrong, or another sequence blamed for not overlapping it)."""
     if not all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise InputError(name, f"has voxel spacing {dims(spacing)} mm in its header; every spacing must be positive")
+    if not all(np.isfinite(origin)):
+        raise InputError(name, f"has no valid origin in its header ({dims(origin, ', ')}); the volume cannot be placed "
+                               "in space")
     d = np.asarray(direction, float).reshape(3, 3)
     if not np.isfinite(d).all() or not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
         raise InputError(name, "has a direction matrix that is not orthonormal (sheared or scaled axes) in its "
@@ -202,6 +210,50 @@ def _check_nifti_payload(path: str) -> None:
 
 _MET_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "MET_UINT": 4, "MET_INT": 4,
               "MET_FLOAT": 4, "MET_DOUBLE": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8}
+
+
+def _check_nrrd_gzip(path: str) -> None:
+    """ITK's NRRD reader takes gzip-encoded voxel data whose checksum fails (damaged in the middle)
+    as they come: read them once through gzip, which checks it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.find(b"\n\n")
+    head = (data[:end] if end >= 0 else data[:65536]).decode("latin-1").lower()
+    fields = dict((k.strip(), v.strip()) for k, sep, v in (ln.partition(":") for ln in head.splitlines()) if sep)
+    if fields.get("encoding") not in ("gzip", "gz"):
+        return
+    files = read_files(path)[1:]  # a detached header's data files, else the voxels after the header
+    for source, payload in ([(f, None) for f in files] if files else [(path, data[end + 2:])]):
+        try:
+            if payload is None:
+                if not os.path.isfile(source):
+                    continue  # a missing data file is ITK's to report
+                with open(source, "rb") as f:
+                    payload = f.read()
+            gzip.decompress(payload)
+        except (OSError, EOFError, zlib.error):
+            raise InputError(source, "is truncated or corrupt (its gzip-compressed voxel data cannot be read)") from None
+
+
+_MET_GEOMETRY = ("Offset", "Origin", "Position", "ElementSpacing", "TransformMatrix", "Rotation", "Orientation")
+
+
+def _check_metaimage_numbers(path: str) -> None:
+    """MetaIO reads a NaN or Inf in a MetaImage header's geometry as 0 (an origin moved to 0, a
+    spacing of 0): refused here, naming the field, before ITK hides it."""
+    with open(path, "rb") as f:
+        for raw in f:
+            key, _, value = raw.decode("latin-1").partition("=")
+            if key.strip() == "ElementDataFile":
+                return
+            if key.strip() in _MET_GEOMETRY:
+                try:
+                    finite = all(np.isfinite(float(v)) for v in value.split())
+                except ValueError:
+                    finite = False
+                if not finite:
+                    raise InputError(path, f"has an invalid {key.strip()} in its header ({value.strip()}); the volume "
+                                           "cannot be placed in space")
 
 
 def _check_metaimage_payload(path: str, size: Sequence[int]) -> None:

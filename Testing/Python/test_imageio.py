@@ -115,6 +115,29 @@ def test_an_extension_in_upper_case_is_refused_one_line(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(read_images.read_image(tmp_path / "B.NII.GZ")), sitk.GetArrayFromImage(img))
 
 
+def test_damaged_gzip_nrrd_and_a_nan_origin_are_refused_naming_the_file(tmp_path):
+    """Both were read with exit 0 before: gzip-encoded NRRD voxels with bytes zeroed in the middle
+    (attached or in a detached data file) as garbage; a MetaImage's NaN origin was read as 0 and
+    another sequence blamed ("does not overlap"), an Inf spacing said to be 0."""
+    img = make_image(np.random.default_rng(0).random((40, 40, 40)).astype(np.float32))
+    for name, data in (("a.nrrd", "a.nrrd"), ("b.nhdr", "b.raw.gz")):
+        sitk.WriteImage(img, str(tmp_path / name), True)
+        assert read_images.read_image(tmp_path / name).GetSize() == (40, 40, 40)
+        damaged = bytearray((tmp_path / data).read_bytes())
+        middle = len(damaged) // 2
+        damaged[middle:middle + 64] = bytes(64)
+        (tmp_path / data).write_bytes(bytes(damaged))
+        with pytest.raises(InputError, match=rf"{re.escape(data)}: is truncated or corrupt \(its gzip-compressed"):
+            read_images.read_image(tmp_path / name)
+    sitk.WriteImage(img, str(tmp_path / "c.mha"))
+    for field, bad in ((b"Offset = 0 0 0", b"Offset = nan 0 0"), (b"ElementSpacing = 1 1 1", b"ElementSpacing = 1 inf 1")):
+        sitk.WriteImage(img, str(tmp_path / "c.mha"))  # MetaIO reads NaN and Inf as 0
+        (tmp_path / "c.mha").write_bytes((tmp_path / "c.mha").read_bytes().replace(field, bad))
+        with pytest.raises(InputError, match=rf"c\.mha: has an invalid {bad.split()[0].decode()} in its header "
+                                             rf"\({bad.split(b'= ')[1].decode()}\); the volume cannot be placed"):
+            read_images.read_image(tmp_path / "c.mha")
+
+
 def test_output_folder_must_exist(tmp_path):
     img = make_image(np.ones((3, 3, 3), np.float32))
     with pytest.raises(InputError, match="output folder does not exist"):
