@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Callable, Dict, List, Optional, Protocol, Sequence
 
 from BrainTumorSegLib import progress  # the progress protocol (no torch; importable before dependencies)
@@ -46,6 +47,7 @@ def stop_tree(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
                        creationflags=subprocess.CREATE_NO_WINDOW)
         proc.wait()
         return
+    deadline = time.monotonic() + grace
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
         try:
             os.killpg(proc.pid, sig)  # the job leads its own session: its group id is its pid
@@ -55,11 +57,21 @@ def stop_tree(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
             proc.wait(wait)
         except subprocess.TimeoutExpired:
             continue
-        if sig == signal.SIGTERM and _group_alive(proc.pid):
-            continue  # the launcher went, its child did not: SIGKILL the rest of the group
+        if sig == signal.SIGTERM and not _group_ends_by(proc.pid, deadline):
+            continue  # the launcher went, its child did not within the grace: SIGKILL the rest of the group
         break
     if proc.poll() is None:
         proc.wait()
+
+
+def _group_ends_by(pgid: int, deadline: float) -> bool:
+    """Whether the group's last process ends before ``deadline`` (the launcher's child removing
+    what it was writing after SIGTERM)."""
+    while _group_alive(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _group_alive(pgid: int) -> bool:

@@ -605,5 +605,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{PROG}: error: {where + ': ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
         return 2
     finally:
-        if on_main:
+        if on_main and previous is not None:  # None: a handler installed from C, which Python cannot restore
             signal.signal(signal.SIGTERM, previous)

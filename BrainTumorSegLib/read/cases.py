@@ -175,20 +175,25 @@ def _cases_in(folder: str, keep_going: bool = False) -> Dict[str, Case]:
         case = cases.setdefault(cid, Case(cid, folder=folder))
         path = os.path.join(folder, name)
         if role in case.paths:
-            problem = InputError(path, f"second {role} file for case {cid} "
-                                       f"(first: {os.path.basename(case.paths[role])}); keep one")
-            if not keep_going:
-                raise problem
-            case.problem = case.problem or problem
+            _second(case, role, path, keep_going)
             continue
         case.paths[role] = path
         if suffix in _LAYOUT:
             case.layout = _LAYOUT[suffix]
-    _add_series_folders(folder, cases)
+    _add_series_folders(folder, cases, keep_going)
     return cases
 
 
-def _add_series_folders(folder: str, cases: Dict[str, Case]) -> None:
+def _second(case: Case, role: str, path: str, keep_going: bool) -> None:
+    """A second file or series folder for one role: raised, or recorded in ``case`` (``keep_going``)."""
+    problem = InputError(path, f"second {role} for case {case.case_id} (first: {os.path.basename(case.paths[role])}); "
+                               "keep one")
+    if not keep_going:
+        raise problem
+    case.problem = case.problem or problem
+
+
+def _add_series_folders(folder: str, cases: Dict[str, Case], keep_going: bool = False) -> None:
     """Sequences given as DICOM series: subfolders named by role (see module docstring)."""
     subfolders = [n for n in sorted(os.listdir(folder))
                   if _SUFFIXES.get(n.lower(), "seg") != "seg" and os.path.isdir(os.path.join(folder, n))]
@@ -199,7 +204,8 @@ def _add_series_folders(folder: str, cases: Dict[str, Case]) -> None:
     for name in subfolders:
         role, path = _SUFFIXES[name.lower()], os.path.join(folder, name)
         if role in case.paths:
-            raise InputError(path, f"second {role} for case {cid} (first: {os.path.basename(case.paths[role])})")
+            _second(case, role, path, keep_going)
+            continue
         case.paths[role] = path
         if name.lower() in _LAYOUT:
             case.layout = _LAYOUT[name.lower()]

@@ -32,7 +32,6 @@ def strip_extension(name: str) -> str:
 
 # the data file SimpleITK writes beside a detached header: (compressed, uncompressed) suffixes
 _DATA_SUFFIXES = {".mhd": (".zraw", ".raw"), ".nhdr": (".raw.gz", ".raw")}
-_DATA_FIELDS = {".mhd": "elementdatafile", ".nhdr": "data file"}
 
 
 def written_files(path: PathLike, compress: bool = True) -> List[str]:
@@ -46,12 +45,13 @@ def written_files(path: PathLike, compress: bool = True) -> List[str]:
 
 
 def read_files(path: PathLike) -> List[str]:
-    """Every file reading ``path`` reads: the path itself and, for a detached header, the data
-    files its header names (MetaImage's ElementDataFile, NRRD's data file; a LIST's files, not a
-    numbered pattern's), beside it unless the header gives a full path."""
+    """Every file reading ``path`` reads: the path itself and the data files a MetaImage or NRRD
+    header names (ElementDataFile, data file; a LIST's files, not a numbered pattern's), beside it
+    unless the header gives a full path."""
     p = os.fspath(path)
+    key_of = {".mha": "elementdatafile", ".mhd": "elementdatafile", ".nrrd": "data file", ".nhdr": "data file"}
     ext = image_extension(p)
-    if ext not in DETACHED or not os.path.isfile(p):
+    if ext not in key_of or not os.path.isfile(p):
         return [p]
     try:
         with open(p, "rb") as f:
@@ -60,9 +60,10 @@ def read_files(path: PathLike) -> List[str]:
         return [p]
     names: List[str] = []
     for k, line in enumerate(lines):
-        key, sep, value = line.partition("=" if ext == ".mhd" else ":")
-        key = key.strip().lower()
-        if not sep or key not in (_DATA_FIELDS[ext], _DATA_FIELDS[ext].replace(" ", "")):  # NRRD: either spelling
+        if not line.strip() and ext in (".nrrd", ".nhdr"):
+            break  # a NRRD header ends at its first blank line
+        key, sep, value = line.partition("=" if key_of[ext] == "elementdatafile" else ":")
+        if not sep or key.strip().lower() not in (key_of[ext], key_of[ext].replace(" ", "")):  # NRRD: either spelling
             continue
         value = value.strip()
         if value.upper().startswith("LIST"):

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
-from .formats import EXTENSIONS, image_extension, read_files
+from .formats import EXTENSIONS, image_extension
 
 
 def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
@@ -214,25 +214,43 @@ _MET_BYTES = {"MET_UCHAR": 1, "MET_CHAR": 1, "MET_USHORT": 2, "MET_SHORT": 2, "M
 
 def _check_nrrd_gzip(path: str) -> None:
     """ITK's NRRD reader takes gzip-encoded voxel data whose checksum fails (damaged in the middle)
-    as they come: read them once through gzip, which checks it."""
-    with open(path, "rb") as f:
-        data = f.read()
-    end = data.find(b"\n\n")
-    head = (data[:end] if end >= 0 else data[:65536]).decode("latin-1").lower()
-    fields = dict((k.strip(), v.strip()) for k, sep, v in (ln.partition(":") for ln in head.splitlines()) if sep)
-    if fields.get("encoding") not in ("gzip", "gz"):
+    as they come: read them once through zlib, which checks it. Layouts this does not know (a
+    numbered or listed data file, skipped lines or bytes) are left to ITK."""
+    try:
+        with open(path, "rb") as f:
+            fields = {}
+            for raw in f:  # the header: lines up to the first blank one
+                line = raw.decode("latin-1").strip()
+                if not line:
+                    break
+                key, sep, value = line.partition(":")
+                if sep and not line.startswith("#"):
+                    fields[key.strip().lower().replace("datafile", "data file")] = value.strip()
+            offset = f.tell()
+    except OSError:
         return
-    files = read_files(path)[1:]  # a detached header's data files, else the voxels after the header
-    for source, payload in ([(f, None) for f in files] if files else [(path, data[end + 2:])]):
-        try:
-            if payload is None:
-                if not os.path.isfile(source):
-                    continue  # a missing data file is ITK's to report
-                with open(source, "rb") as f:
-                    payload = f.read()
-            gzip.decompress(payload)
-        except (OSError, EOFError, zlib.error):
-            raise InputError(source, "is truncated or corrupt (its gzip-compressed voxel data cannot be read)") from None
+    if fields.get("encoding") not in ("gzip", "gz") or fields.get("line skip", "0") != "0" or \
+            fields.get("byte skip", "0") != "0":
+        return
+    named = fields.get("data file")
+    if named is not None and ("%" in named or named.upper().startswith("LIST")):
+        return
+    source = path if named is None else os.path.join(os.path.dirname(os.path.abspath(path)), named)
+    unpack = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip, its checksum checked; bytes after it ignored, as ITK does
+    whole = True
+    try:
+        with open(source, "rb") as f:
+            f.seek(0 if named is not None else offset)
+            while not unpack.eof and (chunk := f.read(1 << 22)):
+                unpack.decompress(chunk, 1 << 26)
+                while unpack.unconsumed_tail and not unpack.eof:
+                    unpack.decompress(unpack.unconsumed_tail, 1 << 26)
+    except OSError:
+        return  # a missing or unreadable data file is ITK's to report
+    except zlib.error:
+        whole = False
+    if not whole or not unpack.eof:
+        raise InputError(source, "is truncated or corrupt (its gzip-compressed voxel data cannot be read)")
 
 
 _MET_GEOMETRY = ("Offset", "Origin", "Position", "ElementSpacing", "TransformMatrix", "Rotation", "Orientation")

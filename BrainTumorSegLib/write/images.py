@@ -36,8 +36,10 @@ def check_output_path(path: PathLike, image: bool = True, example: Optional[str]
     ext = image_extension(p)
     if image and ext is None:
         raise InputError(p, f"unsupported output type; end the file name with one of {', '.join(EXTENSIONS)}")
-    if image and ext is not None and not p.endswith(ext):  # ITK's readers (Slicer's too) know them in lower case only
-        raise InputError(p, f"has its extension in upper case, which ITK-based readers do not read; end it with {ext}")
+    if image and ext in (".mha", ".mhd", ".nhdr") and not p.endswith(ext):
+        # ITK writes them under a lower-case name, or as a header and a data file, and reads none back
+        raise InputError(p, f"has its extension in upper case, under which ITK cannot write this format; end it "
+                            f"with {ext}")
     check_folder(p)
     return p
 

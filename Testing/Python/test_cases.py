@@ -57,7 +57,7 @@ def test_explicit_paths_and_errors(tmp_path):
     with pytest.raises(ValueError):
         Case.from_paths(t3="x.nii")
     touch(tmp_path / "d", "X_t1.nii.gz", "X_t1.nii")
-    with pytest.raises(InputError, match="second t1 file"):
+    with pytest.raises(InputError, match="second t1 for case X"):
         find_case(tmp_path / "d")
     touch(tmp_path / "e", "README.txt")
     with pytest.raises(InputError, match="holds no case files"):
@@ -81,11 +81,16 @@ def test_files_named_by_role_alone_belong_to_their_folder(tmp_path):
     assert p1.layout == "brats2021" and p2.layout == "brats2023" and not p2.missing()
     assert find_case(tmp_path / "patient 1").case_id == "patient 1"
     touch(tmp_path / "p3", "t1ce.nii.gz", "T1c.nii.gz")
-    with pytest.raises(InputError, match="second t1ce file for case p3"):
+    with pytest.raises(InputError, match="second t1ce for case p3"):
         find_case(tmp_path / "p3")
     p3 = {c.case_id: c for c in find_cases(tmp_path, keep_going=True)}["p3"]  # a batch's: that case alone fails
-    with pytest.raises(InputError, match=r"second t1ce file for case p3 \(first: T1c.nii.gz\); keep one"):
+    with pytest.raises(InputError, match=r"second t1ce for case p3 \(first: T1c.nii.gz\); keep one"):
         p3.require(("t1ce",))
+    touch(tmp_path / "p5", "t1ce.nii.gz", "flair.nii.gz")
+    touch(tmp_path / "p5" / "t1c", "IM0001.dcm")  # the T1ce also as a DICOM series folder
+    p5 = {c.case_id: c for c in find_cases(tmp_path, keep_going=True)}["p5"]
+    with pytest.raises(InputError, match=r"p5/t1c: second t1ce for case p5 \(first: t1ce.nii.gz\); keep one"):
+        p5.require(("t1ce",))
     touch(tmp_path / "p4", "brain.nii.gz", "t3.nii.gz")
     with pytest.raises(InputError, match="holds no case files"):
         find_case(tmp_path / "p4")

@@ -344,7 +344,7 @@ def test_dicom_mistakes_are_refused_before_any_weights_are_read(data, tmp_path):
     assert runs[-1].returncode == 1, runs[-1].stderr
     assert "[1/2] BrokenCase: FAILED" in (tmp_path / "results" / "batch.log").read_text()
     assert "[1/2] BrokenCase: FAILED" in runs[-1].stderr  # --quiet hides progress, not failures
-    assert "[2/2] NiftiCase: FAILED" in runs[-1].stderr and "second t1ce file for case NiftiCase" in runs[-1].stderr
+    assert "[2/2] NiftiCase: FAILED" in runs[-1].stderr and "second t1ce for case NiftiCase" in runs[-1].stderr
     assert [summary(tmp_path / "results")[c]["status"] for c in ("BrokenCase", "NiftiCase")] == ["failed", "failed"]
     assert heavy == []  # no network built, no weights read
     assert not out.exists() and not (tmp_path / "s.dcm").exists() and not (tmp_path / "qc.jpg").exists()

@@ -100,19 +100,20 @@ def test_writes_together_appear_all_at_once_or_not_at_all(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.nhdr"))), np.ones((3, 3, 3)))
 
 
-def test_an_extension_in_upper_case_is_refused_one_line(tmp_path):
-    """ITK writes its formats by lower-case extension: ``X.NII.GZ`` was written by a rename,
-    ``X.MHD`` as ``X.mhd`` beside it and an error naming a temporary folder, ``X.MHA`` as a header
-    and a data file. Reading goes by content."""
+def test_an_extension_in_upper_case_is_refused_where_itk_cannot_write_it(tmp_path):
+    """ITK writes MetaImage and detached NRRD by lower-case extension: ``X.MHD`` was written as
+    ``X.mhd`` beside it with an error naming a temporary folder, ``X.MHA`` as a header and a data
+    file. NIfTI and attached NRRD are written by a rename and read by content: allowed."""
     img = make_image(np.arange(64, dtype=np.float32).reshape(4, 4, 4))
-    for name in ("A.NII.GZ", "A.MHD", "a.Nrrd"):
+    for name in ("A.MHD", "a.Mha", "b.NHDR"):
         with pytest.raises(InputError, match=rf"{re.escape(name)}: has its extension in upper case, .* end it with "
                                              rf"{re.escape(name.lower()[1:])}$"):
             write_images.write_image(img, tmp_path / name)
     assert os.listdir(tmp_path) == []
-    sitk.WriteImage(img, str(tmp_path / "b.nii.gz"))  # read by content, whatever the case: an input may be so named
-    os.rename(tmp_path / "b.nii.gz", tmp_path / "B.NII.GZ")
-    assert np.array_equal(sitk.GetArrayFromImage(read_images.read_image(tmp_path / "B.NII.GZ")), sitk.GetArrayFromImage(img))
+    for name in ("B.NII.GZ", "c.NRRD"):
+        write_images.write_image(img, tmp_path / name)
+        assert np.array_equal(sitk.GetArrayFromImage(read_images.read_image(tmp_path / name)), sitk.GetArrayFromImage(img))
+    assert sorted(os.listdir(tmp_path)) == ["B.NII.GZ", "c.NRRD"]
 
 
 def test_damaged_gzip_nrrd_and_a_nan_origin_are_refused_naming_the_file(tmp_path):
@@ -129,6 +130,18 @@ def test_damaged_gzip_nrrd_and_a_nan_origin_are_refused_naming_the_file(tmp_path
         (tmp_path / data).write_bytes(bytes(damaged))
         with pytest.raises(InputError, match=rf"{re.escape(data)}: is truncated or corrupt \(its gzip-compressed"):
             read_images.read_image(tmp_path / name)
+    # valid layouts the check leaves alone: CRLF header lines, a byte after the gzip stream, a
+    # detached header whose data files are numbered (checked by ITK itself)
+    sitk.WriteImage(img, str(tmp_path / "ok.nrrd"), True)
+    data = (tmp_path / "ok.nrrd").read_bytes()
+    end = data.index(b"\n\n")
+    (tmp_path / "crlf.nrrd").write_bytes(data[:end].replace(b"\n", b"\r\n") + b"\r\n\r\n" + data[end + 2:] + b"\n")
+    assert read_images.read_image(tmp_path / "crlf.nrrd").GetSize() == (40, 40, 40)
+    sitk.WriteImage(img, str(tmp_path / "d.nhdr"), True)
+    (tmp_path / "d.raw.gz").rename(tmp_path / "d01.raw.gz")
+    header = (tmp_path / "d.nhdr").read_text().replace("data file: d.raw.gz", "data file: d%02d.raw.gz 1 1 1 3")
+    (tmp_path / "d.nhdr").write_text(header)
+    assert read_images.read_image(tmp_path / "d.nhdr").GetSize() == (40, 40, 40)
     sitk.WriteImage(img, str(tmp_path / "c.mha"))
     for field, bad in ((b"Offset = 0 0 0", b"Offset = nan 0 0"), (b"ElementSpacing = 1 1 1", b"ElementSpacing = 1 inf 1")):
         sitk.WriteImage(img, str(tmp_path / "c.mha"))  # MetaIO reads NaN and Inf as 0
