@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError, PathLike
-from .formats import EXTENSIONS, image_extension
+from .formats import EXTENSIONS, image_extension, read_header
 
 
 def read_image(path: PathLike, kind: str = "image") -> sitk.Image:
@@ -216,19 +216,7 @@ def _check_nrrd_gzip(path: str) -> None:
     """ITK's NRRD reader takes gzip-encoded voxel data whose checksum fails (damaged in the middle)
     as they come: read them once through zlib, which checks it. Layouts this does not know (a
     numbered or listed data file, skipped lines or bytes) are left to ITK."""
-    try:
-        with open(path, "rb") as f:
-            fields = {}
-            for raw in f:  # the header: lines up to the first blank one
-                line = raw.decode("latin-1").strip()
-                if not line:
-                    break
-                key, sep, value = line.partition(":")
-                if sep and not line.startswith("#"):
-                    fields[key.strip().lower().replace("datafile", "data file")] = value.strip()
-            offset = f.tell()
-    except OSError:
-        return
+    fields, offset, _ = read_header(path)
     if fields.get("encoding") not in ("gzip", "gz") or fields.get("line skip", "0") != "0" or \
             fields.get("byte skip", "0") != "0":
         return
@@ -259,32 +247,21 @@ _MET_GEOMETRY = ("Offset", "Origin", "Position", "ElementSpacing", "TransformMat
 def _check_metaimage_numbers(path: str) -> None:
     """MetaIO reads a NaN or Inf in a MetaImage header's geometry as 0 (an origin moved to 0, a
     spacing of 0): refused here, naming the field, before ITK hides it."""
-    with open(path, "rb") as f:
-        for raw in f:
-            key, _, value = raw.decode("latin-1").partition("=")
-            if key.strip() == "ElementDataFile":
-                return
-            if key.strip() in _MET_GEOMETRY:
-                try:
-                    finite = all(np.isfinite(float(v)) for v in value.split())
-                except ValueError:
-                    finite = False
-                if not finite:
-                    raise InputError(path, f"has an invalid {key.strip()} in its header ({value.strip()}); the volume "
-                                           "cannot be placed in space")
+    for key, value in read_header(path).fields.items():
+        if key in _MET_GEOMETRY:
+            try:
+                finite = all(np.isfinite(float(v)) for v in value.split())
+            except ValueError:
+                finite = False
+            if not finite:
+                raise InputError(path, f"has an invalid {key} in its header ({value}); the volume cannot be placed "
+                                       "in space")
 
 
 def _check_metaimage_payload(path: str, size: Sequence[int]) -> None:
     """ITK's MetaImage reader prints its own lines on stderr for voxel data that end early or a data
     file that is missing, then fails with a misleading reason: check both first, from the header."""
-    header: dict = {}
-    with open(path, "rb") as f:
-        for raw in f:
-            key, _, value = raw.decode("latin-1").partition("=")
-            header[key.strip()] = value.strip()
-            if key.strip() == "ElementDataFile":
-                break
-        offset = f.tell()
+    header, offset, _ = read_header(path)
     data_file, kind = header.get("ElementDataFile", ""), header.get("ElementType", "")
     if kind not in _MET_BYTES or "%" in data_file or data_file.upper() == "LIST" or "HeaderSize" in header:
         return  # layouts this check does not know: left to ITK
