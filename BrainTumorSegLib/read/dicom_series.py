@@ -5,8 +5,9 @@ The series is read with SimpleITK's ImageSeriesReader, its slices sorted by thei
 the slice normal, the geometry taken from the files (Image Position and Orientation (Patient),
 Pixel Spacing). Nothing relies on patient fields, so de-identified series read the same. Before
 any pixel is read, the slices are checked: greyscale, one orientation and one pixel spacing (both
-valid), one frame of reference, no two at one position, evenly spaced (a missing slice or uneven spacing is an error: a
-volume with a hole would be silently stretched), stacked straight, one matrix size, each file
+valid), one frame of reference, no two at one position, evenly spaced (a missing slice or uneven
+spacing is an error: a volume with a hole would be silently stretched), stacked straight, one
+matrix size, each file
 holding all its pixel data (a file cut short would be read with part of its slice zero). A folder
 holding several series needs the series chosen by its Series Instance UID (``--series-uid``),
 else the error lists them.

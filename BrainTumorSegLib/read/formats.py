@@ -36,7 +36,7 @@ _DATA_SUFFIXES = {".mhd": (".zraw", ".raw"), ".nhdr": (".raw.gz", ".raw")}
 
 def written_files(path: PathLike, compress: bool = True) -> List[str]:
     """Every file writing an image to ``path`` makes: the path itself and, for a detached header,
-    its data file beside it (named as SimpleITK names it, whatever the case of the extension)."""
+    its data file beside it (named as SimpleITK names it)."""
     p = os.fspath(path)
     ext = image_extension(p)
     if ext not in DETACHED:
